@@ -1,0 +1,44 @@
+"""The `spectral-ops` command line.  Each subcommand lives in its own module, which provides
+`add_arguments(parser)` and `run(args) -> int`; this file only wires them together."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "demo": ("spectral_ops.demo", "train a small GAN with and without the regularizer and compare (no arguments needed)"),
+    "train": ("spectral_ops.train", "train a GAN on a procedural dataset, optionally regularized"),
+    "eval": ("spectral_ops.evaluate", "measure disentanglement of a trained checkpoint"),
+    "trace": ("spectral_ops.trace_cli", "trace curved singular-vector trajectories and draw them"),
+    "topk": ("spectral_ops.topk_cli", "top-k Jacobian singular values of a small generator, against full Jacobian + SVD"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spectral-ops", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            p.set_defaults(_missing=module_name)
+            continue
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "_missing", None):
+        print(f"spectral-ops {args.command}: not available in this build ({args._missing} is missing)", file=sys.stderr)
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
