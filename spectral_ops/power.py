@@ -1,0 +1,207 @@
+"""Batched top-k right-singular vectors and values of a generator's Jacobian J(z) = dG/dz.
+
+`jacobian_topk` runs block power iteration with Rayleigh-Ritz on M = J^T J, matrix-free, or the
+exact dense method (the full Jacobian by chunked forward-mode products, then eigh of J^T J),
+choosing between them by a cost model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import ops
+from .jacobian import JVP_MODES, JacobianOperator, batch_policy, choose_jvp, unwrap
+
+METHODS = ("auto", "power", "dense")
+
+# Cost model, in units of one generator forward on one row (measured in bench/bench_topk.py):
+# one power iteration folds k vectors and costs about POWER_PAIR_COST forwards per vector (a
+# double-backward and a backward); the dense method costs about DENSE_JVP_COST forwards per latent
+# axis plus the d x d products and eigh.
+POWER_PAIR_COST = 3.0
+POWER_SETUP_COST = 3.0
+DENSE_JVP_COST = 2.0
+DENSE_FLOP_COST = 2e-7  # forwards per flop of J^T J and eigh, for a small generator on a CPU
+
+
+@dataclass
+class TopK:
+    """Result of `jacobian_topk`.
+
+    vectors: [B, k, d] orthonormal rows, the top-k right-singular vectors of J(z_b).
+    values: [B, k] singular values, descending.
+    residuals: [B, k] ||M v_i - lambda_i v_i|| / lambda_1 with M = J^T J.
+    converged: [B, k] bool, residuals < tol.
+    iterations: power iterations used (0 for the dense method).
+    method: "power" or "dense" (what ran).  jvp: the JVP mode that ran.
+    """
+
+    vectors: torch.Tensor
+    values: torch.Tensor
+    residuals: torch.Tensor
+    converged: torch.Tensor
+    iterations: int
+    method: str
+    jvp: str
+
+
+def validate_latents(z: object, name: str = "z") -> torch.Tensor:
+    """Check z is a finite floating [B, d] tensor; raise naming the bad rows otherwise."""
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    if z.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [batch, latent_dim], got shape {tuple(z.shape)}")
+    if not z.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got {z.dtype}")
+    if z.shape[0] == 0 or z.shape[1] == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {tuple(z.shape)}")
+    bad = ~torch.isfinite(z).all(dim=1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        raise ValueError(f"{name} has non-finite values in rows [{shown}]")
+    return z
+
+
+def validate_k(k: object, d: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 1 <= k <= d:
+        raise ValueError(f"k must satisfy 1 <= k <= latent_dim={d}, got k={k}")
+    return k
+
+
+def _initial_basis(init, B: int, k: int, d: int, dtype, device, seed) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Orthonormal starting basis [B, k, d], and the previous V used for sign continuity."""
+    if init is None:
+        gen = torch.Generator(device="cpu").manual_seed(0 if seed is None else int(seed))
+        W = torch.randn(B, k, d, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+        return ops.orthonormalize(W), None
+    if not isinstance(init, torch.Tensor):
+        raise TypeError(f"init must be a torch.Tensor or None, got {type(init).__name__}")
+    if init.shape == (k, d):
+        init = init.expand(B, k, d)
+    if init.shape != (B, k, d):
+        raise ValueError(f"init must have shape ({k}, {d}) or ({B}, {k}, {d}), got {tuple(init.shape)}")
+    if not torch.isfinite(init).all():
+        raise ValueError("init has non-finite values")
+    init = init.detach().to(device=device, dtype=dtype)
+    return ops.orthonormalize(init), init
+
+
+def estimated_cost(method: str, B: int, k: int, d: int, m: int, iters: int) -> float:
+    """Cost model used by method="auto", in forwards of one row (see constants above)."""
+    if method == "power":
+        return B * k * (POWER_SETUP_COST + POWER_PAIR_COST * iters)
+    flops = B * (2.0 * m * d * d + 10.0 * d ** 3)
+    return B * d * DENSE_JVP_COST + DENSE_FLOP_COST * flops
+
+
+def jacobian_topk(G: Callable, z: torch.Tensor, k: int, *, iters: int = 20, tol: float = 1e-4,
+                  method: str = "auto", jvp: str = "auto", init: torch.Tensor | None = None,
+                  seed: int | None = None, batchnorm: str = "error", chunk_size: int | None = None) -> TopK:
+    """Top-k right-singular vectors and values of J(z_b) = dG/dz at every row z_b of z.
+
+    Args:
+        G: callable (N, d) -> (N, ...) with no coupling between rows (an nn.Module, a DDP-wrapped
+            module, or a plain function).
+        z: [B, d] latent codes.
+        k: how many vectors, 1 <= k <= d.
+        iters: maximum power iterations; each is ONE generator pass on B*k rows.
+        tol: stop when every residual ||M v_i - lambda_i v_i|| / lambda_1 < tol.
+        method: "power", "dense" (exact: full Jacobian + eigh) or "auto" (cost model).
+        jvp: "double_backward", "forward", "finite_difference" or "auto" (verified choice).
+        init: warm start, [k, d] or [B, k, d]; the output signs then agree with it.
+        seed: seed of the random starting basis (default 0: results are deterministic).
+        batchnorm: "error" (refuse train-mode BatchNorm) or "eval" (use running statistics).
+        chunk_size: latent axes per batched JVP for method="dense" (bounds its memory).
+    Returns:
+        TopK with vectors [B, k, d], values [B, k], residuals [B, k], converged [B, k].
+    """
+    if not callable(G):
+        raise TypeError(f"G must be callable, got {type(G).__name__}")
+    z = validate_latents(z)
+    B, d = z.shape
+    k = validate_k(k, d)
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters must be an int >= 1, got {iters!r}")
+    if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if jvp not in JVP_MODES:
+        raise ValueError(f"jvp must be one of {JVP_MODES}, got {jvp!r}")
+    G = unwrap(G)
+    with batch_policy(G, batchnorm), torch.enable_grad():
+        mode = choose_jvp(G, z, jvp)
+        if method == "auto":
+            with torch.no_grad():
+                m = G(z[:1].detach()).numel()
+            cheaper = estimated_cost("dense", B, k, d, m, iters) < estimated_cost("power", B, k, d, m, iters)
+            method = "dense" if cheaper else "power"
+        if method == "dense":
+            return _dense_topk(G, z, k, mode, chunk_size)
+        return _power_topk(G, z, k, iters, tol, mode, init, seed)
+
+
+def _power_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
+    B, d = z.shape
+    cdtype = ops.reference.compute_dtype(z.dtype)
+    Q, V_prev = _initial_basis(init, B, k, d, cdtype, z.device, seed)
+    op = JacobianOperator(G, z, k, mode)
+    for it in range(1, iters + 1):
+        MQ = op.matvec(Q).to(cdtype).detach()
+        V, lam, res, Q_next = ops.ritz_step(Q, MQ, V_prev)
+        if bool((res < tol).all()) or it == iters:
+            break
+        Q = Q_next
+    return _finish(V, lam, res, tol, it, "power", mode)
+
+
+def _finish(V, lam, res, tol, iterations, method, mode) -> TopK:
+    """Singular values from Ritz values; coordinate axes where the Jacobian is exactly zero."""
+    values = lam.clamp_min(0).sqrt()
+    zero = lam[:, 0] <= 0
+    if bool(zero.any()):
+        B, k, d = V.shape
+        axes = torch.eye(d, dtype=V.dtype, device=V.device)[:k].expand(B, k, d)
+        V = torch.where(zero[:, None, None], axes, V)
+    return TopK(vectors=V, values=values, residuals=res, converged=res < tol,
+                iterations=iterations, method=method, jvp=mode)
+
+
+def _dense_chunk(B: int, d: int, m: int, itemsize: int, chunk_size: int | None) -> int:
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+        return min(chunk_size, d)
+    budget = 256 * 2 ** 20  # bytes of output tangents per chunk; activations scale alike
+    return max(1, min(d, budget // max(1, B * m * itemsize)))
+
+
+def _dense_topk(G, z, k, mode, chunk_size) -> TopK:
+    """Exact: J^T [B, d, m] column block by column block with the JVP mode, then eigh of J^T J."""
+    B, d = z.shape
+    cdtype = ops.reference.compute_dtype(z.dtype)
+    with torch.no_grad():
+        m = G(z[:1].detach()).numel()
+    chunk = _dense_chunk(B, d, m, z.element_size(), chunk_size)
+    eye = torch.eye(d, dtype=cdtype, device=z.device)
+    Jt = torch.empty(B, d, m, dtype=cdtype, device=z.device)
+    for start in range(0, d, chunk):
+        stop = min(d, start + chunk)
+        op = JacobianOperator(G, z, stop - start, mode)
+        Jt[:, start:stop] = op.jvp(eye[start:stop].expand(B, -1, -1)).detach().to(cdtype)
+        del op
+    Mfull = Jt @ Jt.transpose(1, 2)
+    del Jt
+    lam, U = torch.linalg.eigh(Mfull)
+    lam, V = lam.flip(-1)[:, :k], U.flip(-1)[..., :k].transpose(1, 2).contiguous()
+    V = V * ops.reference.sign_align(V, None)[..., None]
+    MV = (Mfull @ V.transpose(1, 2)).transpose(1, 2)
+    res = (MV - lam[..., None] * V).norm(dim=-1)
+    res = torch.where(lam[:, :1] > 0, res / lam[:, :1].clamp_min(torch.finfo(cdtype).tiny), torch.zeros_like(res))
+    return _finish(V, lam, res, float("inf"), 0, "dense", mode)
