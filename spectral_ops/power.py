@@ -134,6 +134,8 @@ def jacobian_topk(G: Callable, z: torch.Tensor, k: int, *, iters: int = 20, tol:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if jvp not in JVP_MODES:
         raise ValueError(f"jvp must be one of {JVP_MODES}, got {jvp!r}")
+    if init is not None:
+        _initial_basis(init, B, k, d, z.dtype, z.device, seed)  # validate before any work
     G = unwrap(G)
     with batch_policy(G, batchnorm), torch.enable_grad():
         mode = choose_jvp(G, z, jvp)
@@ -143,7 +145,7 @@ def jacobian_topk(G: Callable, z: torch.Tensor, k: int, *, iters: int = 20, tol:
             cheaper = estimated_cost("dense", B, k, d, m, iters) < estimated_cost("power", B, k, d, m, iters)
             method = "dense" if cheaper else "power"
         if method == "dense":
-            return _dense_topk(G, z, k, mode, chunk_size)
+            return _dense_topk(G, z, k, mode, chunk_size, init)
         return _power_topk(G, z, k, iters, tol, mode, init, seed)
 
 
@@ -182,7 +184,7 @@ def _dense_chunk(B: int, d: int, m: int, itemsize: int, chunk_size: int | None) 
     return max(1, min(d, budget // max(1, B * m * itemsize)))
 
 
-def _dense_topk(G, z, k, mode, chunk_size) -> TopK:
+def _dense_topk(G, z, k, mode, chunk_size, init) -> TopK:
     """Exact: J^T [B, d, m] column block by column block with the JVP mode, then eigh of J^T J."""
     B, d = z.shape
     cdtype = ops.reference.compute_dtype(z.dtype)
@@ -200,7 +202,8 @@ def _dense_topk(G, z, k, mode, chunk_size) -> TopK:
     del Jt
     lam, U = torch.linalg.eigh(Mfull)
     lam, V = lam.flip(-1)[:, :k], U.flip(-1)[..., :k].transpose(1, 2).contiguous()
-    V = V * ops.reference.sign_align(V, None)[..., None]
+    V_prev = None if init is None else _initial_basis(init, B, k, d, cdtype, z.device, None)[1]
+    V = V * ops.reference.sign_align(V, V_prev)[..., None]
     MV = (Mfull @ V.transpose(1, 2)).transpose(1, 2)
     res = (MV - lam[..., None] * V).norm(dim=-1)
     res = torch.where(lam[:, :1] > 0, res / lam[:, :1].clamp_min(torch.finfo(cdtype).tiny), torch.zeros_like(res))

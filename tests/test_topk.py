@@ -1,0 +1,323 @@
+"""jacobian_topk against an explicit Jacobian SVD, plus its contracts and bad inputs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gen_families import dcgan, explicit_jacobian, families, oracle_svd
+from spectral_ops import jacobian_topk
+from spectral_ops.jacobian import JacobianOperator
+
+D, B, K = 8, 3, 3
+MODES = ["double_backward", "forward", "finite_difference"]
+
+
+def _z(B=B, d=D, seed=1, dtype=torch.float64):
+    return torch.randn(B, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _assert_matches_oracle(top, S, Vh, k, cos_min=0.999, rel=1e-3):
+    cos = (top.vectors * Vh[:, :k]).sum(-1).abs()
+    assert cos.min() >= cos_min, f"min |cos| {cos.min():.6f}"
+    assert torch.allclose(top.values, S[:, :k], rtol=rel, atol=0), (top.values, S[:, :k])
+    gram = top.vectors @ top.vectors.transpose(1, 2)
+    assert torch.allclose(gram, torch.eye(k, dtype=gram.dtype).expand_as(gram), atol=1e-10)
+
+
+@pytest.mark.parametrize("name", list(families(D)))
+@pytest.mark.parametrize("method", ["power", "dense"])
+def test_gapped_families_match_svd(name, method):
+    G = families(D)[name]
+    z = _z()
+    S, Vh = oracle_svd(G, z)
+    top = jacobian_topk(G, z, K, iters=400, tol=1e-7, method=method)
+    assert top.method == method
+    assert bool(top.converged.all())
+    # the eigenvectors are well conditioned (gap) so the match is far tighter than the 1e-3 asked for
+    _assert_matches_oracle(top, S, Vh, K, cos_min=1 - 1e-8, rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_jvp_modes_agree(mode):
+    G = families(D)["dcgan_convtranspose"]
+    z = _z()
+    ref = jacobian_topk(G, z, K, iters=400, tol=1e-7, jvp="double_backward", method="power")
+    top = jacobian_topk(G, z, K, iters=400, tol=1e-7, jvp=mode, method="power")
+    assert top.jvp == mode
+    # exact modes agree to rounding; central differences to ~eps^(2/3) of float64
+    tol = 1e-9 if mode != "finite_difference" else 1e-6
+    assert torch.allclose(top.values, ref.values, rtol=tol)
+    assert ((top.vectors * ref.vectors).sum(-1) - 1).abs().max() < tol
+
+
+def test_operator_products_match_explicit_jacobian():
+    G = families(D)["mlp_tanh"]
+    z = _z()
+    J = explicit_jacobian(G, z)  # [B, m, d]
+    V = torch.randn(B, 2, D, dtype=torch.float64)
+    for mode in MODES:
+        op = JacobianOperator(G, z, 2, mode)
+        JV = torch.einsum("bmd,bkd->bkm", J, V)
+        tol = 1e-12 if mode != "finite_difference" else 1e-7
+        assert torch.allclose(op.jvp(V), JV, atol=tol * float(JV.abs().max()))
+        MV = torch.einsum("bmd,bkm->bkd", J, JV)
+        assert torch.allclose(op.matvec(V), MV, atol=tol * float(MV.abs().max()))
+
+
+def test_flat_spectrum_untrained_dcgan_subspace_and_ritz_values():
+    """Untrained DCGAN: a flat spectrum.  Individual vectors are ill-determined, so we check
+    what the maths guarantees: Ritz values never exceed the true ones (Cauchy interlacing), every
+    Ritz value lies within its residual of a true eigenvalue, and after 60 iterations the captured
+    energy is >= 99.5% of the optimum, with each singular value within 2%."""
+    torch.manual_seed(3)
+    G = dcgan(16).double()
+    z = _z(4, 16, seed=5)
+    S, Vh = oracle_svd(G, z)
+    assert (S[:, 3] / S[:, 0]).min() > 0.5  # flat indeed
+    top = jacobian_topk(G, z, 4, iters=60, tol=0.0, method="power")
+    lam, lam_true = top.values ** 2, S ** 2
+    assert (lam <= lam_true[:, :4] * (1 + 1e-10)).all()
+    # Bauer-Fike for symmetric M: some eigenvalue within ||r|| = residual * lambda_1
+    dist = (lam[..., None] - lam_true[:, None, :]).abs().min(-1).values
+    assert (dist <= top.residuals * lam[:, :1] * (1 + 1e-8) + 1e-12).all()
+    captured = lam.sum(-1) / lam_true[:, :4].sum(-1)
+    assert captured.min() >= 0.995, captured
+    assert torch.allclose(top.values, S[:, :4], rtol=0.02)
+    # The subspace, by Davis-Kahan: ||sin Theta||_F <= ||R||_F / delta with delta the gap between
+    # the smallest Ritz value and lambda_{k+1}.  1 - overlap = ||sin Theta||_F^2 / k.
+    overlap = (Vh[:, :4] @ top.vectors.transpose(1, 2)).pow(2).sum((1, 2)) / 4
+    R = (top.residuals * lam[:, :1]).pow(2).sum(-1).sqrt()
+    delta = lam[:, 3] - lam_true[:, 4]
+    assert (delta > 0).all()
+    assert (1 - overlap <= (R / delta) ** 2 / 4 + 1e-10).all(), (overlap, R / delta)
+    gapped = delta / lam[:, 0] > 0.05
+    assert gapped.any() and (overlap[gapped] >= 0.99).all(), (overlap, delta / lam[:, 0])
+
+
+def test_one_generator_call_per_iteration_on_folded_batch():
+    G = families(D)["mlp_tanh"]
+    rows = []
+
+    def counted(z):
+        rows.append(z.shape[0])
+        return G(z)
+
+    z = _z()
+    jacobian_topk(counted, z, K, iters=5, tol=0.0, jvp="double_backward", method="power")
+    assert rows == [B * K]  # one forward graph, reused by all 5 iterations
+    rows.clear()
+    jacobian_topk(counted, z, K, iters=5, tol=0.0, jvp="finite_difference", method="power")
+    assert rows == [B * K] * (1 + 2 * 5)  # the graph + two graph-free forwards per iteration
+
+
+def test_deterministic_for_seed_and_warm_start():
+    G = families(D)["dcgan_convtranspose"]
+    z = _z()
+    a = jacobian_topk(G, z, K, iters=3, tol=0.0, seed=7, method="power")
+    b = jacobian_topk(G, z, K, iters=3, tol=0.0, seed=7, method="power")
+    c = jacobian_topk(G, z, K, iters=3, tol=0.0, seed=8, method="power")
+    assert torch.equal(a.vectors, b.vectors) and torch.equal(a.values, b.values)
+    assert not torch.equal(a.vectors, c.vectors)
+    converged = jacobian_topk(G, z, K, iters=400, tol=1e-8, method="power")
+    flipped = converged.vectors * torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)[:, None]
+    warm = jacobian_topk(G, z, K, iters=400, tol=1e-8, method="power", init=flipped)
+    assert warm.iterations <= 2
+    # signs follow the previous vectors, not the largest-component rule
+    assert ((warm.vectors * flipped).sum(-1) > 0.999).all()
+    # a shared [k, d] init broadcasts
+    shared = jacobian_topk(G, z, K, iters=2, tol=0.0, method="power", init=converged.vectors[0])
+    assert shared.vectors.shape == (B, K, D)
+
+
+def test_sign_convention_largest_component_positive():
+    G = families(D)["sigmoid_image_mlp"]
+    top = jacobian_topk(G, _z(), K, iters=50, method="power")
+    idx = top.vectors.abs().argmax(-1, keepdim=True)
+    assert (torch.gather(top.vectors, -1, idx) > 0).all()
+
+
+@pytest.mark.parametrize("method", ["power", "dense"])
+def test_zero_jacobian_gives_zero_values_and_axes(method):
+    def G(z):
+        return torch.zeros(z.shape[0], 5, dtype=z.dtype) + 0 * z.sum(-1, keepdim=True)
+
+    top = jacobian_topk(G, _z(), K, method=method, jvp="double_backward")
+    assert torch.equal(top.values, torch.zeros(B, K, dtype=torch.float64))
+    assert torch.equal(top.vectors, torch.eye(D, dtype=torch.float64)[:K].expand(B, K, D))
+    assert bool(top.converged.all())
+
+
+@pytest.mark.parametrize("method", ["power", "dense"])
+def test_repeated_singular_values_orthonormal(method):
+    Q, _ = torch.linalg.qr(torch.randn(D, D, dtype=torch.float64))
+
+    def G(z):  # J = 2 Q: every singular value is 2
+        return 2 * z @ Q.T
+
+    top = jacobian_topk(G, _z(), K, method=method)
+    assert torch.allclose(top.values, torch.full((B, K), 2.0, dtype=torch.float64), rtol=1e-12)
+    gram = top.vectors @ top.vectors.transpose(1, 2)
+    assert torch.allclose(gram, torch.eye(K, dtype=torch.float64).expand_as(gram), atol=1e-12)
+    assert torch.isfinite(top.residuals).all() and bool(top.converged.all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_low_precision_generators(dtype):
+    G64 = families(D)["mlp_tanh"]
+    z = _z()
+    S, Vh = oracle_svd(G64, z)
+    G = G64.to(dtype)
+    top = jacobian_topk(G, z.to(dtype), K, iters=200, tol=1e-3, method="power")
+    assert top.vectors.dtype == torch.float32  # the small dense work runs in float32
+    eps = torch.finfo(dtype).eps
+    assert torch.allclose(top.values.double(), S[:, :K], rtol=30 * eps)
+    cos = (top.vectors.double() * Vh[:, :K]).sum(-1).abs()
+    assert cos.min() >= 1 - 200 * eps
+
+
+def test_auto_method_follows_cost_model():
+    G = families(D)["mlp_tanh"]
+    assert jacobian_topk(G, _z(), K, method="auto").method == "dense"  # d=8: dense is cheaper
+    big = nn.Sequential(nn.Linear(512, 64), nn.Tanh(), nn.Linear(64, 256))
+    top = jacobian_topk(big, torch.randn(2, 512), 4, iters=2, method="auto")
+    assert top.method == "power"
+
+
+def test_dense_chunking_is_exact():
+    G = families(D)["dcgan_convtranspose"]
+    z = _z()
+    a = jacobian_topk(G, z, K, method="dense", chunk_size=3)
+    b = jacobian_topk(G, z, K, method="dense", chunk_size=D)
+    assert torch.allclose(a.values, b.values, rtol=1e-12)
+    assert torch.allclose(a.vectors, b.vectors, atol=1e-10)
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """tanh whose backward detaches its incoming gradient (as hand-written custom ops often do):
+    its double backward runs but silently yields J v = 0."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g.detach() * (1 - y ** 2) + 0 * g
+
+
+class _NoForwardAD(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2
+
+
+def test_auto_jvp_never_silently_wrong():
+    lin = nn.Linear(D, 20).double()
+
+    def G(z):
+        return _NoDoubleBackward.apply(lin(z))
+
+    z = _z()
+    S, Vh = oracle_svd(lambda x: torch.tanh(lin(x)), z)  # the same maths, oracle-friendly
+    top = jacobian_topk(G, z, K, iters=400, tol=1e-9, method="power", jvp="auto")
+    assert top.jvp == "finite_difference"  # double backward is silently zero, no forward AD
+    _assert_matches_oracle(top, S, Vh, K, rel=1e-6)
+    with pytest.raises(ValueError, match="forward-mode AD"):
+        jacobian_topk(G, z, K, jvp="forward")
+
+
+def test_ddp_wrapped_generator_is_unwrapped(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        G = families(D)["mlp_tanh"]
+        ddp = nn.parallel.DistributedDataParallel(G)
+        z = _z()
+        a = jacobian_topk(ddp, z, K, iters=10, method="power")
+        b = jacobian_topk(G, z, K, iters=10, method="power")
+        assert torch.equal(a.vectors, b.vectors)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_batchnorm_policy():
+    G = nn.Sequential(nn.Linear(D, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 12)).double()
+    G.train()
+    z = _z(6)
+    with pytest.raises(ValueError, match="batchnorm='eval'"):
+        jacobian_topk(G, z, K)
+    top = jacobian_topk(G, z, K, batchnorm="eval", method="dense")
+    assert G[1].training  # mode restored
+    G.eval()
+    ref = jacobian_topk(G, z, K, method="dense")
+    assert torch.allclose(top.values, ref.values, rtol=1e-12)
+    with pytest.raises(ValueError, match="batchnorm"):
+        jacobian_topk(G, z, K, batchnorm="train")
+
+
+def _linear():
+    return nn.Linear(D, 10).double()
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(z=torch.randn(D, dtype=torch.float64)), ValueError, "z must be 2-D"),
+        (dict(z=[[0.0] * D]), TypeError, "z must be a torch.Tensor"),
+        (dict(z=torch.ones(B, D, dtype=torch.long)), TypeError, "floating-point"),
+        (dict(k=0), ValueError, "k must satisfy"),
+        (dict(k=D + 1), ValueError, "k must satisfy"),
+        (dict(k=2.0), TypeError, "k must be an int"),
+        (dict(method="svd"), ValueError, "method must be one of"),
+        (dict(jvp="reverse"), ValueError, "jvp must be one of"),
+        (dict(iters=0), ValueError, "iters must be"),
+        (dict(tol=-1.0), ValueError, "tol must be"),
+        (dict(init=torch.randn(2, D, dtype=torch.float64)), ValueError, "init must have shape"),
+        (dict(chunk_size=0, method="dense"), ValueError, "chunk_size"),
+    ],
+)
+def test_bad_inputs(kwargs, exc, match):
+    args = dict(G=_linear(), z=_z(), k=K)
+    args.update(kwargs)
+    G, z, k = args.pop("G"), args.pop("z"), args.pop("k")
+    with pytest.raises(exc, match=match):
+        jacobian_topk(G, z, k, **args)
+
+
+def test_non_finite_rows_are_named():
+    z = _z(5)
+    z[1, 0] = math.nan
+    z[3, 2] = math.inf
+    with pytest.raises(ValueError, match=r"rows \[1, 3\]"):
+        jacobian_topk(_linear(), z, K)
+
+
+def test_forward_mode_unsupported_is_a_clear_error():
+    def G(z):
+        return _NoForwardAD.apply(z)
+
+    with pytest.raises(ValueError, match="forward-mode AD"):
+        jacobian_topk(G, _z(), K, jvp="forward")
+    # auto picks an exact mode that works
+    assert jacobian_topk(G, _z(), K, method="power").jvp == "double_backward"
+
+
+def test_batch_size_mismatch_and_non_callable():
+    def G(z):
+        return z[:1] * 2
+
+    with pytest.raises(ValueError, match="batch size"):
+        jacobian_topk(G, _z(), K, jvp="double_backward", method="power")
+    with pytest.raises(TypeError, match="G must be callable"):
+        jacobian_topk(3, _z(), K)
