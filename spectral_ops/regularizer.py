@@ -1,0 +1,381 @@
+"""The spectral disentanglement regularizer: align the top-k right-singular vectors of J(z) with the
+latent coordinate axes (DESIGN.md sections 2.1-2.3).
+
+Drop-in use in any PyTorch GAN loop::
+
+    reg = spectral_ops.SpectralRegularizer(latent_dim)      # keep it with G (state_dict: warm start)
+    ...
+    loss_G = adversarial_loss(D(G(z)))
+    loss_G = loss_G + reg(G, z)                              # one line
+    loss_G.backward()
+
+`spectral_penalty(G, z)` is the stateless function underneath.
+
+How the gradient reaches G's parameters (``grad=``), with v_i the top-k eigenvectors of
+M(z) = J^T J and lambda_i = sigma_i^2 their eigenvalues:
+
+- ``"last_step"``: power iteration without a graph gives v_i*; one differentiable step
+  w_i = M(theta) v_i*, v_i = w_i / ||w_i|| feeds the loss.  Its eigenvector gradient weights the
+  component of dM v_i along v_j by 1/lambda_i where the exact one uses 1/(lambda_i - lambda_j):
+  exact in the limit lambda_j << lambda_i, biased for j inside the top-k block (wrong sign for
+  j < i) and for slowly decaying spectra.  It is cheap and never ill-conditioned.  Measured
+  against the eigh oracle (float64, converged power iteration, tests/test_regularizer.py;
+  relative error ||g - g*|| / ||g*|| over all parameters, cosine in brackets):
+
+  ======================  =================  =================  =================
+  generator, k            l1                 assigned           offdiag
+  ======================  =================  =================  =================
+  MLP d=5, m=12, k=2      0.29  (0.96)       0.42  (0.91)       0.47  (0.88)
+  conv d=4, 1x8x8, k=2    0.19  (0.98)       0.17  (0.99)       0.40  (0.92)
+  ======================  =================  =================  =================
+
+  (uniform weights; singular weights are within 0.03 of these).  The tests assert relative
+  error <= 0.6 and cosine >= 0.8 on these generators: a descent direction, not the gradient.
+- ``"implicit"``: exact at convergence.  With g_i = dL/dv_i, solve
+  (lambda_i I - M) a_i = (I - v_i v_i^T) g_i, a_i orthogonal to v_i: the components along the
+  other top-k vectors in closed form (g_i . v_j) / (lambda_i - lambda_j), the rest by conjugate
+  gradients on the complement of the top-k span (where lambda_i I - M is positive definite when
+  lambda_i > lambda_{k+1}), matrix-free with the folded operator and batched over samples and i.
+  Then d/dtheta[a_i^T M v_i] = d/dtheta[(J a_i) . (J v_i)] with a_i, v_i held fixed: two
+  theta-differentiable JVPs.  Matches autograd through torch.linalg.eigh of the explicit J^T J to
+  a relative error below 1e-4 (tests).  Near-repeated eigenvalues inside the top-k block make the
+  exact gradient unbounded; the closed-form coefficients use (x / (x^2 + delta^2)) with
+  delta = sqrt(eps) * lambda_1, so nothing is ever NaN or infinite.
+
+Singular values (both modes): sigma_i = ||J v_i|| with v_i held fixed, whose derivative is
+d lambda_i / (2 sigma_i) by Hellmann-Feynman (exact at convergence).
+
+Cost: about k * (iters + 1) JVP/VJP pairs on the folded batch (implicit: plus cg_iters products
+and one more JVP), against one generator forward/backward for a plain step.  `SpectralRegularizer`
+amortises it with ``every`` (lazy regularization), ``batch_fraction`` (a random subset of the rows)
+and a warm-start basis; see its docstring for the measured overhead.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import ops
+from .jacobian import JVP_MODES, JacobianOperator, batch_policy, choose_jvp, unwrap
+from .ops.reference import compute_dtype
+from .power import validate_k, validate_latents
+
+__all__ = ["spectral_penalty", "SpectralRegularizer", "LOSSES", "GRADS", "WEIGHTS", "default_basis"]
+
+LOSSES = ("l1", "assigned", "offdiag")
+GRADS = ("last_step", "implicit")
+WEIGHTS = ("uniform", "singular")
+
+
+# ---- argument checks ------------------------------------------------------------------------------
+def _choice(name: str, value: object, choices: tuple) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _int_at_least(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _nonneg_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_G(G) -> None:
+    if not callable(G):
+        raise TypeError(f"G must be callable, got {type(G).__name__}")
+
+
+def _check_common(iters, loss, grad, jvp, weights, batchnorm, tol, cg_iters, cg_tol) -> None:
+    _int_at_least("iters", iters, 1)
+    _choice("loss", loss, LOSSES)
+    _choice("grad", grad, GRADS)
+    _choice("jvp", jvp, JVP_MODES)
+    _choice("weights", weights, WEIGHTS)
+    _choice("batchnorm", batchnorm, ("error", "eval"))
+    _nonneg_float("tol", tol)
+    _int_at_least("cg_iters", cg_iters, 0)
+    _nonneg_float("cg_tol", cg_tol)
+
+
+def default_basis(k: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """A fixed random orthonormal basis [k, d] (the shared starting point of the power iteration).
+
+    Every row of a batch starts from the same basis, so the result for a row does not depend on
+    which other rows share its batch (identical under any sharding across processes).
+    """
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    W = torch.randn(1, k, d, generator=gen, dtype=torch.float64)
+    return ops.orthonormalize(W)[0].to(device=device, dtype=dtype)
+
+
+def _check_init(init, B: int, k: int, d: int) -> torch.Tensor:
+    if not isinstance(init, torch.Tensor):
+        raise TypeError(f"init must be a torch.Tensor or None, got {type(init).__name__}")
+    if init.shape == (k, d):
+        init = init.expand(B, k, d)
+    if init.shape != (B, k, d):
+        raise ValueError(f"init must have shape ({k}, {d}) or ({B}, {k}, {d}), got {tuple(init.shape)}")
+    if not torch.isfinite(init).all():
+        raise ValueError("init has non-finite values")
+    return init
+
+
+# ---- the computation ------------------------------------------------------------------------------
+def _safe_norm(X: torch.Tensor) -> torch.Tensor:
+    """||x|| over the last dim with a zero (not NaN) gradient at x = 0."""
+    n2 = (X * X).sum(-1)
+    pos = n2 > 0
+    return torch.where(pos, torch.where(pos, n2, torch.ones_like(n2)).sqrt(), torch.zeros_like(n2))
+
+
+def _power(op: JacobianOperator, Q0: torch.Tensor, V_prev, iters: int, tol: float, cdtype):
+    """Block power iteration with Rayleigh-Ritz on the kept forward graph, no parameter graph."""
+    op.create_graph = False
+    Q = Q0
+    for it in range(1, iters + 1):
+        MQ = op.matvec(Q).detach().to(cdtype)
+        V, lam, res, Q_next = ops.ritz_step(Q, MQ, V_prev)
+        if it == iters or bool((res < tol).all()):
+            break
+        Q = Q_next
+    V, lam, res = V.to(cdtype), lam.to(cdtype), res.to(cdtype)
+    zero = lam[:, 0] <= 0
+    if bool(zero.any()):  # J(z) == 0: deterministic coordinate axes, zero values
+        B, k, d = V.shape
+        axes = torch.eye(d, dtype=cdtype, device=V.device)[:k].expand(B, k, d)
+        V = torch.where(zero[:, None, None], axes, V)
+    return V, lam.clamp_min(0), res, it
+
+
+def _last_step(op: JacobianOperator, V: torch.Tensor, loss: str, weights: str, cdtype) -> torch.Tensor:
+    op.create_graph = True
+    JV = op.jvp(V)                       # [B, k, m], differentiable in theta
+    W = op.vjp(JV).to(cdtype)            # M(theta) v*, [B, k, d]
+    S = _safe_norm(JV.to(cdtype))        # ||J v*||: Hellmann-Feynman singular values
+    n = _safe_norm(W)
+    Vn = torch.where((n > 0)[..., None], W / torch.where(n > 0, n, torch.ones_like(n))[..., None], V)
+    return ops.alignment_loss(Vn, S, loss, weights).to(cdtype).mean()
+
+
+def _project_out(X: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """Remove from every row x_i of X [B, k, d] its components along all k rows of V [B, k, d]."""
+    return X - (X @ V.transpose(-1, -2)) @ V
+
+
+def implicit_solve(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, g: torch.Tensor,
+                   cg_iters: int, cg_tol: float) -> torch.Tensor:
+    """a_i = (lambda_i I - M)^+ (I - v_i v_i^T) g_i for all samples and i at once.
+
+    V: [B, k, d] top-k eigenvectors, lam: [B, k] eigenvalues (descending), g: [B, k, d].
+    Returns a: [B, k, d], orthogonal to v_i.  Top-k block in closed form (regularised
+    denominators), the complement by CG (each CG step: one folded M-product, no parameter graph).
+    """
+    cdtype = V.dtype
+    eps = torch.finfo(cdtype).eps
+    lam1 = lam[:, :1]
+    delta = (eps ** 0.5) * lam1[..., None]                           # [B, 1, 1]
+    diff = lam[:, :, None] - lam[:, None, :]                          # lambda_i - lambda_j
+    k = V.shape[1]
+    off = ~torch.eye(k, dtype=torch.bool, device=V.device)
+    coef = torch.where(off, diff / (diff * diff + delta * delta).clamp_min(torch.finfo(cdtype).tiny),
+                       torch.zeros_like(diff))
+    a_top = (coef * (g @ V.transpose(-1, -2))) @ V                    # sum_j coef_ij (g_i . v_j) v_j
+
+    op.create_graph = False
+    b = _project_out(g, V)
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rr = (r * r).sum(-1)
+    stop = (cg_tol ** 2) * rr
+    for _ in range(cg_iters):
+        if bool((rr <= stop).all()):
+            break
+        Ap = lam[..., None] * p - _project_out(op.matvec(p).detach().to(cdtype), V)
+        pAp = (p * Ap).sum(-1)
+        ok = (pAp > 0) & (rr > stop)  # pAp <= 0: no gap below lambda_i (indefinite); stop that row
+        alpha = torch.where(ok, rr / torch.where(ok, pAp, torch.ones_like(pAp)), torch.zeros_like(pAp))
+        x = x + alpha[..., None] * p
+        r = r - alpha[..., None] * Ap
+        rr_new = (r * r).sum(-1)
+        beta = torch.where(ok & (rr > 0), rr_new / torch.where(rr > 0, rr, torch.ones_like(rr)), torch.zeros_like(rr))
+        p = torch.where(ok[..., None], r + beta[..., None] * p, torch.zeros_like(p))
+        rr = torch.where(ok, rr_new, torch.zeros_like(rr))
+    a = a_top + x
+    return torch.where((lam1 > 0)[..., None], a, torch.zeros_like(a))
+
+
+def _implicit(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, loss: str, weights: str,
+              cg_iters: int, cg_tol: float, cdtype) -> torch.Tensor:
+    op.create_graph = True
+    JV = op.jvp(V)                                   # differentiable in theta
+    S = _safe_norm(JV.to(cdtype))                    # Hellmann-Feynman path for the values
+    V_leaf = V.detach().requires_grad_(True)
+    value = ops.alignment_loss(V_leaf, S, loss, weights).to(cdtype).mean()
+    (g,) = torch.autograd.grad(value, V_leaf, retain_graph=True)
+    A = implicit_solve(op, V, lam, g.detach().to(cdtype), cg_iters, cg_tol)
+    op.create_graph = True
+    JA = op.jvp(A)
+    surrogate = (JA.to(cdtype) * JV.to(cdtype)).sum()
+    return value + (surrogate - surrogate.detach())
+
+
+def _penalty(G, z, k, iters, loss, grad, jvp, init, init_signs, weights, batchnorm, tol, cg_iters, cg_tol):
+    """Returns (penalty scalar, vectors [B, k, d] detached, values [B, k], residuals [B, k])."""
+    B, d = z.shape
+    cdtype = compute_dtype(z.dtype)
+    G = unwrap(G)
+    with batch_policy(G, batchnorm), torch.enable_grad():
+        mode = choose_jvp(G, z, jvp)
+        if init is None:
+            Q0, V_prev = default_basis(k, d, dtype=cdtype, device=z.device).expand(B, k, d), None
+        else:
+            init = init.detach().to(device=z.device, dtype=cdtype)
+            Q0, V_prev = ops.orthonormalize(init.contiguous()), (init if init_signs else None)
+        op = JacobianOperator(G, z, k, mode)
+        V, lam, res, _ = _power(op, Q0, V_prev, iters, tol, cdtype)
+        if grad == "last_step":
+            value = _last_step(op, V, loss, weights, cdtype)
+        else:
+            value = _implicit(op, V, lam, loss, weights, cg_iters, cg_tol, cdtype)
+    return value, V.detach(), lam.sqrt(), res
+
+
+def spectral_penalty(G: Callable, z: torch.Tensor, *, k: int = 4, iters: int = 2, loss: str = "l1",
+                     grad: str = "last_step", jvp: str = "auto", init: torch.Tensor | None = None,
+                     weights: str = "uniform", batchnorm: str = "error", tol: float = 1e-4,
+                     cg_iters: int = 8, cg_tol: float = 1e-6) -> torch.Tensor:
+    """Axis-alignment penalty of the top-k right-singular vectors of J(z) = dG/dz, batch mean.
+
+    Args:
+        G: callable (N, d) -> (N, ...) with no coupling between rows (nn.Module, DDP-wrapped
+            module, or a plain function).  Gradients flow to G's parameters (not to z).
+        z: [B, d] latent codes.
+        k: vectors per sample, 1 <= k <= d.
+        iters: power iterations (graph-free; each is one generator pass on B*k rows).
+        loss: "l1", "assigned" or "offdiag" (DESIGN.md 2.1); values in [0, 1].
+        grad: "last_step" (cheap, biased) or "implicit" (exact at convergence); module docstring.
+        jvp: "auto", "double_backward", "forward" or "finite_difference".
+        init: starting basis [k, d] or [B, k, d] (default: a fixed random basis shared by all rows).
+        weights: "uniform" or "singular" (per-vector weights; not used by "offdiag").
+        batchnorm: "error" or "eval" for train-mode BatchNorm in G (DESIGN.md 6).
+        tol: stop the power iteration early once every residual is below tol.
+        cg_iters, cg_tol: conjugate-gradient steps and relative tolerance for grad="implicit".
+    Returns:
+        scalar tensor (float32, or float64 for float64 z), differentiable w.r.t. G's parameters.
+    """
+    _check_G(G)
+    z = validate_latents(z)
+    B, d = z.shape
+    k = validate_k(k, d)
+    _check_common(iters, loss, grad, jvp, weights, batchnorm, tol, cg_iters, cg_tol)
+    if init is not None:
+        init = _check_init(init, B, k, d)
+    return _penalty(G, z, k, iters, loss, grad, jvp, init, True, weights, batchnorm, tol, cg_iters, cg_tol)[0]
+
+
+class SpectralRegularizer(nn.Module):
+    """Stateful spectral regularizer with the cost controls of DESIGN.md 2.3.
+
+    Drop-in: ``loss_G = loss_G + reg(G, z)`` before ``loss_G.backward()``.
+
+    Args:
+        latent_dim: d, the latent size of G.
+        k, iters, loss, grad, jvp, weights, batchnorm, tol, cg_iters, cg_tol: as in
+            `spectral_penalty`.
+        every: compute the penalty on one call in `every` (the first call computes) and scale it
+            by `every` (lazy regularization, as StyleGAN2's path-length penalty); other calls
+            return a graph-free zero.
+        batch_fraction: regularize a random subset of round(batch_fraction * B) rows (at least 1).
+        warm_start: start the power iteration from a running, sign-aligned mean basis [k, d]
+            (buffer `basis`); otherwise from the fixed random basis it is initialised with.
+        momentum: weight of the new batch mean in the running basis.
+        seed: seeds the initial basis and the row subsets (which are the same on every process).
+    Buffers (in state_dict): `step` (calls so far), `basis` [k, d].
+
+    Under DDP: call it with the DDP-wrapped G (the extra passes use G.module) and add it to the
+    loss that the same backward() reduces: the penalty's parameter gradients reach the same
+    gradient accumulators that DDP hooks, so they are averaged with the adversarial gradients,
+    and the per-process batch mean becomes the global batch mean.  The running basis is
+    all-reduced so every process keeps the same one.
+    """
+
+    def __init__(self, latent_dim: int, *, k: int = 4, iters: int = 2, loss: str = "l1",
+                 grad: str = "last_step", every: int = 4, batch_fraction: float = 0.25,
+                 warm_start: bool = True, jvp: str = "auto", weights: str = "uniform",
+                 batchnorm: str = "error", momentum: float = 0.2, tol: float = 1e-4,
+                 cg_iters: int = 8, cg_tol: float = 1e-6, seed: int = 0):
+        super().__init__()
+        _int_at_least("latent_dim", latent_dim, 1)
+        validate_k(k, latent_dim)
+        _check_common(iters, loss, grad, jvp, weights, batchnorm, tol, cg_iters, cg_tol)
+        _int_at_least("every", every, 1)
+        if (isinstance(batch_fraction, bool) or not isinstance(batch_fraction, (int, float))
+                or not math.isfinite(batch_fraction) or not 0 < batch_fraction <= 1):
+            raise ValueError(f"batch_fraction must be a number in (0, 1], got {batch_fraction!r}")
+        if not isinstance(warm_start, bool):
+            raise TypeError(f"warm_start must be a bool, got {type(warm_start).__name__}")
+        if (isinstance(momentum, bool) or not isinstance(momentum, (int, float))
+                or not math.isfinite(momentum) or not 0 < momentum <= 1):
+            raise ValueError(f"momentum must be a number in (0, 1], got {momentum!r}")
+        self.latent_dim, self.k, self.iters, self.loss, self.grad = latent_dim, k, iters, loss, grad
+        self.every, self.batch_fraction, self.warm_start, self.jvp = every, float(batch_fraction), warm_start, jvp
+        self.weights, self.batchnorm, self.momentum, self.tol = weights, batchnorm, float(momentum), tol
+        self.cg_iters, self.cg_tol, self.seed = cg_iters, cg_tol, int(seed)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("basis", default_basis(k, latent_dim, seed=seed, dtype=torch.float32))
+
+    def extra_repr(self) -> str:
+        return (f"latent_dim={self.latent_dim}, k={self.k}, iters={self.iters}, loss={self.loss!r}, "
+                f"grad={self.grad!r}, every={self.every}, batch_fraction={self.batch_fraction}, "
+                f"warm_start={self.warm_start}")
+
+    def _rows(self, B: int, step: int, device) -> torch.Tensor | None:
+        n = max(1, int(round(self.batch_fraction * B)))
+        if n >= B:
+            return None
+        gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + step)
+        return torch.randperm(B, generator=gen)[:n].sort().values.to(device)
+
+    def forward(self, G: Callable, z: torch.Tensor) -> torch.Tensor:
+        """Penalty for this step: scalar, scaled by `every`; a graph-free zero on skipped calls."""
+        _check_G(G)
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"z must be 2-D [batch, latent_dim={self.latent_dim}], got shape {tuple(z.shape)}")
+        step = int(self.step)
+        self.step += 1
+        if step % self.every:
+            return torch.zeros((), dtype=compute_dtype(z.dtype), device=z.device)
+        z = validate_latents(z)
+        rows = self._rows(z.shape[0], step, z.device)
+        zs = z if rows is None else z.index_select(0, rows)
+        value, V, _, _ = _penalty(G, zs, self.k, self.iters, self.loss, self.grad, self.jvp, self.basis,
+                                  True, self.weights, self.batchnorm, self.tol, self.cg_iters, self.cg_tol)
+        if self.warm_start and self.training:
+            self._update_basis(V)
+        return value * self.every
+
+    @torch.no_grad()
+    def _update_basis(self, V: torch.Tensor) -> None:
+        """basis <- orthonormalize((1 - momentum) basis + momentum * mean_b V_b), V sign-aligned."""
+        total = torch.cat([V.to(torch.float64).sum(0).flatten(), V.new_full((1,), V.shape[0], dtype=torch.float64)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(total)
+        mean = (total[:-1] / total[-1]).reshape(self.k, self.latent_dim)
+        new = (1 - self.momentum) * self.basis.to(torch.float64) + self.momentum * mean.to(self.basis.device)
+        self.basis.copy_(ops.orthonormalize(new[None])[0].to(self.basis.dtype))
