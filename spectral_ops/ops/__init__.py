@@ -1,47 +1,195 @@
 """Public fused ops.  Each call dispatches to the active backend (see `use_backend`).
 
-Shapes: V, W, Q are [B, k, d] (k row vectors per sample); S, values are [B, k].
+Shapes: V, W, Q are [B, k, d] (k row vectors per sample, 1 <= k <= d); S, values are [B, k].
+
+Backends:
+- "cpp": the compiled CPU kernels (spectral_ops._C, built by `pip install --no-build-isolation -e .`);
+- "cuda": the compiled CUDA kernels (build with FORCE_CUDA=1), k <= 32;
+- "triton": Triton kernels (`pip install triton`), on CUDA tensors, or on CPU tensors when
+  TRITON_INTERPRET=1 was set before triton was imported;
+- "reference": pure torch (reference.py), always available, differentiable by autograd.
+"auto" picks cuda, then triton, then reference for CUDA tensors; cpp, then reference for CPU tensors.
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 
-from . import reference
+from . import _native, reference
+from .reference import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
 
-_BACKENDS = ("auto", "cpp", "cuda", "triton", "reference")
-_active = "auto"
+__all__ = ["orthonormalize", "ritz_step", "alignment_loss", "use_backend", "available_backends", "reference",
+           "BACKENDS", "LOSS_KINDS", "WEIGHT_KINDS", "compute_dtype", "MAX_CUDA_K"]
+
+BACKENDS = ("auto", "cpp", "cuda", "triton", "reference")
+MAX_CUDA_K = 32  # the CUDA kernels keep k x k scratch in shared memory
+_state = threading.local()
 
 
-def available_backends() -> list[str]:
-    """Backends usable in this process (the compiled ones are added by the kernels issue)."""
-    return ["reference"]
+def _active() -> str:
+    return getattr(_state, "backend", "auto")
+
+
+def _triton_module():
+    from ..kernels import triton as triton_kernels
+
+    return triton_kernels
+
+
+def _backend_usable(name: str, device: torch.device) -> str | None:
+    """None if `name` can run on `device`, else the reason (with how to get it)."""
+    if name == "reference":
+        return None
+    if name == "cpp":
+        if not _native.LOADED:
+            return ("the compiled extension spectral_ops._C is not available "
+                    f"({_native.LOAD_ERROR}); build it with `pip install --no-build-isolation -e .`")
+        if device.type != "cpu":
+            return f"backend 'cpp' runs on CPU tensors, got a {device.type} tensor"
+        return None
+    if name == "cuda":
+        if not _native.has_cuda_kernels():
+            return ("spectral_ops._C has no CUDA kernels; rebuild with "
+                    "`FORCE_CUDA=1 pip install --no-build-isolation -e .` (needs nvcc and a CUDA build of torch)")
+        if device.type != "cuda":
+            return f"backend 'cuda' runs on CUDA tensors, got a {device.type} tensor"
+        return None
+    if name == "triton":
+        triton_kernels = _triton_module()
+        if not triton_kernels.AVAILABLE:
+            return f"triton is not available ({triton_kernels.UNAVAILABLE_REASON}); `pip install triton`"
+        if device.type == "cpu" and not triton_kernels.INTERPRET:
+            return ("backend 'triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set "
+                    "before triton is imported")
+        if device.type not in ("cpu", "cuda"):
+            return f"backend 'triton' runs on CUDA tensors, got a {device.type} tensor"
+        return None
+    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+
+
+def available_backends(device: str | torch.device | None = None) -> list[str]:
+    """Backends usable in this process, for `device` ("cpu", "cuda") or for any device if None."""
+    devices = [torch.device(device)] if device is not None else [torch.device("cpu")] + (
+        [torch.device("cuda")] if torch.cuda.is_available() else [])
+    return [name for name in BACKENDS[1:] if any(_backend_usable(name, dev) is None for dev in devices)]
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Context manager choosing the kernel backend: "auto", "cpp", "cuda", "triton" or "reference"."""
-    global _active
-    if name not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {name!r}")
-    previous, _active = _active, name
+    """Context manager choosing the kernel backend: "auto", "cpp", "cuda", "triton" or "reference".
+
+    An explicit backend that cannot run is reported (RuntimeError, saying how to get it) at the
+    first op call, where the tensors' device is known.  The choice is per thread.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    previous = _active()
+    _state.backend = name
     try:
         yield
     finally:
-        _active = previous
+        _state.backend = previous
+
+
+def _resolve(device: torch.device, k: int) -> str:
+    name = _active()
+    if name == "auto":
+        order = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpp", "reference")
+        for candidate in order:
+            if candidate == "cuda" and k > MAX_CUDA_K:
+                continue
+            if _backend_usable(candidate, device) is None:
+                return candidate
+        return "reference"
+    reason = _backend_usable(name, device)
+    if reason is not None:
+        raise RuntimeError(f"spectral_ops backend {name!r} is unavailable: {reason}")
+    if name == "cuda" and k > MAX_CUDA_K:
+        raise ValueError(f"the cuda backend supports k <= {MAX_CUDA_K}, got k={k}; use backend 'triton', "
+                         "'reference' or 'auto'")
+    return name
+
+
+def _check_rows(t, name: str) -> tuple[int, int, int]:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 3:
+        raise ValueError(f"{name} must be 3-D [B, k, d], got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    B, k, d = t.shape
+    if not 1 <= k <= d:
+        raise ValueError(f"{name} must have 1 <= k <= d, got k={k}, d={d}")
+    return B, k, d
+
+
+def _check_like(t, name: str, like: torch.Tensor, like_name: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.shape != like.shape:
+        raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if t.device != like.device:
+        raise ValueError(f"{name} must be on {like.device}, got {t.device}")
 
 
 def orthonormalize(W: torch.Tensor) -> torch.Tensor:
-    """[B, k, d] -> [B, k, d] orthonormal rows (Gram-Schmidt order, positive R diagonal)."""
-    return reference.orthonormalize(W)
+    """[B, k, d] -> [B, k, d] orthonormal rows (Gram-Schmidt order, positive R diagonal).
+
+    Dependent or zero rows are replaced by the lowest coordinate axis far from the span of the
+    previous rows.  Differentiable (the gradient is zero for replaced rows).
+    """
+    _, k, _ = _check_rows(W, "W")
+    backend = _resolve(W.device, k)
+    if backend == "reference":
+        return reference.orthonormalize(W)
+    if backend == "triton":
+        return _triton_module().orthonormalize(W)
+    return torch.ops.spectral_ops.orthonormalize(W)
 
 
 def ritz_step(Q: torch.Tensor, MQ: torch.Tensor, V_prev: torch.Tensor | None = None):
-    """Rayleigh-Ritz epilogue; returns (V [B,k,d], lam [B,k], res [B,k], Q_next [B,k,d])."""
-    return reference.ritz_step(Q, MQ, V_prev)
+    """Rayleigh-Ritz epilogue; returns (V [B,k,d], lam [B,k], res [B,k], Q_next [B,k,d]).
+
+    Q: [B, k, d] orthonormal rows; MQ = M Q; V_prev: optional [B, k, d] for sign continuity.
+    See reference.ritz_step.  Not differentiable (used without a graph).
+    """
+    _, k, _ = _check_rows(Q, "Q")
+    _check_like(MQ, "MQ", Q, "Q")
+    if V_prev is not None:
+        _check_like(V_prev, "V_prev", Q, "Q")
+    backend = _resolve(Q.device, k)
+    if backend == "reference":
+        return reference.ritz_step(Q, MQ, V_prev)
+    if backend == "triton":
+        return _triton_module().ritz_step(Q, MQ, V_prev)
+    return torch.ops.spectral_ops.ritz_step(Q, MQ, V_prev)
 
 
 def alignment_loss(V: torch.Tensor, S: torch.Tensor, kind: str = "l1", weights: str = "uniform") -> torch.Tensor:
-    """[B, k, d], [B, k] -> [B] axis-alignment loss in [0, 1]."""
-    return reference.alignment_loss(V, S, kind, weights)
+    """[B, k, d], [B, k] -> [B] axis-alignment loss in [0, 1], differentiable wrt V and S.
+
+    kind: "l1" | "assigned" | "offdiag"; weights: "uniform" | "singular" (see reference.py).
+    """
+    B, k, _ = _check_rows(V, "V")
+    if not isinstance(S, torch.Tensor):
+        raise TypeError(f"S must be a torch.Tensor, got {type(S).__name__}")
+    if tuple(S.shape) != (B, k):
+        raise ValueError(f"S must be [B, k] = [{B}, {k}], got shape {tuple(S.shape)}")
+    if not S.is_floating_point():
+        raise TypeError(f"S must be a floating-point tensor, got {S.dtype}")
+    if S.device != V.device:
+        raise ValueError(f"S must be on {V.device}, got {S.device}")
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"kind must be one of {LOSS_KINDS}, got {kind!r}")
+    if weights not in WEIGHT_KINDS:
+        raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
+    backend = _resolve(V.device, k)
+    if backend == "reference":
+        return reference.alignment_loss(V, S, kind, weights)
+    if backend == "triton":
+        return _triton_module().alignment_loss(V, S, kind, weights)
+    return torch.ops.spectral_ops.alignment_loss(V, S, kind, weights)

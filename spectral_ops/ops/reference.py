@@ -77,8 +77,9 @@ def _first_free_axis(rows: list[torch.Tensor], eye: torch.Tensor, B: int) -> tor
 def orthonormalize_backward(grad_Q: torch.Tensor, Q: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """Gradient of orthonormalize: W = L Q with L = W Q^T lower-triangular (the QR of W^T).
 
-    grad_W = L^{-1} (grad_Q + sym(M) Q) with M = -grad_Q Q^T, sym(M) = tril(M,-1) + tril(M,-1)^T
-    + diag(M).  All shapes [B, k, d]; k x k work is batched.
+    grad_W = L^{-T} (grad_Q + sym(M) Q) with M = -grad_Q Q^T, sym(M) = tril(M,-1) + tril(M,-1)^T
+    + diag(M).  Rows the forward replaced (L_ii <= rank_tolerance * ||w_i||, where orthonormalize
+    is not differentiable) get a zero gradient.  All shapes [B, k, d]; k x k work is batched.
     """
     out_dtype = grad_Q.dtype
     ct = compute_dtype(W.dtype)
@@ -88,7 +89,14 @@ def orthonormalize_backward(grad_Q: torch.Tensor, Q: torch.Tensor, W: torch.Tens
     lower = torch.tril(M, -1)
     sym = lower + lower.transpose(-1, -2) + torch.diag_embed(torch.diagonal(M, dim1=-2, dim2=-1))
     rhs = grad_Q + sym @ Q
-    return torch.linalg.solve_triangular(L, rhs, upper=False).to(out_dtype)
+    diag = torch.diagonal(L, dim1=-2, dim2=-1)
+    replaced = ~(diag > rank_tolerance(ct) * W.norm(dim=-1))  # [B, k]
+    # Solve L^T X = rhs with X_i = 0 on replaced rows: unit diagonal, zero column below it, zero rhs.
+    keep = (~replaced).to(ct)
+    L = L * keep[:, None, :] + torch.diag_embed(replaced.to(ct))
+    L = torch.tril(L, -1) + torch.diag_embed(torch.diagonal(L, dim1=-2, dim2=-1))
+    rhs = rhs * keep[..., None]
+    return torch.linalg.solve_triangular(L.transpose(-1, -2), rhs, upper=True).to(out_dtype)
 
 
 def sign_align(V: torch.Tensor, V_prev: torch.Tensor | None) -> torch.Tensor:
@@ -162,6 +170,8 @@ def alignment_loss(V: torch.Tensor, S: torch.Tensor, kind: str = "l1", weights: 
     ct = compute_dtype(V.dtype)
     V, S = V.to(ct), S.to(ct)
     B, k, d = V.shape
+    if weights not in WEIGHT_KINDS:
+        raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
     if kind == "offdiag":
         s2 = S * S
         gram = V @ V.transpose(-1, -2)  # [B, k, k]
@@ -171,7 +181,8 @@ def alignment_loss(V: torch.Tensor, S: torch.Tensor, kind: str = "l1", weights: 
         safe = torch.where(fro2 > 0, fro2, torch.ones_like(fro2))
         return torch.where(fro2 > 0, (fro2 - diag2) / safe, torch.zeros_like(fro2)).to(out_dtype)
     if kind == "l1":
-        per_vector = (V.abs().sum(-1) - 1.0) / (d ** 0.5 - 1.0) if d > 1 else torch.zeros_like(S)
+        # d == 1: every unit vector is an axis; keep the graph so backward gives zero, not an error.
+        per_vector = (V.abs().sum(-1) - 1.0) / (d ** 0.5 - 1.0) if d > 1 else 0.0 * V.sum(-1)
     elif kind == "assigned":
         idx = torch.arange(k, device=V.device)
         per_vector = 1.0 - V[:, idx, idx] ** 2

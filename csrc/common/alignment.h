@@ -1,0 +1,140 @@
+// Per-sample axis-alignment loss and its gradient, shared by CPU and CUDA.
+#pragma once
+
+#include "macros.h"
+
+namespace spectral_ops {
+
+enum LossKind : int { kLossL1 = 0, kLossAssigned = 1, kLossOffdiag = 2 };
+enum WeightKind : int { kWeightsUniform = 0, kWeightsSingular = 1 };
+
+// Sum of S (used for singular weights); every thread computes it.
+template <typename T>
+SPECTRAL_HD T total_of(const T* S, int k) {
+  T total = T(0);
+  for (int i = 0; i < k; ++i) total += S[i];
+  return total;
+}
+
+// Weight of vector i: 1/k (uniform, or singular with sum(S) <= 0), else S_i / sum(S).
+template <typename T>
+SPECTRAL_HD T vector_weight(const T* S, int i, int k, int weights, T total) {
+  if (weights == kWeightsSingular && total > T(0)) return S[i] / total;
+  return T(1) / T(k);
+}
+
+// Per-vector loss for l1 / assigned.
+template <typename T, typename Ctx>
+SPECTRAL_HD T per_vector_loss(const Ctx& ctx, const T* vi, int i, int d, int kind) {
+  if (kind == kLossAssigned) return T(1) - vi[i] * vi[i];
+  if (d <= 1) return T(0);
+  const T l1 = ctx.template sum<T>(d, [&](int j) { return abs_(vi[j]); });
+  return (l1 - T(1)) / (sqrt_(T(d)) - T(1));
+}
+
+// offdiag: fro2 = ||A||_F^2 = sum_il s_i^2 s_l^2 (v_i.v_l)^2 and diag2 = ||diag A||^2,
+// A = sum_i s_i^2 v_i v_i^T.  If gram != nullptr the leader also stores G = V V^T (k x k).
+template <typename T, typename Ctx>
+SPECTRAL_HD void offdiag_terms(const Ctx& ctx, const T* V, const T* S, int k, int d, T* gram, T& fro2, T& diag2) {
+  fro2 = T(0);
+  for (int i = 0; i < k; ++i) {
+    for (int l = 0; l <= i; ++l) {
+      const T* vi = V + (long)i * d;
+      const T* vl = V + (long)l * d;
+      const T g = ctx.template sum<T>(d, [&](int j) { return vi[j] * vl[j]; });
+      const T s2s2 = S[i] * S[i] * S[l] * S[l];
+      fro2 += (l == i ? T(1) : T(2)) * s2s2 * g * g;
+      if (gram != nullptr && ctx.leader()) gram[i * k + l] = gram[l * k + i] = g;
+    }
+  }
+  diag2 = ctx.template sum<T>(d, [&](int j) {
+    T dj = T(0);
+    for (int i = 0; i < k; ++i) dj += S[i] * S[i] * V[(long)i * d + j] * V[(long)i * d + j];
+    return dj * dj;
+  });
+}
+
+// Loss of one sample (returned to every thread).  V: [k, d], S: [k].
+template <typename T, typename Ctx>
+SPECTRAL_HD T alignment_loss_sample(const Ctx& ctx, const T* V, const T* S, int k, int d, int kind, int weights) {
+  if (kind == kLossOffdiag) {
+    T fro2, diag2;
+    offdiag_terms(ctx, V, S, k, d, static_cast<T*>(nullptr), fro2, diag2);
+    return fro2 > T(0) ? (fro2 - diag2) / fro2 : T(0);
+  }
+  const T total = total_of(S, k);
+  T loss = T(0);
+  for (int i = 0; i < k; ++i)
+    loss += vector_weight(S, i, k, weights, total) * per_vector_loss(ctx, V + (long)i * d, i, d, kind);
+  return loss;
+}
+
+// Gradients of grad * loss wrt V ([k, d]) and S ([k], written by the leader).  gram: k x k
+// scratch visible to every thread (offdiag only); per_vector: per-thread scratch of k entries.
+template <typename T, typename Ctx>
+SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T* V, const T* S, T* grad_V,
+                                                T* grad_S, int k, int d, int kind, int weights, T* gram,
+                                                T* per_vector) {
+  if (kind == kLossOffdiag) {
+    T fro2, diag2;
+    offdiag_terms(ctx, V, S, k, d, gram, fro2, diag2);
+    ctx.sync();
+    if (!(fro2 > T(0))) {
+      ctx.for_each(k * d, [&](int idx) { grad_V[idx] = T(0); });
+      if (ctx.leader())
+        for (int i = 0; i < k; ++i) grad_S[i] = T(0);
+      ctx.sync();
+      return;
+    }
+    const T inv_fro2 = T(1) / fro2;
+    const T ratio = diag2 * inv_fro2 * inv_fro2;
+    // dL/dV_ij = 4 s2_i [ -D_j V_ij / fro2 + ratio * sum_l s2_l G_il V_lj ],  D_j = sum_i s2_i V_ij^2
+    ctx.for_each(d, [&](int j) {
+      T dj = T(0);
+      for (int i = 0; i < k; ++i) dj += S[i] * S[i] * V[(long)i * d + j] * V[(long)i * d + j];
+      for (int i = 0; i < k; ++i) {
+        T mix = T(0);
+        for (int l = 0; l < k; ++l) mix += S[l] * S[l] * gram[i * k + l] * V[(long)l * d + j];
+        const T s2 = S[i] * S[i];
+        grad_V[(long)i * d + j] = grad * T(4) * s2 * (-dj * V[(long)i * d + j] * inv_fro2 + ratio * mix);
+      }
+    });
+    // dL/dS_i = 2 S_i [ -2 sum_j D_j V_ij^2 / fro2 + 2 ratio sum_l s2_l G_il^2 ]
+    for (int i = 0; i < k; ++i) {
+      const T* vi = V + (long)i * d;
+      const T dv = ctx.template sum<T>(d, [&](int j) {
+        T dj = T(0);
+        for (int l = 0; l < k; ++l) dj += S[l] * S[l] * V[(long)l * d + j] * V[(long)l * d + j];
+        return dj * vi[j] * vi[j];
+      });
+      T gg = T(0);
+      for (int l = 0; l < k; ++l) gg += S[l] * S[l] * gram[i * k + l] * gram[i * k + l];
+      if (ctx.leader()) grad_S[i] = grad * T(2) * S[i] * (T(-2) * dv * inv_fro2 + T(2) * ratio * gg);
+    }
+    ctx.sync();
+    return;
+  }
+  const T total = total_of(S, k);
+  const T l1_scale = d > 1 ? T(1) / (sqrt_(T(d)) - T(1)) : T(0);
+  for (int i = 0; i < k; ++i) {
+    const T w = grad * vector_weight(S, i, k, weights, total);
+    const T* vi = V + (long)i * d;
+    T* gi = grad_V + (long)i * d;
+    if (kind == kLossL1)
+      ctx.for_each(d, [&](int j) { gi[j] = w * l1_scale * sign_(vi[j]); });
+    else
+      ctx.for_each(d, [&](int j) { gi[j] = j == i ? T(-2) * w * vi[i] : T(0); });
+  }
+  const bool singular = weights == kWeightsSingular && total > T(0);
+  T weighted = T(0);  // sum_l S_l pv_l
+  for (int i = 0; i < k; ++i) {
+    per_vector[i] = singular ? per_vector_loss(ctx, V + (long)i * d, i, d, kind) : T(0);
+    weighted += S[i] * per_vector[i];
+  }
+  if (ctx.leader())
+    for (int i = 0; i < k; ++i)
+      grad_S[i] = singular ? grad * (per_vector[i] / total - weighted / (total * total)) : T(0);
+  ctx.sync();
+}
+
+}  // namespace spectral_ops

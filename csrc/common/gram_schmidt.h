@@ -1,0 +1,105 @@
+// Per-sample Gram-Schmidt (CGS2) and its backward, shared by the CPU and CUDA backends.
+// Rows are contiguous: row i of a [k, d] sample starts at i * d.  See serial_context.h for Ctx.
+#pragma once
+
+#include "macros.h"
+
+namespace spectral_ops {
+
+// q <- q - P q, twice (CGS2), where P projects on the first `count` rows of Q (orthonormal).
+// coef: per-thread scratch of at least `count` entries.
+template <typename T, typename Ctx>
+SPECTRAL_HD void project_out_rows(const Ctx& ctx, const T* Q, int count, T* q, int d, T* coef) {
+  if (count == 0) return;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int l = 0; l < count; ++l) {
+      const T* ql = Q + (long)l * d;
+      coef[l] = ctx.template sum<T>(d, [&](int j) { return ql[j] * q[j]; });
+    }
+    ctx.sync();
+    ctx.for_each(d, [&](int j) {
+      T acc = q[j];
+      for (int l = 0; l < count; ++l) acc -= coef[l] * Q[(long)l * d + j];
+      q[j] = acc;
+    });
+    ctx.sync();
+  }
+}
+
+// Q = orthonormalize(W) for one sample: CGS2 in row order, q_i . w_i > 0.  A row whose residual
+// is below rank_tolerance * ||w_i|| (or w_i == 0) is replaced by the lowest coordinate axis e_j
+// with ||e_j - P e_j|| > 1/2, orthonormalized.  W and Q are [k, d]; Q may alias W.
+template <typename T, typename Ctx>
+SPECTRAL_HD void orthonormalize_rows(const Ctx& ctx, const T* W, T* Q, int k, int d, T* coef) {
+  const T tol = rank_tolerance<T>();
+  for (int i = 0; i < k; ++i) {
+    T* q = Q + (long)i * d;
+    const T* w = W + (long)i * d;
+    if (q != w) {
+      ctx.for_each(d, [&](int j) { q[j] = w[j]; });
+      ctx.sync();
+    }
+    const T norm_w2 = ctx.template sum<T>(d, [&](int j) { return q[j] * q[j]; });
+    project_out_rows(ctx, Q, i, q, d, coef);
+    T norm_r2 = ctx.template sum<T>(d, [&](int j) { return q[j] * q[j]; });
+    if (norm_w2 == T(0) || norm_r2 <= tol * tol * norm_w2) {
+      // ||e_j - P e_j||^2 = 1 - sum_l Q[l, j]^2 for orthonormal rows.
+      const int axis = ctx.first_index(d, [&](int j) {
+        T captured = T(0);
+        for (int l = 0; l < i; ++l) captured += Q[(long)l * d + j] * Q[(long)l * d + j];
+        return T(1) - captured > T(0.25);
+      });
+      ctx.sync();
+      ctx.for_each(d, [&](int j) { q[j] = j == axis ? T(1) : T(0); });
+      ctx.sync();
+      project_out_rows(ctx, Q, i, q, d, coef);
+      norm_r2 = ctx.template sum<T>(d, [&](int j) { return q[j] * q[j]; });
+    }
+    const T inv_norm = T(1) / sqrt_(norm_r2);
+    ctx.sync();
+    ctx.for_each(d, [&](int j) { q[j] *= inv_norm; });
+    ctx.sync();
+  }
+}
+
+// grad_W = L^{-T} (grad_Q + sym(M) Q) for one sample, where L = W Q^T (lower-triangular),
+// M = -grad_Q Q^T and sym(M) = tril(M, -1) + tril(M, -1)^T + diag(M).  Rows that the forward
+// replaced (L_ii <= rank_tolerance * ||w_i||) get a zero gradient: orthonormalize is not
+// differentiable there.  All row blocks are [k, d]; L and M are k x k scratch visible to all
+// threads (written by the leader).
+template <typename T, typename Ctx>
+SPECTRAL_HD void orthonormalize_backward_rows(const Ctx& ctx, const T* grad_Q, const T* Q, const T* W,
+                                              T* grad_W, int k, int d, T* L, T* M) {
+  const T tol = rank_tolerance<T>();
+  for (int i = 0; i < k; ++i) {
+    const T* wi = W + (long)i * d;
+    const T* gi = grad_Q + (long)i * d;
+    for (int l = 0; l < k; ++l) {
+      const T* ql = Q + (long)l * d;
+      const T m = -ctx.template sum<T>(d, [&](int j) { return gi[j] * ql[j]; });
+      const T lv = l <= i ? ctx.template sum<T>(d, [&](int j) { return wi[j] * ql[j]; }) : T(0);
+      if (ctx.leader()) { M[i * k + l] = m; L[i * k + l] = lv; }
+    }
+    const T norm_w2 = ctx.template sum<T>(d, [&](int j) { return wi[j] * wi[j]; });
+    // Keep the dependency test next to L so the solve below reads one flag per row.
+    if (ctx.leader() && !(L[i * k + i] > tol * sqrt_(norm_w2))) L[i * k + i] = T(0);
+  }
+  ctx.sync();
+  for (int i = k - 1; i >= 0; --i) {
+    const T diag = L[i * k + i];
+    T* xi = grad_W + (long)i * d;
+    ctx.for_each(d, [&](int j) {
+      if (diag == T(0)) { xi[j] = T(0); return; }
+      T acc = grad_Q[(long)i * d + j];
+      for (int l = 0; l < k; ++l) {
+        const T sym = l < i ? M[i * k + l] : (l > i ? M[l * k + i] : M[i * k + i]);
+        acc += sym * Q[(long)l * d + j];
+      }
+      for (int l = i + 1; l < k; ++l) acc -= L[l * k + i] * grad_W[(long)l * d + j];
+      xi[j] = acc / diag;
+    });
+    ctx.sync();
+  }
+}
+
+}  // namespace spectral_ops

@@ -1,0 +1,36 @@
+// Portability macros for the header-only maths shared by the CPU and CUDA backends.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define SPECTRAL_HD __host__ __device__ __forceinline__
+#else
+#define SPECTRAL_HD inline
+#endif
+
+namespace spectral_ops {
+
+// Largest k the CUDA kernels support (k x k scratch lives in shared memory).
+constexpr int kMaxCudaK = 32;
+
+template <typename T>
+SPECTRAL_HD T sqrt_(T x) { return std::sqrt(x); }
+
+template <typename T>
+SPECTRAL_HD T abs_(T x) { return x < T(0) ? -x : x; }
+
+template <typename T>
+SPECTRAL_HD T sign_(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0)); }
+
+// Relative norm below which a Gram-Schmidt residual counts as linearly dependent
+// (same values as reference.rank_tolerance).
+template <typename T> SPECTRAL_HD T rank_tolerance();
+template <> SPECTRAL_HD float rank_tolerance<float>() { return 1e-6f; }
+template <> SPECTRAL_HD double rank_tolerance<double>() { return 1e-12; }
+
+template <typename T> SPECTRAL_HD T machine_eps();
+template <> SPECTRAL_HD float machine_eps<float>() { return 1.1920929e-07f; }
+template <> SPECTRAL_HD double machine_eps<double>() { return 2.220446049250313e-16; }
+
+}  // namespace spectral_ops

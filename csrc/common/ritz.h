@@ -1,0 +1,87 @@
+// Per-sample Rayleigh-Ritz epilogue of one block power iteration, shared by CPU and CUDA.
+#pragma once
+
+#include "gram_schmidt.h"
+#include "jacobi.h"
+#include "macros.h"
+
+namespace spectral_ops {
+
+// Scratch a ritz_step sample needs: H and U are k x k, order is k (all visible to every thread);
+// coef is per-thread, k entries.
+template <typename T>
+struct RitzScratch {
+  T* H;
+  T* U;
+  int* order;
+  T* coef;
+};
+
+// One sample: Q, MQ, V_prev (nullable), V, Q_next are [k, d]; lam, res are [k].
+// V = sorted Ritz vectors of span(Q) (sign-fixed), lam = Ritz values descending,
+// res_i = ||M v_i - lam_i v_i|| / lam_1 (0 where lam_1 <= 0), Q_next = orthonormalize(M V).
+template <typename T, typename Ctx>
+SPECTRAL_HD void ritz_step_sample(const Ctx& ctx, const T* Q, const T* MQ, const T* V_prev, T* V, T* lam,
+                                  T* res, T* Q_next, int k, int d, RitzScratch<T> scratch) {
+  T* H = scratch.H;
+  // H = sym(Q MQ^T)
+  for (int i = 0; i < k; ++i) {
+    for (int l = 0; l <= i; ++l) {
+      const T* qi = Q + (long)i * d;
+      const T* ql = Q + (long)l * d;
+      const T* mqi = MQ + (long)i * d;
+      const T* mql = MQ + (long)l * d;
+      const T a = ctx.template sum<T>(d, [&](int j) { return qi[j] * mql[j]; });
+      const T b = l == i ? a : ctx.template sum<T>(d, [&](int j) { return ql[j] * mqi[j]; });
+      if (ctx.leader()) H[i * k + l] = H[l * k + i] = T(0.5) * (a + b);
+    }
+  }
+  ctx.sync();
+  jacobi_eigh(ctx, H, scratch.U, scratch.order, k);
+  const T* U = scratch.U;
+  const int* order = scratch.order;
+  for (int i = 0; i < k; ++i) {
+    const int col = order[i];
+    const T value = H[col * k + col];
+    T* vi = V + (long)i * d;
+    T* mvi = Q_next + (long)i * d;  // M v_i is built in place of Q_next, then orthonormalized
+    ctx.for_each(d, [&](int j) {
+      T v = T(0), mv = T(0);
+      for (int l = 0; l < k; ++l) {
+        const T u = U[l * k + col];
+        v += u * Q[(long)l * d + j];
+        mv += u * MQ[(long)l * d + j];
+      }
+      vi[j] = v;
+      mvi[j] = mv;
+    });
+    ctx.sync();
+    T sign;
+    if (V_prev != nullptr) {
+      const T* pi = V_prev + (long)i * d;
+      sign = ctx.template sum<T>(d, [&](int j) { return vi[j] * pi[j]; }) < T(0) ? T(-1) : T(1);
+    } else {
+      const int lead = ctx.template argmax_abs<T>(d, [&](int j) { return vi[j]; });
+      sign = vi[lead] < T(0) ? T(-1) : T(1);
+    }
+    ctx.sync();
+    if (sign < T(0)) {
+      ctx.for_each(d, [&](int j) { vi[j] = -vi[j]; mvi[j] = -mvi[j]; });
+      ctx.sync();
+    }
+    const T r2 = ctx.template sum<T>(d, [&](int j) {
+      const T e = mvi[j] - value * vi[j];
+      return e * e;
+    });
+    if (ctx.leader()) { lam[i] = value; res[i] = sqrt_(r2); }
+  }
+  ctx.sync();
+  if (ctx.leader()) {
+    const T top = lam[0];
+    for (int i = 0; i < k; ++i) res[i] = top > T(0) ? res[i] / top : T(0);
+  }
+  ctx.sync();
+  orthonormalize_rows(ctx, Q_next, Q_next, k, d, scratch.coef);
+}
+
+}  // namespace spectral_ops

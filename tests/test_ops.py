@@ -1,0 +1,406 @@
+"""Fused ops (orthonormalize, ritz_step, alignment_loss) on every backend against reference.py.
+
+The checks are functions of (backend, device) so that test_ops_triton.py reuses them.  Here they
+run on the compiled CPU backend ("cpp"), and on "cuda"/"triton" when a GPU is present.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from spectral_ops import ops
+from spectral_ops.ops import reference
+
+HAS_GPU = torch.cuda.is_available()
+HAS_CPP = "cpp" in ops.available_backends("cpu")
+needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="spectral_ops._C not built")
+
+BACKEND_DEVICES = [
+    pytest.param("cpp", "cpu", marks=needs_cpp, id="cpp"),
+    pytest.param("cuda", "cuda", id="cuda", marks=pytest.mark.skipif(
+        not (HAS_GPU and "cuda" in ops.available_backends()), reason="no GPU, or built without FORCE_CUDA=1")),
+]
+
+# (B, k, d): k=1, k=d, d=1, d not a multiple of any block size, B=1, k at the CUDA limit.
+SHAPES = [(1, 1, 1), (3, 1, 7), (2, 4, 4), (1, 3, 37), (5, 7, 130), (2, 32, 40)]
+LARGE_SHAPES = [(2, 5, 1024), (2, 33, 70)]  # d at the CUDA target; k above the CUDA limit (CPU only)
+
+# Max abs error against the reference, per compute precision.  Orthonormal rows / unit vectors
+# have O(1) entries, so these are close to the dtype's eps times a small condition factor.
+TOL = {torch.float64: 1e-12, torch.float32: 3e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def make_W(B, k, d, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # Full-rank with a moderate condition number, so the maths (not conditioning) sets the error.
+    W = torch.randn(B, k, d, generator=g, dtype=torch.float64)
+    W = W + 0.5 * torch.eye(k, d, dtype=torch.float64) * math.sqrt(d)
+    return W.to(device=device, dtype=dtype)
+
+
+def make_ritz_inputs(B, k, d, dtype, device, seed=0, with_prev=False):
+    """Q orthonormal near the top-k eigenspace of a PSD M with well-separated spectrum; MQ = Q M."""
+    g = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(B, d, d, generator=g, dtype=torch.float64))
+    values = 10.0 * 0.8 ** torch.arange(d, dtype=torch.float64)
+    M = basis @ torch.diag_embed(values.expand(B, d)) @ basis.transpose(-1, -2)
+    top = basis[:, :, :k].transpose(-1, -2)  # [B, k, d]
+    mix, _ = torch.linalg.qr(torch.randn(B, k, k, generator=g, dtype=torch.float64))
+    Q = reference.orthonormalize(mix @ top + 0.05 * torch.randn(B, k, d, generator=g, dtype=torch.float64))
+    MQ = Q @ M
+    V_prev = (torch.randn(B, k, d, generator=g, dtype=torch.float64) if with_prev else None)
+    cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+    return cast(Q), cast(MQ), cast(V_prev)
+
+
+def unit_rows(B, k, d, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    V = torch.randn(B, k, d, generator=g, dtype=torch.float64)
+    V = reference.orthonormalize(V)
+    S = torch.rand(B, k, generator=g, dtype=torch.float64).sort(dim=-1, descending=True).values + 0.1
+    return V.to(device=device, dtype=dtype), S.to(device=device, dtype=dtype)
+
+
+def assert_close(actual, expected, tol, what=""):
+    assert actual.dtype == expected.dtype, what
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
+    err = (actual.double() - expected.double()).abs().max().item() if actual.numel() else 0.0
+    assert err <= tol, f"{what}: max abs error {err:.3g} > {tol:.3g}"
+
+
+def assert_orthonormal(Q, tol):
+    gram = Q.double() @ Q.double().transpose(-1, -2)
+    eye = torch.eye(Q.shape[1], dtype=torch.float64, device=Q.device)
+    assert (gram - eye).abs().max().item() <= tol
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks shared with test_ops_triton.py
+# ---------------------------------------------------------------------------------------------
+
+def check_orthonormalize_forward(backend, device, shape, dtype):
+    W = make_W(*shape, dtype, device)
+    with ops.use_backend(backend):
+        Q = ops.orthonormalize(W)
+    expected = reference.orthonormalize(W.cpu()).to(device)
+    assert Q.shape == W.shape and Q.dtype == W.dtype and Q.device == W.device
+    assert_close(Q, expected, TOL[dtype] * (4 if shape[1] > 16 else 1), "Q")
+    assert_orthonormal(Q, 20 * TOL[dtype])
+
+
+def check_orthonormalize_backward(backend, device, shape, dtype):
+    W = make_W(*shape, dtype, device).requires_grad_()
+    grad = torch.randn(W.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device, dtype)
+    with ops.use_backend(backend):
+        Q = ops.orthonormalize(W)
+    (grad_W,) = torch.autograd.grad(Q, W, grad)
+    W_ref = W.detach().cpu().double().requires_grad_()
+    (expected,) = torch.autograd.grad(reference.orthonormalize(W_ref), W_ref, grad.cpu().double())
+    scale = max(1.0, expected.abs().max().item())
+    assert_close(grad_W.double().cpu(), expected, 20 * TOL[dtype] * scale, "grad_W")
+
+
+def check_ritz_step(backend, device, shape, dtype, with_prev):
+    Q, MQ, V_prev = make_ritz_inputs(*shape, dtype, device, with_prev=with_prev)
+    with ops.use_backend(backend):
+        out = ops.ritz_step(Q, MQ, V_prev)
+    expected = reference.ritz_step(Q.cpu(), MQ.cpu(), None if V_prev is None else V_prev.cpu())
+    # Ritz values scale with ||M|| = 10; vectors have O(1) entries; the eigenvector error grows
+    # as 1/gap (relative gaps here are 20%).
+    tols = [50 * TOL[dtype], 200 * TOL[dtype], 200 * TOL[dtype], 50 * TOL[dtype]]
+    for name, actual, ref, tol in zip(("V", "lam", "res", "Q_next"), out, expected, tols):
+        assert actual.shape == ref.shape and actual.device.type == device
+        assert_close(actual, ref.to(device), tol, name)
+    # Independent oracle for the values: eigvalsh of the projected matrix.
+    H = Q.double() @ MQ.double().transpose(-1, -2)
+    oracle = torch.linalg.eigvalsh(0.5 * (H + H.transpose(-1, -2))).flip(-1)
+    assert_close(out[1].double(), oracle, 200 * TOL[dtype], "lam vs eigvalsh")
+
+
+def check_alignment_loss(backend, device, shape, dtype, kind, weights):
+    V, S = unit_rows(*shape, dtype, device)
+    V.requires_grad_(), S.requires_grad_()
+    with ops.use_backend(backend):
+        loss = ops.alignment_loss(V, S, kind, weights)
+    grad = torch.rand(shape[0], generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device, dtype)
+    grad_V, grad_S = torch.autograd.grad(loss, (V, S), grad)
+    V_ref = V.detach().cpu().double().requires_grad_()
+    S_ref = S.detach().cpu().double().requires_grad_()
+    expected = reference.alignment_loss(V_ref, S_ref, kind, weights)
+    exp_V, exp_S = torch.autograd.grad(expected, (V_ref, S_ref), grad.cpu().double(), allow_unused=True,
+                                       materialize_grads=True)
+    assert loss.shape == (shape[0],) and loss.dtype == dtype
+    assert_close(loss.double().cpu(), expected.detach(), 10 * TOL[dtype], "loss")
+    assert_close(grad_V.double().cpu(), exp_V, 20 * TOL[dtype], "grad_V")
+    assert_close(grad_S.double().cpu(), exp_S, 20 * TOL[dtype], "grad_S")
+
+
+def check_rank_deficient(backend, device, dtype):
+    """Zero, repeated and dependent rows: orthonormal, equal to the reference, finite gradients."""
+    d = 6
+    W = torch.zeros(4, 3, d, dtype=torch.float64)
+    W[1, 0] = torch.arange(1.0, d + 1)          # row 1 = 2 * row 0, row 2 zero
+    W[1, 1] = 2 * W[1, 0]
+    W[2, 0, 0] = 1.0                            # e0, then a dependent row, then e2
+    W[2, 1, 0] = -3.0
+    W[2, 2, 2] = 1.0
+    W[3] = torch.randn(3, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    W[3, 2] = W[3, 0] - 0.5 * W[3, 1]           # in the span of the first two
+    W = W.to(device, dtype).requires_grad_()
+    with ops.use_backend(backend):
+        Q = ops.orthonormalize(W)
+    assert_orthonormal(Q.detach(), 50 * TOL[dtype])
+    assert_close(Q.detach(), reference.orthonormalize(W.detach().cpu()).to(device), 50 * TOL[dtype], "Q")
+    # Replaced rows are exact coordinate axes (then orthonormalized): for W == 0 they are e0, e1, e2.
+    assert torch.equal(Q[0].detach().cpu().double(), torch.eye(3, d, dtype=torch.float64))
+    (grad_W,) = torch.autograd.grad(Q, W, torch.ones_like(Q))
+    assert torch.isfinite(grad_W).all()
+    assert (grad_W[0] == 0).all()  # nothing depends on an all-zero W
+
+
+def check_zero_inputs(backend, device, dtype):
+    Q = reference.orthonormalize(torch.randn(2, 3, 5, dtype=torch.float64)).to(device, dtype)
+    with ops.use_backend(backend):
+        V, lam, res, Q_next = ops.ritz_step(Q, torch.zeros_like(Q))
+        for kind in reference.LOSS_KINDS:
+            for weights in reference.WEIGHT_KINDS:
+                Vg = Q.clone().requires_grad_()
+                Sg = torch.zeros(2, 3, device=device, dtype=dtype, requires_grad=True)
+                loss = ops.alignment_loss(Vg, Sg, kind, weights)
+                grads = torch.autograd.grad(loss.sum(), (Vg, Sg))
+                assert torch.isfinite(loss).all() and all(torch.isfinite(g).all() for g in grads)
+    for t in (V, lam, res, Q_next):
+        assert torch.isfinite(t).all()
+    assert (lam == 0).all() and (res == 0).all()
+    assert_orthonormal(V, 20 * TOL[dtype])
+    assert_orthonormal(Q_next, 20 * TOL[dtype])
+
+
+def compiled_pipeline(W, MQ_scale, S):
+    Q = ops.orthonormalize(W)
+    V, lam, res, Q_next = ops.ritz_step(Q, MQ_scale * Q)
+    loss = ops.alignment_loss(Q, S, "offdiag", "singular") + ops.alignment_loss(Q, S, "l1", "uniform")
+    return loss.sum() + lam.sum() + res.sum() + Q_next.sum() + V.sum()
+
+
+def check_compile(backend, device):
+    torch._dynamo.reset()
+    W = make_W(3, 4, 9, torch.float32, device).requires_grad_()
+    S = torch.rand(3, 4, device=device)
+    with ops.use_backend(backend):
+        eager = compiled_pipeline(W, 2.0, S)
+        (eager_grad,) = torch.autograd.grad(eager, W)
+        compiled = torch.compile(compiled_pipeline, fullgraph=True, backend="aot_eager")(W, 2.0, S)
+        (compiled_grad,) = torch.autograd.grad(compiled, W)
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(compiled_grad, eager_grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_orthonormalize_forward(backend, device, shape, dtype):
+    check_orthonormalize_forward(backend, device, shape, dtype)
+
+
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
+@pytest.mark.parametrize("shape", LARGE_SHAPES, ids=str)
+def test_orthonormalize_large(backend, device, shape):
+    if backend == "cuda" and shape[1] > ops.MAX_CUDA_K:
+        pytest.skip("k above the CUDA limit")
+    check_orthonormalize_forward(backend, device, shape, torch.float32)
+    check_orthonormalize_backward(backend, device, shape, torch.float64)
+
+
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_orthonormalize_backward(backend, device, shape, dtype):
+    check_orthonormalize_backward(backend, device, shape, dtype)
+
+
+def test_reference_backward_formula_matches_autograd():
+    W = make_W(3, 5, 8, torch.float64, "cpu").requires_grad_()
+    Q = reference.orthonormalize(W)
+    grad = torch.randn_like(Q)
+    (expected,) = torch.autograd.grad(Q, W, grad)
+    actual = reference.orthonormalize_backward(grad, Q.detach(), W.detach())
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_orthonormalize_matches_qr(backend, device, dtype):
+    """Oracle independent of reference.py: Householder QR of W^T, signs fixed by diag(R) > 0."""
+    W = make_W(4, 6, 50, dtype, device, seed=5)
+    with ops.use_backend(backend):
+        Q = ops.orthonormalize(W)
+    q, r = torch.linalg.qr(W.double().transpose(-1, -2))
+    signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+    expected = (q * signs[:, None, :]).transpose(-1, -2)
+    assert_close(Q.double(), expected, 10 * TOL[dtype], "Q vs qr")
+
+
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_rank_deficient_orthonormalize(backend, device, dtype):
+    check_rank_deficient(backend, device, dtype)
+
+
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_zero_inputs(backend, device, dtype):
+    check_zero_inputs(backend, device, dtype)
+
+
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
+@pytest.mark.parametrize("with_prev", [False, True], ids=["sign_max", "sign_prev"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 1, 6), (2, 4, 4), (3, 3, 37), (2, 8, 130), (1, 32, 40)], ids=str)
+def test_ritz_step(backend, device, shape, dtype, with_prev):
+    check_ritz_step(backend, device, shape, dtype, with_prev)
+
+
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
+def test_ritz_step_flat_spectrum(backend, device):
+    """Repeated Ritz values: vectors are not unique, but they must span the same subspace."""
+    g = torch.Generator().manual_seed(7)
+    Q = reference.orthonormalize(torch.randn(3, 4, 12, generator=g, dtype=torch.float64)).to(device)
+    MQ = 2.5 * Q  # M acts as 2.5 I on span(Q)
+    with ops.use_backend(backend):
+        V, lam, res, Q_next = ops.ritz_step(Q, MQ)
+    torch.testing.assert_close(lam, torch.full_like(lam, 2.5), rtol=0, atol=1e-12)
+    assert res.abs().max().item() <= 1e-12
+    assert_orthonormal(V, 1e-12)
+    P = Q.transpose(-1, -2) @ Q  # projector on span(Q)
+    torch.testing.assert_close(V @ P, V, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
+@pytest.mark.parametrize("weights", reference.WEIGHT_KINDS)
+@pytest.mark.parametrize("kind", reference.LOSS_KINDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 1, 6), (2, 4, 4), (3, 3, 37), (2, 8, 130), (1, 32, 40)], ids=str)
+def test_alignment_loss(backend, device, shape, dtype, kind, weights):
+    check_alignment_loss(backend, device, shape, dtype, kind, weights)
+
+
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
+def test_gradcheck(backend, device):
+    W = make_W(2, 3, 7, torch.float64, device).requires_grad_()
+    V, S = unit_rows(2, 3, 7, torch.float64, device)
+    V.requires_grad_(), S.requires_grad_()
+    with ops.use_backend(backend):
+        assert torch.autograd.gradcheck(ops.orthonormalize, (W,))
+        for kind in reference.LOSS_KINDS:
+            for weights in reference.WEIGHT_KINDS:
+                assert torch.autograd.gradcheck(lambda v, s: ops.alignment_loss(v, s, kind, weights), (V, S))
+
+
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
+def test_opcheck(backend, device):
+    lib = torch.ops.spectral_ops
+    W = make_W(2, 3, 7, torch.float64, device)
+    Q = reference.orthonormalize(W.cpu()).to(device)
+    V, S = unit_rows(2, 3, 7, torch.float64, device)
+    cases = [
+        (lib.orthonormalize.default, (W.clone().requires_grad_(),)),
+        (lib.orthonormalize_backward.default, (torch.randn_like(W), Q, W)),
+        (lib.ritz_step.default, (Q, 3.0 * Q + 0.1 * W, None)),
+        (lib.ritz_step.default, (Q, 3.0 * Q + 0.1 * W, W)),
+        (lib.alignment_loss_backward.default, (torch.rand(2, dtype=torch.float64, device=device), V, S, "offdiag",
+                                               "singular")),
+    ]
+    for kind in reference.LOSS_KINDS:
+        cases.append((lib.alignment_loss.default, (V.clone().requires_grad_(), S.clone().requires_grad_(), kind,
+                                                   "singular")))
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
+def test_torch_compile_fullgraph(backend, device):
+    check_compile(backend, device)
+
+
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
+def test_bad_inputs(backend, device):
+    V, S = unit_rows(2, 3, 5, torch.float32, device)
+    with ops.use_backend(backend):
+        with pytest.raises(ValueError, match="W must be 3-D"):
+            ops.orthonormalize(V[0])
+        with pytest.raises(ValueError, match="W must have 1 <= k <= d"):
+            ops.orthonormalize(torch.randn(2, 6, 5, device=device))
+        with pytest.raises(ValueError, match="W must have 1 <= k <= d"):
+            ops.orthonormalize(torch.randn(2, 0, 5, device=device))
+        with pytest.raises(TypeError, match="W must be a torch.Tensor"):
+            ops.orthonormalize([[1.0]])
+        with pytest.raises(TypeError, match="W must be a floating-point"):
+            ops.orthonormalize(torch.ones(2, 3, 5, dtype=torch.int64, device=device))
+        with pytest.raises(ValueError, match="MQ must have the shape of Q"):
+            ops.ritz_step(V, V[:, :2])
+        with pytest.raises(ValueError, match="V_prev must have the shape of Q"):
+            ops.ritz_step(V, V, V[:1])
+        with pytest.raises(ValueError, match="kind must be one of"):
+            ops.alignment_loss(V, S, "l2")
+        with pytest.raises(ValueError, match="weights must be one of"):
+            ops.alignment_loss(V, S, "l1", "softmax")
+        with pytest.raises(ValueError, match=r"S must be \[B, k\]"):
+            ops.alignment_loss(V, S[:, :2])
+
+
+@needs_cpp
+def test_compiled_ops_validate_their_own_inputs():
+    """Direct torch.ops calls (no Python wrapper) raise ValueError naming the argument too."""
+    lib = torch.ops.spectral_ops
+    V, S = unit_rows(2, 3, 5, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="W must be 3-D"):
+        lib.orthonormalize(V[0])
+    with pytest.raises(ValueError, match="W must have 1 <= k <= d"):
+        lib.orthonormalize(torch.randn(1, 6, 5))
+    with pytest.raises(ValueError, match="kind must be one of"):
+        lib.alignment_loss(V, S, "l2", "uniform")
+    with pytest.raises(ValueError, match="weights must be one of"):
+        lib.alignment_loss(V, S, "l1", "softmax")
+    with pytest.raises(ValueError, match="MQ must have the shape of Q"):
+        lib.ritz_step(V, V[:, :2], None)
+
+
+def test_backend_selection():
+    assert "reference" in ops.available_backends()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with ops.use_backend("numba"):
+            pass
+    W = make_W(2, 3, 5, torch.float32, "cpu")
+    if not ops._native.has_cuda_kernels():
+        with ops.use_backend("cuda"), pytest.raises(RuntimeError, match="FORCE_CUDA=1"):
+            ops.orthonormalize(W)
+    from spectral_ops.kernels import triton as triton_kernels
+    if not triton_kernels.INTERPRET:
+        with ops.use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1|pip install triton"):
+            ops.orthonormalize(W)
+    if HAS_CPP:
+        with ops.use_backend("cuda" if HAS_GPU else "cpp"):
+            pass
+        assert ops._resolve(torch.device("cpu"), 3) == "cpp"
+    with ops.use_backend("reference"):
+        assert ops._resolve(torch.device("cpu"), 3) == "reference"
+        torch.testing.assert_close(ops.orthonormalize(W), reference.orthonormalize(W))
+    assert ops._active() == "auto"
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="needs a GPU")
+def test_cuda_rejects_large_k():
+    W = torch.randn(2, 33, 40, device="cuda")
+    if "cuda" in ops.available_backends():
+        with ops.use_backend("cuda"), pytest.raises(ValueError, match="k <= 32"):
+            ops.orthonormalize(W)
+        with pytest.raises(ValueError, match="k <= 32"):
+            torch.ops.spectral_ops.orthonormalize(W)
+    ops.orthonormalize(W)  # auto falls back to triton or reference
