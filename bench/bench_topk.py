@@ -1,0 +1,202 @@
+"""Benchmarks for jacobian_topk.  Run:  pytest bench/bench_topk.py -s
+
+Prints (and writes to bench/results/topk.md) ratios measured in one run:
+  1. the cost of one power iteration / one generator forward+backward on the folded batch,
+     per JVP mode, and the naive unfolded vmap(jvp/vjp) iteration for reference;
+  2. method="power" against the best dense baseline, vmap(jacfwd) + SVD, at B=16, d=512,
+     64x64 output, k=4, tol=1e-3, with the accuracy reached;
+  3. a sweep over d of power, dense and auto (auto / best of the two);
+  4. peak memory of power and dense against one forward+backward (torch profiler).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import pytest
+import torch
+
+from generators import DCGAN, gapped_scales
+from ratios import RatioTable
+from spectral_ops import jacobian_topk, ops
+from spectral_ops.jacobian import JacobianOperator
+
+TABLE = RatioTable("topk")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report():
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    TABLE.report()
+
+
+def _run(benchmark, fn, rounds=ROUNDS):
+    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
+    return benchmark.stats.stats.median
+
+
+# ---------------------------------------------------------------- 1. one iteration vs fwd+bwd
+ITER_B, ITER_K, ITER_D = 32, 4, 64
+
+
+def _iteration_setup():
+    torch.manual_seed(0)
+    G = DCGAN(ITER_D, size=32)
+    z = torch.randn(ITER_B, ITER_D)
+    return G, z
+
+
+def _fwd_bwd_k(G, z, k, with_params=True):
+    """One generator forward+backward on the folded batch (B*k rows), as in a training step."""
+    z_rep = z.repeat_interleave(k, 0).requires_grad_(True)
+    inputs = [z_rep] + (list(G.parameters()) if with_params else [])
+
+    def step():
+        y = G(z_rep)
+        torch.autograd.grad(y, inputs, torch.ones_like(y))
+
+    return step
+
+
+def _one_iteration(G, z, mode):
+    op = JacobianOperator(G, z, ITER_K, mode)
+    Q = ops.orthonormalize(torch.randn(ITER_B, ITER_K, ITER_D))
+    op.matvec(Q)  # builds the double-backward graph once
+
+    def step():
+        MQ = op.matvec(Q).detach()
+        ops.ritz_step(Q, MQ, None)
+
+    return step
+
+
+def _naive_iteration(G, z):
+    """Not folded: vmap over samples and vectors of per-vector torch.func jvp + vjp."""
+
+    def f(zb):
+        return G(zb[None])[0]
+
+    def mv(zb, v):
+        _, jv = torch.func.jvp(f, (zb,), (v,))
+        _, vjp_fn = torch.func.vjp(f, zb)
+        return vjp_fn(jv)[0]
+
+    batched = torch.func.vmap(torch.func.vmap(mv, in_dims=(None, 0)), in_dims=(0, 0))
+    Q = ops.orthonormalize(torch.randn(ITER_B, ITER_K, ITER_D))
+
+    def step():
+        MQ = batched(z, Q).detach()
+        ops.ritz_step(Q, MQ, None)
+
+    return step
+
+
+@pytest.mark.parametrize("case", ["fwd+bwd", "fwd+bwd (input grad only)", "double_backward",
+                                  "finite_difference", "forward", "naive_vmap"])
+def test_iteration_cost(benchmark, case):
+    G, z = _iteration_setup()
+    if case.startswith("fwd+bwd"):
+        fn = _fwd_bwd_k(G, z, ITER_K, with_params=case == "fwd+bwd")
+    elif case == "naive_vmap":
+        fn = _naive_iteration(G, z)
+    else:
+        fn = _one_iteration(G, z, case)
+    group = f"one iteration, DCGAN 32x32, B={ITER_B}, k={ITER_K}, d={ITER_D} (folded batch {ITER_B * ITER_K})"
+    TABLE.add(group, case, _run(benchmark, fn, rounds=max(ROUNDS, 7)), baseline=case == "fwd+bwd")
+
+
+# ---------------------------------------------------------------- 2. power vs vmap(jacfwd) + SVD
+HEAD = dict(B=16, d=512, size=64, k=4, tol=1e-3)
+_head_results: dict[str, torch.Tensor] = {}
+
+
+def _head_setup():
+    torch.manual_seed(0)
+    G = DCGAN(HEAD["d"], size=HEAD["size"], width=16, latent_scales=gapped_scales(HEAD["d"], ratio=0.5))
+    z = torch.randn(HEAD["B"], HEAD["d"])
+    return G, z
+
+
+def _jacfwd_svd(G, z, k):
+    f = lambda x: G(x[None]).reshape(-1)  # noqa: E731
+    J = torch.func.vmap(torch.func.jacfwd(f))(z)
+    _, S, Vh = torch.linalg.svd(J, full_matrices=False)
+    return S[:, :k], Vh[:, :k]
+
+
+@pytest.mark.parametrize("case", ["jacfwd+svd", "power"])
+def test_power_vs_dense(benchmark, case):
+    G, z = _head_setup()
+    k = HEAD["k"]
+    if case == "jacfwd+svd":
+        def fn():
+            _head_results["dense"] = _jacfwd_svd(G, z, k)
+    else:
+        def fn():
+            top = jacobian_topk(G, z, k, tol=HEAD["tol"], method="power")
+            _head_results["power"] = (top.values, top.vectors, top.iterations)
+    median = _run(benchmark, fn, rounds=3)
+    extra = {}
+    if case == "power" and "dense" in _head_results:
+        S, Vh = _head_results["dense"]
+        values, vectors, iters = _head_results["power"]
+        extra = dict(iterations=iters, min_abs_cos=f"{float((vectors * Vh).sum(-1).abs().min()):.5f}",
+                     max_rel_value_err=f"{float(((values - S) / S).abs().max()):.1e}")
+    group = "B=16, d=512, 64x64 output, k=4, tol=1e-3 (gapped G)"
+    TABLE.add(group, case, median, baseline=case == "jacfwd+svd", **extra)
+
+
+# ---------------------------------------------------------------- 3. sweep over d: auto vs the better
+SWEEP_B, SWEEP_K = 16, 4
+
+
+@pytest.mark.parametrize("d", [16, 64, 128, 512])
+@pytest.mark.parametrize("method", ["power", "dense", "auto"])
+def test_sweep_d(benchmark, d, method):
+    torch.manual_seed(0)
+    G = DCGAN(d, size=32, width=16)
+    z = torch.randn(SWEEP_B, d)
+    chosen = {}
+
+    def fn():
+        chosen["m"] = jacobian_topk(G, z, SWEEP_K, iters=20, tol=1e-3, method=method).method
+
+    median = _run(benchmark, fn, rounds=3)
+    TABLE.add(f"sweep d={d} (B=16, 32x32, k=4, iters<=20, tol=1e-3)", method, median,
+              baseline=method == "power", ran=chosen["m"])
+
+
+# ---------------------------------------------------------------- 4. peak memory
+def peak_allocated_mb(fn) -> float:
+    """Peak bytes allocated by torch while fn runs, above what was allocated before (profiler)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = [e["args"] for e in json.load(f)["traceEvents"] if e.get("name") == "[memory]"]
+    if not events:
+        return 0.0
+    before = events[0]["Total Allocated"] - events[0]["Bytes"]
+    return (max(e["Total Allocated"] for e in events) - before) / 2 ** 20
+
+
+def test_peak_memory():
+    torch.manual_seed(0)
+    B, k, d = 32, 4, 64
+    G = DCGAN(d, size=64, width=32)
+    z = torch.randn(B, d)
+    peaks = {
+        "fwd+bwd": peak_allocated_mb(_fwd_bwd_k(G, z, k)),
+        "power": peak_allocated_mb(lambda: jacobian_topk(G, z, k, iters=5, tol=0.0, method="power",
+                                                         jvp="double_backward")),
+        "dense": peak_allocated_mb(lambda: jacobian_topk(G, z, k, method="dense", jvp="forward", chunk_size=8)),
+    }
+    TABLE.note("peak memory allocated by torch (profiler), DCGAN 64x64, B=32, k=4, d=64: "
+               + ", ".join(f"{c} {v:.0f} MB" for c, v in peaks.items())
+               + f"; power / fwd+bwd = {peaks['power'] / peaks['fwd+bwd']:.2f}x, "
+               f"dense (chunk_size=8) / fwd+bwd = {peaks['dense'] / peaks['fwd+bwd']:.2f}x")
