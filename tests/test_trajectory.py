@@ -301,3 +301,78 @@ def test_match_picks_largest_abs_cos_and_its_sign():
     assert idx.tolist() == [0, 0]
     assert torch.equal(v[0], torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
     assert torch.equal(V2[0, 0], v[0]) and torch.equal(V2[0, 1], V[0, 1])
+
+
+# ---------------------------------------------------------------- trajectory purity
+
+from spectral_ops.metrics.trajectory import (factor_changes, output_arc_length,  # noqa: E402
+                                             resample_by_output_length, trajectory_purity)
+
+
+def test_purity_single_factor_mixed_and_total_variation():
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    one = torch.stack([t * 0.5, torch.zeros_like(t), torch.full_like(t, 0.3)], -1)
+    assert trajectory_purity(one).item() == pytest.approx(1.0, abs=1e-15)
+    two = torch.stack([t * 0.5, t * 0.5, torch.zeros_like(t)], -1)
+    assert trajectory_purity(two).item() == pytest.approx(0.5, abs=1e-12)
+    # back and forth: factor 1 goes 0 -> 0.3 -> 0 (total change 0.6, net 0); factor 0 moves 0.2.
+    wobble = torch.stack([t * 0.2, 0.3 - (t - 0.5).abs() * 0.6, torch.zeros_like(t)], -1)
+    p, c = trajectory_purity(wobble, return_changes=True)
+    assert torch.allclose(c, torch.tensor([0.2, 0.6, 0.0], dtype=torch.float64), atol=1e-12)
+    assert p.item() == pytest.approx(0.75, abs=1e-12)
+    # batched, scale, categorical-as-index, and a path with no change at all
+    batch = torch.stack([one, two, torch.zeros_like(one)], 1)
+    assert torch.allclose(trajectory_purity(batch), torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64))
+    assert trajectory_purity(two, scale=[1.0, 0.5, 1.0]).item() == pytest.approx(2 / 3, abs=1e-12)
+    cat = torch.tensor([[0.0, 0.0], [1.0, 0.1], [1.0, 0.2], [3.0, 0.3]])
+    assert torch.allclose(factor_changes(cat, categorical=[True, False]), torch.tensor([2.0, 0.3], dtype=torch.float64))
+
+
+class _StubPredictor(torch.nn.Module):
+    """Factor 0 ordinal = mean brightness; factor 1 categorical with logits (10 x left-half mean, 0)."""
+    categorical = [False, True]
+
+    def forward(self, x):
+        left = x[..., : x.shape[-1] // 2].mean((1, 2, 3))
+        return [x.mean((1, 2, 3)), torch.stack([10 * left, torch.zeros_like(left)], -1)]
+
+
+def test_purity_with_a_predictor_uses_values_and_probabilities():
+    T1 = 5
+    imgs = torch.zeros(T1, 2, 1, 4, 4)
+    b = torch.linspace(0, 0.8, T1)
+    imgs[:, 0, :, :, 2:] = b[:, None, None, None]  # right half brightens: ordinal only
+    imgs[:, 1] = b[:, None, None, None]            # everything brightens: both factors
+    p, c = trajectory_purity(imgs, predictor=_StubPredictor(), return_changes=True)
+    assert c.shape == (2, 2)
+    assert c[0, 0].item() == pytest.approx(0.4, abs=1e-6) and c[0, 1].item() == 0.0
+    probs = torch.sigmoid(10 * b.double())
+    assert c[1, 1].item() == pytest.approx((probs[-1] - probs[0]).item(), abs=1e-6)
+    assert p[0].item() == 1.0 and 0.5 < p[1].item() < 1.0
+
+
+def test_resample_by_output_length_equalizes_output_change():
+    def G(z):
+        return 2.0 * z
+    Z = torch.zeros(21, 2, 3, dtype=torch.float64)
+    Z[:, 0, 0] = torch.linspace(0, 2, 21, dtype=torch.float64) ** 2  # uneven spacing, length 4
+    Z[:, 1, 1] = torch.linspace(0, 0.5, 21, dtype=torch.float64)      # latent length 0.5 only
+    arc = output_arc_length(G, Z)
+    assert torch.allclose(arc[-1], torch.tensor([8.0, 1.0], dtype=torch.float64))
+    Zs, reached = resample_by_output_length(G, Z, 3.0, 4)
+    assert reached.tolist() == [True, False]
+    assert torch.allclose(Zs[:, 0, 0], torch.tensor([0.0, 0.5, 1.0, 1.5], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(Zs[:, 1, 1], torch.tensor([0.0, 0.5, 1.0, 1.5], dtype=torch.float64) / 3, atol=1e-12)
+    with pytest.raises(ValueError, match="length"):
+        resample_by_output_length(G, Z, 0.0, 4)
+
+
+def test_purity_bad_input():
+    with pytest.raises(ValueError, match="path"):
+        trajectory_purity(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="non-finite"):
+        trajectory_purity(torch.tensor([[0.0, float("nan")], [1.0, 0.0]]))
+    with pytest.raises(ValueError, match="scale"):
+        trajectory_purity(torch.zeros(3, 2), scale=[1.0, 0.0])
+    with pytest.raises(ValueError, match="categorical"):
+        trajectory_purity(torch.zeros(3, 2), categorical=[True])
