@@ -19,18 +19,20 @@ M(z) = J^T J and lambda_i = sigma_i^2 their eigenvalues:
   component of dM v_i along v_j by 1/lambda_i where the exact one uses 1/(lambda_i - lambda_j):
   exact in the limit lambda_j << lambda_i, biased for j inside the top-k block (wrong sign for
   j < i) and for slowly decaying spectra.  It is cheap and never ill-conditioned.  Measured
-  against the eigh oracle (float64, converged power iteration, tests/test_regularizer.py;
-  relative error ||g - g*|| / ||g*|| over all parameters, cosine in brackets):
+  against the eigh oracle (float64, converged power iteration, k=2, 3 samples,
+  tests/test_regularizer.py; relative error ||g - g*|| / ||g*|| over all parameters, cosine in
+  brackets; uniform weights, singular weights within 0.09 of these):
 
-  ======================  =================  =================  =================
-  generator, k            l1                 assigned           offdiag
-  ======================  =================  =================  =================
-  MLP d=5, m=12, k=2      0.29  (0.96)       0.42  (0.91)       0.47  (0.88)
-  conv d=4, 1x8x8, k=2    0.19  (0.98)       0.17  (0.99)       0.40  (0.92)
-  ======================  =================  =================  =================
+  =========================  ==============  ==============  ==============
+  generator                  l1              assigned        offdiag
+  =========================  ==============  ==============  ==============
+  MLP 5-16-12, tanh          0.82  (0.58)    0.38  (0.98)    0.30  (0.98)
+  conv-transpose 4->1x8x8    0.64  (0.92)    0.63  (0.88)    0.79  (0.97)
+  =========================  ==============  ==============  ==============
 
-  (uniform weights; singular weights are within 0.03 of these).  The tests assert relative
-  error <= 0.6 and cosine >= 0.8 on these generators: a descent direction, not the gradient.
+  On other samples of the same generators we saw relative errors from 0.2 to 0.97 and cosines
+  from 0.24 to 0.98: a direction that decreases the loss, not its gradient.  The tests assert that
+  last_step equals its formula (relative 1e-6) and these numbers (+-0.01).
 - ``"implicit"``: exact at convergence.  With g_i = dL/dv_i, solve
   (lambda_i I - M) a_i = (I - v_i v_i^T) g_i, a_i orthogonal to v_i: the components along the
   other top-k vectors in closed form (g_i . v_j) / (lambda_i - lambda_j), the rest by conjugate
@@ -150,13 +152,14 @@ def _power(op: JacobianOperator, Q0: torch.Tensor, V_prev, iters: int, tol: floa
         if it == iters or bool((res < tol).all()):
             break
         Q = Q_next
-    V, lam, res = V.to(cdtype), lam.to(cdtype), res.to(cdtype)
+    V, lam, res, Q_next = V.to(cdtype), lam.to(cdtype), res.to(cdtype), Q_next.to(cdtype)
     zero = lam[:, 0] <= 0
     if bool(zero.any()):  # J(z) == 0: deterministic coordinate axes, zero values
         B, k, d = V.shape
         axes = torch.eye(d, dtype=cdtype, device=V.device)[:k].expand(B, k, d)
         V = torch.where(zero[:, None, None], axes, V)
-    return V, lam.clamp_min(0), res, it
+        Q_next = torch.where(zero[:, None, None], axes, Q_next)
+    return V, lam.clamp_min(0), res, Q_next
 
 
 def _last_step(op: JacobianOperator, V: torch.Tensor, loss: str, weights: str, cdtype) -> torch.Tensor:
@@ -233,7 +236,8 @@ def _implicit(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, loss: st
 
 
 def _penalty(G, z, k, iters, loss, grad, jvp, init, init_signs, weights, batchnorm, tol, cg_iters, cg_tol):
-    """Returns (penalty scalar, vectors [B, k, d] detached, values [B, k], residuals [B, k])."""
+    """Returns (penalty scalar, vectors [B, k, d] detached, values [B, k], residuals [B, k], next
+    basis [B, k, d]: orthonormalize(M V), one power step beyond V, sign-aligned with V)."""
     B, d = z.shape
     cdtype = compute_dtype(z.dtype)
     G = unwrap(G)
@@ -243,14 +247,16 @@ def _penalty(G, z, k, iters, loss, grad, jvp, init, init_signs, weights, batchno
             Q0, V_prev = default_basis(k, d, dtype=cdtype, device=z.device).expand(B, k, d), None
         else:
             init = init.detach().to(device=z.device, dtype=cdtype)
+            if init.dim() == 2:
+                init = init.expand(B, k, d)
             Q0, V_prev = ops.orthonormalize(init.contiguous()), (init if init_signs else None)
         op = JacobianOperator(G, z, k, mode)
-        V, lam, res, _ = _power(op, Q0, V_prev, iters, tol, cdtype)
+        V, lam, res, Q_next = _power(op, Q0, V_prev, iters, tol, cdtype)
         if grad == "last_step":
             value = _last_step(op, V, loss, weights, cdtype)
         else:
             value = _implicit(op, V, lam, loss, weights, cg_iters, cg_tol, cdtype)
-    return value, V.detach(), lam.sqrt(), res
+    return value, V.detach(), lam.sqrt(), res, Q_next.detach()
 
 
 def spectral_penalty(G: Callable, z: torch.Tensor, *, k: int = 4, iters: int = 2, loss: str = "l1",
@@ -363,10 +369,10 @@ class SpectralRegularizer(nn.Module):
         z = validate_latents(z)
         rows = self._rows(z.shape[0], step, z.device)
         zs = z if rows is None else z.index_select(0, rows)
-        value, V, _, _ = _penalty(G, zs, self.k, self.iters, self.loss, self.grad, self.jvp, self.basis,
+        value, _, _, _, Q_next = _penalty(G, zs, self.k, self.iters, self.loss, self.grad, self.jvp, self.basis,
                                   True, self.weights, self.batchnorm, self.tol, self.cg_iters, self.cg_tol)
         if self.warm_start and self.training:
-            self._update_basis(V)
+            self._update_basis(Q_next)  # not V: with iters=1, V stays in span(basis)
         return value * self.every
 
     @torch.no_grad()
