@@ -102,8 +102,9 @@ def _check_int(name: str, value, minimum: int) -> int:
 class _Field:
     """The sign-continuous, crossing-tracked singular vector field of G, batched over rows."""
 
-    def __init__(self, G, k, iters, tol, topk_method, jvp, seed, batchnorm, project, radius):
+    def __init__(self, G, k, iters, tol, topk_method, jvp, seed, batchnorm, project, radius, warm_start=True):
         self.G, self.k, self.iters, self.tol = G, k, iters, tol
+        self.warm_start = warm_start
         self.topk_method, self.jvp, self.seed, self.batchnorm = topk_method, jvp, seed, batchnorm
         self.project, self.radius = project, radius
         self.evaluations = 0
@@ -111,6 +112,8 @@ class _Field:
 
     def topk(self, z: torch.Tensor, init: torch.Tensor | None):
         self.evaluations += 1
+        if not self.warm_start and self.evaluations > 1:
+            init = None
         top = jacobian_topk(self.G, z.detach(), self.k, iters=self.iters, tol=self.tol,
                             method=self.topk_method, jvp=self.jvp, init=init, seed=self.seed,
                             batchnorm=self.batchnorm)
@@ -207,7 +210,7 @@ def trace_trajectory(G: Callable, z0: torch.Tensor, direction: int = 0, *, steps
                      project: str | None = None, both_ways: bool = False, iters: int = 10,
                      tol: float = 1e-5, topk_method: str = "auto", jvp: str = "auto",
                      init: torch.Tensor | None = None, seed: int | None = None,
-                     batchnorm: str = "error", progress: bool = False) -> Trajectory:
+                     batchnorm: str = "error", warm_start: bool = True, progress: bool = False) -> Trajectory:
     """Follow the `direction`-th right-singular vector field of J(z) = dG/dz from every row of z0.
 
     Args:
@@ -229,6 +232,9 @@ def trace_trajectory(G: Callable, z0: torch.Tensor, direction: int = 0, *, steps
         init: optional [j, d] or [B, j, d] starting basis at z0, 1 <= j <= k (completed with random
             orthonormal rows): warm start, and the sign of each vector at z0 (so the direction
             walked first), for the dense method too.
+        warm_start: start each power iteration from the previous step's vectors (default); False
+            starts every evaluation from a random basis (for comparison; signs and crossings are
+            still tracked through the matching rule).
         progress: show a progress bar over the steps.
     Returns:
         Trajectory with z (T+1, B, d), values (T+1, B, k), vectors (T+1, B, k, d),
@@ -270,7 +276,7 @@ def trace_trajectory(G: Callable, z0: torch.Tensor, direction: int = 0, *, steps
 
     if init is not None:
         init = _complete_init(init, B, k, d, z0, seed)
-    field = _Field(G, k, iters, tol, topk_method, jvp, seed, batchnorm, project, radius)
+    field = _Field(G, k, iters, tol, topk_method, jvp, seed, batchnorm, project, radius, bool(warm_start))
     top0 = field.topk(z0, init)
     V0 = top0.vectors
     idx0 = torch.full((B,), direction, dtype=torch.long, device=z0.device)
