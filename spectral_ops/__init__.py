@@ -1,6 +1,8 @@
 """spectral_ops: matrix-free top-k Jacobian singular vectors and the spectral regularizer."""
+from . import baselines
 from .power import TopK, jacobian_topk
+from .regularizer import SpectralRegularizer, spectral_penalty
 from .trajectory import Trajectory, trace_trajectory
 
-__all__ = ["TopK", "jacobian_topk", "Trajectory", "trace_trajectory"]
+__all__ = ["TopK", "jacobian_topk", "spectral_penalty", "SpectralRegularizer", "baselines", "Trajectory", "trace_trajectory"]
 __version__ = "0.1.0"

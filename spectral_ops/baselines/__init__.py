@@ -1,0 +1,15 @@
+"""Peer regularizers behind the spectral regularizer's call shape ``f(G, z, ...) -> scalar``.
+
+- `hessian_penalty`: Peebles et al. 2020, "The Hessian Penalty" (off-diagonal Hessian via the
+  variance of finite-difference second directional derivatives along Rademacher vectors).
+- `orojar`: Wei et al. 2021, "Orthogonal Jacobian Regularization" (off-diagonal of J^T J via the
+  variance of ||J v||^2 along Rademacher vectors).
+- `path_length` / `PathLengthRegularizer`: the StyleGAN2 path-length penalty (Karras et al. 2020),
+  in z-space, with the running mean kept by the module.
+
+Each returns a scalar differentiable w.r.t. G's parameters.  G may be DDP-wrapped (the extra
+passes use G.module) and follows the same BatchNorm policy as the spectral regularizer.
+"""
+from .peers import PathLengthRegularizer, hessian_penalty, orojar, path_length
+
+__all__ = ["hessian_penalty", "orojar", "path_length", "PathLengthRegularizer"]
