@@ -16,7 +16,9 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spectral-ops", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="spectral-ops",
+        description="spectral_ops: top-k Jacobian singular vectors and the spectral disentanglement regularizer.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
