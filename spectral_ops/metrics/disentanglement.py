@@ -1,0 +1,263 @@
+"""Disentanglement and sample-quality statistics between latent codes and (predicted) factors.
+
+- `mig`: Mutual Information Gap (Chen et al. 2018). For each factor v_j, the gap between the two
+  largest mutual informations I(z_i; v_j) over code dimensions, divided by H(v_j); averaged.
+- `dci`: Disentanglement, Completeness, Informativeness (Eastwood & Williams 2018), from the
+  feature importances of one regressor/classifier per factor.
+- `activeness`: how much the generator's output moves along each latent axis (E ||J e_i||).
+- `frechet_distance`: Frechet distance between Gaussian fits of two feature sets (FID-like).
+
+scikit-learn (the `eval` extra) is imported lazily by `mig` and `dci`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["mig", "dci", "activeness", "activeness_summary", "frechet_distance", "discretize"]
+
+
+def _sklearn():
+    try:
+        import sklearn  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("spectral_ops.metrics needs scikit-learn for MIG and DCI: "
+                          "pip install 'spectral_ops[eval]' (or pip install scikit-learn)") from exc
+    return sklearn
+
+
+def _as_2d_numpy(name: str, x) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
+        raise ValueError(f"{name} must be a 2-D array (N >= 2 rows, >= 1 column), got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains non-finite values")
+    return x
+
+
+def _check_pair(codes, factors) -> tuple[np.ndarray, np.ndarray]:
+    codes = _as_2d_numpy("codes", codes)
+    factors = _as_2d_numpy("factors", factors)
+    if codes.shape[0] != factors.shape[0]:
+        raise ValueError(f"codes and factors must have the same number of rows, got {codes.shape[0]} and {factors.shape[0]}")
+    return codes, factors
+
+
+def discretize(x: np.ndarray, n_bins: int = 20) -> np.ndarray:
+    """Quantile-bin each column of x (N, C) into at most n_bins integer labels (N, C).
+
+    Integer-valued columns with <= n_bins distinct values are kept as their own labels."""
+    if n_bins < 2:
+        raise ValueError(f"n_bins must be >= 2, got {n_bins}")
+    out = np.empty(x.shape, dtype=np.int64)
+    for c in range(x.shape[1]):
+        col = x[:, c]
+        uniq = np.unique(col)
+        if len(uniq) <= n_bins and np.all(uniq == np.round(uniq)):
+            out[:, c] = np.searchsorted(uniq, col)
+            continue
+        edges = np.quantile(col, np.linspace(0, 1, n_bins + 1)[1:-1])
+        out[:, c] = np.searchsorted(np.unique(edges), col, side="right")
+    return out
+
+
+def mig(codes, factors, *, n_bins: int = 20) -> dict:
+    """Mutual Information Gap.
+
+    Args:
+        codes: (N, d) latent codes (continuous; quantile-binned into n_bins).
+        factors: (N, K) factor values; integer columns with <= n_bins levels are used as labels,
+            others are quantile-binned.
+        n_bins: bins per continuous column.
+
+    Returns:
+        {"mig": float in [0, 1], "per_factor": [K floats], "mi": (d, K) list of lists (nats),
+         "entropy": [K floats] (nats)}. Factors with zero entropy are skipped in the mean.
+    """
+    _sklearn()
+    from sklearn.metrics import mutual_info_score
+
+    codes, factors = _check_pair(codes, factors)
+    zc, vc = discretize(codes, n_bins), discretize(factors, n_bins)
+    d, K = zc.shape[1], vc.shape[1]
+    mi = np.zeros((d, K))
+    for i in range(d):
+        for j in range(K):
+            mi[i, j] = mutual_info_score(zc[:, i], vc[:, j])
+    ent = np.array([mutual_info_score(vc[:, j], vc[:, j]) for j in range(K)])
+    per = []
+    for j in range(K):
+        if ent[j] <= 1e-12:
+            per.append(float("nan"))
+            continue
+        top = np.sort(mi[:, j])[::-1]
+        second = top[1] if d > 1 else 0.0
+        per.append(float((top[0] - second) / ent[j]))
+    valid = [p for p in per if not math.isnan(p)]
+    return {"mig": float(np.mean(valid)) if valid else 0.0, "per_factor": per,
+            "mi": mi.tolist(), "entropy": ent.tolist()}
+
+
+def _entropy_rows(p: np.ndarray, base: int) -> np.ndarray:
+    """Entropy of each row of a nonnegative matrix (rows normalised), in log base `base`."""
+    p = p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+    return h / math.log(base) if base > 1 else np.zeros(p.shape[0])
+
+
+def dci(codes, factors, *, categorical: Sequence[bool] | None = None, model: str = "gbt",
+        train_fraction: float = 0.8, seed: int = 0) -> dict:
+    """Disentanglement, Completeness and Informativeness.
+
+    One predictor per factor maps codes (N, d) to the factor; its feature importances form the
+    (d, K) importance matrix R. Disentanglement = sum_i rho_i (1 - H_K(R_i.)), rho_i the share of
+    total importance of code i; completeness = mean_j (1 - H_d(R_.j)); informativeness = mean over
+    factors of test accuracy (categorical) or test R^2 clipped to [0, 1] (continuous).
+
+    Args:
+        codes: (N, d) latent codes.
+        factors: (N, K) factor values (categorical ones as integer labels).
+        categorical: K flags; default: integer columns with <= 20 levels are categorical.
+        model: "gbt" (gradient-boosted trees, as in disentanglement_lib), "forest" (random forest)
+            or "lasso" (linear, |coefficients| as importance; categorical factors use a logistic
+            regression).
+        train_fraction: share of rows used to fit; the rest measure informativeness.
+        seed: seed of the split and the models.
+
+    Returns:
+        {"disentanglement", "completeness", "informativeness": floats in [0, 1],
+         "importance": (d, K) list of lists, "informativeness_per_factor": [K floats]}.
+    """
+    _sklearn()
+    from sklearn import ensemble, linear_model
+
+    if model not in ("gbt", "forest", "lasso"):
+        raise ValueError(f"model must be 'gbt', 'forest' or 'lasso', got {model!r}")
+    if not 0.1 <= train_fraction < 1.0:
+        raise ValueError(f"train_fraction must lie in [0.1, 1), got {train_fraction}")
+    codes, factors = _check_pair(codes, factors)
+    N, d = codes.shape
+    K = factors.shape[1]
+    if categorical is None:
+        categorical = [bool(np.all(factors[:, j] == np.round(factors[:, j])) and len(np.unique(factors[:, j])) <= 20)
+                       for j in range(K)]
+    if len(categorical) != K:
+        raise ValueError(f"categorical must have one flag per factor ({K}), got {len(categorical)}")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(N)
+    n_train = max(2, int(N * train_fraction))
+    tr, te = perm[:n_train], perm[n_train:]
+    mu, sd = codes[tr].mean(0), codes[tr].std(0) + 1e-8
+    x = (codes - mu) / sd
+    R = np.zeros((d, K))
+    info = []
+    for j in range(K):
+        y = factors[:, j]
+        if categorical[j]:
+            y = y.astype(np.int64)
+            if len(np.unique(y[tr])) < 2:
+                info.append(1.0)
+                continue
+            if model == "gbt":
+                m = ensemble.GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=seed)
+            elif model == "forest":
+                m = ensemble.RandomForestClassifier(n_estimators=50, max_depth=8, random_state=seed, n_jobs=1)
+            else:
+                m = linear_model.LogisticRegression(max_iter=500)
+            m.fit(x[tr], y[tr])
+            info.append(float(m.score(x[te], y[te])) if len(te) else float("nan"))
+            imp = np.abs(m.coef_).sum(0) if model == "lasso" else m.feature_importances_
+        else:
+            y = y.astype(np.float64)
+            if np.std(y[tr]) < 1e-12:
+                info.append(1.0)
+                continue
+            if model == "gbt":
+                m = ensemble.GradientBoostingRegressor(n_estimators=30, max_depth=3, random_state=seed)
+            elif model == "forest":
+                m = ensemble.RandomForestRegressor(n_estimators=50, max_depth=8, random_state=seed, n_jobs=1)
+            else:
+                m = linear_model.LassoCV(cv=3, random_state=seed)
+            m.fit(x[tr], y[tr])
+            info.append(float(np.clip(m.score(x[te], y[te]), 0.0, 1.0)) if len(te) else float("nan"))
+            imp = np.abs(m.coef_) if model == "lasso" else m.feature_importances_
+        R[:, j] = np.abs(imp)
+    total = R.sum()
+    if total <= 0:
+        dis = comp = 0.0
+    else:
+        dis_i = 1.0 - _entropy_rows(R, K) if K > 1 else np.ones(d)
+        rho = R.sum(1) / total
+        dis = float((rho * dis_i).sum())
+        col = R.T[R.sum(0) > 0]
+        comp = float((1.0 - _entropy_rows(col, d)).mean()) if len(col) else 0.0
+    return {"disentanglement": dis, "completeness": comp,
+            "informativeness": float(np.nanmean(info)) if info else 0.0,
+            "importance": R.tolist(), "informativeness_per_factor": info}
+
+
+@torch.no_grad()
+def activeness(G: Callable[[Tensor], Tensor], z: Tensor, *, eps: float = 0.05, chunk: int = 256) -> Tensor:
+    """Per-dimension activeness: E_z ||G(z + eps e_i) - G(z - eps e_i)|| / (2 eps) for each axis i.
+
+    Args:
+        G: generator, (N, d) -> (N, ...).
+        z: (B, d) latent points.
+        eps: central-difference step.
+
+    Returns:
+        (d,) float32 tensor, the mean finite-difference Jacobian column norm ||J e_i||.
+    """
+    if not isinstance(z, Tensor) or z.dim() != 2:
+        raise ValueError(f"z must be a 2-D tensor (B, d), got {getattr(z, 'shape', type(z))}")
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    B, d = z.shape
+    total = torch.zeros(d, dtype=torch.float64)
+    eye = torch.eye(d, dtype=z.dtype, device=z.device) * eps
+    for start in range(0, B, chunk):
+        zc = z[start:start + chunk]
+        n = zc.shape[0]
+        zp = (zc[:, None, :] + eye[None]).reshape(n * d, d)
+        zm = (zc[:, None, :] - eye[None]).reshape(n * d, d)
+        diff = (G(zp) - G(zm)).reshape(n, d, -1).float()
+        total += (diff.norm(dim=2) / (2 * eps)).sum(0).double().cpu()
+    return (total / B).float()
+
+
+def activeness_summary(a: Tensor, *, threshold: float = 0.1) -> dict:
+    """Summarise per-dimension activeness (d,): dims above threshold * max are "active";
+    effective_dims = exp(entropy of a / sum a) (d for a flat profile, 1 for a single axis)."""
+    a = torch.as_tensor(a, dtype=torch.float64).flatten()
+    if a.numel() == 0:
+        raise ValueError("activeness must have at least one entry")
+    s = a.sum()
+    if s <= 0:
+        return {"per_dim": a.tolist(), "active_dims": 0, "effective_dims": 0.0}
+    p = a / s
+    ent = -(p[p > 0] * p[p > 0].log()).sum()
+    return {"per_dim": [round(float(v), 5) for v in a], "active_dims": int((a > threshold * a.max()).sum()),
+            "effective_dims": float(ent.exp())}
+
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    """Frechet distance between Gaussians fitted to features a (N, F) and b (M, F):
+    ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), computed in float64."""
+    a = torch.as_tensor(a).double()
+    b = torch.as_tensor(b).double()
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1] or min(a.shape[0], b.shape[0]) < 2:
+        raise ValueError(f"features must be (N, F) and (M, F) with N, M >= 2, got {tuple(a.shape)} and {tuple(b.shape)}")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    sa, sb = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+    ev, U = torch.linalg.eigh(sa)
+    sa_half = (U * ev.clamp_min(0).sqrt()) @ U.T
+    mid = torch.linalg.eigvalsh(sa_half @ sb @ sa_half).clamp_min(0).sqrt().sum()
+    fd = (mu_a - mu_b).pow(2).sum() + sa.trace() + sb.trace() - 2 * mid
+    return float(fd.clamp_min(0))

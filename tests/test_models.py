@@ -1,0 +1,61 @@
+"""DCGAN-style models: shapes, per-sample independence (no batch coupling), bad arguments."""
+import pytest
+import torch
+from torch import nn
+
+from spectral_ops import jacobian_topk
+from spectral_ops.models import Discriminator, Generator
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("norm", ["pixel", "layer", "none"])
+def test_shapes_and_range(size, norm):
+    torch.manual_seed(0)
+    G, D = Generator(6, size=size, width=8, norm=norm), Discriminator(size=size, width=8)
+    x = G(torch.randn(3, 6))
+    assert x.shape == (3, 1, size, size)
+    assert x.min() >= 0 and x.max() <= 1
+    assert D(x).shape == (3,)
+
+
+def test_generator_has_no_batch_coupling():
+    torch.manual_seed(0)
+    G = Generator(10).train()
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in G.modules())
+    z = torch.randn(5, 10)
+    full = G(z)
+    single = torch.cat([G(z[i:i + 1]) for i in range(5)])
+    torch.testing.assert_close(full, single, rtol=1e-5, atol=1e-6)
+
+
+def test_generator_works_with_jacobian_topk():
+    torch.manual_seed(0)
+    G = Generator(6, width=8)
+    top = jacobian_topk(G, torch.randn(2, 6), k=2, iters=30)
+    assert top.vectors.shape == (2, 2, 6) and top.values.shape == (2, 2)
+    eye = top.vectors @ top.vectors.transpose(1, 2)
+    torch.testing.assert_close(eye, torch.eye(2).expand(2, 2, 2), atol=1e-4, rtol=0)
+    assert torch.all(top.values[:, 0] >= top.values[:, 1])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="latent_dim"):
+        Generator(0)
+    with pytest.raises(ValueError, match="size"):
+        Generator(4, size=40)
+    with pytest.raises(ValueError, match="norm"):
+        Generator(4, norm="batch")
+    with pytest.raises(ValueError, match="width"):
+        Discriminator(width=0)
+    with pytest.raises(ValueError, match="z must be"):
+        Generator(4)(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="images must be"):
+        Discriminator()(torch.randn(2, 1, 64, 64))
