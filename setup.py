@@ -31,11 +31,11 @@ def _sources(pattern: str) -> list[str]:
 def _extensions():
     """One extension, as in pytorch/extension-cpp: CPU sources always, CUDA sources when wanted."""
     sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + _sources("csrc/cpu/*.cpp")
-    extra_compile_args = {"cxx": ["-O3", "-std=c++17", "-fopenmp"]}
+    extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
     kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"],
                   depends=_sources("csrc/common/*.h") + _sources("csrc/cpu/*.h") + _sources("csrc/cuda/*.cuh"))
     if _want_cuda():
-        extra_compile_args["nvcc"] = ["-O3", "-std=c++17", "-DSPECTRAL_OPS_WITH_CUDA"]
+        extra_compile_args["nvcc"] = ["-O3", "-DSPECTRAL_OPS_WITH_CUDA"]
         extra_compile_args["cxx"].append("-DSPECTRAL_OPS_WITH_CUDA")
         return [cpp_extension.CUDAExtension("spectral_ops._C", sources + _sources("csrc/cuda/*.cu"),
                                             extra_compile_args=extra_compile_args, **kwargs)]

@@ -1,7 +1,7 @@
 // Portability macros for the header-only maths shared by the CPU and CUDA backends.
 #pragma once
 
-#include <cmath>
+#include <math.h>
 
 #if defined(__CUDACC__)
 #define SPECTRAL_HD __host__ __device__ __forceinline__
@@ -14,8 +14,8 @@ namespace spectral_ops {
 // Largest k the CUDA kernels support (k x k scratch lives in shared memory).
 constexpr int kMaxCudaK = 32;
 
-template <typename T>
-SPECTRAL_HD T sqrt_(T x) { return std::sqrt(x); }
+SPECTRAL_HD float sqrt_(float x) { return sqrtf(x); }
+SPECTRAL_HD double sqrt_(double x) { return sqrt(x); }
 
 template <typename T>
 SPECTRAL_HD T abs_(T x) { return x < T(0) ? -x : x; }

@@ -1,0 +1,134 @@
+// Execution context for one sample on one CUDA thread block (see common/serial_context.h for the
+// interface), plus the launch helpers shared by the CUDA op files.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "common/checks.h"
+#include "common/macros.h"
+
+namespace spectral_ops {
+
+// Reductions are deterministic: fixed strided partial sums, warp shuffles, then warp totals
+// summed in order by every thread.  blockDim.x must be a multiple of 32 (at most 1024).
+template <typename T>
+struct BlockContext {
+  T* value_buffer;   // __shared__ [32]
+  int* index_buffer; // __shared__ [32]
+
+  template <typename F>
+  __host__ __device__ void for_each(int n, F f) const {
+#ifdef __CUDA_ARCH__
+    for (int j = threadIdx.x; j < n; j += blockDim.x) f(j);
+#endif
+  }
+
+  template <typename U, typename F>
+  __host__ __device__ U sum(int n, F f) const {
+    static_assert(sizeof(U) == sizeof(T), "BlockContext<T>::sum reduces values of type T");
+#ifdef __CUDA_ARCH__
+    U acc = U(0);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) acc += f(j);
+    for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, offset);
+    __syncthreads();  // earlier readers of value_buffer are done
+    if ((threadIdx.x & 31) == 0) value_buffer[threadIdx.x >> 5] = acc;
+    __syncthreads();
+    U total = U(0);
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) total += value_buffer[w];
+    return total;
+#else
+    return U(0);
+#endif
+  }
+
+  template <typename P>
+  __host__ __device__ int first_index(int n, P pred) const {
+#ifdef __CUDA_ARCH__
+    int found = n;
+    for (int j = threadIdx.x; j < n; j += blockDim.x)
+      if (pred(j)) { found = j; break; }
+    for (int offset = 16; offset > 0; offset >>= 1) found = min(found, __shfl_down_sync(0xffffffffu, found, offset));
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) index_buffer[threadIdx.x >> 5] = found;
+    __syncthreads();
+    int best = n;
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) best = min(best, index_buffer[w]);
+    return best;
+#else
+    return n;
+#endif
+  }
+
+  template <typename U, typename F>
+  __host__ __device__ int argmax_abs(int n, F f) const {
+#ifdef __CUDA_ARCH__
+    T best_value = T(-1);
+    int best = n;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+      const T a = abs_(T(f(j)));
+      if (a > best_value) { best_value = a; best = j; }
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const T other_value = __shfl_down_sync(0xffffffffu, best_value, offset);
+      const int other = __shfl_down_sync(0xffffffffu, best, offset);
+      if (other_value > best_value || (other_value == best_value && other < best)) {
+        best_value = other_value;
+        best = other;
+      }
+    }
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) { value_buffer[threadIdx.x >> 5] = best_value; index_buffer[threadIdx.x >> 5] = best; }
+    __syncthreads();
+    best_value = T(-1);
+    best = n;
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
+      if (value_buffer[w] > best_value || (value_buffer[w] == best_value && index_buffer[w] < best)) {
+        best_value = value_buffer[w];
+        best = index_buffer[w];
+      }
+    }
+    return best < n ? best : 0;
+#else
+    return 0;
+#endif
+  }
+
+  __host__ __device__ void sync() const {
+#ifdef __CUDA_ARCH__
+    __syncthreads();
+#endif
+  }
+
+  __host__ __device__ bool leader() const {
+#ifdef __CUDA_ARCH__
+    return threadIdx.x == 0;
+#else
+    return true;
+#endif
+  }
+};
+
+// Declares the shared reduction buffers and a BlockContext<T> named `ctx` inside a kernel.
+#define SPECTRAL_BLOCK_CONTEXT(T)                 \
+  __shared__ T spectral_value_buffer[32];         \
+  __shared__ int spectral_index_buffer[32];       \
+  const BlockContext<T> ctx{spectral_value_buffer, spectral_index_buffer}
+
+// Threads per block: enough to cover d in one stride up to 256, in whole warps.
+inline int threads_for(int64_t d) {
+  const int64_t warps = (d + 31) / 32;
+  return (int)(32 * (warps < 1 ? 1 : (warps > 8 ? 8 : warps)));
+}
+
+// The CUDA kernels keep k x k scratch in shared memory.
+inline RowsShape check_cuda_rows(const at::Tensor& t, const char* name) {
+  const RowsShape s = check_rows(t, name);
+  TORCH_CHECK_VALUE(t.is_cuda(), name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK_VALUE(s.k <= kMaxCudaK, name, ": the CUDA kernels support k <= ", kMaxCudaK, ", got k=", s.k);
+  return s;
+}
+
+}  // namespace spectral_ops

@@ -1,0 +1,58 @@
+// ritz_step on CUDA: one thread block per sample (maths: common/ritz.h).
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "common/ritz.h"
+#include "cuda/block_context.cuh"
+
+namespace spectral_ops {
+namespace {
+
+template <typename T>
+__global__ void ritz_step_kernel(const T* Q, const T* MQ, const T* V_prev, T* V, T* lam, T* res, T* Q_next, int k,
+                                 int d) {
+  SPECTRAL_BLOCK_CONTEXT(T);
+  __shared__ T H[kMaxCudaK * kMaxCudaK];
+  __shared__ T U[kMaxCudaK * kMaxCudaK];
+  __shared__ int order[kMaxCudaK];
+  T coef[kMaxCudaK];
+  const int64_t offset = (int64_t)blockIdx.x * k * d;
+  ritz_step_sample(ctx, Q + offset, MQ + offset, V_prev ? V_prev + offset : nullptr, V + offset,
+                   lam + (int64_t)blockIdx.x * k, res + (int64_t)blockIdx.x * k, Q_next + offset, k, d,
+                   RitzScratch<T>{H, U, order, coef});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ritz_step_cuda(const at::Tensor& Q, const at::Tensor& MQ,
+                                                                          const std::optional<at::Tensor>& V_prev) {
+  const RowsShape s = check_cuda_rows(Q, "Q");
+  check_same_shape(MQ, "MQ", Q, "Q");
+  if (V_prev.has_value()) check_same_shape(*V_prev, "V_prev", Q, "Q");
+  const c10::cuda::CUDAGuard guard(Q.device());
+  const at::ScalarType ct = compute_dtype(Q.scalar_type());
+  const at::Tensor qc = as_compute(Q, ct), mqc = as_compute(MQ, ct);
+  const at::Tensor pc = V_prev.has_value() ? as_compute(*V_prev, ct) : at::Tensor();
+  at::Tensor V = at::empty_like(qc), Q_next = at::empty_like(qc);
+  at::Tensor lam = at::empty({s.B, s.k}, qc.options()), res = at::empty({s.B, s.k}, qc.options());
+  if (s.B > 0) {
+    AT_DISPATCH_FLOATING_TYPES(ct, "ritz_step_cuda", [&] {
+      ritz_step_kernel<scalar_t><<<s.B, threads_for(s.d), 0, c10::cuda::getCurrentCUDAStream()>>>(
+          qc.const_data_ptr<scalar_t>(), mqc.const_data_ptr<scalar_t>(),
+          pc.defined() ? pc.const_data_ptr<scalar_t>() : nullptr, V.data_ptr<scalar_t>(), lam.data_ptr<scalar_t>(),
+          res.data_ptr<scalar_t>(), Q_next.data_ptr<scalar_t>(), (int)s.k, (int)s.d);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  const at::ScalarType out = Q.scalar_type();
+  return {V.to(out), lam.to(out), res.to(out), Q_next.to(out)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(spectral_ops, CUDA, m) { m.impl("ritz_step", &ritz_step_cuda); }
+
+}  // namespace spectral_ops

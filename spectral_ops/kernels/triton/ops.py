@@ -1,0 +1,160 @@
+"""Triton backend: the fused ops as torch.library.triton_op ops in namespace spectral_ops_triton.
+
+Each op converts its inputs to the compute dtype (float32, or float64), launches one program per
+sample and casts back.  ritz_step does the k x k symmetric eigensolve with torch.linalg.eigh
+outside the kernel; the projection before it and the rotation, signs, residuals and
+orthonormalization after it run in Triton.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+from torch.library import triton_op, wrap_triton
+
+from ...ops.reference import compute_dtype, rank_tolerance
+from . import kernels
+
+_NAMESPACE = "spectral_ops_triton"
+
+
+def _launch_shape(k: int, d: int):
+    block_k = max(2, triton.next_power_of_2(k))
+    block_d = max(2, triton.next_power_of_2(d))
+    warps = 8 if block_k * block_d >= 8192 else 4
+    return block_k, block_d, warps
+
+
+@triton_op(f"{_NAMESPACE}::orthonormalize", mutates_args=())
+def _orthonormalize(W: torch.Tensor) -> torch.Tensor:
+    ct = compute_dtype(W.dtype)
+    Wc = W.to(ct).contiguous()
+    Q = torch.empty_like(Wc)
+    B, k, d = Wc.shape
+    block_k, block_d, warps = _launch_shape(k, d)
+    if B:
+        wrap_triton(kernels.orthonormalize_kernel)[(B,)](Wc, Q, k, d, rank_tolerance(ct), BLOCK_K=block_k,
+                                                         BLOCK_D=block_d, num_warps=warps)
+    return Q.to(W.dtype)
+
+
+@triton_op(f"{_NAMESPACE}::orthonormalize_backward", mutates_args=())
+def _orthonormalize_backward(grad_Q: torch.Tensor, Q: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    ct = compute_dtype(W.dtype)
+    G, Qc, Wc = (t.to(ct).contiguous() for t in (grad_Q, Q, W))
+    grad_W = torch.empty_like(Wc)
+    B, k, d = Wc.shape
+    block_k, block_d, warps = _launch_shape(k, d)
+    if B:
+        wrap_triton(kernels.orthonormalize_backward_kernel)[(B,)](
+            G, Qc, Wc, grad_W, k, d, rank_tolerance(ct), BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps)
+    return grad_W.to(grad_Q.dtype)
+
+
+@triton_op(f"{_NAMESPACE}::ritz_step", mutates_args=())
+def _ritz_step(Q: torch.Tensor, MQ: torch.Tensor,
+               V_prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ct = compute_dtype(Q.dtype)
+    Qc, MQc = Q.to(ct).contiguous(), MQ.to(ct).contiguous()
+    H = Qc @ MQc.transpose(-1, -2)
+    evals, U = torch.linalg.eigh(0.5 * (H + H.transpose(-1, -2)))
+    evals, U = evals.flip(-1).contiguous(), U.flip(-1).contiguous()
+    prev = V_prev.to(ct).contiguous() if V_prev is not None else Qc  # Qc: an unused placeholder
+    V, Q_next = torch.empty_like(Qc), torch.empty_like(Qc)
+    B, k, d = Qc.shape
+    res = Qc.new_empty(B, k)
+    block_k, block_d, warps = _launch_shape(k, d)
+    if B:
+        wrap_triton(kernels.ritz_rotate_kernel)[(B,)](
+            Qc, MQc, U, evals, prev, V, res, Q_next, k, d, rank_tolerance(ct), HAS_PREV=V_prev is not None,
+            BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps)
+    return V.to(Q.dtype), evals.to(Q.dtype), res.to(Q.dtype), Q_next.to(Q.dtype)
+
+
+@triton_op(f"{_NAMESPACE}::alignment_loss", mutates_args=())
+def _alignment_loss(V: torch.Tensor, S: torch.Tensor, kind: str, weights: str) -> torch.Tensor:
+    ct = compute_dtype(V.dtype)
+    Vc, Sc = V.to(ct).contiguous(), S.to(ct).contiguous()
+    B, k, d = Vc.shape
+    loss = Vc.new_empty(B)
+    block_k, block_d, warps = _launch_shape(k, d)
+    if B:
+        wrap_triton(kernels.alignment_loss_kernel)[(B,)](
+            Vc, Sc, loss, k, d, KIND=kernels.LOSS_CODES[kind], WEIGHTS=kernels.WEIGHT_CODES[weights],
+            BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps)
+    return loss.to(V.dtype)
+
+
+@triton_op(f"{_NAMESPACE}::alignment_loss_backward", mutates_args=())
+def _alignment_loss_backward(grad: torch.Tensor, V: torch.Tensor, S: torch.Tensor, kind: str,
+                             weights: str) -> tuple[torch.Tensor, torch.Tensor]:
+    ct = compute_dtype(V.dtype)
+    g, Vc, Sc = grad.to(ct).contiguous(), V.to(ct).contiguous(), S.to(ct).contiguous()
+    B, k, d = Vc.shape
+    grad_V, grad_S = torch.empty_like(Vc), torch.empty_like(Sc)
+    block_k, block_d, warps = _launch_shape(k, d)
+    if B:
+        wrap_triton(kernels.alignment_loss_backward_kernel)[(B,)](
+            g, Vc, Sc, grad_V, grad_S, k, d, KIND=kernels.LOSS_CODES[kind],
+            WEIGHTS=kernels.WEIGHT_CODES[weights], BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps)
+    return grad_V.to(V.dtype), grad_S.to(S.dtype)
+
+
+def _orthonormalize_setup(ctx, inputs, output):
+    ctx.save_for_backward(output, inputs[0])
+
+
+def _orthonormalize_grad(ctx, grad_Q):
+    Q, W = ctx.saved_tensors
+    return _orthonormalize_backward(grad_Q, Q, W)
+
+
+def _alignment_setup(ctx, inputs, output):
+    V, S, kind, weights = inputs
+    ctx.kind, ctx.weights = kind, weights
+    ctx.save_for_backward(V, S)
+
+
+def _alignment_grad(ctx, grad):
+    V, S = ctx.saved_tensors
+    grad_V, grad_S = _alignment_loss_backward(grad, V, S, ctx.kind, ctx.weights)
+    return grad_V, grad_S, None, None
+
+
+# Explicit fake kernels: shapes only, so tracing never launches a kernel (the interpreter could not
+# run one on fake tensors).
+@_orthonormalize.register_fake
+def _(W):
+    return torch.empty_like(W)
+
+
+@_orthonormalize_backward.register_fake
+def _(grad_Q, Q, W):
+    return torch.empty_like(grad_Q)
+
+
+@_ritz_step.register_fake
+def _(Q, MQ, V_prev):
+    B, k, _ = Q.shape
+    return torch.empty_like(Q), Q.new_empty(B, k), Q.new_empty(B, k), torch.empty_like(Q)
+
+
+@_alignment_loss.register_fake
+def _(V, S, kind, weights):
+    return V.new_empty(V.shape[0])
+
+
+@_alignment_loss_backward.register_fake
+def _(grad, V, S, kind, weights):
+    return torch.empty_like(V), torch.empty_like(S)
+
+
+_orthonormalize.register_autograd(_orthonormalize_grad, setup_context=_orthonormalize_setup)
+_alignment_loss.register_autograd(_alignment_grad, setup_context=_alignment_setup)
+
+orthonormalize = _orthonormalize
+alignment_loss = _alignment_loss
+
+
+def ritz_step(Q: torch.Tensor, MQ: torch.Tensor, V_prev: torch.Tensor | None = None):
+    """Not differentiable (like the compiled backends): the outputs never require grad."""
+    return _ritz_step(Q.detach(), MQ.detach(), None if V_prev is None else V_prev.detach())
