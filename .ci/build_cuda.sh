@@ -65,7 +65,12 @@ cd "$REPO"
 SO="$(find "$BUILD_DIR/lib" -name '_C*.so' | head -n 1)"
 [ -n "$SO" ] || fail "no _C*.so under $BUILD_DIR/lib"
 
-ELF="$(cuobjdump --list-elf "$SO")" || fail "cuobjdump --list-elf $SO"
+# cuobjdump: on PATH, in the toolkit, or the copy shipped in the triton wheel (a torch dependency).
+CUOBJDUMP="$(command -v cuobjdump || true)"
+[ -n "$CUOBJDUMP" ] || [ ! -x "$CUDA_HOME/bin/cuobjdump" ] || CUOBJDUMP="$CUDA_HOME/bin/cuobjdump"
+[ -n "$CUOBJDUMP" ] || CUOBJDUMP="$("$VENV/bin/python" -c 'import os, triton; print(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))' 2>/dev/null || true)"
+[ -n "$CUOBJDUMP" ] && [ -x "$CUOBJDUMP" ] || fail "cuobjdump not found (PATH, $CUDA_HOME/bin, or the triton wheel)"
+ELF="$("$CUOBJDUMP" --list-elf "$SO")" || fail "cuobjdump --list-elf $SO"
 echo "$ELF"
 for arch in sm_80 sm_90; do
   grep -q "$arch" <<<"$ELF" || fail "$SO has no $arch code"
