@@ -1,0 +1,62 @@
+"""`spectral-ops demo` end to end on a tiny configuration; CLI errors of demo and eval."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from spectral_ops.cli import main
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("demo")
+    rc = main(["demo", "--quick", "--out", str(root / "out"), "--cache-dir", str(root / "cache"), "--no-progress"])
+    torch.set_num_threads(prev)
+    return rc, root
+
+
+def test_quick_demo_runs_end_to_end(quick_demo, capsys):
+    rc, root = quick_demo
+    assert rc == 0
+    out = root / "out"
+    blob = json.loads((out / "metrics.json").read_text())
+    assert set(blob["results"]) == {"baseline", "spectral"}
+    for name, r in blob["results"].items():
+        assert 0 <= r["mig"] <= 1 and 0 <= r["dci_disentanglement"] <= 1
+        assert r["frechet_distance"] >= 0 and len(r["activeness"]["per_dim"]) == 10
+        assert (out / name / "checkpoint.pt").is_file()
+    assert blob["configs"]["spectral"]["reg"] == "spectral" and blob["configs"]["baseline"]["reg"] == "none"
+    assert "MIG" in blob["table"] and "baseline" in blob["table"]
+    img = Image.open(out / "traversals.png")
+    assert img.format == "PNG" and img.height > 10 * 64  # ten rows of 2x-upscaled 32x32 tiles
+    assert "traversals.png" in blob["pictures"]
+    # the predictor was cached
+    assert any(p.name.startswith("predictor-sprites-32") for p in (root / "cache").iterdir())
+
+
+def test_eval_on_demo_checkpoint_bad_and_good_arguments(quick_demo, capsys, tmp_path):
+    rc, root = quick_demo
+    assert main(["eval", "--ckpt", str(tmp_path / "missing.pt")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert main(["eval", "--ckpt", str(junk)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert main(["eval", "--ckpt", str(root / "out" / "baseline" / "checkpoint.pt"), "--n-samples", "5"]) == 2
+    assert "--n-samples" in capsys.readouterr().err
+
+
+def test_demo_bad_arguments(tmp_path, capsys):
+    assert main(["demo", "--steps", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--steps must be" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["demo", "--out", str(blocker / "sub")]) == 2
+    assert "not writable" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--reg-loss", "l2"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
