@@ -264,7 +264,7 @@ def test_module_bad_latent_width():
 def test_every_skips_without_graph_and_scales():
     G = make_mlp().float()
     z = torch.randn(8, 5, generator=torch.Generator().manual_seed(4))
-    reg = SpectralRegularizer(5, k=2, every=3, batch_fraction=1.0, warm_start=False)
+    reg = SpectralRegularizer(5, k=2, iters=2, every=3, batch_fraction=1.0, warm_start=False)
     first = reg(G, z)
     assert first.requires_grad
     expected = 3 * spectral_penalty(G, z, k=2, init=reg.basis)
@@ -279,7 +279,7 @@ def test_every_skips_without_graph_and_scales():
 def test_batch_fraction_uses_a_subset():
     G = make_mlp().float()
     z = torch.randn(8, 5, generator=torch.Generator().manual_seed(5))
-    reg = SpectralRegularizer(5, k=2, every=1, batch_fraction=0.25, warm_start=False)
+    reg = SpectralRegularizer(5, k=2, iters=2, every=1, batch_fraction=0.25, warm_start=False)
     rows = reg._rows(8, 0, z.device)
     assert rows.numel() == 2
     value = reg(G, z)
