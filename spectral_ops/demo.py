@@ -35,7 +35,7 @@ __all__ = ["add_arguments", "run", "demo"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=1000, help="GAN training steps per run (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=800, help="GAN training steps per run (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="GAN batch size (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed shared by both runs (default: %(default)s)")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="sprites", help="procedural dataset (default: %(default)s)")
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def demo(*, out: str | os.PathLike = "runs/demo", steps: int = 1000, batch_size: int = 32, seed: int = 0,
+def demo(*, out: str | os.PathLike = "runs/demo", steps: int = 800, batch_size: int = 32, seed: int = 0,
          dataset: str = "sprites", reg_weight: float = 1.0, reg_loss: str = "l1", reg_grad: str = "last_step",
          n_eval: int = 2000, cache_dir=None, quick: bool = False, progress: bool = True,
          log=print) -> dict:
