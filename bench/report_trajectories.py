@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,8 @@ def parse_args(argv=None):
                    help="instead: L = this fraction of the median distance between generated images")
     p.add_argument("--batch", type=int, default=64, help="starting points traced together")
     p.add_argument("--show", type=int, default=3, help="starts drawn as PNG grids")
+    p.add_argument("--ignore-factors", default="",
+                   help="comma-separated factor names left out of purity (e.g. shape when the predictor cannot read it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="docs/trajectories")
     return p.parse_args(argv)
@@ -72,13 +75,13 @@ def typical_distance(G, d: int, gen: torch.Generator, n: int = 256) -> float:
     return float((a - b).norm(dim=-1).median())
 
 
-def measure(G, predictor, Z: torch.Tensor, L: float, points: int, arc: torch.Tensor):
+def measure(G, predictor, Z: torch.Tensor, L: float, points: int, arc: torch.Tensor, keep: list[int]):
     """Paths Z (T+1, B, d) -> (purity [B], changes [B, F], reached [B], resampled latents, images)."""
     Zs, reached = resample_by_output_length(G, Z, L, points, arc=arc)
     with torch.no_grad():
         imgs = viz.generate(G, Zs.reshape(-1, Zs.shape[-1]))
     imgs = imgs.reshape(points, Z.shape[1], *imgs.shape[1:])
-    ch = factor_changes(imgs, predictor=predictor)
+    ch = factor_changes(imgs, predictor=predictor)[:, keep]
     return purity_from_changes(ch), ch, reached, Zs, imgs
 
 
@@ -111,6 +114,12 @@ def main(argv=None) -> int:
     predictor, pinfo = load_or_fit_predictor(PredictorConfig(), progress=True)
     factor_names = list(getattr(predictor, "factor_names", None) or pinfo.get("factor_names")
                         or [f"f{j}" for j in range(len(predictor.categorical))])
+    ignored = [f.strip() for f in args.ignore_factors.split(",") if f.strip()]
+    unknown = [f for f in ignored if f not in factor_names]
+    if unknown:
+        raise SystemExit(f"--ignore-factors: unknown factors {unknown}; the predictor measures {factor_names}")
+    keep = [j for j, f in enumerate(factor_names) if f not in ignored]
+    factor_names = [factor_names[j] for j in keep]
     gen = torch.Generator().manual_seed(args.seed)
     if args.length_frac is not None:
         args.length_quantile = None
@@ -155,7 +164,7 @@ def main(argv=None) -> int:
     shown: dict[str, torch.Tensor] = {}
     for k in tqdm(kinds, desc="purity"):
         for bi, (Z, arc) in enumerate(zip(paths[k], arcs[k])):
-            pur, ch, reached, _, imgs = measure(G, predictor, Z, L, args.points, arc)
+            pur, ch, reached, _, imgs = measure(G, predictor, Z, L, args.points, arc, keep)
             res[k]["purity"].append(pur); res[k]["changes"].append(ch); res[k]["reached"].append(reached)
             if bi == 0:
                 shown[k] = imgs[:, : args.show]
@@ -191,14 +200,16 @@ def main(argv=None) -> int:
     report = {"generator": label, "source": args.ckpt or args.generator, "latent_dim": d,
               "settings": {k: v for k, v in vars(args).items()}, "output_length_L": L, "output_length_rule": how,
               "predictor": {"validation": pinfo.get("validation"), "cached": pinfo.get("cached")},
+              "factors_scored": factor_names, "factors_ignored": ignored,
               "pooled": pooled_rows, "per_path": rows, "paired_curve_vs_line": paired,
               "topk_evaluations": n_eval, "power_iterations": n_iter, "seconds": time.time() - t_start,
-              "command": "PYTHONPATH=. python bench/report_trajectories.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "command": "PYTHONPATH=. python bench/report_trajectories.py " + " ".join(
+                  shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
 
     md = [f"## Trajectory purity: {label}", "",
           f"{args.n_starts} starting points, output path length L = {L:.3f} "
-          f"({how}), {args.points} points per path, "
+          f"({how}), {args.points} points per path, factors scored: {', '.join(factor_names)}, "
           f"latent budget {budget:g}, integrator {args.method}.", "",
           "| paths | n reached | reached | mean purity | sem | median | share > 0.8 |", "|---|---|---|---|---|---|---|"]
     for name, s in list(pooled_rows.items()) + list(rows.items()):
