@@ -47,11 +47,10 @@ SPECTRAL_HD void offdiag_terms(const Ctx& ctx, const T* V, const T* S, int k, in
       if (gram != nullptr && ctx.leader()) gram[i * k + l] = gram[l * k + i] = g;
     }
   }
-  diag2 = ctx.template sum<T>(d, [&](int j) {
-    T dj = T(0);
-    for (int i = 0; i < k; ++i) dj += S[i] * S[i] * V[(long)i * d + j] * V[(long)i * d + j];
-    return dj * dj;
-  });
+  // D_j = A_jj = sum_i s_i^2 V_ij^2, summed over rows column by column.
+  diag2 = ctx.template sum_row_sums<T>(
+      d, k, [&](int i, int j) { return S[i] * S[i] * V[(long)i * d + j] * V[(long)i * d + j]; },
+      [&](int, T dj) { return dj * dj; });
 }
 
 // Loss of one sample (returned to every thread).  V: [k, d], S: [k].
@@ -70,15 +69,15 @@ SPECTRAL_HD T alignment_loss_sample(const Ctx& ctx, const T* V, const T* S, int 
 }
 
 // Gradients of grad * loss wrt V ([k, d]) and S ([k], written by the leader).  gram: k x k
-// scratch visible to every thread (offdiag only); per_vector: per-thread scratch of k entries.
+// scratch visible to every thread; work: d entries visible to every thread (both offdiag only);
+// per_vector: per-thread scratch of k entries.
 template <typename T, typename Ctx>
 SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T* V, const T* S, T* grad_V,
                                                 T* grad_S, int k, int d, int kind, int weights, T* gram,
-                                                T* per_vector) {
+                                                T* per_vector, T* work) {
   if (kind == kLossOffdiag) {
     T fro2, diag2;
     offdiag_terms(ctx, V, S, k, d, gram, fro2, diag2);
-    ctx.sync();
     if (!(fro2 > T(0))) {
       ctx.for_each(k * d, [&](int idx) { grad_V[idx] = T(0); });
       if (ctx.leader())
@@ -86,30 +85,30 @@ SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T*
       ctx.sync();
       return;
     }
+    // work <- D (D_j = sum_i s2_i V_ij^2), read by every row below.
+    ctx.template for_each_row_sum<T>(
+        d, k, [&](int i, int j) { return S[i] * S[i] * V[(long)i * d + j] * V[(long)i * d + j]; },
+        [&](int j, T dj) { work[j] = dj; });
+    ctx.sync();  // gram and work are complete
     const T inv_fro2 = T(1) / fro2;
     const T ratio = diag2 * inv_fro2 * inv_fro2;
-    // dL/dV_ij = 4 s2_i [ -D_j V_ij / fro2 + ratio * sum_l s2_l G_il V_lj ],  D_j = sum_i s2_i V_ij^2
-    ctx.for_each(d, [&](int j) {
-      T dj = T(0);
-      for (int i = 0; i < k; ++i) dj += S[i] * S[i] * V[(long)i * d + j] * V[(long)i * d + j];
-      for (int i = 0; i < k; ++i) {
-        T mix = T(0);
-        for (int l = 0; l < k; ++l) mix += S[l] * S[l] * gram[i * k + l] * V[(long)l * d + j];
-        const T s2 = S[i] * S[i];
-        grad_V[(long)i * d + j] = grad * T(4) * s2 * (-dj * V[(long)i * d + j] * inv_fro2 + ratio * mix);
-      }
-    });
-    // dL/dS_i = 2 S_i [ -2 sum_j D_j V_ij^2 / fro2 + 2 ratio sum_l s2_l G_il^2 ]
     for (int i = 0; i < k; ++i) {
       const T* vi = V + (long)i * d;
-      const T dv = ctx.template sum<T>(d, [&](int j) {
-        T dj = T(0);
-        for (int l = 0; l < k; ++l) dj += S[l] * S[l] * V[(long)l * d + j] * V[(long)l * d + j];
-        return dj * vi[j] * vi[j];
-      });
-      T gg = T(0);
-      for (int l = 0; l < k; ++l) gg += S[l] * S[l] * gram[i * k + l] * gram[i * k + l];
-      if (ctx.leader()) grad_S[i] = grad * T(2) * S[i] * (T(-2) * dv * inv_fro2 + T(2) * ratio * gg);
+      T* gi = grad_V + (long)i * d;
+      const T s2 = S[i] * S[i];
+      T gg = T(0);  // sum_l s2_l G_il^2
+      for (int l = 0; l < k; ++l) {
+        per_vector[l] = S[l] * S[l] * gram[i * k + l];
+        gg += per_vector[l] * gram[i * k + l];
+      }
+      // dL/dV_ij = 4 s2_i [ -D_j V_ij / fro2 + ratio * sum_l s2_l G_il V_lj ]
+      const T scale = grad * T(4) * s2;
+      ctx.template for_each_row_sum<T>(
+          d, k, [&](int l, int j) { return per_vector[l] * V[(long)l * d + j]; },
+          [&](int j, T mix) { gi[j] = scale * (ratio * mix - work[j] * vi[j] * inv_fro2); });
+      // dL/dS_i = 2 S_i [ -2 sum_j D_j V_ij^2 / fro2 + 2 ratio sum_l s2_l G_il^2 ]
+      const T dv = ctx.template sum<T>(d, [&](int j) { return work[j] * vi[j] * vi[j]; });
+      if (ctx.leader()) grad_S[i] = grad * T(4) * S[i] * (ratio * gg - dv * inv_fro2);
     }
     ctx.sync();
     return;

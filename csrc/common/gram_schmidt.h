@@ -17,11 +17,9 @@ SPECTRAL_HD void project_out_rows(const Ctx& ctx, const T* Q, int count, T* q, i
       coef[l] = ctx.template sum<T>(d, [&](int j) { return ql[j] * q[j]; });
     }
     ctx.sync();
-    ctx.for_each(d, [&](int j) {
-      T acc = q[j];
-      for (int l = 0; l < count; ++l) acc -= coef[l] * Q[(long)l * d + j];
-      q[j] = acc;
-    });
+    ctx.template for_each_row_sum<T>(
+        d, count, [&](int l, int j) { return coef[l] * Q[(long)l * d + j]; },
+        [&](int j, T projection) { q[j] -= projection; });
     ctx.sync();
   }
 }
@@ -85,19 +83,31 @@ SPECTRAL_HD void orthonormalize_backward_rows(const Ctx& ctx, const T* grad_Q, c
     if (ctx.leader() && !(L[i * k + i] > tol * sqrt_(norm_w2))) L[i * k + i] = T(0);
   }
   ctx.sync();
+  if (ctx.leader()) {  // M <- sym(M): mirror the strict lower triangle over the upper one
+    for (int i = 0; i < k; ++i)
+      for (int l = i + 1; l < k; ++l) M[i * k + l] = M[l * k + i];
+  }
+  ctx.sync();
+  // Back substitution, last row first: x_i = (rhs_i - sum_{l>i} L_li x_l) / L_ii.
   for (int i = k - 1; i >= 0; --i) {
     const T diag = L[i * k + i];
     T* xi = grad_W + (long)i * d;
-    ctx.for_each(d, [&](int j) {
-      if (diag == T(0)) { xi[j] = T(0); return; }
-      T acc = grad_Q[(long)i * d + j];
-      for (int l = 0; l < k; ++l) {
-        const T sym = l < i ? M[i * k + l] : (l > i ? M[l * k + i] : M[i * k + i]);
-        acc += sym * Q[(long)l * d + j];
-      }
-      for (int l = i + 1; l < k; ++l) acc -= L[l * k + i] * grad_W[(long)l * d + j];
-      xi[j] = acc / diag;
-    });
+    if (diag == T(0)) {  // the same branch on every thread
+      ctx.for_each(d, [&](int j) { xi[j] = T(0); });
+      ctx.sync();
+      continue;
+    }
+    const T inv_diag = T(1) / diag;
+    const T* gi = grad_Q + (long)i * d;
+    const T* Mi = M + i * k;
+    ctx.template for_each_row_sum<T>(
+        d, k, [&](int l, int j) { return Mi[l] * Q[(long)l * d + j]; },
+        [&](int j, T projection) { xi[j] = gi[j] + projection; });
+    // Rows l > i of grad_W are final; term index m stands for row l = i + 1 + m.
+    const T* Xb = grad_W + (long)(i + 1) * d;
+    ctx.template for_each_row_sum<T>(
+        d, k - 1 - i, [&](int m, int j) { return L[(i + 1 + m) * k + i] * Xb[(long)m * d + j]; },
+        [&](int j, T solved) { xi[j] = (xi[j] - solved) * inv_diag; });
     ctx.sync();
   }
 }

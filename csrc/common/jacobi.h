@@ -14,17 +14,16 @@ SPECTRAL_HD void jacobi_eigh(const Ctx& ctx, T* A, T* U, int* order, int k) {
   ctx.for_each(k * k, [&](int idx) { U[idx] = (idx / k == idx % k) ? T(1) : T(0); });
   ctx.sync();
   const T eps = machine_eps<T>();
+  // Rotations preserve the Frobenius norm, so the absolute floor is fixed for the whole solve.
+  const T negligible = eps * eps * sqrt_(ctx.template sum<T>(k * k, [&](int idx) { return A[idx] * A[idx]; }));
   for (int sweep = 0; sweep < 40; ++sweep) {
-    const T total = ctx.template sum<T>(k * k, [&](int idx) { return A[idx] * A[idx]; });
-    const T off = ctx.template sum<T>(k * k, [&](int idx) {
-      return idx / k == idx % k ? T(0) : A[idx] * A[idx];
-    });
-    if (!(off > T(0.01) * eps * eps * total)) break;  // also stops on total == 0
-    const T negligible = eps * eps * sqrt_(total);
+    int rotations = 0;  // the same count on every thread
     for (int p = 0; p < k - 1; ++p) {
       for (int q = p + 1; q < k; ++q) {
         const T apq = A[p * k + q];
-        if (abs_(apq) <= negligible) continue;  // same decision on every thread
+        // Converged pair: a_pq is below rounding relative to its diagonal entries (or to ||A||).
+        if (abs_(apq) <= eps * sqrt_(abs_(A[p * k + p] * A[q * k + q])) || abs_(apq) <= negligible) continue;
+        ++rotations;
         const T theta = (A[q * k + q] - A[p * k + p]) / (T(2) * apq);
         const T at = abs_(theta);
         const T root = at > T(1) ? at * sqrt_(T(1) + (T(1) / at) * (T(1) / at)) : sqrt_(T(1) + at * at);
@@ -41,14 +40,15 @@ SPECTRAL_HD void jacobi_eigh(const Ctx& ctx, T* A, T* U, int* order, int k) {
           U[r * k + q] = s * urp + c * urq;
         });
         ctx.sync();
-        ctx.for_each(k, [&](int r) {  // A <- J^T A
+        ctx.for_each(k, [&](int r) {  // A <- J^T A, with the annihilated pair set to exactly 0
           const T apr = A[p * k + r], aqr = A[q * k + r];
-          A[p * k + r] = c * apr - s * aqr;
-          A[q * k + r] = s * apr + c * aqr;
+          A[p * k + r] = r == q ? T(0) : c * apr - s * aqr;
+          A[q * k + r] = r == p ? T(0) : s * apr + c * aqr;
         });
         ctx.sync();
       }
     }
+    if (rotations == 0) break;
   }
   if (ctx.leader()) {
     for (int i = 0; i < k; ++i) order[i] = i;

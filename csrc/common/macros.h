@@ -17,11 +17,12 @@ constexpr int kMaxCudaK = 32;
 SPECTRAL_HD float sqrt_(float x) { return sqrtf(x); }
 SPECTRAL_HD double sqrt_(double x) { return sqrt(x); }
 
-template <typename T>
-SPECTRAL_HD T abs_(T x) { return x < T(0) ? -x : x; }
+SPECTRAL_HD float abs_(float x) { return fabsf(x); }
+SPECTRAL_HD double abs_(double x) { return fabs(x); }
 
+// Branch-free, so that it vectorizes (and does not mispredict on random signs).
 template <typename T>
-SPECTRAL_HD T sign_(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0)); }
+SPECTRAL_HD T sign_(T x) { return T(x > T(0)) - T(x < T(0)); }
 
 // Relative norm below which a Gram-Schmidt residual counts as linearly dependent
 // (same values as reference.rank_tolerance).

@@ -45,16 +45,10 @@ SPECTRAL_HD void ritz_step_sample(const Ctx& ctx, const T* Q, const T* MQ, const
     const T value = H[col * k + col];
     T* vi = V + (long)i * d;
     T* mvi = Q_next + (long)i * d;  // M v_i is built in place of Q_next, then orthonormalized
-    ctx.for_each(d, [&](int j) {
-      T v = T(0), mv = T(0);
-      for (int l = 0; l < k; ++l) {
-        const T u = U[l * k + col];
-        v += u * Q[(long)l * d + j];
-        mv += u * MQ[(long)l * d + j];
-      }
-      vi[j] = v;
-      mvi[j] = mv;
-    });
+    ctx.template for_each_row_sum<T>(
+        d, k, [&](int l, int j) { return U[l * k + col] * Q[(long)l * d + j]; }, [&](int j, T v) { vi[j] = v; });
+    ctx.template for_each_row_sum<T>(
+        d, k, [&](int l, int j) { return U[l * k + col] * MQ[(long)l * d + j]; }, [&](int j, T mv) { mvi[j] = mv; });
     ctx.sync();
     T sign;
     if (V_prev != nullptr) {

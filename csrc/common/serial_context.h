@@ -5,6 +5,11 @@
 // (csrc/cuda/block_context.cuh):
 //   for_each(n, f)          f(j) for j in [0, n) (split across threads on the GPU)
 //   sum<T>(n, f)            sum_j f(j), the same value returned to every thread
+//   for_each_row_sum<T>(n, rows, term, finish)
+//                           finish(j, sum_{l < rows} term(l, j)) for j in [0, n): a linear
+//                           combination of `rows` row vectors, evaluated column by column
+//   sum_row_sums<T>(n, rows, term, g)
+//                           sum_j g(j, sum_{l < rows} term(l, j)), returned to every thread
 //   first_index(n, pred)    lowest j with pred(j), or n if none, returned to every thread
 //   argmax_abs(n, f)        lowest j maximising |f(j)|, returned to every thread
 //   sync()                  barrier between phases (writes before it are visible after it)
@@ -30,6 +35,32 @@ struct SerialContext {
     return acc;
   }
 
+  // The row sums run over column chunks held in a stack accumulator, so that the inner loop is
+  // over contiguous j (one vector load per row) rather than over the rows (strided gathers).
+  template <typename T, typename Term, typename Finish>
+  inline void for_each_row_sum(int n, int rows, Term term, Finish finish) const {
+    T acc[kRowSumChunk];
+    for (int j0 = 0; j0 < n; j0 += kRowSumChunk) {
+      const int end = n - j0 < kRowSumChunk ? n : j0 + kRowSumChunk;
+      accumulate_rows(acc, j0, end, rows, term);
+#pragma omp simd
+      for (int j = j0; j < end; ++j) finish(j, acc[(unsigned)(j - j0)]);
+    }
+  }
+
+  template <typename T, typename Term, typename G>
+  inline T sum_row_sums(int n, int rows, Term term, G g) const {
+    T acc[kRowSumChunk];
+    T total = T(0);
+    for (int j0 = 0; j0 < n; j0 += kRowSumChunk) {
+      const int end = n - j0 < kRowSumChunk ? n : j0 + kRowSumChunk;
+      accumulate_rows(acc, j0, end, rows, term);
+#pragma omp simd reduction(+ : total)
+      for (int j = j0; j < end; ++j) total += g(j, acc[(unsigned)(j - j0)]);
+    }
+    return total;
+  }
+
   template <typename P>
   inline int first_index(int n, P pred) const {
     for (int j = 0; j < n; ++j)
@@ -50,6 +81,22 @@ struct SerialContext {
 
   inline void sync() const {}
   inline bool leader() const { return true; }
+
+ private:
+  static constexpr int kRowSumChunk = 128;
+
+  // acc[j - j0] = sum_{l < rows} term(l, j) for j in [j0, end), rows in ascending order.  The
+  // loop variable is j itself: Python's build flags include -fwrapv, under which an index like
+  // j0 + jj is not provably affine, and the loads would be scalarized.
+  template <typename T, typename Term>
+  static inline void accumulate_rows(T* acc, int j0, int end, int rows, Term& term) {
+#pragma omp simd
+    for (int j = j0; j < end; ++j) acc[(unsigned)(j - j0)] = T(0);
+    for (int l = 0; l < rows; ++l) {
+#pragma omp simd
+      for (int j = j0; j < end; ++j) acc[(unsigned)(j - j0)] += term(l, j);
+    }
+  }
 };
 
 }  // namespace spectral_ops

@@ -56,9 +56,9 @@ std::tuple<at::Tensor, at::Tensor> alignment_loss_backward_cpu(const at::Tensor&
     scalar_t* gv = grad_V.data_ptr<scalar_t>();
     scalar_t* gs = grad_S.data_ptr<scalar_t>();
     for_each_sample(s.B, 4 * k * k * d, [&](const SerialContext& ctx, int64_t b) {
-      std::vector<scalar_t> gram(k * k), per_vector(k);
+      std::vector<scalar_t> gram(k * k), per_vector(k), work(kind_code == kLossOffdiag ? d : 0);
       alignment_loss_backward_sample(ctx, g[b], v + b * k * d, sv + b * k, gv + b * k * d, gs + b * k, (int)k,
-                                     (int)d, kind_code, weight_code, gram.data(), per_vector.data());
+                                     (int)d, kind_code, weight_code, gram.data(), per_vector.data(), work.data());
     });
   });
   return {grad_V.to(V.scalar_type()), grad_S.to(S.scalar_type())};

@@ -24,13 +24,14 @@ __global__ void alignment_loss_kernel(const T* V, const T* S, T* loss, int k, in
 
 template <typename T>
 __global__ void alignment_loss_backward_kernel(const T* grad, const T* V, const T* S, T* grad_V, T* grad_S, int k,
-                                               int d, int kind, int weights) {
+                                               int d, int kind, int weights, T* work) {
   SPECTRAL_BLOCK_CONTEXT(T);
   __shared__ T gram[kMaxCudaK * kMaxCudaK];
   T per_vector[kMaxCudaK];
   const int64_t offset = (int64_t)blockIdx.x * k * d;
   alignment_loss_backward_sample(ctx, grad[blockIdx.x], V + offset, S + (int64_t)blockIdx.x * k, grad_V + offset,
-                                 grad_S + (int64_t)blockIdx.x * k, k, d, kind, weights, gram, per_vector);
+                                 grad_S + (int64_t)blockIdx.x * k, k, d, kind, weights, gram, per_vector,
+                                 work != nullptr ? work + (int64_t)blockIdx.x * d : nullptr);
 }
 
 at::Tensor alignment_loss_cuda(const at::Tensor& V, const at::Tensor& S, c10::string_view kind,
@@ -67,11 +68,14 @@ std::tuple<at::Tensor, at::Tensor> alignment_loss_backward_cuda(const at::Tensor
   const at::ScalarType ct = compute_dtype(V.scalar_type());
   const at::Tensor gc = as_compute(grad, ct), vc = as_compute(V, ct), sc = as_compute(S, ct);
   at::Tensor grad_V = at::empty_like(vc), grad_S = at::empty_like(sc);
+  // offdiag keeps the d-vector diag(A) per sample in global memory (d is not bounded).
+  const at::Tensor work = kind_code == kLossOffdiag ? at::empty({s.B, s.d}, vc.options()) : at::Tensor();
   if (s.B > 0) {
     AT_DISPATCH_FLOATING_TYPES(ct, "alignment_loss_backward_cuda", [&] {
       alignment_loss_backward_kernel<scalar_t><<<s.B, threads_for(s.d), 0, c10::cuda::getCurrentCUDAStream()>>>(
           gc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(), sc.const_data_ptr<scalar_t>(),
-          grad_V.data_ptr<scalar_t>(), grad_S.data_ptr<scalar_t>(), (int)s.k, (int)s.d, kind_code, weight_code);
+          grad_V.data_ptr<scalar_t>(), grad_S.data_ptr<scalar_t>(), (int)s.k, (int)s.d, kind_code, weight_code,
+          work.defined() ? work.data_ptr<scalar_t>() : nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

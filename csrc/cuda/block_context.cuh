@@ -44,6 +44,25 @@ struct BlockContext {
 #endif
   }
 
+  // Each thread owns columns j and sums the rows in ascending order (as the CPU does).
+  template <typename U, typename Term, typename Finish>
+  __host__ __device__ void for_each_row_sum(int n, int rows, Term term, Finish finish) const {
+    for_each(n, [&](int j) {
+      U acc = U(0);
+      for (int l = 0; l < rows; ++l) acc += term(l, j);
+      finish(j, acc);
+    });
+  }
+
+  template <typename U, typename Term, typename G>
+  __host__ __device__ U sum_row_sums(int n, int rows, Term term, G g) const {
+    return sum<U>(n, [&](int j) {
+      U acc = U(0);
+      for (int l = 0; l < rows; ++l) acc += term(l, j);
+      return g(j, acc);
+    });
+  }
+
   template <typename P>
   __host__ __device__ int first_index(int n, P pred) const {
 #ifdef __CUDA_ARCH__
