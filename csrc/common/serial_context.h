@@ -27,11 +27,19 @@ struct SerialContext {
     for (int j = 0; j < n; ++j) f(j);
   }
 
+  // kSumLanes independent partial sums (several vector registers), so that a long sum is not
+  // limited by the latency of one chain of vector additions.
   template <typename T, typename F>
   inline T sum(int n, F f) const {
+    T part[kSumLanes] = {};
+    int j0 = 0;
+    for (; j0 + kSumLanes <= n; j0 += kSumLanes) {
+#pragma omp simd
+      for (int j = j0; j < j0 + kSumLanes; ++j) part[(unsigned)(j - j0)] += f(j);
+    }
     T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-    for (int j = 0; j < n; ++j) acc += f(j);
+    for (int j = j0; j < n; ++j) acc += f(j);
+    for (int u = 0; u < kSumLanes; ++u) acc += part[u];
     return acc;
   }
 
@@ -84,6 +92,7 @@ struct SerialContext {
 
  private:
   static constexpr int kRowSumChunk = 128;
+  static constexpr int kSumLanes = 16;
 
   // acc[j - j0] = sum_{l < rows} term(l, j) for j in [j0, end), rows in ascending order.  The
   // loop variable is j itself: Python's build flags include -fwrapv, under which an index like

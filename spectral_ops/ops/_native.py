@@ -1,9 +1,10 @@
 """Loads the compiled extension spectral_ops._C and registers its fake and autograd kernels.
 
-The schemas are defined in C++ (csrc/ops.cpp); this module adds, in Python:
-- fake (meta) kernels, so the ops trace under torch.compile and pass opcheck;
-- autograd for orthonormalize and alignment_loss, whose backwards are their own ops
-  (orthonormalize_backward, alignment_loss_backward), dispatched by device like the forwards.
+The schemas are defined in C++ (csrc/ops.cpp), with the autograd of orthonormalize and
+alignment_loss (their backwards are their own ops, orthonormalize_backward and
+alignment_loss_backward, dispatched by device like the forwards; registered in C++ because a
+Python autograd registration costs about 100 us per call).  This module adds, in Python, the fake
+(meta) kernels, so the ops trace under torch.compile and pass opcheck.
 """
 from __future__ import annotations
 
@@ -48,29 +49,6 @@ def _register() -> None:
     @torch.library.register_fake("spectral_ops::alignment_loss_backward")
     def _(grad, V, S, kind, weights):
         return torch.empty_like(V), torch.empty_like(S)
-
-    def orthonormalize_setup(ctx, inputs, output):
-        (W,) = inputs
-        ctx.save_for_backward(output, W)
-
-    def orthonormalize_grad(ctx, grad_Q):
-        Q, W = ctx.saved_tensors
-        return torch.ops.spectral_ops.orthonormalize_backward(grad_Q, Q, W)
-
-    torch.library.register_autograd("spectral_ops::orthonormalize", orthonormalize_grad,
-                                    setup_context=orthonormalize_setup)
-
-    def alignment_setup(ctx, inputs, output):
-        V, S, kind, weights = inputs
-        ctx.kind, ctx.weights = kind, weights
-        ctx.save_for_backward(V, S)
-
-    def alignment_grad(ctx, grad):
-        V, S = ctx.saved_tensors
-        grad_V, grad_S = torch.ops.spectral_ops.alignment_loss_backward(grad, V, S, ctx.kind, ctx.weights)
-        return grad_V, grad_S, None, None
-
-    torch.library.register_autograd("spectral_ops::alignment_loss", alignment_grad, setup_context=alignment_setup)
 
 
 if LOADED:
