@@ -66,6 +66,7 @@ def evaluate_generator(G, *, dataset: str, size: int, predictor, n: int = 2000, 
     _, real_feats = predictor.predict(real_images, return_features=True)
     fd = frechet_distance(real_feats, feats)
     return {"mig": m["mig"], "mig_per_factor": dict(zip(names, m["per_factor"])),
+            "varying_factors": m["varying_factors"],
             "dci_disentanglement": dc["disentanglement"], "dci_completeness": dc["completeness"],
             "dci_informativeness": dc["informativeness"],
             "dci_informativeness_per_factor": dict(zip(names, dc["informativeness_per_factor"])),

@@ -114,3 +114,16 @@ def test_factor_predictor_fits_and_caches(tmp_path):
     pred, feats = model.predict(x, return_features=True)
     assert pred.shape == (5, 4) and feats.shape == (5, 128)
     assert model.to_levels(pred).dtype == torch.int64
+
+
+def test_mig_counts_a_constant_factor_as_zero():
+    """A generator that never varies a factor has not disentangled it: it scores 0, in the mean."""
+    rng = np.random.default_rng(0)
+    factors = rng.integers(0, 8, size=(2000, 2)).astype(np.float64)
+    codes = factors + 0.01 * rng.standard_normal(factors.shape)
+    full = mig(codes, factors)
+    factors[:, 1] = 3.0
+    collapsed = mig(codes, factors)
+    assert collapsed["varying_factors"] == 1 and full["varying_factors"] == 2
+    assert collapsed["per_factor"][1] == 0.0
+    assert abs(collapsed["mig"] - full["per_factor"][0] / 2) < 1e-12

@@ -78,7 +78,9 @@ def mig(codes, factors, *, n_bins: int = 20) -> dict:
 
     Returns:
         {"mig": float in [0, 1], "per_factor": [K floats], "mi": (d, K) list of lists (nats),
-         "entropy": [K floats] (nats)}. Factors with zero entropy are skipped in the mean.
+         "entropy": [K floats] (nats), "varying_factors": int}.  A factor with zero entropy (it
+        never varies, e.g. a generator that stopped drawing other shapes) is captured by no
+        code, so it scores 0 and still counts in the mean.
     """
     _sklearn()
     from sklearn.metrics import mutual_info_score
@@ -94,14 +96,13 @@ def mig(codes, factors, *, n_bins: int = 20) -> dict:
     per = []
     for j in range(K):
         if ent[j] <= 1e-12:
-            per.append(float("nan"))
+            per.append(0.0)
             continue
         top = np.sort(mi[:, j])[::-1]
         second = top[1] if d > 1 else 0.0
         per.append(float((top[0] - second) / ent[j]))
-    valid = [p for p in per if not math.isnan(p)]
-    return {"mig": float(np.mean(valid)) if valid else 0.0, "per_factor": per,
-            "mi": mi.tolist(), "entropy": ent.tolist()}
+    return {"mig": float(np.mean(per)), "per_factor": per, "mi": mi.tolist(), "entropy": ent.tolist(),
+            "varying_factors": int((ent > 1e-12).sum())}
 
 
 def _entropy_rows(p: np.ndarray, base: int) -> np.ndarray:
