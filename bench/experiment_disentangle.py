@@ -5,10 +5,16 @@ optionally vs the peer regularizers, over several seeds.
 Every run trains the demo's GAN (same data, architecture and optimiser; only the regularizer
 differs), then measures MIG, DCI and the Frechet distance with the cached factor predictor.
 Results are appended to `<out>/runs.jsonl` as each run finishes (so a background run can be
-watched and resumed: finished (variant, seed) pairs are skipped), and summarised as mean +- std
+watched and resumed: finished (variant, weight, seed) runs are skipped), and summarised as mean +- std
 in `<out>/summary.json` and `<out>/summary.md`.
 
+A variant may carry its own regularizer weight after `@` (`l1/last_step@0.1`, `hessian@0.1`);
+without one it uses `--reg-weight`.  Each run also records `varying_factors`: how many of the
+predicted factors vary at all over the generator's samples (a factor that never varies scores 0
+in MIG and counts in its mean).
+
     python bench/experiment_disentangle.py --steps 400 --seeds 0 1 2 --threads 1 --out runs/experiment
+    python bench/experiment_disentangle.py --variants baseline l1/last_step l1/last_step@0.1 hessian@0.1 ...
     nohup python bench/experiment_disentangle.py ... > runs/experiment.log 2>&1 &   # background
 """
 from __future__ import annotations
@@ -43,7 +49,33 @@ VARIANTS = {
 }
 DEFAULT = ["baseline", "l1/last_step", "assigned/last_step", "offdiag/last_step", "l1/implicit"]
 METRICS = ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "frechet_distance",
-           "effective_dims", "train_seconds")
+           "varying_factors", "effective_dims", "train_seconds")
+
+
+def parse_variant(text: str, default_weight: float) -> tuple[str, dict, float]:
+    """'name' or 'name@weight' -> (name, train options, regularizer weight)."""
+    name, sep, w = text.partition("@")
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r} (choose from {', '.join(VARIANTS)})")
+    try:
+        weight = float(w) if sep else default_weight
+    except ValueError:
+        raise ValueError(f"bad weight in variant {text!r}") from None
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"weight must be a finite number >= 0 in variant {text!r}")
+    return name, VARIANTS[name], weight
+
+
+def _variant_arg(text: str) -> str:
+    try:
+        parse_variant(text, 1.0)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _weight_of(record: dict) -> float:
+    return record.get("reg_weight", record.get("config", {}).get("reg_weight", 1.0))
 
 
 def _mean_std(xs):
@@ -61,11 +93,14 @@ def summarise(records: list[dict], variants: list[str]) -> tuple[dict, str]:
         rs = [r for r in records if r["variant"] == v]
         if rs:
             summary[v] = {"seeds": [r["seed"] for r in rs],
-                          **{m: _mean_std([r[m] for r in rs]) for m in METRICS}}
-    head = "| variant | seeds | MIG | DCI disent. | DCI compl. | DCI inform. | Frechet dist. (lower better) | effective dims | train s |"
-    lines = [head, "|" + "---|" * 9]
+                          "reg_weight": _weight_of(rs[0]),
+                          **{m: _mean_std([r.get(m) for r in rs]) for m in METRICS}}
+    head = ("| variant | seeds | MIG | DCI disent. | DCI compl. | DCI inform. | Frechet dist. (lower better) "
+            "| varying factors | effective dims | train s |")
+    lines = [head, "|" + "---|" * 10]
     for v, s in summary.items():
         cells = [f"{s[m][0]:.3f} ± {s[m][1]:.3f}" for m in METRICS[:5]]
+        cells.append(f"{s['varying_factors'][0]:.2f} ± {s['varying_factors'][1]:.2f}")
         cells.append(f"{s['effective_dims'][0]:.2f} ± {s['effective_dims'][1]:.2f}")
         cells.append(f"{s['train_seconds'][0]:.0f}")
         lines.append(f"| {v} | {len(s['seeds'])} | " + " | ".join(cells) + " |")
@@ -74,13 +109,15 @@ def summarise(records: list[dict], variants: list[str]) -> tuple[dict, str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--variants", nargs="+", default=DEFAULT, choices=sorted(VARIANTS), metavar="VARIANT",
+    p.add_argument("--variants", nargs="+", default=DEFAULT, type=_variant_arg, metavar="VARIANT[@WEIGHT]",
                    help=f"runs to compare (default: {' '.join(DEFAULT)}; also: "
-                        + " ".join(v for v in VARIANTS if v not in DEFAULT) + ")")
+                        + " ".join(v for v in VARIANTS if v not in DEFAULT)
+                        + "); '@W' sets that variant's regularizer weight")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default: 0 1 2)")
     p.add_argument("--steps", type=int, default=400, help="GAN steps per run (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: %(default)s)")
-    p.add_argument("--reg-weight", type=float, default=1.0, help="regularizer weight (default: %(default)s)")
+    p.add_argument("--reg-weight", type=float, default=1.0,
+                   help="regularizer weight of variants without '@W' (default: %(default)s)")
     p.add_argument("--n-eval", type=int, default=2000, help="latent samples per evaluation (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     p.add_argument("--cache-dir", default=None, help="factor-predictor cache")
@@ -89,23 +126,27 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.steps < 1 or len(args.seeds) < 1:
         p.error("--steps must be >= 1 and at least one seed given")
+    if not (math.isfinite(args.reg_weight) and args.reg_weight >= 0):
+        p.error("--reg-weight must be a finite number >= 0")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "runs.jsonl"
     records = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
-    done = {(r["variant"], r["seed"], r["steps"]) for r in records}
+    done = {(r["variant"], r["seed"], r["steps"], _weight_of(r)) for r in records}
+    weight = {v: parse_variant(v, args.reg_weight)[2] for v in args.variants}
     predictor, pinfo = load_or_fit_predictor(PredictorConfig(), cache_dir=args.cache_dir, progress=args.progress)
     t0 = time.perf_counter()
-    todo = [(v, s) for s in args.seeds for v in args.variants if (v, s, args.steps) not in done]
+    todo = [(v, s) for s in args.seeds for v in args.variants if (v, s, args.steps, weight[v]) not in done]
     for i, (v, seed) in enumerate(todo):
-        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=seed, reg_weight=args.reg_weight,
-                          out=str(out / v.replace("/", "-") / f"seed{seed}"), ckpt_every=args.steps, log_every=50,
-                          **VARIANTS[v])
+        _, opts, w = parse_variant(v, args.reg_weight)
+        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=seed, reg_weight=w,
+                          out=str(out / v.replace("/", "-").replace("@", "_w") / f"seed{seed}"),
+                          ckpt_every=args.steps, log_every=50, **opts)
         res = train(cfg, progress=args.progress, desc=f"{v} seed {seed}")
         ev = evaluate_generator(res.G, dataset=cfg.dataset, size=cfg.size, predictor=predictor, n=args.n_eval, seed=seed)
-        rec = {"variant": v, "seed": seed, "steps": args.steps, "train_seconds": res.seconds,
-               "mig": ev["mig"], "mig_per_factor": ev["mig_per_factor"],
+        rec = {"variant": v, "seed": seed, "steps": args.steps, "reg_weight": w, "train_seconds": res.seconds,
+               "mig": ev["mig"], "mig_per_factor": ev["mig_per_factor"], "varying_factors": ev["varying_factors"],
                "dci_disentanglement": ev["dci_disentanglement"], "dci_completeness": ev["dci_completeness"],
                "dci_informativeness": ev["dci_informativeness"], "frechet_distance": ev["frechet_distance"],
                "effective_dims": ev["activeness"]["effective_dims"], "config": dataclasses.asdict(cfg)}
@@ -113,9 +154,10 @@ def main(argv=None) -> int:
         with open(log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         print(f"[{i + 1}/{len(todo)}] {v} seed {seed}: MIG {rec['mig']:.3f} DCI-D {rec['dci_disentanglement']:.3f} "
-              f"FD {rec['frechet_distance']:.2f} ({res.seconds:.0f} s train, {time.perf_counter() - t0:.0f} s total)",
+              f"FD {rec['frechet_distance']:.2f} varying {rec['varying_factors']} "
+              f"({res.seconds:.0f} s train, {time.perf_counter() - t0:.0f} s total)",
               flush=True)
-    records = [r for r in records if r["steps"] == args.steps]
+    records = [r for r in records if r["steps"] == args.steps and _weight_of(r) == weight.get(r["variant"])]
     summary, table = summarise(records, args.variants)
     (out / "summary.json").write_text(json.dumps({"steps": args.steps, "seeds": args.seeds, "summary": summary,
                                                   "predictor_validation": pinfo["validation"],
