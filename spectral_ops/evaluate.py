@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from ._io import writable_dir
 from .data import DATASETS, make_dataset
 from .metrics import (PredictorConfig, activeness, activeness_summary, dci, frechet_distance,
                       load_or_fit_predictor, mig)
@@ -128,19 +129,6 @@ def format_table(results: dict[str, dict]) -> str:
     for label, fn in rows:
         lines.append(label.ljust(w0) + "".join(fn(results[n]).rjust(c) for n, c in zip(names, cols)))
     return "\n".join(lines)
-
-
-def writable_dir(path: str | os.PathLike) -> str | None:
-    """None if the folder can be created and written to, else a message."""
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / ".write-probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        return f"output folder {str(p)!r} is not writable ({exc.strerror or exc})"
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,6 +80,12 @@ def _initial_basis(init, B: int, k: int, d: int, dtype, device, seed) -> tuple[t
         gen = torch.Generator(device="cpu").manual_seed(0 if seed is None else int(seed))
         W = torch.randn(B, k, d, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
         return ops.orthonormalize(W), None
+    init = validate_init(init, B, k, d).detach().to(device=device, dtype=dtype)
+    return ops.orthonormalize(init), init
+
+
+def validate_init(init: object, B: int, k: int, d: int) -> torch.Tensor:
+    """Check a warm start ([k, d] or [B, k, d], finite) and broadcast it to [B, k, d]."""
     if not isinstance(init, torch.Tensor):
         raise TypeError(f"init must be a torch.Tensor or None, got {type(init).__name__}")
     if init.shape == (k, d):
@@ -88,8 +94,7 @@ def _initial_basis(init, B: int, k: int, d: int, dtype, device, seed) -> tuple[t
         raise ValueError(f"init must have shape ({k}, {d}) or ({B}, {k}, {d}), got {tuple(init.shape)}")
     if not torch.isfinite(init).all():
         raise ValueError("init has non-finite values")
-    init = init.detach().to(device=device, dtype=dtype)
-    return ops.orthonormalize(init), init
+    return init
 
 
 def estimated_cost(method: str, B: int, k: int, d: int, m: int, iters: int) -> float:

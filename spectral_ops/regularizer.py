@@ -63,7 +63,7 @@ from torch import nn
 from . import ops
 from .jacobian import JVP_MODES, JacobianOperator, batch_policy, choose_jvp, unwrap
 from .ops.reference import compute_dtype
-from .power import validate_k, validate_latents
+from .power import validate_init, validate_k, validate_latents
 
 __all__ = ["spectral_penalty", "SpectralRegularizer", "LOSSES", "GRADS", "WEIGHTS", "default_basis"]
 
@@ -120,18 +120,6 @@ def default_basis(k: int, d: int, seed: int = 0, dtype: torch.dtype = torch.floa
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     W = torch.randn(1, k, d, generator=gen, dtype=torch.float64)
     return ops.orthonormalize(W)[0].to(device=device, dtype=dtype)
-
-
-def _check_init(init, B: int, k: int, d: int) -> torch.Tensor:
-    if not isinstance(init, torch.Tensor):
-        raise TypeError(f"init must be a torch.Tensor or None, got {type(init).__name__}")
-    if init.shape == (k, d):
-        init = init.expand(B, k, d)
-    if init.shape != (B, k, d):
-        raise ValueError(f"init must have shape ({k}, {d}) or ({B}, {k}, {d}), got {tuple(init.shape)}")
-    if not torch.isfinite(init).all():
-        raise ValueError("init has non-finite values")
-    return init
 
 
 # ---- the computation ------------------------------------------------------------------------------
@@ -288,7 +276,7 @@ def spectral_penalty(G: Callable, z: torch.Tensor, *, k: int = 4, iters: int = 2
     k = validate_k(k, d)
     _check_common(iters, loss, grad, jvp, weights, batchnorm, tol, cg_iters, cg_tol)
     if init is not None:
-        init = _check_init(init, B, k, d)
+        init = validate_init(init, B, k, d)
     return _penalty(G, z, k, iters, loss, grad, jvp, init, True, weights, batchnorm, tol, cg_iters, cg_tol)[0]
 
 

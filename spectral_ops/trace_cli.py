@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ._io import writable_dir
 from .trajectory import INTEGRATORS
 
 
@@ -121,15 +122,10 @@ def load_generator_from_checkpoint(path: str):
 
 
 def _writable_dir(path: str) -> Path:
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(f"--out: cannot write to {path!r}: {exc.strerror or exc}") from None
-    return out
+    problem = writable_dir(path)
+    if problem is not None:
+        raise ValueError(f"--out: {problem}")
+    return Path(path)
 
 
 def run(args: argparse.Namespace) -> int:

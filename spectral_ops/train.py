@@ -20,7 +20,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from ._io import atomic_save, writable_dir
 
 from .data import DATASETS, make_dataset
 from .models import Discriminator, Generator
@@ -168,19 +169,6 @@ class _LazyPeer(nn.Module):
         if step % self.every:
             return torch.zeros((), device=z.device)
         return self.every * self.fn(G, z)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -326,7 +314,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, progr
             if not (write and main):
                 return None
             path = out / "checkpoint.pt"
-            _atomic_save({"format": _CKPT_FORMAT, "config": asdict(config), "step": step, "world": world,
+            atomic_save({"format": _CKPT_FORMAT, "config": asdict(config), "step": step, "world": world,
                           "elapsed": elapsed + (time.perf_counter() - t0),
                           "G": G.state_dict(), "D": D.state_dict(), "opt_G": opt_G.state_dict(),
                           "opt_D": opt_D.state_dict(), "reg": None if reg is None else reg.state_dict(),
@@ -416,19 +404,6 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, progr
 
 
 # ---------------------------------------------------------------------------------------------
-def _check_writable(path: str) -> str | None:
-    """None if `path` can be created and written to, else a message."""
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / ".write-probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        return f"output folder {str(p)!r} is not writable ({exc.strerror or exc})"
-    return None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     g = parser.add_argument_group("data and model")
@@ -490,7 +465,7 @@ def run(args: argparse.Namespace) -> int:
             resume = str(Path(config.out) / "checkpoint.pt") if args.resume == "auto" else args.resume
         else:
             config.validate()
-        msg = _check_writable(config.out)
+        msg = writable_dir(config.out)
         if msg:
             raise ValueError(msg)
         result = train(config, resume=resume, progress=not args.no_progress)

@@ -31,20 +31,11 @@ def mlp(d: int = 8, m: int = 40, hidden: int = 32, act=nn.Tanh) -> nn.Module:
     return nn.Sequential(nn.Linear(d, hidden), act(), nn.Linear(hidden, hidden), act(), nn.Linear(hidden, m))
 
 
-class Reshape(nn.Module):
-    def __init__(self, *shape):
-        super().__init__()
-        self.shape = shape
-
-    def forward(self, x):
-        return x.reshape(x.shape[0], *self.shape)
-
-
 def dcgan(d: int = 16, channels: int = 16, out_channels: int = 1) -> nn.Module:
     """A small DCGAN-like generator: (N, d) -> (N, out_channels, 16, 16), tanh output."""
     c = channels
     return nn.Sequential(
-        nn.Linear(d, 2 * c * 4 * 4), nn.LeakyReLU(0.2), Reshape(2 * c, 4, 4),
+        nn.Linear(d, 2 * c * 4 * 4), nn.LeakyReLU(0.2), nn.Unflatten(1, (2 * c, 4, 4)),
         nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.LeakyReLU(0.2),
         nn.ConvTranspose2d(c, out_channels, 4, 2, 1), nn.Tanh(),
     )
@@ -52,7 +43,7 @@ def dcgan(d: int = 16, channels: int = 16, out_channels: int = 1) -> nn.Module:
 
 def sigmoid_image_mlp(d: int = 8) -> nn.Module:
     """MLP with sigmoid output shaped as images: (N, d) -> (N, 2, 3, 5)."""
-    return nn.Sequential(nn.Linear(d, 24), nn.SiLU(), nn.Linear(24, 30), nn.Sigmoid(), Reshape(2, 3, 5))
+    return nn.Sequential(nn.Linear(d, 24), nn.SiLU(), nn.Linear(24, 30), nn.Sigmoid(), nn.Unflatten(1, (2, 3, 5)))
 
 
 def plain_function(d: int = 8, m: int = 30, seed: int = 0, dtype=torch.float64):

@@ -7,12 +7,7 @@ import torch
 from spectral_ops.data import DATASETS, Dots, Sprites, make_dataset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _centroid(img):

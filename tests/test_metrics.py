@@ -7,12 +7,7 @@ from spectral_ops.metrics import (PredictorConfig, activeness, activeness_summar
                                   frechet_distance, load_or_fit_predictor, mig)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,7 @@ from spectral_ops import jacobian_topk
 from spectral_ops.models import Discriminator, Generator
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("size", [32, 64])

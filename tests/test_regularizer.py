@@ -17,15 +17,6 @@ WEIGHTS = ("uniform", "singular")
 CONVERGED = dict(iters=300, tol=1e-13, cg_iters=60, cg_tol=1e-14)
 
 
-class Reshape(nn.Module):
-    def __init__(self, *shape):
-        super().__init__()
-        self.shape = shape
-
-    def forward(self, x):
-        return x.reshape(x.shape[0], *self.shape)
-
-
 def make_mlp(seed=0):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 12)).double()
@@ -33,7 +24,7 @@ def make_mlp(seed=0):
 
 def make_conv(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(4, 2 * 4 * 4), nn.Tanh(), Reshape(2, 4, 4),
+    return nn.Sequential(nn.Linear(4, 2 * 4 * 4), nn.Tanh(), nn.Unflatten(1, (2, 4, 4)),
                          nn.ConvTranspose2d(2, 1, 4, 2, 1), nn.Tanh()).double()
 
 

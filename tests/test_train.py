@@ -16,12 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = dict(n_train=256, batch_size=16, width=8, latent_dim=6, log_every=2, ckpt_every=1000, r1_every=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _same(a: dict, b: dict) -> bool:

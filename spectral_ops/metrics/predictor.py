@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .._io import atomic_save
 from ..data import DATASETS, make_dataset
 
 __all__ = ["FactorPredictor", "PredictorConfig", "fit_predictor", "load_or_fit_predictor", "default_cache_dir"]
@@ -188,19 +188,6 @@ def fit_predictor(config: PredictorConfig = PredictorConfig(), *, progress: bool
     return model, info
 
 
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def load_or_fit_predictor(config: PredictorConfig = PredictorConfig(), *, cache_dir: str | os.PathLike | None = None,
                           progress: bool = True) -> tuple[FactorPredictor, dict]:
     """Load the predictor for `config` from the cache dir, or fit it and store it (atomically).
@@ -226,7 +213,7 @@ def load_or_fit_predictor(config: PredictorConfig = PredictorConfig(), *, cache_
             "categorical": model.categorical,
             "factor_names": model.factor_names, "info": json.dumps(info)}
     try:
-        _atomic_save(blob, path)
+        atomic_save(blob, path)
         info["path"] = str(path)
     except OSError as exc:
         info["cache_error"] = str(exc)
