@@ -37,10 +37,11 @@ struct SerialContext {
 #pragma omp simd
       for (int j = j0; j < j0 + kSumLanes; ++j) part[(unsigned)(j - j0)] += f(j);
     }
-    T acc = T(0);
-    for (int j = j0; j < n; ++j) acc += f(j);
-    for (int u = 0; u < kSumLanes; ++u) acc += part[u];
-    return acc;
+    for (int j = j0; j < n; ++j) part[0] += f(j);
+    for (int width = kSumLanes / 2; width > 0; width /= 2) {  // pairwise: vector adds, not a serial chain
+      for (int u = 0; u < width; ++u) part[u] += part[u + width];
+    }
+    return part[0];
   }
 
   // The row sums run over column chunks held in a stack accumulator, so that the inner loop is
