@@ -23,13 +23,18 @@ SPECTRAL_HD T vector_weight(const T* S, int i, int k, int weights, T total) {
   return T(1) / T(k);
 }
 
+// The l1 per-vector loss (||v||_1 - 1) / (sqrt(d) - 1) from l1 = ||v||_1 (0 when d == 1).
+template <typename T>
+SPECTRAL_HD T l1_loss_of(T l1, int d) {
+  return d > 1 ? (l1 - T(1)) / (sqrt_(T(d)) - T(1)) : T(0);
+}
+
 // Per-vector loss for l1 / assigned.
 template <typename T, typename Ctx>
 SPECTRAL_HD T per_vector_loss(const Ctx& ctx, const T* vi, int i, int d, int kind) {
   if (kind == kLossAssigned) return T(1) - vi[i] * vi[i];
   if (d <= 1) return T(0);
-  const T l1 = ctx.template sum<T>(d, [&](int j) { return abs_(vi[j]); });
-  return (l1 - T(1)) / (sqrt_(T(d)) - T(1));
+  return l1_loss_of(ctx.template sum<T>(d, [&](int j) { return abs_(vi[j]); }), d);
 }
 
 // offdiag: fro2 = ||A||_F^2 = sum_il s_i^2 s_l^2 (v_i.v_l)^2 and diag2 = ||diag A||^2,
@@ -115,19 +120,23 @@ SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T*
   }
   const T total = total_of(S, k);
   const T l1_scale = d > 1 ? T(1) / (sqrt_(T(d)) - T(1)) : T(0);
+  const bool singular = weights == kWeightsSingular && total > T(0);
+  T weighted = T(0);  // sum_l S_l pv_l
   for (int i = 0; i < k; ++i) {
     const T w = grad * vector_weight(S, i, k, weights, total);
     const T* vi = V + (long)i * d;
     T* gi = grad_V + (long)i * d;
-    if (kind == kLossL1)
-      ctx.for_each(d, [&](int j) { gi[j] = w * l1_scale * sign_(vi[j]); });
-    else
+    if (kind == kLossL1) {
+      // One pass over v_i: write its gradient and sum |v_i| (for the per-vector loss) together.
+      const T l1 = ctx.template sum<T>(d, [&](int j) {
+        gi[j] = w * l1_scale * sign_(vi[j]);
+        return abs_(vi[j]);
+      });
+      per_vector[i] = l1_loss_of(l1, d);
+    } else {
       ctx.for_each(d, [&](int j) { gi[j] = j == i ? T(-2) * w * vi[i] : T(0); });
-  }
-  const bool singular = weights == kWeightsSingular && total > T(0);
-  T weighted = T(0);  // sum_l S_l pv_l
-  for (int i = 0; i < k; ++i) {
-    per_vector[i] = singular ? per_vector_loss(ctx, V + (long)i * d, i, d, kind) : T(0);
+      per_vector[i] = T(1) - vi[i] * vi[i];
+    }
     weighted += S[i] * per_vector[i];
   }
   if (ctx.leader())
