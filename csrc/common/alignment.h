@@ -135,7 +135,7 @@ SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T*
       per_vector[i] = l1_loss_of(l1, d);
     } else {
       ctx.for_each(d, [&](int j) { gi[j] = j == i ? T(-2) * w * vi[i] : T(0); });
-      per_vector[i] = T(1) - vi[i] * vi[i];
+      per_vector[i] = per_vector_loss(ctx, vi, i, d, kind);  // assigned: O(1)
     }
     weighted += S[i] * per_vector[i];
   }
