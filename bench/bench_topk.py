@@ -1,4 +1,4 @@
-"""Benchmarks for jacobian_topk.  Run:  pytest bench/bench_topk.py -s
+"""Benchmarks for jacobian_topk.  Run:  pytest bench/bench_topk.py -s  (BENCH_THREADS=1 on a shared machine)
 
 Prints (and writes to bench/results/topk.md) ratios measured in one run:
   1. the cost of one power iteration / one generator forward+backward on the folded batch,
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
+import time
 
 import pytest
 import torch
@@ -28,14 +30,24 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 
 @pytest.fixture(scope="module", autouse=True)
 def _report():
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
     yield
     TABLE.report()
 
 
-def _run(benchmark, fn, rounds=ROUNDS):
-    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
-    return benchmark.stats.stats.median
+def interleaved(benchmark, cases: dict, rounds: int = ROUNDS) -> dict:
+    """Run every case once per round, in turn, so that load drifting on a shared machine hits
+    all of them alike; pytest-benchmark times the whole round.  Returns each case's median (s)."""
+    times: dict = {name: [] for name in cases}
+
+    def one_round():
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+
+    benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=1, iterations=1)
+    return {name: statistics.median(ts[1:]) for name, ts in times.items()}  # ts[0]: the warm-up
 
 
 # ---------------------------------------------------------------- 1. one iteration vs fwd+bwd
@@ -94,28 +106,24 @@ def _naive_iteration(G, z):
     return step
 
 
-@pytest.mark.parametrize("case", ["fwd+bwd", "fwd+bwd (input grad only)", "double_backward",
-                                  "finite_difference", "forward", "naive_vmap"])
-def test_iteration_cost(benchmark, case):
+def test_iteration_cost(benchmark):
     G, z = _iteration_setup()
-    if case.startswith("fwd+bwd"):
-        fn = _fwd_bwd_k(G, z, ITER_K, with_params=case == "fwd+bwd")
-    elif case == "naive_vmap":
-        fn = _naive_iteration(G, z)
-    else:
-        fn = _one_iteration(G, z, case)
+    cases = {"fwd+bwd": _fwd_bwd_k(G, z, ITER_K), "fwd+bwd (input grad only)": _fwd_bwd_k(G, z, ITER_K, False)}
+    cases.update({mode: _one_iteration(G, z, mode) for mode in ("double_backward", "finite_difference", "forward")})
+    cases["naive_vmap"] = _naive_iteration(G, z)
+    medians = interleaved(benchmark, cases, rounds=max(ROUNDS, 7))
     group = f"one iteration, DCGAN 32x32, B={ITER_B}, k={ITER_K}, d={ITER_D} (folded batch {ITER_B * ITER_K})"
-    TABLE.add(group, case, _run(benchmark, fn, rounds=max(ROUNDS, 7)), baseline=case == "fwd+bwd")
+    for case, median in medians.items():
+        TABLE.add(group, case, median, baseline=case == "fwd+bwd")
 
 
 # ---------------------------------------------------------------- 2. power vs vmap(jacfwd) + SVD
 HEAD = dict(B=16, d=512, size=64, k=4, tol=1e-3)
-_head_results: dict[str, torch.Tensor] = {}
 
 
 def _head_setup():
     torch.manual_seed(0)
-    G = DCGAN(HEAD["d"], size=HEAD["size"], width=16, latent_scales=gapped_scales(HEAD["d"], ratio=0.5))
+    G = DCGAN(HEAD["d"], size=HEAD["size"], width=16, latent_scales=gapped_scales(HEAD["d"], ratio=0.5, floor=0.01))
     z = torch.randn(HEAD["B"], HEAD["d"])
     return G, z
 
@@ -127,26 +135,24 @@ def _jacfwd_svd(G, z, k):
     return S[:, :k], Vh[:, :k]
 
 
-@pytest.mark.parametrize("case", ["jacfwd+svd", "power"])
-def test_power_vs_dense(benchmark, case):
+def test_power_vs_dense(benchmark):
     G, z = _head_setup()
     k = HEAD["k"]
-    if case == "jacfwd+svd":
-        def fn():
-            _head_results["dense"] = _jacfwd_svd(G, z, k)
-    else:
-        def fn():
-            top = jacobian_topk(G, z, k, tol=HEAD["tol"], method="power")
-            _head_results["power"] = (top.values, top.vectors, top.iterations)
-    median = _run(benchmark, fn, rounds=3)
-    extra = {}
-    if case == "power" and "dense" in _head_results:
-        S, Vh = _head_results["dense"]
-        values, vectors, iters = _head_results["power"]
-        extra = dict(iterations=iters, min_abs_cos=f"{float((vectors * Vh).sum(-1).abs().min()):.5f}",
-                     max_rel_value_err=f"{float(((values - S) / S).abs().max()):.1e}")
+    out = {}
+
+    def dense():
+        out["dense"] = _jacfwd_svd(G, z, k)
+
+    def power():
+        out["power"] = jacobian_topk(G, z, k, tol=HEAD["tol"], method="power")
+
+    medians = interleaved(benchmark, {"jacfwd+svd": dense, "power": power}, rounds=3)
+    (S, Vh), top = out["dense"], out["power"]
     group = "B=16, d=512, 64x64 output, k=4, tol=1e-3 (gapped G)"
-    TABLE.add(group, case, median, baseline=case == "jacfwd+svd", **extra)
+    TABLE.add(group, "jacfwd+svd", medians["jacfwd+svd"], baseline=True)
+    TABLE.add(group, "power", medians["power"], iterations=top.iterations,
+              min_abs_cos=f"{float((top.vectors * Vh).sum(-1).abs().min()):.5f}",
+              max_rel_value_err=f"{float(((top.values - S) / S).abs().max()):.1e}")
 
 
 # ---------------------------------------------------------------- 3. sweep over d: auto vs the better
@@ -154,19 +160,25 @@ SWEEP_B, SWEEP_K = 16, 4
 
 
 @pytest.mark.parametrize("d", [16, 64, 128, 512])
-@pytest.mark.parametrize("method", ["power", "dense", "auto"])
-def test_sweep_d(benchmark, d, method):
+def test_sweep_d(benchmark, d):
     torch.manual_seed(0)
     G = DCGAN(d, size=32, width=16)
     z = torch.randn(SWEEP_B, d)
-    chosen = {}
+    ran = {}
 
-    def fn():
-        chosen["m"] = jacobian_topk(G, z, SWEEP_K, iters=20, tol=1e-3, method=method).method
+    def case(method):
+        def fn():
+            ran[method] = jacobian_topk(G, z, SWEEP_K, iters=20, tol=1e-3, method=method).method
+        return fn
 
-    median = _run(benchmark, fn, rounds=3)
-    TABLE.add(f"sweep d={d} (B=16, 32x32, k=4, iters<=20, tol=1e-3)", method, median,
-              baseline=method == "power", ran=chosen["m"])
+    medians = interleaved(benchmark, {m: case(m) for m in ("power", "dense", "auto")}, rounds=3)
+    group = f"sweep d={d} (B=16, 32x32, k=4, iters<=20, tol=1e-3)"
+    best = min(medians["power"], medians["dense"])
+    for method, median in medians.items():
+        extra = dict(ran=ran[method])
+        if method == "auto":
+            extra["auto_over_best"] = f"{median / best:.2f}x"
+        TABLE.add(group, method, median, baseline=method == "power", **extra)
 
 
 # ---------------------------------------------------------------- 4. peak memory

@@ -17,13 +17,15 @@ from .jacobian import JVP_MODES, JacobianOperator, batch_policy, choose_jvp, unw
 
 METHODS = ("auto", "power", "dense")
 
-# Cost model, in units of one generator forward on one row (measured in bench/bench_topk.py):
-# one power iteration folds k vectors and costs about POWER_PAIR_COST forwards per vector (a
-# double-backward and a backward); the dense method costs about DENSE_JVP_COST forwards per latent
-# axis plus the d x d products and eigh.
+# Cost model, in units of one generator forward on one row, fitted to bench/bench_topk.py (a
+# DCGAN on a CPU): one power iteration folds k vectors and costs about POWER_PAIR_COST forwards
+# per vector (a double-backward and a backward); the dense method costs about DENSE_JVP_COST
+# forwards per latent axis (each column J e_j is a JVP on a batch folded d times: the forward
+# graph, then the double-backward), plus the d x d products and eigh.  With k=4 and 20
+# iterations the crossover is near d=40.
 POWER_PAIR_COST = 3.0
 POWER_SETUP_COST = 3.0
-DENSE_JVP_COST = 2.0
+DENSE_JVP_COST = 6.0
 DENSE_FLOP_COST = 2e-7  # forwards per flop of J^T J and eigh, for a small generator on a CPU
 
 
