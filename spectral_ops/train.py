@@ -65,7 +65,7 @@ class TrainConfig:
     reg_weight: float = 1.0
     reg_k: int = 4
     reg_iters: int = 2
-    reg_loss: str = "l1"
+    reg_loss: str = "offdiag"
     reg_grad: str = "last_step"
     reg_every: int = 4
     reg_batch_fraction: float = 0.25

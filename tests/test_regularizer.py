@@ -316,7 +316,7 @@ def _train_gan(reg_on: bool, steps: int = 50):
     data = lambda n: torch.tanh(torch.randn(n, d) @ mix)  # noqa: E731  toy dataset, 4 factors
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-3, betas=(0.5, 0.99))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-3, betas=(0.5, 0.99))
-    reg = SpectralRegularizer(d, k=2, every=1, batch_fraction=1.0, iters=2)
+    reg = SpectralRegularizer(d, k=2, every=1, batch_fraction=1.0, iters=2, loss="l1")
     bce = nn.functional.binary_cross_entropy_with_logits
     for _ in range(steps):
         z = torch.randn(32, d)
@@ -334,7 +334,7 @@ def _train_gan(reg_on: bool, steps: int = 50):
         opt_g.step()
     z = torch.randn(256, d, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
-        return float(spectral_penalty(G, z, k=2, iters=30))
+        return float(spectral_penalty(G, z, k=2, iters=30, loss="l1"))
 
 
 def test_drop_in_gan_loop_reduces_alignment_loss():
