@@ -76,6 +76,14 @@ def validate_k(k: object, d: int) -> int:
     return k
 
 
+def validate_iters_tol(iters: object, tol: object) -> None:
+    """iters: an int >= 1; tol: a finite number >= 0."""
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters must be an int >= 1, got {iters!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+
+
 def _initial_basis(init, B: int, k: int, d: int, dtype, device, seed) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Orthonormal starting basis [B, k, d], and the previous V used for sign continuity."""
     if init is None:
@@ -133,10 +141,7 @@ def jacobian_topk(G: Callable, z: torch.Tensor, k: int, *, iters: int = 20, tol:
     z = validate_latents(z)
     B, d = z.shape
     k = validate_k(k, d)
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"iters must be an int >= 1, got {iters!r}")
-    if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    validate_iters_tol(iters, tol)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if jvp not in JVP_MODES:

@@ -41,7 +41,7 @@ from typing import Callable
 import torch
 
 from . import ops
-from .power import jacobian_topk, validate_k, validate_latents
+from .power import jacobian_topk, validate_iters_tol, validate_k, validate_latents
 
 INTEGRATORS = ("euler", "heun", "rk4")
 PROJECTIONS = (None, "sphere")
@@ -263,9 +263,7 @@ def trace_trajectory(G: Callable, z0: torch.Tensor, direction: int = 0, *, steps
         raise ValueError(f"project must be one of {PROJECTIONS}, got {project!r}")
     if topk_method not in TOPK_METHODS:
         raise ValueError(f"topk_method must be one of {TOPK_METHODS}, got {topk_method!r}")
-    iters = _check_int("iters", iters, 1)
-    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not math.isfinite(tol) or tol < 0:
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    validate_iters_tol(iters, tol)
     radius = None
     z0 = z0.detach()
     if project == "sphere":
