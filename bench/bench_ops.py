@@ -1,6 +1,7 @@
 """Fused ops against their eager-torch composites (reference.py), with pytest-benchmark.
 
-    pytest bench/bench_ops.py                 # CPU: cpp vs reference
+    pytest bench/bench_ops.py                 # CPU: cpp (AVX2 + FMA where the CPU has it),
+                                              # cpp-baseline (the portable copy) vs reference
     pytest bench/bench_ops.py --device cuda   # GPU: cuda and triton vs eager CUDA torch
 
 BENCH_THREADS=n sets torch's CPU threads (default 1: on a shared machine, idle-waiting OpenMP
@@ -16,6 +17,7 @@ bench/conftest.py.  Benchmarks report figures; they assert nothing about speed.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -36,7 +38,21 @@ def _device(config) -> str:
 
 def _contenders(device: str) -> list[str]:
     wanted = ["cuda", "triton"] if device == "cuda" else ["cpp"]
-    return [name for name in wanted if name in ops.available_backends(device)] + ["reference"]
+    names = [name for name in wanted if name in ops.available_backends(device)]
+    if "cpp" in names and len(ops.cpu_isas()) > 1:
+        names.append("cpp-baseline")  # the same kernels without AVX2 + FMA
+    return names + ["reference"]
+
+
+@contextlib.contextmanager
+def _backend(name: str):
+    """ops.use_backend(name); "cpp-baseline" is the cpp backend on its baseline instruction set."""
+    if name == "cpp-baseline":
+        with ops.use_backend("cpp"), ops.use_cpu_isa("baseline"):
+            yield
+    else:
+        with ops.use_backend(name):
+            yield
 
 
 def pytest_generate_tests(metafunc):
@@ -74,7 +90,7 @@ def _run(benchmark, ratio_report, group, backend, fn, device):
             torch.cuda.synchronize()
         return out
 
-    with ops.use_backend(backend):
+    with _backend(backend):
         timed()  # warm-up (compiles Triton kernels)
         benchmark(timed)
     ratio_report.add(group, backend, benchmark, baseline=backend == "reference")

@@ -5,6 +5,7 @@ run on the compiled CPU backend ("cpp"), and on "cuda"/"triton" when a GPU is pr
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -17,8 +18,11 @@ HAS_GPU = torch.cuda.is_available()
 HAS_CPP = "cpp" in ops.available_backends("cpu")
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="spectral_ops._C not built")
 
+# "cpp" runs the best instruction set this CPU has (AVX2 + FMA on x86-64 machines that have it);
+# "cpp-baseline" forces the portable copy of the same kernels, so both compiled copies are tested.
 BACKEND_DEVICES = [
     pytest.param("cpp", "cpu", marks=needs_cpp, id="cpp"),
+    pytest.param("cpp-baseline", "cpu", marks=needs_cpp, id="cpp-baseline"),
     pytest.param("cuda", "cuda", id="cuda", marks=pytest.mark.skipif(
         not (HAS_GPU and "cuda" in ops.available_backends()), reason="no GPU, or built without FORCE_CUDA=1")),
 ]
@@ -30,6 +34,17 @@ LARGE_SHAPES = [(2, 5, 1024), (2, 33, 70)]  # d at the CUDA target; k above the 
 # Max abs error against the reference, per compute precision.  Orthonormal rows / unit vectors
 # have O(1) entries, so these are close to the dtype's eps times a small condition factor.
 TOL = {torch.float64: 1e-12, torch.float32: 3e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+@contextlib.contextmanager
+def backend_context(backend):
+    """ops.use_backend(backend), where "cpp-baseline" is the cpp backend on its baseline ISA."""
+    if backend == "cpp-baseline":
+        with ops.use_backend("cpp"), ops.use_cpu_isa("baseline"):
+            yield
+    else:
+        with ops.use_backend(backend):
+            yield
 
 
 def make_W(B, k, d, dtype, device, seed=0):
@@ -82,7 +97,7 @@ def assert_orthonormal(Q, tol):
 
 def check_orthonormalize_forward(backend, device, shape, dtype):
     W = make_W(*shape, dtype, device)
-    with ops.use_backend(backend):
+    with backend_context(backend):
         Q = ops.orthonormalize(W)
     expected = reference.orthonormalize(W.cpu()).to(device)
     assert Q.shape == W.shape and Q.dtype == W.dtype and Q.device == W.device
@@ -93,7 +108,7 @@ def check_orthonormalize_forward(backend, device, shape, dtype):
 def check_orthonormalize_backward(backend, device, shape, dtype):
     W = make_W(*shape, dtype, device).requires_grad_()
     grad = torch.randn(W.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device, dtype)
-    with ops.use_backend(backend):
+    with backend_context(backend):
         Q = ops.orthonormalize(W)
     (grad_W,) = torch.autograd.grad(Q, W, grad)
     W_ref = W.detach().cpu().double().requires_grad_()
@@ -104,7 +119,7 @@ def check_orthonormalize_backward(backend, device, shape, dtype):
 
 def check_ritz_step(backend, device, shape, dtype, with_prev):
     Q, MQ, V_prev = make_ritz_inputs(*shape, dtype, device, with_prev=with_prev)
-    with ops.use_backend(backend):
+    with backend_context(backend):
         out = ops.ritz_step(Q, MQ, V_prev)
     expected = reference.ritz_step(Q.cpu(), MQ.cpu(), None if V_prev is None else V_prev.cpu())
     # Ritz values scale with ||M|| = 10; vectors have O(1) entries; the eigenvector error grows
@@ -122,7 +137,7 @@ def check_ritz_step(backend, device, shape, dtype, with_prev):
 def check_alignment_loss(backend, device, shape, dtype, kind, weights):
     V, S = unit_rows(*shape, dtype, device)
     V.requires_grad_(), S.requires_grad_()
-    with ops.use_backend(backend):
+    with backend_context(backend):
         loss = ops.alignment_loss(V, S, kind, weights)
     grad = torch.rand(shape[0], generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device, dtype)
     grad_V, grad_S = torch.autograd.grad(loss, (V, S), grad)
@@ -149,7 +164,7 @@ def check_rank_deficient(backend, device, dtype):
     W[3] = torch.randn(3, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     W[3, 2] = W[3, 0] - 0.5 * W[3, 1]           # in the span of the first two
     W = W.to(device, dtype).requires_grad_()
-    with ops.use_backend(backend):
+    with backend_context(backend):
         Q = ops.orthonormalize(W)
     assert_orthonormal(Q.detach(), 50 * TOL[dtype])
     assert_close(Q.detach(), reference.orthonormalize(W.detach().cpu()).to(device), 50 * TOL[dtype], "Q")
@@ -162,7 +177,7 @@ def check_rank_deficient(backend, device, dtype):
 
 def check_zero_inputs(backend, device, dtype):
     Q = reference.orthonormalize(torch.randn(2, 3, 5, dtype=torch.float64)).to(device, dtype)
-    with ops.use_backend(backend):
+    with backend_context(backend):
         V, lam, res, Q_next = ops.ritz_step(Q, torch.zeros_like(Q))
         for kind in reference.LOSS_KINDS:
             for weights in reference.WEIGHT_KINDS:
@@ -189,7 +204,7 @@ def check_compile(backend, device):
     torch._dynamo.reset()
     W = make_W(3, 4, 9, torch.float32, device).requires_grad_()
     S = torch.rand(3, 4, device=device)
-    with ops.use_backend(backend):
+    with backend_context(backend):
         eager = compiled_pipeline(W, 2.0, S)
         (eager_grad,) = torch.autograd.grad(eager, W)
         compiled = torch.compile(compiled_pipeline, fullgraph=True, backend="aot_eager")(W, 2.0, S)
@@ -239,7 +254,7 @@ def test_reference_backward_formula_matches_autograd():
 def test_orthonormalize_matches_qr(backend, device, dtype):
     """Oracle independent of reference.py: Householder QR of W^T, signs fixed by diag(R) > 0."""
     W = make_W(4, 6, 50, dtype, device, seed=5)
-    with ops.use_backend(backend):
+    with backend_context(backend):
         Q = ops.orthonormalize(W)
     q, r = torch.linalg.qr(W.double().transpose(-1, -2))
     signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
@@ -273,7 +288,7 @@ def test_ritz_step_flat_spectrum(backend, device):
     g = torch.Generator().manual_seed(7)
     Q = reference.orthonormalize(torch.randn(3, 4, 12, generator=g, dtype=torch.float64)).to(device)
     MQ = 2.5 * Q  # M acts as 2.5 I on span(Q)
-    with ops.use_backend(backend):
+    with backend_context(backend):
         V, lam, res, Q_next = ops.ritz_step(Q, MQ)
     torch.testing.assert_close(lam, torch.full_like(lam, 2.5), rtol=0, atol=1e-12)
     assert res.abs().max().item() <= 1e-12
@@ -296,7 +311,7 @@ def test_gradcheck(backend, device):
     W = make_W(2, 3, 7, torch.float64, device).requires_grad_()
     V, S = unit_rows(2, 3, 7, torch.float64, device)
     V.requires_grad_(), S.requires_grad_()
-    with ops.use_backend(backend):
+    with backend_context(backend):
         assert torch.autograd.gradcheck(ops.orthonormalize, (W,))
         for kind in reference.LOSS_KINDS:
             for weights in reference.WEIGHT_KINDS:
@@ -320,8 +335,9 @@ def test_opcheck(backend, device):
     for kind in reference.LOSS_KINDS:
         cases.append((lib.alignment_loss.default, (V.clone().requires_grad_(), S.clone().requires_grad_(), kind,
                                                    "singular")))
-    for op, args in cases:
-        torch.library.opcheck(op, args)
+    with backend_context(backend):
+        for op, args in cases:
+            torch.library.opcheck(op, args)
 
 
 @pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
@@ -332,7 +348,7 @@ def test_torch_compile_fullgraph(backend, device):
 @pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
 def test_bad_inputs(backend, device):
     V, S = unit_rows(2, 3, 5, torch.float32, device)
-    with ops.use_backend(backend):
+    with backend_context(backend):
         with pytest.raises(ValueError, match="W must be 3-D"):
             ops.orthonormalize(V[0])
         with pytest.raises(ValueError, match="W must have 1 <= k <= d"):
@@ -393,6 +409,25 @@ def test_backend_selection():
         assert ops._resolve(torch.device("cpu"), 3) == "reference"
         torch.testing.assert_close(ops.orthonormalize(W), reference.orthonormalize(W))
     assert ops._active() == "auto"
+
+
+@needs_cpp
+def test_cpu_isa_selection():
+    assert ops.cpu_isa() in ops.cpu_isas()
+    assert "baseline" in ops.cpu_isas()
+    with pytest.raises(ValueError, match="cpu isa must be one of"):
+        with ops.use_cpu_isa("avx512"):
+            pass
+    with pytest.raises(ValueError, match="cpu isa must be 'baseline' or 'avx2'"):
+        ops._native._C.set_cpu_isa("sse9")
+    before = ops.cpu_isa()
+    with ops.use_cpu_isa("baseline"):
+        assert ops.cpu_isa() == "baseline"
+    assert ops.cpu_isa() == before
+    if "avx2" not in ops.cpu_isas():
+        with pytest.raises(ValueError, match="not available"):
+            with ops.use_cpu_isa("avx2"):
+                pass
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="needs a GPU")

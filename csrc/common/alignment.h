@@ -128,9 +128,12 @@ SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T*
     T* gi = grad_V + (long)i * d;
     if (kind == kLossL1) {
       // One pass over v_i: write its gradient and sum |v_i| (for the per-vector loss) together.
+      // v_ij is loaded once: gi may alias vi as far as the compiler knows.
+      const T coef = w * l1_scale;
       const T l1 = ctx.template sum<T>(d, [&](int j) {
-        gi[j] = w * l1_scale * sign_(vi[j]);
-        return abs_(vi[j]);
+        const T x = vi[j];
+        gi[j] = coef * sign_(x);
+        return abs_(x);
       });
       per_vector[i] = l1_loss_of(l1, d);
     } else {

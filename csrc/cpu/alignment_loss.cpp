@@ -6,7 +6,6 @@
 
 #include <string>
 #include <tuple>
-#include <vector>
 
 #include "common/alignment.h"
 #include "common/checks.h"
@@ -29,7 +28,7 @@ at::Tensor alignment_loss_cpu(const at::Tensor& V, const at::Tensor& S, c10::str
     const scalar_t* v = vc.const_data_ptr<scalar_t>();
     const scalar_t* sv = sc.const_data_ptr<scalar_t>();
     scalar_t* out = loss.data_ptr<scalar_t>();
-    for_each_sample(s.B, 2 * k * k * d, [&](const SerialContext& ctx, int64_t b) {
+    for_each_sample<scalar_t>(s.B, 2 * k * k * d, 0, [&](const SerialContext& ctx, int64_t b, scalar_t*) {
       out[b] = alignment_loss_sample(ctx, v + b * k * d, sv + b * k, (int)k, (int)d, kind_code, weight_code);
     });
   });
@@ -55,10 +54,15 @@ std::tuple<at::Tensor, at::Tensor> alignment_loss_backward_cpu(const at::Tensor&
     const scalar_t* sv = sc.const_data_ptr<scalar_t>();
     scalar_t* gv = grad_V.data_ptr<scalar_t>();
     scalar_t* gs = grad_S.data_ptr<scalar_t>();
-    for_each_sample(s.B, 4 * k * k * d, [&](const SerialContext& ctx, int64_t b) {
-      std::vector<scalar_t> gram(k * k), per_vector(k), work(kind_code == kLossOffdiag ? d : 0);
+    // scratch: gram (k * k), per_vector (k), work (d, offdiag only)
+    const int64_t work_size = kind_code == kLossOffdiag ? d : 0;
+    for_each_sample<scalar_t>(s.B, 4 * k * k * d, k * k + k + work_size,
+                              [&](const SerialContext& ctx, int64_t b, scalar_t* scratch) {
+      scalar_t* gram = scratch;
+      scalar_t* per_vector = gram + k * k;
+      scalar_t* work = per_vector + k;
       alignment_loss_backward_sample(ctx, g[b], v + b * k * d, sv + b * k, gv + b * k * d, gs + b * k, (int)k,
-                                     (int)d, kind_code, weight_code, gram.data(), per_vector.data(), work.data());
+                                     (int)d, kind_code, weight_code, gram, per_vector, work);
     });
   });
   return {grad_V.to(V.scalar_type()), grad_S.to(S.scalar_type())};

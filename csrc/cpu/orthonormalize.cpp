@@ -4,7 +4,6 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include <vector>
 
 #include "common/checks.h"
 #include "common/gram_schmidt.h"
@@ -21,9 +20,8 @@ at::Tensor orthonormalize_cpu(const at::Tensor& W) {
     const scalar_t* w = Wc.const_data_ptr<scalar_t>();
     scalar_t* q = Q.data_ptr<scalar_t>();
     const int64_t k = s.k, d = s.d;
-    for_each_sample(s.B, 4 * k * k * d, [&](const SerialContext& ctx, int64_t b) {
-      std::vector<scalar_t> coef(k);
-      orthonormalize_rows(ctx, w + b * k * d, q + b * k * d, (int)k, (int)d, coef.data());
+    for_each_sample<scalar_t>(s.B, 4 * k * k * d, k, [&](const SerialContext& ctx, int64_t b, scalar_t* coef) {
+      orthonormalize_rows(ctx, w + b * k * d, q + b * k * d, (int)k, (int)d, coef);
     });
   });
   return Q.to(W.scalar_type());
@@ -42,10 +40,11 @@ at::Tensor orthonormalize_backward_cpu(const at::Tensor& grad_Q, const at::Tenso
     const scalar_t* q = qc.const_data_ptr<scalar_t>();
     const scalar_t* w = wc.const_data_ptr<scalar_t>();
     scalar_t* gw = grad_W.data_ptr<scalar_t>();
-    for_each_sample(s.B, 4 * k * k * d, [&](const SerialContext& ctx, int64_t b) {
-      std::vector<scalar_t> L(k * k), M(k * k);
-      orthonormalize_backward_rows(ctx, g + b * n, q + b * n, w + b * n, gw + b * n, (int)k, (int)d, L.data(),
-                                   M.data());
+    // scratch: L and M, k * k each
+    for_each_sample<scalar_t>(s.B, 4 * k * k * d, 2 * k * k,
+                              [&](const SerialContext& ctx, int64_t b, scalar_t* scratch) {
+      orthonormalize_backward_rows(ctx, g + b * n, q + b * n, w + b * n, gw + b * n, (int)k, (int)d, scratch,
+                                   scratch + k * k);
     });
   });
   return grad_W.to(grad_Q.scalar_type());

@@ -3,7 +3,8 @@
 Shapes: V, W, Q are [B, k, d] (k row vectors per sample, 1 <= k <= d); S, values are [B, k].
 
 Backends:
-- "cpp": the compiled CPU kernels (spectral_ops._C, built by `pip install --no-build-isolation -e .`);
+- "cpp": the compiled CPU kernels (spectral_ops._C, built by `pip install --no-build-isolation -e .`),
+  in a baseline and an AVX2 + FMA copy chosen at run time (`cpu_isa`, `use_cpu_isa`);
 - "cuda": the compiled CUDA kernels (build with FORCE_CUDA=1), k <= 32;
 - "triton": Triton kernels (`pip install triton`), on CUDA tensors, or on CPU tensors when
   TRITON_INTERPRET=1 was set before triton was imported;
@@ -18,10 +19,12 @@ import threading
 import torch
 
 from . import _native, reference
+from ._native import cpu_isa, cpu_isas, use_cpu_isa
 from .reference import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
 
 __all__ = ["orthonormalize", "ritz_step", "alignment_loss", "use_backend", "available_backends", "reference",
-           "BACKENDS", "LOSS_KINDS", "WEIGHT_KINDS", "compute_dtype", "MAX_CUDA_K"]
+           "cpu_isa", "cpu_isas", "use_cpu_isa", "BACKENDS", "LOSS_KINDS", "WEIGHT_KINDS", "compute_dtype",
+           "MAX_CUDA_K"]
 
 BACKENDS = ("auto", "cpp", "cuda", "triton", "reference")
 MAX_CUDA_K = 32  # the CUDA kernels keep k x k scratch in shared memory

@@ -8,10 +8,12 @@ Python autograd registration costs about 100 us per call).  This module adds, in
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 try:
-    from .. import _C  # noqa: F401  (runs the TORCH_LIBRARY registrations)
+    from .. import _C  # runs the TORCH_LIBRARY registrations
 
     LOADED = True
     LOAD_ERROR = ""
@@ -26,6 +28,46 @@ def has_cuda_kernels() -> bool:
     """True if the extension was built with FORCE_CUDA=1 (CUDA kernels registered for every op)."""
     return LOADED and all(
         torch._C._dispatch_has_kernel_for_dispatch_key(f"spectral_ops::{name}", "CUDA") for name in OP_NAMES)
+
+
+CPU_ISAS = ("baseline", "avx2")
+
+
+def _require_loaded(what: str) -> None:
+    if not LOADED:
+        raise RuntimeError(f"{what} needs the compiled extension spectral_ops._C, which failed to load "
+                           f"({LOAD_ERROR}); rebuild with `pip install --no-build-isolation -e .`")
+
+
+def cpu_isa() -> str:
+    """The instruction set the "cpp" kernels run with now: "avx2" (AVX2 + FMA) or "baseline".
+
+    The extension holds both copies of every CPU kernel and picks AVX2 when the CPU has it.
+    """
+    _require_loaded("cpu_isa()")
+    return _C.cpu_isa()
+
+
+def cpu_isas() -> list[str]:
+    """The instruction sets the "cpp" kernels can run with on this CPU."""
+    _require_loaded("cpu_isas()")
+    return ["baseline", "avx2"] if _C.cpu_has_avx2() else ["baseline"]
+
+
+@contextlib.contextmanager
+def use_cpu_isa(name: str):
+    """Context manager running the "cpp" kernels with instruction set `name` ("baseline" or "avx2").
+
+    For tests and benchmarks; the setting is process-wide, not per thread.
+    """
+    if name not in CPU_ISAS:
+        raise ValueError(f"cpu isa must be one of {CPU_ISAS}, got {name!r}")
+    previous = cpu_isa()
+    _C.set_cpu_isa(name)  # ValueError if this CPU lacks it
+    try:
+        yield
+    finally:
+        _C.set_cpu_isa(previous)
 
 
 def _register() -> None:
