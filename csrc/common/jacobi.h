@@ -1,52 +1,96 @@
-// Cyclic Jacobi eigensolver for a small symmetric k x k matrix, shared by CPU and CUDA.
+// Parallel-order (round-robin) Jacobi eigensolver for a small symmetric k x k matrix, shared by
+// the CPU and CUDA backends.
 #pragma once
 
 #include "macros.h"
 
 namespace spectral_ops {
 
-// Diagonalizes the symmetric row-major A (k x k, overwritten) as A_in = U diag(A) U^T.
-// On exit diag(A) holds the eigenvalues, the columns of U the eigenvectors, and order[0..k)
-// the column indices sorted by eigenvalue, descending (ties keep the lower index first).
-// A, U and order must be visible to every thread of ctx; the leader writes the serial parts.
+// The m-th pair (p < q) of round `step` of a round-robin tournament between n players (n even):
+// player 0 stays put and the others rotate, so the n - 1 rounds of a sweep meet every pair once,
+// and the n / 2 pairs of one round are disjoint.
+SPECTRAL_HD void round_robin_pair(int n, int step, int m, int& p, int& q) {
+  const auto player = [&](int pos) { return pos == 0 ? 0 : (pos - 1 + step) % (n - 1) + 1; };
+  const int a = player(m), b = player(n - 1 - m);
+  p = a < b ? a : b;
+  q = a < b ? b : a;
+}
+
+// Diagonalizes the symmetric row-major A (k x k, overwritten) as A_in = U^T diag(A) U.
+// On exit diag(A) holds the eigenvalues, row i of U the eigenvector of A[i, i], and order[0..k)
+// the indices sorted by eigenvalue, descending (ties keep the lower index first).
+// A, U, order and rot (k + 1 entries of scratch) must be visible to every thread of ctx.
+//
+// Each round rotates n / 2 disjoint pairs at once: their angles do not depend on each other, so
+// they are computed together (in parallel on a GPU; overlapped by the CPU's out-of-order core),
+// instead of one long chain of dependent square roots and divisions as in the cyclic order.
 template <typename T, typename Ctx>
-SPECTRAL_HD void jacobi_eigh(const Ctx& ctx, T* A, T* U, int* order, int k) {
+SPECTRAL_HD void jacobi_eigh(const Ctx& ctx, T* A, T* U, int* order, T* rot, int k) {
   ctx.for_each(k * k, [&](int idx) { U[idx] = (idx / k == idx % k) ? T(1) : T(0); });
   ctx.sync();
   const T eps = machine_eps<T>();
   // Rotations preserve the Frobenius norm, so the absolute floor is fixed for the whole solve.
   const T negligible = eps * eps * sqrt_(ctx.template sum<T>(k * k, [&](int idx) { return A[idx] * A[idx]; }));
+  const int n = k + (k & 1);  // players; when k is odd, player k is a bye
+  const int pairs = n / 2;
   for (int sweep = 0; sweep < 40; ++sweep) {
     int rotations = 0;  // the same count on every thread
-    for (int p = 0; p < k - 1; ++p) {
-      for (int q = p + 1; q < k; ++q) {
-        const T apq = A[p * k + q];
+    for (int step = 0; step + 1 < n; ++step) {
+      // 1. The angle of every pair in this round: rot[2m] = c, rot[2m + 1] = s (s = 0: no rotation).
+      ctx.for_each(pairs, [&](int m) {
+        int p, q;
+        round_robin_pair(n, step, m, p, q);
+        T c = T(1), s = T(0);
+        const T apq = q < k ? A[p * k + q] : T(0);
         // Converged pair: a_pq is below rounding relative to its diagonal entries (or to ||A||).
-        if (abs_(apq) <= eps * sqrt_(abs_(A[p * k + p] * A[q * k + q])) || abs_(apq) <= negligible) continue;
-        ++rotations;
-        const T theta = (A[q * k + q] - A[p * k + p]) / (T(2) * apq);
-        const T at = abs_(theta);
-        const T root = at > T(1) ? at * sqrt_(T(1) + (T(1) / at) * (T(1) / at)) : sqrt_(T(1) + at * at);
-        const T t = (theta >= T(0) ? T(1) : T(-1)) / (at + root);
-        const T c = T(1) / sqrt_(T(1) + t * t);
-        const T s = t * c;
-        ctx.sync();  // everyone has read A[p,p], A[q,q], A[p,q]
-        ctx.for_each(k, [&](int r) {  // A <- A J, U <- U J
+        if (!(abs_(apq) <= eps * sqrt_(abs_(A[p * k + p] * A[q * k + q])) || abs_(apq) <= negligible)) {
+          const T theta = (A[q * k + q] - A[p * k + p]) / (T(2) * apq);
+          const T at = abs_(theta);
+          const T root = at > T(1) ? at * sqrt_(T(1) + (T(1) / at) * (T(1) / at)) : sqrt_(T(1) + at * at);
+          const T t = (theta >= T(0) ? T(1) : T(-1)) / (at + root);
+          c = T(1) / sqrt_(T(1) + t * t);
+          s = t * c;
+        }
+        rot[2 * m] = c;
+        rot[2 * m + 1] = s;
+      });
+      ctx.sync();
+      int active = 0;
+      for (int m = 0; m < pairs; ++m) active += rot[2 * m + 1] != T(0);
+      if (active == 0) {
+        ctx.sync();  // every thread has read rot before the next round writes it
+        continue;
+      }
+      rotations += active;
+      // 2. A <- A J: columns p and q of every active pair (the pairs touch disjoint columns).
+      for (int m = 0; m < pairs; ++m) {
+        const T c = rot[2 * m], s = rot[2 * m + 1];
+        if (s == T(0)) continue;
+        int p, q;
+        round_robin_pair(n, step, m, p, q);
+        ctx.for_each(k, [&](int r) {
           const T arp = A[r * k + p], arq = A[r * k + q];
           A[r * k + p] = c * arp - s * arq;
           A[r * k + q] = s * arp + c * arq;
-          const T urp = U[r * k + p], urq = U[r * k + q];
-          U[r * k + p] = c * urp - s * urq;
-          U[r * k + q] = s * urp + c * urq;
         });
-        ctx.sync();
-        ctx.for_each(k, [&](int r) {  // A <- J^T A, with the annihilated pair set to exactly 0
+      }
+      ctx.sync();
+      // 3. A <- J^T A and U <- J^T U: rows p and q, with each annihilated pair set to exactly 0.
+      for (int m = 0; m < pairs; ++m) {
+        const T c = rot[2 * m], s = rot[2 * m + 1];
+        if (s == T(0)) continue;
+        int p, q;
+        round_robin_pair(n, step, m, p, q);
+        ctx.for_each(k, [&](int r) {
           const T apr = A[p * k + r], aqr = A[q * k + r];
           A[p * k + r] = r == q ? T(0) : c * apr - s * aqr;
           A[q * k + r] = r == p ? T(0) : s * apr + c * aqr;
+          const T upr = U[p * k + r], uqr = U[q * k + r];
+          U[p * k + r] = c * upr - s * uqr;
+          U[q * k + r] = s * upr + c * uqr;
         });
-        ctx.sync();
       }
+      ctx.sync();
     }
     if (rotations == 0) break;
   }

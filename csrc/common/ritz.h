@@ -4,18 +4,31 @@
 #include "gram_schmidt.h"
 #include "jacobi.h"
 #include "macros.h"
+#include "tridiagonal_eigh.h"
 
 namespace spectral_ops {
 
-// Scratch a ritz_step sample needs: H and U are k x k, order is k (all visible to every thread);
-// coef is per-thread, k entries.
+// Scratch a ritz_step sample needs: H and U are k x k, order is k, eig_work is 2k + 1 (all
+// visible to every thread); coef is per-thread, k entries.
 template <typename T>
 struct RitzScratch {
   T* H;
   T* U;
   int* order;
+  T* eig_work;
   T* coef;
 };
+
+// The k x k eigensolve: tridiagonal QL on one CPU thread (fewer operations), round-robin Jacobi
+// on a GPU thread block (its k / 2 rotations per round run in parallel).  Same contract.
+template <typename T, typename Ctx>
+SPECTRAL_HD void small_eigh(const Ctx& ctx, T* A, T* U, int* order, T* work, int k) {
+  if constexpr (Ctx::kSerial) {
+    tridiagonal_eigh(A, U, order, work, k);
+  } else {
+    jacobi_eigh(ctx, A, U, order, work, k);
+  }
+}
 
 // One sample: Q, MQ, V_prev (nullable), V, Q_next are [k, d]; lam, res are [k].
 // V = sorted Ritz vectors of span(Q) (sign-fixed), lam = Ritz values descending,
@@ -37,7 +50,7 @@ SPECTRAL_HD void ritz_step_sample(const Ctx& ctx, const T* Q, const T* MQ, const
     }
   }
   ctx.sync();
-  jacobi_eigh(ctx, H, scratch.U, scratch.order, k);
+  small_eigh(ctx, H, scratch.U, scratch.order, scratch.eig_work, k);
   const T* U = scratch.U;
   const int* order = scratch.order;
   for (int i = 0; i < k; ++i) {
@@ -46,9 +59,9 @@ SPECTRAL_HD void ritz_step_sample(const Ctx& ctx, const T* Q, const T* MQ, const
     T* vi = V + (long)i * d;
     T* mvi = Q_next + (long)i * d;  // M v_i is built in place of Q_next, then orthonormalized
     ctx.template for_each_row_sum<T>(
-        d, k, [&](int l, int j) { return U[l * k + col] * Q[(long)l * d + j]; }, [&](int j, T v) { vi[j] = v; });
+        d, k, [&](int l, int j) { return U[col * k + l] * Q[(long)l * d + j]; }, [&](int j, T v) { vi[j] = v; });
     ctx.template for_each_row_sum<T>(
-        d, k, [&](int l, int j) { return U[l * k + col] * MQ[(long)l * d + j]; }, [&](int j, T mv) { mvi[j] = mv; });
+        d, k, [&](int l, int j) { return U[col * k + l] * MQ[(long)l * d + j]; }, [&](int j, T mv) { mvi[j] = mv; });
     ctx.sync();
     T sign;
     if (V_prev != nullptr) {

@@ -14,6 +14,7 @@
 //   argmax_abs(n, f)        lowest j maximising |f(j)|, returned to every thread
 //   sync()                  barrier between phases (writes before it are visible after it)
 //   leader()                true on exactly one thread (for small serial k x k work)
+//   kSerial                 true when the context is a single thread
 #pragma once
 
 #include "macros.h"
@@ -21,6 +22,8 @@
 namespace spectral_ops {
 
 struct SerialContext {
+  static constexpr bool kSerial = true;  // one thread: serial algorithms are allowed
+
   template <typename F>
   inline void for_each(int n, F f) const {
 #pragma omp simd

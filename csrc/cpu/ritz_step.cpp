@@ -33,12 +33,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ritz_step_cpu(const a
     scalar_t* qn = Q_next.data_ptr<scalar_t>();
     scalar_t* lp = lam.data_ptr<scalar_t>();
     scalar_t* rp = res.data_ptr<scalar_t>();
-    // scratch: H and U (k * k each), coef (k), and order (k ints, each in the space of one scalar_t)
+    // scratch: H and U (k * k each), eig_work (2k + 1), coef (k), and order (k ints, each in the
+    // space of one scalar_t)
     static_assert(sizeof(int) <= sizeof(scalar_t) && alignof(int) <= alignof(scalar_t));
-    for_each_sample<scalar_t>(s.B, 8 * k * k * d, 2 * k * k + 2 * k,
+    for_each_sample<scalar_t>(s.B, 8 * k * k * d, 2 * k * k + 4 * k + 1,
                               [&](const SerialContext& ctx, int64_t b, scalar_t* buffer) {
-      RitzScratch<scalar_t> scratch{buffer, buffer + k * k, reinterpret_cast<int*>(buffer + 2 * k * k + k),
-                                    buffer + 2 * k * k};
+      scalar_t* eig_work = buffer + 2 * k * k;
+      scalar_t* coef = eig_work + 2 * k + 1;
+      int* order = reinterpret_cast<int*>(coef + k);
+      RitzScratch<scalar_t> scratch{buffer, buffer + k * k, order, eig_work, coef};
       ritz_step_sample(ctx, q + b * n, mq + b * n, prev ? prev + b * n : nullptr, v + b * n, lp + b * k, rp + b * k,
                        qn + b * n, (int)k, (int)d, scratch);
     });

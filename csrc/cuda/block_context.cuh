@@ -16,6 +16,8 @@ namespace spectral_ops {
 // summed in order by every thread.  blockDim.x must be a multiple of 32 (at most 1024).
 template <typename T>
 struct BlockContext {
+  static constexpr bool kSerial = false;
+
   T* value_buffer;   // __shared__ [32]
   int* index_buffer; // __shared__ [32]
 

@@ -20,11 +20,12 @@ __global__ void ritz_step_kernel(const T* Q, const T* MQ, const T* V_prev, T* V,
   __shared__ T H[kMaxCudaK * kMaxCudaK];
   __shared__ T U[kMaxCudaK * kMaxCudaK];
   __shared__ int order[kMaxCudaK];
+  __shared__ T eig_work[2 * kMaxCudaK + 1];
   T coef[kMaxCudaK];
   const int64_t offset = (int64_t)blockIdx.x * k * d;
   ritz_step_sample(ctx, Q + offset, MQ + offset, V_prev ? V_prev + offset : nullptr, V + offset,
                    lam + (int64_t)blockIdx.x * k, res + (int64_t)blockIdx.x * k, Q_next + offset, k, d,
-                   RitzScratch<T>{H, U, order, coef});
+                   RitzScratch<T>{H, U, order, eig_work, coef});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ritz_step_cuda(const at::Tensor& Q, const at::Tensor& MQ,
