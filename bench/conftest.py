@@ -39,16 +39,19 @@ class RatioReport:
         if not self.medians:
             return []
         names = sorted({name for group in self.medians.values() for name in group})
-        header = f"{'group':<44}" + "".join(f"{name + ' ms':>14}" for name in names)
-        header += "".join(f"{name + ' x':>14}" for name in names)
-        header += "".join(f"{a + '/' + b:>16}" for a, b in self.pairs)
+        g = max(len("group"), *(len(group) for group in self.medians)) + 2  # column widths
+        w = max(14, *(len(name) + 5 for name in names))
+        p = max(16, *(len(a) + len(b) + 3 for a, b in self.pairs)) if self.pairs else 16
+        header = f"{'group':<{g}}" + "".join(f"{name + ' ms':>{w}}" for name in names)
+        header += "".join(f"{name + ' x':>{w}}" for name in names)
+        header += "".join(f"{a + '/' + b:>{p}}" for a, b in self.pairs)
         out = [header, "-" * len(header)]
         for group, medians in self.medians.items():
             base = medians.get(self.baselines.get(group, ""))
-            row = f"{group:<44}"
-            row += "".join(f"{medians[n] * 1e3:>14.3f}" if n in medians else f"{'':>14}" for n in names)
-            row += "".join(f"{base / medians[n]:>14.2f}" if n in medians and base else f"{'':>14}" for n in names)
-            row += "".join(f"{medians[a] / medians[b]:>16.2f}" if a in medians and b in medians else f"{'':>16}"
+            row = f"{group:<{g}}"
+            row += "".join(f"{medians[n] * 1e3:>{w}.3f}" if n in medians else f"{'':>{w}}" for n in names)
+            row += "".join(f"{base / medians[n]:>{w}.2f}" if n in medians and base else f"{'':>{w}}" for n in names)
+            row += "".join(f"{medians[a] / medians[b]:>{p}.2f}" if a in medians and b in medians else f"{'':>{p}}"
                            for a, b in self.pairs)
             out.append(row)
         out.append("x = speedup against the group's baseline (baseline median / median), one run.")
