@@ -16,7 +16,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${SPECTRAL_OPS_CUDA_VENV:-/tmp/spectral_ops_cuda_venv}"
 BUILD_DIR="${1:-$(mktemp -d /tmp/spectral_ops_cuda_build.XXXXXX)}"
 TORCH_VERSION="2.14.1"
-OPS="orthonormalize orthonormalize_backward ritz_step alignment_loss alignment_loss_backward"
+OPS="orthonormalize orthonormalize_backward ritz_step alignment_loss alignment_loss_forward alignment_loss_backward"
 
 fail() { echo "build_cuda: FAILED: $*" >&2; exit 1; }
 start=$(date +%s)

@@ -329,9 +329,12 @@ def test_opcheck(backend, device):
         (lib.orthonormalize_backward.default, (torch.randn_like(W), Q, W)),
         (lib.ritz_step.default, (Q, 3.0 * Q + 0.1 * W, None)),
         (lib.ritz_step.default, (Q, 3.0 * Q + 0.1 * W, W)),
-        (lib.alignment_loss_backward.default, (torch.rand(2, dtype=torch.float64, device=device), V, S, "offdiag",
-                                               "singular")),
     ]
+    for kind in reference.LOSS_KINDS:
+        _, saved = lib.alignment_loss_forward(V, S, kind, "singular")
+        cases.append((lib.alignment_loss_forward.default, (V, S, kind, "singular")))
+        cases.append((lib.alignment_loss_backward.default,
+                      (torch.rand(2, dtype=torch.float64, device=device), V, S, saved, kind, "singular")))
     for kind in reference.LOSS_KINDS:
         cases.append((lib.alignment_loss.default, (V.clone().requires_grad_(), S.clone().requires_grad_(), kind,
                                                    "singular")))
@@ -386,6 +389,36 @@ def test_compiled_ops_validate_their_own_inputs():
         lib.alignment_loss(V, S, "l1", "softmax")
     with pytest.raises(ValueError, match="MQ must have the shape of Q"):
         lib.ritz_step(V, V[:, :2], None)
+    _, saved = lib.alignment_loss_forward(V, S, "offdiag", "uniform")
+    assert saved.shape == (2, ops._native.saved_width("offdiag", 3, 5)) == (2, 2 + 9 + 5)
+    with pytest.raises(ValueError, match=r"saved must be \[B, 16\]"):
+        lib.alignment_loss_backward(torch.ones(2), V, S, saved[:, :3], "offdiag", "uniform")
+    with pytest.raises(ValueError, match=r"saved must be \[B, 3\]"):  # stats of another kind
+        lib.alignment_loss_backward(torch.ones(2), V, S, saved, "l1", "uniform")
+    with pytest.raises(ValueError, match=r"grad must be \[B\]"):
+        lib.alignment_loss_backward(torch.ones(3), V, S, saved, "offdiag", "uniform")
+
+
+@needs_cpp
+@pytest.mark.parametrize("kind", reference.LOSS_KINDS)
+def test_alignment_loss_forward_saves_what_the_backward_needs(kind):
+    """alignment_loss_forward's loss equals alignment_loss's; its statistics are the documented
+    per-sample quantities, computed independently here from V and S."""
+    V, S = unit_rows(4, 3, 9, torch.float64, "cpu", seed=3)
+    lib = torch.ops.spectral_ops
+    loss, saved = lib.alignment_loss_forward(V, S, kind, "singular")
+    torch.testing.assert_close(loss, lib.alignment_loss(V, S, kind, "singular"), rtol=0, atol=0)
+    if kind == "offdiag":
+        s2 = S * S
+        gram = V @ V.transpose(-1, -2)
+        diag = (s2[:, :, None] * V * V).sum(1)
+        expected = torch.cat([(s2[:, :, None] * s2[:, None, :] * gram * gram).sum((-1, -2))[:, None],
+                              (diag * diag).sum(-1)[:, None], gram.flatten(1), diag], dim=1)
+    elif kind == "l1":
+        expected = (V.abs().sum(-1) - 1.0) / (9 ** 0.5 - 1.0)
+    else:
+        expected = 1.0 - torch.diagonal(V, dim1=-2, dim2=-1) ** 2
+    torch.testing.assert_close(saved, expected, rtol=0, atol=1e-13)
 
 
 def test_backend_selection():

@@ -37,10 +37,18 @@ SPECTRAL_HD T per_vector_loss(const Ctx& ctx, const T* vi, int i, int d, int kin
   return l1_loss_of(ctx.template sum<T>(d, [&](int j) { return abs_(vi[j]); }), d);
 }
 
+// Per-sample statistics the forward saves for the backward (alignment_loss_forward), so that the
+// backward does not recompute them.  Width per sample:
+//   l1, assigned: k         the per-vector losses (before weighting)
+//   offdiag:      2 + k*k + d  fro2, diag2, the Gram matrix V V^T (k x k), and D = diag(A) (d)
+SPECTRAL_HD int saved_width(int kind, int k, int d) { return kind == kLossOffdiag ? 2 + k * k + d : k; }
+
 // offdiag: fro2 = ||A||_F^2 = sum_il s_i^2 s_l^2 (v_i.v_l)^2 and diag2 = ||diag A||^2,
-// A = sum_i s_i^2 v_i v_i^T.  If gram != nullptr the leader also stores G = V V^T (k x k).
+// A = sum_i s_i^2 v_i v_i^T.  If gram != nullptr the leader also stores G = V V^T (k x k); if
+// diag != nullptr, D_j = A_jj is stored too (each j by the thread that computes it).
 template <typename T, typename Ctx>
-SPECTRAL_HD void offdiag_terms(const Ctx& ctx, const T* V, const T* S, int k, int d, T* gram, T& fro2, T& diag2) {
+SPECTRAL_HD void offdiag_terms(const Ctx& ctx, const T* V, const T* S, int k, int d, T* gram, T* diag, T& fro2,
+                               T& diag2) {
   fro2 = T(0);
   for (int i = 0; i < k; ++i) {
     for (int l = 0; l <= i; ++l) {
@@ -53,36 +61,45 @@ SPECTRAL_HD void offdiag_terms(const Ctx& ctx, const T* V, const T* S, int k, in
     }
   }
   // D_j = A_jj = sum_i s_i^2 V_ij^2, summed over rows column by column.
-  diag2 = ctx.template sum_row_sums<T>(
-      d, k, [&](int i, int j) { return S[i] * S[i] * V[(long)i * d + j] * V[(long)i * d + j]; },
-      [&](int, T dj) { return dj * dj; });
+  const auto term = [&](int i, int j) { return S[i] * S[i] * V[(long)i * d + j] * V[(long)i * d + j]; };
+  if (diag != nullptr) {
+    diag2 = ctx.template sum_row_sums<T>(d, k, term, [&](int j, T dj) { diag[j] = dj; return dj * dj; });
+  } else {
+    diag2 = ctx.template sum_row_sums<T>(d, k, term, [&](int, T dj) { return dj * dj; });
+  }
 }
 
-// Loss of one sample (returned to every thread).  V: [k, d], S: [k].
+// Loss of one sample (returned to every thread).  V: [k, d], S: [k].  If saved != nullptr, the
+// statistics of saved_width() are written there for the backward.
 template <typename T, typename Ctx>
-SPECTRAL_HD T alignment_loss_sample(const Ctx& ctx, const T* V, const T* S, int k, int d, int kind, int weights) {
+SPECTRAL_HD T alignment_loss_sample(const Ctx& ctx, const T* V, const T* S, int k, int d, int kind, int weights,
+                                    T* saved) {
   if (kind == kLossOffdiag) {
     T fro2, diag2;
-    offdiag_terms(ctx, V, S, k, d, static_cast<T*>(nullptr), fro2, diag2);
+    offdiag_terms(ctx, V, S, k, d, saved ? saved + 2 : nullptr, saved ? saved + 2 + k * k : nullptr, fro2, diag2);
+    if (saved != nullptr && ctx.leader()) { saved[0] = fro2; saved[1] = diag2; }
     return fro2 > T(0) ? (fro2 - diag2) / fro2 : T(0);
   }
   const T total = total_of(S, k);
   T loss = T(0);
-  for (int i = 0; i < k; ++i)
-    loss += vector_weight(S, i, k, weights, total) * per_vector_loss(ctx, V + (long)i * d, i, d, kind);
+  for (int i = 0; i < k; ++i) {
+    const T pv = per_vector_loss(ctx, V + (long)i * d, i, d, kind);
+    if (saved != nullptr && ctx.leader()) saved[i] = pv;
+    loss += vector_weight(S, i, k, weights, total) * pv;
+  }
   return loss;
 }
 
-// Gradients of grad * loss wrt V ([k, d]) and S ([k], written by the leader).  gram: k x k
-// scratch visible to every thread; work: d entries visible to every thread (both offdiag only);
-// per_vector: per-thread scratch of k entries.
+// Gradients of grad * loss wrt V ([k, d]) and S ([k], written by the leader), from the sample's
+// saved statistics (alignment_loss_sample).  mix: per-thread scratch of k entries.
 template <typename T, typename Ctx>
-SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T* V, const T* S, T* grad_V,
-                                                T* grad_S, int k, int d, int kind, int weights, T* gram,
-                                                T* per_vector, T* work) {
+SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T* V, const T* S, const T* saved,
+                                                T* grad_V, T* grad_S, int k, int d, int kind, int weights,
+                                                T* mix) {
   if (kind == kLossOffdiag) {
-    T fro2, diag2;
-    offdiag_terms(ctx, V, S, k, d, gram, fro2, diag2);
+    const T fro2 = saved[0], diag2 = saved[1];
+    const T* gram = saved + 2;
+    const T* D = saved + 2 + k * k;
     if (!(fro2 > T(0))) {
       ctx.for_each(k * d, [&](int idx) { grad_V[idx] = T(0); });
       if (ctx.leader())
@@ -90,11 +107,6 @@ SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T*
       ctx.sync();
       return;
     }
-    // work <- D (D_j = sum_i s2_i V_ij^2), read by every row below.
-    ctx.template for_each_row_sum<T>(
-        d, k, [&](int i, int j) { return S[i] * S[i] * V[(long)i * d + j] * V[(long)i * d + j]; },
-        [&](int j, T dj) { work[j] = dj; });
-    ctx.sync();  // gram and work are complete
     const T inv_fro2 = T(1) / fro2;
     const T ratio = diag2 * inv_fro2 * inv_fro2;
     for (int i = 0; i < k; ++i) {
@@ -103,16 +115,16 @@ SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T*
       const T s2 = S[i] * S[i];
       T gg = T(0);  // sum_l s2_l G_il^2
       for (int l = 0; l < k; ++l) {
-        per_vector[l] = S[l] * S[l] * gram[i * k + l];
-        gg += per_vector[l] * gram[i * k + l];
+        mix[l] = S[l] * S[l] * gram[i * k + l];
+        gg += mix[l] * gram[i * k + l];
       }
       // dL/dV_ij = 4 s2_i [ -D_j V_ij / fro2 + ratio * sum_l s2_l G_il V_lj ]
       const T scale = grad * T(4) * s2;
       ctx.template for_each_row_sum<T>(
-          d, k, [&](int l, int j) { return per_vector[l] * V[(long)l * d + j]; },
-          [&](int j, T mix) { gi[j] = scale * (ratio * mix - work[j] * vi[j] * inv_fro2); });
+          d, k, [&](int l, int j) { return mix[l] * V[(long)l * d + j]; },
+          [&](int j, T mix) { gi[j] = scale * (ratio * mix - D[j] * vi[j] * inv_fro2); });
       // dL/dS_i = 2 S_i [ -2 sum_j D_j V_ij^2 / fro2 + 2 ratio sum_l s2_l G_il^2 ]
-      const T dv = ctx.template sum<T>(d, [&](int j) { return work[j] * vi[j] * vi[j]; });
+      const T dv = ctx.template sum<T>(d, [&](int j) { return D[j] * vi[j] * vi[j]; });
       if (ctx.leader()) grad_S[i] = grad * T(4) * S[i] * (ratio * gg - dv * inv_fro2);
     }
     ctx.sync();
@@ -121,30 +133,23 @@ SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T*
   const T total = total_of(S, k);
   const T l1_scale = d > 1 ? T(1) / (sqrt_(T(d)) - T(1)) : T(0);
   const bool singular = weights == kWeightsSingular && total > T(0);
-  T weighted = T(0);  // sum_l S_l pv_l
   for (int i = 0; i < k; ++i) {
     const T w = grad * vector_weight(S, i, k, weights, total);
     const T* vi = V + (long)i * d;
     T* gi = grad_V + (long)i * d;
     if (kind == kLossL1) {
-      // One pass over v_i: write its gradient and sum |v_i| (for the per-vector loss) together.
-      // v_ij is loaded once: gi may alias vi as far as the compiler knows.
       const T coef = w * l1_scale;
-      const T l1 = ctx.template sum<T>(d, [&](int j) {
-        const T x = vi[j];
-        gi[j] = coef * sign_(x);
-        return abs_(x);
-      });
-      per_vector[i] = l1_loss_of(l1, d);
+      ctx.for_each(d, [&](int j) { gi[j] = coef * sign_(vi[j]); });
     } else {
       ctx.for_each(d, [&](int j) { gi[j] = j == i ? T(-2) * w * vi[i] : T(0); });
-      per_vector[i] = per_vector_loss(ctx, vi, i, d, kind);  // assigned: O(1)
     }
-    weighted += S[i] * per_vector[i];
   }
-  if (ctx.leader())
+  if (ctx.leader()) {
+    T weighted = T(0);  // sum_l S_l pv_l
+    for (int i = 0; i < k; ++i) weighted += S[i] * saved[i];
     for (int i = 0; i < k; ++i)
-      grad_S[i] = singular ? grad * (per_vector[i] / total - weighted / (total * total)) : T(0);
+      grad_S[i] = singular ? grad * (saved[i] / total - weighted / (total * total)) : T(0);
+  }
   ctx.sync();
 }
 

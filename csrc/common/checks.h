@@ -41,6 +41,22 @@ inline void check_values(const at::Tensor& S, const char* name, const RowsShape&
   TORCH_CHECK_VALUE(S.device() == V.device(), name, " must be on ", V.device(), ", got ", S.device());
 }
 
+// The upstream gradient of a [B] loss.
+inline void check_grad(const at::Tensor& grad, const RowsShape& shape) {
+  TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == shape.B, "grad must be [B] = [", shape.B, "], got shape ",
+                    grad.sizes());
+}
+
+// The statistics alignment_loss_forward saved: [B, width] (width = saved_width(kind, k, d)).
+inline void check_saved(const at::Tensor& saved, const RowsShape& shape, int64_t width, const at::Tensor& V) {
+  TORCH_CHECK_VALUE(saved.dim() == 2 && saved.size(0) == shape.B && saved.size(1) == width,
+                    "saved must be [B, ", width, "] = [", shape.B, ", ", width,
+                    "] as returned by alignment_loss_forward for this kind, got shape ", saved.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(saved.scalar_type()), "saved must be a floating-point tensor, got ",
+                   saved.scalar_type());
+  TORCH_CHECK_VALUE(saved.device() == V.device(), "saved must be on ", V.device(), ", got ", saved.device());
+}
+
 inline int parse_loss_kind(const std::string& kind) {
   if (kind == "l1") return kLossL1;
   if (kind == "assigned") return kLossAssigned;

@@ -9,7 +9,10 @@ namespace spectral_ops {
 
 bool cpu_has_avx2() {
 #if SPECTRAL_OPS_AVX2_CLONES
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has = [] {
+    __builtin_cpu_init();  // harmless if libgcc's constructor already ran; needed if it has not
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
   return has;
 #else
   return false;

@@ -2,7 +2,8 @@
 
 The schemas are defined in C++ (csrc/ops.cpp), with the autograd of orthonormalize and
 alignment_loss (their backwards are their own ops, orthonormalize_backward and
-alignment_loss_backward, dispatched by device like the forwards; registered in C++ because a
+alignment_loss_backward, dispatched by device like the forwards; alignment_loss_forward returns the
+loss with the statistics its backward reuses; registered in C++ because a
 Python autograd registration costs about 100 us per call).  This module adds, in Python, the fake
 (meta) kernels, so the ops trace under torch.compile and pass opcheck.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
+from .reference import compute_dtype
 
 try:
     from .. import _C  # runs the TORCH_LIBRARY registrations
@@ -21,7 +24,8 @@ except ImportError as error:  # not built, or built against another torch
     LOADED = False
     LOAD_ERROR = str(error)
 
-OP_NAMES = ("orthonormalize", "orthonormalize_backward", "ritz_step", "alignment_loss", "alignment_loss_backward")
+OP_NAMES = ("orthonormalize", "orthonormalize_backward", "ritz_step", "alignment_loss", "alignment_loss_forward",
+            "alignment_loss_backward")
 
 
 def has_cuda_kernels() -> bool:
@@ -31,6 +35,13 @@ def has_cuda_kernels() -> bool:
 
 
 CPU_ISAS = ("baseline", "avx2")
+
+
+def saved_width(kind: str, k: int, d: int) -> int:
+    """Columns of the statistics alignment_loss_forward saves per sample (csrc/common/alignment.h):
+    k per-vector losses for l1 and assigned; fro2, diag2, the k x k Gram matrix and diag(A) (d)
+    for offdiag."""
+    return 2 + k * k + d if kind == "offdiag" else k
 
 
 def _require_loaded(what: str) -> None:
@@ -88,8 +99,13 @@ def _register() -> None:
     def _(V, S, kind, weights):
         return V.new_empty(V.shape[0])
 
+    @torch.library.register_fake("spectral_ops::alignment_loss_forward")
+    def _(V, S, kind, weights):
+        B, k, d = V.shape
+        return V.new_empty(B), V.new_empty((B, saved_width(kind, k, d)), dtype=compute_dtype(V.dtype))
+
     @torch.library.register_fake("spectral_ops::alignment_loss_backward")
-    def _(grad, V, S, kind, weights):
+    def _(grad, V, S, saved, kind, weights):
         return torch.empty_like(V), torch.empty_like(S)
 
 
