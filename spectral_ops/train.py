@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import random
@@ -395,8 +396,14 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, progr
             tmp = out / "train.json.tmp"
             tmp.write_text(json.dumps(summary, indent=2))
             os.replace(tmp, out / "train.json")
+        if world > 1:
+            dist.barrier()  # no rank tears down while another still communicates
     finally:
         if we_init and dist.is_initialized():
+            # Free the DDP reducers (they hold the process group and its threads) before the group:
+            # left to interpreter exit, gloo threads could be destroyed unjoined (std::terminate).
+            G_run = D_run = None  # noqa: F841
+            gc.collect()
             dist.destroy_process_group()
     G.eval()
     return TrainResult(G=G, D=D, config=config, seconds=seconds, steps=final_step, history=history,

@@ -1,7 +1,6 @@
 """Spectral regularizer: gradients against an explicit eigh oracle, cost controls, bad input."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

@@ -6,6 +6,7 @@ averaged across processes, and the per-process batch mean becomes the global bat
 """
 from __future__ import annotations
 
+import gc
 import os
 import socket
 
@@ -49,6 +50,12 @@ def _worker(rank, world, port, grad, out_dir):
         z = _batch().chunk(world)[rank]
         grads = _step(G_ddp, G, D, reg, z)
         torch.save({"grads": grads, "basis": reg.basis.clone()}, os.path.join(out_dir, f"rank{rank}.pt"))
+        # Tear down in order: every rank is done communicating, and the DDP reducer (which holds
+        # the process group and its gloo threads) is freed before the group is destroyed.  Left
+        # to interpreter exit, the reducer's threads could be destroyed unjoined (std::terminate).
+        dist.barrier()
+        del G_ddp
+        gc.collect()
     finally:
         dist.destroy_process_group()
 

@@ -1,7 +1,6 @@
 """Traversal pictures: pixel values, grid layout, the latents behind every row, bad input."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

@@ -62,25 +62,27 @@ SPECTRAL_HD void jacobi_eigh(const Ctx& ctx, T* A, T* U, int* order, T* rot, int
         continue;
       }
       rotations += active;
-      // 2. A <- A J: columns p and q of every active pair (the pairs touch disjoint columns).
-      for (int m = 0; m < pairs; ++m) {
-        const T c = rot[2 * m], s = rot[2 * m + 1];
-        if (s == T(0)) continue;
-        int p, q;
-        round_robin_pair(n, step, m, p, q);
+      // apply(p, q, c, s) for every pair this round rotates (the pairs touch disjoint rows/columns).
+      const auto for_each_rotation = [&](auto apply) {
+        for (int m = 0; m < pairs; ++m) {
+          const T c = rot[2 * m], s = rot[2 * m + 1];
+          if (s == T(0)) continue;
+          int p, q;
+          round_robin_pair(n, step, m, p, q);
+          apply(p, q, c, s);
+        }
+      };
+      // 2. A <- A J: columns p and q of every rotated pair.
+      for_each_rotation([&](int p, int q, T c, T s) {
         ctx.for_each(k, [&](int r) {
           const T arp = A[r * k + p], arq = A[r * k + q];
           A[r * k + p] = c * arp - s * arq;
           A[r * k + q] = s * arp + c * arq;
         });
-      }
+      });
       ctx.sync();
       // 3. A <- J^T A and U <- J^T U: rows p and q, with each annihilated pair set to exactly 0.
-      for (int m = 0; m < pairs; ++m) {
-        const T c = rot[2 * m], s = rot[2 * m + 1];
-        if (s == T(0)) continue;
-        int p, q;
-        round_robin_pair(n, step, m, p, q);
+      for_each_rotation([&](int p, int q, T c, T s) {
         ctx.for_each(k, [&](int r) {
           const T apr = A[p * k + r], aqr = A[q * k + r];
           A[p * k + r] = r == q ? T(0) : c * apr - s * aqr;
@@ -89,7 +91,7 @@ SPECTRAL_HD void jacobi_eigh(const Ctx& ctx, T* A, T* U, int* order, T* rot, int
           U[p * k + r] = c * upr - s * uqr;
           U[q * k + r] = s * upr + c * uqr;
         });
-      }
+      });
       ctx.sync();
     }
     if (rotations == 0) break;
