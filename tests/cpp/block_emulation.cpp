@@ -1,0 +1,263 @@
+// The CUDA code path of csrc/common, run on the CPU: a thread-block emulator with the semantics of
+// csrc/cuda/block_context.cuh (strided for_each, block-wide sums through a shared buffer,
+// __syncthreads as a barrier, one leader), driven by real std::threads.  Each per-sample function
+// runs on emulated blocks of several sizes and is compared with the single-thread SerialContext,
+// which the Python tests check against the pure-torch reference.  This is how the CUDA kernels'
+// synchronisation and work split are tested without a GPU; ritz_step here also takes the Jacobi
+// eigensolver (Ctx::kSerial == false) that only the GPU uses.
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "common/alignment.h"
+#include "common/gram_schmidt.h"
+#include "common/ritz.h"
+#include "common/serial_context.h"
+
+namespace {
+
+// What the threads of one emulated block share: the barrier and the reduction buffers.
+struct BlockShared {
+  explicit BlockShared(int threads) : sync(threads), values(threads), indices(threads) {}
+  std::barrier<> sync;
+  std::vector<double> values;
+  std::vector<int> indices;
+};
+
+// One thread of an emulated block (the interface of serial_context.h, the semantics of
+// BlockContext): every thread calls every method, in the same order.
+struct EmulatedBlockContext {
+  static constexpr bool kSerial = false;
+  int tid, threads;
+  BlockShared* shared;
+
+  template <typename F>
+  void for_each(int n, F f) const {
+    for (int j = tid; j < n; j += threads) f(j);
+  }
+
+  template <typename U, typename F>
+  U sum(int n, F f) const {
+    U acc = U(0);
+    for (int j = tid; j < n; j += threads) acc += f(j);
+    shared->sync.arrive_and_wait();  // earlier readers of the buffer are done
+    shared->values[tid] = double(acc);
+    shared->sync.arrive_and_wait();
+    U total = U(0);
+    for (int t = 0; t < threads; ++t) total += U(shared->values[t]);
+    return total;
+  }
+
+  template <typename U, typename Term, typename Finish>
+  void for_each_row_sum(int n, int rows, Term term, Finish finish) const {
+    for_each(n, [&](int j) {
+      U acc = U(0);
+      for (int l = 0; l < rows; ++l) acc += term(l, j);
+      finish(j, acc);
+    });
+  }
+
+  template <typename U, typename Term, typename G>
+  U sum_row_sums(int n, int rows, Term term, G g) const {
+    return sum<U>(n, [&](int j) {
+      U acc = U(0);
+      for (int l = 0; l < rows; ++l) acc += term(l, j);
+      return g(j, acc);
+    });
+  }
+
+  template <typename P>
+  int first_index(int n, P pred) const {
+    int found = n;
+    for (int j = tid; j < n; j += threads)
+      if (pred(j)) { found = j; break; }
+    shared->sync.arrive_and_wait();
+    shared->indices[tid] = found;
+    shared->sync.arrive_and_wait();
+    int best = n;
+    for (int t = 0; t < threads; ++t) best = std::min(best, shared->indices[t]);
+    return best;
+  }
+
+  template <typename U, typename F>
+  int argmax_abs(int n, F f) const {
+    double best_value = -1;
+    int best = n;
+    for (int j = tid; j < n; j += threads) {
+      const double a = std::fabs(double(f(j)));
+      if (a > best_value) { best_value = a; best = j; }
+    }
+    shared->sync.arrive_and_wait();
+    shared->values[tid] = best_value;
+    shared->indices[tid] = best;
+    shared->sync.arrive_and_wait();
+    best_value = -1;
+    best = n;
+    for (int t = 0; t < threads; ++t)
+      if (shared->values[t] > best_value || (shared->values[t] == best_value && shared->indices[t] < best)) {
+        best_value = shared->values[t];
+        best = shared->indices[t];
+      }
+    return best < n ? best : 0;
+  }
+
+  void sync() const { shared->sync.arrive_and_wait(); }
+  bool leader() const { return tid == 0; }
+};
+
+// Runs body(ctx) on `threads` std::threads forming one emulated block.
+void run_block(int threads, const std::function<void(const EmulatedBlockContext&)>& body) {
+  BlockShared shared(threads);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] { body(EmulatedBlockContext{t, threads, &shared}); });
+  for (auto& thread : pool) thread.join();
+}
+
+int failures = 0;
+
+void expect_close(const std::vector<double>& block, const std::vector<double>& serial, double tol, const char* what,
+                  int threads, int k, int d) {
+  double err = 0;
+  for (size_t i = 0; i < block.size(); ++i) err = std::max(err, std::fabs(block[i] - serial[i]));
+  const bool ok = err <= tol && std::isfinite(err);
+  if (!ok) ++failures;
+  std::printf("%s: %-34s threads=%-2d k=%-2d d=%-3d max |block - serial| = %.1e\n", ok ? "ok  " : "FAIL", what,
+              threads, k, d, err);
+}
+
+std::vector<double> random_rows(int k, int d, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal;
+  std::vector<double> W(k * d);
+  for (auto& w : W) w = normal(rng);
+  return W;
+}
+
+constexpr double kTol = 1e-12;  // float64; the two contexts only sum in different orders (seen: <= 2e-14)
+
+void check_orthonormalize(int threads, int k, int d, bool dependent) {
+  std::vector<double> W = random_rows(k, d, 7u + k + d);
+  if (dependent && k >= 3) {  // a repeated row and a zero row exercise the replacement branch
+    std::copy(W.begin(), W.begin() + d, W.begin() + d);
+    std::fill(W.begin() + 2 * d, W.begin() + 3 * d, 0.0);
+  }
+  std::vector<double> serial(k * d), block(k * d), coef(k);
+  spectral_ops::orthonormalize_rows(spectral_ops::SerialContext{}, W.data(), serial.data(), k, d, coef.data());
+  run_block(threads, [&](const EmulatedBlockContext& ctx) {
+    std::vector<double> local(k);  // per-thread, like the CUDA kernel's register array
+    spectral_ops::orthonormalize_rows(ctx, W.data(), block.data(), k, d, local.data());
+  });
+  expect_close(block, serial, kTol, dependent ? "orthonormalize (dependent rows)" : "orthonormalize", threads, k, d);
+
+  // Backward at the forward's output.
+  const std::vector<double> G = random_rows(k, d, 11u + k);
+  std::vector<double> gs(k * d), gb(k * d), L(k * k), M(k * k);
+  spectral_ops::orthonormalize_backward_rows(spectral_ops::SerialContext{}, G.data(), serial.data(), W.data(),
+                                             gs.data(), k, d, L.data(), M.data());
+  run_block(threads, [&](const EmulatedBlockContext& ctx) {
+    spectral_ops::orthonormalize_backward_rows(ctx, G.data(), serial.data(), W.data(), gb.data(), k, d, L.data(),
+                                               M.data());
+  });
+  expect_close(gb, gs, kTol, "orthonormalize_backward", threads, k, d);
+}
+
+void check_ritz_step(int threads, int k, int d, bool with_prev) {
+  // Q orthonormal; MQ = Q M for a symmetric M with a well-separated spectrum (decaying diagonal
+  // plus a small symmetric perturbation), so the Ritz vectors are unique up to sign.
+  std::vector<double> Q(k * d), coef(k);
+  const std::vector<double> W = random_rows(k, d, 3u + k + d);
+  spectral_ops::orthonormalize_rows(spectral_ops::SerialContext{}, W.data(), Q.data(), k, d, coef.data());
+  const std::vector<double> P = random_rows(d, d, 5u + d);
+  std::vector<double> MQ(k * d, 0.0);
+  for (int i = 0; i < k; ++i)
+    for (int j = 0; j < d; ++j) {
+      double acc = Q[i * d + j] * 10.0 * std::pow(0.7, j);
+      for (int l = 0; l < d; ++l) acc += Q[i * d + l] * 0.01 * (P[l * d + j] + P[j * d + l]);
+      MQ[i * d + j] = acc;
+    }
+  const std::vector<double> prev = random_rows(k, d, 9u);
+  const double* V_prev = with_prev ? prev.data() : nullptr;
+
+  struct Out {
+    std::vector<double> V, lam, res, Q_next;
+  };
+  auto make = [&] { return Out{std::vector<double>(k * d), std::vector<double>(k), std::vector<double>(k),
+                               std::vector<double>(k * d)}; };
+  Out serial = make(), block = make();
+  {
+    std::vector<double> H(k * k), U(k * k), work(2 * k + 1), c(k);
+    std::vector<int> order(k);
+    spectral_ops::ritz_step_sample(spectral_ops::SerialContext{}, Q.data(), MQ.data(), V_prev, serial.V.data(),
+                                   serial.lam.data(), serial.res.data(), serial.Q_next.data(), k, d,
+                                   spectral_ops::RitzScratch<double>{H.data(), U.data(), order.data(), work.data(),
+                                                                     c.data()});
+  }
+  std::vector<double> H(k * k), U(k * k), work(2 * k + 1);  // shared, like the kernel's __shared__ arrays
+  std::vector<int> order(k);
+  run_block(threads, [&](const EmulatedBlockContext& ctx) {
+    std::vector<double> local(k);
+    spectral_ops::ritz_step_sample(ctx, Q.data(), MQ.data(), V_prev, block.V.data(), block.lam.data(),
+                                   block.res.data(), block.Q_next.data(), k, d,
+                                   spectral_ops::RitzScratch<double>{H.data(), U.data(), order.data(), work.data(),
+                                                                     local.data()});
+  });
+  expect_close(block.lam, serial.lam, kTol, "ritz_step values (Jacobi vs QL)", threads, k, d);
+  expect_close(block.V, serial.V, kTol, "ritz_step vectors", threads, k, d);
+  expect_close(block.res, serial.res, kTol, "ritz_step residuals", threads, k, d);
+  expect_close(block.Q_next, serial.Q_next, kTol, "ritz_step next basis", threads, k, d);
+}
+
+void check_alignment(int threads, int k, int d, int kind) {
+  std::vector<double> V(k * d), coef(k);
+  const std::vector<double> W = random_rows(k, d, 13u + k + d);
+  spectral_ops::orthonormalize_rows(spectral_ops::SerialContext{}, W.data(), V.data(), k, d, coef.data());
+  std::vector<double> S(k);
+  for (int i = 0; i < k; ++i) S[i] = 1.0 / (1.0 + i);
+  const int width = spectral_ops::saved_width(kind, k, d);
+  std::vector<double> saved_serial(width), saved_block(width), loss_serial(1), loss_block(1);
+  loss_serial[0] = spectral_ops::alignment_loss_sample(spectral_ops::SerialContext{}, V.data(), S.data(), k, d, kind,
+                                                       spectral_ops::kWeightsSingular, saved_serial.data());
+  run_block(threads, [&](const EmulatedBlockContext& ctx) {
+    const double value = spectral_ops::alignment_loss_sample(ctx, V.data(), S.data(), k, d, kind,
+                                                             spectral_ops::kWeightsSingular, saved_block.data());
+    if (ctx.leader()) loss_block[0] = value;
+  });
+  const char* names[] = {"alignment_loss[l1]", "alignment_loss[assigned]", "alignment_loss[offdiag]"};
+  expect_close(loss_block, loss_serial, kTol, names[kind], threads, k, d);
+  expect_close(saved_block, saved_serial, kTol, "  saved statistics", threads, k, d);
+
+  std::vector<double> gv_serial(k * d), gs_serial(k), gv_block(k * d), gs_block(k);
+  spectral_ops::alignment_loss_backward_sample(spectral_ops::SerialContext{}, 0.7, V.data(), S.data(),
+                                               saved_serial.data(), gv_serial.data(), gs_serial.data(), k, d, kind,
+                                               spectral_ops::kWeightsSingular, coef.data());
+  run_block(threads, [&](const EmulatedBlockContext& ctx) {
+    std::vector<double> mix(k);
+    spectral_ops::alignment_loss_backward_sample(ctx, 0.7, V.data(), S.data(), saved_block.data(), gv_block.data(),
+                                                 gs_block.data(), k, d, kind, spectral_ops::kWeightsSingular,
+                                                 mix.data());
+  });
+  expect_close(gv_block, gv_serial, kTol, "  backward, grad V", threads, k, d);
+  expect_close(gs_block, gs_serial, kTol, "  backward, grad S", threads, k, d);
+}
+
+}  // namespace
+
+int main() {
+  // Block sizes: one thread, fewer threads than d, a non-power of two, more threads than d.
+  for (int threads : {1, 4, 7, 40}) {
+    for (auto [k, d] : {std::pair{1, 1}, {3, 7}, {8, 33}, {16, 40}}) {
+      check_orthonormalize(threads, k, d, /*dependent=*/false);
+      check_ritz_step(threads, k, d, /*with_prev=*/threads % 2 == 0);
+      for (int kind = 0; kind < 3; ++kind) check_alignment(threads, k, d, kind);
+    }
+    check_orthonormalize(threads, 5, 9, /*dependent=*/true);
+  }
+  std::printf("%d failure(s)\n", failures);
+  return failures == 0 ? 0 : 1;
+}
