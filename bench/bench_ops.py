@@ -17,7 +17,6 @@ bench/conftest.py.  Benchmarks report figures; they assert nothing about speed.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 
 import pytest
@@ -44,15 +43,9 @@ def _contenders(device: str) -> list[str]:
     return names + ["reference"]
 
 
-@contextlib.contextmanager
 def _backend(name: str):
     """ops.use_backend(name); "cpp-baseline" is the cpp backend on its baseline instruction set."""
-    if name == "cpp-baseline":
-        with ops.use_backend("cpp"), ops.use_cpu_isa("baseline"):
-            yield
-    else:
-        with ops.use_backend(name):
-            yield
+    return ops.use_backend("cpp", cpu_isa="baseline") if name == "cpp-baseline" else ops.use_backend(name)
 
 
 def pytest_generate_tests(metafunc):

@@ -5,7 +5,6 @@ run on the compiled CPU backend ("cpp"), and on "cuda"/"triton" when a GPU is pr
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
@@ -36,15 +35,11 @@ LARGE_SHAPES = [(2, 5, 1024), (2, 33, 70)]  # d at the CUDA target; k above the 
 TOL = {torch.float64: 1e-12, torch.float32: 3e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
-@contextlib.contextmanager
 def backend_context(backend):
     """ops.use_backend(backend), where "cpp-baseline" is the cpp backend on its baseline ISA."""
     if backend == "cpp-baseline":
-        with ops.use_backend("cpp"), ops.use_cpu_isa("baseline"):
-            yield
-    else:
-        with ops.use_backend(backend):
-            yield
+        return ops.use_backend("cpp", cpu_isa="baseline")
+    return ops.use_backend(backend)
 
 
 def make_W(B, k, d, dtype, device, seed=0):
@@ -457,6 +452,9 @@ def test_cpu_isa_selection():
     with ops.use_cpu_isa("baseline"):
         assert ops.cpu_isa() == "baseline"
     assert ops.cpu_isa() == before
+    with ops.use_backend("cpp", cpu_isa="baseline"):
+        assert ops.cpu_isa() == "baseline" and ops._active() == "cpp"
+    assert ops.cpu_isa() == before and ops._active() == "auto"
     if "avx2" not in ops.cpu_isas():
         with pytest.raises(ValueError, match="not available"):
             with ops.use_cpu_isa("avx2"):

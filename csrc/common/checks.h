@@ -79,4 +79,25 @@ inline at::Tensor as_compute(const at::Tensor& t, at::ScalarType compute) {
   return t.to(compute).contiguous();
 }
 
+// The checked inputs of the alignment_loss ops, in the compute dtype (shared by CPU and CUDA).
+struct AlignmentInputs {
+  RowsShape s;
+  int kind, weights;
+  int64_t width;  // saved_width(kind, k, d): the columns of the forward's saved statistics
+  at::ScalarType ct;
+  at::Tensor V, S;  // contiguous, compute dtype
+};
+
+// `s` is V's shape as checked by the backend (check_rows, or check_cuda_rows with its k limit).
+inline AlignmentInputs alignment_inputs(const RowsShape& s, const at::Tensor& V, const at::Tensor& S,
+                                        c10::string_view kind, c10::string_view weights) {
+  check_values(S, "S", s, V);
+  AlignmentInputs in{s, parse_loss_kind(std::string(kind)), parse_weight_kind(std::string(weights)), 0,
+                     compute_dtype(V.scalar_type()), at::Tensor(), at::Tensor()};
+  in.width = saved_width(in.kind, (int)s.k, (int)s.d);
+  in.V = as_compute(V, in.ct);
+  in.S = as_compute(S, in.ct);
+  return in;
+}
+
 }  // namespace spectral_ops

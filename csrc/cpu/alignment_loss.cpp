@@ -5,7 +5,6 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include <string>
 #include <tuple>
 
 #include "common/alignment.h"
@@ -19,23 +18,17 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> alignment_loss_impl(const at::Tensor& V, const at::Tensor& S,
                                                        c10::string_view kind, c10::string_view weights,
                                                        bool with_saved) {
-  const RowsShape s = check_rows(V, "V");
-  check_values(S, "S", s, V);
-  const int kind_code = parse_loss_kind(std::string(kind));
-  const int weight_code = parse_weight_kind(std::string(weights));
-  const at::ScalarType ct = compute_dtype(V.scalar_type());
-  const at::Tensor vc = as_compute(V, ct), sc = as_compute(S, ct);
-  const int64_t width = saved_width(kind_code, (int)s.k, (int)s.d);
-  at::Tensor loss = at::empty({s.B}, vc.options());
-  at::Tensor saved = with_saved ? at::empty({s.B, width}, vc.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(ct, "alignment_loss_cpu", [&] {
-    const int64_t k = s.k, d = s.d;
-    const scalar_t* v = vc.const_data_ptr<scalar_t>();
-    const scalar_t* sv = sc.const_data_ptr<scalar_t>();
+  const AlignmentInputs in = alignment_inputs(check_rows(V, "V"), V, S, kind, weights);
+  at::Tensor loss = at::empty({in.s.B}, in.V.options());
+  at::Tensor saved = with_saved ? at::empty({in.s.B, in.width}, in.V.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(in.ct, "alignment_loss_cpu", [&] {
+    const int64_t k = in.s.k, d = in.s.d, width = in.width;
+    const scalar_t* v = in.V.const_data_ptr<scalar_t>();
+    const scalar_t* sv = in.S.const_data_ptr<scalar_t>();
     scalar_t* out = loss.data_ptr<scalar_t>();
     scalar_t* st = with_saved ? saved.data_ptr<scalar_t>() : nullptr;
-    for_each_sample<scalar_t>(s.B, 2 * k * k * d, 0, [&](const SerialContext& ctx, int64_t b, scalar_t*) {
-      out[b] = alignment_loss_sample(ctx, v + b * k * d, sv + b * k, (int)k, (int)d, kind_code, weight_code,
+    for_each_sample<scalar_t>(in.s.B, 2 * k * k * d, 0, [&](const SerialContext& ctx, int64_t b, scalar_t*) {
+      out[b] = alignment_loss_sample(ctx, v + b * k * d, sv + b * k, (int)k, (int)d, in.kind, in.weights,
                                      st ? st + b * width : nullptr);
     });
   });
@@ -55,28 +48,22 @@ std::tuple<at::Tensor, at::Tensor> alignment_loss_forward_cpu(const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor> alignment_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& V,
                                                                const at::Tensor& S, const at::Tensor& saved,
                                                                c10::string_view kind, c10::string_view weights) {
-  const RowsShape s = check_rows(V, "V");
-  check_values(S, "S", s, V);
-  check_grad(grad, s);
-  const int kind_code = parse_loss_kind(std::string(kind));
-  const int weight_code = parse_weight_kind(std::string(weights));
-  const int64_t width = saved_width(kind_code, (int)s.k, (int)s.d);
-  check_saved(saved, s, width, V);
-  const at::ScalarType ct = compute_dtype(V.scalar_type());
-  const at::Tensor gc = as_compute(grad, ct), vc = as_compute(V, ct), sc = as_compute(S, ct);
-  const at::Tensor stc = as_compute(saved, ct);
-  at::Tensor grad_V = at::empty_like(vc), grad_S = at::empty_like(sc);
-  AT_DISPATCH_FLOATING_TYPES(ct, "alignment_loss_backward_cpu", [&] {
-    const int64_t k = s.k, d = s.d;
+  const AlignmentInputs in = alignment_inputs(check_rows(V, "V"), V, S, kind, weights);
+  check_grad(grad, in.s);
+  check_saved(saved, in.s, in.width, V);
+  const at::Tensor gc = as_compute(grad, in.ct), stc = as_compute(saved, in.ct);
+  at::Tensor grad_V = at::empty_like(in.V), grad_S = at::empty_like(in.S);
+  AT_DISPATCH_FLOATING_TYPES(in.ct, "alignment_loss_backward_cpu", [&] {
+    const int64_t k = in.s.k, d = in.s.d, width = in.width;
     const scalar_t* g = gc.const_data_ptr<scalar_t>();
-    const scalar_t* v = vc.const_data_ptr<scalar_t>();
-    const scalar_t* sv = sc.const_data_ptr<scalar_t>();
+    const scalar_t* v = in.V.const_data_ptr<scalar_t>();
+    const scalar_t* sv = in.S.const_data_ptr<scalar_t>();
     const scalar_t* st = stc.const_data_ptr<scalar_t>();
     scalar_t* gv = grad_V.data_ptr<scalar_t>();
     scalar_t* gs = grad_S.data_ptr<scalar_t>();
-    for_each_sample<scalar_t>(s.B, 2 * k * k * d, k, [&](const SerialContext& ctx, int64_t b, scalar_t* mix) {
+    for_each_sample<scalar_t>(in.s.B, 2 * k * k * d, k, [&](const SerialContext& ctx, int64_t b, scalar_t* mix) {
       alignment_loss_backward_sample(ctx, g[b], v + b * k * d, sv + b * k, st + b * width, gv + b * k * d,
-                                     gs + b * k, (int)k, (int)d, kind_code, weight_code, mix);
+                                     gs + b * k, (int)k, (int)d, in.kind, in.weights, mix);
     });
   });
   return {grad_V.to(V.scalar_type()), grad_S.to(S.scalar_type())};

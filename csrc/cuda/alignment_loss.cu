@@ -5,7 +5,6 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include <string>
 #include <tuple>
 
 #include "common/alignment.h"
@@ -38,21 +37,16 @@ __global__ void alignment_loss_backward_kernel(const T* grad, const T* V, const 
 std::tuple<at::Tensor, at::Tensor> alignment_loss_impl(const at::Tensor& V, const at::Tensor& S,
                                                        c10::string_view kind, c10::string_view weights,
                                                        bool with_saved) {
-  const RowsShape s = check_cuda_rows(V, "V");
-  check_values(S, "S", s, V);
-  const int kind_code = parse_loss_kind(std::string(kind));
-  const int weight_code = parse_weight_kind(std::string(weights));
+  const AlignmentInputs in = alignment_inputs(check_cuda_rows(V, "V"), V, S, kind, weights);
   const c10::cuda::CUDAGuard guard(V.device());
-  const at::ScalarType ct = compute_dtype(V.scalar_type());
-  const at::Tensor vc = as_compute(V, ct), sc = as_compute(S, ct);
-  const int width = saved_width(kind_code, (int)s.k, (int)s.d);
-  at::Tensor loss = at::empty({s.B}, vc.options());
-  at::Tensor saved = with_saved ? at::empty({s.B, (int64_t)width}, vc.options()) : at::Tensor();
-  if (s.B > 0) {
-    AT_DISPATCH_FLOATING_TYPES(ct, "alignment_loss_cuda", [&] {
-      alignment_loss_kernel<scalar_t><<<s.B, threads_for(s.d), 0, c10::cuda::getCurrentCUDAStream()>>>(
-          vc.const_data_ptr<scalar_t>(), sc.const_data_ptr<scalar_t>(), loss.data_ptr<scalar_t>(),
-          with_saved ? saved.data_ptr<scalar_t>() : nullptr, (int)s.k, (int)s.d, kind_code, weight_code, width);
+  at::Tensor loss = at::empty({in.s.B}, in.V.options());
+  at::Tensor saved = with_saved ? at::empty({in.s.B, in.width}, in.V.options()) : at::Tensor();
+  if (in.s.B > 0) {
+    AT_DISPATCH_FLOATING_TYPES(in.ct, "alignment_loss_cuda", [&] {
+      alignment_loss_kernel<scalar_t><<<in.s.B, threads_for(in.s.d), 0, c10::cuda::getCurrentCUDAStream()>>>(
+          in.V.const_data_ptr<scalar_t>(), in.S.const_data_ptr<scalar_t>(), loss.data_ptr<scalar_t>(),
+          with_saved ? saved.data_ptr<scalar_t>() : nullptr, (int)in.s.k, (int)in.s.d, in.kind, in.weights,
+          (int)in.width);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -72,24 +66,19 @@ std::tuple<at::Tensor, at::Tensor> alignment_loss_forward_cuda(const at::Tensor&
 std::tuple<at::Tensor, at::Tensor> alignment_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& V,
                                                                 const at::Tensor& S, const at::Tensor& saved,
                                                                 c10::string_view kind, c10::string_view weights) {
-  const RowsShape s = check_cuda_rows(V, "V");
-  check_values(S, "S", s, V);
-  check_grad(grad, s);
-  const int kind_code = parse_loss_kind(std::string(kind));
-  const int weight_code = parse_weight_kind(std::string(weights));
-  const int width = saved_width(kind_code, (int)s.k, (int)s.d);
-  check_saved(saved, s, width, V);
+  const AlignmentInputs in = alignment_inputs(check_cuda_rows(V, "V"), V, S, kind, weights);
+  check_grad(grad, in.s);
+  check_saved(saved, in.s, in.width, V);
   const c10::cuda::CUDAGuard guard(V.device());
-  const at::ScalarType ct = compute_dtype(V.scalar_type());
-  const at::Tensor gc = as_compute(grad, ct), vc = as_compute(V, ct), sc = as_compute(S, ct);
-  const at::Tensor stc = as_compute(saved, ct);
-  at::Tensor grad_V = at::empty_like(vc), grad_S = at::empty_like(sc);
-  if (s.B > 0) {
-    AT_DISPATCH_FLOATING_TYPES(ct, "alignment_loss_backward_cuda", [&] {
-      alignment_loss_backward_kernel<scalar_t><<<s.B, threads_for(s.d), 0, c10::cuda::getCurrentCUDAStream()>>>(
-          gc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(), sc.const_data_ptr<scalar_t>(),
-          stc.const_data_ptr<scalar_t>(), grad_V.data_ptr<scalar_t>(), grad_S.data_ptr<scalar_t>(), (int)s.k,
-          (int)s.d, kind_code, weight_code, width);
+  const at::Tensor gc = as_compute(grad, in.ct), stc = as_compute(saved, in.ct);
+  at::Tensor grad_V = at::empty_like(in.V), grad_S = at::empty_like(in.S);
+  if (in.s.B > 0) {
+    AT_DISPATCH_FLOATING_TYPES(in.ct, "alignment_loss_backward_cuda", [&] {
+      const auto stream = c10::cuda::getCurrentCUDAStream();
+      alignment_loss_backward_kernel<scalar_t><<<in.s.B, threads_for(in.s.d), 0, stream>>>(
+          gc.const_data_ptr<scalar_t>(), in.V.const_data_ptr<scalar_t>(), in.S.const_data_ptr<scalar_t>(),
+          stc.const_data_ptr<scalar_t>(), grad_V.data_ptr<scalar_t>(), grad_S.data_ptr<scalar_t>(), (int)in.s.k,
+          (int)in.s.d, in.kind, in.weights, (int)in.width);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

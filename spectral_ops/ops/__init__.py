@@ -80,18 +80,23 @@ def available_backends(device: str | torch.device | None = None) -> list[str]:
 
 
 @contextlib.contextmanager
-def use_backend(name: str):
+def use_backend(name: str, *, cpu_isa: str | None = None):
     """Context manager choosing the kernel backend: "auto", "cpp", "cuda", "triton" or "reference".
 
     An explicit backend that cannot run is reported (RuntimeError, saying how to get it) at the
     first op call, where the tensors' device is known.  The choice is per thread.
+    cpu_isa: also run the "cpp" kernels with this instruction set (see `use_cpu_isa`).
     """
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
     previous = _active()
     _state.backend = name
     try:
-        yield
+        if cpu_isa is None:
+            yield
+        else:
+            with use_cpu_isa(cpu_isa):
+                yield
     finally:
         _state.backend = previous
 
