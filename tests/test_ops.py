@@ -384,6 +384,10 @@ def test_compiled_ops_validate_their_own_inputs():
         lib.alignment_loss(V, S, "l1", "softmax")
     with pytest.raises(ValueError, match="MQ must have the shape of Q"):
         lib.ritz_step(V, V[:, :2], None)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        lib.alignment_loss_forward(V, S, "l2", "uniform")
+    with pytest.raises(ValueError, match=r"S must be \[B, k\]"):
+        lib.alignment_loss_forward(V, S[:, :2], "l1", "uniform")
     _, saved = lib.alignment_loss_forward(V, S, "offdiag", "uniform")
     assert saved.shape == (2, ops._native.saved_width("offdiag", 3, 5)) == (2, 2 + 9 + 5)
     with pytest.raises(ValueError, match=r"saved must be \[B, 16\]"):
@@ -459,6 +463,20 @@ def test_cpu_isa_selection():
         with pytest.raises(ValueError, match="not available"):
             with ops.use_cpu_isa("avx2"):
                 pass
+
+
+@needs_cpp
+@pytest.mark.skipif(not (HAS_CPP and "avx2" in ops.cpu_isas()), reason="this CPU has no AVX2 + FMA")
+def test_avx2_copy_is_a_different_build():
+    """The avx2 copy really runs other code: with FMA contraction its float32 rounding differs
+    from the baseline copy's (both match the reference; see the cpp and cpp-baseline tests)."""
+    W = torch.randn(64, 8, 128, generator=torch.Generator().manual_seed(0))
+    with ops.use_backend("cpp", cpu_isa="baseline"):
+        baseline = ops.orthonormalize(W)
+    with ops.use_backend("cpp", cpu_isa="avx2"):
+        avx2 = ops.orthonormalize(W)
+    assert not torch.equal(avx2, baseline)
+    torch.testing.assert_close(avx2, baseline, rtol=0, atol=TOL[torch.float32])
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="needs a GPU")

@@ -96,16 +96,7 @@ SPECTRAL_HD void jacobi_eigh(const Ctx& ctx, T* A, T* U, int* order, T* rot, int
     }
     if (rotations == 0) break;
   }
-  if (ctx.leader()) {
-    for (int i = 0; i < k; ++i) order[i] = i;
-    for (int i = 1; i < k; ++i) {  // insertion sort, stable, descending
-      const int idx = order[i];
-      const T value = A[idx * k + idx];
-      int pos = i;
-      while (pos > 0 && A[order[pos - 1] * (k + 1)] < value) { order[pos] = order[pos - 1]; --pos; }
-      order[pos] = idx;
-    }
-  }
+  if (ctx.leader()) order_diagonal_descending(A, order, k);
   ctx.sync();
 }
 

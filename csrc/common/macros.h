@@ -30,6 +30,20 @@ template <typename T> SPECTRAL_HD T rank_tolerance();
 template <> SPECTRAL_HD float rank_tolerance<float>() { return 1e-6f; }
 template <> SPECTRAL_HD double rank_tolerance<double>() { return 1e-12; }
 
+// order[0..k) = the indices of the diagonal of the row-major k x k A, sorted by value descending
+// (stable: ties keep the lower index first).  The eigensolvers' output order.
+template <typename T>
+SPECTRAL_HD void order_diagonal_descending(const T* A, int* order, int k) {
+  for (int i = 0; i < k; ++i) order[i] = i;
+  for (int i = 1; i < k; ++i) {  // insertion sort
+    const int idx = order[i];
+    const T value = A[idx * (k + 1)];
+    int pos = i;
+    while (pos > 0 && A[order[pos - 1] * (k + 1)] < value) { order[pos] = order[pos - 1]; --pos; }
+    order[pos] = idx;
+  }
+}
+
 template <typename T> SPECTRAL_HD T machine_eps();
 template <> SPECTRAL_HD float machine_eps<float>() { return 1.1920929e-07f; }
 template <> SPECTRAL_HD double machine_eps<double>() { return 2.220446049250313e-16; }

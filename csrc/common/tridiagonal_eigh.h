@@ -132,14 +132,7 @@ SPECTRAL_HD void tridiagonal_eigh(T* A, T* U, int* order, T* work, int k) {
     }
   }
   for (int i = 0; i < k; ++i) A[i * k + i] = diag[i];
-  for (int i = 0; i < k; ++i) order[i] = i;
-  for (int i = 1; i < k; ++i) {  // insertion sort, stable, descending
-    const int idx = order[i];
-    const T value = diag[idx];
-    int pos = i;
-    while (pos > 0 && diag[order[pos - 1]] < value) { order[pos] = order[pos - 1]; --pos; }
-    order[pos] = idx;
-  }
+  order_diagonal_descending(A, order, k);
 }
 
 }  // namespace spectral_ops
