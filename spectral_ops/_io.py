@@ -23,6 +23,23 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         raise
 
 
+def require_modules(command: str, modules: dict[str, str], extra: str = "demo") -> None:
+    """Raise a ValueError naming every missing module (import name -> pip name) and how to get it.
+
+    Commands call it before they train, so a missing dependency is reported in seconds, not after
+    minutes of work."""
+    import importlib.util
+
+    missing = [pip for name, pip in modules.items() if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"{command} needs {', '.join(missing)}: pip install 'spectral_ops[{extra}]' "
+                         f"(or pip install {' '.join(missing)})")
+
+
+#: what the measuring commands (demo, eval, trace) import beyond the core dependencies
+EVAL_MODULES = {"sklearn": "scikit-learn", "matplotlib": "matplotlib"}
+
+
 def writable_dir(path: str | os.PathLike) -> str | None:
     """None if the folder can be created and written to, else a message saying why not."""
     p = Path(path)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ._io import EVAL_MODULES, require_modules
 from .data import DATASETS
 from .evaluate import evaluate_generator, format_table, side_by_side, traversal_grid, writable_dir, _titled
 from .metrics import PredictorConfig, load_or_fit_predictor
@@ -110,6 +111,7 @@ def demo(*, out: str | os.PathLike = "runs/demo", steps: int = 800, batch_size: 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        require_modules("spectral-ops demo", EVAL_MODULES)
         if args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         if args.batch_size < 2:

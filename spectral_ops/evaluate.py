@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from ._io import writable_dir
+from ._io import EVAL_MODULES, require_modules, writable_dir
 from .data import DATASETS, make_dataset
 from .metrics import (PredictorConfig, activeness, activeness_summary, dci, frechet_distance,
                       load_or_fit_predictor, mig)
@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from .train import load_generator
 
     try:
+        require_modules("spectral-ops eval", EVAL_MODULES, extra="eval")
         if args.n_samples < 100:
             raise ValueError(f"--n-samples must be >= 100, got {args.n_samples}")
         if args.threads is not None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ._io import writable_dir
+from ._io import require_modules, writable_dir
 from .trajectory import INTEGRATORS
 
 
@@ -129,8 +129,9 @@ def _writable_dir(path: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import viz
     try:
+        require_modules("spectral-ops trace", {"matplotlib": "matplotlib"}, extra="eval")
+        from . import viz
         directions = parse_directions(args.directions)
         for name in ("steps", "n", "columns", "scale"):
             if getattr(args, name) < 1:

@@ -60,3 +60,18 @@ def test_demo_bad_arguments(tmp_path, capsys):
         main(["demo", "--reg-loss", "l2"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_demo_names_a_missing_dependency_before_it_trains(tmp_path, capsys, monkeypatch):
+    """Without scikit-learn the demo stops at once, naming the package and the extra to install."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **kw: None if name == "sklearn" else real_find_spec(name, *a, **kw))
+    out = tmp_path / "out"
+    rc = main(["demo", "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "scikit-learn" in err and "spectral_ops[demo]" in err
+    assert not (out / "baseline").exists()  # nothing was trained
