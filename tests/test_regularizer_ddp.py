@@ -66,7 +66,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("grad", ["last_step", "implicit"])
+@pytest.mark.parametrize("grad", ["fast", "implicit"])
 def test_ddp_gradients_match_single_process(grad, tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), grad, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
