@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="sprites", help="procedural dataset (default: %(default)s)")
     parser.add_argument("--reg-weight", type=float, default=1.0, help="spectral regularizer weight (default: %(default)s)")
     parser.add_argument("--reg-loss", choices=("l1", "assigned", "offdiag"), default="offdiag", help="spectral loss variant (default: %(default)s)")
-    parser.add_argument("--reg-grad", choices=("last_step", "implicit"), default="last_step", help="spectral gradient mode (default: %(default)s)")
+    parser.add_argument("--reg-grad", choices=("fast", "implicit"), default="fast", help="spectral gradient mode (default: %(default)s)")
     parser.add_argument("--n-eval", type=int, default=2000, help="latent samples for the metrics (default: %(default)s)")
     parser.add_argument("--cache-dir", default=None, help="factor-predictor cache (default: $SPECTRAL_OPS_CACHE or ~/.cache/spectral_ops)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def demo(*, out: str | os.PathLike = "runs/demo", steps: int = 800, batch_size: int = 32, seed: int = 0,
-         dataset: str = "sprites", reg_weight: float = 1.0, reg_loss: str = "offdiag", reg_grad: str = "last_step",
+         dataset: str = "sprites", reg_weight: float = 1.0, reg_loss: str = "offdiag", reg_grad: str = "fast",
          n_eval: int = 2000, cache_dir=None, quick: bool = False, progress: bool = True,
          log=print) -> dict:
     """Run the comparison; returns the dict written to metrics.json."""
