@@ -8,7 +8,10 @@ middle column.  Three kinds of rows:
 - `trajectory_traversal`: the curved path that keeps following v_i (`trace_trajectory`, both
   ways, arc length `span` each way), sampled at n evenly spaced points.
 
-All three use the same latent distance per column, so rows are comparable.
+All three use the same latent distance per column, so rows are comparable. Where a caller has no
+z0 of its own, `typical_latent(d, seed=...)` gives one where a Gaussian latent's mass lies: a
+seeded N(0, I) draw rescaled to norm sqrt(d) (z = 0 is atypical: ||z|| is about sqrt(d) for
+z ~ N(0, I), and generators often render nothing there).
 
 How outputs are drawn (`to_images`):
 - (N, C, H, W) with C = 1 (grey) or 3 (RGB) are images; other C show the first channel.
@@ -40,6 +43,17 @@ def _single_latent(z0: torch.Tensor) -> torch.Tensor:
     if z0.shape[0] != 1:
         raise ValueError(f"z0 must be one latent, [d] or [1, d], got shape {tuple(z0.shape)}")
     return z0.detach()
+
+
+def typical_latent(d: int, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A typical latent for N(0, I_d): a seeded Gaussian draw rescaled to norm sqrt(d), shape (1, d)."""
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise ValueError(f"d must be an int >= 1, got {d!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    z = torch.randn(1, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    z = z * (math.sqrt(d) / z.norm().clamp_min(1e-12))
+    return z.to(dtype)
 
 
 @torch.no_grad()
@@ -259,4 +273,4 @@ def plot_singular_values(traj: Trajectory, path, *, sample: int = 0, title: str 
 
 
 __all__ = ["to_images", "make_grid", "save_grid", "coordinate_traversal", "line_traversal",
-           "trajectory_traversal", "plot_singular_values", "generate"]
+           "trajectory_traversal", "plot_singular_values", "generate", "typical_latent"]

@@ -131,3 +131,40 @@ def test_bad_input(call, word):
     G, _ = linear_G()
     with pytest.raises(ValueError, match=word):
         call(lambda z: G(z.double()))
+
+
+def test_typical_latent_is_seeded_and_has_the_typical_norm():
+    z = viz.typical_latent(10, seed=3)
+    assert z.shape == (1, 10) and z.dtype == torch.float32
+    assert abs(float(z.norm()) - 10 ** 0.5) < 1e-5
+    assert torch.equal(z, viz.typical_latent(10, seed=3))
+    assert not torch.equal(z, viz.typical_latent(10, seed=4))
+    assert viz.typical_latent(4, dtype=torch.float64).dtype == torch.float64
+    with pytest.raises(ValueError, match="d must be"):
+        viz.typical_latent(0)
+    with pytest.raises(ValueError, match="seed"):
+        viz.typical_latent(3, seed=1.5)
+
+
+def test_traversal_grid_defaults_to_a_typical_latent():
+    """The middle column of the default grid is G(z0) with ||z0|| = sqrt(d), not z = 0."""
+    from spectral_ops.evaluate import traversal_grid
+
+    seen = []
+
+    class G(torch.nn.Module):
+        latent_dim = 6
+
+        def forward(self, z):
+            seen.append(z.clone())
+            return torch.sigmoid(z[:, :1, None, None].expand(-1, 1, 4, 4))
+
+    img = traversal_grid(G(), n=5, scale=1)
+    Z = torch.cat(seen).reshape(6, 5, 6)
+    mid = Z[:, 2]
+    assert torch.allclose(mid, viz.typical_latent(6).expand(6, 6))
+    assert abs(float(mid[0].norm()) - 6 ** 0.5) < 1e-5
+    assert img.size[1] == 6 * (4 + 2) + 2
+    seen.clear()
+    traversal_grid(G(), n=5, scale=1, seed=1)
+    assert torch.allclose(torch.cat(seen).reshape(6, 5, 6)[:, 2], viz.typical_latent(6, seed=1).expand(6, 6))

@@ -1,9 +1,14 @@
 """Disentanglement and sample-quality statistics between latent codes and (predicted) factors.
 
 - `mig`: Mutual Information Gap (Chen et al. 2018). For each factor v_j, the gap between the two
-  largest mutual informations I(z_i; v_j) over code dimensions, divided by H(v_j); averaged.
+  largest mutual informations I(z_i; v_j) over code dimensions, divided by H(v_j); averaged. It
+  also says which code dimension wins each factor and whether the winners are distinct.
+- `mig_sup`: MIG-sup (Li et al. 2020). For each code dimension z_i, the gap between its two
+  largest normalized mutual informations I(z_i; v_j) / H(v_j) over factors; averaged over code
+  dimensions. It penalizes one dimension that carries several factors, which MIG cannot see.
 - `dci`: Disentanglement, Completeness, Informativeness (Eastwood & Williams 2018), from the
-  feature importances of one regressor/classifier per factor.
+  feature importances of one regressor/classifier per factor, over varying factors only.
+- `varying_mask`: which factor columns actually vary (the rule `mig` and `dci` share).
 - `activeness`: how much the generator's output moves along each latent axis (E ||J e_i||).
 - `frechet_distance`: Frechet distance between Gaussian fits of two feature sets (FID-like).
 
@@ -18,7 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["mig", "dci", "activeness", "activeness_summary", "frechet_distance", "discretize"]
+__all__ = ["mig", "mig_sup", "dci", "varying_mask", "activeness", "activeness_summary", "frechet_distance",
+           "discretize"]
+
+#: A factor column "varies" when at least this share of the rows differ from its most common
+#: value (integer columns) or from its median by more than VARYING_ATOL (other columns).
+VARYING_MIN_SHARE = 0.01
+VARYING_ATOL = 1e-6
 
 
 def _sklearn():
@@ -67,25 +78,50 @@ def discretize(x: np.ndarray, n_bins: int = 20) -> np.ndarray:
     return out
 
 
-def mig(codes, factors, *, n_bins: int = 20) -> dict:
-    """Mutual Information Gap.
+def _is_integer_column(col: np.ndarray) -> bool:
+    return bool(np.all(col == np.round(col)))
 
-    Args:
-        codes: (N, d) latent codes (continuous; quantile-binned into n_bins).
-        factors: (N, K) factor values; integer columns with <= n_bins levels are used as labels,
-            others are quantile-binned.
-        n_bins: bins per continuous column.
 
-    Returns:
-        {"mig": float in [0, 1], "per_factor": [K floats], "mi": (d, K) list of lists (nats),
-         "entropy": [K floats] (nats), "varying_factors": int}.  A factor with zero entropy (it
-        never varies, e.g. a generator that stopped drawing other shapes) is captured by no
-        code, so it scores 0 and still counts in the mean.
+def varying_mask(factors, *, min_share: float = VARYING_MIN_SHARE, atol: float = VARYING_ATOL) -> np.ndarray:
+    """Which factor columns vary: a (K,) bool array.
+
+    A column varies when at least `min_share` of its rows (default 1%) differ from its most common
+    value (integer-valued columns, e.g. predicted levels or class indices), or from its median by
+    more than `atol` (other columns). A handful of stray predictions on a generator that never
+    draws another shape therefore does not make "shape" a varying factor.
     """
-    _sklearn()
+    factors = _as_2d_numpy("factors", factors)
+    if not 0.0 <= min_share < 1.0:
+        raise ValueError(f"min_share must lie in [0, 1), got {min_share}")
+    if not atol >= 0:
+        raise ValueError(f"atol must be >= 0, got {atol}")
+    N = factors.shape[0]
+    need = max(1, int(math.ceil(min_share * N)))
+    out = np.zeros(factors.shape[1], dtype=bool)
+    for j in range(factors.shape[1]):
+        col = factors[:, j]
+        if _is_integer_column(col):
+            _, counts = np.unique(col, return_counts=True)
+            off = N - counts.max()
+        else:
+            off = int((np.abs(col - np.median(col)) > atol).sum())
+        out[j] = off >= need
+    return out
+
+
+def _check_varying(varying, K: int, factors: np.ndarray) -> np.ndarray:
+    if varying is None:
+        return varying_mask(factors)
+    v = np.asarray(varying, dtype=bool).reshape(-1)
+    if v.shape[0] != K:
+        raise ValueError(f"varying must have one flag per factor ({K}), got {v.shape[0]}")
+    return v
+
+
+def _mi_matrix(codes: np.ndarray, factors: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Discrete mutual information (d, K) between binned codes and factors, and H(factors) (K,), nats."""
     from sklearn.metrics import mutual_info_score
 
-    codes, factors = _check_pair(codes, factors)
     zc, vc = discretize(codes, n_bins), discretize(factors, n_bins)
     d, K = zc.shape[1], vc.shape[1]
     mi = np.zeros((d, K))
@@ -93,16 +129,85 @@ def mig(codes, factors, *, n_bins: int = 20) -> dict:
         for j in range(K):
             mi[i, j] = mutual_info_score(zc[:, i], vc[:, j])
     ent = np.array([mutual_info_score(vc[:, j], vc[:, j]) for j in range(K)])
-    per = []
+    return mi, ent
+
+
+def _mig_sup_from(mi: np.ndarray, ent: np.ndarray, use: np.ndarray) -> tuple[float, list[float]]:
+    """MIG-sup from an MI matrix: per code dim, top-two gap of I(z_i; v_j) / H(v_j) over used factors."""
+    d = mi.shape[0]
+    cols = np.flatnonzero(use)
+    if len(cols) == 0:
+        return 0.0, [0.0] * d
+    nmi = mi[:, cols] / ent[cols][None, :]
+    top = -np.sort(-nmi, axis=1)
+    second = top[:, 1] if top.shape[1] > 1 else np.zeros(d)
+    per = np.clip(top[:, 0] - second, 0.0, None)
+    return float(per.mean()), [float(v) for v in per]
+
+
+def mig(codes, factors, *, n_bins: int = 20, varying=None) -> dict:
+    """Mutual Information Gap.
+
+    Args:
+        codes: (N, d) latent codes (continuous; quantile-binned into n_bins).
+        factors: (N, K) factor values; integer columns with <= n_bins levels are used as labels,
+            others are quantile-binned.
+        n_bins: bins per continuous column.
+        varying: optional K flags, the factors that vary; default `varying_mask(factors)`.
+
+    Returns:
+        {"mig": float in [0, 1], "per_factor": [K floats], "mi": (d, K) list of lists (nats),
+         "entropy": [K floats] (nats), "varying_factors": int, "varying": [K bools],
+         "winner_per_factor": [K ints or None] (the code dim with the largest MI with each
+         varying factor), "distinct_winners": bool (no code dim wins two varying factors),
+         "mig_sup": float, "mig_sup_per_latent": [d floats] (see `mig_sup`)}.
+        A factor that does not vary (e.g. a generator that stopped drawing other shapes) is
+        captured by no code, so it scores 0 and still counts in the mean; it has no winner.
+    """
+    _sklearn()
+    codes, factors = _check_pair(codes, factors)
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int):
+        raise ValueError(f"n_bins must be an int >= 2, got {n_bins!r}")
+    mi, ent = _mi_matrix(codes, factors, n_bins)
+    d, K = mi.shape
+    use = _check_varying(varying, K, factors) & (ent > 1e-12)
+    per, winners = [], []
     for j in range(K):
-        if ent[j] <= 1e-12:
+        if not use[j]:
             per.append(0.0)
+            winners.append(None)
             continue
-        top = np.sort(mi[:, j])[::-1]
-        second = top[1] if d > 1 else 0.0
-        per.append(float((top[0] - second) / ent[j]))
+        order = np.argsort(-mi[:, j], kind="stable")
+        second = mi[order[1], j] if d > 1 else 0.0
+        per.append(float((mi[order[0], j] - second) / ent[j]))
+        winners.append(int(order[0]))
+    won = [w for w in winners if w is not None]
+    sup, sup_per = _mig_sup_from(mi, ent, use)
     return {"mig": float(np.mean(per)), "per_factor": per, "mi": mi.tolist(), "entropy": ent.tolist(),
-            "varying_factors": int((ent > 1e-12).sum())}
+            "varying_factors": int(use.sum()), "varying": [bool(v) for v in use],
+            "winner_per_factor": winners, "distinct_winners": len(set(won)) == len(won),
+            "mig_sup": sup, "mig_sup_per_latent": sup_per}
+
+
+def mig_sup(codes, factors, *, n_bins: int = 20, varying=None) -> dict:
+    """MIG-sup (Li, Murkute, Gyawali & Wang 2020): for each code dimension z_i, the gap between its
+    two largest normalized mutual informations I(z_i; v_j) / H(v_j) over the varying factors,
+    averaged over all d code dimensions (an unused dimension scores 0). 1 when every dimension
+    encodes exactly one factor completely; it drops when one dimension carries several factors.
+
+    Args: as `mig`.
+
+    Returns:
+        {"mig_sup": float in [0, 1], "per_latent": [d floats], "varying_factors": int}.
+    """
+    _sklearn()
+    codes, factors = _check_pair(codes, factors)
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int):
+        raise ValueError(f"n_bins must be an int >= 2, got {n_bins!r}")
+    mi, ent = _mi_matrix(codes, factors, n_bins)
+    use = _check_varying(varying, mi.shape[1], factors) & (ent > 1e-12)
+    sup, per = _mig_sup_from(mi, ent, use)
+    return {"mig_sup": sup, "per_latent": per, "varying_factors": int(use.sum())}
 
 
 def _entropy_rows(p: np.ndarray, base: int) -> np.ndarray:
@@ -114,13 +219,20 @@ def _entropy_rows(p: np.ndarray, base: int) -> np.ndarray:
 
 
 def dci(codes, factors, *, categorical: Sequence[bool] | None = None, model: str = "gbt",
-        train_fraction: float = 0.8, seed: int = 0) -> dict:
-    """Disentanglement, Completeness and Informativeness.
+        train_fraction: float = 0.8, seed: int = 0, varying=None) -> dict:
+    """Disentanglement, Completeness and Informativeness, over the VARYING factors only.
 
-    One predictor per factor maps codes (N, d) to the factor; its feature importances form the
-    (d, K) importance matrix R. Disentanglement = sum_i rho_i (1 - H_K(R_i.)), rho_i the share of
-    total importance of code i; completeness = mean_j (1 - H_d(R_.j)); informativeness = mean over
-    factors of test accuracy (categorical) or test R^2 clipped to [0, 1] (continuous).
+    One predictor per varying factor maps codes (N, d) to the factor; its feature importances
+    form the (d, K') importance matrix R (K' varying factors). Disentanglement =
+    sum_i rho_i (1 - H_K'(R_i.)), rho_i the share of total importance of code i; completeness =
+    mean_j (1 - H_d(R_.j)); informativeness = mean over varying factors of test accuracy
+    (categorical) or test R^2 clipped to [0, 1] (continuous).
+
+    A factor that does not vary (`varying_mask`: fewer than 1% of the rows off its most common
+    value) is left out of the entropies and of the means: counting it would give it
+    informativeness 1 for free and inflate D through the log base. The output counts it
+    separately. With a single varying factor D is 1 by definition (there is nothing to entangle
+    it with): read D together with `varying_factors`.
 
     Args:
         codes: (N, d) latent codes.
@@ -131,10 +243,13 @@ def dci(codes, factors, *, categorical: Sequence[bool] | None = None, model: str
             regression).
         train_fraction: share of rows used to fit; the rest measure informativeness.
         seed: seed of the split and the models.
+        varying: optional K flags, the factors that vary; default `varying_mask(factors)`.
 
     Returns:
-        {"disentanglement", "completeness", "informativeness": floats in [0, 1],
-         "importance": (d, K) list of lists, "informativeness_per_factor": [K floats]}.
+        {"disentanglement", "completeness", "informativeness": floats in [0, 1] (0 when no factor
+         varies), "importance": (d, K) list of lists (zero columns for constant factors),
+         "informativeness_per_factor": [K floats, None for constant factors],
+         "varying": [K bools], "varying_factors": int, "constant_factors": [indices]}.
     """
     _sklearn()
     from sklearn import ensemble, linear_model
@@ -151,6 +266,7 @@ def dci(codes, factors, *, categorical: Sequence[bool] | None = None, model: str
                        for j in range(K)]
     if len(categorical) != K:
         raise ValueError(f"categorical must have one flag per factor ({K}), got {len(categorical)}")
+    vary = _check_varying(varying, K, factors).copy()
     rng = np.random.default_rng(seed)
     perm = rng.permutation(N)
     n_train = max(2, int(N * train_fraction))
@@ -158,13 +274,15 @@ def dci(codes, factors, *, categorical: Sequence[bool] | None = None, model: str
     mu, sd = codes[tr].mean(0), codes[tr].std(0) + 1e-8
     x = (codes - mu) / sd
     R = np.zeros((d, K))
-    info = []
+    info: list[float | None] = [None] * K
     for j in range(K):
+        if not vary[j]:
+            continue
         y = factors[:, j]
         if categorical[j]:
             y = y.astype(np.int64)
-            if len(np.unique(y[tr])) < 2:
-                info.append(1.0)
+            if len(np.unique(y[tr])) < 2:  # varies overall but not in the training split
+                vary[j] = False
                 continue
             if model == "gbt":
                 m = ensemble.GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=seed)
@@ -173,12 +291,12 @@ def dci(codes, factors, *, categorical: Sequence[bool] | None = None, model: str
             else:
                 m = linear_model.LogisticRegression(max_iter=500)
             m.fit(x[tr], y[tr])
-            info.append(float(m.score(x[te], y[te])) if len(te) else float("nan"))
+            info[j] = float(m.score(x[te], y[te])) if len(te) else float("nan")
             imp = np.abs(m.coef_).sum(0) if model == "lasso" else m.feature_importances_
         else:
             y = y.astype(np.float64)
             if np.std(y[tr]) < 1e-12:
-                info.append(1.0)
+                vary[j] = False
                 continue
             if model == "gbt":
                 m = ensemble.GradientBoostingRegressor(n_estimators=30, max_depth=3, random_state=seed)
@@ -187,21 +305,27 @@ def dci(codes, factors, *, categorical: Sequence[bool] | None = None, model: str
             else:
                 m = linear_model.LassoCV(cv=3, random_state=seed)
             m.fit(x[tr], y[tr])
-            info.append(float(np.clip(m.score(x[te], y[te]), 0.0, 1.0)) if len(te) else float("nan"))
+            info[j] = float(np.clip(m.score(x[te], y[te]), 0.0, 1.0)) if len(te) else float("nan")
             imp = np.abs(m.coef_) if model == "lasso" else m.feature_importances_
         R[:, j] = np.abs(imp)
-    total = R.sum()
-    if total <= 0:
+    cols = np.flatnonzero(vary)
+    Kv = len(cols)
+    Rv = R[:, cols]
+    total = Rv.sum()
+    if Kv == 0 or total <= 0:
         dis = comp = 0.0
     else:
-        dis_i = 1.0 - _entropy_rows(R, K) if K > 1 else np.ones(d)
-        rho = R.sum(1) / total
+        dis_i = 1.0 - _entropy_rows(Rv, Kv) if Kv > 1 else np.ones(d)
+        rho = Rv.sum(1) / total
         dis = float((rho * dis_i).sum())
-        col = R.T[R.sum(0) > 0]
+        col = Rv.T[Rv.sum(0) > 0]
         comp = float((1.0 - _entropy_rows(col, d)).mean()) if len(col) else 0.0
+    used = [info[j] for j in cols if info[j] is not None]
     return {"disentanglement": dis, "completeness": comp,
-            "informativeness": float(np.nanmean(info)) if info else 0.0,
-            "importance": R.tolist(), "informativeness_per_factor": info}
+            "informativeness": float(np.nanmean(used)) if used else 0.0,
+            "importance": R.tolist(), "informativeness_per_factor": info,
+            "varying": [bool(v) for v in vary], "varying_factors": int(Kv),
+            "constant_factors": [int(j) for j in np.flatnonzero(~vary)]}
 
 
 @torch.no_grad()
