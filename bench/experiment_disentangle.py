@@ -1,6 +1,6 @@
 """Experiment: does the spectral regularizer disentangle the demo GAN? Baseline vs the
-regularizer's loss variants (l1, assigned, offdiag) and gradient modes (last_step, implicit),
-optionally vs the peer regularizers, over several seeds.
+regularizer's loss variants (l1, assigned, offdiag) and gradient modes (fast, implicit),
+optionally vs the peer regularizers, each at its own swept weight, over several seeds.
 
 Every run trains the demo's GAN (same data, architecture and optimiser; only the regularizer
 differs), then measures MIG, DCI and the Frechet distance with the cached factor predictor.
@@ -8,14 +8,16 @@ Results are appended to `<out>/runs.jsonl` as each run finishes (so a background
 watched and resumed: finished (variant, weight, seed) runs are skipped), and summarised as mean +- std
 in `<out>/summary.json` and `<out>/summary.md`.
 
-A variant may carry its own regularizer weight after `@` (`l1/last_step@0.1`, `hessian@0.1`);
+A variant may carry its own regularizer weight after `@` (`offdiag/fast@0.1`, `hessian@0.1`);
 without one it uses `--reg-weight`.  Each run also records `varying_factors`: how many of the
 predicted factors vary at all over the generator's samples (a factor that never varies scores 0
 in MIG and counts in its mean).
 
     python bench/experiment_disentangle.py --steps 400 --seeds 0 1 2 --threads 1 --out runs/experiment
-    python bench/experiment_disentangle.py --variants baseline l1/last_step l1/last_step@0.1 hessian@0.1 ...
+    python bench/experiment_disentangle.py --variants baseline offdiag/fast offdiag/fast@0.1 hessian@0.1 ...
     nohup python bench/experiment_disentangle.py ... > runs/experiment.log 2>&1 &   # background
+    --shard 0/2 and --shard 1/2 in two processes split the runs (2 cores); --summarise only
+    rebuilds the tables from runs.jsonl.
 """
 from __future__ import annotations
 
@@ -37,19 +39,16 @@ from spectral_ops.train import TrainConfig, train  # noqa: E402
 
 VARIANTS = {
     "baseline": dict(reg="none"),
-    "l1/last_step": dict(reg="spectral", reg_loss="l1", reg_grad="last_step"),
-    "assigned/last_step": dict(reg="spectral", reg_loss="assigned", reg_grad="last_step"),
-    "offdiag/last_step": dict(reg="spectral", reg_loss="offdiag", reg_grad="last_step"),
-    "l1/implicit": dict(reg="spectral", reg_loss="l1", reg_grad="implicit"),
-    "assigned/implicit": dict(reg="spectral", reg_loss="assigned", reg_grad="implicit"),
-    "offdiag/implicit": dict(reg="spectral", reg_loss="offdiag", reg_grad="implicit"),
+    **{f"{loss}/{grad}": dict(reg="spectral", reg_loss=loss, reg_grad=grad)
+       for loss in ("l1", "assigned", "offdiag") for grad in ("fast", "implicit")},
     "hessian": dict(reg="hessian"),
     "orojar": dict(reg="orojar"),
     "path_length": dict(reg="path_length"),
 }
-DEFAULT = ["baseline", "l1/last_step", "assigned/last_step", "offdiag/last_step", "l1/implicit"]
-METRICS = ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "frechet_distance",
-           "varying_factors", "effective_dims", "train_seconds")
+DEFAULT = ["baseline", "l1/fast", "assigned/fast", "offdiag/fast", "hessian", "orojar"]
+METRICS = ("mig", "mig_sup", "distinct_winners", "dci_disentanglement", "dci_completeness",
+           "dci_informativeness", "frechet_distance", "frechet_ratio", "varying_factors", "alignment_mean",
+           "sigma_ratio_min", "effective_dims", "train_seconds")
 
 
 def parse_variant(text: str, default_weight: float) -> tuple[str, dict, float]:
@@ -87,6 +86,24 @@ def _mean_std(xs):
     return m, s
 
 
+def record_of(ev: dict) -> dict:
+    """The scalars of an evaluate_generator result that the tables use (NaN when absent)."""
+    nan = float("nan")
+    align = ev.get("axis_alignment") if isinstance(ev.get("axis_alignment"), dict) else {}
+    per_index = align.get("per_index") or []
+    ratios = align.get("sigma_ratios") or []
+    return {"mig": ev["mig"], "mig_per_factor": ev["mig_per_factor"], "mig_sup": ev.get("mig_sup", nan),
+            "distinct_winners": float(ev["mig_distinct_winners"]) if "mig_distinct_winners" in ev else nan,
+            "winner_per_factor": ev.get("mig_winner_per_factor"),
+            "varying_factors": ev["varying_factors"],
+            "dci_disentanglement": ev["dci_disentanglement"], "dci_completeness": ev["dci_completeness"],
+            "dci_informativeness": ev["dci_informativeness"], "frechet_distance": ev["frechet_distance"],
+            "frechet_real": ev.get("frechet_real", nan), "frechet_ratio": ev.get("frechet_ratio", nan),
+            "alignment_per_index": per_index, "alignment_mean": (sum(per_index) / len(per_index)) if per_index else nan,
+            "sigma_ratios": ratios, "sigma_ratio_min": min(ratios) if ratios else nan,
+            "effective_dims": ev["activeness"]["effective_dims"] if isinstance(ev.get("activeness"), dict) else nan}
+
+
 def summarise(records: list[dict], variants: list[str]) -> tuple[dict, str]:
     summary = {}
     for v in variants:
@@ -95,13 +112,13 @@ def summarise(records: list[dict], variants: list[str]) -> tuple[dict, str]:
             summary[v] = {"seeds": [r["seed"] for r in rs],
                           "reg_weight": _weight_of(rs[0]),
                           **{m: _mean_std([r.get(m) for r in rs]) for m in METRICS}}
-    head = ("| variant | seeds | MIG | DCI disent. | DCI compl. | DCI inform. | Frechet dist. (lower better) "
-            "| varying factors | effective dims | train s |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| variant | seeds | MIG | MIG-sup | distinct winners | DCI disent. | DCI compl. | DCI inform. "
+            "| Frechet / real-vs-real | varying factors | axis alignment v1..vk | min sigma_i+1/sigma_i | train s |")
+    lines = [head, "|" + "---|" * 13]
+    shown = ("mig", "mig_sup", "distinct_winners", "dci_disentanglement", "dci_completeness", "dci_informativeness",
+             "frechet_ratio", "varying_factors", "alignment_mean", "sigma_ratio_min")
     for v, s in summary.items():
-        cells = [f"{s[m][0]:.3f} ± {s[m][1]:.3f}" for m in METRICS[:5]]
-        cells.append(f"{s['varying_factors'][0]:.2f} ± {s['varying_factors'][1]:.2f}")
-        cells.append(f"{s['effective_dims'][0]:.2f} ± {s['effective_dims'][1]:.2f}")
+        cells = [("n/a" if math.isnan(s[m][0]) else f"{s[m][0]:.3f} ± {s[m][1]:.3f}") for m in shown]
         cells.append(f"{s['train_seconds'][0]:.0f}")
         lines.append(f"| {v} | {len(s['seeds'])} | " + " | ".join(cells) + " |")
     return summary, "\n".join(lines)
@@ -122,6 +139,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     p.add_argument("--cache-dir", default=None, help="factor-predictor cache")
     p.add_argument("--out", default="runs/experiment", help="output folder (default: %(default)s)")
+    p.add_argument("--dataset", default="sprites", help="procedural dataset (default: %(default)s)")
+    p.add_argument("--latent-dim", type=int, default=None, help="latent size (default: the trainer's)")
+    p.add_argument("--shard", default="0/1", help="I/N: run only every N-th pending run starting at I (default: all)")
+    p.add_argument("--summarise", action="store_true", help="only rebuild summary.md/json from runs.jsonl")
     p.add_argument("--progress", action="store_true", help="show per-run progress bars")
     args = p.parse_args(argv)
     if args.steps < 1 or len(args.seeds) < 1:
@@ -135,26 +156,28 @@ def main(argv=None) -> int:
     records = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
     done = {(r["variant"], r["seed"], r["steps"], _weight_of(r)) for r in records}
     weight = {v: parse_variant(v, args.reg_weight)[2] for v in args.variants}
-    predictor, pinfo = load_or_fit_predictor(PredictorConfig(), cache_dir=args.cache_dir, progress=args.progress)
+    predictor, pinfo = load_or_fit_predictor(PredictorConfig(dataset=args.dataset), cache_dir=args.cache_dir,
+                                             progress=args.progress)
     t0 = time.perf_counter()
+    shard, n_shards = (int(x) for x in args.shard.split("/"))
     todo = [(v, s) for s in args.seeds for v in args.variants if (v, s, args.steps, weight[v]) not in done]
+    todo = [] if args.summarise else todo[shard::n_shards]
+    extra = {} if args.latent_dim is None else {"latent_dim": args.latent_dim}
     for i, (v, seed) in enumerate(todo):
         _, opts, w = parse_variant(v, args.reg_weight)
-        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=seed, reg_weight=w,
+        cfg = TrainConfig(dataset=args.dataset, steps=args.steps, batch_size=args.batch_size, seed=seed, reg_weight=w, **extra,
                           out=str(out / v.replace("/", "-").replace("@", "_w") / f"seed{seed}"),
                           ckpt_every=args.steps, log_every=50, **opts)
         res = train(cfg, progress=args.progress, desc=f"{v} seed {seed}")
         ev = evaluate_generator(res.G, dataset=cfg.dataset, size=cfg.size, predictor=predictor, n=args.n_eval, seed=seed)
         rec = {"variant": v, "seed": seed, "steps": args.steps, "reg_weight": w, "train_seconds": res.seconds,
-               "mig": ev["mig"], "mig_per_factor": ev["mig_per_factor"], "varying_factors": ev["varying_factors"],
-               "dci_disentanglement": ev["dci_disentanglement"], "dci_completeness": ev["dci_completeness"],
-               "dci_informativeness": ev["dci_informativeness"], "frechet_distance": ev["frechet_distance"],
-               "effective_dims": ev["activeness"]["effective_dims"], "config": dataclasses.asdict(cfg)}
+               **record_of(ev), "config": dataclasses.asdict(cfg)}
         records.append(rec)
         with open(log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         print(f"[{i + 1}/{len(todo)}] {v} seed {seed}: MIG {rec['mig']:.3f} DCI-D {rec['dci_disentanglement']:.3f} "
-              f"FD {rec['frechet_distance']:.2f} varying {rec['varying_factors']} "
+              f"FD {rec['frechet_distance']:.2f} (x{rec['frechet_ratio']:.1f} real) varying {rec['varying_factors']} "
+              f"align {rec['alignment_mean']:.2f} "
               f"({res.seconds:.0f} s train, {time.perf_counter() - t0:.0f} s total)",
               flush=True)
     records = [r for r in records if r["steps"] == args.steps and _weight_of(r) == weight.get(r["variant"])]
