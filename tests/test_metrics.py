@@ -358,6 +358,19 @@ def test_rotated_oracle_is_the_oracle_of_R_z():
     assert torch.equal(oracle_generator("dots", 6, rotated=True, seed=3).rotation, R)  # fixed by its seed
 
 
+def test_entangling_rotation_spreads_every_factor_row():
+    from spectral_ops.metrics.reference_generators import entangling_rotation
+
+    Q = entangling_rotation(10, 4, seed=2)
+    assert torch.allclose(Q.T @ Q, torch.eye(10, dtype=torch.float64), atol=1e-12)
+    assert torch.equal(Q, entangling_rotation(10, 4, seed=2))
+    # the first candidate is a plain Haar draw from the same seed: the pick is never worse
+    first = entangling_rotation(10, 4, seed=2, candidates=1)
+    assert float(Q[:4].pow(2).max()) <= float(first[:4].pow(2).max())
+    # every factor row is spread: well below a random direction's E max_j v_j^2 (0.38 for d = 10)
+    assert float(Q[:4].pow(2).max()) < chance_alignment(10)
+
+
 def test_oracle_generator_bad_input():
     with pytest.raises(ValueError, match="dataset"):
         oracle_generator("faces", 8)
@@ -395,12 +408,12 @@ def test_reference_rows_ceiling_far_above_floor(dots_reference):
 
     assert list(dots_reference) == [CEILING, FLOOR] == ["ceiling (oracle)", "floor (rotated oracle)"]
     top, bottom = dots_reference[CEILING], dots_reference[FLOOR]
-    # measured (n=600, seeds 0-2): MIG 0.39-0.41 vs 0.03-0.04; MIG-sup 0.26-0.27 vs 0.03-0.04;
-    # DCI D 0.90 vs 0.28-0.39; DCI C 0.91 vs 0.27-0.34
+    # measured (n=600, seeds 0-2): MIG 0.39-0.41 vs 0.015-0.022; MIG-sup 0.26-0.27 vs 0.014-0.026;
+    # DCI D 0.90 vs 0.20-0.29; DCI C 0.91 vs 0.22-0.25
     assert top["mig"] > 0.3 and bottom["mig"] < 0.1 and top["mig"] - bottom["mig"] > 0.25
     assert top["mig_sup"] > 0.2 and bottom["mig_sup"] < 0.1
-    assert top["dci_disentanglement"] > 0.8 and bottom["dci_disentanglement"] < 0.5
-    assert top["dci_completeness"] > 0.8 and bottom["dci_completeness"] < 0.5
+    assert top["dci_disentanglement"] > 0.8 and bottom["dci_disentanglement"] < 0.45
+    assert top["dci_completeness"] > 0.8 and bottom["dci_completeness"] < 0.45
     # the oracle's winners are its own axes, one per factor
     assert top["mig_winner_per_factor"] == {"x1": 0, "y1": 1, "x2": 2, "y2": 3}
     assert top["mig_distinct_winners"] is True
@@ -412,7 +425,8 @@ def test_reference_rows_ceiling_far_above_floor(dots_reference):
 
 def test_frechet_ratio_is_about_one_for_real_images(dots_reference):
     """Both oracles render exactly the data distribution: their Frechet distance is a
-    real-vs-real distance, so the ratio is 1 up to sampling noise (measured 0.58-1.32)."""
+    real-vs-real distance, so the ratio is 1 up to sampling noise (measured 0.70-1.31 here; at
+    n=2000 on sprites and dots, 0.61-2.21 over two seeds: the estimate is noisy)."""
     for r in dots_reference.values():
         assert r["frechet_real"] > 0
         assert r["frechet_ratio"] == pytest.approx(r["frechet_distance"] / r["frechet_real"], rel=1e-12)
