@@ -2,6 +2,13 @@
 coordinate-axis traversals, on a trained sprites GAN (the paper's first claim).
 
     PYTHONPATH=. python bench/report_trajectories.py --ckpt runs/<baseline>/checkpoint.pt
+    PYTHONPATH=. python bench/report_trajectories.py --ckpt runs/a/checkpoint.pt runs/b/checkpoint.pt ...
+
+With several checkpoints (GAN seeds), each gets its own report in --out/<label>/ and --out/report.md
+adds the across-seed table: per seed the pooled means of curves, lines and axes, the paired
+curve-minus-line difference, and the mean turning angle of the curves, then mean +- std over seeds.
+The turning angle of a curve is the sum of the angles between successive steps (degrees): 0 for a
+straight line, so it says whether the paths were long enough for curvature to matter.
 
 For each of --n-starts random latents z0 (seeded) and each path kind:
 
@@ -38,14 +45,14 @@ from tqdm.auto import tqdm
 from spectral_ops import trace_trajectory
 from spectral_ops.metrics import PredictorConfig, load_or_fit_predictor
 from spectral_ops.metrics.trajectory import factor_changes, output_arc_length, purity_from_changes, resample_by_output_length
-from spectral_ops.trace_cli import load_generator_from_checkpoint, load_generator_from_spec
+from spectral_ops.trace_cli import load_generator_from_spec
 from spectral_ops import viz
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt")
+    src.add_argument("--ckpt", nargs="+", help="one or more training checkpoints (GAN seeds)")
     src.add_argument("--generator", help="module:attr (e.g. spectral_ops.models:Generator for an untrained control)")
     p.add_argument("--latent-dim", type=int, default=None)
     p.add_argument("--label", default=None, help="name of the generator in the report")
@@ -95,11 +102,68 @@ def summarize(purity: torch.Tensor, reached: torch.Tensor) -> dict:
             "median": float(p.median()), "frac_above_0.8": float((p > 0.8).double().mean())}
 
 
+def turning_degrees(Z: torch.Tensor) -> torch.Tensor:
+    """(T+1, B, d) path -> (B,) sum of the angles between successive steps, in degrees."""
+    dz = Z[1:] - Z[:-1]
+    dz = dz / dz.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    cos = (dz[1:] * dz[:-1]).sum(-1).clamp(-1, 1)
+    return torch.rad2deg(torch.arccos(cos)).sum(0)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.ckpt and len(args.ckpt) > 1:
+        return main_many(args, argv)
+    return report_one(args, args.ckpt[0] if args.ckpt else None, Path(args.out), argv)
+
+
+def main_many(args, argv) -> int:
+    """One report per checkpoint, then the across-seed table in --out/report.md."""
+    out = Path(args.out)
+    per_seed = []
+    for ckpt in args.ckpt:
+        label = Path(ckpt).parent.name if Path(ckpt).name == "checkpoint.pt" else Path(ckpt).stem
+        if label in [p[0] for p in per_seed]:
+            label = f"{Path(ckpt).parent.parent.name}-{label}"
+        report_one(args, ckpt, out / label, argv, label=label)
+        per_seed.append((label, json.loads((out / label / "report.json").read_text())))
+
+    def ms(xs):
+        xs = [x for x in xs if x == x]
+        m = sum(xs) / len(xs)
+        sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+        return f"{m:.3f} ± {sd:.3f}"
+
+    md = ["## Trajectory purity across GAN seeds", "",
+          "| GAN | curves | straight lines | axes | curve − line (paired) | curve turning (deg) | starts |",
+          "|---|---|---|---|---|---|---|"]
+    cols = {"c": [], "l": [], "a": [], "d": [], "t": []}
+    for label, r in per_seed:
+        c, l, a = (r["pooled"][k]["mean"] for k in ("curves (all v_i)", "lines (all v_i)", "axes (all z_j)"))
+        diffs = [v["mean_curve_minus_line"] for v in r["paired_curve_vs_line"].values()]
+        dmean = sum(diffs) / len(diffs)
+        turn = r["curve_turning_degrees_mean"]
+        for key, v in zip("cladt", (c, l, a, dmean, turn)):
+            cols[key].append(v)
+        md.append(f"| {label} | {c:.3f} | {l:.3f} | {a:.3f} | {dmean:+.3f} | {turn:.1f} | {r['settings']['n_starts']} |")
+    md.append(f"| mean ± std over {len(per_seed)} seeds | {ms(cols['c'])} | {ms(cols['l'])} | {ms(cols['a'])} | "
+              f"{ms(cols['d'])} | {ms(cols['t'])} | |")
+    md += ["", "Command: `PYTHONPATH=. python bench/report_trajectories.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)) + "`", ""]
+    (out / "report.md").write_text("\n".join(md))
+    (out / "report.json").write_text(json.dumps({label: r for label, r in per_seed}, indent=1) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+def report_one(args, ckpt, out: Path, argv, label=None) -> int:
     torch.manual_seed(args.seed)
-    if args.ckpt:
-        G = load_generator_from_checkpoint(args.ckpt)
+    dataset = "sprites"
+    if ckpt:
+        from spectral_ops.train import load_generator
+
+        G, config = load_generator(ckpt)
+        dataset = config.dataset
     else:
         G = load_generator_from_spec(args.generator)
     if isinstance(G, torch.nn.Module):
@@ -108,10 +172,9 @@ def main(argv=None) -> int:
             p.requires_grad_(False)
     d = args.latent_dim or getattr(G, "latent_dim")
     K = min(args.directions, d)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    predictor, pinfo = load_or_fit_predictor(PredictorConfig(), progress=True)
+    predictor, pinfo = load_or_fit_predictor(PredictorConfig(dataset=dataset), progress=True)
     factor_names = list(getattr(predictor, "factor_names", None) or pinfo.get("factor_names")
                         or [f"f{j}" for j in range(len(predictor.categorical))])
     ignored = [f.strip() for f in args.ignore_factors.split(",") if f.strip()]
@@ -196,8 +259,11 @@ def main(argv=None) -> int:
                            "sem": float(diff.std() / math.sqrt(diff.numel())) if diff.numel() > 1 else float("nan"),
                            "curve_better_frac": float((diff > 0).double().mean()) if diff.numel() else float("nan")}
 
-    label = args.label or (Path(args.ckpt).parent.name if args.ckpt else args.generator)
-    report = {"generator": label, "source": args.ckpt or args.generator, "latent_dim": d,
+    label = label or args.label or (Path(ckpt).parent.name if ckpt else args.generator)
+    turning = torch.cat([turning_degrees(Z) for k in kinds if k.startswith("curve") for Z in paths[k]])
+    report = {"generator": label, "source": ckpt or args.generator, "latent_dim": d, "dataset": dataset,
+              "curve_turning_degrees_mean": float(turning.mean()),
+              "curve_turning_degrees_median": float(turning.median()),
               "settings": {k: v for k, v in vars(args).items()}, "output_length_L": L, "output_length_rule": how,
               "predictor": {"validation": pinfo.get("validation"), "cached": pinfo.get("cached")},
               "factors_scored": factor_names, "factors_ignored": ignored,
@@ -210,7 +276,8 @@ def main(argv=None) -> int:
     md = [f"## Trajectory purity: {label}", "",
           f"{args.n_starts} starting points, output path length L = {L:.3f} "
           f"({how}), {args.points} points per path, factors scored: {', '.join(factor_names)}, "
-          f"latent budget {budget:g}, integrator {args.method}.", "",
+          f"latent budget {budget:g}, integrator {args.method}; curves turn by {float(turning.mean()):.1f} degrees "
+          f"on average (median {float(turning.median()):.1f}) over the budget.", "",
           "| paths | n reached | reached | mean purity | sem | median | share > 0.8 |", "|---|---|---|---|---|---|---|"]
     for name, s in list(pooled_rows.items()) + list(rows.items()):
         if s["n"]:

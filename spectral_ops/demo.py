@@ -27,9 +27,11 @@ import torch
 
 from ._io import EVAL_MODULES, require_modules
 from .data import DATASETS
-from .evaluate import evaluate_generator, format_table, side_by_side, traversal_grid, writable_dir, _titled
+from .evaluate import (evaluate_generator, format_table, reference_rows, side_by_side, traversal_grid, writable_dir,
+                       _titled)
 from .metrics import PredictorConfig, load_or_fit_predictor
-from .train import TrainConfig, train
+from .train import TrainConfig, load_generator, train
+from .viz import typical_latent
 
 __all__ = ["add_arguments", "run", "demo"]
 
@@ -46,13 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-eval", type=int, default=2000, help="latent samples for the metrics (default: %(default)s)")
     parser.add_argument("--cache-dir", default=None, help="factor-predictor cache (default: $SPECTRAL_OPS_CACHE or ~/.cache/spectral_ops)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="train the two GANs in this many processes, one thread each (default: 2 when the "
+                             "machine has 2 or more cores, else 1)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test configuration (seconds, meaningless numbers)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def demo(*, out: str | os.PathLike = "runs/demo", steps: int = 800, batch_size: int = 32, seed: int = 0,
          dataset: str = "sprites", reg_weight: float = 1.0, reg_loss: str = "offdiag", reg_grad: str = "fast",
-         n_eval: int = 2000, cache_dir=None, quick: bool = False, progress: bool = True,
+         n_eval: int = 2000, cache_dir=None, quick: bool = False, progress: bool = True, jobs: int = 1,
          log=print) -> dict:
     """Run the comparison; returns the dict written to metrics.json."""
     t_start = time.perf_counter()
@@ -74,16 +79,18 @@ def demo(*, out: str | os.PathLike = "runs/demo", steps: int = 800, batch_size: 
             "spectral": dataclasses.replace(base, reg="spectral", reg_weight=reg_weight, reg_loss=reg_loss,
                                             reg_grad=reg_grad, out=str(out / "spectral"))}
     results, models = {}, {}
+    trained = _train_all(runs, jobs=jobs, progress=progress)
     for name, cfg in runs.items():
-        res = train(cfg, progress=progress, desc=f"{name} GAN")
-        ev = evaluate_generator(res.G, dataset=dataset, size=cfg.size, predictor=predictor, n=n_eval, seed=seed)
-        ev["train_seconds"] = res.seconds
-        results[name], models[name] = ev, res.G
-        log(f"{name}: trained {res.steps} steps in {res.seconds:.0f} s, MIG {ev['mig']:.3f}")
-
-    table = format_table(results)
+        G, seconds, steps = trained[name]
+        ev = evaluate_generator(G, dataset=dataset, size=cfg.size, predictor=predictor, n=n_eval, seed=seed)
+        ev["train_seconds"] = seconds
+        results[name], models[name] = ev, G
+        log(f"{name}: trained {steps} steps in {seconds:.0f} s, MIG {ev['mig']:.3f}, "
+            f"Frechet {ev['frechet_distance']:.2f} ({ev['frechet_ratio']:.1f}x real-vs-real)")
+    references = reference_rows(dataset, base.size, base.latent_dim, predictor, n=n_eval, seed=seed)
+    table = format_table({**results, **references})
     # pictures: coordinate traversals, and curved singular-vector trajectories
-    z0 = torch.randn(1, base.latent_dim, generator=torch.Generator().manual_seed(seed + 7))
+    z0 = typical_latent(base.latent_dim, seed=seed + 7)  # ||z0|| = sqrt(d), a typical latent
     side_by_side([traversal_grid(models[n], z0=z0, title=f"{n}: rows = latent dims z0..z{base.latent_dim - 1}")
                   for n in models]).save(out / "traversals.png")
     pictures = ["traversals.png"]
@@ -100,13 +107,42 @@ def demo(*, out: str | os.PathLike = "runs/demo", steps: int = 800, batch_size: 
     except Exception as exc:  # pictures are a bonus: report, do not lose the measurements
         log(f"(trajectory pictures skipped: {exc})")
     total = time.perf_counter() - t_start
-    blob = {"results": results, "table": table, "total_seconds": total, "pictures": pictures,
+    blob = {"results": results, "reference": references, "table": table, "total_seconds": total, "pictures": pictures,
             "predictor": pinfo, "configs": {n: dataclasses.asdict(c) for n, c in runs.items()},
             "threads": torch.get_num_threads(), "quick": quick}
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps(blob, indent=2, default=str))
     os.replace(tmp, out / "metrics.json")
     return blob
+
+
+def _train_one(name: str, cfg: TrainConfig, progress: bool, threads: int | None):
+    """Train one run (in this process or a worker); returns (name, checkpoint, seconds, steps)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    res = train(cfg, progress=progress, desc=f"{name} GAN")
+    return name, res.checkpoint, res.seconds, res.steps
+
+
+def _train_all(runs: dict, *, jobs: int, progress: bool) -> dict:
+    """{name: (G for evaluation, train seconds, steps)}: the runs in `jobs` processes (one torch
+    thread each, spawned, so they share nothing), or one after the other in this process."""
+    if jobs <= 1 or len(runs) <= 1:
+        out = {}
+        for name, cfg in runs.items():
+            res = train(cfg, progress=progress, desc=f"{name} GAN")
+            out[name] = (res.G, res.seconds, res.steps)  # the evaluation generator (EMA when kept)
+        return out
+    import concurrent.futures
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=ctx) as pool:
+        # one progress bar (the last, regularized run: the longer one); two would overwrite each other
+        last = list(runs)[-1]
+        futures = [pool.submit(_train_one, name, cfg, progress and name == last, 1) for name, cfg in runs.items()]
+        done = [f.result() for f in futures]
+    return {name: (load_generator(ckpt)[0], seconds, steps) for name, ckpt, seconds, steps in done}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,12 +160,15 @@ def run(args: argparse.Namespace) -> int:
             if args.threads < 1:
                 raise ValueError(f"--threads must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
+        jobs = args.jobs if args.jobs is not None else (2 if (os.cpu_count() or 1) >= 2 else 1)
+        if jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {jobs}")
         msg = writable_dir(args.out)
         if msg:
             raise ValueError(msg)
         blob = demo(out=args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, dataset=args.dataset,
                     reg_weight=args.reg_weight, reg_loss=args.reg_loss, reg_grad=args.reg_grad, n_eval=args.n_eval,
-                    cache_dir=args.cache_dir, quick=args.quick, progress=not args.no_progress)
+                    cache_dir=args.cache_dir, quick=args.quick, progress=not args.no_progress, jobs=jobs)
     except ValueError as exc:
         print(f"spectral-ops demo: error: {exc}", file=sys.stderr)
         return 2

@@ -141,13 +141,26 @@ def _safe_norm(X: torch.Tensor) -> torch.Tensor:
 
 
 def _power(op: JacobianOperator, Q0: torch.Tensor, V_prev, iters: int, tol: float, cdtype):
-    """Block power iteration with Rayleigh-Ritz on the kept forward graph, no parameter graph."""
-    op.create_graph = False
-    Q = Q0
+    """Block power iteration with Rayleigh-Ritz on the kept forward graph, no parameter graph,
+    except that the last iteration's J Q keeps one, so the loss can reuse it for J V.
+
+    Returns V, lam, res, Q_next and JV [B, k, m] (theta-differentiable J V, or None when the
+    iteration stopped early or hit a zero Jacobian: then the caller computes it).
+    """
+    Q, JV = Q0, None
     for it in range(1, iters + 1):
-        MQ = op.matvec(Q).detach().to(cdtype)
+        last = it == iters
+        op.create_graph = last
+        JQ = op.jvp(Q)
+        op.create_graph = False
+        MQ = op.vjp(JQ.detach()).detach().to(cdtype)
         V, lam, res, Q_next = ops.ritz_step(Q, MQ, V_prev)
-        if it == iters or bool((res < tol).all()):
+        if last:
+            # V lies in span(Q): V = U Q with U = V Q^T (k x k), so J V = U (J Q) -- no extra JVP.
+            U = (V.to(cdtype) @ Q.to(cdtype).transpose(-1, -2)).detach()
+            JV = (U.to(JQ.dtype) @ JQ)
+            break
+        if bool((res < tol).all()):
             break
         Q = Q_next
     V, lam, res, Q_next = V.to(cdtype), lam.to(cdtype), res.to(cdtype), Q_next.to(cdtype)
@@ -157,7 +170,8 @@ def _power(op: JacobianOperator, Q0: torch.Tensor, V_prev, iters: int, tol: floa
         axes = torch.eye(d, dtype=cdtype, device=V.device)[:k].expand(B, k, d)
         V = torch.where(zero[:, None, None], axes, V)
         Q_next = torch.where(zero[:, None, None], axes, Q_next)
-    return V, lam.clamp_min(0), res, Q_next
+        JV = None
+    return V, lam.clamp_min(0), res, Q_next, JV
 
 
 def _project_out(X: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
@@ -242,10 +256,12 @@ def loss_values(S: torch.Tensor, loss: str, weights: str) -> torch.Tensor:
 
 
 def _eigvec_gradient(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, loss: str, weights: str,
-                     grad: str, cg_iters: int, cg_tol: float, cdtype) -> torch.Tensor:
-    """The loss at V, with the eigenvector derivative (grad "fast" or "implicit") on its backward."""
-    op.create_graph = True
-    JV = op.jvp(V)                                   # differentiable in theta
+                     grad: str, cg_iters: int, cg_tol: float, cdtype, JV: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss at V, with the eigenvector derivative (grad "fast" or "implicit") on its backward.
+    JV: J V with a theta graph, if the power iteration already has it."""
+    if JV is None:
+        op.create_graph = True
+        JV = op.jvp(V)                               # differentiable in theta
     S = _safe_norm(JV.to(cdtype))                    # Hellmann-Feynman path for the values
     V_leaf = V.detach().requires_grad_(True)
     value = ops.alignment_loss(V_leaf, loss_values(S, loss, weights), loss, weights).to(cdtype).mean()
@@ -274,8 +290,8 @@ def _penalty(G, z, k, iters, loss, grad, jvp, init, init_signs, weights, batchno
                 init = init.expand(B, k, d)
             Q0, V_prev = ops.orthonormalize(init.contiguous()), (init if init_signs else None)
         op = JacobianOperator(G, z, k, mode)
-        V, lam, res, Q_next = _power(op, Q0, V_prev, iters, tol, cdtype)
-        value = _eigvec_gradient(op, V, lam, loss, weights, grad, cg_iters, cg_tol, cdtype)
+        V, lam, res, Q_next, JV = _power(op, Q0, V_prev, iters, tol, cdtype)
+        value = _eigvec_gradient(op, V, lam, loss, weights, grad, cg_iters, cg_tol, cdtype, JV)
     return value, V.detach(), lam.sqrt(), res, Q_next.detach()
 
 
@@ -333,6 +349,10 @@ class SpectralRegularizer(nn.Module):
         momentum: weight of the new batch mean in the running basis.
         seed: seeds the initial basis and the row subsets (which are the same on every process).
     Buffers (in state_dict): `step` (calls so far), `basis` [k, d].
+    After each computed call, `last_latents` [n, d] (the regularized rows), `last_vectors`
+    [n, k, d], `last_values` [n, k] (singular values)
+    and `last_residuals` [n, k] hold what the loss saw on its n rows (detached; not in
+    state_dict), so a trainer can log convergence and the spectrum (sigma_{i+1}/sigma_i).
 
     Defaults (loss="offdiag" with spectrum-free rank weights, grad="fast", iters=2, every=8,
     batch_fraction=0.25, warm start) pass the known-answer gate (spectral_ops.known_answer,
@@ -373,6 +393,7 @@ class SpectralRegularizer(nn.Module):
         self.cg_iters, self.cg_tol, self.seed = cg_iters, cg_tol, int(seed)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("basis", default_basis(k, latent_dim, seed=seed, dtype=torch.float32))
+        self.last_latents = self.last_vectors = self.last_values = self.last_residuals = None
 
     def extra_repr(self) -> str:
         return (f"latent_dim={self.latent_dim}, k={self.k}, iters={self.iters}, loss={self.loss!r}, "
@@ -400,8 +421,9 @@ class SpectralRegularizer(nn.Module):
         z = validate_latents(z)
         rows = self._rows(z.shape[0], step, z.device)
         zs = z if rows is None else z.index_select(0, rows)
-        value, _, _, _, Q_next = _penalty(G, zs, self.k, self.iters, self.loss, self.grad, self.jvp, self.basis,
-                                  True, self.weights, self.batchnorm, self.tol, self.cg_iters, self.cg_tol)
+        value, V, S, res, Q_next = _penalty(G, zs, self.k, self.iters, self.loss, self.grad, self.jvp, self.basis,
+                                            True, self.weights, self.batchnorm, self.tol, self.cg_iters, self.cg_tol)
+        self.last_latents, self.last_vectors, self.last_values, self.last_residuals = zs.detach(), V, S.detach(), res.detach()
         if self.warm_start and self.training:
             self._update_basis(Q_next)  # not V: V lies in span of the last start, one product behind
         return value * self.every
