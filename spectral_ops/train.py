@@ -1,6 +1,8 @@
 """`spectral-ops train`: a small GAN on a procedural dataset, optionally regularized.
 
 - Non-saturating GAN loss; R1 on real images (lazy: every `r1_every` steps, scaled); Adam.
+- An exponential moving average of G's weights (`ema`, warmed up as min(ema, (1+t)/(10+t))):
+  the EMA generator is what `train` returns as `G`, what checkpoints serve and what is evaluated.
 - Optional regularizer on the generator step: the spectral regularizer (`--reg spectral`) or a
   peer (`hessian`, `orojar`, `path_length`), imported lazily.
 - Progress bar (tqdm), a JSON-lines metrics log (`log.jsonl`), a summary (`train.json`).
@@ -15,6 +17,7 @@ Python use: `train(TrainConfig(...)) -> TrainResult` (the demo and the experimen
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import gc
 import json
@@ -53,6 +56,7 @@ class TrainConfig:
     data_seed: int = 0
     latent_dim: int = 10
     width: int = 32
+    d_width: int = 0
     norm: str = "pixel"
     steps: int = 2000
     batch_size: int = 64
@@ -62,6 +66,7 @@ class TrainConfig:
     beta2: float = 0.99
     r1_gamma: float = 1.0
     r1_every: int = 4
+    ema: float = 0.99
     reg: str = "none"
     reg_weight: float = 1.0
     reg_k: int = 4
@@ -95,9 +100,10 @@ class TrainConfig:
                      "reg_every", "ckpt_every", "log_every"):
             pos_int(name)
         pos_int("steps", 0)
+        pos_int("d_width", 0)
         for name in ("lr_g", "lr_d", "r1_gamma", "reg_weight"):
             nonneg(name)
-        for name in ("beta1", "beta2"):
+        for name in ("beta1", "beta2", "ema"):
             v = getattr(self, name)
             if not 0 <= v < 1:
                 raise ValueError(f"{name} must lie in [0, 1), got {v!r}")
@@ -129,12 +135,14 @@ class TrainResult:
     steps: int
     history: list = field(default_factory=list)
     checkpoint: str | None = None
+    #: the trained generator when `G` is its EMA copy (config.ema > 0), else None
+    G_train: nn.Module | None = None
 
 
 # ---------------------------------------------------------------------------------------------
 def build_models(config: TrainConfig) -> tuple[Generator, Discriminator]:
     G = Generator(config.latent_dim, size=config.size, width=config.width, norm=config.norm)
-    D = Discriminator(size=config.size, width=config.width)
+    D = Discriminator(size=config.size, width=config.d_width or config.width)
     return G, D
 
 
@@ -172,6 +180,15 @@ class _LazyPeer(nn.Module):
         return self.every * self.fn(G, z)
 
 
+@torch.no_grad()
+def _ema_update(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
+    """G_ema <- beta * G_ema + (1 - beta) * G on the parameters; buffers are copied."""
+    for p_e, p in zip(G_ema.parameters(), G.parameters()):
+        p_e.lerp_(p, 1.0 - beta)
+    for b_e, b in zip(G_ema.buffers(), G.buffers()):
+        b_e.copy_(b)
+
+
 def _rng_state(gen: torch.Generator) -> dict:
     np_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "sampler": gen.get_state(),
@@ -203,11 +220,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 def load_generator(path: str | os.PathLike) -> tuple[Generator, TrainConfig]:
-    """(generator in eval mode, its TrainConfig) from a checkpoint."""
+    """(generator in eval mode, its TrainConfig) from a checkpoint: the EMA generator when the run
+    kept one (config.ema > 0), else the trained one."""
     blob = load_checkpoint(path)
     config = TrainConfig(**blob["config"])
     G, _ = build_models(config)
-    G.load_state_dict(blob["G"])
+    G.load_state_dict(blob["G_ema"] if blob.get("G_ema") is not None else blob["G"])
     G.eval()
     return G, config
 
@@ -250,7 +268,8 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, progr
         desc: progress-bar label.
 
     Returns:
-        TrainResult with the (unwrapped) G and D on their device.
+        TrainResult with the (unwrapped) G and D on their device; with config.ema > 0, G is the
+        EMA generator (what checkpoints serve to `load_generator`) and G_train the trained one.
     """
     import torch.distributed as dist
 
@@ -283,11 +302,14 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, progr
             reg = reg.to(device)
         opt_G = torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2))
         opt_D = torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=(config.beta1, config.beta2))
+        G_ema = copy.deepcopy(G).requires_grad_(False) if config.ema > 0 else None
         sampler = torch.Generator(device="cpu").manual_seed(config.seed * 1000 + rank)
         start, elapsed = 0, 0.0
         if blob is not None:
             G.load_state_dict(blob["G"])
             D.load_state_dict(blob["D"])
+            if G_ema is not None:
+                G_ema.load_state_dict(blob["G_ema"] if blob.get("G_ema") is not None else blob["G"])
             opt_G.load_state_dict(blob["opt_G"])
             opt_D.load_state_dict(blob["opt_D"])
             if reg is not None and blob.get("reg") is not None:
@@ -317,7 +339,8 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, progr
             path = out / "checkpoint.pt"
             atomic_save({"format": _CKPT_FORMAT, "config": asdict(config), "step": step, "world": world,
                           "elapsed": elapsed + (time.perf_counter() - t0),
-                          "G": G.state_dict(), "D": D.state_dict(), "opt_G": opt_G.state_dict(),
+                          "G": G.state_dict(), "G_ema": None if G_ema is None else G_ema.state_dict(),
+                          "D": D.state_dict(), "opt_G": opt_G.state_dict(),
                           "opt_D": opt_D.state_dict(), "reg": None if reg is None else reg.state_dict(),
                           "rng": rng}, path)
             return str(path)
@@ -367,6 +390,8 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, progr
             loss_G.backward()
             opt_G.step()
             D.requires_grad_(True)
+            if G_ema is not None:
+                _ema_update(G_ema, G, min(config.ema, (1 + step) / (10 + step)))
 
             done = step + 1
             acc += torch.stack([loss_D.detach(), loss_adv.detach(), r1.detach(), reg_val.detach()]).double().cpu()
@@ -406,8 +431,12 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, progr
             gc.collect()
             dist.destroy_process_group()
     G.eval()
-    return TrainResult(G=G, D=D, config=config, seconds=seconds, steps=final_step, history=history,
-                       checkpoint=ckpt_path)
+    if G_ema is None:
+        return TrainResult(G=G, D=D, config=config, seconds=seconds, steps=final_step, history=history,
+                           checkpoint=ckpt_path)
+    G_ema.eval()
+    return TrainResult(G=G_ema, D=D, config=config, seconds=seconds, steps=final_step, history=history,
+                       checkpoint=ckpt_path, G_train=G)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,7 +448,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--n-train", type=int, default=d.n_train, help="training images rendered (default: %(default)s)")
     g.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of the rendered training set (default: %(default)s)")
     g.add_argument("--latent-dim", type=int, default=d.latent_dim, help="latent size d (default: %(default)s)")
-    g.add_argument("--width", type=int, default=d.width, help="channel width of G and D (default: %(default)s)")
+    g.add_argument("--width", type=int, default=d.width, help="channel width of G (and of D unless --d-width) (default: %(default)s)")
+    g.add_argument("--d-width", type=int, default=d.d_width,
+                   help="channel width of D, 0: the same as --width (default: %(default)s)")
     g.add_argument("--norm", choices=("pixel", "layer", "none"), default=d.norm,
                    help="per-sample normalisation in G, never batch-coupled (default: %(default)s)")
     g = parser.add_argument_group("optimisation")
@@ -431,6 +462,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--beta2", type=float, default=d.beta2, help="Adam beta2 (default: %(default)s)")
     g.add_argument("--r1-gamma", type=float, default=d.r1_gamma, help="R1 penalty weight on real images, 0 disables (default: %(default)s)")
     g.add_argument("--r1-every", type=int, default=d.r1_every, help="apply R1 every N steps, scaled by N (default: %(default)s)")
+    g.add_argument("--ema", type=float, default=d.ema,
+                   help="decay of an exponential moving average of G's weights, evaluated and checkpointed; "
+                        "0 disables (default: %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation and sampling (default: %(default)s)")
     g = parser.add_argument_group("regularizer")
     g.add_argument("--reg", choices=REGULARIZERS, default=d.reg, help="generator regularizer (default: %(default)s)")

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from spectral_ops.data import DATASETS, Dots, Sprites, make_dataset
+from spectral_ops.data import DATASETS, Dots, Spot, Sprites, make_dataset
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -93,12 +93,61 @@ def test_dots_dataset():
     assert torch.equal(Dots(20, seed=2).images, Dots(20, seed=2).images)
 
 
+@pytest.mark.parametrize("size", [32, 64])
+def test_spot_shapes_ranges_and_determinism(size):
+    a, b, c = Spot(400, size=size, seed=3), Spot(400, size=size, seed=3), Spot(400, size=size, seed=4)
+    assert a.images.shape == (400, 1, size, size) and a.images.dtype == torch.float32
+    assert a.factors.shape == (400, 4) and a.factors.dtype == torch.int64
+    assert torch.equal(a.images, b.images) and torch.equal(a.factors, b.factors)
+    assert not torch.equal(a.factors, c.factors)
+    assert a.images.min() >= 0 and a.images.max() <= 1
+    for j, n in enumerate(a.factor_sizes):
+        assert a.factors[:, j].min() == 0 and a.factors[:, j].max() == n - 1  # every level drawn
+    assert a.factor_names == ("x", "y", "radius", "brightness") and not any(a.categorical)
+    assert Spot.measured() == a.factor_names
+    # one object per image: the disc never touches the border
+    assert a.images[:, :, 0].max() == 0 and a.images[:, :, -1].max() == 0
+    assert a.images[:, :, :, 0].max() == 0 and a.images[:, :, :, -1].max() == 0
+
+
+def test_spot_each_factor_changes_the_image():
+    s = Spot(1)
+    S = s.size
+    # x and y move the centroid monotonically, over their own ranges (x's is twice y's)
+    imgs = s.render(torch.tensor([[x, 7, 4, 4] for x in range(16)]))
+    cx = [_centroid(im[0])[0] for im in imgs]
+    assert all(b > a for a, b in zip(cx, cx[1:])), cx
+    assert cx[0] == pytest.approx(0.22 * S, abs=0.05) and cx[-1] == pytest.approx(0.78 * S, abs=0.05)
+    imgs = s.render(torch.tensor([[7, y, 4, 4] for y in range(16)]))
+    cy = [_centroid(im[0])[1] for im in imgs]
+    assert all(b > a for a, b in zip(cy, cy[1:])), cy
+    assert cy[0] == pytest.approx(0.36 * S, abs=0.05) and cy[-1] == pytest.approx(0.64 * S, abs=0.05)
+    # radius grows the area (= pi r^2 at full brightness), brightness scales the peak, not the area
+    imgs = s.render(torch.tensor([[7, 7, r, 7] for r in range(8)]))
+    area = imgs.flatten(1).sum(1)
+    radius = torch.linspace(0.07, 0.16, 8) * S
+    torch.testing.assert_close(area, math.pi * radius**2, rtol=0.03, atol=0)
+    imgs = s.render(torch.tensor([[7, 7, 4, b] for b in range(8)]))
+    peak = imgs.flatten(1).max(1).values
+    torch.testing.assert_close(peak, torch.linspace(0.35, 1.0, 8))
+    support = (imgs > 0).flatten(1).sum(1)
+    assert (support == support[0]).all()
+
+
+def test_spot_factor_sensitivities_are_distinct():
+    sens = Spot(1).sensitivities()
+    assert sens.shape == (4,)
+    # x > y > radius > brightness, each at least 1.5x the next: no two share a singular value
+    assert all(a > 1.5 * b for a, b in zip(sens.tolist(), sens[1:].tolist())), sens
+
+
 def test_factor_values_and_registry():
     s = Sprites(10, seed=0)
     v = s.factor_values()
     assert v.shape == (10, 5) and v.min() >= 0 and v.max() <= 1
-    assert set(DATASETS) == {"sprites", "dots"}
+    assert set(DATASETS) == {"sprites", "dots", "spot"}
     assert make_dataset("dots", 5).factors.shape == (5, 4)
+    assert make_dataset("spot", 5).factors.shape == (5, 4)
     assert Sprites.measured() == ("shape", "scale", "x", "y")
 
 

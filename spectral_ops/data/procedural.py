@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["ProceduralDataset", "Sprites", "Dots", "DATASETS", "make_dataset"]
+__all__ = ["ProceduralDataset", "Sprites", "Dots", "Spot", "DATASETS", "make_dataset"]
 
 _SIZES = (32, 64)
 
@@ -243,11 +243,60 @@ class Dots(ProceduralDataset):
         return out
 
 
-DATASETS: dict[str, type[ProceduralDataset]] = {"sprites": Sprites, "dots": Dots}
+class Spot(ProceduralDataset):
+    """One disc whose four ordinal factors change the image by clearly different amounts: x (16
+    levels), y (16), radius (8) and brightness (8).
+
+    The factors are built to have distinct output sensitivities (the image change per unit of
+    factor value in [0, 1]), so that a method reading the generator's Jacobian spectrum can tell
+    them apart: the centre's x range (0.56 of the side) is about twice its y range (0.28), the
+    radius runs from 0.07 to 0.16 of the side and the brightness from 0.35 to 1. `sensitivities`
+    measures them. Images are (N, 1, S, S) float32 in [0, 1] (grey disc on black).
+    """
+
+    name = "spot"
+    factor_names = ("x", "y", "radius", "brightness")
+    factor_sizes = (16, 16, 8, 8)
+    categorical = (False, False, False, False)
+    x_range = (0.22, 0.78)
+    y_range = (0.36, 0.64)
+    radius_range = (0.07, 0.16)
+    brightness_range = (0.35, 1.0)
+
+    def _render_chunk(self, f: Tensor) -> Tensor:
+        S = self.size
+        gx, gy = self._grid()
+        v = f.float() / (torch.tensor(self.factor_sizes, dtype=torch.float32) - 1)
+
+        def lerp(rng, t):
+            return (rng[0] + (rng[1] - rng[0]) * t)[:, None, None]
+
+        cx, cy = lerp(self.x_range, v[:, 0]), lerp(self.y_range, v[:, 1])
+        r, b = lerp(self.radius_range, v[:, 2]), lerp(self.brightness_range, v[:, 3])
+        dist = torch.sqrt((gx[None] - cx) ** 2 + (gy[None] - cy) ** 2) - r
+        return b * (0.5 - dist * S).clamp(0.0, 1.0)
+
+    def sensitivities(self, n: int = 256, seed: int = 0) -> Tensor:
+        """Mean L2 image change per unit of each factor's value in [0, 1], (F,) float32: the
+        rendered difference between neighbouring levels, times (levels - 1)."""
+        gen = torch.Generator().manual_seed(seed)
+        base = self.sample_factors(n, generator=gen)
+        out = []
+        for j, levels in enumerate(self.factor_sizes):
+            lo = base.clone()
+            lo[:, j] = lo[:, j].clamp_max(levels - 2)
+            hi = lo.clone()
+            hi[:, j] += 1
+            diff = (self.render(hi) - self.render(lo)).flatten(1).norm(dim=1)
+            out.append(float(diff.mean()) * (levels - 1))
+        return torch.tensor(out)
+
+
+DATASETS: dict[str, type[ProceduralDataset]] = {"sprites": Sprites, "dots": Dots, "spot": Spot}
 
 
 def make_dataset(name: str, n: int = 10000, *, size: int = 32, seed: int = 0) -> ProceduralDataset:
-    """Build a procedural dataset by name ("sprites" or "dots")."""
+    """Build a procedural dataset by name ("sprites", "dots" or "spot")."""
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
     return DATASETS[name](n, size=size, seed=seed)
