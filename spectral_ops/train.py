@@ -72,7 +72,7 @@ class TrainConfig:
     reg_k: int = 4
     reg_iters: int = 2
     reg_loss: str = "offdiag"
-    reg_grad: str = "last_step"
+    reg_grad: str = "fast"
     reg_every: int = 4
     reg_batch_fraction: float = 0.25
     seed: int = 0
@@ -115,8 +115,8 @@ class TrainConfig:
             raise ValueError(f"reg_k ({self.reg_k}) must be <= latent_dim ({self.latent_dim})")
         if self.reg_loss not in ("l1", "assigned", "offdiag"):
             raise ValueError(f"reg_loss must be 'l1', 'assigned' or 'offdiag', got {self.reg_loss!r}")
-        if self.reg_grad not in ("last_step", "implicit"):
-            raise ValueError(f"reg_grad must be 'last_step' or 'implicit', got {self.reg_grad!r}")
+        if self.reg_grad not in ("fast", "implicit"):
+            raise ValueError(f"reg_grad must be 'fast' or 'implicit', got {self.reg_grad!r}")
         if not 0 < self.reg_batch_fraction <= 1:
             raise ValueError(f"reg_batch_fraction must lie in (0, 1], got {self.reg_batch_fraction!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -472,7 +472,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--reg-k", type=int, default=d.reg_k, help="spectral: singular vectors aligned (default: %(default)s)")
     g.add_argument("--reg-iters", type=int, default=d.reg_iters, help="spectral: power iterations per step (default: %(default)s)")
     g.add_argument("--reg-loss", choices=("l1", "assigned", "offdiag"), default=d.reg_loss, help="spectral: loss variant (default: %(default)s)")
-    g.add_argument("--reg-grad", choices=("last_step", "implicit"), default=d.reg_grad, help="spectral: gradient mode (default: %(default)s)")
+    g.add_argument("--reg-grad", choices=("fast", "implicit"), default=d.reg_grad, help="spectral: gradient mode (default: %(default)s)")
     g.add_argument("--reg-every", type=int, default=d.reg_every, help="lazy regularization: every N G steps, scaled by N (default: %(default)s)")
     g.add_argument("--reg-batch-fraction", type=float, default=d.reg_batch_fraction,
                    help="spectral: fraction of the batch regularized (default: %(default)s)")
