@@ -160,8 +160,8 @@ def main(argv=None) -> int:
                                              progress=args.progress)
     t0 = time.perf_counter()
     shard, n_shards = (int(x) for x in args.shard.split("/"))
-    todo = [(v, s) for s in args.seeds for v in args.variants if (v, s, args.steps, weight[v]) not in done]
-    todo = [] if args.summarise else todo[shard::n_shards]
+    todo = [(v, s) for s in args.seeds for v in args.variants][shard::n_shards]  # shards fixed by the full list
+    todo = [] if args.summarise else [(v, s) for v, s in todo if (v, s, args.steps, weight[v]) not in done]
     extra = {} if args.latent_dim is None else {"latent_dim": args.latent_dim}
     for i, (v, seed) in enumerate(todo):
         _, opts, w = parse_variant(v, args.reg_weight)
