@@ -26,15 +26,18 @@ def test_quick_demo_runs_end_to_end(quick_demo, capsys):
     assert set(blob["results"]) == {"baseline", "spectral"}
     for name, r in blob["results"].items():
         assert 0 <= r["mig"] <= 1 and 0 <= r["dci_disentanglement"] <= 1
-        assert r["frechet_distance"] >= 0 and len(r["activeness"]["per_dim"]) == 10
+        assert r["frechet_distance"] >= 0 and len(r["activeness"]["per_dim"]) == 6
+        assert r["frechet_ratio"] > 0 and isinstance(r["axis_alignment"], dict)
         assert (out / name / "checkpoint.pt").is_file()
     assert blob["configs"]["spectral"]["reg"] == "spectral" and blob["configs"]["baseline"]["reg"] == "none"
     assert "MIG" in blob["table"] and "baseline" in blob["table"]
+    assert set(blob["reference"]) == {"ceiling (oracle)", "floor (rotated oracle)"}
+    assert "ceiling (oracle)" in blob["table"] and "floor (rotated oracle)" in blob["table"]
     img = Image.open(out / "traversals.png")
-    assert img.format == "PNG" and img.height > 10 * 64  # ten rows of 2x-upscaled 32x32 tiles
+    assert img.format == "PNG" and img.height > 6 * 64  # six rows of 2x-upscaled 32x32 tiles
     assert "traversals.png" in blob["pictures"]
     # the predictor was cached
-    assert any(p.name.startswith("predictor-sprites-32") for p in (root / "cache").iterdir())
+    assert any(p.name.startswith("predictor-spot-32") for p in (root / "cache").iterdir())
 
 
 def test_eval_on_demo_checkpoint_bad_and_good_arguments(quick_demo, capsys, tmp_path):
