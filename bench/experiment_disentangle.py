@@ -119,7 +119,8 @@ def summarise(records: list[dict], variants: list[str]) -> tuple[dict, str]:
              "frechet_ratio", "varying_factors", "alignment_mean", "sigma_ratio_min")
     for v, s in summary.items():
         cells = [("n/a" if math.isnan(s[m][0]) else f"{s[m][0]:.3f} ± {s[m][1]:.3f}") for m in shown]
-        cells.append(f"{s['train_seconds'][0]:.0f}")
+        t = s["train_seconds"][0]
+        cells.append("-" if math.isnan(t) else f"{t:.0f}")
         lines.append(f"| {v} | {len(s['seeds'])} | " + " | ".join(cells) + " |")
     return summary, "\n".join(lines)
 
@@ -181,7 +182,15 @@ def main(argv=None) -> int:
               f"({res.seconds:.0f} s train, {time.perf_counter() - t0:.0f} s total)",
               flush=True)
     records = [r for r in records if r["steps"] == args.steps and _weight_of(r) == weight.get(r["variant"])]
-    summary, table = summarise(records, args.variants)
+    # the pipeline's own ceiling and floor, per seed, through the same evaluation
+    from spectral_ops.evaluate import reference_rows
+
+    latent = args.latent_dim or TrainConfig().latent_dim
+    for seed in args.seeds:
+        refs = reference_rows(args.dataset, TrainConfig().size, latent, predictor, n=args.n_eval, seed=seed)
+        for name, ev in refs.items():
+            records.append({"variant": name, "seed": seed, "train_seconds": float("nan"), **record_of(ev)})
+    summary, table = summarise(records, list(refs) + args.variants)
     (out / "summary.json").write_text(json.dumps({"steps": args.steps, "seeds": args.seeds, "summary": summary,
                                                   "predictor_validation": pinfo["validation"],
                                                   "experiment_seconds": time.perf_counter() - t0}, indent=2))
