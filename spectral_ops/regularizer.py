@@ -18,8 +18,9 @@ M(z) = J^T J and lambda_i = sigma_i^2 their eigenvalues:
   block in closed form and the rest to first order.  With g_i = dL/dv_i it takes
   a_i = sum_{j<=k, j!=i} (g_i . v_j) / (lambda_i - lambda_j) v_j + (I - V^T V) g_i / lambda_i,
   i.e. (lambda_i I - M)^+ with the out-of-block eigenvalues dropped (exact when lambda_{k+1} << lambda_i),
-  and backpropagates through sum_i (J a_i) . (J v_i).  Its cost is that of the old one-step
-  rule (two theta-differentiable JVP blocks), with no CG.  Measured against the eigh oracle
+  and backpropagates through sum_i (J a_i) . (J v_i).  J v_i comes from the last power
+  iteration's J Q (V lies in span Q), so it adds one theta-differentiable JVP block (J a_i) and
+  no CG.  Measured against the eigh oracle
   (float64, converged, k=2, 3 samples, tests/test_regularizer.py), cosine to the exact gradient,
   with the removed last_step in brackets:
 

@@ -84,3 +84,19 @@ def test_singular_weighting_of_offdiag_is_slow():
     r = run_gate(lambda G, z: spectral_penalty(G, z, k=4, iters=20, loss="offdiag", weights="singular"),
                  seed=2, steps=200)
     assert r.min_alignment < 0.9, r
+
+
+@pytest.mark.parametrize("kwargs,word", [
+    (dict(latent_dim=3), "latent_dim"), (dict(latent_dim=8.0), "latent_dim"),
+    (dict(sensitivities=()), "sensitivities"), (dict(sensitivities=(1.0, -1.0)), "sensitivities"),
+    (dict(pixels=8), "pixels"),
+])
+def test_renderer_bad_arguments(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        RotatedRenderer(**kwargs)
+
+
+@pytest.mark.parametrize("judged", [0, 5])
+def test_gate_bad_judged(judged):
+    with pytest.raises(ValueError, match="judged"):
+        run_gate(lambda G, z: G(z).sum(), steps=1, judged=judged)
