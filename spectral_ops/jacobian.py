@@ -14,16 +14,11 @@ J^T u is always one backward pass through the kept forward graph.
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import Callable
 
 import torch
 
 JVP_MODES = ("auto", "double_backward", "forward", "finite_difference")
-_EXACT_MODES = ("double_backward", "forward")
-
-# Per-generator memory of which JVP mode `auto` verified, keyed weakly by the generator object.
-_auto_choice: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
 
 
 def unwrap(G: Callable) -> Callable:
@@ -33,36 +28,12 @@ def unwrap(G: Callable) -> Callable:
     return G
 
 
-def batch_coupled_modules(G: Callable) -> list[str]:
-    """Names of submodules of G that couple rows of a batch in their current mode."""
-    if not isinstance(G, torch.nn.Module):
-        return []
-    return [name or type(m).__name__ for name, m in G.named_modules()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
-
-
-@contextlib.contextmanager
-def batch_policy(G: Callable, batchnorm: str):
-    """Apply DESIGN section 6: refuse batch-coupled layers, or run them in eval mode meanwhile."""
-    if batchnorm not in ("error", "eval"):
-        raise ValueError(f"batchnorm must be 'error' or 'eval', got {batchnorm!r}")
-    coupled = batch_coupled_modules(G)
-    if not coupled:
-        yield
-        return
-    if batchnorm == "error":
-        raise ValueError(
-            f"G has batch-coupled layers in training mode ({', '.join(coupled[:4])}): per-sample "
-            "Jacobians are undefined when rows of a batch interact.  Pass batchnorm='eval' to use "
-            "their running statistics during the extra passes, or put G in eval mode.")
-    modules = [m for m in G.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m in modules:
-            m.train()
+def name_rows(bad: torch.Tensor, message: str) -> None:
+    """Raise ValueError(message + " in rows [...]") if any entry of the bool vector `bad` is set."""
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        raise ValueError(f"{message} in rows [{shown}]")
 
 
 def _flat(y: torch.Tensor, n: int) -> torch.Tensor:
@@ -97,18 +68,24 @@ class JacobianOperator:
     def __init__(self, G: Callable, z: torch.Tensor, k: int, mode: str, create_graph: bool = False):
         if mode not in JVP_MODES[1:]:
             raise ValueError(f"jvp must be one of {JVP_MODES[1:]} here, got {mode!r}")
+        G = G.fold_rows(k) if hasattr(G, "fold_rows") else G  # per-row arguments follow the folded rows
         self.G, self.mode, self.k, self.create_graph = G, mode, k, create_graph
         self.B, self.d = z.shape
         self.z_rep = z.detach().repeat_interleave(k, dim=0).requires_grad_(True)
         self.y = G(self.z_rep)
         if not isinstance(self.y, torch.Tensor):
             raise TypeError(f"G must return a Tensor, got {type(self.y).__name__}")
+        if self.y.dim() == 0:
+            raise ValueError("G must return one output row per latent row (shape [N, ...]), but it returned a "
+                             "0-d tensor: return G's per-sample outputs, not a reduced scalar")
         if self.y.shape[0] != self.z_rep.shape[0]:
             raise ValueError(f"G changed the batch size: z has {self.B} rows (folded to {self.z_rep.shape[0]}), "
                              f"G(z) has {self.y.shape[0]}")
         if not self.y.requires_grad:
             raise ValueError("G's output does not depend on z through autograd (did G detach or run under no_grad?)")
         self.m = self.y[0].numel()
+        name_rows(~torch.isfinite(self.y.detach().reshape(self.B, -1)).all(dim=1),
+                  "G(z) has non-finite values (NaN or Inf)")
         self._u = None  # dummy cotangent for the double-backward trick, created lazily
 
     # ---- shapes -------------------------------------------------------------------------------
@@ -153,57 +130,3 @@ class JacobianOperator:
         eps = torch.finfo(self.y.dtype if self.y.dtype.is_floating_point else torch.float32).eps
         scale = max(1.0, float(self.z_rep.detach().abs().max()))
         return (eps ** (1.0 / 3.0)) * scale
-
-
-def choose_jvp(G: Callable, z: torch.Tensor, jvp: str) -> str:
-    """Resolve jvp="auto" and validate an explicit mode.
-
-    auto tries the exact modes in order (double_backward, then forward) and accepts the first one
-    whose J v agrees with a central difference on a random probe, so it never silently returns
-    wrong numbers (e.g. for a G whose custom autograd Function has no double backward).  The
-    verified choice is remembered per generator object and dtype.
-    """
-    if jvp not in JVP_MODES:
-        raise ValueError(f"jvp must be one of {JVP_MODES}, got {jvp!r}")
-    if jvp == "forward" and not supports_forward_ad(G, z):
-        raise ValueError("jvp='forward' needs forward-mode AD, which G does not support; "
-                         "use jvp='double_backward' or 'finite_difference'")
-    if jvp != "auto":
-        return jvp
-    key = (z.dtype, z.device.type)
-    try:
-        cached = _auto_choice.get(G)
-    except TypeError:  # not weak-referenceable: verify every time
-        cached = None
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    choice = _verify_auto(G, z)
-    try:
-        _auto_choice[G] = (key, choice)
-    except TypeError:
-        pass
-    return choice
-
-
-def _verify_auto(G: Callable, z: torch.Tensor) -> str:
-    probe_z = z[: min(2, z.shape[0])].detach()
-    gen = torch.Generator(device="cpu").manual_seed(1234)
-    v = torch.randn(probe_z.shape, generator=gen, dtype=torch.float64).to(z)
-    v = (v / v.norm(dim=-1, keepdim=True))[:, None, :]
-    reference = JacobianOperator(G, probe_z, 1, "finite_difference").jvp(v).detach().double()
-    ref_norm = float(reference.norm())
-    for mode in _EXACT_MODES:
-        if mode == "forward" and not supports_forward_ad(G, probe_z):
-            continue
-        try:
-            exact = JacobianOperator(G, probe_z, 1, mode).jvp(v).detach().double()
-        except RuntimeError:
-            continue
-        if not torch.isfinite(exact).all():
-            continue
-        # The central difference is accurate to ~eps^(2/3) in the relative sense; allow more for
-        # low precision and kinks (ReLU) near z, but catch wrong or zero derivatives.
-        tol = 0.05 if z.dtype in (torch.float32, torch.float64) else 0.2
-        if float((exact - reference).norm()) <= tol * max(ref_norm, 1e-30) or ref_norm == 0 == float(exact.norm()):
-            return mode
-    return "finite_difference"

@@ -128,7 +128,7 @@ def run_gate(reg, *, latent_dim: int = 8, sensitivities=DEFAULT_SENSITIVITIES, s
         z = torch.randn(batch_size, latent_dim, generator=gen, dtype=dtype)
         loss = reg(G, z)
         opt.zero_grad(set_to_none=True)
-        if loss.requires_grad:
+        if loss.grad_fn is not None:  # a skipped lazy call returns a graph-free zero
             loss.backward()
             opt.step()
             computed += 1

@@ -13,7 +13,8 @@ from typing import Callable
 import torch
 
 from . import ops
-from .jacobian import JVP_MODES, JacobianOperator, batch_policy, choose_jvp, unwrap
+from .generator import check_seed, flatten_latents, prepared, select_rows
+from .jacobian import JVP_MODES, JacobianOperator, name_rows
 
 METHODS = ("auto", "power", "dense")
 
@@ -52,20 +53,9 @@ class TopK:
 
 def validate_latents(z: object, name: str = "z") -> torch.Tensor:
     """Check z is a finite floating [B, d] tensor; raise naming the bad rows otherwise."""
-    if not isinstance(z, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
-    if z.dim() != 2:
+    if isinstance(z, torch.Tensor) and z.dim() != 2:
         raise ValueError(f"{name} must be 2-D [batch, latent_dim], got shape {tuple(z.shape)}")
-    if not z.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating-point tensor, got {z.dtype}")
-    if z.shape[0] == 0 or z.shape[1] == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {tuple(z.shape)}")
-    bad = ~torch.isfinite(z).all(dim=1)
-    if bool(bad.any()):
-        rows = bad.nonzero().flatten().tolist()
-        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
-        raise ValueError(f"{name} has non-finite values in rows [{shown}]")
-    return z
+    return flatten_latents(z, name)[0]
 
 
 def validate_k(k: object, d: int) -> int:
@@ -102,6 +92,10 @@ def validate_init(init: object, B: int, k: int, d: int) -> torch.Tensor:
         init = init.expand(B, k, d)
     if init.shape != (B, k, d):
         raise ValueError(f"init must have shape ({k}, {d}) or ({B}, {k}, {d}), got {tuple(init.shape)}")
+    if init.device.type == "meta":
+        raise ValueError("init is on the meta device: spectral_ops needs its values")
+    if not init.dtype.is_floating_point:
+        raise TypeError(f"init must be a floating-point tensor, got {init.dtype}")
     if not torch.isfinite(init).all():
         raise ValueError("init has non-finite values")
     return init
@@ -121,44 +115,57 @@ def jacobian_topk(G: Callable, z: torch.Tensor, k: int, *, iters: int = 20, tol:
     """Top-k right-singular vectors and values of J(z_b) = dG/dz at every row z_b of z.
 
     Args:
-        G: callable (N, d) -> (N, ...) with no coupling between rows (an nn.Module, a DDP-wrapped
-            module, or a plain function).
-        z: [B, d] latent codes.
+        G: callable with no coupling between rows, deterministic (an nn.Module, a DDP-wrapped
+            module, a lambda or partial around one, or a plain function); see `generator`.
+        z: [B, d] latent codes, or [B, ...] (e.g. [B, nz, 1, 1]): the latent is the flattened
+            trailing dims, d = prod(z.shape[1:]).
         k: how many vectors, 1 <= k <= d.
         iters: maximum power iterations; each is ONE generator pass on B*k rows.
         tol: stop when every residual ||M v_i - lambda_i v_i|| / lambda_1 < tol.
         method: "power", "dense" (exact: full Jacobian + eigh) or "auto" (cost model).
         jvp: "double_backward", "forward", "finite_difference" or "auto" (verified choice).
         init: warm start, [k, d] or [B, k, d]; the output signs then agree with it.
-        seed: seed of the random starting basis (default 0: results are deterministic).
+        seed: seed of the random starting basis (an int; default 0: results are deterministic).
         batchnorm: "error" (refuse train-mode BatchNorm) or "eval" (use running statistics).
         chunk_size: latent axes per batched JVP for method="dense" (bounds its memory).
     Returns:
-        TopK with vectors [B, k, d], values [B, k], residuals [B, k], converged [B, k].
+        TopK with vectors [B, k, d] (flat: `vectors.reshape(B, k, *z.shape[1:])` for G's latent
+        shape), values [B, k], residuals [B, k], converged [B, k].
     """
     if not callable(G):
         raise TypeError(f"G must be callable, got {type(G).__name__}")
-    z = validate_latents(z)
-    B, d = z.shape
+    flat, _ = flatten_latents(z)
+    B, d = flat.shape
     k = validate_k(k, d)
     validate_iters_tol(iters, tol)
+    check_seed(seed)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if jvp not in JVP_MODES:
         raise ValueError(f"jvp must be one of {JVP_MODES}, got {jvp!r}")
     if init is not None:
-        _initial_basis(init, B, k, d, z.dtype, z.device, seed)  # validate before any work
-    G = unwrap(G)
-    with batch_policy(G, batchnorm), torch.enable_grad():
-        mode = choose_jvp(G, z, jvp)
+        _initial_basis(init, B, k, d, flat.dtype, flat.device, seed)  # validate before any work
+    with prepared(G, z, jvp=jvp, batchnorm=batchnorm) as (G, z, mode):
         if method == "auto":
             with torch.no_grad():
-                m = G(z[:1].detach()).numel()
+                m = select_rows(G, slice(0, 1))(z[:1].detach()).numel()
             cheaper = estimated_cost("dense", B, k, d, m, iters) < estimated_cost("power", B, k, d, m, iters)
             method = "dense" if cheaper else "power"
         if method == "dense":
             return _dense_topk(G, z, k, mode, chunk_size, init)
         return _power_topk(G, z, k, iters, tol, mode, init, seed)
+
+
+def scaled_product(op: JacobianOperator, JQ: torch.Tensor, cdtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M Q / c^2 [B, k, d], c [B]) with c = max |J Q| per sample: M Q in units that neither
+    overflow nor underflow for any scale of G (the Gram of J^T J squares it).  Raises naming the
+    rows of z where the products are not finite."""
+    c = JQ.detach().abs().flatten(1).amax(1).to(cdtype)
+    name_rows(~torch.isfinite(c), "J(z) v is not finite (G's derivative is infinite or NaN)")
+    c = torch.where(c > 0, c, torch.ones_like(c))
+    MQ = op.vjp(JQ.detach() / c.to(JQ.dtype)[:, None, None]).detach().to(cdtype) / c[:, None, None]
+    name_rows(~torch.isfinite(MQ).flatten(1).all(1), "J(z)^T J(z) v is not finite (G's derivative is infinite or NaN)")
+    return MQ, c
 
 
 def _power_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
@@ -167,17 +174,17 @@ def _power_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
     Q, V_prev = _initial_basis(init, B, k, d, cdtype, z.device, seed)
     op = JacobianOperator(G, z, k, mode)
     for it in range(1, iters + 1):
-        MQ = op.matvec(Q).to(cdtype).detach()
+        MQ, c = scaled_product(op, op.jvp(Q), cdtype)
         V, lam, res, Q_next = ops.ritz_step(Q, MQ, V_prev)
         if bool((res < tol).all()) or it == iters:
             break
         Q = Q_next
-    return _finish(V, lam, res, tol, it, "power", mode)
+    return _finish(V, lam, c, res, tol, it, "power", mode)
 
 
-def _finish(V, lam, res, tol, iterations, method, mode) -> TopK:
-    """Singular values from Ritz values; coordinate axes where the Jacobian is exactly zero."""
-    values = lam.clamp_min(0).sqrt()
+def _finish(V, lam, c, res, tol, iterations, method, mode) -> TopK:
+    """Singular values sqrt(lam) c from Ritz values of M / c^2; coordinate axes where J is zero."""
+    values = lam.clamp_min(0).sqrt() * c[:, None]
     zero = lam[:, 0] <= 0
     if bool(zero.any()):
         B, k, d = V.shape
@@ -201,7 +208,7 @@ def _dense_topk(G, z, k, mode, chunk_size, init) -> TopK:
     B, d = z.shape
     cdtype = ops.reference.compute_dtype(z.dtype)
     with torch.no_grad():
-        m = G(z[:1].detach()).numel()
+        m = select_rows(G, slice(0, 1))(z[:1].detach()).numel()
     chunk = _dense_chunk(B, d, m, z.element_size(), chunk_size)
     eye = torch.eye(d, dtype=cdtype, device=z.device)
     Jt = torch.empty(B, d, m, dtype=cdtype, device=z.device)
@@ -210,6 +217,10 @@ def _dense_topk(G, z, k, mode, chunk_size, init) -> TopK:
         op = JacobianOperator(G, z, stop - start, mode)
         Jt[:, start:stop] = op.jvp(eye[start:stop].expand(B, -1, -1)).detach().to(cdtype)
         del op
+    c = Jt.abs().flatten(1).amax(1)  # per-sample scale: J^T J / c^2 neither overflows nor underflows
+    name_rows(~torch.isfinite(c), "J(z) is not finite (G's derivative is infinite or NaN)")
+    c = torch.where(c > 0, c, torch.ones_like(c))
+    Jt = Jt / c[:, None, None]
     Mfull = Jt @ Jt.transpose(1, 2)
     del Jt
     lam, U = torch.linalg.eigh(Mfull)
@@ -219,4 +230,4 @@ def _dense_topk(G, z, k, mode, chunk_size, init) -> TopK:
     MV = (Mfull @ V.transpose(1, 2)).transpose(1, 2)
     res = (MV - lam[..., None] * V).norm(dim=-1)
     res = torch.where(lam[:, :1] > 0, res / lam[:, :1].clamp_min(torch.finfo(cdtype).tiny), torch.zeros_like(res))
-    return _finish(V, lam, res, float("inf"), 0, "dense", mode)
+    return _finish(V, lam, c, res, float("inf"), 0, "dense", mode)

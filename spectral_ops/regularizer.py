@@ -68,9 +68,10 @@ import torch
 from torch import nn
 
 from . import ops
-from .jacobian import JVP_MODES, JacobianOperator, batch_policy, choose_jvp, unwrap
+from .generator import check_seed, flatten_latents, prepared, select_rows
+from .jacobian import JVP_MODES, JacobianOperator, name_rows
 from .ops.reference import compute_dtype
-from .power import validate_init, validate_k, validate_latents
+from .power import validate_init, validate_k
 
 __all__ = ["spectral_penalty", "SpectralRegularizer", "LOSSES", "GRADS", "WEIGHTS", "default_basis"]
 
@@ -155,6 +156,8 @@ def _power(op: JacobianOperator, Q0: torch.Tensor, V_prev, iters: int, tol: floa
         JQ = op.jvp(Q)
         op.create_graph = False
         MQ = op.vjp(JQ.detach()).detach().to(cdtype)
+        name_rows(~torch.isfinite(MQ).flatten(1).all(1), "J(z)^T J(z) v is not finite (G's derivative is infinite or "
+                  "NaN, or G's scale overflows)")
         V, lam, res, Q_next = ops.ritz_step(Q, MQ, V_prev)
         if last:
             # V lies in span(Q): V = U Q with U = V Q^T (k x k), so J V = U (J Q) -- no extra JVP.
@@ -275,24 +278,25 @@ def _eigvec_gradient(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, l
     return value + (surrogate - surrogate.detach())
 
 
-def _penalty(G, z, k, iters, loss, grad, jvp, init, init_signs, weights, batchnorm, tol, cg_iters, cg_tol):
-    """Returns (penalty scalar, vectors [B, k, d] detached, values [B, k], residuals [B, k], next
-    basis [B, k, d]: orthonormalize(M V), one power step beyond V, sign-aligned with V)."""
-    B, d = z.shape
-    cdtype = compute_dtype(z.dtype)
-    G = unwrap(G)
-    with batch_policy(G, batchnorm), torch.enable_grad():
-        mode = choose_jvp(G, z, jvp)
+def _penalty(G, z, k, iters, loss, grad, jvp, init, weights, batchnorm, tol, cg_iters, cg_tol):
+    """z: [B, ...] (already validated).  Returns (penalty scalar, vectors [B, k, d] detached,
+    values [B, k], residuals [B, k], next basis [B, k, d]: orthonormalize(M V), one power step
+    beyond V, sign-aligned with V)."""
+    with prepared(G, z, jvp=jvp, batchnorm=batchnorm) as (G, z, mode):
+        B, d = z.shape
+        cdtype = compute_dtype(z.dtype)
         if init is None:
             Q0, V_prev = default_basis(k, d, dtype=cdtype, device=z.device).expand(B, k, d), None
         else:
             init = init.detach().to(device=z.device, dtype=cdtype)
             if init.dim() == 2:
                 init = init.expand(B, k, d)
-            Q0, V_prev = ops.orthonormalize(init.contiguous()), (init if init_signs else None)
+            Q0, V_prev = ops.orthonormalize(init.contiguous()), init
         op = JacobianOperator(G, z, k, mode)
         V, lam, res, Q_next, JV = _power(op, Q0, V_prev, iters, tol, cdtype)
         value = _eigvec_gradient(op, V, lam, loss, weights, grad, cg_iters, cg_tol, cdtype, JV)
+    if not bool(torch.isfinite(value)):
+        raise ValueError(f"the spectral penalty is not finite ({float(value)}): check G's outputs and scale")
     return value, V.detach(), lam.sqrt(), res, Q_next.detach()
 
 
@@ -323,13 +327,12 @@ def spectral_penalty(G: Callable, z: torch.Tensor, *, k: int = 4, iters: int = 2
         scalar tensor (float32, or float64 for float64 z), differentiable w.r.t. G's parameters.
     """
     _check_G(G)
-    z = validate_latents(z)
-    B, d = z.shape
+    B, d = flatten_latents(z)[0].shape
     k = validate_k(k, d)
     _check_common(iters, loss, grad, jvp, weights, batchnorm, tol, cg_iters, cg_tol)
     if init is not None:
         init = validate_init(init, B, k, d)
-    return _penalty(G, z, k, iters, loss, grad, jvp, init, True, weights, batchnorm, tol, cg_iters, cg_tol)[0]
+    return _penalty(G, z, k, iters, loss, grad, jvp, init, weights, batchnorm, tol, cg_iters, cg_tol)[0]
 
 
 class SpectralRegularizer(nn.Module):
@@ -377,6 +380,7 @@ class SpectralRegularizer(nn.Module):
                  cg_iters: int = 8, cg_tol: float = 1e-6, seed: int = 0):
         super().__init__()
         _int_at_least("latent_dim", latent_dim, 1)
+        check_seed(seed, allow_none=False)
         validate_k(k, latent_dim)
         _check_common(iters, loss, grad, jvp, weights, batchnorm, tol, cg_iters, cg_tol)
         _int_at_least("every", every, 1)
@@ -408,22 +412,35 @@ class SpectralRegularizer(nn.Module):
         gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + step)
         return torch.randperm(B, generator=gen)[:n].sort().values.to(device)
 
+    @property
+    def will_compute(self) -> bool:
+        """Whether the next call computes the penalty (False: it returns a zero at no cost).
+        A trainer with a separate regularization phase can skip that phase when this is False."""
+        return int(self.step) % self.every == 0
+
     def forward(self, G: Callable, z: torch.Tensor) -> torch.Tensor:
-        """Penalty for this step: scalar, scaled by `every`; a graph-free zero on skipped calls."""
+        """Penalty for this step: scalar, scaled by `every`; on skipped calls a zero leaf that
+        backward() accepts (no graph, no cost).
+
+        z: [B, latent_dim] or [B, ...] with prod(z.shape[1:]) = latent_dim (e.g. [B, nz, 1, 1]).
+        A call that raises leaves the module's state (step, basis, last_*) unchanged.
+        """
         _check_G(G)
-        if not isinstance(z, torch.Tensor):
-            raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
-        if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"z must be 2-D [batch, latent_dim={self.latent_dim}], got shape {tuple(z.shape)}")
+        flat, _ = flatten_latents(z)
+        if flat.shape[1] != self.latent_dim:
+            raise ValueError(f"z must be [batch, latent_dim={self.latent_dim}] (or [batch, ...] with "
+                             f"{self.latent_dim} values per row), got shape {tuple(z.shape)}")
         step = int(self.step)
-        self.step += 1
         if step % self.every:
-            return torch.zeros((), dtype=compute_dtype(z.dtype), device=z.device)
-        z = validate_latents(z)
+            self.step += 1
+            return torch.zeros((), dtype=compute_dtype(z.dtype), device=z.device, requires_grad=True)
         rows = self._rows(z.shape[0], step, z.device)
         zs = z if rows is None else z.index_select(0, rows)
-        value, V, S, res, Q_next = _penalty(G, zs, self.k, self.iters, self.loss, self.grad, self.jvp, self.basis,
-                                            True, self.weights, self.batchnorm, self.tol, self.cg_iters, self.cg_tol)
+        Gs = G if rows is None else select_rows(G, rows)
+        value, V, S, res, Q_next = _penalty(Gs, zs, self.k, self.iters, self.loss, self.grad, self.jvp, self.basis,
+                                            self.weights, self.batchnorm, self.tol, self.cg_iters, self.cg_tol)
+        name_rows(~torch.isfinite(Q_next).flatten(1).all(1), "the next warm-start basis is not finite")
+        self.step += 1
         self.last_latents, self.last_vectors, self.last_values, self.last_residuals = zs.detach(), V, S.detach(), res.detach()
         if self.warm_start and self.training:
             self._update_basis(Q_next)  # not V: V lies in span of the last start, one product behind

@@ -41,7 +41,8 @@ from typing import Callable
 import torch
 
 from . import ops
-from .power import jacobian_topk, validate_iters_tol, validate_k, validate_latents
+from .generator import check_autograd_available, check_seed, flat_generator, flatten_latents
+from .power import jacobian_topk, validate_iters_tol, validate_k
 
 INTEGRATORS = ("euler", "heun", "rk4")
 PROJECTIONS = (None, "sphere")
@@ -214,8 +215,9 @@ def trace_trajectory(G: Callable, z0: torch.Tensor, direction: int = 0, *, steps
     """Follow the `direction`-th right-singular vector field of J(z) = dG/dz from every row of z0.
 
     Args:
-        G: callable (N, d) -> (N, ...) with no coupling between rows.
-        z0: [B, d] starting latents (finite).
+        G: callable (N, d) -> (N, ...) with no coupling between rows (as for `jacobian_topk`).
+        z0: [B, d] starting latents (finite), or [B, ...]: the latent is the flattened trailing
+            dims, and the result is flat (`traj.z.reshape(T + 1, B, *z0.shape[1:])` for G).
         direction: index (0 = largest singular value) of the vector followed, chosen at z0;
             afterwards the same vector is tracked through crossings (see module docstring).
         steps: integration steps per way (>= 1).
@@ -242,7 +244,10 @@ def trace_trajectory(G: Callable, z0: torch.Tensor, direction: int = 0, *, steps
     """
     if not callable(G):
         raise TypeError(f"G must be callable, got {type(G).__name__}")
-    z0 = validate_latents(z0, "z0")
+    check_autograd_available()
+    z0, latent_shape = flatten_latents(z0, "z0")
+    G = flat_generator(G, latent_shape)
+    check_seed(seed)
     B, d = z0.shape
     if isinstance(direction, bool) or not isinstance(direction, int) or direction < 0:
         raise ValueError(f"direction must be an int >= 0, got {direction!r}")

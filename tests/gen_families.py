@@ -79,3 +79,57 @@ def oracle_svd(G, z: torch.Tensor):
     """(S [B, min(m,d)], Vh [B, min(m,d), d]) of the explicit Jacobian."""
     _, S, Vh = torch.linalg.svd(explicit_jacobian(G, z), full_matrices=False)
     return S, Vh
+
+
+class StyleLike(nn.Module):
+    """A small style-based generator: a mapping MLP z -> w whose mean is tracked in a `w_avg`
+    buffer in training mode (as StyleGAN2 does), a learned constant, a modulated (per-sample,
+    demodulated) 3x3 convolution as a grouped convolution, and per-pixel noise inputs.
+
+    forward(z, noise_mode="random"): [N, d] -> [N, 1, 8, 8]; noise_mode "random" draws new noise
+    on every call (StyleGAN2's default in training), "const" uses the fixed `noise_const` buffer,
+    "none" adds none.
+    """
+
+    def __init__(self, d: int = 8, w_dim: int = 12, channels: int = 4):
+        super().__init__()
+        self.mapping = nn.Sequential(nn.Linear(d, w_dim), nn.LeakyReLU(0.2), nn.Linear(w_dim, w_dim))
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+        self.const = nn.Parameter(torch.randn(channels, 8, 8))
+        self.affine = nn.Linear(w_dim, channels)
+        self.weight = nn.Parameter(torch.randn(channels, channels, 3, 3) / 3)
+        self.to_rgb = nn.Conv2d(channels, 1, 1)
+        self.noise_strength = nn.Parameter(torch.full((), 0.5))
+        self.register_buffer("noise_const", torch.randn(1, 1, 8, 8))
+
+    def forward(self, z: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+        w = self.mapping(z)
+        if self.training:
+            self.w_avg.copy_(w.detach().mean(0).lerp(self.w_avg, 0.995))
+        N, C = w.shape[0], self.const.shape[0]
+        s = self.affine(w) + 1                                            # [N, C] styles
+        weight = self.weight[None] * s[:, None, :, None, None]            # [N, C, C, 3, 3]
+        weight = weight * (weight.square().sum(dim=(2, 3, 4), keepdim=True) + 1e-8).rsqrt()
+        x = self.const[None].expand(N, -1, -1, -1).reshape(1, N * C, 8, 8)
+        x = nn.functional.conv2d(x, weight.reshape(N * C, C, 3, 3), padding=1, groups=N).reshape(N, C, 8, 8)
+        if noise_mode == "random":
+            x = x + self.noise_strength * torch.randn(N, 1, 8, 8, dtype=x.dtype, device=x.device)
+        elif noise_mode == "const":
+            x = x + self.noise_strength * self.noise_const.to(x.dtype)
+        return torch.tanh(self.to_rgb(nn.functional.leaky_relu(x, 0.2)))
+
+
+class DCGAN4D(nn.Module):
+    """A DCGAN generator as public trainers write it: z [N, nz, 1, 1] -> [N, 1, 8, 8], with
+    BatchNorm2d between the transposed convolutions."""
+
+    def __init__(self, nz: int = 6, ngf: int = 4):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(nz, 2 * ngf, 4, 1, 0), nn.BatchNorm2d(2 * ngf), nn.ReLU(),
+            nn.ConvTranspose2d(2 * ngf, 1, 4, 2, 1), nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() != 4:
+            raise ValueError(f"DCGAN4D takes z [N, nz, 1, 1], got {tuple(z.shape)}")
+        return self.net(z)

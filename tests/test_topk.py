@@ -107,7 +107,11 @@ def test_one_generator_call_per_iteration_on_folded_batch():
 
     z = _z()
     jacobian_topk(counted, z, K, iters=5, tol=0.0, jvp="double_backward", method="power")
+    assert rows == [2, 2, 2, B * K]  # the first call probes G once (three 2-row forwards)
+    rows.clear()
+    jacobian_topk(counted, z, K, iters=5, tol=0.0, jvp="double_backward", method="power")
     assert rows == [B * K]  # one forward graph, reused by all 5 iterations
+    jacobian_topk(counted, z, K, iters=1, jvp="finite_difference", method="power")  # probe this mode
     rows.clear()
     jacobian_topk(counted, z, K, iters=5, tol=0.0, jvp="finite_difference", method="power")
     assert rows == [B * K] * (1 + 2 * 5)  # the graph + two graph-free forwards per iteration
@@ -276,7 +280,7 @@ def _linear():
 @pytest.mark.parametrize(
     "kwargs, exc, match",
     [
-        (dict(z=torch.randn(D, dtype=torch.float64)), ValueError, "z must be 2-D"),
+        (dict(z=torch.randn(D, dtype=torch.float64)), ValueError, r"z must have shape \[batch, latent"),
         (dict(z=[[0.0] * D]), TypeError, "z must be a torch.Tensor"),
         (dict(z=torch.ones(B, D, dtype=torch.long)), TypeError, "floating-point"),
         (dict(k=0), ValueError, "k must satisfy"),

@@ -9,7 +9,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..jacobian import batch_policy, unwrap
+from ..generator import batch_policy
+from ..jacobian import unwrap
 from ..power import validate_latents
 
 _REDUCTIONS = ("max", "mean")

@@ -1,0 +1,409 @@
+"""How spectral_ops calls a user's generator: the checks and guarantees around every extra pass.
+
+Every public entry point (`jacobian_topk`, `spectral_penalty`, `SpectralRegularizer`,
+`trace_trajectory`) runs its generator passes inside `prepared(G, z, ...)`, which
+
+- accepts latents of any shape (B, ...): the latent is the flattened trailing dims, d =
+  prod(z.shape[1:]), and G is called on z reshaped back (`FlatGenerator`); results come back in
+  the flat layout, e.g. vectors [B, k, d] (`vectors.reshape(B, k, *z.shape[1:])` for G's shape);
+- finds the nn.Modules G is made of, also when G is a lambda, a `functools.partial`, a bound
+  method or a plain function (its closure, its arguments, the globals it names), so that the
+  BatchNorm policy, the dtype check and the buffer guarantee apply to them too;
+- leaves every buffer of those modules exactly as it found it (BatchNorm running statistics,
+  `num_batches_tracked`, a style generator's `w_avg`): buffers the extra passes changed are
+  copied back afterwards;
+- probes G once (cached per generator, see `generator_identity`) on two-row batches: that it
+  returns one row per latent, that G(z) is a function of z (two identical calls agree: no random
+  noise inputs, no train-mode Dropout), that a row's output does not depend on its batch-mates
+  (BatchNorm behind a function the module scan cannot see), and, for jvp="auto", which exact
+  JVP mode agrees with a central difference.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import types
+import weakref
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .jacobian import JVP_MODES, JacobianOperator, name_rows, supports_forward_ad, unwrap
+
+_EXACT_MODES = ("double_backward", "forward")
+_PROBE_SEED = 1234
+
+# generator identity anchor (weakly held) -> {key: JVP mode that passed the probe}
+_probe_cache: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
+# ---- latents ------------------------------------------------------------------------------------
+def check_autograd_available() -> None:
+    """spectral_ops differentiates G: refuse torch.inference_mode() with the reason."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("spectral_ops differentiates G and cannot run inside torch.inference_mode(); "
+                           "call it outside that block (torch.no_grad() is fine: it turns grad on itself)")
+
+
+def flatten_latents(z: object, name: str = "z") -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Check z [B, ...] (finite, floating, real device) and return (z as [B, d], z.shape[1:])."""
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    if z.dim() < 2:
+        raise ValueError(f"{name} must have shape [batch, latent...] (2-D or more), got shape {tuple(z.shape)}")
+    if not z.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got {z.dtype}")
+    if z.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device: spectral_ops needs its values (move it to 'cpu' or 'cuda')")
+    if z.numel() == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {tuple(z.shape)}")
+    latent_shape = tuple(z.shape[1:])
+    flat = z.reshape(z.shape[0], -1)
+    name_rows(~torch.isfinite(flat).all(dim=1), f"{name} has non-finite values")
+    return flat, latent_shape
+
+
+def check_seed(seed: object, allow_none: bool = True) -> None:
+    if seed is None and allow_none:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int{' or None' if allow_none else ''}, got {type(seed).__name__}")
+
+
+class FlatGenerator:
+    """G as the library calls it: [N, d] -> G(z.reshape(N, *latent_shape), *row_args, **kwargs).
+
+    row_args are tensors with one row per latent row (class labels [N], embeddings [N, e]): the
+    library folds and subsets them with the latents (`fold_rows`, `select_rows`).  Build one with
+    `conditioned`; latent_shape None passes z as the library holds it.
+    """
+
+    def __init__(self, G: Callable, latent_shape: tuple[int, ...] | None = None,
+                 row_args: tuple[torch.Tensor, ...] = (), kwargs: dict | None = None):
+        self.G, self.latent_shape = G, (None if latent_shape is None else tuple(latent_shape))
+        self.row_args, self.kwargs = tuple(row_args), dict(kwargs or {})
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        for a in self.row_args:
+            if a.shape[0] != z.shape[0]:
+                raise ValueError(f"a per-row argument of G has {a.shape[0]} rows for {z.shape[0]} latent rows")
+        x = z if self.latent_shape is None else z.reshape(z.shape[0], *self.latent_shape)
+        return self.G(x, *self.row_args, **self.kwargs)
+
+    def _with(self, **changes) -> "FlatGenerator":
+        out = FlatGenerator(self.G, self.latent_shape, self.row_args, self.kwargs)
+        out.__dict__.update(changes)
+        return out
+
+    def with_shape(self, latent_shape: tuple[int, ...]) -> "FlatGenerator":
+        return self._with(latent_shape=None if len(latent_shape) == 1 else tuple(latent_shape))
+
+    def fold_rows(self, k: int) -> "FlatGenerator":
+        """The same G for latents folded k times (each row repeated k times in place)."""
+        return self._with(row_args=tuple(a.repeat_interleave(k, dim=0) for a in self.row_args))
+
+    def select_rows(self, index: torch.Tensor | slice) -> "FlatGenerator":
+        """The same G for the latent rows `index` (a LongTensor or a slice)."""
+        pick = (lambda a: a[index]) if isinstance(index, slice) else (lambda a: a.index_select(0, index.to(a.device)))
+        return self._with(row_args=tuple(pick(a) for a in self.row_args))
+
+
+def conditioned(G: Callable, *row_args: torch.Tensor, **kwargs) -> FlatGenerator:
+    """G with extra arguments, for every spectral_ops entry point: G(z, *row_args, **kwargs).
+
+    row_args: tensors with one row per row of z, e.g. class labels c [B] for G(z, c); the
+    library repeats and subsets them with z.  kwargs: passed unchanged on every call, e.g.
+    noise_mode="const" for a style generator with noise inputs.  Example::
+
+        reg(spectral_ops.conditioned(G, c, noise_mode="const"), z)
+    """
+    if not callable(G):
+        raise TypeError(f"G must be callable, got {type(G).__name__}")
+    for i, a in enumerate(row_args):
+        if not isinstance(a, torch.Tensor) or a.dim() == 0:
+            raise TypeError(f"row argument {i} must be a tensor with one row per latent row, got "
+                            f"{type(a).__name__ if not isinstance(a, torch.Tensor) else 'a 0-d tensor'} "
+                            "(pass per-call constants as keyword arguments)")
+    return FlatGenerator(unwrap(G), None, row_args, kwargs)
+
+
+def flat_generator(G: Callable, latent_shape: tuple[int, ...]) -> Callable:
+    """The callable the library runs on [N, d] latents: G itself for 1-D latents and no extra
+    arguments, else a `FlatGenerator`."""
+    if isinstance(G, FlatGenerator) and G.latent_shape is None:
+        return G.with_shape(latent_shape)
+    return G if len(latent_shape) == 1 else FlatGenerator(G, latent_shape)
+
+
+def select_rows(G: Callable, index: torch.Tensor | slice) -> Callable:
+    """G for a subset of the latent rows (only per-row arguments need subsetting)."""
+    return G.select_rows(index) if isinstance(G, FlatGenerator) and G.row_args else G
+
+
+def check_row_args(G: Callable, B: int) -> None:
+    if isinstance(G, FlatGenerator):
+        for i, a in enumerate(G.row_args):
+            if a.shape[0] != B:
+                raise ValueError(f"row argument {i} of the conditioned G has {a.shape[0]} rows, z has {B}")
+
+
+# ---- what G is made of --------------------------------------------------------------------------
+def _parts(G: object) -> tuple[object | None, list[object]]:
+    """(code or object that identifies G's computation, the objects it closes over)."""
+    if isinstance(G, FlatGenerator):
+        return None, [G.G, *G.kwargs.values()]
+    if isinstance(G, functools.partial):
+        return None, [G.func, *G.args, *G.keywords.values()]
+    if isinstance(G, types.MethodType):
+        return G.__func__.__code__, [G.__self__]
+    if isinstance(G, types.FunctionType):
+        cells = []
+        for cell in G.__closure__ or ():
+            with contextlib.suppress(ValueError):  # an empty cell
+                cells.append(cell.cell_contents)
+        named = [G.__globals__[n] for n in G.__code__.co_names if n in G.__globals__]
+        return G.__code__, cells + [g for g in named if isinstance(g, nn.Module) or callable(g)]
+    return None, []
+
+
+def modules_of(G: object, depth: int = 3) -> list[nn.Module]:
+    """The nn.Modules that make up G (G itself, or what a function / partial / method holds)."""
+    G = unwrap(G)
+    if isinstance(G, nn.Module):
+        return [G]
+    found: list[nn.Module] = []
+    if depth == 0:
+        return found
+    for obj in _parts(G)[1]:
+        if isinstance(obj, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel, nn.Module)):
+            found.append(unwrap(obj))
+        elif callable(obj) and isinstance(obj, (types.FunctionType, types.MethodType, functools.partial, FlatGenerator)):
+            found.extend(modules_of(obj, depth - 1))
+    unique = {id(m): m for m in found}
+    return list(unique.values())
+
+
+def generator_identity(G: object) -> tuple[object, tuple]:
+    """(anchor, extra): the same code on the same modules gives the same identity, also for a
+    lambda or partial created anew on every call.  anchor is weakly referenceable."""
+    G, shape, options = unwrap(G), (), ()
+    while isinstance(G, FlatGenerator):
+        options += (G.latent_shape, _simple(G.kwargs.items()))
+        G = unwrap(G.G)
+    if isinstance(G, nn.Module):
+        return G, options
+    options += (_simple(_parts(G)[1]),)
+    mods = tuple(id(m) for m in modules_of(G))
+    f = G
+    while isinstance(f, functools.partial):
+        f = unwrap(f.func)
+    if isinstance(f, types.MethodType):
+        f = f.__func__
+    anchor = f.__code__ if isinstance(f, types.FunctionType) else f
+    return anchor, (options, type(G).__name__, mods)
+
+
+def _simple(values) -> tuple:
+    """The plain constants (str, int, float, bool, None) among values: part of G's identity."""
+    plain = (str, int, float, bool, type(None))
+    return tuple(v for v in values if isinstance(v, plain)
+                 or (isinstance(v, tuple) and len(v) == 2 and isinstance(v[1], plain)))
+
+
+def _param_dtype(modules: list[nn.Module]) -> torch.dtype | None:
+    dtypes = {p.dtype for m in modules for p in m.parameters() if p.dtype.is_floating_point}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
+def check_dtype(modules: list[nn.Module], z: torch.Tensor, name: str = "z") -> None:
+    """z's dtype must be the dtype of G's floating parameters (when they share one)."""
+    dtype = _param_dtype(modules)
+    if dtype is not None and z.dtype != dtype:
+        raise TypeError(f"{name} has dtype {z.dtype} but G's parameters are {dtype}: pass {name}.to({dtype}) "
+                        f"(or convert G with .to({z.dtype}))")
+
+
+# ---- the state of G -----------------------------------------------------------------------------
+def _train_mode_batchnorms(modules: list[nn.Module]) -> list[tuple[str, nn.Module]]:
+    out = {}
+    for root in modules:
+        for name, m in root.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+                out[id(m)] = (name or type(m).__name__, m)
+    return list(out.values())
+
+
+@contextlib.contextmanager
+def batch_policy(G: Callable, batchnorm: str) -> Iterator[None]:
+    """DESIGN section 6: refuse G's train-mode BatchNorm layers, or run them in eval mode meanwhile."""
+    if batchnorm not in ("error", "eval"):
+        raise ValueError(f"batchnorm must be 'error' or 'eval', got {batchnorm!r}")
+    coupled = _train_mode_batchnorms(modules_of(G))
+    if coupled and batchnorm == "error":
+        raise ValueError(
+            f"G has batch-coupled layers in training mode ({', '.join(n for n, _ in coupled[:4])}): per-sample "
+            "Jacobians are undefined when rows of a batch interact.  Pass batchnorm='eval' to use "
+            "their running statistics during the extra passes, or put G in eval mode.")
+    for _, m in coupled:
+        m.eval()
+    try:
+        yield
+    finally:
+        for _, m in coupled:
+            m.train()
+
+
+@contextlib.contextmanager
+def preserved_buffers(G: Callable) -> Iterator[None]:
+    """Copy back, on exit, every buffer of G's modules that changed meanwhile (in-place updates)."""
+    buffers = {id(b): b for m in modules_of(G) for b in m.buffers()}.values()
+    saved = [(b, b._version, b.detach().clone()) for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, version, value in saved:
+                if b._version != version:
+                    b.copy_(value)
+
+
+# ---- the probe ----------------------------------------------------------------------------------
+def _probe_batches(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two [2, d] batches that share row 0 (z[0]) and differ in row 1."""
+    gen = torch.Generator(device="cpu").manual_seed(_PROBE_SEED)
+    z0 = z[:1].detach()
+    scale = 1.0 + float(z0.abs().max())
+    noise = torch.randn(2, z.shape[1], generator=gen, dtype=torch.float64).to(z)
+    a = z[1:2].detach() if z.shape[0] > 1 else z0 + 0.5 * scale * noise[:1]
+    b = z0 + 0.25 * scale * noise[1:]
+    return torch.cat([z0, a]), torch.cat([z0, b])
+
+
+def _output(G: Callable, x: torch.Tensor, B: int) -> torch.Tensor:
+    with torch.no_grad():
+        y = G(x)
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"G must return a Tensor, got {type(y).__name__}")
+    if y.dim() == 0:
+        raise ValueError("G must return one output row per latent row (shape [N, ...]), but it returned a "
+                         "0-d tensor: return G's per-sample outputs, not a reduced scalar")
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"G changed the batch size: it must return one row per latent row, but for "
+                         f"{x.shape[0]} rows of z (z has {B}) it returned {y.shape[0]}")
+    return y.reshape(x.shape[0], -1)
+
+
+def _differ(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True if a and b differ beyond rounding: max |a - b| > sqrt(eps) max(|a|, |b|)."""
+    eps = torch.finfo(a.dtype if a.dtype.is_floating_point else torch.float32).eps
+    a, b = a.double().nan_to_num(), b.double().nan_to_num()
+    scale = max(float(a.abs().max()), float(b.abs().max()), 1e-300)
+    return float((a - b).abs().max()) > math.sqrt(eps) * scale
+
+
+def check_function_of_z(G: Callable, z: torch.Tensor) -> None:
+    """Raise if G(z) is not a deterministic, row-wise function of z (three 2-row forwards)."""
+    first, second = _probe_batches(z)
+    B = z.shape[0]
+    full, G = G, select_rows(G, slice(0, 2) if B > 1 else torch.tensor([0, 0]))
+    y1 = _output(G, first, B)
+    if not bool(torch.isfinite(y1).all()):  # name every bad row of z, not the probe's
+        name_rows(~torch.isfinite(_output(full, z.detach(), B)).all(dim=1), "G(z) has non-finite values (NaN or Inf)")
+    y1_again, y2 = _output(G, first, B), _output(G, second, B)
+    if _differ(y1, y1_again):
+        raise ValueError(
+            "G(z) is not a function of z: two calls with the same z returned different outputs (random "
+            "noise inputs, train-mode Dropout, or another source of randomness).  Jacobians of a random "
+            "map are undefined.  Fix the randomness for the regularizer's passes: constant noise "
+            "(e.g. noise_mode='const' in a style generator, wrapped as lambda z: G(z, noise_mode='const')), "
+            "G.eval() for Dropout, or a generator state seeded inside G's call.")
+    if _differ(y1[0], y2[0]):
+        raise ValueError(
+            "G couples the rows of a batch: the output for a latent changed when its batch-mate changed "
+            "(BatchNorm in training mode, or another batch statistic, possibly behind a function spectral_ops "
+            "cannot look into).  Per-sample Jacobians are undefined then.  Put such layers in eval mode, "
+            "or pass the module itself (or a lambda that refers to it) with batchnorm='eval'.")
+
+
+def _verify_auto(G: Callable, z: torch.Tensor) -> str:
+    """The first exact JVP mode whose J v agrees with a central difference on a random probe."""
+    probe_z = z[: min(2, z.shape[0])].detach()
+    G = select_rows(G, slice(0, probe_z.shape[0]))
+    gen = torch.Generator(device="cpu").manual_seed(_PROBE_SEED)
+    v = torch.randn(probe_z.shape, generator=gen, dtype=torch.float64).to(z)
+    v = (v / v.norm(dim=-1, keepdim=True))[:, None, :]
+    reference = JacobianOperator(G, probe_z, 1, "finite_difference").jvp(v).detach().double()
+    ref_norm = float(reference.norm())
+    for mode in _EXACT_MODES:
+        if mode == "forward" and not supports_forward_ad(select_rows(G, slice(0, 1)), probe_z):
+            continue
+        try:
+            exact = JacobianOperator(G, probe_z, 1, mode).jvp(v).detach().double()
+        except RuntimeError:
+            continue
+        if not torch.isfinite(exact).all():
+            continue
+        # The central difference is accurate to ~eps^(2/3) in the relative sense; allow more for
+        # low precision and kinks (ReLU) near z, but catch wrong or zero derivatives.
+        tol = 0.05 if z.dtype in (torch.float32, torch.float64) else 0.2
+        if float((exact - reference).norm()) <= tol * max(ref_norm, 1e-30) or ref_norm == 0 == float(exact.norm()):
+            return mode
+    return "finite_difference"
+
+
+def _cache_slot(G: Callable, modules: list[nn.Module], z: torch.Tensor, jvp: str):
+    anchor, extra = generator_identity(G)
+    modes = tuple(m.training for root in modules for m in root.modules())
+    key = (extra, z.dtype, z.device.type, modes, jvp)
+    try:
+        slot = _probe_cache.setdefault(anchor, {})
+    except TypeError:  # not weakly referenceable: probe every call
+        slot = {}
+    return slot, key
+
+
+def probe(G: Callable, z: torch.Tensor, jvp: str, modules: list[nn.Module] | None = None) -> str:
+    """Check G once per generator (see module docstring) and resolve jvp="auto"; z is [B, d]."""
+    if jvp not in JVP_MODES:
+        raise ValueError(f"jvp must be one of {JVP_MODES}, got {jvp!r}")
+    modules = modules_of(G) if modules is None else modules
+    slot, key = _cache_slot(G, modules, z, jvp)
+    if key in slot:
+        return slot[key]
+    check_function_of_z(G, z)
+    if jvp == "forward" and not supports_forward_ad(select_rows(G, slice(0, 1)), z):
+        raise ValueError("jvp='forward' needs forward-mode AD, which G does not support; "
+                         "use jvp='double_backward' or 'finite_difference'")
+    mode = _verify_auto(G, z) if jvp == "auto" else jvp
+    slot[key] = mode
+    return mode
+
+
+@contextlib.contextmanager
+def prepared(G: Callable, z: torch.Tensor, *, jvp: str, batchnorm: str, name: str = "z"
+             ) -> Iterator[tuple[Callable, torch.Tensor, str]]:
+    """Everything `jacobian_topk` and the regularizer do around their passes (module docstring).
+
+    z: [B, ...] latents.  Yields (G on flat latents, z as [B, d], the JVP mode to use); on exit
+    G's BatchNorm modes and every buffer are as they were.
+    """
+    if not callable(G):
+        raise TypeError(f"G must be callable, got {type(G).__name__}")
+    check_autograd_available()
+    flat, latent_shape = flatten_latents(z, name)
+    G = unwrap(G)
+    modules = modules_of(G)
+    check_dtype(modules, flat, name)
+    check_row_args(G, flat.shape[0])
+    call = flat_generator(G, latent_shape)
+    with batch_policy(G, batchnorm), preserved_buffers(G), torch.enable_grad():
+        mode = probe(call, flat, jvp, modules)
+        yield call, flat, mode
+
+
+__all__ = ["prepared", "probe", "conditioned", "flatten_latents", "flat_generator", "FlatGenerator",
+           "select_rows", "modules_of",
+           "generator_identity", "batch_policy", "preserved_buffers", "check_function_of_z", "check_seed",
+           "check_dtype", "check_autograd_available", "name_rows"]
