@@ -307,9 +307,10 @@ def spectral_penalty(G: Callable, z: torch.Tensor, *, k: int = 4, iters: int = 2
     """Axis-alignment penalty of the top-k right-singular vectors of J(z) = dG/dz, batch mean.
 
     Args:
-        G: callable (N, d) -> (N, ...) with no coupling between rows (nn.Module, DDP-wrapped
-            module, or a plain function).  Gradients flow to G's parameters (not to z).
-        z: [B, d] latent codes.
+        G: callable (N, d) -> (N, ...), deterministic, with no coupling between rows (nn.Module,
+            DDP-wrapped module, lambda, partial, plain function, or `spectral_ops.conditioned(G,
+            c, ...)` for extra arguments).  Gradients flow to G's parameters (not to z).
+        z: [B, d] latent codes, or [B, ...] (the latent is the flattened trailing dims).
         k: vectors per sample, 1 <= k <= d.
         iters: power iterations (graph-free; each is one generator pass on B*k rows).
         loss: "l1", "assigned" or "offdiag" (DESIGN.md 2.1); values in [0, 1].
@@ -352,8 +353,9 @@ class SpectralRegularizer(nn.Module):
             (buffer `basis`); otherwise from the fixed random basis it is initialised with.
         momentum: weight of the new batch mean in the running basis.
         seed: seeds the initial basis and the row subsets (which are the same on every process).
-    Buffers (in state_dict): `step` (calls so far), `basis` [k, d].
-    After each computed call, `last_latents` [n, d] (the regularized rows), `last_vectors`
+    Buffers (in state_dict): `step` (calls so far), `basis` [k, d].  `will_compute` says whether
+    the next call computes (a trainer with a separate regularization phase can skip it).
+    After each computed call, `last_latents` [n, ...] (the regularized rows of z), `last_vectors`
     [n, k, d], `last_values` [n, k] (singular values)
     and `last_residuals` [n, k] hold what the loss saw on its n rows (detached; not in
     state_dict), so a trainer can log convergence and the spectrum (sigma_{i+1}/sigma_i).
