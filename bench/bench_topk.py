@@ -2,7 +2,8 @@
 
 Prints (and writes to bench/results/topk.md) ratios measured in one run:
   1. the cost of one power iteration / one generator forward+backward on the folded batch,
-     per JVP mode, and the naive unfolded vmap(jvp/vjp) iteration for reference;
+     per JVP mode, and the naive unfolded vmap(jvp/vjp) iteration for reference, on the DCGAN and
+     on a StyleGAN2-like generator (modulated convolutions, mapping network; fused and unfused);
   2. method="power" against the best dense baseline, vmap(jacfwd) + SVD, at B=16, d=512,
      64x64 output, k=4, tol=1e-3, with the accuracy reached;
   3. a sweep over d of power, dense and auto (auto / best of the two);
@@ -19,7 +20,7 @@ import time
 import pytest
 import torch
 
-from generators import DCGAN, gapped_scales
+from generators import DCGAN, StyleGenerator, gapped_scales
 from ratios import RatioTable
 from spectral_ops import jacobian_topk, ops
 from spectral_ops.jacobian import JacobianOperator
@@ -52,11 +53,22 @@ def interleaved(benchmark, cases: dict, rounds: int = ROUNDS) -> dict:
 
 # ---------------------------------------------------------------- 1. one iteration vs fwd+bwd
 ITER_B, ITER_K, ITER_D = 32, 4, 64
+FOLDED = f"B={ITER_B}, k={ITER_K}, d={ITER_D} (folded batch {ITER_B * ITER_K})"
+# Style generators run in eval mode: in training mode their forward updates the w_avg buffer in
+# place, which torch.func (jvp="forward", naive_vmap) refuses; with truncation_psi=1 both modes
+# compute the same G(z).
+ITER_GENERATORS = {
+    "dcgan": (f"one iteration, DCGAN 32x32, {FOLDED}", lambda: DCGAN(ITER_D, size=32)),
+    "style": (f"one iteration, StyleGAN2-like 32x32x3 (mapping 4x128, fused modconv), {FOLDED}",
+              lambda: StyleGenerator(ITER_D, size=32).eval()),
+    "style_unfused": (f"one iteration, StyleGAN2-like 32x32x3, unfused modconv (same function), {FOLDED}",
+                      lambda: StyleGenerator(ITER_D, size=32, fused_modconv=False).eval()),
+}
 
 
-def _iteration_setup():
+def _iteration_setup(arch="dcgan"):
     torch.manual_seed(0)
-    G = DCGAN(ITER_D, size=32)
+    G = ITER_GENERATORS[arch][1]()
     z = torch.randn(ITER_B, ITER_D)
     return G, z
 
@@ -106,15 +118,21 @@ def _naive_iteration(G, z):
     return step
 
 
-def test_iteration_cost(benchmark):
-    G, z = _iteration_setup()
+@pytest.mark.parametrize("arch", list(ITER_GENERATORS))
+def test_iteration_cost(benchmark, arch):
+    G, z = _iteration_setup(arch)
     cases = {"fwd+bwd": _fwd_bwd_k(G, z, ITER_K), "fwd+bwd (input grad only)": _fwd_bwd_k(G, z, ITER_K, False)}
     cases.update({mode: _one_iteration(G, z, mode) for mode in ("double_backward", "finite_difference", "forward")})
     cases["naive_vmap"] = _naive_iteration(G, z)
     medians = interleaved(benchmark, cases, rounds=max(ROUNDS, 7))
-    group = f"one iteration, DCGAN 32x32, B={ITER_B}, k={ITER_K}, d={ITER_D} (folded batch {ITER_B * ITER_K})"
     for case, median in medians.items():
-        TABLE.add(group, case, median, baseline=case == "fwd+bwd")
+        TABLE.add(ITER_GENERATORS[arch][0], case, median, baseline=case == "fwd+bwd")
+    if arch == "style":
+        TABLE.note("StyleGAN2-like G: mapping (pixel norm, 4 x 128 leaky ReLU), learned 4x4 constant, modulated "
+                   "3x3 convolutions with demodulation as grouped convolutions (channels 64/64/32/16 at 4/8/16/32), "
+                   "upsampling by grouped transposed convolution + blur, constant noise buffers, skip toRGB, tanh; "
+                   "eval mode.  Why its ratio is higher and what the library could change: bench/style_profile.py "
+                   "(results/style_profile.md)")
 
 
 # ---------------------------------------------------------------- 2. power vs vmap(jacfwd) + SVD
