@@ -164,7 +164,7 @@ def _parts(G: object) -> tuple[object | None, list[object]]:
             with contextlib.suppress(ValueError):  # an empty cell
                 cells.append(cell.cell_contents)
         named = [G.__globals__[n] for n in G.__code__.co_names if n in G.__globals__]
-        return G.__code__, cells + [g for g in named if isinstance(g, nn.Module) or callable(g)]
+        return G.__code__, cells + [g for g in named if isinstance(g, nn.Module)]  # globals: modules only
     return None, []
 
 
