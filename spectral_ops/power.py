@@ -16,7 +16,7 @@ from . import ops
 from .generator import check_seed, flatten_latents, prepared, select_rows
 from .jacobian import JVP_MODES, JacobianOperator, name_rows
 
-METHODS = ("auto", "power", "dense")
+METHODS = ("auto", "power", "krylov", "dense")
 
 # Cost model, in units of one generator forward on one row, fitted to bench/bench_topk.py (a
 # DCGAN on a CPU): one power iteration folds k vectors and costs about POWER_PAIR_COST forwards
@@ -39,7 +39,7 @@ class TopK:
     residuals: [B, k] ||M v_i - lambda_i v_i|| / lambda_1 with M = J^T J.
     converged: [B, k] bool, residuals < tol.
     iterations: power iterations used (0 for the dense method).
-    method: "power" or "dense" (what ran).  jvp: the JVP mode that ran.
+    method: "power", "krylov" or "dense" (what ran).  jvp: the JVP mode that ran.
     """
 
     vectors: torch.Tensor
@@ -122,7 +122,9 @@ def jacobian_topk(G: Callable, z: torch.Tensor, k: int, *, iters: int = 20, tol:
         k: how many vectors, 1 <= k <= d.
         iters: maximum power iterations; each is ONE generator pass on B*k rows.
         tol: stop when every residual ||M v_i - lambda_i v_i|| / lambda_1 < tol.
-        method: "power", "dense" (exact: full Jacobian + eigh) or "auto" (cost model).
+        method: "power", "krylov" (block LOBPCG: the same one generator pass per iteration, far
+            fewer iterations on flat spectra), "dense" (exact: full Jacobian + eigh) or "auto"
+            (cost model: dense or power).
         jvp: "double_backward", "forward", "finite_difference" or "auto" (verified choice).
         init: warm start, [k, d] or [B, k, d]; the output signs then agree with it.
         seed: seed of the random starting basis (an int; default 0: results are deterministic).
@@ -153,16 +155,20 @@ def jacobian_topk(G: Callable, z: torch.Tensor, k: int, *, iters: int = 20, tol:
             method = "dense" if cheaper else "power"
         if method == "dense":
             return _dense_topk(G, z, k, mode, chunk_size, init)
+        if method == "krylov":
+            return _krylov_topk(G, z, k, iters, tol, mode, init, seed)
         return _power_topk(G, z, k, iters, tol, mode, init, seed)
 
 
-def scaled_product(op: JacobianOperator, JQ: torch.Tensor, cdtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M Q / c^2 [B, k, d], c [B]) with c = max |J Q| per sample: M Q in units that neither
-    overflow nor underflow for any scale of G (the Gram of J^T J squares it).  Raises naming the
-    rows of z where the products are not finite."""
-    c = JQ.detach().abs().flatten(1).amax(1).to(cdtype)
-    name_rows(~torch.isfinite(c), "J(z) v is not finite (G's derivative is infinite or NaN)")
-    c = torch.where(c > 0, c, torch.ones_like(c))
+def scaled_product(op: JacobianOperator, JQ: torch.Tensor, cdtype,
+                   c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M Q / c^2 [B, k, d], c [B]) with c = max |J Q| per sample (unless given): M Q in units
+    that neither overflow nor underflow for any scale of G (the Gram of J^T J squares it).
+    Raises naming the rows of z where the products are not finite."""
+    if c is None:
+        c = JQ.detach().abs().flatten(1).amax(1).to(cdtype)
+        name_rows(~torch.isfinite(c), "J(z) v is not finite (G's derivative is infinite or NaN)")
+        c = torch.where(c > 0, c, torch.ones_like(c))
     MQ = op.vjp(JQ.detach() / c.to(JQ.dtype)[:, None, None]).detach().to(cdtype) / c[:, None, None]
     name_rows(~torch.isfinite(MQ).flatten(1).all(1), "J(z)^T J(z) v is not finite (G's derivative is infinite or NaN)")
     return MQ, c
@@ -180,6 +186,66 @@ def _power_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
             break
         Q = Q_next
     return _finish(V, lam, c, res, tol, it, "power", mode)
+
+
+def _project_out(X: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """X minus its components along the orthonormal rows of V; X [B, n, d], V [B, k, d]."""
+    return X - (X @ V.transpose(-1, -2)) @ V
+
+
+def _orthonormal_rows(Z: torch.Tensor, MZ: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An orthonormal basis Y = T Z of the rows of Z [B, n, d], with MY = T MZ (M is linear, so
+    no product is needed), and live [B, n]: False for rows that span nothing (dependent)."""
+    gram = Z @ Z.transpose(-1, -2)
+    e, U = torch.linalg.eigh(gram)
+    live = e > e[..., -1:].clamp_min(torch.finfo(Z.dtype).tiny) * (1e3 * torch.finfo(Z.dtype).eps)
+    T = torch.where(live, e.clamp_min(torch.finfo(Z.dtype).tiny).rsqrt(), torch.zeros_like(e))[..., None] * U.transpose(-1, -2)
+    return T @ Z, T @ MZ, live
+
+
+def _krylov_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
+    """Block LOBPCG on M = J^T J: Rayleigh-Ritz over span(X, W, P) with X the current vectors,
+    W their residuals and P the last update, so one folded product (M W) per iteration, and
+    M X, M P by the same linear combinations (no extra products)."""
+    B, d = z.shape
+    cdtype = ops.reference.compute_dtype(z.dtype)
+    X, V_prev = _initial_basis(init, B, k, d, cdtype, z.device, seed)
+    op = JacobianOperator(G, z, k, mode)
+    MX, c = scaled_product(op, op.jvp(X), cdtype)
+    lam, C = torch.linalg.eigh(_sym(X @ MX.transpose(-1, -2)))      # Rayleigh-Ritz inside span X
+    lam, C = lam.flip(-1), C.flip(-1)
+    X, MX = C.transpose(-1, -2) @ X, C.transpose(-1, -2) @ MX
+    P = MP = None
+    products = 1
+    while True:
+        R = MX - lam[..., None] * X
+        res = R.norm(dim=-1) / lam[:, :1].clamp_min(torch.finfo(cdtype).tiny)
+        res = torch.where(lam[:, :1] > 0, res, torch.zeros_like(res))
+        if bool((res < tol).all()) or products >= iters:
+            break
+        W = _project_out(_project_out(R, X), X)
+        W = W / W.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(cdtype).tiny)
+        MW, _ = scaled_product(op, op.jvp(W), cdtype, c)
+        products += 1
+        Z, MZ = (W, MW) if P is None else (torch.cat([W, P], 1), torch.cat([MW, MP], 1))
+        coef = Z @ X.transpose(-1, -2)                                 # Z minus its part along X
+        Z, MZ = Z - coef @ X, MZ - coef @ MX
+        Y, MY, live = _orthonormal_rows(Z, MZ)
+        S, MS = torch.cat([X, Y], 1), torch.cat([MX, MY], 1)
+        A = _sym(S @ MS.transpose(-1, -2))
+        dead = torch.cat([torch.zeros_like(live[:, :k]), ~live], 1)   # dependent rows: below any eigenvalue of M
+        A = A - torch.diag_embed(dead.to(A.dtype))
+        theta, C = torch.linalg.eigh(A)
+        lam, C = theta.flip(-1)[:, :k], C.flip(-1)[..., :k].transpose(-1, -2)   # [B, k, k + n]
+        Cy = C[..., k:]
+        X, MX = C @ S, C @ MS
+        P, MP = Cy @ Y, Cy @ MY
+    V = X * ops.reference.sign_align(X, V_prev)[..., None]
+    return _finish(V, lam, c, res, tol, products, "krylov", mode)
+
+
+def _sym(A: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (A + A.transpose(-1, -2))
 
 
 def _finish(V, lam, c, res, tol, iterations, method, mode) -> TopK:

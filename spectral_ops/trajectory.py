@@ -46,7 +46,7 @@ from .power import jacobian_topk, validate_iters_tol, validate_k
 
 INTEGRATORS = ("euler", "heun", "rk4")
 PROJECTIONS = (None, "sphere")
-TOPK_METHODS = ("auto", "power", "dense")
+TOPK_METHODS = ("auto", "power", "krylov", "dense")
 
 
 @dataclass

@@ -273,7 +273,7 @@ def test_non_finite_output_rows_are_named():
         return torch.where((x[:, :1] > 1), torch.full_like(y, math.nan), y)
 
     z[:, 0] = torch.tensor([0.0, 2.0, -1.0, 3.0], dtype=z.dtype)
-    for method in ("power", "dense", "auto"):
+    for method in ("power", "krylov", "dense", "auto"):
         with pytest.raises(ValueError, match=r"non-finite values \(NaN or Inf\) in rows \[1, 3\]"):
             jacobian_topk(G, z, 2, method=method)
     with pytest.raises(ValueError, match=r"rows \[1, 3\]"):
@@ -289,7 +289,7 @@ def test_infinite_derivative_is_named():
     def G(x):
         return torch.sqrt(x.abs() + 0.0) * 2.0
 
-    for method in ("power", "dense"):
+    for method in ("power", "krylov", "dense"):
         with pytest.raises(ValueError, match=r"not finite.*rows \[2\]"):
             jacobian_topk(G, z, 2, method=method, jvp="double_backward")
 
@@ -321,7 +321,7 @@ def test_a_failed_call_leaves_the_regularizer_state_unchanged():
 
 
 @pytest.mark.parametrize("scale", [1e20, 1e-20])
-@pytest.mark.parametrize("method", ["power", "dense"])
+@pytest.mark.parametrize("method", ["power", "krylov", "dense"])
 def test_scaled_generators_give_scaled_values(scale, method):
     """Before: jacobian_topk of 1e20 * G in float32 was all NaN with converged=True, and of
     1e-20 * G off by 2x (J^T J overflows / underflows float32)."""
