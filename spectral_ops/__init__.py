@@ -1,10 +1,11 @@
 """spectral_ops: matrix-free top-k Jacobian singular vectors and the spectral regularizer."""
 from . import baselines
+from .directions import GlobalDirections, global_directions
 from .generator import conditioned
 from .power import TopK, jacobian_topk
 from .regularizer import SpectralRegularizer, spectral_penalty
 from .trajectory import Trajectory, trace_trajectory
 
 __all__ = ["TopK", "jacobian_topk", "spectral_penalty", "SpectralRegularizer", "baselines", "Trajectory", "trace_trajectory",
-           "conditioned"]
+           "conditioned", "global_directions", "GlobalDirections"]
 __version__ = "0.1.0"

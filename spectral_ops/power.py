@@ -204,44 +204,54 @@ def _orthonormal_rows(Z: torch.Tensor, MZ: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def _krylov_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
-    """Block LOBPCG on M = J^T J: Rayleigh-Ritz over span(X, W, P) with X the current vectors,
-    W their residuals and P the last update, so one folded product (M W) per iteration, and
-    M X, M P by the same linear combinations (no extra products)."""
+    """Block LOBPCG (`lobpcg`) on the folded operator of every sample at once."""
     B, d = z.shape
     cdtype = ops.reference.compute_dtype(z.dtype)
     X, V_prev = _initial_basis(init, B, k, d, cdtype, z.device, seed)
     op = JacobianOperator(G, z, k, mode)
     MX, c = scaled_product(op, op.jvp(X), cdtype)
+    V, lam, res, products = lobpcg(lambda W: scaled_product(op, op.jvp(W), cdtype, c)[0], X, MX, iters, tol)
+    V = V * ops.reference.sign_align(V, V_prev)[..., None]
+    return _finish(V, lam, c, res, tol, products, "krylov", mode)
+
+
+def lobpcg(product: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, MX: torch.Tensor,
+           iters: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Top-k eigenpairs of symmetric PSD operators M_b by block LOBPCG, batched over b.
+
+    Rayleigh-Ritz over span(X, W, P), with X the current vectors, W their residuals and P the
+    last update: one product (M W) per iteration, and M X, M P by the same linear combinations.
+    X: [B, k, d] orthonormal start, MX = product(X).  Returns (V [B, k, d], lam [B, k]
+    descending, residuals ||M v - lam v|| / lam_1 [B, k], products used, counting MX's).
+    """
+    cdtype = X.dtype
+    k = X.shape[1]
+    tiny = torch.finfo(cdtype).tiny
     lam, C = torch.linalg.eigh(_sym(X @ MX.transpose(-1, -2)))      # Rayleigh-Ritz inside span X
-    lam, C = lam.flip(-1), C.flip(-1)
-    X, MX = C.transpose(-1, -2) @ X, C.transpose(-1, -2) @ MX
+    C = C.flip(-1).transpose(-1, -2)
+    lam, X, MX = lam.flip(-1), C @ X, C @ MX
     P = MP = None
     products = 1
     while True:
         R = MX - lam[..., None] * X
-        res = R.norm(dim=-1) / lam[:, :1].clamp_min(torch.finfo(cdtype).tiny)
+        res = R.norm(dim=-1) / lam[:, :1].clamp_min(tiny)
         res = torch.where(lam[:, :1] > 0, res, torch.zeros_like(res))
         if bool((res < tol).all()) or products >= iters:
-            break
+            return X, lam, res, products
         W = _project_out(_project_out(R, X), X)
-        W = W / W.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(cdtype).tiny)
-        MW, _ = scaled_product(op, op.jvp(W), cdtype, c)
+        W = W / W.norm(dim=-1, keepdim=True).clamp_min(tiny)
+        MW = product(W)
         products += 1
         Z, MZ = (W, MW) if P is None else (torch.cat([W, P], 1), torch.cat([MW, MP], 1))
         coef = Z @ X.transpose(-1, -2)                                 # Z minus its part along X
         Z, MZ = Z - coef @ X, MZ - coef @ MX
         Y, MY, live = _orthonormal_rows(Z, MZ)
         S, MS = torch.cat([X, Y], 1), torch.cat([MX, MY], 1)
-        A = _sym(S @ MS.transpose(-1, -2))
         dead = torch.cat([torch.zeros_like(live[:, :k]), ~live], 1)   # dependent rows: below any eigenvalue of M
-        A = A - torch.diag_embed(dead.to(A.dtype))
-        theta, C = torch.linalg.eigh(A)
+        theta, C = torch.linalg.eigh(_sym(S @ MS.transpose(-1, -2)) - torch.diag_embed(dead.to(cdtype)))
         lam, C = theta.flip(-1)[:, :k], C.flip(-1)[..., :k].transpose(-1, -2)   # [B, k, k + n]
-        Cy = C[..., k:]
         X, MX = C @ S, C @ MS
-        P, MP = Cy @ Y, Cy @ MY
-    V = X * ops.reference.sign_align(X, V_prev)[..., None]
-    return _finish(V, lam, c, res, tol, products, "krylov", mode)
+        P, MP = C[..., k:] @ Y, C[..., k:] @ MY
 
 
 def _sym(A: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,171 @@
+"""Global latent directions: the top-k eigenvectors of the average pull-back metric
+E_z[J(z)^T J(z)], matrix-free and streaming.
+
+The averaged operator is the mean of the per-sample products, M_bar X = (1/N) sum_n J_n^T J_n X,
+so one product streams over the samples in batches (memory stays at one batch), and block
+LOBPCG (`power.lobpcg`) finds its top-k eigenvectors.  What the directions explain is reported
+against the metric's trace, E ||J||_F^2 (exact, or a Hutchinson estimate), and how stable they are
+across two independent sample sets as the largest principal angle between the two subspaces.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import ops
+from .generator import check_seed, flatten_latents, prepared
+from .jacobian import JacobianOperator
+from .power import lobpcg, validate_iters_tol, validate_k
+
+
+@dataclass
+class GlobalDirections:
+    """Result of `global_directions`.
+
+    directions: [k, d] orthonormal rows, the top-k eigenvectors of E[J^T J] (flat latent layout).
+    values: [k] its eigenvalues, descending (the mean squared output change per unit step).
+    trace: E ||J||_F^2, the sum of all d eigenvalues (exact, or estimated: `trace_exact`).
+    explained: [k] cumulative fraction of the trace explained by the first 1..k directions.
+    residuals: [k] ||M v - lam v|| / lam_1 of the averaged operator; converged: [k] bool.
+    products: averaged-operator products used (each streams once over the samples).
+    stability_deg: largest principal angle (degrees) to the directions of an independent sample
+        set of the same size (None unless asked for).
+    """
+
+    directions: torch.Tensor
+    values: torch.Tensor
+    trace: float
+    trace_exact: bool
+    explained: torch.Tensor
+    residuals: torch.Tensor
+    converged: torch.Tensor
+    products: int
+    n_samples: int
+    stability_deg: float | None = None
+
+
+def subspace_angle_deg(A: torch.Tensor, B: torch.Tensor) -> float:
+    """Largest principal angle, in degrees, between the row spaces of orthonormal A, B [k, d]."""
+    s = torch.linalg.svdvals(A.double() @ B.double().T).clamp(max=1.0)
+    return math.degrees(math.acos(float(s.min())))
+
+
+def _mean_product(G, batches, k, mode, batchnorm, cdtype, c, bar):
+    """X [1, k, d] -> mean_n J_n^T J_n X / c^2, streaming over the latent batches."""
+    def product(X: torch.Tensor) -> torch.Tensor:
+        total, n = torch.zeros_like(X), 0
+        for zb in batches:
+            with prepared(G, zb, jvp=mode, batchnorm=batchnorm) as (Gf, zf, m):
+                op = JacobianOperator(Gf, zf, k, m)
+                JX = op.jvp(X.expand(zf.shape[0], -1, -1))
+                total += op.vjp(JX.detach() / c).detach().to(cdtype).sum(0, keepdim=True) / c
+            n += zf.shape[0]
+            if bar is not None:
+                bar.update(1)
+        return total / n
+    return product
+
+
+def _trace(G, batches, mode, batchnorm, cdtype, c, probes, gen) -> float:
+    """E ||J||_F^2 / c^2: exactly (d JVPs per sample) or by Hutchinson with `probes` vectors."""
+    total, n = 0.0, 0
+    for zb in batches:
+        with prepared(G, zb, jvp=mode, batchnorm=batchnorm) as (Gf, zf, m):
+            B, d = zf.shape
+            if probes is None:
+                V = torch.eye(d, dtype=zf.dtype, device=zf.device).expand(B, d, d)
+            else:
+                V = (torch.randint(0, 2, (B, probes, d), generator=gen) * 2 - 1).to(zf)
+            JV = JacobianOperator(Gf, zf, V.shape[1], m).jvp(V).detach().to(cdtype) / c
+            sq = JV.pow(2).sum(-1)
+            total += float(sq.sum() if probes is None else sq.mean(1).sum())
+        n += zf.shape[0]
+    return total / n
+
+
+def global_directions(G: Callable, n_samples: int, k: int, *, latent_dim: int | tuple | None = None,
+                      latents: torch.Tensor | None = None, batch_size: int = 64, iters: int = 50,
+                      tol: float = 1e-4, jvp: str = "auto", batchnorm: str = "error", seed: int = 0,
+                      trace_probes: int | None = 8, stability: bool = False,
+                      dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                      progress: bool = False) -> GlobalDirections:
+    """Top-k eigenvectors of E_z[J(z)^T J(z)] over z ~ N(0, I), matrix-free, streaming.
+
+    Args:
+        G: as for `jacobian_topk` (deterministic, rows independent; lambdas and
+            `spectral_ops.conditioned` work).
+        n_samples: how many latents to average over (N).
+        k: how many directions, 1 <= k <= d.
+        latent_dim: d, or G's latent shape (e.g. (nz, 1, 1)); or give `latents` [N, ...] instead.
+        batch_size: latents per generator pass (memory is one batch of B*k rows).
+        iters: maximum averaged-operator products (each streams over all N samples once).
+        tol: stop when every residual of the averaged operator is below tol.
+        trace_probes: Rademacher probes per sample for the trace (Hutchinson); None: exact
+            (d JVPs per sample).
+        stability: also run on an independent sample set and report the subspace angle.
+        seed: seeds the latents, the start basis and the probes.
+    Returns:
+        GlobalDirections (directions [k, d], values [k], explained [k], ...).
+    """
+    if not callable(G):
+        raise TypeError(f"G must be callable, got {type(G).__name__}")
+    check_seed(seed, allow_none=False)
+    if (latent_dim is None) == (latents is None):
+        raise ValueError("pass exactly one of latent_dim (to sample z ~ N(0, I)) and latents")
+    for name, value in (("batch_size", batch_size),) + ((("n_samples", n_samples),) if latents is None else ()):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if trace_probes is not None and (isinstance(trace_probes, bool) or not isinstance(trace_probes, int)
+                                     or trace_probes < 1):
+        raise ValueError(f"trace_probes must be an int >= 1 or None, got {trace_probes!r}")
+    validate_iters_tol(iters, tol)
+    if latents is None:
+        shape = (latent_dim,) if isinstance(latent_dim, int) and not isinstance(latent_dim, bool) else latent_dim
+        if not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 1 for s in shape):
+            raise ValueError(f"latent_dim must be an int >= 1 or a tuple of them, got {latent_dim!r}")
+        gen = torch.Generator().manual_seed(seed)
+        latents = torch.randn(n_samples, *shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+    elif n_samples is not None and n_samples != latents.shape[0]:
+        raise ValueError(f"n_samples={n_samples} but latents has {latents.shape[0]} rows (pass n_samples=None)")
+    flat, _ = flatten_latents(latents, "latents")
+    d = flat.shape[1]
+    k = validate_k(k, d)
+    result = _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_probes, progress)
+    if stability:
+        gen = torch.Generator().manual_seed(seed + 1)
+        other = torch.randn(latents.shape, generator=gen, dtype=torch.float64).to(latents)
+        twin = _solve(G, other, k, batch_size, iters, tol, jvp, batchnorm, seed + 1, 1, progress)
+        result.stability_deg = subspace_angle_deg(result.directions, twin.directions)
+    return result
+
+
+def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_probes, progress) -> GlobalDirections:
+    N, cdtype = latents.shape[0], ops.reference.compute_dtype(latents.dtype)
+    batches = list(latents.split(batch_size))
+    d = flatten_latents(latents[:1], "latents")[0].shape[1]
+    with prepared(G, batches[0], jvp=jvp, batchnorm=batchnorm) as (_, _, mode):
+        pass  # probe once, resolve jvp="auto"
+    gen = torch.Generator().manual_seed(seed)
+    X = ops.orthonormalize(torch.randn(1, k, d, generator=gen, dtype=torch.float64).to(cdtype))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=iters * len(batches), desc="global directions", leave=False)
+    scale_probe = _mean_product(G, batches[:1], k, mode, batchnorm, cdtype, 1.0, None)(X)
+    c = float(scale_probe.abs().max()) ** 0.5 or 1.0  # units where M_bar / c^2 is O(1)
+    product = _mean_product(G, batches, k, mode, batchnorm, cdtype, c, bar)
+    V, lam, res, products = lobpcg(product, X, product(X), iters, tol)
+    if bar is not None:
+        bar.close()
+    trace = _trace(G, batches, mode, batchnorm, cdtype, c, trace_probes, gen) * c * c
+    values = lam[0] * c * c
+    return GlobalDirections(directions=V[0] * ops.reference.sign_align(V, None)[0, :, None], values=values,
+                            trace=trace, trace_exact=trace_probes is None,
+                            explained=values.cumsum(0) / max(trace, torch.finfo(cdtype).tiny),
+                            residuals=res[0], converged=res[0] < tol, products=products, n_samples=N)
+
+
+__all__ = ["global_directions", "GlobalDirections", "subspace_angle_deg"]
