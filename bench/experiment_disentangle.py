@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         cfg = TrainConfig(dataset=args.dataset, steps=args.steps, batch_size=args.batch_size, seed=seed, reg_weight=w, **extra,
                           out=str(out / v.replace("/", "-").replace("@", "_w") / f"seed{seed}"),
                           ckpt_every=args.steps, log_every=50, **opts)
-        res = train(cfg, progress=args.progress, desc=f"{v} seed {seed}")
+        res = train(cfg, overwrite=True, progress=args.progress, desc=f"{v} seed {seed}")
         ev = evaluate_generator(res.G, dataset=cfg.dataset, size=cfg.size, predictor=predictor, n=args.n_eval, seed=seed)
         rec = {"variant": v, "seed": seed, "steps": args.steps, "reg_weight": w, "train_seconds": res.seconds,
                **record_of(ev), "config": dataclasses.asdict(cfg)}

@@ -9,13 +9,29 @@ import torch
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
+    """torch.save to a temporary file in the same folder, flushed to disk, then renamed: never a
+    half-written file. On any error (a full disk raises OSError) the temporary file is removed
+    and a file already at `path` is left as it was."""
     path = Path(path)
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Write `text` to `path` the same way as `atomic_save`."""
+    path = Path(path)
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        # through a Python file object, so that a failed write raises OSError (errno ENOSPC, ...)
+        # rather than torch's own RuntimeError from its file writer
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

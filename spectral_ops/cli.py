@@ -39,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_missing", None):
         print(f"spectral-ops {args.command}: not available in this build ({args._missing} is missing)", file=sys.stderr)
         return 2
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (train saves a checkpoint first)
+        print(f"spectral-ops {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ a multiple of real-vs-real, time; and write under `runs/demo/`:
 - `trajectories.png`: curved trajectories along the top-3 singular vectors of each generator;
 - `baseline/` and `spectral/`: each run's checkpoint, log and summary.
 
+A rerun into the same folder replaces what the previous one wrote there (and says so).
+
 Sized to finish within about 5 minutes on 2 CPU cores from a cold cache; `--steps` trades time
 for quality, `--quick` is a seconds-long smoke run.
 """
@@ -33,7 +35,7 @@ from .data import DATASETS
 from .evaluate import (evaluate_generator, format_table, reference_rows, side_by_side, traversal_grid, writable_dir,
                        _titled)
 from .metrics import PredictorConfig, load_or_fit_predictor
-from .train import TrainConfig, load_generator, train
+from .train import RUN_FILES, TrainConfig, load_generator, train
 from .viz import typical_latent
 
 __all__ = ["add_arguments", "run", "demo", "DEMO"]
@@ -45,7 +47,8 @@ DEMO = {"dataset": "spot", "latent_dim": 6, "steps": 1400, "batch_size": 64, "re
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default="runs/demo",
+                        help="output folder; a rerun replaces the demo's previous output there (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=DEMO["steps"], help="GAN training steps per run (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=DEMO["batch_size"], help="GAN batch size (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed shared by both runs (default: %(default)s)")
@@ -89,6 +92,9 @@ def demo(*, out: str | os.PathLike = "runs/demo", steps: int = DEMO["steps"], ba
             "spectral": dataclasses.replace(base, reg="spectral", reg_weight=reg_weight, reg_loss=reg_loss,
                                             reg_grad=reg_grad, out=str(out / "spectral"))}
     results, models = {}, {}
+    previous = [name for name, cfg in runs.items() if any((Path(cfg.out) / f).exists() for f in RUN_FILES)]
+    if previous:
+        log(f"replacing the previous demo runs in {out} ({', '.join(previous)})")
     trained = _train_all(runs, jobs=jobs, progress=progress)
     for name, cfg in runs.items():
         G, seconds, steps = trained[name]
@@ -130,7 +136,7 @@ def _train_one(name: str, cfg: TrainConfig, progress: bool, threads: int | None)
     """Train one run (in this process or a worker); returns (name, checkpoint, seconds, steps)."""
     if threads is not None:
         torch.set_num_threads(threads)
-    res = train(cfg, progress=progress, desc=f"{name} GAN")
+    res = train(cfg, overwrite=True, progress=progress, desc=f"{name} GAN")
     return name, res.checkpoint, res.seconds, res.steps
 
 
@@ -140,7 +146,7 @@ def _train_all(runs: dict, *, jobs: int, progress: bool) -> dict:
     if jobs <= 1 or len(runs) <= 1:
         out = {}
         for name, cfg in runs.items():
-            res = train(cfg, progress=progress, desc=f"{name} GAN")
+            res = train(cfg, overwrite=True, progress=progress, desc=f"{name} GAN")
             out[name] = (res.G, res.seconds, res.steps)  # the evaluation generator (EMA when kept)
         return out
     import concurrent.futures

@@ -3,6 +3,8 @@ against the explicit Jacobian (vmap(jacfwd)) + SVD, with the agreement between t
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 import time
 
 import torch
@@ -29,16 +31,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=32, choices=(16, 32, 64), help="output image size")
     parser.add_argument("-k", type=int, default=4, help="singular vectors per code (default 4)")
     parser.add_argument("--iters", type=int, default=50, help="maximum power iterations (default 50)")
-    parser.add_argument("--tol", type=float, default=1e-4, help="residual tolerance (default 1e-4)")
+    parser.add_argument("--tol", type=float, default=1e-4, help="residual tolerance, >= 0 (default 1e-4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generator and the codes")
+
+
+def _fail(msg: str) -> int:
+    print(f"spectral-ops topk: error: {msg}", file=sys.stderr)
+    return 2
 
 
 def run(args: argparse.Namespace) -> int:
     for name in ("batch", "latent_dim", "k", "iters"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"spectral-ops topk: --{name.replace('_', '-')} must be >= 1")
+            return _fail(f"{'-k' if name == 'k' else '--' + name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.k > args.latent_dim:
-        raise SystemExit("spectral-ops topk: -k must not exceed --latent-dim")
+        return _fail(f"-k ({args.k}) must not exceed --latent-dim ({args.latent_dim})")
+    if not (math.isfinite(args.tol) and args.tol >= 0):
+        return _fail(f"--tol must be a finite number >= 0, got {args.tol}")
+    try:
+        return _run(args)
+    except (ValueError, TypeError) as exc:  # anything the arguments above let through
+        return _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+
+def _run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     G = small_generator(args.latent_dim, args.size)
     z = torch.randn(args.batch, args.latent_dim)

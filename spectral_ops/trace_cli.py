@@ -12,9 +12,16 @@ For each of `--n` random starting latents (seeded), it writes into `--out`:
 All three grids use the same latent distance per column: `--steps * --step-size` each way.
 
 The generator comes from a checkpoint written by `spectral-ops train` / `demo` (`--ckpt`), or from
-any importable object (`--generator package.module:attr`): an nn.Module or function mapping
-(N, d) latents to (N, ...) outputs, or a class / factory that builds one when called with no
-arguments.  Its latent size comes from a `latent_dim` attribute or `--latent-dim`.
+an importable object (`--generator`), by this rule (`GENERATOR_RULE`):
+
+- `package.module:attr` names the generator: an nn.Module (or any callable object) or a function,
+  called with (N, d) latents and returning (N, ...) outputs; a function is never called to find
+  out what it is;
+- if attr is a class, it is built with no arguments;
+- `package.module:attr()` calls attr with no arguments and uses what it returns (a factory).
+
+Its latent size comes from a `latent_dim` attribute or `--latent-dim`. Bad arguments, a generator
+that cannot be built, or one that does not return an (N, ...) tensor: a one-line error, exit 2.
 """
 from __future__ import annotations
 
@@ -28,14 +35,14 @@ from pathlib import Path
 
 import torch
 
-from ._io import require_modules, writable_dir
+from ._io import atomic_save, atomic_write_text, require_modules, writable_dir
 from .trajectory import INTEGRATORS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", metavar="PATH", help="checkpoint written by `spectral-ops train` or `demo`")
-    src.add_argument("--generator", metavar="MODULE:ATTR", help="importable generator, e.g. mypkg.nets:G")
+    src.add_argument("--generator", metavar="MODULE:ATTR", help=GENERATOR_RULE)
     p.add_argument("--latent-dim", type=int, default=None, help="latent size (if the generator has no latent_dim)")
     p.add_argument("--out", default="runs/trace", help="output folder (created; default runs/trace)")
     p.add_argument("--directions", default="0,1,2",
@@ -73,11 +80,22 @@ def parse_directions(text: str) -> list[int]:
     return vals
 
 
+GENERATOR_RULE = ("importable generator: MODULE:ATTR is used as the generator, called on (N, d) latents "
+                  "(an nn.Module, callable object or function; a class is built with no arguments); "
+                  "MODULE:ATTR() calls a factory with no arguments and uses what it returns")
+
+
 def load_generator_from_spec(spec: str):
-    """'package.module:attr' -> the generator (classes and zero-argument factories are called)."""
+    """'package.module:attr' -> the generator (see GENERATOR_RULE): attr itself, or attr() when
+    attr is a class or the spec ends in '()'; a plain function is never called here."""
     if ":" not in spec:
         raise ValueError(f"--generator must look like package.module:attr, got {spec!r}")
     mod_name, attr = spec.split(":", 1)
+    factory = attr.endswith("()")
+    if factory:
+        attr = attr[:-2]
+    if not mod_name or not attr or not all(part.isidentifier() for part in attr.split(".")):
+        raise ValueError(f"--generator must look like package.module:attr or package.module:factory(), got {spec!r}")
     try:
         module = importlib.import_module(mod_name)
     except ImportError as exc:
@@ -87,20 +105,38 @@ def load_generator_from_spec(spec: str):
         if not hasattr(obj, part):
             raise ValueError(f"--generator: module {mod_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
-    if inspect.isclass(obj):
-        obj = obj()
-    elif not isinstance(obj, torch.nn.Module) and callable(obj):
+    if factory or inspect.isclass(obj):
+        what = "factory" if factory else "class"
+        if not callable(obj):
+            raise ValueError(f"--generator: {mod_name}:{attr} is not callable, so not a {what}")
         try:
-            params = [q for q in inspect.signature(obj).parameters.values()
-                      if q.default is inspect.Parameter.empty
-                      and q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
-        except (TypeError, ValueError):
-            params = [None]
-        if not params:  # a zero-argument factory
             obj = obj()
+        except Exception as exc:  # e.g. a class whose constructor needs arguments
+            line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"--generator: {what} {mod_name}:{attr} could not be called with no arguments "
+                             f"({type(exc).__name__}: {line})") from None
     if not callable(obj):
-        raise ValueError(f"--generator: {spec!r} is not callable")
+        kind = "returned " if factory else "is "
+        raise ValueError(f"--generator: {spec!r} {kind}a {type(obj).__name__}, not a generator "
+                         f"(an nn.Module or a function of the latents)")
+    try:
+        inspect.signature(obj).bind(None)
+    except TypeError:
+        hint = f"; to use it as a factory, write {mod_name}:{attr}()" if not factory else ""
+        raise ValueError(f"--generator: {spec!r} cannot be called with a latent batch (its signature is "
+                         f"{inspect.signature(obj)}){hint}") from None
+    except ValueError:  # no signature to read (a builtin): the probe call below decides
+        pass
     return obj
+
+
+def _check_output(y, d: int) -> None:
+    """The generator's output for a (1, d) latent batch must be a (1, ...) floating tensor."""
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"the generator must return a tensor for a (1, {d}) latent batch, got a {type(y).__name__}")
+    if y.ndim < 2 or y.shape[0] != 1 or not y.is_floating_point():
+        raise ValueError(f"the generator must return a (1, ...) floating tensor for a (1, {d}) latent batch, got "
+                         f"{y.dtype} of shape {tuple(y.shape)}")
 
 
 def load_generator_from_checkpoint(path: str):
@@ -159,9 +195,21 @@ def run(args: argparse.Namespace) -> int:
     Z0 = torch.randn(args.n, d, generator=gen, dtype=dtype)
     try:
         with torch.no_grad():
-            G(Z0[:1])
+            y = G(Z0[:1])
     except Exception as exc:
-        return _fail(f"the generator failed on a ({1}, {d}) latent batch: {exc}")
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return _fail(f"the generator failed on a (1, {d}) latent batch: {line}")
+    try:
+        _check_output(y, d)
+        return _trace(args, G, Z0, d, directions, out, viz)
+    except (ValueError, TypeError) as exc:  # a generator or a setting the checks above let through
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return _fail(line)
+    except OSError as exc:  # a full disk, ...
+        return _fail(f"--out: cannot write to {str(out)!r} ({exc.strerror or exc})")
+
+
+def _trace(args, G, Z0, d: int, directions: list[int], out: Path, viz) -> int:
     span = args.steps * args.step_size
     labels = [f"{i}" for i in directions]
     record = {"z0": Z0, "directions": directions, "trajectories": []}
@@ -180,9 +228,9 @@ def run(args: argparse.Namespace) -> int:
                                      title=f"sample {s}, trajectory of v{j} ({args.method})")
             record["trajectories"].append({"sample": s, "direction": j, "z": tr.z[:, 0], "values": tr.values[:, 0],
                                            "tracked": tr.tracked[:, 0], "origin": tr.origin})
-    torch.save(record, out / "trajectories.pt")
+    atomic_save(record, out / "trajectories.pt")
     settings = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
     settings.update(latent_dim=d, directions=directions, span=span)
-    (out / "trace.json").write_text(json.dumps(settings, indent=1, default=str) + "\n")
+    atomic_write_text(json.dumps(settings, indent=1, default=str) + "\n", out / "trace.json")
     print(f"wrote {3 * args.n + len(directions) * args.n} PNGs, trajectories.pt and trace.json to {out}")
     return 0

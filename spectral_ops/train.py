@@ -8,7 +8,15 @@
 - Progress bar (tqdm), a JSON-lines metrics log (`log.jsonl`), a summary (`train.json`).
 - Checkpoints are written atomically (temporary file, then `os.replace`) and hold everything
   needed to continue bit-for-bit on the CPU: models, optimizers, regularizer state, the sampling
-  generator and the torch / numpy / python RNG states. `--resume` continues from one.
+  generator and the torch / numpy / python RNG states. `--resume` continues from one, with the
+  checkpoint's settings: only `RESUMABLE` fields may change, any other difference is refused.
+- A fresh run into a folder that already holds one (checkpoint.pt, log.jsonl or train.json) is
+  refused unless `overwrite` (`--overwrite`) replaces it.
+- Faults: SIGINT / SIGTERM stop the run between two steps, save a checkpoint there and raise
+  `TrainingInterrupted` (the CLI prints where it saved and exits 130, or 143 for SIGTERM; a second
+  signal, 2 s or more later, stops at once without saving). A NaN / Inf loss or weight raises
+  `TrainingDiverged` (exit 1) before anything non-finite is saved. On resume the log is cut back
+  to the checkpoint's step, so after a crash (kill -9) every step is logged exactly once.
 - Several processes: run under `torchrun --nproc_per_node N`. Each process draws its own
   batch_size / N rows; G and D are wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU).
 
@@ -23,7 +31,10 @@ import gc
 import json
 import os
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,16 +45,23 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._io import atomic_save, writable_dir
+from ._io import atomic_save, atomic_write_text, writable_dir
 
 from .data import DATASETS, make_dataset
 from .models import Discriminator, Generator
 
 __all__ = ["TrainConfig", "TrainResult", "train", "build_models", "build_regularizer", "load_checkpoint",
-           "load_generator", "add_arguments", "run", "REGULARIZERS"]
+           "load_generator", "add_arguments", "run", "REGULARIZERS", "RESUMABLE", "RUN_FILES",
+           "TrainingInterrupted", "TrainingDiverged"]
 
 REGULARIZERS = ("none", "spectral", "hessian", "orojar", "path_length")
+#: TrainConfig fields a resumed run may change: how far it goes, how often it logs and saves, where
+#: it writes and runs (on another device the run goes on, but not bit for bit)
+RESUMABLE = ("steps", "log_every", "ckpt_every", "out", "device")
+#: the files that make a folder hold a run
+RUN_FILES = ("checkpoint.pt", "log.jsonl", "train.json")
 _CKPT_FORMAT = 1
+_CKPT_KEYS = ("config", "step", "world", "elapsed", "G", "D", "opt_G", "opt_D", "rng")
 
 
 @dataclass
@@ -139,6 +157,24 @@ class TrainResult:
     G_train: nn.Module | None = None
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT / SIGTERM stopped `train` between two steps; the state after `step` steps is saved
+    in `checkpoint` (None when nothing is written: write=False or not rank 0)."""
+
+    def __init__(self, step: int, checkpoint: str | None, signum: int):
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or a weight became NaN / Inf at `step`; nothing from that step on was saved, the
+    last good checkpoint (`checkpoint`, None if there is none) is intact."""
+
+    def __init__(self, message: str, step: int, checkpoint: str | None):
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+
 # ---------------------------------------------------------------------------------------------
 def build_models(config: TrainConfig) -> tuple[Generator, Discriminator]:
     G = Generator(config.latent_dim, size=config.size, width=config.width, norm=config.norm)
@@ -211,23 +247,175 @@ def _set_rng_state(state: dict, gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0].strip() if text else type(exc).__name__
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a checkpoint written by `train` (no pickled code: weights_only loading)."""
-    blob = torch.load(path, map_location=map_location, weights_only=True)
+    """Read a checkpoint written by `train` (no pickled code: weights_only loading). A missing,
+    empty, truncated or foreign file raises ValueError with a one-line reason."""
+    if not os.path.isfile(path):
+        raise ValueError(f"no checkpoint at {str(path)!r}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{str(path)!r} is empty, not a spectral-ops training checkpoint")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, random bytes, a pickle of other classes, ...
+        raise ValueError(f"{str(path)!r} is not a readable spectral-ops training checkpoint (truncated or "
+                         f"another kind of file: {_first_line(exc)})") from None
     if not isinstance(blob, dict) or blob.get("format") != _CKPT_FORMAT:
-        raise ValueError(f"{path} is not a spectral-ops training checkpoint")
+        raise ValueError(f"{str(path)!r} is not a spectral-ops training checkpoint")
+    missing = [k for k in _CKPT_KEYS if k not in blob]
+    if missing or not isinstance(blob["config"], dict):
+        raise ValueError(f"{str(path)!r} is an incomplete spectral-ops training checkpoint "
+                         f"(missing {', '.join(missing) or 'config'})")
     return blob
+
+
+def _checkpoint_config(blob: dict, path) -> TrainConfig:
+    try:
+        return TrainConfig(**blob["config"])
+    except TypeError as exc:
+        raise ValueError(f"{str(path)!r} holds a config this version cannot read ({_first_line(exc)})") from None
+
+
+def _load_state(module, state, what: str, path) -> None:
+    try:
+        module.load_state_dict(state)
+    except Exception as exc:
+        raise ValueError(f"{str(path)!r}: {what} does not match the checkpoint's config ({_first_line(exc)})") from None
 
 
 def load_generator(path: str | os.PathLike) -> tuple[Generator, TrainConfig]:
     """(generator in eval mode, its TrainConfig) from a checkpoint: the EMA generator when the run
-    kept one (config.ema > 0), else the trained one."""
+    kept one (config.ema > 0), else the trained one. A bad file raises ValueError."""
     blob = load_checkpoint(path)
-    config = TrainConfig(**blob["config"])
+    config = _checkpoint_config(blob, path)
     G, _ = build_models(config)
-    G.load_state_dict(blob["G_ema"] if blob.get("G_ema") is not None else blob["G"])
+    _load_state(G, blob["G_ema"] if blob.get("G_ema") is not None else blob["G"], "the generator", path)
     G.eval()
     return G, config
+
+
+def _read_resume(path) -> tuple[dict, TrainConfig]:
+    try:
+        blob = load_checkpoint(path)
+        return blob, _checkpoint_config(blob, path)
+    except ValueError as exc:
+        raise ValueError(f"resume: {exc}") from None
+
+
+def _resumed(saved: TrainConfig, requested: TrainConfig, step: int) -> TrainConfig:
+    """The config a resumed run continues with: `saved` with the RESUMABLE fields of `requested`;
+    ValueError listing any other difference, or a total of steps below the checkpoint's."""
+    refused = {k: v for k, v in config_changes(saved, requested).items() if k not in RESUMABLE}
+    if refused:
+        raise ValueError(f"resume: the checkpoint's settings differ from the requested ones ({format_changes(refused)});"
+                         f" only {', '.join(RESUMABLE)} may change on resume: start a new run for the others")
+    config = dataclasses.replace(saved, **{k: getattr(requested, k) for k in RESUMABLE})
+    if config.steps < step:
+        raise ValueError(f"resume: the checkpoint is at step {step}, past steps={config.steps} "
+                         f"(steps is the total to reach)")
+    return config
+
+
+def config_changes(saved: TrainConfig, requested: TrainConfig) -> dict[str, tuple]:
+    """{field: (saved value, requested value)} for every field that differs."""
+    a, b = asdict(saved), asdict(requested)
+    return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def format_changes(changes: dict[str, tuple]) -> str:
+    """'latent_dim: 6 -> 8, reg: 'none' -> 'spectral'' (checkpoint value -> requested value)."""
+    return ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+
+
+def _existing_run(out: Path) -> list[str]:
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def _own_folder(out: Path, resume) -> bool:
+    return resume is not None and Path(resume).resolve().parent == out.resolve()
+
+
+def _folder_problem(out: Path, resume, overwrite: bool) -> str | None:
+    """Why a run may not write into `out` (it holds another run), or None."""
+    found = [] if (overwrite or _own_folder(out, resume)) else _existing_run(out)
+    if found:
+        return (f"output folder {str(out)!r} already holds a run ({', '.join(found)}): continue it with --resume, "
+                f"replace it with --overwrite (overwrite=True), or choose another --out")
+    return None
+
+
+def _clear_run(out: Path) -> None:
+    """Remove a previous run's files (and temporary files a crash left) from `out`."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    _remove_stale_tmp(out)
+
+
+def _remove_stale_tmp(out: Path) -> None:
+    for tmp in [*out.glob("checkpoint.pt.*.tmp"), *out.glob("train.json.*.tmp"), *out.glob("log.jsonl.*.tmp")]:
+        tmp.unlink(missing_ok=True)
+
+
+def _cut_log(path: Path, step: int) -> None:
+    """Keep the log lines up to `step` (a resumed run continues the log from its checkpoint: after
+    a crash the log may run ahead of it, or end in a half-written line)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step and line.endswith("\n"):
+            keep.append(line)
+    if keep != lines:
+        atomic_write_text("".join(keep), path)
+
+
+def _nonfinite_weight(modules: dict[str, nn.Module | None]) -> str | None:
+    """'G.fc.weight' for the first parameter or buffer that is not finite, else None."""
+    for name, m in modules.items():
+        if m is None:
+            continue
+        for pname, t in [*m.named_parameters(), *m.named_buffers()]:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return f"{name}.{pname}"
+    return None
+
+
+class _StopSignals:
+    """While active (main thread only): SIGINT / SIGTERM set `signum` instead of interrupting, so
+    the loop stops between two steps. A second signal 2 s or more after the first raises
+    KeyboardInterrupt at once (a stuck step can still be stopped; one key press delivered twice,
+    as torchrun forwards it, is not a second request)."""
+
+    def __init__(self):
+        self.signum, self._at, self._previous = None, 0.0, {}
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum, self._at = signum, time.monotonic()
+        elif time.monotonic() - self._at >= 2.0:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,14 +443,18 @@ def _dist_setup(device_pref: str) -> tuple[int, int, torch.device, bool]:
     return rank, world, device, initialized
 
 
-def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, progress: bool = True,
-          write: bool = True, desc: str | None = None) -> TrainResult:
+def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, overwrite: bool = False,
+          progress: bool = True, write: bool = True, desc: str | None = None) -> TrainResult:
     """Train a GAN as described by `config`.
 
     Args:
-        config: the run (validated here). With `resume`, the checkpoint's config is used and only
-            `steps` (the total to reach), `out`, `ckpt_every`, `log_every` come from `config`.
-        resume: a checkpoint path to continue from.
+        config: the run (validated here). With `resume` it must equal the checkpoint's config but
+            for the `RESUMABLE` fields (`steps`: the total to reach, `log_every`, `ckpt_every`,
+            `out`, `device`); any other difference raises ValueError listing them.
+        resume: a checkpoint path to continue from. The log in config.out is cut back to the
+            checkpoint's step.
+        overwrite: replace a run already in config.out. Without it, a fresh run into a folder
+            holding one (`RUN_FILES`), or a resumed run into another run's folder, is refused.
         progress: show a tqdm bar (rank 0 only).
         write: write checkpoints and logs under config.out (rank 0 only).
         desc: progress-bar label.
@@ -270,27 +462,46 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, progr
     Returns:
         TrainResult with the (unwrapped) G and D on their device; with config.ema > 0, G is the
         EMA generator (what checkpoints serve to `load_generator`) and G_train the trained one.
+
+    Raises:
+        ValueError: a bad config, checkpoint or output folder.
+        OSError: a checkpoint or log could not be written (a previous checkpoint stays intact).
+        TrainingInterrupted: SIGINT / SIGTERM; the current step's state was saved first.
+        TrainingDiverged: a NaN / Inf loss or weight; nothing non-finite was saved.
     """
     import torch.distributed as dist
 
     blob = None
     if resume is not None:
-        if not os.path.isfile(resume):
-            raise ValueError(f"resume: no checkpoint at {str(resume)!r}")
-        blob = load_checkpoint(resume)
-        keep = {k: getattr(config, k) for k in ("steps", "out", "ckpt_every", "log_every")}
-        config = dataclasses.replace(TrainConfig(**blob["config"]), **keep)
+        blob, saved = _read_resume(resume)
+        config = _resumed(saved, config, int(blob["step"]))
     config.validate()
     rank, world, device, we_init = _dist_setup(config.device)
-    if config.batch_size % world:
-        raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the number of processes ({world})")
-    B = config.batch_size // world
     out = Path(config.out)
     main = rank == 0
-    if write and main:
-        out.mkdir(parents=True, exist_ok=True)
-
+    G_run = D_run = log_f = bar = None
+    stop = _StopSignals()
     try:
+        if config.batch_size % world:
+            raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the number of processes ({world})")
+        if blob is not None and int(blob.get("world", 1)) != world:
+            raise ValueError(f"resume: checkpoint was written with {blob.get('world')} processes, now {world}")
+        B = config.batch_size // world
+        problem = _folder_problem(out, resume, overwrite) if (write and main) else None
+        if world > 1:  # every rank stops, or none (rank 0 alone sees the folder)
+            box = [problem]
+            dist.broadcast_object_list(box, src=0)
+            problem = box[0]
+        if problem:
+            raise ValueError(problem)
+        if write and main:
+            out.mkdir(parents=True, exist_ok=True)
+            if overwrite and not _own_folder(out, resume):
+                _clear_run(out)
+            _remove_stale_tmp(out)
+            if blob is not None:
+                _cut_log(out / "log.jsonl", int(blob["step"]))
+
         data = make_dataset(config.dataset, config.n_train, size=config.size, seed=config.data_seed).images.to(device)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
@@ -305,18 +516,21 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, progr
         G_ema = copy.deepcopy(G).requires_grad_(False) if config.ema > 0 else None
         sampler = torch.Generator(device="cpu").manual_seed(config.seed * 1000 + rank)
         start, elapsed = 0, 0.0
+        acc = torch.zeros(4, dtype=torch.float64)  # sums since the last log line: loss_D, loss_G, r1, reg
+        acc_n = torch.zeros(4, dtype=torch.float64)
         if blob is not None:
-            G.load_state_dict(blob["G"])
-            D.load_state_dict(blob["D"])
+            _load_state(G, blob["G"], "the generator", resume)
+            _load_state(D, blob["D"], "the discriminator", resume)
             if G_ema is not None:
-                G_ema.load_state_dict(blob["G_ema"] if blob.get("G_ema") is not None else blob["G"])
-            opt_G.load_state_dict(blob["opt_G"])
-            opt_D.load_state_dict(blob["opt_D"])
+                _load_state(G_ema, blob["G_ema"] if blob.get("G_ema") is not None else blob["G"], "the EMA generator",
+                            resume)
+            _load_state(opt_G, blob["opt_G"], "the generator's optimizer", resume)
+            _load_state(opt_D, blob["opt_D"], "the discriminator's optimizer", resume)
             if reg is not None and blob.get("reg") is not None:
-                reg.load_state_dict(blob["reg"])
+                _load_state(reg, blob["reg"], "the regularizer", resume)
             start, elapsed = int(blob["step"]), float(blob["elapsed"])
-            if int(blob.get("world", 1)) != world:
-                raise ValueError(f"resume: checkpoint was written with {blob.get('world')} processes, now {world}")
+            if blob.get("log_acc") is not None:  # a checkpoint between two log lines
+                acc.copy_(blob["log_acc"][0]), acc_n.copy_(blob["log_acc"][1])
             states = blob["rng"]
             _set_rng_state(states[rank] if isinstance(states, list) else states, sampler)
 
@@ -329,6 +543,10 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, progr
             G_run, D_run = G, D
 
         def save(step: int) -> str | None:
+            bad = _nonfinite_weight({"G": G, "D": D, "G_ema": G_ema})
+            if bad:
+                raise TrainingDiverged(f"training diverged by step {step}: {bad} is not finite; not saved, the last "
+                                       f"good checkpoint is {ckpt_path or 'none (no checkpoint yet)'}", step, ckpt_path)
             rng = _rng_state(sampler)
             if world > 1:
                 gathered = [None] * world
@@ -337,93 +555,135 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, progr
             if not (write and main):
                 return None
             path = out / "checkpoint.pt"
-            atomic_save({"format": _CKPT_FORMAT, "config": asdict(config), "step": step, "world": world,
-                          "elapsed": elapsed + (time.perf_counter() - t0),
-                          "G": G.state_dict(), "G_ema": None if G_ema is None else G_ema.state_dict(),
-                          "D": D.state_dict(), "opt_G": opt_G.state_dict(),
-                          "opt_D": opt_D.state_dict(), "reg": None if reg is None else reg.state_dict(),
-                          "rng": rng}, path)
+            try:
+                atomic_save({"format": _CKPT_FORMAT, "config": asdict(config), "step": step, "world": world,
+                             "elapsed": elapsed + (time.perf_counter() - t0),
+                             "G": G.state_dict(), "G_ema": None if G_ema is None else G_ema.state_dict(),
+                             "D": D.state_dict(), "opt_G": opt_G.state_dict(),
+                             "opt_D": opt_D.state_dict(), "reg": None if reg is None else reg.state_dict(),
+                             "rng": rng, "log_acc": torch.stack([acc, acc_n])}, path)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot save the checkpoint {str(path)!r} at step {step} "
+                                         f"({exc.strerror or exc}); the previous one is unchanged") from exc
             return str(path)
 
         log_f = open(out / "log.jsonl", "a") if (write and main) else None
         history: list[dict] = []
         t0 = time.perf_counter()
-        ckpt_path = None
+        ckpt_path = str(out / "checkpoint.pt") if (write and main and blob is not None
+                                                   and (out / "checkpoint.pt").is_file()) else None
         bar = tqdm(total=config.steps, initial=min(start, config.steps), disable=not (progress and main),
                    desc=desc or f"train {config.reg}", leave=False, dynamic_ncols=True)
         n = data.shape[0]
-        acc = torch.zeros(4, dtype=torch.float64)  # sums since the last log line: loss_D, loss_G, r1, reg
-        acc_n = torch.zeros(4, dtype=torch.float64)
-        for step in range(start, config.steps):
-            # ---- discriminator step
-            idx = torch.randint(0, n, (B,), generator=sampler).to(device)
-            z = torch.randn(B, config.latent_dim, generator=sampler).to(device)
-            real = data[idx]
-            with torch.no_grad():
-                fake = G(z)
-            do_r1 = config.r1_gamma > 0 and step % config.r1_every == 0
-            if do_r1:
-                real = real.detach().requires_grad_(True)
-            logits = D_run(torch.cat([real, fake]))
-            l_real, l_fake = logits[:B], logits[B:]
-            loss_D = F.softplus(-l_real).mean() + F.softplus(l_fake).mean()
-            r1 = torch.zeros((), device=device)
-            if do_r1:
-                (g,) = torch.autograd.grad(l_real.sum(), real, create_graph=True)
-                r1 = g.pow(2).flatten(1).sum(1).mean()
-                loss_D = loss_D + 0.5 * config.r1_gamma * config.r1_every * r1
-            opt_D.zero_grad(set_to_none=True)
-            loss_D.backward()
-            opt_D.step()
+        names = ("loss_D", "loss_G", "r1", "reg")
+        modules = {"loss_D": "discriminator", "loss_G": "generator", "r1": "discriminator's R1 penalty",
+                   "reg": "generator's regularizer"}
+        interrupted = None
+        with stop:
+            for step in range(start, config.steps):
+                # ---- discriminator step
+                idx = torch.randint(0, n, (B,), generator=sampler).to(device)
+                z = torch.randn(B, config.latent_dim, generator=sampler).to(device)
+                real = data[idx]
+                with torch.no_grad():
+                    fake = G(z)
+                do_r1 = config.r1_gamma > 0 and step % config.r1_every == 0
+                if do_r1:
+                    real = real.detach().requires_grad_(True)
+                logits = D_run(torch.cat([real, fake]))
+                l_real, l_fake = logits[:B], logits[B:]
+                loss_D = F.softplus(-l_real).mean() + F.softplus(l_fake).mean()
+                r1 = torch.zeros((), device=device)
+                if do_r1:
+                    (g,) = torch.autograd.grad(l_real.sum(), real, create_graph=True)
+                    r1 = g.pow(2).flatten(1).sum(1).mean()
+                    loss_D = loss_D + 0.5 * config.r1_gamma * config.r1_every * r1
+                opt_D.zero_grad(set_to_none=True)
+                loss_D.backward()
+                opt_D.step()
 
-            # ---- generator step
-            z = torch.randn(B, config.latent_dim, generator=sampler).to(device)
-            D.requires_grad_(False)
-            fake = G_run(z)
-            loss_adv = F.softplus(-D(fake)).mean()
-            loss_G = loss_adv
-            reg_val = torch.zeros((), device=device)
-            if reg is not None and config.reg_weight > 0:
-                reg_val = reg(G_run, z)
-                loss_G = loss_G + config.reg_weight * reg_val
-            opt_G.zero_grad(set_to_none=True)
-            loss_G.backward()
-            opt_G.step()
-            D.requires_grad_(True)
-            if G_ema is not None:
-                _ema_update(G_ema, G, min(config.ema, (1 + step) / (10 + step)))
+                # ---- generator step
+                z = torch.randn(B, config.latent_dim, generator=sampler).to(device)
+                D.requires_grad_(False)
+                fake = G_run(z)
+                loss_adv = F.softplus(-D(fake)).mean()
+                loss_G = loss_adv
+                reg_val = torch.zeros((), device=device)
+                if reg is not None and config.reg_weight > 0:
+                    reg_val = reg(G_run, z)
+                    loss_G = loss_G + config.reg_weight * reg_val
+                opt_G.zero_grad(set_to_none=True)
+                loss_G.backward()
+                opt_G.step()
+                D.requires_grad_(True)
+                if G_ema is not None:
+                    _ema_update(G_ema, G, min(config.ema, (1 + step) / (10 + step)))
 
-            done = step + 1
-            acc += torch.stack([loss_D.detach(), loss_adv.detach(), r1.detach(), reg_val.detach()]).double().cpu()
-            acc_n += torch.tensor([1.0, 1.0, float(do_r1), float(reg_val.requires_grad)], dtype=torch.float64)
-            if done % config.log_every == 0 or done == config.steps:
-                mean = (acc / acc_n.clamp_min(1)).tolist()
-                acc.zero_(), acc_n.zero_()
-                # means over the steps since the last line (r1 and reg: over the steps that computed them)
-                rec = {"step": done, "loss_D": mean[0], "loss_G": mean[1], "r1": mean[2], "reg": mean[3],
-                       "seconds": round(elapsed + time.perf_counter() - t0, 3)}
-                history.append(rec)
+                done = step + 1
+                vals = torch.stack([loss_D.detach(), loss_adv.detach(), r1.detach(), reg_val.detach()]).double().cpu()
+                bad = [k for k, v in zip(names, vals.tolist()) if not np.isfinite(v)]
+                flags = [float(stop.signum is not None), float(bool(bad))]
+                if world > 1:  # every rank stops at the same step
+                    t = torch.tensor(flags, device=device)
+                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                    flags = t.tolist()
+                if flags[1]:
+                    what = (", ".join(f"{k} = {float(vals[names.index(k)])} ({modules[k]})" for k in bad)
+                            if bad else "a loss on another process")
+                    raise TrainingDiverged(f"training diverged at step {done}: {what} is not finite; stopped without "
+                                           f"saving, the last good checkpoint is "
+                                           f"{ckpt_path or 'none (no checkpoint yet)'}", done, ckpt_path)
+                acc += vals
+                acc_n += torch.tensor([1.0, 1.0, float(do_r1), float(reg_val.requires_grad)], dtype=torch.float64)
+                if done % config.log_every == 0 or done == config.steps:
+                    mean = (acc / acc_n.clamp_min(1)).tolist()
+                    acc.zero_(), acc_n.zero_()
+                    # means over the steps since the last line (r1 and reg: over the steps that computed them)
+                    rec = {"step": done, "loss_D": mean[0], "loss_G": mean[1], "r1": mean[2], "reg": mean[3],
+                           "seconds": round(elapsed + time.perf_counter() - t0, 3)}
+                    history.append(rec)
+                    if log_f is not None:
+                        try:
+                            log_f.write(json.dumps(rec) + "\n")
+                            log_f.flush()
+                        except OSError as exc:
+                            raise OSError(exc.errno, f"cannot write the log {str(out / 'log.jsonl')!r} at step {done} "
+                                                     f"({exc.strerror or exc})") from exc
+                    bar.set_postfix(D=f"{rec['loss_D']:.2f}", G=f"{rec['loss_G']:.2f}", reg=f"{rec['reg']:.3f}")
+                saved_now = done % config.ckpt_every == 0 and done != config.steps
+                if saved_now:
+                    ckpt_path = save(done) or ckpt_path
+                bar.update(1)
+                if flags[0] and done != config.steps:
+                    interrupted = done
+                    if not saved_now:
+                        ckpt_path = save(done) or ckpt_path
+                    break
+            bar.close()
+            if interrupted is not None:
                 if log_f is not None:
-                    log_f.write(json.dumps(rec) + "\n")
-                    log_f.flush()
-                bar.set_postfix(D=f"{rec['loss_D']:.2f}", G=f"{rec['loss_G']:.2f}", reg=f"{rec['reg']:.3f}")
-            if done % config.ckpt_every == 0 and done != config.steps:
-                ckpt_path = save(done) or ckpt_path
-            bar.update(1)
-        bar.close()
-        final_step = max(start, config.steps)
-        ckpt_path = save(final_step) or ckpt_path
-        seconds = elapsed + time.perf_counter() - t0
-        if log_f is not None:
-            log_f.close()
-            summary = {"config": asdict(config), "steps": final_step, "seconds": round(seconds, 2),
-                       "world": world, "checkpoint": ckpt_path, "last": history[-1] if history else None}
-            tmp = out / "train.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2))
-            os.replace(tmp, out / "train.json")
+                    log_f.close()
+                if world > 1:
+                    dist.barrier()
+                raise TrainingInterrupted(interrupted, ckpt_path, stop.signum or signal.SIGINT)
+            final_step = max(start, config.steps)  # a signal from here on is ignored: the run completes
+            ckpt_path = save(final_step) or ckpt_path
+            seconds = elapsed + time.perf_counter() - t0
+            if log_f is not None:
+                log_f.close()
+                summary = {"config": asdict(config), "steps": final_step, "seconds": round(seconds, 2),
+                           "world": world, "checkpoint": ckpt_path, "last": history[-1] if history else None}
+                atomic_write_text(json.dumps(summary, indent=2), out / "train.json")
         if world > 1:
             dist.barrier()  # no rank tears down while another still communicates
     finally:
+        if bar is not None:
+            bar.close()
+        if log_f is not None and not log_f.closed:
+            try:
+                log_f.close()
+            except OSError:  # a full disk: already reported by the write that failed
+                pass
         if we_init and dist.is_initialized():
             # Free the DDP reducers (they hold the process group and its threads) before the group:
             # left to interpreter exit, gloo threads could be destroyed unjoined (std::terminate).
@@ -440,8 +700,20 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, progr
 
 
 # ---------------------------------------------------------------------------------------------
+class _StoreGiven(argparse.Action):
+    """argparse's "store" that also records the option in `namespace._given` (with --resume only
+    the options given on the command line are requested changes)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, "_given", getattr(namespace, "_given", frozenset()) | {self.dest})
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
+    for name in (None, "store"):  # the default action of every option below
+        parser.register("action", name, _StoreGiven)
+    parser.set_defaults(_given=frozenset())
     g = parser.add_argument_group("data and model")
     g.add_argument("--dataset", choices=sorted(DATASETS), default=d.dataset, help="procedural dataset (default: %(default)s)")
     g.add_argument("--size", type=int, choices=(32, 64), default=d.size, help="image side in pixels (default: %(default)s)")
@@ -481,12 +753,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="checkpoint every N steps (default: %(default)s)")
     g.add_argument("--log-every", type=int, default=d.log_every, help="log every N steps (default: %(default)s)")
     g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                   help="continue from CKPT (default: OUT/checkpoint.pt); --steps is the total to reach")
+                   help="continue the run in CKPT (without CKPT: OUT/checkpoint.pt; with it, OUT defaults to its "
+                        "folder) with its settings: only --steps (the total to reach), --log-every, --ckpt-every, "
+                        "--out and --device may change; any other option given that differs is refused")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in OUT (checkpoint, log, summary); without it a fresh run into a "
+                        "folder holding one is refused")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="device (default: %(default)s)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.epilog = ("Several processes: torchrun --nproc_per_node 2 -m spectral_ops.cli train ... "
-                     "(gloo on CPU, nccl on GPU).")
+                     "(gloo on CPU, nccl on GPU). Exit status: 0 done, 2 bad arguments, checkpoint or output "
+                     "folder (also a full disk), 1 the run diverged (NaN / Inf), 130 (143) stopped by SIGINT "
+                     "(SIGTERM) after saving a checkpoint at the current step.")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -494,26 +773,72 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
+def _resume_config(args: argparse.Namespace, resume: str) -> TrainConfig:
+    """The checkpoint's config with the options given on the command line applied (train()
+    refuses those that may not change) and OUT (given, or else the checkpoint's folder)."""
+    blob, saved = _read_resume(resume)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: getattr(args, k) for k in getattr(args, "_given", ()) if k in fields}
+    given.setdefault("out", str(Path(resume).parent))
+    config = _resumed(saved, dataclasses.replace(saved, **given), int(blob["step"]))
+    changes = {k: v for k, v in config_changes(saved, config).items() if k != "out"}
+    problem = _folder_problem(Path(config.out), resume, args.overwrite)
+    if problem:
+        raise ValueError(problem)
+    if changes and int(os.environ.get("RANK", "0")) == 0:
+        print(f"resuming {resume} at step {int(blob['step'])}, with {format_changes(changes)}", file=sys.stderr)
+    return config
+
+
 def run(args: argparse.Namespace) -> int:
+    prog = "spectral-ops train"
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    config = None
     try:
-        config = config_from_args(args)
         if args.threads is not None:
             if args.threads < 1:
                 raise ValueError(f"--threads must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
         resume = None
         if args.resume is not None:
-            resume = str(Path(config.out) / "checkpoint.pt") if args.resume == "auto" else args.resume
+            resume = args.resume
+            if resume == "auto":
+                resume = str(Path(args.out) / "checkpoint.pt")
+            if not os.path.isfile(resume):
+                raise ValueError(f"resume: no checkpoint at {resume!r}")
+            config = _resume_config(args, resume)
         else:
-            config.validate()
+            config = config_from_args(args).validate()
         msg = writable_dir(config.out)
         if msg:
             raise ValueError(msg)
-        result = train(config, resume=resume, progress=not args.no_progress)
+        result = train(config, resume=resume, overwrite=args.overwrite, progress=not args.no_progress)
     except ValueError as exc:
-        print(f"spectral-ops train: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    if int(os.environ.get("RANK", "0")) == 0:
+    except OSError as exc:  # a full disk, a vanished folder, ...
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{prog}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        if rank0:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as exc:
+        code = 128 + int(exc.signum)
+        if rank0:
+            name = signal.Signals(exc.signum).name
+            where = f"saved {exc.checkpoint}" if exc.checkpoint else "nothing saved (write=False)"
+            print(f"{prog}: {name} at step {exc.step}: {where}; continue with: spectral-ops train --out "
+                  f"{shlex.quote(config.out)} --resume", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:  # before the first step, or a second signal
+        if rank0:
+            out = config.out if config is not None else args.out
+            print(f"{prog}: interrupted before it could save; the last checkpoint in {out}, if any, is intact",
+                  file=sys.stderr)
+        return 130
+    if rank0:
         last = result.history[-1] if result.history else {}
         print(f"trained {result.steps} steps in {result.seconds:.1f} s; checkpoint: {result.checkpoint}; "
               f"last: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "step"))

@@ -18,6 +18,42 @@ def plain_function(z):
     return torch.tanh(z[:, :1] * w + z[:, 1:2] * w ** 2 + z[:, 2:3])
 
 
+def returns_a_tuple(z):
+    """A function of the latents that returns (images, extras), not a tensor."""
+    return plain_function(z), z
+
+
+def integer_output(z):
+    return (z > 0).long()
+
+
+class NeedsArguments(torch.nn.Module):
+    """A generator class whose constructor needs an argument."""
+
+    def __init__(self, latent_dim):
+        super().__init__()
+        self.latent_dim = latent_dim
+
+    def forward(self, z):
+        return plain_function(z)
+
+
+CALLS = []
+
+
+def make_generator():
+    """A zero-argument factory: only `tests.test_trace_cli:make_generator()` calls it."""
+    CALLS.append(1)
+    return plain_function
+
+
+def make_nothing():
+    return 3
+
+
+NOT_A_GENERATOR = 3
+
+
 def test_trace_with_a_model_class(tmp_path):
     """A class given as --generator is built with no arguments; latent_dim comes from it."""
     torch.manual_seed(0)
@@ -89,3 +125,41 @@ def test_unwritable_out_path_is_a_file(tmp_path, capsys):
 def test_missing_source_is_an_argparse_error():
     with pytest.raises(SystemExit):
         main(["trace", "--out", "x"])
+
+
+_QUICK = ["--latent-dim", "3", "--directions", "1", "--steps", "1", "--columns", "2", "--n", "1", "--scale", "1",
+          "--method", "euler"]
+
+
+def test_a_zero_argument_function_is_not_called_to_see_what_it_is(tmp_path, capsys):
+    """MODULE:fn is the generator itself; MODULE:fn() calls a factory. Before: the CLI called any
+    zero-argument function it was given to find out whether it was a factory."""
+    import importlib
+
+    calls = importlib.import_module("tests.test_trace_cli").CALLS  # the module --generator imports
+    calls.clear()
+    rc = main(["trace", "--generator", "tests.test_trace_cli:make_generator", *_QUICK, "--out", str(tmp_path / "a")])
+    assert rc == 2 and calls == []
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "tests.test_trace_cli:make_generator()" in err, err
+    rc = main(["trace", "--generator", "tests.test_trace_cli:make_generator()", *_QUICK, "--out", str(tmp_path / "b")])
+    assert rc == 0 and calls == [1]
+    assert (tmp_path / "b" / "trace.json").is_file()
+
+
+@pytest.mark.parametrize("spec, word", [
+    ("tests.test_trace_cli:returns_a_tuple", "got a tuple"),
+    ("tests.test_trace_cli:integer_output", "floating tensor"),
+    ("tests.test_trace_cli:NeedsArguments", "could not be called with no arguments"),
+    ("tests.test_trace_cli:NOT_A_GENERATOR", "NOT_A_GENERATOR"),  # (already an error before)
+    ("tests.test_trace_cli:make_nothing()", "returned a int"),
+    ("tests.test_trace_cli:plain_function(3)", "package.module:factory()"),
+])
+def test_a_bad_generator_is_a_one_line_error(tmp_path, capsys, spec, word):
+    """Before: a generator returning a tuple or an integer tensor, or a class whose constructor
+    needs arguments, ended in a traceback (AttributeError, ValueError, TypeError); `fn()` was
+    read as an attribute name."""
+    rc = main(["trace", "--generator", spec, *_QUICK, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert word in err, err

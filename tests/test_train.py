@@ -1,16 +1,21 @@
-"""Trainer: bit-exact resume on CPU, atomic checkpoints and logs, 2-process DDP, CLI errors."""
+"""Trainer: bit-exact resume on CPU, atomic checkpoints and logs, 2-process DDP, CLI errors, faults
+(a reused folder, a changed resume, bad checkpoints, a full disk, SIGINT, kill -9, divergence)."""
+import contextlib
+import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from spectral_ops.cli import main
-from spectral_ops.train import TrainConfig, build_models, load_checkpoint, load_generator, train
+from spectral_ops.train import TrainConfig, _resumed, build_models, load_checkpoint, load_generator, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(n_train=256, batch_size=16, width=8, latent_dim=6, log_every=2, ckpt_every=1000, r1_every=2)
@@ -148,3 +153,288 @@ def test_cli_bad_arguments(tmp_path, capsys):
         main(["train", "--reg", "bogus"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+# ---- faults: a reused folder, a changed resume, bad checkpoints, a full disk, signals, divergence
+def _cli(cfg: dict) -> list[str]:
+    """TrainConfig keywords as `spectral-ops train` options."""
+    return [a for k, v in cfg.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _values(log: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in log]
+
+
+def _one_line_error(err: str, word: str) -> None:
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and "Traceback" not in err and word in lines[0], err
+
+
+def test_fresh_run_into_a_folder_holding_a_run_is_refused_unless_overwrite(tmp_path, capsys):
+    """Before: a second fresh run into the same --out silently replaced the checkpoint and appended
+    its lines to the first run's log."""
+    out = tmp_path / "run"
+    train(TrainConfig(steps=2, out=str(out), **TINY), progress=False)
+    ckpt, log = (out / "checkpoint.pt").read_bytes(), (out / "log.jsonl").read_text()
+    with pytest.raises(ValueError, match="already holds a run .*--overwrite"):
+        train(TrainConfig(steps=2, out=str(out), **{**TINY, "seed": 1}), progress=False)
+    assert main(["train", "--out", str(out), "--steps", "2", *_cli(TINY), "--no-progress"]) == 2
+    _one_line_error(capsys.readouterr().err, "already holds a run")
+    assert (out / "checkpoint.pt").read_bytes() == ckpt and (out / "log.jsonl").read_text() == log
+    # a log alone (a run stopped before its first checkpoint) also counts
+    (tmp_path / "logonly").mkdir()
+    (tmp_path / "logonly" / "log.jsonl").write_text("")
+    with pytest.raises(ValueError, match="log.jsonl"):
+        train(TrainConfig(steps=2, out=str(tmp_path / "logonly"), **TINY), progress=False)
+    # overwrite: the old run is replaced, not appended to
+    res = train(TrainConfig(steps=4, out=str(out), **{**TINY, "seed": 1}), overwrite=True, progress=False)
+    assert [r["step"] for r in _log(out)] == [2, 4] and load_checkpoint(out / "checkpoint.pt")["config"]["seed"] == 1
+    assert main(["train", "--out", str(out), "--steps", "2", *_cli(TINY), "--no-progress", "--overwrite"]) == 0
+    assert [r["step"] for r in _log(out)] == [2] and load_checkpoint(out / "checkpoint.pt")["step"] == 2
+    assert res.steps == 4
+
+
+def test_resume_refuses_changed_settings_and_applies_the_resumable_ones(tmp_path, capsys):
+    """Before: `--resume --latent-dim 8 --reg spectral` silently went on with the checkpoint's
+    latent size and regularizer (and the default --steps 2000)."""
+    out = tmp_path / "b"
+    assert main(["train", "--out", str(out), "--steps", "4", *_cli(TINY), "--no-progress"]) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--latent-dim", "8", "--reg", "spectral", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    _one_line_error(err, "latent_dim: 6 -> 8")
+    assert "reg: 'none' -> 'spectral'" in err and "steps" in err
+    # the default of an option given explicitly is a change too
+    assert main(["train", "--out", str(out), "--resume", "--width", "32", "--no-progress"]) == 2
+    _one_line_error(capsys.readouterr().err, "width: 8 -> 32")
+    with pytest.raises(ValueError, match="r1_every: 2 -> 4"):
+        train(TrainConfig(steps=8, out=str(out), **{**TINY, "r1_every": 4}), resume=out / "checkpoint.pt",
+              progress=False)
+    assert (out / "checkpoint.pt").read_bytes() == before
+    # steps (the total), log_every, ckpt_every may change: applied and reported; the rest comes from
+    # the checkpoint without repeating it
+    assert main(["train", "--out", str(out), "--resume", "--steps", "8", "--log-every", "4", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "steps: 4 -> 8" in err and "log_every: 2 -> 4" in err
+    straight = train(TrainConfig(steps=8, out=str(tmp_path / "a"), **TINY), progress=False)
+    G, cfg = load_generator(out / "checkpoint.pt")
+    assert cfg.latent_dim == 6 and cfg.steps == 8 and _same(G.state_dict(), straight.G.state_dict())
+    assert [r["step"] for r in _log(out)] == [2, 4, 8]
+    saved = TrainConfig(**TINY)
+    assert _resumed(saved, dataclasses.replace(saved, device="cpu", ckpt_every=3), 0) == \
+        dataclasses.replace(saved, device="cpu", ckpt_every=3)
+    # a total below the checkpoint's step, or resuming into another run's folder, is refused
+    assert main(["train", "--out", str(out), "--resume", "--steps", "6", "--no-progress"]) == 2
+    _one_line_error(capsys.readouterr().err, "past steps=6")
+    assert main(["train", "--resume", str(out / "checkpoint.pt"), "--out", str(tmp_path / "a"), "--steps", "9",
+                 "--no-progress"]) == 2
+    _one_line_error(capsys.readouterr().err, "already holds a run")
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "random", "foreign", "incomplete", "directory"])
+def test_a_bad_checkpoint_is_a_one_line_error(tmp_path, capsys, kind):
+    """Before: a truncated or random-bytes checkpoint given to --resume ended in torch's traceback
+    (RuntimeError / UnpicklingError), an incomplete one in a KeyError."""
+    good = tmp_path / "good"
+    train(TrainConfig(steps=2, out=str(good), **TINY), progress=False)
+    bad = tmp_path / "bad.pt"
+    if kind == "empty":
+        bad.write_bytes(b"")
+    elif kind == "truncated":
+        bad.write_bytes((good / "checkpoint.pt").read_bytes()[:5000])
+    elif kind == "random":
+        bad.write_bytes(bytes(range(256)) * 40)
+    elif kind == "foreign":
+        torch.save({"weights": torch.zeros(3), "epoch": 7}, bad)
+    elif kind == "incomplete":
+        blob = load_checkpoint(good / "checkpoint.pt")
+        del blob["opt_G"]
+        torch.save(blob, bad)
+    else:
+        bad.mkdir()
+    with pytest.raises(ValueError):
+        load_checkpoint(bad)
+    rc = main(["train", "--resume", str(bad), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 2
+    _one_line_error(capsys.readouterr().err, "resume:")
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
+    """Before: OSError(ENOSPC) from the checkpoint write ended the CLI in a traceback."""
+    import errno
+
+    out = tmp_path / "run"
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *a, **kw):
+        calls.append(1)
+        if len(calls) >= 2:  # the first checkpoint fits, the second does not
+            with (open(f, "wb") if isinstance(f, (str, os.PathLike)) else contextlib.nullcontext(f)) as fh:
+                fh.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    rc = main(["train", "--out", str(out), "--steps", "6", *_cli({**TINY, "ckpt_every": 2}), "--no-progress"])
+    monkeypatch.setattr(torch, "save", real_save)
+    assert rc == 2
+    _one_line_error(capsys.readouterr().err, "No space left on device")
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "log.jsonl"]  # no *.tmp, no train.json
+    # and it resumes from the checkpoint that was kept
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    straight = train(TrainConfig(steps=6, out=str(tmp_path / "a"), **{**TINY, "ckpt_every": 2}), progress=False)
+    assert _same(load_generator(out / "checkpoint.pt")[0].state_dict(), straight.G.state_dict())
+    assert _values(_log(out)) == _values(straight.history)
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "OMP_NUM_THREADS": "1"}
+
+
+def _wait_for_log(proc, log: Path, n: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and log.read_text().count("\n") >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early: {proc.communicate()}")
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("no progress in the log")
+
+
+def test_sigint_saves_the_current_step_and_resumes_exactly(tmp_path):
+    """Before: Ctrl-C printed a KeyboardInterrupt traceback and lost every step since the last
+    checkpoint (here: all of them, there was none)."""
+    out = tmp_path / "run"
+    cfg = {**TINY, "log_every": 1}
+    cmd = [sys.executable, "-m", "spectral_ops.cli", "train", "--out", str(out), "--steps", "100000", *_cli(cfg),
+           "--threads", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_log(proc, out / "log.jsonl", 3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    _one_line_error(err, "--resume")
+    assert str(out / "checkpoint.pt") in err
+    k = load_checkpoint(out / "checkpoint.pt")["step"]
+    assert k >= 3 and [r["step"] for r in _log(out)] == list(range(1, k + 1))  # no step lost, none ahead
+    resumed = train(TrainConfig(steps=k + 3, out=str(out), **cfg), resume=out / "checkpoint.pt", progress=False)
+    straight = train(TrainConfig(steps=k + 3, out=str(tmp_path / "a"), **cfg), progress=False)
+    assert _same(straight.G.state_dict(), resumed.G.state_dict())
+    assert _same(straight.D.state_dict(), resumed.D.state_dict())
+    assert _same(straight.G_train.state_dict(), resumed.G_train.state_dict())
+    assert _values(_log(out)) == _values(_log(tmp_path / "a"))
+
+
+def test_an_interrupt_between_log_lines_resumes_the_log_exactly(tmp_path, monkeypatch):
+    """An interrupt at step 5 with --log-every 2: the checkpoint keeps the half-filled log means,
+    so the resumed log equals a straight run's. Before: there was no interrupt checkpoint."""
+    import spectral_ops.train as T
+
+    real, calls = T._ema_update, []
+
+    def ema_then_signal(*a):
+        real(*a)
+        calls.append(1)
+        if len(calls) == 5:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(T, "_ema_update", ema_then_signal)
+    out = tmp_path / "run"
+    with pytest.raises(T.TrainingInterrupted) as exc:
+        train(TrainConfig(steps=10, out=str(out), **TINY), progress=False)
+    assert exc.value.step == 5 and exc.value.checkpoint == str(out / "checkpoint.pt")
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 5 and not (out / "train.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    monkeypatch.setattr(T, "_ema_update", real)
+    resumed = train(TrainConfig(steps=10, out=str(out), **TINY), resume=out / "checkpoint.pt", progress=False)
+    straight = train(TrainConfig(steps=10, out=str(tmp_path / "a"), **TINY), progress=False)
+    assert _same(straight.G.state_dict(), resumed.G.state_dict())
+    assert _values(_log(out)) == _values(_log(tmp_path / "a"))
+
+
+_HANG_AT_STEP_7 = textwrap.dedent("""
+    import sys, time, torch
+    torch.set_num_threads(1)
+    import spectral_ops.train as T
+
+    class Bar(T.tqdm):
+        done = 0
+
+        def update(self, n=1):
+            super().update(n)
+            Bar.done += n
+            if Bar.done == 7:  # the log has step 7, the checkpoint step 5: now kill -9 arrives
+                time.sleep(600)
+
+    T.tqdm = Bar
+    cfg = dict(n_train=256, batch_size=16, width=8, latent_dim=6, log_every=1, ckpt_every=5, r1_every=2)
+    T.train(T.TrainConfig(steps=100, out=sys.argv[1], **cfg), progress=False)
+""")
+
+
+def test_after_kill_9_the_resumed_log_has_every_step_once(tmp_path):
+    """Before: the log ran ahead of the checkpoint (steps 6, 7 after a checkpoint at 5), and the
+    resumed run logged them again."""
+    out = tmp_path / "run"
+    script = tmp_path / "hang.py"
+    script.write_text(_HANG_AT_STEP_7)
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], env=_env(), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_log(proc, out / "log.jsonl", 7)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 5 and len(_log(out)) == 7
+    cfg = {**TINY, "log_every": 1, "ckpt_every": 5}
+    assert main(["train", "--out", str(out), "--resume", "--steps", "10", "--no-progress"]) == 0
+    straight = train(TrainConfig(steps=10, out=str(tmp_path / "a"), **cfg), progress=False)
+    log = _log(out)
+    assert [r["step"] for r in log] == list(range(1, 11))
+    assert _values(log) == _values(straight.history)
+    assert _same(load_generator(out / "checkpoint.pt")[0].state_dict(), straight.G.state_dict())
+
+
+@pytest.mark.parametrize("poison_at, caught_at, what", [(5, 6, "loss_D = nan"), (8, 8, "is not finite")])
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys,
+                                                                  poison_at, caught_at, what):
+    """NaN weights after step 5 (caught by the losses of step 6) or after the last step (caught
+    before the final save). Before: the run went on, saved NaN checkpoints and exited 0."""
+    import spectral_ops.train as T
+
+    real, calls = T._ema_update, []
+
+    def ema_then_poison(G_ema, G, beta):
+        real(G_ema, G, beta)
+        calls.append(1)
+        if len(calls) == poison_at:
+            with torch.no_grad():
+                next(G.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(T, "_ema_update", ema_then_poison)
+    out = tmp_path / "run"
+    rc = main(["train", "--out", str(out), "--steps", "8", *_cli({**TINY, "ckpt_every": 2}), "--no-progress"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    _one_line_error(err, "diverged")
+    assert what in err and f"step {caught_at}" in err and str(out / "checkpoint.pt") in err
+    blob = load_checkpoint(out / "checkpoint.pt")
+    assert blob["step"] == (4 if poison_at == 5 else 6)
+    assert all(torch.isfinite(v).all() for v in blob["G"].values() if v.is_floating_point())
+    assert not (out / "train.json").exists()
+
+
+def test_a_huge_learning_rate_diverges_with_exit_1(tmp_path, capsys):
+    """Before: NaN losses were logged and a NaN checkpoint saved, exit 0."""
+    rc = main(["train", "--out", str(tmp_path / "r"), "--steps", "20", *_cli(TINY), "--lr-g", "1e30",
+               "--lr-d", "1e30", "--no-progress"])
+    assert rc == 1
+    _one_line_error(capsys.readouterr().err, "training diverged at step")
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()

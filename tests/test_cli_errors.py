@@ -1,0 +1,92 @@
+"""CLI faults: bad arguments and bad checkpoints are one-line errors with exit 2, Ctrl-C is exit 130;
+never a traceback."""
+import json
+
+import pytest
+import torch
+
+from spectral_ops.cli import main
+from spectral_ops.train import TrainConfig, train
+
+TINY = dict(n_train=256, batch_size=16, width=8, latent_dim=6, log_every=2, ckpt_every=1000, r1_every=2)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _one_line(err: str, word: str) -> None:
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and "Traceback" not in err and word in lines[0], err
+
+
+@pytest.mark.parametrize("argv, word", [
+    (["--tol", "-1"], "--tol"),
+    (["--tol", "nan"], "--tol"),
+    (["--iters", "0"], "--iters"),
+    (["--batch", "0"], "--batch"),
+    (["-k", "9", "--latent-dim", "4"], "-k (9)"),
+])
+def test_topk_bad_arguments(capsys, argv, word):
+    """Before: --tol -1 ended in power.py's ValueError traceback; --iters 0 and friends raised
+    SystemExit with exit status 1."""
+    assert main(["topk", "--batch", "2", "--latent-dim", "4", "--iters", "2", *argv]) == 2
+    _one_line(capsys.readouterr().err, word)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("ckpt")
+    train(TrainConfig(steps=2, out=str(out), **TINY), progress=False)
+    torch.set_num_threads(prev)
+    return out / "checkpoint.pt"
+
+
+def _bad_file(path, kind, checkpoint):
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(checkpoint.read_bytes()[:3000])
+    elif kind == "random":
+        path.write_bytes(bytes(range(256)) * 40)
+    else:  # a pickle of another program's objects
+        torch.save({"model": torch.nn.Linear(2, 2)}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "random", "pickle"])
+@pytest.mark.parametrize("command", ["trace", "eval"])
+def test_a_bad_checkpoint_for_trace_and_eval(tmp_path, capsys, checkpoint, command, kind):
+    """Before: random bytes or a pickle of other classes printed torch's several-line
+    'Weights only load failed ...' message."""
+    bad = _bad_file(tmp_path / "bad.pt", kind, checkpoint)
+    argv = ["trace", "--ckpt", str(bad)] if command == "trace" else ["eval", "--ckpt", str(bad)]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    _one_line(capsys.readouterr().err, "--ckpt")
+
+
+def test_ctrl_c_in_any_command_is_exit_130(capsys, monkeypatch):
+    """Before: a KeyboardInterrupt traceback."""
+    import spectral_ops.topk_cli as topk
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(topk, "jacobian_topk", interrupted)
+    assert main(["topk", "--batch", "2", "--latent-dim", "4", "--iters", "2"]) == 130
+    _one_line(capsys.readouterr().err, "interrupted")
+
+
+def test_the_demo_trains_again_into_its_own_folders(tmp_path):
+    """The demo is rerun into runs/demo: its runs replace their previous selves (a fresh run into
+    a folder holding one is refused elsewhere)."""
+    import dataclasses
+
+    from spectral_ops.demo import _train_all
+
+    base = TrainConfig(steps=2, **TINY)
+    runs = {n: dataclasses.replace(base, out=str(tmp_path / n), seed=i) for i, n in enumerate(("baseline", "spectral"))}
+    first = _train_all(runs, jobs=1, progress=False)
+    second = _train_all(runs, jobs=1, progress=False)
+    assert first.keys() == second.keys() == runs.keys()
+    assert [json.loads(x)["step"] for x in (tmp_path / "baseline" / "log.jsonl").read_text().splitlines()] == [2]
