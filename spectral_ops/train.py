@@ -380,13 +380,14 @@ def _cut_log(path: Path, step: int) -> None:
 
 
 def _nonfinite_weight(modules: dict[str, nn.Module | None]) -> str | None:
-    """'G.fc.weight' for the first parameter or buffer that is not finite, else None."""
+    """"the generator's weight fc.weight" for the first parameter or buffer that is not finite
+    ({description: module}), else None."""
     for name, m in modules.items():
         if m is None:
             continue
         for pname, t in [*m.named_parameters(), *m.named_buffers()]:
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                return f"{name}.{pname}"
+                return f"the {name}'s weight {pname}"
     return None
 
 
@@ -543,10 +544,10 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, overw
             G_run, D_run = G, D
 
         def save(step: int) -> str | None:
-            bad = _nonfinite_weight({"G": G, "D": D, "G_ema": G_ema})
+            bad = _nonfinite_weight({"generator": G, "discriminator": D, "EMA generator": G_ema})
             if bad:
-                raise TrainingDiverged(f"training diverged by step {step}: {bad} is not finite; not saved, the last "
-                                       f"good checkpoint is {ckpt_path or 'none (no checkpoint yet)'}", step, ckpt_path)
+                raise TrainingDiverged(f"training diverged by step {step}: {bad} is not finite; not saved, "
+                                       f"{last_good()}", step, ckpt_path)
             rng = _rng_state(sampler)
             if world > 1:
                 gathered = [None] * world
@@ -565,11 +566,18 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, overw
             except OSError as exc:
                 raise OSError(exc.errno, f"cannot save the checkpoint {str(path)!r} at step {step} "
                                          f"({exc.strerror or exc}); the previous one is unchanged") from exc
+            saved_at[0] = step
             return str(path)
+
+        def last_good() -> str:
+            if ckpt_path is None:
+                return "and there is no checkpoint yet"
+            return f"the last good checkpoint is {ckpt_path} (step {saved_at[0]})"
 
         log_f = open(out / "log.jsonl", "a") if (write and main) else None
         history: list[dict] = []
         t0 = time.perf_counter()
+        saved_at = [start]  # the step of ckpt_path
         ckpt_path = str(out / "checkpoint.pt") if (write and main and blob is not None
                                                    and (out / "checkpoint.pt").is_file()) else None
         bar = tqdm(total=config.steps, initial=min(start, config.steps), disable=not (progress and main),
@@ -630,9 +638,8 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, overw
                 if flags[1]:
                     what = (", ".join(f"{k} = {float(vals[names.index(k)])} ({modules[k]})" for k in bad)
                             if bad else "a loss on another process")
-                    raise TrainingDiverged(f"training diverged at step {done}: {what} is not finite; stopped without "
-                                           f"saving, the last good checkpoint is "
-                                           f"{ckpt_path or 'none (no checkpoint yet)'}", done, ckpt_path)
+                    raise TrainingDiverged(f"training diverged at step {done}: {what}; stopped without saving, "
+                                           f"{last_good()}", done, ckpt_path)
                 acc += vals
                 acc_n += torch.tensor([1.0, 1.0, float(do_r1), float(reg_val.requires_grad)], dtype=torch.float64)
                 if done % config.log_every == 0 or done == config.steps:
