@@ -30,6 +30,7 @@ import importlib
 import inspect
 import json
 import os
+import reprlib
 import sys
 from pathlib import Path
 
@@ -116,9 +117,8 @@ def load_generator_from_spec(spec: str):
             raise ValueError(f"--generator: {what} {mod_name}:{attr} could not be called with no arguments "
                              f"({type(exc).__name__}: {line})") from None
     if not callable(obj):
-        kind = "returned " if factory else "is "
-        raise ValueError(f"--generator: {spec!r} {kind}a {type(obj).__name__}, not a generator "
-                         f"(an nn.Module or a function of the latents)")
+        raise ValueError(f"--generator: {spec!r} {'returned' if factory else 'is'} {reprlib.repr(obj)} "
+                         f"({type(obj).__name__}), not a generator (an nn.Module or a function of the latents)")
     try:
         inspect.signature(obj).bind(None)
     except TypeError:

@@ -152,7 +152,7 @@ def test_a_zero_argument_function_is_not_called_to_see_what_it_is(tmp_path, caps
     ("tests.test_trace_cli:integer_output", "floating tensor"),
     ("tests.test_trace_cli:NeedsArguments", "could not be called with no arguments"),
     ("tests.test_trace_cli:NOT_A_GENERATOR", "NOT_A_GENERATOR"),  # (already an error before)
-    ("tests.test_trace_cli:make_nothing()", "returned a int"),
+    ("tests.test_trace_cli:make_nothing()", "returned 3 (int)"),
     ("tests.test_trace_cli:plain_function(3)", "package.module:factory()"),
 ])
 def test_a_bad_generator_is_a_one_line_error(tmp_path, capsys, spec, word):

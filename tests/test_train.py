@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from spectral_ops.cli import main
-from spectral_ops.train import TrainConfig, _resumed, build_models, load_checkpoint, load_generator, train
+from spectral_ops.train import TrainConfig, build_models, load_checkpoint, load_generator, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(n_train=256, batch_size=16, width=8, latent_dim=6, log_every=2, ckpt_every=1000, r1_every=2)
@@ -225,6 +225,8 @@ def test_resume_refuses_changed_settings_and_applies_the_resumable_ones(tmp_path
     G, cfg = load_generator(out / "checkpoint.pt")
     assert cfg.latent_dim == 6 and cfg.steps == 8 and _same(G.state_dict(), straight.G.state_dict())
     assert [r["step"] for r in _log(out)] == [2, 4, 8]
+    from spectral_ops.train import _resumed
+
     saved = TrainConfig(**TINY)
     assert _resumed(saved, dataclasses.replace(saved, device="cpu", ckpt_every=3), 0) == \
         dataclasses.replace(saved, device="cpu", ckpt_every=3)
