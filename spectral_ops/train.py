@@ -641,7 +641,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, overw
                     raise TrainingDiverged(f"training diverged at step {done}: {what}; stopped without saving, "
                                            f"{last_good()}", done, ckpt_path)
                 acc += vals
-                acc_n += torch.tensor([1.0, 1.0, float(do_r1), float(reg_val.requires_grad)], dtype=torch.float64)
+                acc_n += torch.tensor([1.0, 1.0, float(do_r1), float(reg_val.grad_fn is not None)], dtype=torch.float64)
                 if done % config.log_every == 0 or done == config.steps:
                     mean = (acc / acc_n.clamp_min(1)).tolist()
                     acc.zero_(), acc_n.zero_()

@@ -214,8 +214,9 @@ def test_krylov_warm_start_signs_and_determinism():
     assert ((warm.vectors * -a.vectors).sum(-1) > 1 - 1e-8).all()  # signs follow init
 
 
+@pytest.mark.parametrize("method", ["power", "krylov"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_low_precision_generators(dtype):
+def test_low_precision_generators(dtype, method):
     G64 = families(D)["mlp_tanh"]
     z = _z()
     S, Vh = oracle_svd(G64, z)
@@ -224,7 +225,7 @@ def test_low_precision_generators(dtype):
     # Stop where the residual's own error term (about tol^2 in the values) is below the rounding
     # bound checked next; tol=1e-3 left float32 values 3.7e-6 off, at the 30-eps bound itself.
     tol = min(1e-3, eps ** 0.5 / 10)
-    top = jacobian_topk(G, z.to(dtype), K, iters=200, tol=tol, method="power")
+    top = jacobian_topk(G, z.to(dtype), K, iters=200, tol=tol, method=method)
     assert top.vectors.dtype == torch.float32  # the small dense work runs in float32
     assert torch.allclose(top.values.double(), S[:, :K], rtol=30 * eps)
     cos = (top.vectors.double() * Vh[:, :K]).sum(-1).abs()
