@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "train": ("spectral_ops.train", "train a GAN on a procedural dataset, optionally regularized"),
     "eval": ("spectral_ops.evaluate", "measure disentanglement of a trained checkpoint"),
     "trace": ("spectral_ops.trace_cli", "trace curved singular-vector trajectories and draw them"),
+    "directions": ("spectral_ops.directions_cli", "global latent directions of a generator (top eigenvectors of E[J^T J]) and their traversals"),
     "topk": ("spectral_ops.topk_cli", "top-k Jacobian singular values of a small generator, against full Jacobian + SVD"),
 }
 

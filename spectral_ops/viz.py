@@ -198,10 +198,23 @@ def line_traversal(G: Callable, z0: torch.Tensor, directions: Sequence[int], *, 
     directions = _check_dims(directions, d, "directions")
     t = _offsets(span, n).to(z0.dtype)
     top = jacobian_topk(G, z0, max(directions) + 1, **topk_kwargs)
-    V = top.vectors[0, directions].to(z0.dtype)
+    return vector_traversal(G, z0, top.vectors[0, directions], span=span, n=n)
+
+
+def vector_traversal(G: Callable, z0: torch.Tensor, V: torch.Tensor, *, span: float = 2.0,
+                     n: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs along the straight lines z0 + t v for each row v of V [r, d] (e.g. global directions).
+
+    Returns (outputs [r, n, ...], latents [r, n, d])."""
+    z0 = _single_latent(z0)
+    d = z0.shape[1]
+    if not isinstance(V, torch.Tensor) or V.dim() != 2 or V.shape[1] != d:
+        raise ValueError(f"V must be a tensor [r, {d}], got {tuple(V.shape) if isinstance(V, torch.Tensor) else V!r}")
+    t = _offsets(span, n).to(z0.dtype)
+    V = V.detach().to(z0.dtype)
     Z = z0[None] + t[None, :, None] * V[:, None, :]
     out = generate(G, Z.reshape(-1, d))
-    return out.reshape(len(directions), n, *out.shape[1:]), Z
+    return out.reshape(V.shape[0], n, *out.shape[1:]), Z
 
 
 def trajectory_traversal(G: Callable, z0: torch.Tensor, directions: Sequence[int], *, span: float = 2.0,
