@@ -147,8 +147,8 @@ def check_alignment_loss(backend, device, shape, dtype, kind, weights):
     assert_close(grad_S.double().cpu(), exp_S, 20 * TOL[dtype], "grad_S")
 
 
-def check_rank_deficient(backend, device, dtype):
-    """Zero, repeated and dependent rows: orthonormal, equal to the reference, finite gradients."""
+def rank_deficient_W(scale=1.0):
+    """[4, 3, 6] float64: an all-zero sample, then repeated, zero and dependent rows (times scale)."""
     d = 6
     W = torch.zeros(4, 3, d, dtype=torch.float64)
     W[1, 0] = torch.arange(1.0, d + 1)          # row 1 = 2 * row 0, row 2 zero
@@ -158,13 +158,18 @@ def check_rank_deficient(backend, device, dtype):
     W[2, 2, 2] = 1.0
     W[3] = torch.randn(3, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     W[3, 2] = W[3, 0] - 0.5 * W[3, 1]           # in the span of the first two
-    W = W.to(device, dtype).requires_grad_()
+    return scale * W
+
+
+def check_rank_deficient(backend, device, dtype):
+    """Zero, repeated and dependent rows: orthonormal, equal to the reference, finite gradients."""
+    W = rank_deficient_W().to(device, dtype).requires_grad_()
     with backend_context(backend):
         Q = ops.orthonormalize(W)
     assert_orthonormal(Q.detach(), 50 * TOL[dtype])
     assert_close(Q.detach(), reference.orthonormalize(W.detach().cpu()).to(device), 50 * TOL[dtype], "Q")
     # Replaced rows are exact coordinate axes (then orthonormalized): for W == 0 they are e0, e1, e2.
-    assert torch.equal(Q[0].detach().cpu().double(), torch.eye(3, d, dtype=torch.float64))
+    assert torch.equal(Q[0].detach().cpu().double(), torch.eye(3, W.shape[-1], dtype=torch.float64))
     (grad_W,) = torch.autograd.grad(Q, W, torch.ones_like(Q))
     assert torch.isfinite(grad_W).all()
     assert (grad_W[0] == 0).all()  # nothing depends on an all-zero W
@@ -186,6 +191,133 @@ def check_zero_inputs(backend, device, dtype):
     assert (lam == 0).all() and (res == 0).all()
     assert_orthonormal(V, 20 * TOL[dtype])
     assert_orthonormal(Q_next, 20 * TOL[dtype])
+
+
+# Input scales the ops must be invariant to: float32 spans about 1e+-38, float64 about 1e+-308.
+SCALES = {torch.float32: (1e-30, 1e-20, 1.0, 1e20, 1e30),
+          torch.float64: (1e-300, 1e-150, 1e-20, 1.0, 1e20, 1e150, 1e300)}
+
+
+def check_orthonormalize_scale_invariant(backend, device, dtype):
+    """orthonormalize(c W) == orthonormalize(W) and c * grad_W(c W) == grad_W(W) for c > 0, with
+    the zero / dependent-row rule relative to each row's own scale.
+
+    Before: float32 rows scaled beyond about 1e19 (squares overflow) or below 1e-20 (squares
+    underflow) came back as coordinate axes (max error 1); float64 beyond about 1e154 likewise."""
+    W = make_W(3, 4, 20, torch.float64, "cpu")
+    expected = reference.orthonormalize(W)
+    grad = torch.randn(W.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    W_ref = W.clone().requires_grad_()
+    (expected_grad,) = torch.autograd.grad(reference.orthonormalize(W_ref), W_ref, grad)
+    scale = max(1.0, expected_grad.abs().max().item())
+    deficient = rank_deficient_W()
+    expected_deficient = reference.orthonormalize(deficient)
+    for c in SCALES[dtype]:
+        Wc = (c * W).to(device, dtype).requires_grad_()
+        with backend_context(backend):
+            Q = ops.orthonormalize(Wc)
+            (grad_W,) = torch.autograd.grad(Q, Wc, grad.to(device, dtype))
+            Q_deficient = ops.orthonormalize((c * deficient).to(device, dtype))
+        assert_close(Q.detach().double().cpu(), expected, 10 * TOL[dtype], f"Q at scale {c:g}")
+        assert_close(c * grad_W.double().cpu(), expected_grad, 50 * TOL[dtype] * scale, f"c * grad_W at scale {c:g}")
+        assert_close(Q_deficient.double().cpu(), expected_deficient, 50 * TOL[dtype], f"rank-deficient Q at scale {c:g}")
+
+
+def check_ritz_step_scale_invariant(backend, device, dtype):
+    """ritz_step(Q, c MQ) = (V, c lam, res, Q_next) for c > 0: values scale, vectors and relative
+    residuals do not.
+
+    Before: res was inf for c >= 1e20 (float32; squared residual entries overflow) and 0 for
+    c = 1e-30 (they underflow), and Q_next was coordinate axes (orthonormalize's squares)."""
+    Q, MQ, V_prev = make_ritz_inputs(2, 3, 12, torch.float64, "cpu", with_prev=True)
+    V0, lam0, res0, Q0 = reference.ritz_step(Q, MQ, V_prev)
+    for c in SCALES[dtype]:
+        with backend_context(backend):
+            V, lam, res, Q_next = ops.ritz_step(Q.to(device, dtype), (c * MQ).to(device, dtype),
+                                                V_prev.to(device, dtype))
+        assert_close(V.double().cpu(), V0, 50 * TOL[dtype], f"V at scale {c:g}")
+        assert_close(lam.double().cpu() / c, lam0, 200 * TOL[dtype], f"lam / c at scale {c:g}")
+        assert_close(res.double().cpu(), res0, 200 * TOL[dtype], f"res at scale {c:g}")
+        assert_close(Q_next.double().cpu(), Q0, 50 * TOL[dtype], f"Q_next at scale {c:g}")
+
+
+def check_orthonormalize_non_finite(backend, device, dtype):
+    """A sample with a NaN or Inf entry gives an all-NaN Q (and a zero gradient); the others are
+    unaffected.
+
+    Before: the rows before the first non-finite row came back finite, as if the sample were fine."""
+    W = make_W(4, 3, 8, torch.float64, "cpu")
+    bad = W.clone()
+    bad[1, 1, 2] = float("nan")
+    bad[2, 0, 5] = float("inf")
+    bad[3, 2, 0] = -float("inf")
+    Wb = bad.to(device, dtype).requires_grad_()
+    with backend_context(backend):
+        Q = ops.orthonormalize(Wb)
+        (grad_W,) = torch.autograd.grad(Q, Wb, torch.ones_like(Q))
+    assert torch.isnan(Q[1:]).all(), "non-finite samples must give an all-NaN Q"
+    clean = W[:1].to(device, dtype).requires_grad_()
+    expected = reference.orthonormalize(clean)
+    (expected_grad,) = torch.autograd.grad(expected, clean, torch.ones_like(expected))
+    assert_close(Q[:1].detach(), expected.detach(), 10 * TOL[dtype], "Q of the finite sample")
+    assert_close(grad_W[:1], expected_grad, 50 * TOL[dtype] * max(1.0, expected_grad.abs().max().item()),
+                 "grad_W of the finite sample")
+    assert (grad_W[1:] == 0).all(), "non-finite samples get a zero gradient"
+
+
+def check_ritz_step_non_finite(backend, device, dtype, with_prev=False):
+    """Samples whose Q or MQ hold NaN or Inf give NaN values, residuals, vectors and next basis (never
+    a small, 'converged' residual, never an error); the other samples are unaffected.  A NaN in
+    V_prev makes that vector take the sign rule without V_prev, on every backend.
+
+    Before: reference and triton raised (torch.linalg.eigh fails on NaN); cpp returned NaN values
+    with residual 0."""
+    Q, MQ, V_prev = make_ritz_inputs(5, 3, 8, torch.float64, "cpu", with_prev=with_prev)
+    Q_bad, MQ_bad = Q.clone(), MQ.clone()
+    Q_bad[1, 1, 2] = float("nan")
+    MQ_bad[2, 0, 4] = float("inf")
+    MQ_bad[3, 2, 7] = float("nan")
+    Q_bad[4, 0, 0] = -float("inf")
+    if V_prev is not None:  # a NaN in V_prev: that vector takes the sign rule without V_prev
+        V_prev = V_prev.clone()
+        V_prev[0, 1] = float("nan")
+    cast = lambda t: None if t is None else t.to(device, dtype)  # noqa: E731
+    with backend_context(backend):
+        out = ops.ritz_step(cast(Q_bad), cast(MQ_bad), cast(V_prev))
+    expected = reference.ritz_step(Q[:1], MQ[:1], None if V_prev is None else V_prev[:1])
+    tols = [50 * TOL[dtype], 200 * TOL[dtype], 200 * TOL[dtype], 50 * TOL[dtype]]
+    for name, actual, ref, tol in zip(("V", "lam", "res", "Q_next"), out, expected, tols):
+        assert torch.isnan(actual[1:]).all(), f"{name} of the non-finite samples must be NaN"
+        assert_close(actual[:1].double().cpu(), ref, tol, f"{name} of the finite sample")
+
+
+def check_alignment_loss_rejects_bad_inputs(backend, device):
+    """Non-finite or negative S, and V with non-finite entries or rows off the unit sphere, raise a
+    ValueError naming the argument; unit rows rounded to half precision are accepted.
+
+    Before: a NaN in S was silently dropped (uniform weights), and V = 3 * (unit rows) gave a
+    'loss in [0, 1]' of 3.8."""
+    V, S = unit_rows(2, 3, 7, torch.float32, device)
+    bad_S = {"NaN": float("nan"), "Inf": float("inf"), "negative": -0.5}
+    with backend_context(backend):
+        for what, value in bad_S.items():
+            S_bad = S.clone()
+            S_bad[1, 2] = value
+            with pytest.raises(ValueError, match=r"^S must be finite and >= 0"):
+                ops.alignment_loss(V, S_bad, "l1", "singular")
+        for what, value in (("NaN", float("nan")), ("Inf", float("inf"))):
+            V_bad = V.clone()
+            V_bad[0, 1, 3] = value
+            with pytest.raises(ValueError, match=r"^V must be finite"):
+                ops.alignment_loss(V_bad, S, "offdiag", "uniform")
+        for factor in (3.0, 0.99, 0.0):
+            V_bad = V.clone()
+            V_bad[1, 0] *= factor
+            with pytest.raises(ValueError, match=r"^V must have unit-norm rows"):
+                ops.alignment_loss(V_bad, S, "assigned", "uniform")
+        for dtype in (torch.float16, torch.bfloat16, torch.float64):
+            loss = ops.alignment_loss(V.to(dtype), S.to(dtype), "l1", "singular")
+            assert torch.isfinite(loss).all()
 
 
 def compiled_pipeline(W, MQ_scale, S):
@@ -311,6 +443,39 @@ def test_gradcheck(backend, device):
         for kind in reference.LOSS_KINDS:
             for weights in reference.WEIGHT_KINDS:
                 assert torch.autograd.gradcheck(lambda v, s: ops.alignment_loss(v, s, kind, weights), (V, S))
+
+
+ALL_BACKEND_DEVICES = [pytest.param("reference", "cpu", id="reference")] + BACKEND_DEVICES
+
+
+@pytest.mark.parametrize("backend, device", ALL_BACKEND_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_orthonormalize_scale_invariant(backend, device, dtype):
+    check_orthonormalize_scale_invariant(backend, device, dtype)
+
+
+@pytest.mark.parametrize("backend, device", ALL_BACKEND_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_ritz_step_scale_invariant(backend, device, dtype):
+    check_ritz_step_scale_invariant(backend, device, dtype)
+
+
+@pytest.mark.parametrize("backend, device", ALL_BACKEND_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_orthonormalize_non_finite(backend, device, dtype):
+    check_orthonormalize_non_finite(backend, device, dtype)
+
+
+@pytest.mark.parametrize("backend, device", ALL_BACKEND_DEVICES)
+@pytest.mark.parametrize("with_prev", [False, True], ids=["sign_max", "sign_prev"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_ritz_step_non_finite(backend, device, dtype, with_prev):
+    check_ritz_step_non_finite(backend, device, dtype, with_prev)
+
+
+@pytest.mark.parametrize("backend, device", ALL_BACKEND_DEVICES)
+def test_alignment_loss_rejects_bad_inputs(backend, device):
+    check_alignment_loss_rejects_bad_inputs(backend, device)
 
 
 @pytest.mark.parametrize("backend, device", BACKEND_DEVICES)

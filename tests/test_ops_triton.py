@@ -98,6 +98,26 @@ def test_zero_inputs():
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_scale_invariance(dtype):
+    common.check_orthonormalize_scale_invariant("triton", DEVICE, dtype)
+    common.check_ritz_step_scale_invariant("triton", DEVICE, dtype)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_non_finite_inputs(dtype):
+    common.check_orthonormalize_non_finite("triton", DEVICE, dtype)
+    common.check_ritz_step_non_finite("triton", DEVICE, dtype, with_prev=False)
+    common.check_ritz_step_non_finite("triton", DEVICE, dtype, with_prev=True)
+
+
+@needs_triton
+def test_alignment_loss_rejects_bad_inputs():
+    common.check_alignment_loss_rejects_bad_inputs("triton", DEVICE)
+
+
+@needs_triton
 def test_gradcheck_and_opcheck():
     from spectral_ops.kernels.triton import ops as triton_ops
 

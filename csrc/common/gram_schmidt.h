@@ -24,20 +24,44 @@ SPECTRAL_HD void project_out_rows(const Ctx& ctx, const T* Q, int count, T* q, i
   }
 }
 
-// Q = orthonormalize(W) for one sample: CGS2 in row order, q_i . w_i > 0.  A row whose residual
-// is below rank_tolerance * ||w_i|| (or w_i == 0) is replaced by the lowest coordinate axis e_j
-// with ||e_j - P e_j|| > 1/2, orthonormalized.  W and Q are [k, d]; Q may alias W.
+// The norm of row w (d entries) without overflow or underflow in its squares: m ||w / m|| with
+// m = max_j |w_j|.  NaN if w holds NaN or Inf.  Every thread gets the value.
+template <typename T, typename Ctx>
+SPECTRAL_HD T scaled_norm(const Ctx& ctx, const T* w, int d) {
+  const T top = ctx.template max_abs<T>(d, [&](int j) { return w[j]; });
+  const T scale = top > T(0) ? top : T(1);
+  return scale * sqrt_(ctx.template sum<T>(d, [&](int j) {
+    const T x = w[j] / scale;
+    return x * x;
+  }));
+}
+
+// Q = orthonormalize(W) for one sample: CGS2 in row order, q_i . w_i > 0.  Each row is first
+// divided by its largest |entry| (Q does not change), so that its squares neither overflow nor
+// underflow at any scale of W and the rule below is relative to the row's own scale: a row whose
+// residual is below rank_tolerance * ||w_i|| (or w_i == 0) is replaced by the lowest coordinate
+// axis e_j with ||e_j - P e_j|| > 1/2, orthonormalized.  A sample holding NaN or Inf gives an
+// all-NaN Q.  W and Q are [k, d]; Q may alias W.
 template <typename T, typename Ctx>
 SPECTRAL_HD void orthonormalize_rows(const Ctx& ctx, const T* W, T* Q, int k, int d, T* coef) {
   const T tol = rank_tolerance<T>();
   for (int i = 0; i < k; ++i) {
     T* q = Q + (long)i * d;
     const T* w = W + (long)i * d;
-    if (q != w) {
-      ctx.for_each(d, [&](int j) { q[j] = w[j]; });
-      ctx.sync();
-    }
+    const T top = ctx.template max_abs<T>(d, [&](int j) { return w[j]; });
+    const T scale = top > T(0) ? top : T(1);
+    // Each thread writes the entries it read (the same split as max_abs), so q may alias w.
+    ctx.for_each(d, [&](int j) { q[j] = w[j] / scale; });
+    ctx.sync();
     const T norm_w2 = ctx.template sum<T>(d, [&](int j) { return q[j] * q[j]; });
+    // Entries in [-1, 1]: norm_w2 <= d when the row is finite; NaN when it held NaN or Inf
+    // (Inf / Inf).  The same branch on every thread.
+    if (!(norm_w2 <= T(d))) {
+      const T nan = quiet_nan<T>();
+      ctx.for_each(k * d, [&](int idx) { Q[idx] = nan; });
+      ctx.sync();
+      return;
+    }
     project_out_rows(ctx, Q, i, q, d, coef);
     T norm_r2 = ctx.template sum<T>(d, [&](int j) { return q[j] * q[j]; });
     if (norm_w2 == T(0) || norm_r2 <= tol * tol * norm_w2) {
@@ -62,8 +86,9 @@ SPECTRAL_HD void orthonormalize_rows(const Ctx& ctx, const T* W, T* Q, int k, in
 
 // grad_W = L^{-T} (grad_Q + sym(M) Q) for one sample, where L = W Q^T (lower-triangular),
 // M = -grad_Q Q^T and sym(M) = tril(M, -1) + tril(M, -1)^T + diag(M).  Rows that the forward
-// replaced (L_ii <= rank_tolerance * ||w_i||) get a zero gradient: orthonormalize is not
-// differentiable there.  All row blocks are [k, d]; L and M are k x k scratch visible to all
+// replaced (L_ii <= rank_tolerance * ||w_i||, ||w_i|| by scaled_norm) get a zero gradient:
+// orthonormalize is not differentiable there; so do all rows of a sample holding NaN or Inf
+// (its Q is NaN, so no L_ii passes the test).  All row blocks are [k, d]; L and M are k x k scratch visible to all
 // threads (written by the leader).
 template <typename T, typename Ctx>
 SPECTRAL_HD void orthonormalize_backward_rows(const Ctx& ctx, const T* grad_Q, const T* Q, const T* W,
@@ -78,9 +103,9 @@ SPECTRAL_HD void orthonormalize_backward_rows(const Ctx& ctx, const T* grad_Q, c
       const T lv = l <= i ? ctx.template sum<T>(d, [&](int j) { return wi[j] * ql[j]; }) : T(0);
       if (ctx.leader()) { M[i * k + l] = m; L[i * k + l] = lv; }
     }
-    const T norm_w2 = ctx.template sum<T>(d, [&](int j) { return wi[j] * wi[j]; });
+    const T norm_w = scaled_norm(ctx, wi, d);
     // Keep the dependency test next to L so the solve below reads one flag per row.
-    if (ctx.leader() && !(L[i * k + i] > tol * sqrt_(norm_w2))) L[i * k + i] = T(0);
+    if (ctx.leader() && !(L[i * k + i] > tol * norm_w)) L[i * k + i] = T(0);
   }
   ctx.sync();
   if (ctx.leader()) {  // M <- sym(M): mirror the strict lower triangle over the upper one

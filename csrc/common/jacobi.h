@@ -41,9 +41,10 @@ SPECTRAL_HD void jacobi_eigh(const Ctx& ctx, T* A, T* U, int* order, T* rot, int
         int p, q;
         round_robin_pair(n, step, m, p, q);
         T c = T(1), s = T(0);
-        const T apq = q < k ? A[p * k + q] : T(0);
         // Converged pair: a_pq is below rounding relative to its diagonal entries (or to ||A||).
-        if (!(abs_(apq) <= eps * sqrt_(abs_(A[p * k + p] * A[q * k + q])) || abs_(apq) <= negligible)) {
+        // A bye (q == k, odd k) never rotates, and never reads A[q * k + q], which is past the end.
+        const T apq = q < k ? A[p * k + q] : T(0);
+        if (q < k && !(abs_(apq) <= eps * sqrt_(abs_(A[p * k + p] * A[q * k + q])) || abs_(apq) <= negligible)) {
           const T theta = (A[q * k + q] - A[p * k + p]) / (T(2) * apq);
           const T at = abs_(theta);
           const T root = at > T(1) ? at * sqrt_(T(1) + (T(1) / at) * (T(1) / at)) : sqrt_(T(1) + at * at);

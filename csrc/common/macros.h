@@ -44,6 +44,16 @@ SPECTRAL_HD void order_diagonal_descending(const T* A, int* order, int k) {
   }
 }
 
+// A quiet NaN: the outputs of a sample whose input holds NaN or Inf.
+template <typename T> SPECTRAL_HD T quiet_nan();
+template <> SPECTRAL_HD float quiet_nan<float>() { return nanf(""); }
+template <> SPECTRAL_HD double quiet_nan<double>() { return nan(""); }
+
+// 0 for a finite x, NaN for +-Inf and NaN (IEEE arithmetic: the kernels are built without
+// -ffast-math).  Summed over an array, it tests the whole array for finiteness in one reduction.
+template <typename T>
+SPECTRAL_HD T nonfinite_probe(T x) { return x - x; }
+
 template <typename T> SPECTRAL_HD T machine_eps();
 template <> SPECTRAL_HD float machine_eps<float>() { return 1.1920929e-07f; }
 template <> SPECTRAL_HD double machine_eps<double>() { return 2.220446049250313e-16; }

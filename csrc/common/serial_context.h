@@ -12,6 +12,8 @@
 //                           sum_j g(j, sum_{l < rows} term(l, j)), returned to every thread
 //   first_index(n, pred)    lowest j with pred(j), or n if none, returned to every thread
 //   argmax_abs(n, f)        lowest j maximising |f(j)|, returned to every thread
+//   max_abs<T>(n, f)        max_j |f(j)| (0 if n == 0), returned to every thread; NaN terms may
+//                           be skipped or returned (callers test finiteness separately)
 //   sync()                  barrier between phases (writes before it are visible after it)
 //   leader()                true on exactly one thread (for small serial k x k work)
 //   kSerial                 true when the context is a single thread
@@ -89,6 +91,18 @@ struct SerialContext {
     for (int j = 0; j < n; ++j) {
       T a = abs_(f(j));
       if (a > best_value) { best_value = a; best = j; }
+    }
+    return best;
+  }
+
+  // A vectorized max reduction (the compare-and-select skips NaN terms).
+  template <typename T, typename F>
+  inline T max_abs(int n, F f) const {
+    T best = T(0);
+#pragma omp simd reduction(max : best)
+    for (int j = 0; j < n; ++j) {
+      const T a = abs_(f(j));
+      best = a > best ? a : best;
     }
     return best;
   }

@@ -117,6 +117,30 @@ struct BlockContext {
 #endif
   }
 
+  template <typename U, typename F>
+  __host__ __device__ U max_abs(int n, F f) const {
+    static_assert(sizeof(U) == sizeof(T), "BlockContext<T>::max_abs reduces values of type T");
+#ifdef __CUDA_ARCH__
+    U best = U(0);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+      const U a = abs_(U(f(j)));
+      best = a > best ? a : best;
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const U other = __shfl_down_sync(0xffffffffu, best, offset);
+      best = other > best ? other : best;
+    }
+    __syncthreads();  // earlier readers of value_buffer are done
+    if ((threadIdx.x & 31) == 0) value_buffer[threadIdx.x >> 5] = best;
+    __syncthreads();
+    U total = U(0);
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) total = value_buffer[w] > total ? value_buffer[w] : total;
+    return total;
+#else
+    return U(0);
+#endif
+  }
+
   __host__ __device__ void sync() const {
 #ifdef __CUDA_ARCH__
     __syncthreads();

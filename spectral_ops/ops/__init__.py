@@ -14,6 +14,7 @@ Backends:
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 
 import torch
@@ -24,7 +25,7 @@ from .reference import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
 
 __all__ = ["orthonormalize", "ritz_step", "alignment_loss", "use_backend", "available_backends", "reference",
            "cpu_isa", "cpu_isas", "use_cpu_isa", "BACKENDS", "LOSS_KINDS", "WEIGHT_KINDS", "compute_dtype",
-           "MAX_CUDA_K"]
+           "MAX_CUDA_K", "unit_norm_tolerance"]
 
 BACKENDS = ("auto", "cpp", "cuda", "triton", "reference")
 MAX_CUDA_K = 32  # the CUDA kernels keep k x k scratch in shared memory
@@ -144,11 +145,49 @@ def _check_like(t, name: str, like: torch.Tensor, like_name: str) -> None:
         raise ValueError(f"{name} must be on {like.device}, got {t.device}")
 
 
+def unit_norm_tolerance(dtype: torch.dtype) -> float:
+    """Largest | ||v|| - 1 | alignment_loss accepts for a row of V: 1e-3, or 4 eps for half dtypes."""
+    return max(1e-3, 4 * torch.finfo(dtype).eps)
+
+
+def _check_alignment_values(V: torch.Tensor, S: torch.Tensor) -> None:
+    """ValueError naming the argument unless S is finite and >= 0 and V's rows are finite unit vectors.
+
+    Cheap: the row norms of V, the min and max of S and of those norms (NaN propagates through
+    both), and one read-back of four numbers, which on CUDA tensors synchronizes the stream once
+    per call.  Skipped while torch.compile traces (a data-dependent raise would break the graph).
+    """
+    if V.numel() == 0 or torch.compiler.is_compiling():
+        return
+    with torch.no_grad():
+        ct = compute_dtype(V.dtype)
+        norms = torch.linalg.vector_norm(V, dim=-1, dtype=ct)
+        s_min, s_max = torch.aminmax(S)
+        n_min, n_max = torch.aminmax(norms)
+        s_min, s_max, n_min, n_max = torch.stack([s_min.to(ct), s_max.to(ct), n_min, n_max]).tolist()
+        if not (s_min >= 0 and s_max < math.inf):
+            bad = ~(torch.isfinite(S) & (S >= 0))
+            b, i = bad.nonzero()[0].tolist()
+            raise ValueError(f"S must be finite and >= 0 (singular values), got S[{b}, {i}] = {S[b, i].item()}")
+        tol = unit_norm_tolerance(V.dtype)
+        if not (abs(n_min - 1) <= tol and abs(n_max - 1) <= tol):
+            finite = torch.isfinite(V).flatten(1).all(1)
+            if not bool(finite.all()):
+                rows = (~finite).nonzero().flatten().tolist()
+                raise ValueError(f"V must be finite, got NaN or Inf in samples {rows[:10]}")
+            b, i = ((norms - 1).abs() > tol).nonzero()[0].tolist()
+            raise ValueError(f"V must have unit-norm rows (| ||v|| - 1 | <= {tol:g} for {V.dtype}), got "
+                             f"||V[{b}, {i}]|| = {norms[b, i].item():.6g}")
+
+
 def orthonormalize(W: torch.Tensor) -> torch.Tensor:
     """[B, k, d] -> [B, k, d] orthonormal rows (Gram-Schmidt order, positive R diagonal).
 
     Dependent or zero rows are replaced by the lowest coordinate axis far from the span of the
-    previous rows.  Differentiable (the gradient is zero for replaced rows).
+    previous rows.  Differentiable (the gradient is zero for replaced rows).  Scale-invariant:
+    orthonormalize(c W) == orthonormalize(W) for any c > 0, and the rank rule is relative to each
+    row's scale (only all-zero rows count as zero).  A sample with a NaN or Inf entry gives an
+    all-NaN Q[b] and a zero gradient; the other samples are unaffected.
     """
     _, k, _ = _check_rows(W, "W")
     backend = _resolve(W.device, k)
@@ -162,8 +201,12 @@ def orthonormalize(W: torch.Tensor) -> torch.Tensor:
 def ritz_step(Q: torch.Tensor, MQ: torch.Tensor, V_prev: torch.Tensor | None = None):
     """Rayleigh-Ritz epilogue; returns (V [B,k,d], lam [B,k], res [B,k], Q_next [B,k,d]).
 
-    Q: [B, k, d] orthonormal rows; MQ = M Q; V_prev: optional [B, k, d] for sign continuity.
-    See reference.ritz_step.  Not differentiable (used without a graph).
+    Q: [B, k, d] orthonormal rows; MQ = M Q; V_prev: optional [B, k, d] for sign continuity
+    (a vector whose v . v_prev is NaN takes the sign rule without V_prev).  See reference.ritz_step.  Not differentiable (used without a graph).
+    Scale: ritz_step(Q, c MQ) gives c lam and the same V, res and Q_next for c > 0, as long as
+    c MQ and c lam are finite.  Non-finite input: a sample whose Q or MQ holds NaN or Inf gets NaN
+    in V, lam, res and Q_next (never a small residual, never an error); other samples are
+    unaffected.  The same on every backend.
     """
     _, k, _ = _check_rows(Q, "Q")
     _check_like(MQ, "MQ", Q, "Q")
@@ -181,6 +224,8 @@ def alignment_loss(V: torch.Tensor, S: torch.Tensor, kind: str = "l1", weights: 
     """[B, k, d], [B, k] -> [B] axis-alignment loss in [0, 1], differentiable wrt V and S.
 
     kind: "l1" | "assigned" | "offdiag"; weights: "uniform" | "singular" (see reference.py).
+    Raises ValueError for S with NaN, Inf or negative entries, and for V with NaN or Inf or rows
+    off the unit sphere (| ||v|| - 1 | > unit_norm_tolerance(V.dtype)); see _check_alignment_values.
     """
     B, k, _ = _check_rows(V, "V")
     if not isinstance(S, torch.Tensor):
@@ -195,6 +240,7 @@ def alignment_loss(V: torch.Tensor, S: torch.Tensor, kind: str = "l1", weights: 
         raise ValueError(f"kind must be one of {LOSS_KINDS}, got {kind!r}")
     if weights not in WEIGHT_KINDS:
         raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
+    _check_alignment_values(V, S)
     backend = _resolve(V.device, k)
     if backend == "reference":
         return reference.alignment_loss(V, S, kind, weights)

@@ -23,6 +23,31 @@ def rank_tolerance(dtype: torch.dtype) -> float:
     return 1e-12 if dtype == torch.float64 else 1e-6
 
 
+def finite_samples(*tensors: torch.Tensor) -> torch.Tensor:
+    """[B] bool: True where sample b of every [B, ...] tensor is finite (no NaN, no Inf)."""
+    ok = torch.isfinite(tensors[0]).flatten(1).all(1)
+    for t in tensors[1:]:
+        ok = ok & torch.isfinite(t).flatten(1).all(1)
+    return ok
+
+
+def _nan_where(bad: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """t with the samples where bad ([B] bool) is True set to NaN."""
+    return torch.where(bad.view(-1, *([1] * (t.dim() - 1))), torch.full_like(t, float("nan")), t)
+
+
+def max_abs_scale(x: torch.Tensor, dims) -> torch.Tensor:
+    """max |x| over dims (kept, detached), 1 where it is 0: the divisor that brings x to [-1, 1]."""
+    top = x.detach().abs().amax(dim=dims, keepdim=True)
+    return torch.where(top > 0, top, torch.ones_like(top))
+
+
+def scaled_norm(x: torch.Tensor) -> torch.Tensor:
+    """||x|| over the last dim without overflow or underflow in the squares: m ||x / m||."""
+    m = max_abs_scale(x, -1)
+    return m.squeeze(-1) * (x / m).norm(dim=-1)
+
+
 def orthonormalize(W: torch.Tensor) -> torch.Tensor:
     """Orthonormalize the k rows of each W[b] by Gram-Schmidt with re-orthogonalization (CGS2).
 
@@ -32,11 +57,18 @@ def orthonormalize(W: torch.Tensor) -> torch.Tensor:
         Q: [B, k, d], orthonormal rows, Q[b] = L^{-1} W[b] with L lower-triangular, positive
         diagonal (so q_i . w_i > 0: a deterministic sign).  A row that is (numerically) in the
         span of the previous rows is replaced by the first coordinate axis e_j (lowest j) that is
-        far from that span, orthonormalized, so the result is always orthonormal and never NaN.
+        far from that span, orthonormalized, so the result is always orthonormal.
+        Scale-invariant: each row is divided by its largest |entry| first (Q does not change), so
+        no square overflows or underflows and the rank rule is relative to each row's own scale;
+        only all-zero rows count as zero.  A sample with a NaN or Inf entry gives an all-NaN
+        Q[b] (and a zero gradient); the other samples are unaffected.
     """
     out_dtype = W.dtype
     W = W.to(compute_dtype(W.dtype))
     B, k, d = W.shape
+    finite = finite_samples(W)
+    W = torch.where(finite[:, None, None], W, torch.zeros_like(W))
+    W = W / max_abs_scale(W, -1)
     tol = rank_tolerance(W.dtype)
     eye = torch.eye(d, dtype=W.dtype, device=W.device)
     rows: list[torch.Tensor] = []
@@ -51,7 +83,7 @@ def orthonormalize(W: torch.Tensor) -> torch.Tensor:
             r = torch.where(dependent[:, None], _first_free_axis(rows, eye, B), r)
             norm_r = r.norm(dim=-1)
         rows.append(r / norm_r[:, None])
-    return torch.stack(rows, dim=1).to(out_dtype)
+    return _nan_where(~finite, torch.stack(rows, dim=1)).to(out_dtype)
 
 
 def _project_out(w: torch.Tensor, rows: list[torch.Tensor]) -> torch.Tensor:
@@ -79,7 +111,8 @@ def orthonormalize_backward(grad_Q: torch.Tensor, Q: torch.Tensor, W: torch.Tens
 
     grad_W = L^{-T} (grad_Q + sym(M) Q) with M = -grad_Q Q^T, sym(M) = tril(M,-1) + tril(M,-1)^T
     + diag(M).  Rows the forward replaced (L_ii <= rank_tolerance * ||w_i||, where orthonormalize
-    is not differentiable) get a zero gradient.  All shapes [B, k, d]; k x k work is batched.
+    is not differentiable) get a zero gradient, and so do all rows of a sample with NaN or Inf
+    (its Q is NaN).  All shapes [B, k, d]; k x k work is batched.
     """
     out_dtype = grad_Q.dtype
     ct = compute_dtype(W.dtype)
@@ -90,27 +123,51 @@ def orthonormalize_backward(grad_Q: torch.Tensor, Q: torch.Tensor, W: torch.Tens
     sym = lower + lower.transpose(-1, -2) + torch.diag_embed(torch.diagonal(M, dim1=-2, dim2=-1))
     rhs = grad_Q + sym @ Q
     diag = torch.diagonal(L, dim1=-2, dim2=-1)
-    replaced = ~(diag > rank_tolerance(ct) * W.norm(dim=-1))  # [B, k]
-    # Solve L^T X = rhs with X_i = 0 on replaced rows: unit diagonal, zero column below it, zero rhs.
-    keep = (~replaced).to(ct)
-    L = L * keep[:, None, :] + torch.diag_embed(replaced.to(ct))
-    L = torch.tril(L, -1) + torch.diag_embed(torch.diagonal(L, dim1=-2, dim2=-1))
-    rhs = rhs * keep[..., None]
+    replaced = ~(diag > rank_tolerance(ct) * scaled_norm(W))  # [B, k]
+    # Solve L^T X = rhs with X_i = 0 on replaced rows: unit diagonal, zero column below it, zero rhs
+    # (by where, not by a product with 0, so that a NaN there does not survive).
+    keep = ~replaced
+    L = torch.where(keep[:, None, :], L, torch.zeros_like(L)) + torch.diag_embed(replaced.to(ct))
+    rhs = torch.where(keep[..., None], rhs, torch.zeros_like(rhs))
     return torch.linalg.solve_triangular(L.transpose(-1, -2), rhs, upper=True).to(out_dtype)
 
 
 def sign_align(V: torch.Tensor, V_prev: torch.Tensor | None) -> torch.Tensor:
     """Per-row signs [B, k] (+1/-1) that apply the sign convention.
 
-    With V_prev: the sign that makes v_i . v_prev_i >= 0.  Without: the sign that makes the
-    largest-magnitude component of v_i positive (lowest index on ties).
+    With V_prev: the sign that makes v_i . v_prev_i >= 0.  Without (or where that product is NaN,
+    as for a NaN in V_prev): the sign that makes the largest-magnitude component of v_i positive
+    (lowest index on ties).
     """
-    if V_prev is not None:
-        dots = (V * V_prev.to(V.dtype)).sum(-1)
-        return torch.where(dots < 0, -1.0, 1.0).to(V.dtype)
     idx = V.abs().argmax(dim=-1, keepdim=True)
     lead = torch.gather(V, -1, idx).squeeze(-1)
-    return torch.where(lead < 0, -1.0, 1.0).to(V.dtype)
+    signs = torch.where(lead < 0, -1.0, 1.0).to(V.dtype)
+    if V_prev is not None:
+        dots = (V * V_prev.to(V.dtype)).sum(-1)
+        signs = torch.where(torch.isnan(dots), signs, torch.where(dots < 0, -1.0, 1.0).to(V.dtype))
+    return signs
+
+
+def ritz_inputs(Q: torch.Tensor, MQ: torch.Tensor):
+    """The inputs ritz_step works on (also used by the Triton backend).
+
+    Returns (finite [B] bool, Q, MQ / s, s [B, 1]) in the compute dtype, with s = max |MQ[b]|
+    (1 where MQ[b] == 0) and the non-finite samples replaced by zeros (their outputs become NaN).
+    """
+    ct = compute_dtype(Q.dtype)
+    Q, MQ = Q.to(ct), MQ.to(ct)
+    finite = finite_samples(Q, MQ)
+    keep = finite[:, None, None]
+    Q = torch.where(keep, Q, torch.zeros_like(Q))
+    MQ = torch.where(keep, MQ, torch.zeros_like(MQ))
+    scale = max_abs_scale(MQ, (1, 2))
+    return finite, Q, MQ / scale, scale[:, :, 0]
+
+
+def ritz_outputs(finite: torch.Tensor, scale: torch.Tensor, V, lam, res, Q_next, out_dtype: torch.dtype):
+    """ritz_step's outputs from the scaled work: lam times the scale, NaN on non-finite samples."""
+    lam = lam * scale
+    return tuple(_nan_where(~finite, t).to(out_dtype) for t in (V, lam, res, Q_next))
 
 
 def ritz_step(Q: torch.Tensor, MQ: torch.Tensor, V_prev: torch.Tensor | None = None):
@@ -119,16 +176,20 @@ def ritz_step(Q: torch.Tensor, MQ: torch.Tensor, V_prev: torch.Tensor | None = N
     Args:
         Q: [B, k, d] orthonormal rows.
         MQ: [B, k, d], rows M q_i with M = J^T J (symmetric PSD).
-        V_prev: optional [B, k, d]; if given, each output vector takes the sign agreeing with it.
+        V_prev: optional [B, k, d]; if given, each output vector takes the sign agreeing with it
+            (where v_i . v_prev_i is NaN, the sign rule without V_prev; see sign_align).
     Returns:
         V: [B, k, d] Ritz vectors sorted by Ritz value, descending, sign-fixed.
         lam: [B, k] Ritz values (eigenvalue estimates of M), descending.
         res: [B, k] residuals ||M v_i - lam_i v_i|| / lam_1 (0 where lam_1 == 0).
         Q_next: [B, k, d] orthonormalize(M V), the next power-iteration basis.
+    The work runs on MQ / max|MQ[b]|, so ritz_step(Q, c MQ) gives c lam and the same V, res and
+    Q_next for any c > 0 (lam overflows only where the true values exceed the dtype's range).  A
+    sample whose Q or MQ holds NaN or Inf gets NaN in all four outputs (never a small residual,
+    never an error); the other samples are unaffected.
     """
     out_dtype = Q.dtype
-    ct = compute_dtype(Q.dtype)
-    Q, MQ = Q.to(ct), MQ.to(ct)
+    finite, Q, MQ, scale = ritz_inputs(Q, MQ)
     H = Q @ MQ.transpose(-1, -2)
     H = 0.5 * (H + H.transpose(-1, -2))
     evals, U = torch.linalg.eigh(H)  # ascending
@@ -138,10 +199,10 @@ def ritz_step(Q: torch.Tensor, MQ: torch.Tensor, V_prev: torch.Tensor | None = N
     signs = sign_align(V, V_prev)
     V, MV = V * signs[..., None], MV * signs[..., None]
     res = (MV - evals[..., None] * V).norm(dim=-1)
-    scale = evals[:, :1].clamp_min(torch.finfo(ct).tiny)
-    res = torch.where(evals[:, :1] > 0, res / scale, torch.zeros_like(res))
+    top = evals[:, :1].clamp_min(torch.finfo(Q.dtype).tiny)
+    res = torch.where(evals[:, :1] > 0, res / top, torch.zeros_like(res))
     Q_next = orthonormalize(MV)
-    return V.to(out_dtype), evals.to(out_dtype), res.to(out_dtype), Q_next.to(out_dtype)
+    return ritz_outputs(finite, scale, V, evals, res, Q_next, out_dtype)
 
 
 def vector_weights(S: torch.Tensor, weights: str) -> torch.Tensor:

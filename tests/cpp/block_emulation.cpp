@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <random>
 #include <thread>
 #include <vector>
@@ -106,6 +107,21 @@ struct EmulatedBlockContext {
     return best < n ? best : 0;
   }
 
+  template <typename U, typename F>
+  U max_abs(int n, F f) const {
+    U best = U(0);
+    for (int j = tid; j < n; j += threads) {
+      const U a = std::fabs(f(j));
+      best = a > best ? a : best;
+    }
+    shared->sync.arrive_and_wait();
+    shared->values[tid] = double(best);
+    shared->sync.arrive_and_wait();
+    U total = U(0);
+    for (int t = 0; t < threads; ++t) total = U(shared->values[t]) > total ? U(shared->values[t]) : total;
+    return total;
+  }
+
   void sync() const { shared->sync.arrive_and_wait(); }
   bool leader() const { return tid == 0; }
 };
@@ -167,50 +183,130 @@ void check_orthonormalize(int threads, int k, int d, bool dependent) {
   expect_close(gb, gs, kTol, "orthonormalize_backward", threads, k, d);
 }
 
-void check_ritz_step(int threads, int k, int d, bool with_prev) {
-  // Q orthonormal; MQ = Q M for a symmetric M with a well-separated spectrum (decaying diagonal
-  // plus a small symmetric perturbation), so the Ritz vectors are unique up to sign.
-  std::vector<double> Q(k * d), coef(k);
+// Q orthonormal; MQ = Q M for a symmetric M with a well-separated spectrum (decaying diagonal
+// plus a small symmetric perturbation), so the Ritz vectors are unique up to sign.
+void make_ritz_inputs(int k, int d, std::vector<double>& Q, std::vector<double>& MQ) {
+  Q.assign(k * d, 0.0);
+  MQ.assign(k * d, 0.0);
+  std::vector<double> coef(k);
   const std::vector<double> W = random_rows(k, d, 3u + k + d);
   spectral_ops::orthonormalize_rows(spectral_ops::SerialContext{}, W.data(), Q.data(), k, d, coef.data());
   const std::vector<double> P = random_rows(d, d, 5u + d);
-  std::vector<double> MQ(k * d, 0.0);
   for (int i = 0; i < k; ++i)
     for (int j = 0; j < d; ++j) {
       double acc = Q[i * d + j] * 10.0 * std::pow(0.7, j);
       for (int l = 0; l < d; ++l) acc += Q[i * d + l] * 0.01 * (P[l * d + j] + P[j * d + l]);
       MQ[i * d + j] = acc;
     }
-  const std::vector<double> prev = random_rows(k, d, 9u);
-  const double* V_prev = with_prev ? prev.data() : nullptr;
+}
 
-  struct Out {
-    std::vector<double> V, lam, res, Q_next;
-  };
-  auto make = [&] { return Out{std::vector<double>(k * d), std::vector<double>(k), std::vector<double>(k),
-                               std::vector<double>(k * d)}; };
-  Out serial = make(), block = make();
-  {
-    std::vector<double> H(k * k), U(k * k), work(2 * k + 1), c(k);
-    std::vector<int> order(k);
-    spectral_ops::ritz_step_sample(spectral_ops::SerialContext{}, Q.data(), MQ.data(), V_prev, serial.V.data(),
-                                   serial.lam.data(), serial.res.data(), serial.Q_next.data(), k, d,
-                                   spectral_ops::RitzScratch<double>{H.data(), U.data(), order.data(), work.data(),
-                                                                     c.data()});
-  }
+struct RitzOut {
+  std::vector<double> V, lam, res, Q_next;
+};
+
+// ritz_step_sample on one thread (threads == 0: SerialContext) or on an emulated block.
+RitzOut run_ritz(int threads, const std::vector<double>& Q, const std::vector<double>& MQ, const double* V_prev, int k,
+                 int d) {
+  RitzOut out{std::vector<double>(k * d), std::vector<double>(k), std::vector<double>(k), std::vector<double>(k * d)};
   std::vector<double> H(k * k), U(k * k), work(2 * k + 1);  // shared, like the kernel's __shared__ arrays
   std::vector<int> order(k);
-  run_block(threads, [&](const EmulatedBlockContext& ctx) {
-    std::vector<double> local(k);
-    spectral_ops::ritz_step_sample(ctx, Q.data(), MQ.data(), V_prev, block.V.data(), block.lam.data(),
-                                   block.res.data(), block.Q_next.data(), k, d,
+  auto body = [&](const auto& ctx) {
+    std::vector<double> local(k);  // per-thread
+    spectral_ops::ritz_step_sample(ctx, Q.data(), MQ.data(), V_prev, out.V.data(), out.lam.data(), out.res.data(),
+                                   out.Q_next.data(), k, d,
                                    spectral_ops::RitzScratch<double>{H.data(), U.data(), order.data(), work.data(),
                                                                      local.data()});
-  });
+  };
+  if (threads == 0) {
+    body(spectral_ops::SerialContext{});
+  } else {
+    run_block(threads, [&](const EmulatedBlockContext& ctx) { body(ctx); });
+  }
+  return out;
+}
+
+void check_ritz_step(int threads, int k, int d, bool with_prev) {
+  std::vector<double> Q, MQ;
+  make_ritz_inputs(k, d, Q, MQ);
+  const std::vector<double> prev = random_rows(k, d, 9u);
+  const double* V_prev = with_prev ? prev.data() : nullptr;
+  const RitzOut serial = run_ritz(0, Q, MQ, V_prev, k, d);
+  const RitzOut block = run_ritz(threads, Q, MQ, V_prev, k, d);
   expect_close(block.lam, serial.lam, kTol, "ritz_step values (Jacobi vs QL)", threads, k, d);
   expect_close(block.V, serial.V, kTol, "ritz_step vectors", threads, k, d);
   expect_close(block.res, serial.res, kTol, "ritz_step residuals", threads, k, d);
   expect_close(block.Q_next, serial.Q_next, kTol, "ritz_step next basis", threads, k, d);
+}
+
+void expect_all_nan(const std::vector<double>& values, const char* what, int threads, int k, int d) {
+  const bool ok = std::all_of(values.begin(), values.end(), [](double x) { return std::isnan(x); });
+  if (!ok) ++failures;
+  std::printf("%s: %-34s threads=%-2d k=%-2d d=%-3d all NaN\n", ok ? "ok  " : "FAIL", what, threads, k, d);
+}
+
+std::vector<double> scaled(std::vector<double> x, double c) {
+  for (auto& v : x) v *= c;
+  return x;
+}
+
+// The scale and non-finite paths (the per-row / per-sample max-abs reductions, the NaN branches)
+// on emulated blocks, against the single-thread result at scale 1.
+void check_extreme_inputs(int threads, int k, int d) {
+  const std::vector<double> W = random_rows(k, d, 17u + k + d);
+  const std::vector<double> G = random_rows(k, d, 19u + k);
+  std::vector<double> Q1(k * d), g1(k * d), coef(k), L(k * k), M(k * k);
+  spectral_ops::orthonormalize_rows(spectral_ops::SerialContext{}, W.data(), Q1.data(), k, d, coef.data());
+  spectral_ops::orthonormalize_backward_rows(spectral_ops::SerialContext{}, G.data(), Q1.data(), W.data(), g1.data(),
+                                             k, d, L.data(), M.data());
+  std::vector<double> Q0, MQ;
+  make_ritz_inputs(k, d, Q0, MQ);
+  const RitzOut r1 = run_ritz(0, Q0, MQ, nullptr, k, d);
+  for (double c : {1e-300, 1e-200, 1e200, 1e300}) {
+    const std::vector<double> Wc = scaled(W, c);
+    std::vector<double> Qc(k * d), gc(k * d);
+    run_block(threads, [&](const EmulatedBlockContext& ctx) {
+      std::vector<double> local(k);
+      spectral_ops::orthonormalize_rows(ctx, Wc.data(), Qc.data(), k, d, local.data());
+      spectral_ops::orthonormalize_backward_rows(ctx, G.data(), Qc.data(), Wc.data(), gc.data(), k, d, L.data(),
+                                                 M.data());
+    });
+    expect_close(Qc, Q1, kTol, c < 1 ? "orthonormalize(tiny W) = at 1" : "orthonormalize(huge W) = at 1", threads, k,
+                 d);
+    expect_close(scaled(gc, c), g1, 1e-10, "  c * backward at c = at 1", threads, k, d);
+    const RitzOut rc = run_ritz(threads, Q0, scaled(MQ, c), nullptr, k, d);
+    expect_close(scaled(rc.lam, 1 / c), r1.lam, kTol, c < 1 ? "ritz_step(Q, tiny MQ) values / c" : "ritz_step(Q, huge MQ) values / c",
+                 threads, k, d);
+    expect_close(rc.V, r1.V, kTol, "  vectors", threads, k, d);
+    expect_close(rc.res, r1.res, kTol, "  residuals", threads, k, d);
+    expect_close(rc.Q_next, r1.Q_next, kTol, "  next basis", threads, k, d);
+  }
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+  {  // a NaN in row 0 of V_prev: vector 0 takes the sign rule without V_prev, the others follow V_prev
+    std::vector<double> prev = random_rows(k, d, 23u);
+    prev[d / 2] = nan;
+    const RitzOut serial = run_ritz(0, Q0, MQ, prev.data(), k, d);
+    const RitzOut block = run_ritz(threads, Q0, MQ, prev.data(), k, d);
+    expect_close(block.V, serial.V, kTol, "ritz_step(NaN in V_prev) vectors", threads, k, d);
+    expect_close(std::vector<double>(block.V.begin(), block.V.begin() + d),
+                 std::vector<double>(r1.V.begin(), r1.V.begin() + d), kTol, "  vector 0 = without V_prev", threads,
+                 k, d);
+  }
+  for (double bad : {nan, inf, -inf}) {
+    std::vector<double> Wb = W, Qb(k * d);
+    Wb[(k - 1) * d + d / 2] = bad;  // in the last row: the rows before it are already written
+    run_block(threads, [&](const EmulatedBlockContext& ctx) {
+      std::vector<double> local(k);
+      spectral_ops::orthonormalize_rows(ctx, Wb.data(), Qb.data(), k, d, local.data());
+    });
+    expect_all_nan(Qb, "orthonormalize(non-finite W)", threads, k, d);
+    std::vector<double> Qn = Q0, MQn = MQ;
+    (bad == inf ? MQn : Qn)[d - 1] = bad;
+    const RitzOut rn = run_ritz(threads, Qn, MQn, nullptr, k, d);
+    expect_all_nan(rn.V, "ritz_step(non-finite) vectors", threads, k, d);
+    expect_all_nan(rn.lam, "  values", threads, k, d);
+    expect_all_nan(rn.res, "  residuals", threads, k, d);
+    expect_all_nan(rn.Q_next, "  next basis", threads, k, d);
+  }
 }
 
 void check_alignment(int threads, int k, int d, int kind) {
@@ -257,6 +353,8 @@ int main() {
       for (int kind = 0; kind < 3; ++kind) check_alignment(threads, k, d, kind);
     }
     check_orthonormalize(threads, 5, 9, /*dependent=*/true);
+    check_extreme_inputs(threads, 3, 7);
+    check_extreme_inputs(threads, 8, 33);
   }
   std::printf("%d failure(s)\n", failures);
   return failures == 0 ? 0 : 1;

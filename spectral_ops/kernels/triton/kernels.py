@@ -26,8 +26,23 @@ def _project_out(Q, r):
 
 
 @triton.jit
+def _scaled_norm(w):
+    """||w|| of a [BLOCK_D] vector as m ||w / m||, m = max |w_j| (no overflow or underflow)."""
+    top = tl.max(tl.abs(w), axis=0)
+    scale = tl.where(top > 0.0, top, 1.0)
+    x = w / scale
+    return scale * tl.sqrt(tl.sum(x * x, axis=0))
+
+
+@triton.jit
 def _gram_schmidt(X, k, d, tol, rows, cols):
-    """orthonormalize one [BLOCK_K, BLOCK_D] tile (see reference.orthonormalize)."""
+    """orthonormalize one [BLOCK_K, BLOCK_D] tile (see reference.orthonormalize): each row divided
+    by its largest |entry| first; a tile holding NaN or Inf gives NaN."""
+    top = tl.max(tl.abs(X), axis=1)
+    X = X / tl.where(top > 0.0, top, 1.0)[:, None]
+    # Entries in [-1, 1]: a finite row has norm^2 <= d, one with NaN or Inf (Inf / Inf) has NaN.
+    norms2 = tl.sum(X * X, axis=1)
+    finite = tl.sum(tl.where(rows < k, tl.where(norms2 <= d, 0, 1), 0), axis=0) == 0
     Q = tl.zeros_like(X)
     for i in range(k):
         w = _row(X, rows, i)
@@ -43,7 +58,7 @@ def _gram_schmidt(X, k, d, tol, rows, cols):
         r = tl.where(dependent, axis_residual, r)
         q = r / tl.sqrt(tl.sum(r * r, axis=0))
         Q = tl.where(rows[:, None] == i, q[None, :], Q)
-    return Q
+    return tl.where(finite, Q, float("nan"))
 
 
 @triton.jit
@@ -81,7 +96,7 @@ def orthonormalize_backward_kernel(G, Q, W, GW, k, d, tol, BLOCK_K: tl.constexpr
         rhs = g_i + tl.sum(sym[:, None] * Qt, axis=0)
         rhs = rhs - tl.sum(tl.where(rows > i, L_col, 0.0)[:, None] * X, axis=0)
         L_ii = tl.sum(w_i * q_i, axis=0)
-        kept = L_ii > tol * tl.sqrt(tl.sum(w_i * w_i, axis=0))
+        kept = L_ii > tol * _scaled_norm(w_i)
         x = tl.where(kept, rhs / tl.where(kept, L_ii, 1.0), 0.0)
         X = tl.where(rows[:, None] == i, x[None, :], X)
     tl.store(GW + offsets, X, mask=mask)
@@ -110,11 +125,11 @@ def ritz_rotate_kernel(Q, MQ, U, evals, V_prev, V, res, Q_next, k, d, tol,
         u = tl.load(U + sample * k * k + rows * k + i, mask=rows < k, other=0.0)  # column i
         v = tl.sum(u[:, None] * Qt, axis=0)
         mv = tl.sum(u[:, None] * MQt, axis=0)
-        if HAS_PREV:
-            flip = tl.sum(v * _row(Pt, rows, i), axis=0) < 0.0
-        else:
-            lead = tl.argmax(tl.abs(v), axis=0, tie_break_left=True)
-            flip = tl.sum(tl.where(cols == lead, v, 0.0), axis=0) < 0.0
+        lead = tl.argmax(tl.abs(v), axis=0, tie_break_left=True)
+        flip = tl.sum(tl.where(cols == lead, v, 0.0), axis=0) < 0.0
+        if HAS_PREV:  # v . v_prev >= 0, unless that product is NaN (then the rule above)
+            dot = tl.sum(v * _row(Pt, rows, i), axis=0)
+            flip = tl.where((dot < 0.0) | (dot >= 0.0), dot < 0.0, flip)
         sign = tl.where(flip, -1.0, 1.0)
         v = v * sign
         mv = mv * sign

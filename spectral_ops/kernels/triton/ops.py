@@ -2,8 +2,9 @@
 
 Each op converts its inputs to the compute dtype (float32, or float64), launches one program per
 sample and casts back.  ritz_step does the k x k symmetric eigensolve with torch.linalg.eigh
-outside the kernel; the projection before it and the rotation, signs, residuals and
-orthonormalization after it run in Triton.
+outside the kernel, on the inputs of reference.ritz_inputs (non-finite samples zeroed, MQ scaled);
+the projection before it and the rotation, signs, residuals and orthonormalization after it run
+in Triton.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 import triton
 from torch.library import triton_op, wrap_triton
 
-from ...ops.reference import compute_dtype, rank_tolerance
+from ...ops.reference import compute_dtype, rank_tolerance, ritz_inputs, ritz_outputs
 from . import kernels
 
 _NAMESPACE = "spectral_ops_triton"
@@ -54,7 +55,10 @@ def _orthonormalize_backward(grad_Q: torch.Tensor, Q: torch.Tensor, W: torch.Ten
 def _ritz_step(Q: torch.Tensor, MQ: torch.Tensor,
                V_prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     ct = compute_dtype(Q.dtype)
-    Qc, MQc = Q.to(ct).contiguous(), MQ.to(ct).contiguous()
+    # Non-finite samples zeroed (their outputs become NaN), MQ divided by max |MQ[b]| (values
+    # scaled back after): the same inputs as the reference.
+    finite, Qc, MQc, scale = ritz_inputs(Q, MQ)
+    Qc, MQc = Qc.contiguous(), MQc.contiguous()
     H = Qc @ MQc.transpose(-1, -2)
     evals, U = torch.linalg.eigh(0.5 * (H + H.transpose(-1, -2)))
     evals, U = evals.flip(-1).contiguous(), U.flip(-1).contiguous()
@@ -67,7 +71,7 @@ def _ritz_step(Q: torch.Tensor, MQ: torch.Tensor,
         wrap_triton(kernels.ritz_rotate_kernel)[(B,)](
             Qc, MQc, U, evals, prev, V, res, Q_next, k, d, rank_tolerance(ct), HAS_PREV=V_prev is not None,
             BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps)
-    return V.to(Q.dtype), evals.to(Q.dtype), res.to(Q.dtype), Q_next.to(Q.dtype)
+    return ritz_outputs(finite, scale, V, evals, res, Q_next, Q.dtype)
 
 
 @triton_op(f"{_NAMESPACE}::alignment_loss", mutates_args=())
