@@ -96,10 +96,22 @@ def cases_for(G, z):
 
     cases = {"fwd+bwd": fwd_bwd([z_rep] + params), "fwd+bwd (input grad only)": fwd_bwd([z_rep])}
 
-    def forward():
-        G(z_rep)
+    def forward(x):
+        def run():
+            G(x)
+        return run
 
-    cases["forward (graph kept)"] = forward
+    def no_grad(fn):
+        def run():
+            with torch.no_grad():
+                fn()
+        return run
+
+    cases["forward (graph kept)"] = forward(z_rep)
+    cases[f"forward, no grad ({B * K} rows)"] = no_grad(forward(z_rep))
+    cases[f"forward, no grad ({B} rows)"] = no_grad(forward(z))
+    if hasattr(G, "mapping"):
+        cases[f"mapping network, no grad ({B * K} rows)"] = no_grad(lambda: G.mapping(z_rep))
     for mode in MODES + (PROPOSED,):
         op = _operator(G, z, mode)
         op.matvec(Q)  # builds the double-backward graph once
@@ -107,6 +119,10 @@ def cases_for(G, z):
         cases[f"J v: {mode}"] = (lambda op=op: op.jvp(Q))
         if mode == "double_backward":
             cases["J^T u (kept graph)"] = (lambda op=op: op.vjp(JQ))
+            _, vjp_fn = torch.func.vjp(G, z.detach())  # primal graph on B rows, cotangents vmapped over k
+            U = JQ.reshape(B, K, *op.y.shape[1:])
+            cases["J^T u: shared primal (vmap over k cotangents)"] = (
+                lambda: torch.func.vmap(lambda u: vjp_fn(u)[0], in_dims=1, out_dims=1)(U))
         cases[f"iteration: {mode}"] = (lambda op=op: ops.ritz_step(Q, op.matvec(Q).detach(), None))
     return cases
 
@@ -119,6 +135,19 @@ def interleaved(cases: dict, rounds: int) -> dict:
             fn()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts[1:]) for name, ts in times.items()}
+
+
+def accuracy(G, z) -> dict:
+    """Relative error of J v per mode against double_backward, and of the prototype's M v."""
+    Q = ops.orthonormalize(torch.randn(B, K, D))
+    ref = JacobianOperator(G, z, K, "double_backward")
+    Jv, Mv = ref.jvp(Q).detach(), ref.matvec(Q).detach()
+    out = {}
+    for mode in MODES[1:] + (PROPOSED,):
+        op = _operator(G, z, mode)
+        out[f"J v: {mode}"] = float((op.jvp(Q).detach() - Jv).norm() / Jv.norm())
+        out[f"M v: {mode}"] = float((op.matvec(Q).detach() - Mv).norm() / Mv.norm())
+    return out
 
 
 def profile_shares(fn) -> dict:
@@ -153,9 +182,12 @@ def main() -> None:
         out += [f"#### {name}", "", "| part | median (ms) | / fwd+bwd |", "|---|---|---|"]
         out += [f"| {case} | {1e3 * m:.1f} | {m / base:.2f}x |" for case, m in med.items()]
         out.append("")
+        errs = accuracy(G, z)
+        out.append("relative error against double_backward: " + ", ".join(f"{c} {e:.1e}" for c, e in errs.items()))
+        out.append("")
         if not args.no_profile:
-            out += ["| part (profiled once) | self CPU ms | on per-sample weight tensors | in conv double-backward "
-                    "| aten::_convolution calls |", "|---|---|---|---|---|"]
+            out += ["| part (profiled once; compare shares, not times) | self CPU ms | on per-sample weight tensors "
+                    "| in conv double-backward | aten::_convolution calls |", "|---|---|---|---|---|"]
             for case in ("fwd+bwd", "J v: double_backward", "J v: forward", f"J v: {PROPOSED}", "J^T u (kept graph)"):
                 p = profile_shares(cases[case])
                 out.append(f"| {case} | {p['total']:.1f} | {p['weights']:.1f} ({p['weights'] / p['total']:.0%}) "
