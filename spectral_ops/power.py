@@ -207,6 +207,8 @@ def _orthonormal_block(Q: torch.Tensor, K: torch.Tensor | None) -> torch.Tensor:
         e, U = torch.linalg.eigh(Q @ Q.transpose(-1, -2))
         if rounds == 0:  # dependent rows (smallest e) come first
             live = (e > size * (100 * torch.finfo(Q.dtype).eps) ** 2) & (e > tiny)  # norm above 100 eps
+        else:  # unit rows that lose half their norm to the second projection were rounding noise
+            live = e > 0.25
         Q = torch.where(live, e.clamp_min(tiny).rsqrt(), torch.zeros_like(e))[..., None] * (U.transpose(-1, -2) @ Q)
     return Q
 

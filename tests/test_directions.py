@@ -59,3 +59,18 @@ def test_4d_latents_and_bad_arguments():
         global_directions(G, 8, 7, latent_dim=(6, 1, 1), dtype=torch.float64)
     with pytest.raises(ValueError, match="trace_probes"):
         global_directions(G, 8, 2, latent_dim=(6, 1, 1), trace_probes=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_float32_with_a_krylov_space_wider_than_the_latent(seed):
+    """d=6, k=4 in float32 (the demo's shape): the block Krylov space (8 rows) exceeds the latent
+    space.  Before: rows that were rounding noise got rescaled to 1e19 and eigh failed on inf."""
+    from spectral_ops.models import Generator
+
+    torch.manual_seed(seed)
+    G = Generator(latent_dim=6, size=32, width=8).eval()
+    z = torch.randn(24, 6, generator=torch.Generator().manual_seed(seed))
+    out = global_directions(G, None, 4, latents=z, batch_size=8, iters=30, tol=1e-5, trace_probes=None)
+    lam, U, M = _oracle(G.double(), z.double())
+    assert torch.allclose(out.values.double(), lam[:4], rtol=1e-4)
+    assert abs(out.trace / float(M.trace()) - 1) < 1e-5 and float(out.explained[-1]) <= 1 + 1e-5
