@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .jacobian import JVP_MODES, JacobianOperator, name_rows, supports_forward_ad, unwrap
+from .jacobian import JVP_MODES, JacobianOperator, module_call, name_rows, supports_forward_ad, unwrap
 
 _EXACT_MODES = ("double_backward", "forward")
 _PROBE_SEED = 1234
@@ -91,6 +91,15 @@ class FlatGenerator:
                 raise ValueError(f"a per-row argument of G has {a.shape[0]} rows for {z.shape[0]} latent rows")
         x = z if self.latent_shape is None else z.reshape(z.shape[0], *self.latent_shape)
         return self.G(x, *self.row_args, **self.kwargs)
+
+    def functional_view(self) -> Callable:
+        """This call for torch.func transforms (see jacobian.functional_view)."""
+        if not isinstance(self.G, nn.Module):
+            return self
+        def f(z: torch.Tensor) -> torch.Tensor:
+            x = z if self.latent_shape is None else z.reshape(z.shape[0], *self.latent_shape)
+            return module_call(self.G, *self.row_args, **self.kwargs)(x)
+        return f
 
     def _with(self, **changes) -> "FlatGenerator":
         out = FlatGenerator(self.G, self.latent_shape, self.row_args, self.kwargs)

@@ -40,11 +40,33 @@ def _flat(y: torch.Tensor, n: int) -> torch.Tensor:
     return y.reshape(n, -1)
 
 
+def functional_view(G: Callable) -> Callable:
+    """G as torch.func transforms can run it: an nn.Module (also inside `conditioned`) through
+    functional_call with its buffers cloned inside the call, so a forward that updates a buffer
+    in place (a style generator's w_avg in training mode) runs and leaves G's buffers untouched.
+    A lambda around a module runs as it is (such an update then makes forward mode unavailable)."""
+    if hasattr(G, "functional_view"):  # spectral_ops.conditioned(G, ...): its own module inside
+        return G.functional_view()
+    if not isinstance(G, torch.nn.Module):
+        return G
+    return module_call(G)
+
+
+def module_call(G: torch.nn.Module, *args, **kwargs) -> Callable:
+    """x -> G(x, *args, **kwargs) through torch.func.functional_call, buffers cloned inside."""
+    params, buffers = dict(G.named_parameters()), dict(G.named_buffers())
+
+    def f(x):
+        local = {name: b.clone() for name, b in buffers.items()}
+        return torch.func.functional_call(G, {**params, **local}, (x, *args), kwargs)
+    return f
+
+
 def supports_forward_ad(G: Callable, z: torch.Tensor) -> bool:
     """Whether torch.func.jvp runs through G (checked on one row)."""
     try:
         with torch.no_grad():
-            torch.func.jvp(G, (z[:1].detach(),), (torch.zeros_like(z[:1]),))
+            torch.func.jvp(functional_view(G), (z[:1].detach(),), (torch.zeros_like(z[:1]),))
         return True
     except (RuntimeError, NotImplementedError, TypeError):
         return False
@@ -68,9 +90,11 @@ class JacobianOperator:
     def __init__(self, G: Callable, z: torch.Tensor, k: int, mode: str, create_graph: bool = False):
         if mode not in JVP_MODES[1:]:
             raise ValueError(f"jvp must be one of {JVP_MODES[1:]} here, got {mode!r}")
+        self.G_rows, self.z = G, z.detach()  # one row per sample, for the shared-primal forward mode
         G = G.fold_rows(k) if hasattr(G, "fold_rows") else G  # per-row arguments follow the folded rows
         self.G, self.mode, self.k, self.create_graph = G, mode, k, create_graph
         self.B, self.d = z.shape
+        self._shared_primal = mode == "forward"
         self.z_rep = z.detach().repeat_interleave(k, dim=0).requires_grad_(True)
         self.y = G(self.z_rep)
         if not isinstance(self.y, torch.Tensor):
@@ -105,8 +129,12 @@ class JacobianOperator:
                 (self._g,) = torch.autograd.grad(self.y, self.z_rep, self._u, create_graph=True)
             (jv,) = torch.autograd.grad(self._g, self._u, v, retain_graph=True, create_graph=self.create_graph)
         elif self.mode == "forward":
+            if self._shared_primal:
+                shared = self._shared_primal_jvp(V.to(self.y.dtype))
+                if shared is not None:
+                    return shared
             with torch.enable_grad():
-                _, jv = torch.func.jvp(self.G, (self.z_rep.detach(),), (v,))
+                _, jv = torch.func.jvp(functional_view(self.G), (self.z_rep.detach(),), (v,))
         else:
             eps = self._fd_step()
             ctx = contextlib.nullcontext() if self.create_graph else torch.no_grad()
@@ -114,6 +142,20 @@ class JacobianOperator:
                 z0 = self.z_rep.detach()
                 jv = (self.G(z0 + eps * v) - self.G(z0 - eps * v)) / (2 * eps)
         return self._unfold(_flat(jv, self.B * self.k))
+
+    def _shared_primal_jvp(self, V: torch.Tensor) -> torch.Tensor | None:
+        """Forward-mode J v with the primal run once per distinct latent: vmap over the k
+        tangents of jvp(G, z [B, d]) (the folded batch repeats each latent k times, which for a
+        style generator means k identical sets of per-sample weights).  None where vmap cannot
+        batch G; the folded product is used from then on."""
+        f = functional_view(self.G_rows)
+        try:
+            with torch.enable_grad():
+                jv = torch.func.vmap(lambda t: torch.func.jvp(f, (self.z,), (t,))[1], in_dims=1, out_dims=1)(V)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            self._shared_primal = False
+            return None
+        return jv.reshape(self.B, self.k, -1)
 
     def vjp(self, U: torch.Tensor) -> torch.Tensor:
         """J^T u: [B, k, m] -> [B, k, d], one backward pass through the kept forward graph."""

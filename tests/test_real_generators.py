@@ -366,3 +366,29 @@ def test_clear_errors_name_the_argument():
         jacobian_topk(net, z.float(), 2)
     with pytest.raises(TypeError, match=r"z has dtype torch.float32 but G's parameters are torch.float64"):
         spectral_penalty(lambda x: net(x), z.float(), k=2)
+
+
+def test_forward_mode_runs_the_primal_once_per_latent_and_handles_buffer_updates():
+    """jvp="forward" on a style generator in training mode (w_avg updated in place).  Before:
+    torch.func refused the in-place buffer update (so auto skipped the mode and jvp="forward"
+    raised), and every product recomputed the primal on all B*k folded rows."""
+    torch.manual_seed(0)
+    G = StyleLike().double().train()
+    rows = []
+    G.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    const = spectral_ops.conditioned(G, noise_mode="const")
+    z = _z(3, 8)
+    before = _buffers(G)
+    ref = jacobian_topk(const, z, 3, method="power", iters=200, tol=1e-10, jvp="double_backward")
+    rows.clear()
+    top = jacobian_topk(const, z, 3, method="power", iters=200, tol=1e-10, jvp="forward")
+    assert top.jvp == "forward" and torch.allclose(top.values, ref.values, rtol=1e-9)
+    # the folded graph once (9 rows), each product's primal on the B = 3 latents; 1 and 2: probes
+    assert rows.count(3 * 3) == 1 and rows.count(3) >= top.iterations and set(rows) <= {1, 2, 3, 9}
+    assert _same_buffers(before, G)
+    value = spectral_penalty(const, z, k=2, jvp="forward")
+    ref_value = spectral_penalty(const, z, k=2, jvp="double_backward")
+    grads = torch.autograd.grad(value, list(G.parameters()), allow_unused=True)
+    ref_grads = torch.autograd.grad(ref_value, list(G.parameters()), allow_unused=True)
+    for g, r in zip(grads, ref_grads):
+        assert (g is None) == (r is None) and (g is None or torch.allclose(g, r, rtol=1e-8, atol=1e-12))
