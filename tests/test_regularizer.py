@@ -190,6 +190,18 @@ DOCUMENTED_LAST_STEP_COS = {"mlp": {"l1": 0.580, "assigned": 0.976, "offdiag": 0
                             "conv": {"l1": 0.919, "assigned": 0.884, "offdiag": 0.978}}
 
 
+def test_the_documented_cosines_are_the_tested_ones():
+    """The regularizer's docstring table must show the numbers the test above checks."""
+    import spectral_ops.regularizer as module
+
+    rows = {"mlp": "MLP 5-16-12, tanh", "conv": "conv-transpose 4->1x8x8"}
+    for gen, label in rows.items():
+        line = next(x for x in module.__doc__.splitlines() if x.strip().startswith(label))
+        cells = [f"{DOCUMENTED_FAST_COS[gen][loss]:.3f} ({DOCUMENTED_LAST_STEP_COS[gen][loss]:.3f})"
+                 for loss in ("l1", "assigned", "offdiag")]
+        assert line.split()[-6:] == " ".join(cells).split(), (line, cells)
+
+
 def test_last_step_is_removed_with_a_clear_error():
     G = make_mlp()
     z = torch.randn(2, 5, dtype=torch.float64)

@@ -41,16 +41,18 @@ def test_gapped_families_match_svd(name, method):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_jvp_modes_agree(mode):
+def test_jvp_modes_match_the_svd(mode):
+    """Every JVP mode against the explicit Jacobian's SVD (not against another mode).  Measured:
+    values 1.4e-13 (exact modes) and 7.1e-12 (central differences) relative, 1 - |cos| 2.4e-13;
+    the bounds leave 7x and 14x."""
     G = families(D)["dcgan_convtranspose"]
     z = _z()
-    ref = jacobian_topk(G, z, K, iters=400, tol=1e-7, jvp="double_backward", method="power")
+    S, Vh = oracle_svd(G, z)
     top = jacobian_topk(G, z, K, iters=400, tol=1e-7, jvp=mode, method="power")
     assert top.jvp == mode
-    # exact modes agree to rounding; central differences to ~eps^(2/3) of float64
-    tol = 1e-9 if mode != "finite_difference" else 1e-6
-    assert torch.allclose(top.values, ref.values, rtol=tol)
-    assert ((top.vectors * ref.vectors).sum(-1) - 1).abs().max() < tol
+    rel = 1e-12 if mode != "finite_difference" else 1e-10
+    assert torch.allclose(top.values, S[:, :K], rtol=rel, atol=0)
+    assert (1 - (top.vectors * Vh[:, :K]).sum(-1).abs()).max() < 2e-12
 
 
 def test_operator_products_match_explicit_jacobian():
@@ -228,9 +230,14 @@ def test_low_precision_generators(dtype, method):
     tol = min(1e-3, eps ** 0.5 / 10)
     top = jacobian_topk(G, z.to(dtype), K, iters=200, tol=tol, method=method)
     assert top.vectors.dtype == torch.float32  # the small dense work runs in float32
-    assert torch.allclose(top.values.double(), S[:, :K], rtol=30 * eps)
+    # Measured (power / krylov): values within 0.71 / 0.59 eps (float16), 0.36 / 0.19 eps
+    # (bfloat16), 1.9 / 3.0 eps (float32); 1 - |cos| 1.1e-5 / 7.2e-6, 2.6e-5 / 1.4e-4,
+    # 2.6e-7 / 2.4e-7.  The bounds leave about 3-4x.
+    value_rtol, cos_gap = {torch.float16: (2 * eps, 4e-5), torch.bfloat16: (1.5 * eps, 5e-4),
+                           torch.float32: (8 * eps, 1e-6)}[dtype]
+    assert torch.allclose(top.values.double(), S[:, :K], rtol=value_rtol, atol=0)
     cos = (top.vectors.double() * Vh[:, :K]).sum(-1).abs()
-    assert cos.min() >= 1 - 200 * eps
+    assert (1 - cos).max() <= cos_gap
 
 
 def test_auto_method_follows_cost_model():
