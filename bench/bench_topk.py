@@ -7,25 +7,66 @@ Prints (and writes to bench/results/topk.md) ratios measured in one run:
   2. method="power" against the best dense baseline, vmap(jacfwd) + SVD, at B=16, d=512,
      64x64 output, k=4, tol=1e-3, with the accuracy reached;
   3. a sweep over d of power, dense and auto (auto / best of the two);
-  4. peak memory of power and dense against one forward+backward (torch profiler).
+  4. peak memory of power and dense against one forward+backward (torch profiler);
+  5. to convergence (tol=1e-4) at B=16, d=128, k=4 and 16, on a flat and a gapped DCGAN:
+     power, krylov and dense against per-sample SciPy ARPACK (eigsh on the same J^T J products)
+     and torch.lobpcg on the explicit J^T J: generator passes, seconds, residuals and value errors
+     against a float64 eigh, and the two krylov targets (passes vs power, time vs ARPACK).
+
+A run of a subset (-k) replaces only the scenarios it measured in bench/results/topk.md; the
+others are kept from the earlier run and named in a note.  BENCH_POWER_CAP (default 3000) caps
+power iteration in 5.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import statistics
 import tempfile
 import time
 
+import numpy as np
 import pytest
 import torch
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
 from generators import DCGAN, StyleGenerator, gapped_scales
-from ratios import RatioTable
+from ratios import RESULTS_DIR, RatioTable
 from spectral_ops import jacobian_topk, ops
 from spectral_ops.jacobian import JacobianOperator
 
-TABLE = RatioTable("topk")
+
+class MergedTable(RatioTable):
+    """A RatioTable whose report keeps what an earlier run wrote for the scenarios this run did
+    not measure (a -k subset): rows are replaced scenario by scenario, notes by their key (the
+    text before the first ": "), and the scenarios carried over are named in a note."""
+
+    CARRIED = "scenarios kept from an earlier run"
+
+    def report(self) -> None:
+        if not self.rows:
+            return
+        try:
+            with open(os.path.join(RESULTS_DIR, f"{self.name}.json")) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = {}
+        old_rows = old.get("rows", {})
+        kept = [group for group in old_rows if group not in self.rows]
+        rows = {group: self.rows.get(group, old_rows.get(group)) for group in [*old_rows, *self.rows]}
+        key = lambda note: note.split(": ", 1)[0]  # noqa: E731
+        new_keys = {key(n) for n in self.notes}
+        notes = [n for n in old.get("notes", []) if key(n) not in new_keys and key(n) != self.CARRIED]
+        notes += self.notes
+        if kept:
+            notes.append(f"{self.CARRIED}: " + "; ".join(kept))
+        self.rows, self.notes = rows, notes
+        super().report()
+
+
+TABLE = MergedTable("topk")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 
 
@@ -146,9 +187,16 @@ def _head_setup():
     return G, z
 
 
-def _jacfwd_svd(G, z, k):
+def full_jacobian(G, z, reverse: bool = False) -> torch.Tensor:
+    """[B, m, d]: every sample's full Jacobian by vmap(jacfwd) (d tangents per sample), or by
+    vmap(jacrev) (m cotangents per sample)."""
     f = lambda x: G(x[None]).reshape(-1)  # noqa: E731
-    J = torch.func.vmap(torch.func.jacfwd(f))(z)
+    jac = torch.func.jacrev if reverse else torch.func.jacfwd
+    return torch.func.vmap(jac(f))(z).detach()
+
+
+def _jacfwd_svd(G, z, k):
+    J = full_jacobian(G, z)
     _, S, Vh = torch.linalg.svd(J, full_matrices=False)
     return S[:, :k], Vh[:, :k]
 
@@ -230,3 +278,146 @@ def test_peak_memory():
                + ", ".join(f"{c} {v:.0f} MB" for c, v in peaks.items())
                + f"; power / fwd+bwd = {peaks['power'] / peaks['fwd+bwd']:.2f}x, "
                f"dense (chunk_size=8) / fwd+bwd = {peaks['dense'] / peaks['fwd+bwd']:.2f}x")
+
+
+# ---------------------------------------------------------------- 5. to convergence: power, krylov, dense, ARPACK, LOBPCG
+CONV = dict(B=16, d=128, size=32, width=16, tol=1e-4)
+POWER_CAP = int(os.environ.get("BENCH_POWER_CAP", "3000"))
+# flat: an untrained DCGAN (sigma_4 / sigma_1 >= 0.9 on every sample, sigma_17 / sigma_16 ~ 0.99);
+# gapped: its first 32 latent axes scaled by 0.85^i, so sigma_{k+1} / sigma_k ~ 0.8 at k=4 and k=16.
+CONV_SPECTRA = {"flat": None, "gapped": gapped_scales(CONV["d"], n_gapped=32, ratio=0.85, floor=0.85 ** 32)}
+CONV_MODE = "double_backward"  # what jvp="auto" picks for this DCGAN; pinned so every method runs the same products
+
+
+@functools.lru_cache(maxsize=None)
+def _conv_setup(spectrum):
+    """G, z and the float64 reference: M = J^T J [B, d, d] and its eigenvalues, descending."""
+    torch.manual_seed(0)
+    d = CONV["d"]
+    G = DCGAN(d, size=CONV["size"], width=CONV["width"], latent_scales=CONV_SPECTRA[spectrum])
+    z = torch.randn(CONV["B"], d)
+    J = full_jacobian(copy.deepcopy(G).double(), z.double())
+    M = J.transpose(1, 2) @ J
+    return G, z, M, torch.linalg.eigvalsh(M).flip(-1)
+
+
+def _library(G, z, k, method):
+    top = jacobian_topk(G, z, k, method=method, iters=POWER_CAP, tol=CONV["tol"], jvp=CONV_MODE)
+    if method == "dense":
+        products = f"{z.shape[1]} J columns/sample (folded JVPs)"
+    else:
+        products = f"{top.iterations} passes of {z.shape[0]}x{k} rows"
+    return top.values.double() ** 2, top.vectors, top.iterations, dict(products=products,
+                                                                      converged=bool(top.converged.all()))
+
+
+def _arpack_per_sample(G, z, k):
+    """GAN-Geometry's way: scipy eigsh (ARPACK, which="LM") per sample, on a LinearOperator whose
+    matvec is one J^T J v product of that sample (JacobianOperator with k=1)."""
+    B, d = z.shape
+    rng = np.random.default_rng(0)
+    lam = torch.full((B, k), float("nan"), dtype=torch.float64)
+    V = torch.zeros(B, k, d, dtype=torch.float64)
+    counts, failures = [], 0
+    for b in range(B):
+        op = JacobianOperator(G, z[b:b + 1], 1, CONV_MODE)
+        count = [0]
+
+        def matvec(x, op=op, count=count):
+            count[0] += 1
+            v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(1, 1, d)
+            return op.matvec(v).detach().reshape(-1).double().numpy()
+
+        try:
+            w, U = eigsh(LinearOperator((d, d), matvec=matvec, dtype=np.float64), k=k, which="LM",
+                         tol=CONV["tol"], v0=rng.standard_normal(d))
+        except ArpackNoConvergence as e:
+            failures += 1
+            w, U = e.eigenvalues, e.eigenvectors
+        order = np.argsort(w)[::-1]
+        lam[b, :len(w)] = torch.from_numpy(w[order].copy())
+        V[b, :len(w)] = torch.from_numpy(U[:, order].T.copy())
+        counts.append(count[0])
+    products = (f"matvecs/sample median {statistics.median(counts):.0f} (min {min(counts)}, max {max(counts)}); "
+                f"{sum(counts)} passes of 1 row")
+    return lam, V, statistics.median(counts), dict(products=products, converged=failures == 0,
+                                                   arpack_failures=failures)
+
+
+def _lobpcg_explicit(G, z, k):
+    """torch.lobpcg per sample on the explicit J^T J, the Jacobian formed first (vmap(jacfwd)).
+    Per sample: torch.lobpcg takes batches, but its stopping test takes norms across the batch."""
+    J = full_jacobian(G, z)
+    M = J.transpose(1, 2) @ J
+    X0 = torch.randn(z.shape[0], z.shape[1], k, generator=torch.Generator().manual_seed(0))
+    lam, V, steps = [], [], []
+    for b in range(z.shape[0]):
+        step = [0]
+        E, X = torch.lobpcg(M[b], k=k, X=X0[b], largest=True, tol=CONV["tol"],
+                            tracker=lambda w, step=step: step.__setitem__(0, w.ivars["istep"]))
+        lam.append(E)
+        V.append(X.T)
+        steps.append(step[0])
+    products = (f"{z.shape[1]} J columns/sample (vmap jacfwd); lobpcg steps median {statistics.median(steps):.0f} "
+                f"(max {max(steps)}) on the explicit d x d")
+    return torch.stack(lam).double(), torch.stack(V), statistics.median(steps), dict(products=products)
+
+
+def _accuracy(lam, V, M, lam_ref):
+    """Max over samples and vectors of ||M v - lam v|| / lambda_1 and of |sigma / sigma_ref - 1|,
+    both against the float64 reference M."""
+    k = lam.shape[1]
+    V = V.double()
+    res = (V @ M - lam[..., None] * V).norm(dim=-1) / lam_ref[:, :1]
+    err = (lam.clamp_min(0).sqrt() / lam_ref[:, :k].sqrt() - 1).abs()
+    return float(res.max()), float(err.max())
+
+
+@pytest.mark.parametrize("k", [4, 16])
+@pytest.mark.parametrize("spectrum", list(CONV_SPECTRA))
+def test_to_convergence(benchmark, spectrum, k):
+    G, z, M, lam_ref = _conv_setup(spectrum)
+    out = {}
+    solvers = {"power": lambda: _library(G, z, k, "power"), "krylov": lambda: _library(G, z, k, "krylov"),
+               "dense": lambda: _library(G, z, k, "dense"), "arpack per sample": lambda: _arpack_per_sample(G, z, k),
+               "lobpcg explicit": lambda: _lobpcg_explicit(G, z, k)}
+
+    def case(name):
+        def fn():
+            out[name] = solvers[name]()
+        return fn
+
+    once = {"power"} if spectrum == "flat" else set()  # thousands of passes: one timed run
+    medians = {}
+    for name in once:
+        t0 = time.perf_counter()
+        case(name)()
+        medians[name] = time.perf_counter() - t0
+    medians.update(interleaved(benchmark, {name: case(name) for name in solvers if name not in once}))
+    group = f"to tol=1e-4, {spectrum} DCGAN 32x32, B=16, d=128, k={k}"
+    for name in solvers:
+        lam, V, count, extra = out[name]
+        res, err = _accuracy(lam, V, M, lam_ref)
+        TABLE.add(group, name, medians[name], baseline=name == "krylov", **extra, max_res=f"{res:.1e}",
+                  max_value_err=f"{err:.1e}", rounds=1 if name in once else ROUNDS)
+    TABLE.note("to tol=1e-4: krylov is the baseline; max_res = max ||M v - lam v|| / lam_1 and max_value_err = "
+               "max |sigma / sigma_ref - 1| over the B samples and k vectors, both against a float64 eigh of the "
+               "float64 J^T J; passes = generator calls on the folded batch; ARPACK (float64 eigsh, ncv default) "
+               "and lobpcg run per sample; lobpcg's time includes forming J by vmap(jacfwd); jvp=double_backward "
+               f"for power, krylov, dense and ARPACK; power capped at {POWER_CAP} iterations and timed once on "
+               "the flat spectrum (rounds=1); medians of the other rounds are interleaved")
+    sigma = lam_ref[:, :k + 1].sqrt()
+    ratio = lambda i, j: f"{float((sigma[:, i] / sigma[:, j]).mean()):.3f}"  # noqa: E731
+    TABLE.note(f"spectrum ({spectrum}, k={k}): mean sigma_2/sigma_1 {ratio(1, 0)}, sigma_k/sigma_1 {ratio(k - 1, 0)}, "
+               f"sigma_k+1/sigma_k {ratio(k, k - 1)}")
+    krylov, power, arpack = out["krylov"], out["power"], out["arpack per sample"]
+    if spectrum == "flat":
+        met = 3 * krylov[2] <= power[2]  # where power stopped at the cap, its count is a lower bound
+        capped = "" if power[3]["converged"] else f" (power did NOT reach tol within the cap of {POWER_CAP})"
+        TABLE.note(f"target 1 ({spectrum}, k={k}): krylov {krylov[2]} passes against power {power[2]}{capped}: "
+                   f"{krylov[2] / power[2]:.3f} of power's, max_res {_accuracy(*krylov[:2], M, lam_ref)[0]:.1e} "
+                   f"against {_accuracy(*power[:2], M, lam_ref)[0]:.1e}; target <= 1/3: {'met' if met else 'MISSED'}")
+    speedup = medians["arpack per sample"] / medians["krylov"]
+    TABLE.note(f"target 2 ({spectrum}, k={k}): per-sample ARPACK / krylov time = {speedup:.2f}x; target >= 10x: "
+               + ("met" if speedup >= 10 else f"MISSED by {10 / speedup:.1f}x")
+               + ("" if arpack[3]["converged"] else f"; ARPACK failed to converge on {arpack[3]['arpack_failures']} samples"))
