@@ -38,6 +38,11 @@ def test_quick_demo_runs_end_to_end(quick_demo, capsys):
     assert "traversals.png" in blob["pictures"]
     # the predictor was cached
     assert any(p.name.startswith("predictor-spot-32") for p in (root / "cache").iterdir())
+    # the regularizer ran in the spectral run (and only there): its logged penalty is positive
+    logs = {name: [json.loads(line) for line in (out / name / "log.jsonl").read_text().splitlines()]
+            for name in ("baseline", "spectral")}
+    assert logs["spectral"] and all(row["reg"] > 0 for row in logs["spectral"])
+    assert all(row["reg"] == 0 for row in logs["baseline"])
 
 
 def test_eval_on_demo_checkpoint_bad_and_good_arguments(quick_demo, capsys, tmp_path):
@@ -50,6 +55,11 @@ def test_eval_on_demo_checkpoint_bad_and_good_arguments(quick_demo, capsys, tmp_
     assert "cannot read" in capsys.readouterr().err
     assert main(["eval", "--ckpt", str(root / "out" / "baseline" / "checkpoint.pt"), "--n-samples", "5"]) == 2
     assert "--n-samples" in capsys.readouterr().err
+    # and one that succeeds, on the cached predictor
+    ckpt = root / "out" / "spectral" / "checkpoint.pt"
+    rc = main(["eval", "--ckpt", str(ckpt), "--n-samples", "200", "--cache-dir", str(root / "cache")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "MIG" in out, out
 
 
 def test_demo_bad_arguments(tmp_path, capsys):

@@ -351,11 +351,12 @@ def test_an_interrupt_between_log_lines_resumes_the_log_exactly(tmp_path, monkey
 
     monkeypatch.setattr(T, "_ema_update", ema_then_signal)
     out = tmp_path / "run"
+    handler = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     with pytest.raises(T.TrainingInterrupted) as exc:
         train(TrainConfig(steps=10, out=str(out), **TINY), progress=False)
     assert exc.value.step == 5 and exc.value.checkpoint == str(out / "checkpoint.pt")
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 5 and not (out / "train.json").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
     monkeypatch.setattr(T, "_ema_update", real)
     resumed = train(TrainConfig(steps=10, out=str(out), **TINY), resume=out / "checkpoint.pt", progress=False)
     straight = train(TrainConfig(steps=10, out=str(tmp_path / "a"), **TINY), progress=False)
