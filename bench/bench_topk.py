@@ -39,15 +39,20 @@ from spectral_ops.jacobian import JacobianOperator
 
 
 class MergedTable(RatioTable):
-    """A RatioTable whose report keeps what an earlier run wrote for the scenarios this run did
-    not measure (a -k subset): rows are replaced scenario by scenario, notes by their key (the
-    text before the first ": "), and the scenarios carried over are named in a note."""
+    """A RatioTable whose report, for a run of a subset (merge=True), keeps what an earlier run
+    wrote for the scenarios this run did not measure: rows are replaced scenario by scenario,
+    notes by their key (the text before the first ": "), and the scenarios carried over are named
+    in a note.  A run of the whole file (merge=False) rewrites the table."""
 
     CARRIED = "scenarios kept from an earlier run"
 
-    def report(self) -> None:
-        if not self.rows:
-            return
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            super().note(text)
+
+    def report(self, merge: bool = True) -> None:
+        if not merge or not (self.rows or self.notes):
+            return super().report()
         try:
             with open(os.path.join(RESULTS_DIR, f"{self.name}.json")) as f:
                 old = json.load(f)
@@ -71,10 +76,12 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _report():
+def _report(request):
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
     yield
-    TABLE.report()
+    option = request.config.option
+    subset = bool(option.keyword or option.markexpr or option.lf or any("::" in a for a in request.config.args))
+    TABLE.report(merge=subset)
 
 
 def interleaved(benchmark, cases: dict, rounds: int = ROUNDS) -> dict:
