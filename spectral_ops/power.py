@@ -230,9 +230,9 @@ def block_krylov(product: Callable[[torch.Tensor], torch.Tensor], X: torch.Tenso
     """Top-k eigenpairs of symmetric PSD operators M_b by restarted block Lanczos, batched over b.
 
     Each cycle builds the block Krylov space [X, M X, ..., M^depth X] with full
-    reorthogonalization, taking every block's product M Q directly (one product per block), then
-    restarts from the top-k Ritz vectors of Rayleigh-Ritz over it; M X follows by the same linear
-    combination.  (LOBPCG, which carries M P by recurrence, lost float32 accuracy without bound.)
+    reorthogonalization, taking every block's product M Q directly (one product per block);
+    Rayleigh-Ritz over the space after every block decides convergence, and a full cycle restarts
+    from the top-k Ritz vectors (M X follows by the same linear combination).  (LOBPCG, which carries M P by recurrence, lost float32 accuracy without bound.)
     X: [B, k, d] orthonormal start, MX = product(X).  Returns (V [B, k, d], lam [B, k]
     descending, residuals ||M v - lam v|| / lam_1 [B, k], products used, counting MX's).
     depth: blocks per cycle; default max(3, min(12, 96 // k)), so Rayleigh-Ritz stays near 100
@@ -241,27 +241,32 @@ def block_krylov(product: Callable[[torch.Tensor], torch.Tensor], X: torch.Tenso
     k = X.shape[1]
     depth = max(3, min(12, 96 // k)) if depth is None else depth
     depth = max(1, min(depth, X.shape[2] // k - 1))  # the Krylov space never exceeds the latent space
-    tiny = torch.finfo(X.dtype).tiny
-    blocks, mblocks = [X], [MX]
+    blocks, mblocks, Q = [X], [MX], MX
     products = 1
     while True:
-        K, MK = torch.cat(blocks, 1), torch.cat(mblocks, 1)
-        dead = (K.abs().amax(-1) == 0).to(K.dtype)                  # zero rows: below any eigenvalue of M
-        theta, C = torch.linalg.eigh(_sym(K @ MK.transpose(-1, -2)) - torch.diag_embed(dead))
-        lam, C = theta.flip(-1)[:, :k], C.flip(-1)[..., :k].transpose(-1, -2)
-        X, MX = C @ K, C @ MK
-        res = (MX - lam[..., None] * X).norm(dim=-1) / lam[:, :1].clamp_min(tiny)
-        res = torch.where(lam[:, :1] > 0, res, torch.zeros_like(res))
-        if bool((res < tol).all()) or products >= iters:
+        X, MX, lam, res = _rayleigh_ritz(torch.cat(blocks, 1), torch.cat(mblocks, 1), k)
+        if bool((res < tol).all()) or products >= iters:  # checked after every block, not per cycle
             return X, lam, res, products
-        blocks, mblocks, Q = [X], [MX], MX
-        for _ in range(min(depth, iters - products)):
-            Q = _orthonormal_block(Q, torch.cat(blocks, 1))
-            MQ = product(Q)
-            products += 1
-            blocks.append(Q)
-            mblocks.append(MQ)
-            Q = MQ
+        if len(blocks) > depth:  # restart from the Ritz vectors
+            blocks, mblocks, Q = [X], [MX], MX
+        Q = _orthonormal_block(Q, torch.cat(blocks, 1))
+        MQ = product(Q)
+        products += 1
+        blocks.append(Q)
+        mblocks.append(MQ)
+        Q = MQ
+
+
+def _rayleigh_ritz(K: torch.Tensor, MK: torch.Tensor, k: int):
+    """Top-k Ritz pairs over the orthonormal (or zero) rows of K [B, n, d], with MK = M K:
+    (X [B, k, d], M X, lam [B, k] descending, residuals / lam_1 [B, k])."""
+    tiny = torch.finfo(K.dtype).tiny
+    dead = (K.abs().amax(-1) == 0).to(K.dtype)                      # zero rows: below any eigenvalue of M
+    theta, C = torch.linalg.eigh(_sym(K @ MK.transpose(-1, -2)) - torch.diag_embed(dead))
+    lam, C = theta.flip(-1)[:, :k], C.flip(-1)[..., :k].transpose(-1, -2)
+    X, MX = C @ K, C @ MK
+    res = (MX - lam[..., None] * X).norm(dim=-1) / lam[:, :1].clamp_min(tiny)
+    return X, MX, lam, torch.where(lam[:, :1] > 0, res, torch.zeros_like(res))
 
 
 def _sym(A: torch.Tensor) -> torch.Tensor:
