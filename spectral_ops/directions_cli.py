@@ -23,15 +23,11 @@ import torch
 
 from ._io import atomic_save, atomic_write_text, require_modules
 from .directions import global_directions
-from .trace_cli import (GENERATOR_RULE, _check_output, _writable_dir, load_generator_from_checkpoint,
-                        load_generator_from_spec)
+from .trace_cli import _check_output, _writable_dir, add_generator_arguments, generator_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", metavar="PATH", help="checkpoint written by `spectral-ops train` or `demo`")
-    src.add_argument("--generator", metavar="MODULE:ATTR", help=GENERATOR_RULE)
-    p.add_argument("--latent-dim", type=int, default=None, help="latent size (if the generator has no latent_dim)")
+    add_generator_arguments(p)
     p.add_argument("--out", default="runs/directions", help="output folder (created; default runs/directions)")
     p.add_argument("--k", type=int, default=4, help="how many directions (default 4)")
     p.add_argument("--samples", type=int, default=512, help="latents the metric is averaged over (default 512)")
@@ -69,12 +65,7 @@ def run(args: argparse.Namespace) -> int:
         require_modules("spectral-ops directions", {"PIL": "pillow"}, extra="eval")
         from . import viz
         _check(args)
-        G = load_generator_from_checkpoint(args.ckpt) if args.ckpt else load_generator_from_spec(args.generator)
-        d = args.latent_dim if args.latent_dim is not None else getattr(G, "latent_dim", None)
-        if d is None:
-            raise ValueError("the generator has no latent_dim attribute: pass --latent-dim")
-        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-            raise ValueError(f"--latent-dim must be an integer >= 1, got {d!r}")
+        G, d = generator_from_args(args)
         if args.k > d:
             raise ValueError(f"--k must be <= latent dim {d}, got {args.k}")
         out = _writable_dir(args.out)

@@ -41,10 +41,7 @@ from .trajectory import INTEGRATORS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", metavar="PATH", help="checkpoint written by `spectral-ops train` or `demo`")
-    src.add_argument("--generator", metavar="MODULE:ATTR", help=GENERATOR_RULE)
-    p.add_argument("--latent-dim", type=int, default=None, help="latent size (if the generator has no latent_dim)")
+    add_generator_arguments(p)
     p.add_argument("--out", default="runs/trace", help="output folder (created; default runs/trace)")
     p.add_argument("--directions", default="0,1,2",
                    help="singular-vector / axis indices, comma-separated (e.g. 0,1,2) or a count N for 0..N-1")
@@ -61,6 +58,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _fail(msg: str) -> int:
     print(f"spectral-ops trace: error: {msg}", file=sys.stderr)
     return 2
+
+
+def add_generator_arguments(p: argparse.ArgumentParser) -> None:
+    """--ckpt or --generator (one of them), and --latent-dim: where a command's G comes from."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", metavar="PATH", help="checkpoint written by `spectral-ops train` or `demo`")
+    src.add_argument("--generator", metavar="MODULE:ATTR", help=GENERATOR_RULE)
+    p.add_argument("--latent-dim", type=int, default=None, help="latent size (if the generator has no latent_dim)")
+
+
+def generator_from_args(args: argparse.Namespace):
+    """(G, latent size d) from --ckpt / --generator and --latent-dim; ValueError naming the flag."""
+    G = load_generator_from_checkpoint(args.ckpt) if args.ckpt else load_generator_from_spec(args.generator)
+    d = args.latent_dim if args.latent_dim is not None else getattr(G, "latent_dim", None)
+    if d is None:
+        raise ValueError("the generator has no latent_dim attribute: pass --latent-dim")
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise ValueError(f"--latent-dim must be an integer >= 1, got {d!r}")
+    return G, d
 
 
 def parse_directions(text: str) -> list[int]:
@@ -176,12 +192,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--columns must be >= 2, got {args.columns}")
         if not (args.step_size > 0 and args.step_size < float("inf")):
             raise ValueError(f"--step-size must be a finite number > 0, got {args.step_size}")
-        G = load_generator_from_checkpoint(args.ckpt) if args.ckpt else load_generator_from_spec(args.generator)
-        d = args.latent_dim if args.latent_dim is not None else getattr(G, "latent_dim", None)
-        if d is None:
-            raise ValueError("the generator has no latent_dim attribute: pass --latent-dim")
-        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-            raise ValueError(f"--latent-dim must be an integer >= 1, got {d!r}")
+        G, d = generator_from_args(args)
         if max(directions) >= d:
             raise ValueError(f"--directions must be < latent dim {d}, got {max(directions)}")
         out = _writable_dir(args.out)
