@@ -194,7 +194,7 @@ def modules_of(G: object, depth: int = 3) -> list[nn.Module]:
     return list(unique.values())
 
 
-def generator_identity(G: object) -> tuple[object, tuple]:
+def generator_identity(G: object, modules: list[nn.Module] | None = None) -> tuple[object, tuple]:
     """(anchor, extra): the same code on the same modules gives the same identity, also for a
     lambda or partial created anew on every call.  anchor is weakly referenceable."""
     G, shape, options = unwrap(G), (), ()
@@ -204,7 +204,7 @@ def generator_identity(G: object) -> tuple[object, tuple]:
     if isinstance(G, nn.Module):
         return G, options
     options += (_simple(_parts(G)[1]),)
-    mods = tuple(id(m) for m in modules_of(G))
+    mods = tuple(id(m) for m in (modules_of(G) if modules is None else modules))
     f = G
     while isinstance(f, functools.partial):
         f = unwrap(f.func)
@@ -245,11 +245,12 @@ def _train_mode_batchnorms(modules: list[nn.Module]) -> list[tuple[str, nn.Modul
 
 
 @contextlib.contextmanager
-def batch_policy(G: Callable, batchnorm: str) -> Iterator[None]:
-    """DESIGN section 6: refuse G's train-mode BatchNorm layers, or run them in eval mode meanwhile."""
+def batch_policy(G: Callable, batchnorm: str, modules: list[nn.Module] | None = None) -> Iterator[None]:
+    """DESIGN section 6: refuse G's train-mode BatchNorm layers, or run them in eval mode meanwhile.
+    modules: G's modules, if the caller already has them (`modules_of`)."""
     if batchnorm not in ("error", "eval"):
         raise ValueError(f"batchnorm must be 'error' or 'eval', got {batchnorm!r}")
-    coupled = _train_mode_batchnorms(modules_of(G))
+    coupled = _train_mode_batchnorms(modules_of(G) if modules is None else modules)
     if coupled and batchnorm == "error":
         raise ValueError(
             f"G has batch-coupled layers in training mode ({', '.join(n for n, _ in coupled[:4])}): per-sample "
@@ -265,9 +266,9 @@ def batch_policy(G: Callable, batchnorm: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def preserved_buffers(G: Callable) -> Iterator[None]:
+def preserved_buffers(G: Callable, modules: list[nn.Module] | None = None) -> Iterator[None]:
     """Copy back, on exit, every buffer of G's modules that changed meanwhile (in-place updates)."""
-    buffers = {id(b): b for m in modules_of(G) for b in m.buffers()}.values()
+    buffers = {id(b): b for m in (modules_of(G) if modules is None else modules) for b in m.buffers()}.values()
     saved = [(b, b._version, b.detach().clone()) for b in buffers]
     try:
         yield
@@ -376,7 +377,7 @@ def _verify_auto(G: Callable, z: torch.Tensor) -> str:
 
 
 def _cache_slot(G: Callable, modules: list[nn.Module], z: torch.Tensor, jvp: str):
-    anchor, extra = generator_identity(G)
+    anchor, extra = generator_identity(G, modules)
     modes = tuple(m.training for root in modules for m in root.modules())
     key = (extra, z.dtype, z.device.type, modes, jvp)
     try:
@@ -420,7 +421,7 @@ def prepared(G: Callable, z: torch.Tensor, *, jvp: str, batchnorm: str, name: st
     check_dtype(modules, flat, name)
     check_row_args(G, flat.shape[0])
     call = flat_generator(G, latent_shape)
-    with batch_policy(G, batchnorm), preserved_buffers(G), torch.enable_grad():
+    with batch_policy(G, batchnorm, modules), preserved_buffers(G, modules), torch.enable_grad():
         mode = probe(call, flat, jvp, modules)
         yield call, flat, mode
 

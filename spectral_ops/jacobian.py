@@ -94,7 +94,7 @@ class JacobianOperator:
         G = G.fold_rows(k) if hasattr(G, "fold_rows") else G  # per-row arguments follow the folded rows
         self.G, self.mode, self.k, self.create_graph = G, mode, k, create_graph
         self.B, self.d = z.shape
-        self._shared_primal = mode == "forward"
+        self._shared_primal, self._functional = mode == "forward", None
         self.z_rep = z.detach().repeat_interleave(k, dim=0).requires_grad_(True)
         self.y = G(self.z_rep)
         if not isinstance(self.y, torch.Tensor):
@@ -148,7 +148,9 @@ class JacobianOperator:
         tangents of jvp(G, z [B, d]) (the folded batch repeats each latent k times, which for a
         style generator means k identical sets of per-sample weights).  None where vmap cannot
         batch G; the folded product is used from then on."""
-        f = functional_view(self.G_rows)
+        if self._functional is None:
+            self._functional = functional_view(self.G_rows)
+        f = self._functional
         try:
             with torch.enable_grad():
                 jv = torch.func.vmap(lambda t: torch.func.jvp(f, (self.z,), (t,))[1], in_dims=1, out_dims=1)(V)
