@@ -43,14 +43,14 @@ def test_gapped_families_match_svd(name, method):
 @pytest.mark.parametrize("mode", MODES)
 def test_jvp_modes_match_the_svd(mode):
     """Every JVP mode against the explicit Jacobian's SVD (not against another mode).  Measured:
-    values 1.4e-13 (exact modes) and 7.1e-12 (central differences) relative, 1 - |cos| 2.4e-13;
-    the bounds leave 7x and 14x."""
+    values 2.2e-13 (both exact modes) and 4.8e-12 (central differences) relative, 1 - |cos|
+    4.5e-13 (all three); the bounds leave 4.6x, 4.2x and 4.4x."""
     G = families(D)["dcgan_convtranspose"]
     z = _z()
     S, Vh = oracle_svd(G, z)
     top = jacobian_topk(G, z, K, iters=400, tol=1e-7, jvp=mode, method="power")
     assert top.jvp == mode
-    rel = 1e-12 if mode != "finite_difference" else 1e-10
+    rel = 1e-12 if mode != "finite_difference" else 2e-11
     assert torch.allclose(top.values, S[:, :K], rtol=rel, atol=0)
     assert (1 - (top.vectors * Vh[:, :K]).sum(-1).abs()).max() < 2e-12
 
@@ -217,11 +217,12 @@ def test_krylov_warm_start_signs_and_determinism():
     assert ((warm.vectors * -a.vectors).sum(-1) > 1 - 1e-8).all()  # signs follow init
 
 
+@pytest.mark.parametrize("seed", range(1, 9))
 @pytest.mark.parametrize("method", ["power", "krylov"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_low_precision_generators(dtype, method):
+def test_low_precision_generators(dtype, method, seed):
     G64 = families(D)["mlp_tanh"]
-    z = _z()
+    z = _z(seed=seed)
     S, Vh = oracle_svd(G64, z)
     G = G64.to(dtype)
     eps = torch.finfo(dtype).eps
@@ -230,11 +231,12 @@ def test_low_precision_generators(dtype, method):
     tol = min(1e-3, eps ** 0.5 / 10)
     top = jacobian_topk(G, z.to(dtype), K, iters=200, tol=tol, method=method)
     assert top.vectors.dtype == torch.float32  # the small dense work runs in float32
-    # Measured (power / krylov): values within 0.71 / 0.59 eps (float16), 0.36 / 0.19 eps
-    # (bfloat16), 1.9 / 3.0 eps (float32); 1 - |cos| 1.1e-5 / 7.2e-6, 2.6e-5 / 1.4e-4,
-    # 2.6e-7 / 2.4e-7.  The bounds leave about 3-4x.
-    value_rtol, cos_gap = {torch.float16: (2 * eps, 4e-5), torch.bfloat16: (1.5 * eps, 5e-4),
-                           torch.float32: (8 * eps, 1e-6)}[dtype]
+    # Measured, max over the 8 seeds and both methods (power / krylov): values within 0.71 / 0.61
+    # eps (float16), 0.43 / 0.33 eps (bfloat16), 3.4 / 9.6 eps (float32); 1 - |cos| 2.1e-4 / 1.0e-5
+    # (float16), 1.4e-4 / 2.1e-4 (bfloat16), 1.5e-7 / 1.1e-6 (float32).  One seed alone varies 20x
+    # in 1 - |cos| (float16 power: 6e-6 to 2.1e-4), hence the seeds.  The bounds leave 2.8-3.5x.
+    value_rtol, cos_gap = {torch.float16: (2 * eps, 6e-4), torch.bfloat16: (1.5 * eps, 6e-4),
+                           torch.float32: (30 * eps, 3.5e-6)}[dtype]
     assert torch.allclose(top.values.double(), S[:, :K], rtol=value_rtol, atol=0)
     cos = (top.vectors.double() * Vh[:, :K]).sum(-1).abs()
     assert (1 - cos).max() <= cos_gap
@@ -391,7 +393,7 @@ def test_auto_keeps_an_exact_mode_where_central_differences_are_inaccurate():
     """A leaky-ReLU generator whose kinks sit near the probe: the central difference is the
     inaccurate one there.  Before: auto compared the exact modes with it alone, rejected both and
     silently ran finite differences (a float32 residual floor near 1e-3)."""
-    from spectral_ops.models import Generator
+    from spectral_ops.lab.models import Generator
 
     torch.manual_seed(0)
     G = Generator(latent_dim=6, size=32, width=8).eval()
