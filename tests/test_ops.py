@@ -30,9 +30,45 @@ BACKEND_DEVICES = [
 SHAPES = [(1, 1, 1), (3, 1, 7), (2, 4, 4), (1, 3, 37), (5, 7, 130), (2, 32, 40)]
 LARGE_SHAPES = [(2, 5, 1024), (2, 33, 70)]  # d at the CUDA target; k above the CUDA limit (CPU only)
 
-# Max abs error against the reference, per compute precision.  Orthonormal rows / unit vectors
-# have O(1) entries, so these are close to the dtype's eps times a small condition factor.
-TOL = {torch.float64: 1e-12, torch.float32: 3e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+# (atol, rtol) per quantity and dtype: every element must satisfy |actual - expected| <= atol +
+# rtol * |expected|.  Set at about 4x the largest error measured over this file's shapes and seeds
+# (and test_ops_triton.py's), on cpp (AVX2 + FMA), cpp-baseline and triton (TRITON_INTERPRET=1 on
+# CPU), each against reference.py; the measured maxima are in the comments.  Half dtypes compute in
+# float32 and round once, so two backends may differ by one ulp of the stored result: rtol = eps
+# there, and atol is 4x what was measured beyond that ulp (2.4e-7, four float16 subnormal steps,
+# where nothing was).  "orth" is max |Q Q^T - I|; "Q vs qr" is against torch.linalg.qr in float64.
+# Errors of V and Q_next are the eigenvector conditioning (relative gaps 20%, k up to 32), not the
+# kernels: float32 reference.py and cpp differ by 8e-5 there.  The cuda backend and triton on a GPU
+# were not measured (no GPU); they use the same table.
+F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
+HALF_FLOOR = 2.4e-7
+TOL = {
+    "Q": {F64: (1e-15, 0), F32: (7e-7, 0), F16: (HALF_FLOOR, 2 ** -10), BF16: (HALF_FLOOR, 2 ** -7)},
+    # measured 2.6e-16, 1.8e-7; half: 3.1e-5 / 6.1e-5, nothing beyond one ulp
+    "orth": {F64: (4e-15, 0), F32: (1e-6, 0), F16: (2e-3, 0), BF16: (1.1e-2, 0)},
+    # measured 8.9e-16, 2.5e-7, 4.9e-4, 2.6e-3
+    "Q vs qr": {F64: (1.5e-15, 0), F32: (2e-7, 0)},  # measured 3.3e-16, 4.4e-8
+    "grad_W": {F64: (3e-14, 0), F32: (9e-6, 0)},  # measured 7.4e-15, 2.2e-6
+    "V": {F64: (1.6e-13, 0), F32: (3.3e-4, 0), F16: (5e-5, 2 ** -10)},
+    # measured 3.9e-14, 8.2e-5; float16 2.4e-4, 1.2e-5 beyond one ulp
+    "lam": {F64: (5e-14, 0), F32: (3.5e-5, 0), F16: (HALF_FLOOR, 2 ** -10)},
+    # measured 1.2e-14, 8.6e-6 (values up to 10); float16 0; lam vs eigvalsh 1.1e-14, 4.9e-6, 3.8e-3 (one ulp)
+    "res": {F64: (2e-15, 0), F32: (1.2e-6, 0), F16: (2.6e-7, 2 ** -10)},
+    # measured 4.4e-16, 3.0e-7; float16 2.4e-7, 6.5e-8 beyond one ulp
+    "Q_next": {F64: (1e-13, 0), F32: (2.6e-4, 0), F16: (2.3e-5, 2 ** -10)},
+    # measured 2.3e-14, 6.5e-5; float16 2.4e-4, 5.6e-6 beyond one ulp
+    "loss": {F64: (2e-15, 0), F32: (6.5e-7, 0), F16: (HALF_FLOOR, 2 ** -10)},
+    # measured 4.4e-16, 1.6e-7; float16 2.4e-4, nothing beyond one ulp
+    "grad_V": {F64: (3e-15, 0), F32: (2e-6, 0), F16: (HALF_FLOOR, 2 ** -10)},
+    # measured 7.8e-16, 4.8e-7; float16 2.7e-4, 2.8e-8 beyond one ulp
+    "grad_S": {F64: (7e-15, 0), F32: (3.5e-6, 0), F16: (1.2e-6, 2 ** -10)},
+    # measured 1.6e-15, 8.5e-7; float16 6.0e-5, 3.0e-7 beyond one ulp
+}
+
+
+def tolerance(quantity, dtype):
+    """(atol, rtol) for `quantity` computed in `dtype` (see TOL)."""
+    return TOL[quantity][dtype]
 
 
 def backend_context(backend):
@@ -74,16 +110,26 @@ def unit_rows(B, k, d, dtype, device, seed=0):
 
 
 def assert_close(actual, expected, tol, what=""):
+    """|actual - expected| <= atol + rtol * |expected| elementwise, tol = (atol, rtol)."""
+    atol, rtol = tol
     assert actual.dtype == expected.dtype, what
     assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    err = (actual.double() - expected.double()).abs().max().item() if actual.numel() else 0.0
-    assert err <= tol, f"{what}: max abs error {err:.3g} > {tol:.3g}"
+    if not actual.numel():
+        return
+    a, e = actual.double(), expected.double().to(actual.device)
+    excess = (a - e).abs() - (atol + rtol * e.abs())
+    worst = int(excess.flatten().argmax())
+    assert excess.max().item() <= 0, (f"{what}: |{a.flatten()[worst].item():.9g} - {e.flatten()[worst].item():.9g}| > "
+                                      f"{atol:.3g} + {rtol:.3g} * |expected| (max abs error "
+                                      f"{(a - e).abs().max().item():.3g})")
 
 
 def assert_orthonormal(Q, tol):
+    atol, _ = tol
     gram = Q.double() @ Q.double().transpose(-1, -2)
     eye = torch.eye(Q.shape[1], dtype=torch.float64, device=Q.device)
-    assert (gram - eye).abs().max().item() <= tol
+    err = (gram - eye).abs().max().item()
+    assert err <= atol, f"max |Q Q^T - I| {err:.3g} > {atol:.3g}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,8 +142,8 @@ def check_orthonormalize_forward(backend, device, shape, dtype):
         Q = ops.orthonormalize(W)
     expected = reference.orthonormalize(W.cpu()).to(device)
     assert Q.shape == W.shape and Q.dtype == W.dtype and Q.device == W.device
-    assert_close(Q, expected, TOL[dtype] * (4 if shape[1] > 16 else 1), "Q")
-    assert_orthonormal(Q, 20 * TOL[dtype])
+    assert_close(Q, expected, tolerance("Q", dtype), "Q")
+    assert_orthonormal(Q, tolerance("orth", dtype))
 
 
 def check_orthonormalize_backward(backend, device, shape, dtype):
@@ -108,8 +154,7 @@ def check_orthonormalize_backward(backend, device, shape, dtype):
     (grad_W,) = torch.autograd.grad(Q, W, grad)
     W_ref = W.detach().cpu().double().requires_grad_()
     (expected,) = torch.autograd.grad(reference.orthonormalize(W_ref), W_ref, grad.cpu().double())
-    scale = max(1.0, expected.abs().max().item())
-    assert_close(grad_W.double().cpu(), expected, 20 * TOL[dtype] * scale, "grad_W")
+    assert_close(grad_W.double().cpu(), expected, tolerance("grad_W", dtype), "grad_W")
 
 
 def check_ritz_step(backend, device, shape, dtype, with_prev):
@@ -117,16 +162,13 @@ def check_ritz_step(backend, device, shape, dtype, with_prev):
     with backend_context(backend):
         out = ops.ritz_step(Q, MQ, V_prev)
     expected = reference.ritz_step(Q.cpu(), MQ.cpu(), None if V_prev is None else V_prev.cpu())
-    # Ritz values scale with ||M|| = 10; vectors have O(1) entries; the eigenvector error grows
-    # as 1/gap (relative gaps here are 20%).
-    tols = [50 * TOL[dtype], 200 * TOL[dtype], 200 * TOL[dtype], 50 * TOL[dtype]]
-    for name, actual, ref, tol in zip(("V", "lam", "res", "Q_next"), out, expected, tols):
+    for name, actual, ref in zip(("V", "lam", "res", "Q_next"), out, expected):
         assert actual.shape == ref.shape and actual.device.type == device
-        assert_close(actual, ref.to(device), tol, name)
+        assert_close(actual, ref.to(device), tolerance(name, dtype), name)
     # Independent oracle for the values: eigvalsh of the projected matrix.
     H = Q.double() @ MQ.double().transpose(-1, -2)
     oracle = torch.linalg.eigvalsh(0.5 * (H + H.transpose(-1, -2))).flip(-1)
-    assert_close(out[1].double(), oracle, 200 * TOL[dtype], "lam vs eigvalsh")
+    assert_close(out[1].double(), oracle, tolerance("lam", dtype), "lam vs eigvalsh")
 
 
 def check_alignment_loss(backend, device, shape, dtype, kind, weights):
@@ -142,9 +184,9 @@ def check_alignment_loss(backend, device, shape, dtype, kind, weights):
     exp_V, exp_S = torch.autograd.grad(expected, (V_ref, S_ref), grad.cpu().double(), allow_unused=True,
                                        materialize_grads=True)
     assert loss.shape == (shape[0],) and loss.dtype == dtype
-    assert_close(loss.double().cpu(), expected.detach(), 10 * TOL[dtype], "loss")
-    assert_close(grad_V.double().cpu(), exp_V, 20 * TOL[dtype], "grad_V")
-    assert_close(grad_S.double().cpu(), exp_S, 20 * TOL[dtype], "grad_S")
+    assert_close(loss.double().cpu(), expected.detach(), tolerance("loss", dtype), "loss")
+    assert_close(grad_V.double().cpu(), exp_V, tolerance("grad_V", dtype), "grad_V")
+    assert_close(grad_S.double().cpu(), exp_S, tolerance("grad_S", dtype), "grad_S")
 
 
 def rank_deficient_W(scale=1.0):
@@ -166,8 +208,8 @@ def check_rank_deficient(backend, device, dtype):
     W = rank_deficient_W().to(device, dtype).requires_grad_()
     with backend_context(backend):
         Q = ops.orthonormalize(W)
-    assert_orthonormal(Q.detach(), 50 * TOL[dtype])
-    assert_close(Q.detach(), reference.orthonormalize(W.detach().cpu()).to(device), 50 * TOL[dtype], "Q")
+    assert_orthonormal(Q.detach(), tolerance("orth", dtype))
+    assert_close(Q.detach(), reference.orthonormalize(W.detach().cpu()).to(device), tolerance("Q", dtype), "Q")
     # Replaced rows are exact coordinate axes (then orthonormalized): for W == 0 they are e0, e1, e2.
     assert torch.equal(Q[0].detach().cpu().double(), torch.eye(3, W.shape[-1], dtype=torch.float64))
     (grad_W,) = torch.autograd.grad(Q, W, torch.ones_like(Q))
@@ -189,8 +231,8 @@ def check_zero_inputs(backend, device, dtype):
     for t in (V, lam, res, Q_next):
         assert torch.isfinite(t).all()
     assert (lam == 0).all() and (res == 0).all()
-    assert_orthonormal(V, 20 * TOL[dtype])
-    assert_orthonormal(Q_next, 20 * TOL[dtype])
+    assert_orthonormal(V, tolerance("orth", dtype))
+    assert_orthonormal(Q_next, tolerance("orth", dtype))
 
 
 # Input scales the ops must be invariant to: float32 spans about 1e+-38, float64 about 1e+-308.
@@ -209,7 +251,6 @@ def check_orthonormalize_scale_invariant(backend, device, dtype):
     grad = torch.randn(W.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     W_ref = W.clone().requires_grad_()
     (expected_grad,) = torch.autograd.grad(reference.orthonormalize(W_ref), W_ref, grad)
-    scale = max(1.0, expected_grad.abs().max().item())
     deficient = rank_deficient_W()
     expected_deficient = reference.orthonormalize(deficient)
     for c in SCALES[dtype]:
@@ -218,9 +259,10 @@ def check_orthonormalize_scale_invariant(backend, device, dtype):
             Q = ops.orthonormalize(Wc)
             (grad_W,) = torch.autograd.grad(Q, Wc, grad.to(device, dtype))
             Q_deficient = ops.orthonormalize((c * deficient).to(device, dtype))
-        assert_close(Q.detach().double().cpu(), expected, 10 * TOL[dtype], f"Q at scale {c:g}")
-        assert_close(c * grad_W.double().cpu(), expected_grad, 50 * TOL[dtype] * scale, f"c * grad_W at scale {c:g}")
-        assert_close(Q_deficient.double().cpu(), expected_deficient, 50 * TOL[dtype], f"rank-deficient Q at scale {c:g}")
+        assert_close(Q.detach().double().cpu(), expected, tolerance("Q", dtype), f"Q at scale {c:g}")
+        assert_close(c * grad_W.double().cpu(), expected_grad, tolerance("grad_W", dtype), f"c * grad_W at scale {c:g}")
+        assert_close(Q_deficient.double().cpu(), expected_deficient, tolerance("Q", dtype),
+                     f"rank-deficient Q at scale {c:g}")
 
 
 def check_ritz_step_scale_invariant(backend, device, dtype):
@@ -235,10 +277,10 @@ def check_ritz_step_scale_invariant(backend, device, dtype):
         with backend_context(backend):
             V, lam, res, Q_next = ops.ritz_step(Q.to(device, dtype), (c * MQ).to(device, dtype),
                                                 V_prev.to(device, dtype))
-        assert_close(V.double().cpu(), V0, 50 * TOL[dtype], f"V at scale {c:g}")
-        assert_close(lam.double().cpu() / c, lam0, 200 * TOL[dtype], f"lam / c at scale {c:g}")
-        assert_close(res.double().cpu(), res0, 200 * TOL[dtype], f"res at scale {c:g}")
-        assert_close(Q_next.double().cpu(), Q0, 50 * TOL[dtype], f"Q_next at scale {c:g}")
+        assert_close(V.double().cpu(), V0, tolerance("V", dtype), f"V at scale {c:g}")
+        assert_close(lam.double().cpu() / c, lam0, tolerance("lam", dtype), f"lam / c at scale {c:g}")
+        assert_close(res.double().cpu(), res0, tolerance("res", dtype), f"res at scale {c:g}")
+        assert_close(Q_next.double().cpu(), Q0, tolerance("Q_next", dtype), f"Q_next at scale {c:g}")
 
 
 def check_orthonormalize_non_finite(backend, device, dtype):
@@ -259,9 +301,8 @@ def check_orthonormalize_non_finite(backend, device, dtype):
     clean = W[:1].to(device, dtype).requires_grad_()
     expected = reference.orthonormalize(clean)
     (expected_grad,) = torch.autograd.grad(expected, clean, torch.ones_like(expected))
-    assert_close(Q[:1].detach(), expected.detach(), 10 * TOL[dtype], "Q of the finite sample")
-    assert_close(grad_W[:1], expected_grad, 50 * TOL[dtype] * max(1.0, expected_grad.abs().max().item()),
-                 "grad_W of the finite sample")
+    assert_close(Q[:1].detach(), expected.detach(), tolerance("Q", dtype), "Q of the finite sample")
+    assert_close(grad_W[:1], expected_grad, tolerance("grad_W", dtype), "grad_W of the finite sample")
     assert (grad_W[1:] == 0).all(), "non-finite samples get a zero gradient"
 
 
@@ -285,10 +326,9 @@ def check_ritz_step_non_finite(backend, device, dtype, with_prev=False):
     with backend_context(backend):
         out = ops.ritz_step(cast(Q_bad), cast(MQ_bad), cast(V_prev))
     expected = reference.ritz_step(Q[:1], MQ[:1], None if V_prev is None else V_prev[:1])
-    tols = [50 * TOL[dtype], 200 * TOL[dtype], 200 * TOL[dtype], 50 * TOL[dtype]]
-    for name, actual, ref, tol in zip(("V", "lam", "res", "Q_next"), out, expected, tols):
+    for name, actual, ref in zip(("V", "lam", "res", "Q_next"), out, expected):
         assert torch.isnan(actual[1:]).all(), f"{name} of the non-finite samples must be NaN"
-        assert_close(actual[:1].double().cpu(), ref, tol, f"{name} of the finite sample")
+        assert_close(actual[:1].double().cpu(), ref, tolerance(name, dtype), f"{name} of the finite sample")
 
 
 def check_alignment_loss_rejects_bad_inputs(backend, device):
@@ -386,7 +426,7 @@ def test_orthonormalize_matches_qr(backend, device, dtype):
     q, r = torch.linalg.qr(W.double().transpose(-1, -2))
     signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
     expected = (q * signs[:, None, :]).transpose(-1, -2)
-    assert_close(Q.double(), expected, 10 * TOL[dtype], "Q vs qr")
+    assert_close(Q.double(), expected, tolerance("Q vs qr", dtype), "Q vs qr")
 
 
 @pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
@@ -419,7 +459,7 @@ def test_ritz_step_flat_spectrum(backend, device):
         V, lam, res, Q_next = ops.ritz_step(Q, MQ)
     torch.testing.assert_close(lam, torch.full_like(lam, 2.5), rtol=0, atol=1e-12)
     assert res.abs().max().item() <= 1e-12
-    assert_orthonormal(V, 1e-12)
+    assert_orthonormal(V, tolerance("orth", torch.float64))
     P = Q.transpose(-1, -2) @ Q  # projector on span(Q)
     torch.testing.assert_close(V @ P, V, rtol=0, atol=1e-12)
 
@@ -594,7 +634,7 @@ def test_backend_selection():
     if not ops._native.has_cuda_kernels():
         with ops.use_backend("cuda"), pytest.raises(RuntimeError, match="FORCE_CUDA=1"):
             ops.orthonormalize(W)
-    from spectral_ops.kernels import triton as triton_kernels
+    from spectral_ops.ops.backends import triton as triton_kernels
     if not triton_kernels.INTERPRET:
         with ops.use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1|pip install triton"):
             ops.orthonormalize(W)
@@ -641,7 +681,7 @@ def test_avx2_copy_is_a_different_build():
     with ops.use_backend("cpp", cpu_isa="avx2"):
         avx2 = ops.orthonormalize(W)
     assert not torch.equal(avx2, baseline)
-    torch.testing.assert_close(avx2, baseline, rtol=0, atol=TOL[torch.float32])
+    torch.testing.assert_close(avx2, baseline, rtol=0, atol=2.4e-7)  # measured 6.0e-8; 4x
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="needs a GPU")
