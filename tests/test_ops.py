@@ -627,9 +627,13 @@ def test_alignment_loss_forward_saves_what_the_backward_needs(kind):
 
 def test_backend_selection():
     assert "reference" in ops.available_backends()
-    with pytest.raises(ValueError, match="backend must be one of"):
+    # An unknown name: ValueError on entering the context, naming the name and the valid ones, and
+    # the previous choice kept.
+    with pytest.raises(ValueError, match=r"^backend must be one of \('auto', 'cpp', 'cuda', 'triton', "
+                                         r"'reference'\), got 'numba'$"):
         with ops.use_backend("numba"):
-            pass
+            pytest.fail("use_backend('numba') ran its block")
+    assert ops._active() == "auto"
     W = make_W(2, 3, 5, torch.float32, "cpu")
     if not ops._native.has_cuda_kernels():
         with ops.use_backend("cuda"), pytest.raises(RuntimeError, match="FORCE_CUDA=1"):
@@ -639,9 +643,20 @@ def test_backend_selection():
         with ops.use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1|pip install triton"):
             ops.orthonormalize(W)
     if HAS_CPP:
-        with ops.use_backend("cuda" if HAS_GPU else "cpp"):
-            pass
-        assert ops._resolve(torch.device("cpu"), 3) == "cpp"
+        # An explicit backend is the one that runs: the compiled kernel's result, bit for bit, which
+        # here differs from reference.py's in the last float32 bit.
+        with ops.use_backend("cpp"):
+            assert ops._active() == "cpp" and ops._resolve(torch.device("cpu"), 3) == "cpp"
+            Q = ops.orthonormalize(W)
+        assert torch.equal(Q, torch.ops.spectral_ops.orthonormalize(W))
+        assert not torch.equal(Q, reference.orthonormalize(W))
+        assert ops._active() == "auto"
+        assert ops._resolve(torch.device("cpu"), 3) == "cpp"  # auto: cpp for CPU tensors
+    if HAS_GPU and "cuda" in ops.available_backends("cuda"):
+        with ops.use_backend("cuda"):
+            assert ops._resolve(torch.device("cuda"), 3) == "cuda"
+            Q = ops.orthonormalize(W.cuda())
+        assert torch.equal(Q, torch.ops.spectral_ops.orthonormalize(W.cuda()))
     with ops.use_backend("reference"):
         assert ops._resolve(torch.device("cpu"), 3) == "reference"
         torch.testing.assert_close(ops.orthonormalize(W), reference.orthonormalize(W))
@@ -652,9 +667,9 @@ def test_backend_selection():
 def test_cpu_isa_selection():
     assert ops.cpu_isa() in ops.cpu_isas()
     assert "baseline" in ops.cpu_isas()
-    with pytest.raises(ValueError, match="cpu isa must be one of"):
+    with pytest.raises(ValueError, match=r"^cpu isa must be one of .*, got 'avx512'$"):
         with ops.use_cpu_isa("avx512"):
-            pass
+            pytest.fail("use_cpu_isa('avx512') ran its block")
     with pytest.raises(ValueError, match="cpu isa must be 'baseline' or 'avx2'"):
         ops._native._C.set_cpu_isa("sse9")
     before = ops.cpu_isa()
