@@ -2,7 +2,7 @@
 
 Run:  python bench/bench_convergence.py [CHECKPOINT ...]   (writes bench/results/convergence.md/json)
 
-For each generator (an untrained DCGAN-style G of spectral_ops.models, flat spectrum: the worst
+For each generator (an untrained DCGAN-style G of spectral_ops.lab.models, flat spectrum: the worst
 case; plus any training checkpoints given), it makes the calls a trainer makes: 48 batches of
 32 rows at a fixed G, SpectralRegularizer with its defaults (every=1 here so every call
 computes; batch_fraction 0.25: 8 rows a call), for iters = 1, 2, 3, 4 and with and without the
@@ -27,12 +27,12 @@ CALLS, KEEP, B = 48, 24, 32
 
 
 def generators(paths):
-    from spectral_ops.models import Generator
+    from spectral_ops.lab.models import Generator
 
     torch.manual_seed(0)
     yield "untrained DCGAN (latent 10, 32x32)", Generator(10, size=32).eval()
     for p in paths:
-        from spectral_ops.train import load_generator
+        from spectral_ops.lab.train import load_generator
 
         G, _ = load_generator(p)
         yield f"trained: {p}", G.eval()

@@ -2,7 +2,7 @@
 
 Run:  python bench/bench_gate.py            (writes bench/results/gate.md and gate.json)
 
-G(z) = f(Rz) (spectral_ops.known_answer): 4 factors with sensitivities 2, 1, 0.5, 0.25 in a
+G(z) = f(Rz) (spectral_ops.lab.known_answer): 4 factors with sensitivities 2, 1, 0.5, 0.25 in a
 latent of d = 8, R a learnable rotation started at random; Adam (lr 0.05, batch 16) on the
 regularizer alone, 3 rotations (seeds).  Alignment of factor f = max_j R_fj^2 (random: about
 0.5 at d = 8); a pair passes with alignment >= 0.95 on every judged factor (the top k) and a
@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from spectral_ops import SpectralRegularizer, spectral_penalty  # noqa: E402
-from spectral_ops.known_answer import RotatedRenderer, run_gate  # noqa: E402
-from spectral_ops.metrics import mig  # noqa: E402
+from spectral_ops.lab.known_answer import RotatedRenderer, run_gate  # noqa: E402
+from spectral_ops.lab.metrics import mig  # noqa: E402
 from spectral_ops.regularizer import GRADS, LOSSES  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")

@@ -3,7 +3,7 @@
 Run:  pytest bench/bench_regularizer.py -s    (BENCH_ROUNDS=n rounds, BENCH_THREADS=n torch threads; 3, 1)
 
 A generator step is: z -> G -> D -> non-saturating loss (+ the regularizer) -> backward -> Adam
-step, for the DCGAN-like generator of spectral_ops.models (latent 10, 32x32x1, B=32) and its
+step, for the DCGAN-like generator of spectral_ops.lab.models (latent 10, 32x32x1, B=32) and its
 discriminator.  Each round runs 8 consecutive steps, so lazy regularization (every=4) is timed
 with its skipped steps; the table shows the time per step divided by the plain step's.  Printed,
 and written to bench/results/regularizer.md.
@@ -17,7 +17,7 @@ import torch
 
 from ratios import RatioTable
 from spectral_ops.baselines import PathLengthRegularizer, hessian_penalty, orojar
-from spectral_ops.models import Discriminator, Generator
+from spectral_ops.lab.models import Discriminator, Generator
 from spectral_ops.regularizer import SpectralRegularizer
 
 TABLE = RatioTable("regularizer")

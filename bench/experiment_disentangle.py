@@ -33,13 +33,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spectral_ops.evaluate import evaluate_generator  # noqa: E402
-from spectral_ops.metrics import PredictorConfig, load_or_fit_predictor  # noqa: E402
-from spectral_ops.train import TrainConfig, train  # noqa: E402
+from spectral_ops.lab.evaluate import evaluate_generator  # noqa: E402
+from spectral_ops.lab.metrics import PredictorConfig, load_or_fit_predictor  # noqa: E402
+from spectral_ops.lab.train import TRAIN_REGULARIZER, TrainConfig, train  # noqa: E402
 
 VARIANTS = {
     "baseline": dict(reg="none"),
-    **{f"{loss}/{grad}": dict(reg="spectral", reg_loss=loss, reg_grad=grad)
+    **{f"{loss}/{grad}": dict(reg="spectral", reg_config=TRAIN_REGULARIZER.replace(loss=loss, grad=grad))
        for loss in ("l1", "assigned", "offdiag") for grad in ("fast", "implicit")},
     "hessian": dict(reg="hessian"),
     "orojar": dict(reg="orojar"),
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
               flush=True)
     records = [r for r in records if r["steps"] == args.steps and _weight_of(r) == weight.get(r["variant"])]
     # the pipeline's own ceiling and floor, per seed, through the same evaluation
-    from spectral_ops.evaluate import reference_rows
+    from spectral_ops.lab.evaluate import reference_rows
 
     latent = args.latent_dim or TrainConfig().latent_dim
     for seed in args.seeds:

@@ -22,7 +22,7 @@ resampled at --points points evenly spaced in output arc length.  L is the --len
 (default 0.25) quantile of the output lengths of all paths of all kinds within the budget (or,
 with --length-frac, that fraction of the median distance ||G(z) - G(z')|| between generated
 images), so all kinds change the image by the same amount.  Paths too short to reach L within the budget are excluded from
-the means and counted.  The factor predictor (spectral_ops.metrics, fitted on labelled sprites,
+the means and counted.  The factor predictor (spectral_ops.lab.metrics, fitted on labelled sprites,
 cached) reads the factors of every resampled image, and trajectory_purity gives, per path, the
 share of the total factor change taken by the most-changed factor (1 = one factor at a time).
 
@@ -43,17 +43,17 @@ import torch
 from tqdm.auto import tqdm
 
 from spectral_ops import trace_trajectory
-from spectral_ops.metrics import PredictorConfig, load_or_fit_predictor
-from spectral_ops.metrics.trajectory import factor_changes, output_arc_length, purity_from_changes, resample_by_output_length
-from spectral_ops.trace_cli import load_generator_from_spec
-from spectral_ops import viz
+from spectral_ops.lab.metrics import PredictorConfig, load_or_fit_predictor
+from spectral_ops.lab.metrics.trajectory import factor_changes, output_arc_length, purity_from_changes, resample_by_output_length
+from spectral_ops.lab.cli.trace import load_generator_from_spec
+from spectral_ops.lab import viz
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", nargs="+", help="one or more training checkpoints (GAN seeds)")
-    src.add_argument("--generator", help="module:attr (e.g. spectral_ops.models:Generator for an untrained control)")
+    src.add_argument("--generator", help="module:attr (e.g. spectral_ops.lab.models:Generator for an untrained control)")
     p.add_argument("--latent-dim", type=int, default=None)
     p.add_argument("--label", default=None, help="name of the generator in the report")
     p.add_argument("--n-starts", type=int, default=128)
@@ -160,7 +160,7 @@ def report_one(args, ckpt, out: Path, argv, label=None) -> int:
     torch.manual_seed(args.seed)
     dataset = "sprites"
     if ckpt:
-        from spectral_ops.train import load_generator
+        from spectral_ops.lab.train import load_generator
 
         G, config = load_generator(ckpt)
         dataset = config.dataset

@@ -45,8 +45,8 @@ class SharedPrimalOperator(JacobianOperator):
     training mode, which torch.func otherwise refuses) works and leaves G's buffers untouched.
     """
 
-    def __init__(self, G, z, k, create_graph=False):
-        super().__init__(G, z, k, "forward", create_graph)
+    def __init__(self, G, z, k):
+        super().__init__(G, z, k, "forward")
         self.z0 = z.detach()
         self.f = G
         if isinstance(G, torch.nn.Module):

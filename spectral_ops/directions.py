@@ -16,9 +16,10 @@ from typing import Callable
 import torch
 
 from . import ops
-from .generator import check_seed, flatten_latents, prepared
+from .generator import flatten_latents, prepared
 from .jacobian import JacobianOperator
-from .power import block_krylov, validate_iters_tol, validate_k
+from .power import block_krylov
+from .validation import check_callable, check_int, check_iters_tol, check_k, check_seed
 
 
 @dataclass
@@ -110,18 +111,14 @@ def global_directions(G: Callable, n_samples: int, k: int, *, latent_dim: int | 
     Returns:
         GlobalDirections (directions [k, d], values [k], explained [k], ...).
     """
-    if not callable(G):
-        raise TypeError(f"G must be callable, got {type(G).__name__}")
+    check_callable("G", G)
     check_seed(seed, allow_none=False)
     if (latent_dim is None) == (latents is None):
         raise ValueError("pass exactly one of latent_dim (to sample z ~ N(0, I)) and latents")
     for name, value in (("batch_size", batch_size),) + ((("n_samples", n_samples),) if latents is None else ()):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if trace_probes is not None and (isinstance(trace_probes, bool) or not isinstance(trace_probes, int)
-                                     or trace_probes < 1):
-        raise ValueError(f"trace_probes must be an int >= 1 or None, got {trace_probes!r}")
-    validate_iters_tol(iters, tol)
+        check_int(name, value, 1)
+    check_int("trace_probes", trace_probes, 1, allow_none=True)
+    check_iters_tol(iters, tol)
     if latents is None:
         shape = (latent_dim,) if isinstance(latent_dim, int) and not isinstance(latent_dim, bool) else latent_dim
         if not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 1 for s in shape):
@@ -132,7 +129,7 @@ def global_directions(G: Callable, n_samples: int, k: int, *, latent_dim: int | 
         raise ValueError(f"n_samples={n_samples} but latents has {latents.shape[0]} rows (pass n_samples=None)")
     flat, _ = flatten_latents(latents, "latents")
     d = flat.shape[1]
-    k = validate_k(k, d)
+    k = check_k(k, d)
     result = _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_probes, progress)
     if stability:
         gen = torch.Generator().manual_seed(seed + 1)

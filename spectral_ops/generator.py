@@ -65,11 +65,11 @@ def flatten_latents(z: object, name: str = "z") -> tuple[torch.Tensor, tuple[int
     return flat, latent_shape
 
 
-def check_seed(seed: object, allow_none: bool = True) -> None:
-    if seed is None and allow_none:
-        return
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int{' or None' if allow_none else ''}, got {type(seed).__name__}")
+def validate_latents(z: object, name: str = "z") -> torch.Tensor:
+    """Check z is a finite floating [B, d] tensor; raise naming the bad rows otherwise."""
+    if isinstance(z, torch.Tensor) and z.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [batch, latent_dim], got shape {tuple(z.shape)}")
+    return flatten_latents(z, name)[0]
 
 
 class FlatGenerator:
@@ -428,5 +428,5 @@ def prepared(G: Callable, z: torch.Tensor, *, jvp: str, batchnorm: str, name: st
 
 __all__ = ["prepared", "probe", "conditioned", "flatten_latents", "flat_generator", "FlatGenerator",
            "select_rows", "modules_of",
-           "generator_identity", "batch_policy", "preserved_buffers", "check_function_of_z", "check_seed",
+           "generator_identity", "batch_policy", "preserved_buffers", "check_function_of_z", "validate_latents",
            "check_dtype", "check_autograd_available", "name_rows"]

@@ -84,15 +84,16 @@ class JacobianOperator:
         z: [B, d] latent codes.
         k: vectors per sample (fold factor).
         mode: a JVP mode other than "auto" (see module docstring).
-        create_graph: keep products differentiable w.r.t. G's parameters.
+    Every product takes `create_graph`: True keeps it differentiable w.r.t. G's parameters
+    (the regularizer's last products), False (the default) builds no parameter graph.
     """
 
-    def __init__(self, G: Callable, z: torch.Tensor, k: int, mode: str, create_graph: bool = False):
+    def __init__(self, G: Callable, z: torch.Tensor, k: int, mode: str):
         if mode not in JVP_MODES[1:]:
             raise ValueError(f"jvp must be one of {JVP_MODES[1:]} here, got {mode!r}")
         self.G_rows, self.z = G, z.detach()  # one row per sample, for the shared-primal forward mode
         G = G.fold_rows(k) if hasattr(G, "fold_rows") else G  # per-row arguments follow the folded rows
-        self.G, self.mode, self.k, self.create_graph = G, mode, k, create_graph
+        self.G, self.mode, self.k = G, mode, k
         self.B, self.d = z.shape
         self._shared_primal, self._functional = mode == "forward", None
         self.z_rep = z.detach().repeat_interleave(k, dim=0).requires_grad_(True)
@@ -120,14 +121,14 @@ class JacobianOperator:
         return X.reshape(self.B, self.k, X.shape[-1])
 
     # ---- products -----------------------------------------------------------------------------
-    def jvp(self, V: torch.Tensor) -> torch.Tensor:
+    def jvp(self, V: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """J v for each of the k vectors: [B, k, d] -> [B, k, m]."""
         v = self._fold(V)
         if self.mode == "double_backward":
             if self._u is None:
                 self._u = torch.zeros_like(self.y, requires_grad=True)
                 (self._g,) = torch.autograd.grad(self.y, self.z_rep, self._u, create_graph=True)
-            (jv,) = torch.autograd.grad(self._g, self._u, v, retain_graph=True, create_graph=self.create_graph)
+            (jv,) = torch.autograd.grad(self._g, self._u, v, retain_graph=True, create_graph=create_graph)
         elif self.mode == "forward":
             if self._shared_primal:
                 shared = self._shared_primal_jvp(V.to(self.y.dtype))
@@ -137,7 +138,7 @@ class JacobianOperator:
                 _, jv = torch.func.jvp(functional_view(self.G), (self.z_rep.detach(),), (v,))
         else:
             eps = self._fd_step()
-            ctx = contextlib.nullcontext() if self.create_graph else torch.no_grad()
+            ctx = contextlib.nullcontext() if create_graph else torch.no_grad()
             with ctx:
                 z0 = self.z_rep.detach()
                 jv = (self.G(z0 + eps * v) - self.G(z0 - eps * v)) / (2 * eps)
@@ -159,15 +160,15 @@ class JacobianOperator:
             return None
         return jv.reshape(self.B, self.k, -1)
 
-    def vjp(self, U: torch.Tensor) -> torch.Tensor:
+    def vjp(self, U: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """J^T u: [B, k, m] -> [B, k, d], one backward pass through the kept forward graph."""
         u = U.reshape(self.y.shape).to(self.y.dtype)
-        (g,) = torch.autograd.grad(self.y, self.z_rep, u, retain_graph=True, create_graph=self.create_graph)
+        (g,) = torch.autograd.grad(self.y, self.z_rep, u, retain_graph=True, create_graph=create_graph)
         return self._unfold(g)
 
-    def matvec(self, V: torch.Tensor) -> torch.Tensor:
+    def matvec(self, V: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """M v = J^T (J v): [B, k, d] -> [B, k, d]."""
-        return self.vjp(self.jvp(V))
+        return self.vjp(self.jvp(V, create_graph), create_graph)
 
     def _fd_step(self) -> float:
         """Central-difference step: cube root of machine epsilon, scaled by the size of z."""

@@ -6,14 +6,14 @@ choosing between them by a cost model.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from . import ops
-from .generator import check_seed, flatten_latents, prepared, select_rows
+from .generator import flatten_latents, prepared, select_rows
+from .validation import check_callable, check_choice, check_init, check_int, check_iters_tol, check_k, check_seed
 from .jacobian import JVP_MODES, JacobianOperator, name_rows
 
 METHODS = ("auto", "power", "krylov", "dense")
@@ -55,54 +55,14 @@ class TopK:
     jvp: str
 
 
-def validate_latents(z: object, name: str = "z") -> torch.Tensor:
-    """Check z is a finite floating [B, d] tensor; raise naming the bad rows otherwise."""
-    if isinstance(z, torch.Tensor) and z.dim() != 2:
-        raise ValueError(f"{name} must be 2-D [batch, latent_dim], got shape {tuple(z.shape)}")
-    return flatten_latents(z, name)[0]
-
-
-def validate_k(k: object, d: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 1 <= k <= d:
-        raise ValueError(f"k must satisfy 1 <= k <= latent_dim={d}, got k={k}")
-    return k
-
-
-def validate_iters_tol(iters: object, tol: object) -> None:
-    """iters: an int >= 1; tol: a finite number >= 0."""
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"iters must be an int >= 1, got {iters!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-
-
 def _initial_basis(init, B: int, k: int, d: int, dtype, device, seed) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Orthonormal starting basis [B, k, d], and the previous V used for sign continuity."""
     if init is None:
         gen = torch.Generator(device="cpu").manual_seed(0 if seed is None else int(seed))
         W = torch.randn(B, k, d, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
         return ops.orthonormalize(W), None
-    init = validate_init(init, B, k, d).detach().to(device=device, dtype=dtype)
+    init = check_init(init, B, k, d).detach().to(device=device, dtype=dtype)
     return ops.orthonormalize(init), init
-
-
-def validate_init(init: object, B: int, k: int, d: int) -> torch.Tensor:
-    """Check a warm start ([k, d] or [B, k, d], finite) and broadcast it to [B, k, d]."""
-    if not isinstance(init, torch.Tensor):
-        raise TypeError(f"init must be a torch.Tensor or None, got {type(init).__name__}")
-    if init.shape == (k, d):
-        init = init.expand(B, k, d)
-    if init.shape != (B, k, d):
-        raise ValueError(f"init must have shape ({k}, {d}) or ({B}, {k}, {d}), got {tuple(init.shape)}")
-    if init.device.type == "meta":
-        raise ValueError("init is on the meta device: spectral_ops needs its values")
-    if not init.dtype.is_floating_point:
-        raise TypeError(f"init must be a floating-point tensor, got {init.dtype}")
-    if not torch.isfinite(init).all():
-        raise ValueError("init has non-finite values")
-    return init
 
 
 def estimated_cost(method: str, B: int, k: int, d: int, m: int, iters: int) -> float:
@@ -139,17 +99,14 @@ def jacobian_topk(G: Callable, z: torch.Tensor, k: int, *, iters: int = 20, tol:
         TopK with vectors [B, k, d] (flat: `vectors.reshape(B, k, *z.shape[1:])` for G's latent
         shape), values [B, k], residuals [B, k], converged [B, k].
     """
-    if not callable(G):
-        raise TypeError(f"G must be callable, got {type(G).__name__}")
+    check_callable("G", G)
     flat, _ = flatten_latents(z)
     B, d = flat.shape
-    k = validate_k(k, d)
-    validate_iters_tol(iters, tol)
+    k = check_k(k, d)
+    check_iters_tol(iters, tol)
     check_seed(seed)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if jvp not in JVP_MODES:
-        raise ValueError(f"jvp must be one of {JVP_MODES}, got {jvp!r}")
+    check_choice("method", method, METHODS)
+    check_choice("jvp", jvp, JVP_MODES)
     if init is not None:
         _initial_basis(init, B, k, d, flat.dtype, flat.device, seed)  # validate before any work
     with prepared(G, z, jvp=jvp, batchnorm=batchnorm) as (G, z, mode):
@@ -179,18 +136,59 @@ def scaled_product(op: JacobianOperator, JQ: torch.Tensor, cdtype,
     return MQ, c
 
 
+@dataclass
+class PowerResult:
+    """What `power_iteration` ends with.  V, Q_next: [B, k, d]; lam, res: [B, k]; c: [B].
+
+    lam are the Ritz values of M / c^2 (so the eigenvalues of M are lam * c^2); JQ [B, k, m] is
+    the last iteration's J Q, with a parameter graph when `graph_kept` (V lies in span Q, so
+    J V = (V Q^T) J Q costs no extra product)."""
+
+    V: torch.Tensor
+    lam: torch.Tensor
+    c: torch.Tensor
+    res: torch.Tensor
+    Q: torch.Tensor
+    Q_next: torch.Tensor
+    JQ: torch.Tensor
+    iterations: int
+    graph_kept: bool
+
+
+def power_iteration(op: JacobianOperator, Q: torch.Tensor, V_prev: torch.Tensor | None, iters: int, tol: float,
+                    cdtype, keep_last_graph: bool = False) -> PowerResult:
+    """Block power iteration with Rayleigh-Ritz (`ops.ritz_step`) on scaled products, stopping
+    once every residual is below tol.  Q: [B, k, d] orthonormal start; V_prev: signs to follow.
+    keep_last_graph: the last iteration's J Q keeps G's parameter graph (the regularizer's)."""
+    for it in range(1, iters + 1):
+        last = it == iters
+        JQ = op.jvp(Q, create_graph=keep_last_graph and last)
+        MQ, c = scaled_product(op, JQ, cdtype)
+        V, lam, res, Q_next = ops.ritz_step(Q, MQ, V_prev)
+        if last or bool((res < tol).all()):
+            break
+        Q = Q_next
+    return PowerResult(V=V, lam=lam, c=c, res=res, Q=Q, Q_next=Q_next, JQ=JQ, iterations=it,
+                       graph_kept=keep_last_graph and last)
+
+
+def zero_jacobian_axes(lam: torch.Tensor, *blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Where J(z_b) = 0 (lam[b, 0] <= 0) every vector is an eigenvector: return the blocks
+    [B, k, d] with those samples' rows replaced by the first k coordinate axes (deterministic)."""
+    zero = lam[:, 0] <= 0
+    if not bool(zero.any()):
+        return blocks
+    B, k, d = blocks[0].shape
+    axes = torch.eye(d, dtype=blocks[0].dtype, device=blocks[0].device)[:k].expand(B, k, d)
+    return tuple(torch.where(zero[:, None, None], axes, X) for X in blocks)
+
+
 def _power_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
     B, d = z.shape
     cdtype = ops.reference.compute_dtype(z.dtype)
     Q, V_prev = _initial_basis(init, B, k, d, cdtype, z.device, seed)
-    op = JacobianOperator(G, z, k, mode)
-    for it in range(1, iters + 1):
-        MQ, c = scaled_product(op, op.jvp(Q), cdtype)
-        V, lam, res, Q_next = ops.ritz_step(Q, MQ, V_prev)
-        if bool((res < tol).all()) or it == iters:
-            break
-        Q = Q_next
-    return _finish(V, lam, c, res, tol, it, "power", mode)
+    r = power_iteration(JacobianOperator(G, z, k, mode), Q, V_prev, iters, tol, cdtype)
+    return _finish(r.V, r.lam, r.c, r.res, tol, r.iterations, "power", mode)
 
 
 def _orthonormal_block(Q: torch.Tensor, K: torch.Tensor | None) -> torch.Tensor:
@@ -276,20 +274,14 @@ def _sym(A: torch.Tensor) -> torch.Tensor:
 def _finish(V, lam, c, res, tol, iterations, method, mode) -> TopK:
     """Singular values sqrt(lam) c from Ritz values of M / c^2; coordinate axes where J is zero."""
     values = lam.clamp_min(0).sqrt() * c[:, None]
-    zero = lam[:, 0] <= 0
-    if bool(zero.any()):
-        B, k, d = V.shape
-        axes = torch.eye(d, dtype=V.dtype, device=V.device)[:k].expand(B, k, d)
-        V = torch.where(zero[:, None, None], axes, V)
+    (V,) = zero_jacobian_axes(lam, V)
     return TopK(vectors=V, values=values, residuals=res, converged=res < tol,
                 iterations=iterations, method=method, jvp=mode)
 
 
 def _dense_chunk(B: int, d: int, m: int, itemsize: int, chunk_size: int | None) -> int:
     if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-        return min(chunk_size, d)
+        return min(check_int("chunk_size", chunk_size, 1), d)
     budget = 256 * 2 ** 20  # bytes of output tangents per chunk; activations scale alike
     return max(1, min(d, budget // max(1, B * m * itemsize)))
 

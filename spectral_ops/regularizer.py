@@ -61,65 +61,24 @@ and a warm-start basis; see its docstring for the measured overhead.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
-from torch import nn
 
 from . import ops
-from .generator import check_seed, flatten_latents, prepared, select_rows
-from .jacobian import JVP_MODES, JacobianOperator, name_rows
-from .ops.reference import compute_dtype
-from .power import validate_init, validate_k
+from .config import GRADS, RegularizerConfig
+from .generator import flatten_latents, prepared, select_rows
+from .jacobian import JacobianOperator, name_rows
+from .lazy import LazyPenalty
+from .ops.reference import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
+from .power import power_iteration, zero_jacobian_axes
+from .validation import check_callable, check_init, check_int
 
-__all__ = ["spectral_penalty", "SpectralRegularizer", "LOSSES", "GRADS", "WEIGHTS", "default_basis"]
+__all__ = ["spectral_penalty", "SpectralRegularizer", "RegularizerConfig", "LOSSES", "GRADS", "WEIGHTS",
+           "default_basis"]
 
-LOSSES = ("l1", "assigned", "offdiag")
-GRADS = ("fast", "implicit")
-REMOVED_GRADS = {"last_step": "grad='last_step' was removed: its gradient has the wrong sign inside the top-k "
-                              "block (see the regularizer docs); use grad='fast' (same cost) or 'implicit'"}
-WEIGHTS = ("uniform", "singular")
-
-
-# ---- argument checks ------------------------------------------------------------------------------
-def _choice(name: str, value: object, choices: tuple) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
-def _int_at_least(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _nonneg_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _check_G(G) -> None:
-    if not callable(G):
-        raise TypeError(f"G must be callable, got {type(G).__name__}")
-
-
-def _check_common(iters, loss, grad, jvp, weights, batchnorm, tol, cg_iters, cg_tol) -> None:
-    _int_at_least("iters", iters, 1)
-    _choice("loss", loss, LOSSES)
-    if isinstance(grad, str) and grad in REMOVED_GRADS:
-        raise ValueError(REMOVED_GRADS[grad])
-    _choice("grad", grad, GRADS)
-    _choice("jvp", jvp, JVP_MODES)
-    _choice("weights", weights, WEIGHTS)
-    _choice("batchnorm", batchnorm, ("error", "eval"))
-    _nonneg_float("tol", tol)
-    _int_at_least("cg_iters", cg_iters, 0)
-    _nonneg_float("cg_tol", cg_tol)
+LOSSES, WEIGHTS = LOSS_KINDS, WEIGHT_KINDS
+_CONFIG_FIELDS = frozenset(RegularizerConfig.__dataclass_fields__)
 
 
 def default_basis(k: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64,
@@ -143,37 +102,23 @@ def _safe_norm(X: torch.Tensor) -> torch.Tensor:
 
 
 def _power(op: JacobianOperator, Q0: torch.Tensor, V_prev, iters: int, tol: float, cdtype):
-    """Block power iteration with Rayleigh-Ritz on the kept forward graph, no parameter graph,
-    except that the last iteration's J Q keeps one, so the loss can reuse it for J V.
+    """The shared block power iteration (`power.power_iteration`), with the last iteration's
+    J Q keeping G's parameter graph so the loss can reuse it for J V.
 
-    Returns V, lam, res, Q_next and JV [B, k, m] (theta-differentiable J V, or None when the
-    iteration stopped early or hit a zero Jacobian: then the caller computes it).
+    Returns V, lam (eigenvalues of J^T J), res, Q_next and JV [B, k, m] (theta-differentiable
+    J V, or None when the iteration stopped early or hit a zero Jacobian: then the caller
+    computes it).
     """
-    Q, JV = Q0, None
-    for it in range(1, iters + 1):
-        last = it == iters
-        op.create_graph = last
-        JQ = op.jvp(Q)
-        op.create_graph = False
-        MQ = op.vjp(JQ.detach()).detach().to(cdtype)
-        name_rows(~torch.isfinite(MQ).flatten(1).all(1), "J(z)^T J(z) v is not finite (G's derivative is infinite or "
-                  "NaN, or G's scale overflows)")
-        V, lam, res, Q_next = ops.ritz_step(Q, MQ, V_prev)
-        if last:
-            # V lies in span(Q): V = U Q with U = V Q^T (k x k), so J V = U (J Q) -- no extra JVP.
-            U = (V.to(cdtype) @ Q.to(cdtype).transpose(-1, -2)).detach()
-            JV = (U.to(JQ.dtype) @ JQ)
-            break
-        if bool((res < tol).all()):
-            break
-        Q = Q_next
-    V, lam, res, Q_next = V.to(cdtype), lam.to(cdtype), res.to(cdtype), Q_next.to(cdtype)
-    zero = lam[:, 0] <= 0
-    if bool(zero.any()):  # J(z) == 0: deterministic coordinate axes, zero values
-        B, k, d = V.shape
-        axes = torch.eye(d, dtype=cdtype, device=V.device)[:k].expand(B, k, d)
-        V = torch.where(zero[:, None, None], axes, V)
-        Q_next = torch.where(zero[:, None, None], axes, Q_next)
+    r = power_iteration(op, Q0, V_prev, iters, tol, cdtype, keep_last_graph=True)
+    JV = None
+    if r.graph_kept:
+        # V lies in span(Q): V = U Q with U = V Q^T (k x k), so J V = U (J Q) -- no extra JVP.
+        U = (r.V.to(cdtype) @ r.Q.to(cdtype).transpose(-1, -2)).detach()
+        JV = U.to(r.JQ.dtype) @ r.JQ
+    V, res, Q_next = r.V.to(cdtype), r.res.to(cdtype), r.Q_next.to(cdtype)
+    lam = r.lam.to(cdtype) * (r.c.to(cdtype) ** 2)[:, None]
+    if bool((lam[:, 0] <= 0).any()):  # J(z) == 0: deterministic coordinate axes, zero values
+        V, Q_next = zero_jacobian_axes(lam, V, Q_next)
         JV = None
     return V, lam.clamp_min(0), res, Q_next, JV
 
@@ -219,7 +164,6 @@ def implicit_solve(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, g: 
     lam1 = lam[:, :1]
     a_top = in_block_solve(V, lam, g)
 
-    op.create_graph = False
     b = _project_out(g, V)
     x = torch.zeros_like(b)
     r = b.clone()
@@ -264,37 +208,36 @@ def _eigvec_gradient(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, l
     """The loss at V, with the eigenvector derivative (grad "fast" or "implicit") on its backward.
     JV: J V with a theta graph, if the power iteration already has it."""
     if JV is None:
-        op.create_graph = True
-        JV = op.jvp(V)                               # differentiable in theta
+        JV = op.jvp(V, create_graph=True)            # differentiable in theta
     S = _safe_norm(JV.to(cdtype))                    # Hellmann-Feynman path for the values
     V_leaf = V.detach().requires_grad_(True)
     value = ops.alignment_loss(V_leaf, loss_values(S, loss, weights), loss, weights).to(cdtype).mean()
     (g,) = torch.autograd.grad(value, V_leaf, retain_graph=True)
     g = g.detach().to(cdtype)
     A = first_order_solve(V, lam, g) if grad == "fast" else implicit_solve(op, V, lam, g, cg_iters, cg_tol)
-    op.create_graph = True
-    JA = op.jvp(A)
+    JA = op.jvp(A, create_graph=True)
     surrogate = (JA.to(cdtype) * JV.to(cdtype)).sum()
     return value + (surrogate - surrogate.detach())
 
 
-def _penalty(G, z, k, iters, loss, grad, jvp, init, weights, batchnorm, tol, cg_iters, cg_tol):
+def _penalty(G, z, config: RegularizerConfig, init):
     """z: [B, ...] (already validated).  Returns (penalty scalar, vectors [B, k, d] detached,
     values [B, k], residuals [B, k], next basis [B, k, d]: orthonormalize(M V), one power step
     beyond V, sign-aligned with V)."""
-    with prepared(G, z, jvp=jvp, batchnorm=batchnorm) as (G, z, mode):
+    c = config
+    with prepared(G, z, jvp=c.jvp, batchnorm=c.batchnorm) as (G, z, mode):
         B, d = z.shape
         cdtype = compute_dtype(z.dtype)
         if init is None:
-            Q0, V_prev = default_basis(k, d, dtype=cdtype, device=z.device).expand(B, k, d), None
+            Q0, V_prev = default_basis(c.k, d, dtype=cdtype, device=z.device).expand(B, c.k, d), None
         else:
             init = init.detach().to(device=z.device, dtype=cdtype)
             if init.dim() == 2:
-                init = init.expand(B, k, d)
+                init = init.expand(B, c.k, d)
             Q0, V_prev = ops.orthonormalize(init.contiguous()), init
-        op = JacobianOperator(G, z, k, mode)
-        V, lam, res, Q_next, JV = _power(op, Q0, V_prev, iters, tol, cdtype)
-        value = _eigvec_gradient(op, V, lam, loss, weights, grad, cg_iters, cg_tol, cdtype, JV)
+        op = JacobianOperator(G, z, c.k, mode)
+        V, lam, res, Q_next, JV = _power(op, Q0, V_prev, c.iters, c.tol, cdtype)
+        value = _eigvec_gradient(op, V, lam, c.loss, c.weights, c.grad, c.cg_iters, c.cg_tol, cdtype, JV)
     if not bool(torch.isfinite(value)):
         raise ValueError(f"the spectral penalty is not finite ({float(value)}): check G's outputs and scale")
     return value, V.detach(), lam.sqrt(), res, Q_next.detach()
@@ -327,22 +270,24 @@ def spectral_penalty(G: Callable, z: torch.Tensor, *, k: int = 4, iters: int = 2
     Returns:
         scalar tensor (float32, or float64 for float64 z), differentiable w.r.t. G's parameters.
     """
-    _check_G(G)
+    check_callable("G", G)
     B, d = flatten_latents(z)[0].shape
-    k = validate_k(k, d)
-    _check_common(iters, loss, grad, jvp, weights, batchnorm, tol, cg_iters, cg_tol)
+    config = RegularizerConfig(k=k, iters=iters, loss=loss, grad=grad, jvp=jvp, weights=weights,
+                               batchnorm=batchnorm, tol=tol, cg_iters=cg_iters, cg_tol=cg_tol).validate(d)
     if init is not None:
-        init = validate_init(init, B, k, d)
-    return _penalty(G, z, k, iters, loss, grad, jvp, init, weights, batchnorm, tol, cg_iters, cg_tol)[0]
+        init = check_init(init, B, k, d)
+    return _penalty(G, z, config, init)[0]
 
 
-class SpectralRegularizer(nn.Module):
+class SpectralRegularizer(LazyPenalty):
     """Stateful spectral regularizer with the cost controls of DESIGN.md 2.3.
 
     Drop-in: ``loss_G = loss_G + reg(G, z)`` before ``loss_G.backward()``.
 
     Args:
         latent_dim: d, the latent size of G.
+        config: a `RegularizerConfig` (default: its defaults); keyword options override its
+            fields (``SpectralRegularizer(d, k=6)``), and the settings read back as attributes.
         k, iters, loss, grad, jvp, weights, batchnorm, tol, cg_iters, cg_tol: as in
             `spectral_penalty`.
         every: compute the penalty on one call in `every` (the first call computes) and scale it
@@ -361,7 +306,7 @@ class SpectralRegularizer(nn.Module):
     state_dict), so a trainer can log convergence and the spectrum (sigma_{i+1}/sigma_i).
 
     Defaults (loss="offdiag" with spectrum-free rank weights, grad="fast", iters=2, every=8,
-    batch_fraction=0.25, warm start) pass the known-answer gate (spectral_ops.known_answer,
+    batch_fraction=0.25, warm start) pass the known-answer gate (spectral_ops.lab.known_answer,
     bench/bench_gate.py, tests/test_gate.py): on G(z) = f(Rz) from 3 random rotations, every
     factor's alignment reaches >= 0.95.  iters=1 does not: its vectors are the Ritz vectors of
     the warm-start basis itself, which lags the generator (min alignment 0.29-0.59 there).
@@ -375,32 +320,20 @@ class SpectralRegularizer(nn.Module):
     all-reduced so every process keeps the same one.
     """
 
-    def __init__(self, latent_dim: int, *, k: int = 4, iters: int = 2, loss: str = "offdiag",
-                 grad: str = "fast", every: int = 8, batch_fraction: float = 0.25,
-                 warm_start: bool = True, jvp: str = "auto", weights: str = "uniform",
-                 batchnorm: str = "error", momentum: float = 0.2, tol: float = 1e-4,
-                 cg_iters: int = 8, cg_tol: float = 1e-6, seed: int = 0):
-        super().__init__()
-        _int_at_least("latent_dim", latent_dim, 1)
-        check_seed(seed, allow_none=False)
-        validate_k(k, latent_dim)
-        _check_common(iters, loss, grad, jvp, weights, batchnorm, tol, cg_iters, cg_tol)
-        _int_at_least("every", every, 1)
-        if (isinstance(batch_fraction, bool) or not isinstance(batch_fraction, (int, float))
-                or not math.isfinite(batch_fraction) or not 0 < batch_fraction <= 1):
-            raise ValueError(f"batch_fraction must be a number in (0, 1], got {batch_fraction!r}")
-        if not isinstance(warm_start, bool):
-            raise TypeError(f"warm_start must be a bool, got {type(warm_start).__name__}")
-        if (isinstance(momentum, bool) or not isinstance(momentum, (int, float))
-                or not math.isfinite(momentum) or not 0 < momentum <= 1):
-            raise ValueError(f"momentum must be a number in (0, 1], got {momentum!r}")
-        self.latent_dim, self.k, self.iters, self.loss, self.grad = latent_dim, k, iters, loss, grad
-        self.every, self.batch_fraction, self.warm_start, self.jvp = every, float(batch_fraction), warm_start, jvp
-        self.weights, self.batchnorm, self.momentum, self.tol = weights, batchnorm, float(momentum), tol
-        self.cg_iters, self.cg_tol, self.seed = cg_iters, cg_tol, int(seed)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.register_buffer("basis", default_basis(k, latent_dim, seed=seed, dtype=torch.float32))
+    def __init__(self, latent_dim: int, config: RegularizerConfig | None = None, **options):
+        super().__init__(every=1)  # the real `every` comes from the validated config below
+        check_int("latent_dim", latent_dim, 1)
+        config = (RegularizerConfig() if config is None else config).replace(**options).validate(latent_dim)
+        self.latent_dim, self.config, self.every = latent_dim, config, config.every
+        self.register_buffer("basis", default_basis(config.k, latent_dim, seed=config.seed, dtype=torch.float32))
         self.last_latents = self.last_vectors = self.last_values = self.last_residuals = None
+
+    def __getattr__(self, name: str):
+        """The settings read as attributes (reg.k, reg.loss, ...), from `config`."""
+        config = self.__dict__.get("config")
+        if config is not None and name in _CONFIG_FIELDS:
+            return getattr(config, name)
+        return super().__getattr__(name)
 
     def extra_repr(self) -> str:
         return (f"latent_dim={self.latent_dim}, k={self.k}, iters={self.iters}, loss={self.loss!r}, "
@@ -414,39 +347,28 @@ class SpectralRegularizer(nn.Module):
         gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + step)
         return torch.randperm(B, generator=gen)[:n].sort().values.to(device)
 
-    @property
-    def will_compute(self) -> bool:
-        """Whether the next call computes the penalty (False: it returns a zero at no cost).
-        A trainer with a separate regularization phase can skip that phase when this is False."""
-        return int(self.step) % self.every == 0
-
-    def forward(self, G: Callable, z: torch.Tensor) -> torch.Tensor:
-        """Penalty for this step: scalar, scaled by `every`; on skipped calls a zero leaf that
-        backward() accepts (no graph, no cost).
-
-        z: [B, latent_dim] or [B, ...] with prod(z.shape[1:]) = latent_dim (e.g. [B, nz, 1, 1]).
-        A call that raises leaves the module's state (step, basis, last_*) unchanged.
-        """
-        _check_G(G)
+    def check_call(self, G: Callable, z: torch.Tensor) -> None:
+        check_callable("G", G)
         flat, _ = flatten_latents(z)
         if flat.shape[1] != self.latent_dim:
             raise ValueError(f"z must be [batch, latent_dim={self.latent_dim}] (or [batch, ...] with "
                              f"{self.latent_dim} values per row), got shape {tuple(z.shape)}")
-        step = int(self.step)
-        if step % self.every:
-            self.step += 1
-            return torch.zeros((), dtype=compute_dtype(z.dtype), device=z.device, requires_grad=True)
+
+    def penalty(self, G: Callable, z: torch.Tensor, step: int) -> torch.Tensor:
+        """The unscaled penalty on this step's rows (`forward` scales it by `every`).
+
+        z: [B, latent_dim] or [B, ...] with prod(z.shape[1:]) = latent_dim (e.g. [B, nz, 1, 1]).
+        A call that raises leaves the module's state (step, basis, last_*) unchanged.
+        """
         rows = self._rows(z.shape[0], step, z.device)
         zs = z if rows is None else z.index_select(0, rows)
         Gs = G if rows is None else select_rows(G, rows)
-        value, V, S, res, Q_next = _penalty(Gs, zs, self.k, self.iters, self.loss, self.grad, self.jvp, self.basis,
-                                            self.weights, self.batchnorm, self.tol, self.cg_iters, self.cg_tol)
+        value, V, S, res, Q_next = _penalty(Gs, zs, self.config, self.basis)
         name_rows(~torch.isfinite(Q_next).flatten(1).all(1), "the next warm-start basis is not finite")
-        self.step += 1
         self.last_latents, self.last_vectors, self.last_values, self.last_residuals = zs.detach(), V, S.detach(), res.detach()
         if self.warm_start and self.training:
             self._update_basis(Q_next)  # not V: V lies in span of the last start, one product behind
-        return value * self.every
+        return value
 
     @torch.no_grad()
     def _update_basis(self, V: torch.Tensor) -> None:

@@ -34,15 +34,15 @@ step (a retraction).  Without projection the trajectory moves freely in R^d.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from . import ops
-from .generator import check_autograd_available, check_seed, flat_generator, flatten_latents
-from .power import jacobian_topk, validate_iters_tol, validate_k
+from .generator import check_autograd_available, flat_generator, flatten_latents
+from .power import jacobian_topk
+from .validation import check_callable, check_choice, check_int, check_iters_tol, check_k, check_number, check_seed
 
 INTEGRATORS = ("euler", "heun", "rk4")
 PROJECTIONS = (None, "sphere")
@@ -90,14 +90,6 @@ class Trajectory:
     def tracked_values(self) -> torch.Tensor:
         """(T+1, B) the singular value of the tracked vector at each point."""
         return torch.gather(self.values, 2, self.tracked[..., None]).squeeze(2)
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 class _Field:
@@ -242,33 +234,26 @@ def trace_trajectory(G: Callable, z0: torch.Tensor, direction: int = 0, *, steps
         Trajectory with z (T+1, B, d), values (T+1, B, k), vectors (T+1, B, k, d),
         residuals (T+1, B, k), tracked (T+1, B).
     """
-    if not callable(G):
-        raise TypeError(f"G must be callable, got {type(G).__name__}")
+    check_callable("G", G)
     check_autograd_available()
     z0, latent_shape = flatten_latents(z0, "z0")
     G = flat_generator(G, latent_shape)
     check_seed(seed)
     B, d = z0.shape
-    if isinstance(direction, bool) or not isinstance(direction, int) or direction < 0:
-        raise ValueError(f"direction must be an int >= 0, got {direction!r}")
+    check_int("direction", direction, 0)
     if direction >= d:
         raise ValueError(f"direction must be < latent_dim={d}, got direction={direction}")
     if k is None:
         k = min(direction + 2, d)
-    k = validate_k(k, d)
+    k = check_k(k, d)
     if direction >= k:
         raise ValueError(f"direction must be < k={k}, got direction={direction}")
-    steps = _check_int("steps", steps, 1)
-    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) \
-            or not math.isfinite(step_size) or step_size <= 0:
-        raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}")
-    if method not in INTEGRATORS:
-        raise ValueError(f"method must be one of {INTEGRATORS}, got {method!r}")
-    if project not in PROJECTIONS:
-        raise ValueError(f"project must be one of {PROJECTIONS}, got {project!r}")
-    if topk_method not in TOPK_METHODS:
-        raise ValueError(f"topk_method must be one of {TOPK_METHODS}, got {topk_method!r}")
-    validate_iters_tol(iters, tol)
+    steps = check_int("steps", steps, 1)
+    check_number("step_size", step_size, 0, low_open=True)
+    check_choice("method", method, INTEGRATORS)
+    check_choice("project", project, PROJECTIONS)
+    check_choice("topk_method", topk_method, TOPK_METHODS)
+    check_iters_tol(iters, tol)
     radius = None
     z0 = z0.detach()
     if project == "sphere":

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from spectral_ops.cli import main
-from spectral_ops.train import TrainConfig, train
+from spectral_ops.lab.cli import main
+from spectral_ops.lab.train import TrainConfig, train
 
 TINY = dict(n_train=256, batch_size=16, width=8, latent_dim=6, log_every=2, ckpt_every=1000, r1_every=2)
 
@@ -67,7 +67,7 @@ def test_a_bad_checkpoint_for_trace_and_eval(tmp_path, capsys, checkpoint, comma
 
 def test_ctrl_c_in_any_command_is_exit_130(capsys, monkeypatch):
     """Before: a KeyboardInterrupt traceback."""
-    import spectral_ops.topk_cli as topk
+    import spectral_ops.lab.cli.topk as topk
 
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
@@ -82,7 +82,7 @@ def test_the_demo_trains_again_into_its_own_folders(tmp_path):
     a folder holding one is refused elsewhere)."""
     import dataclasses
 
-    from spectral_ops.demo import _train_all
+    from spectral_ops.lab.demo import _train_all
 
     base = TrainConfig(steps=2, **TINY)
     runs = {n: dataclasses.replace(base, out=str(tmp_path / n), seed=i) for i, n in enumerate(("baseline", "spectral"))}

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from spectral_ops.data import DATASETS, Dots, Spot, Sprites, make_dataset
+from spectral_ops.lab.data import DATASETS, Dots, Spot, Sprites, make_dataset
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -65,7 +65,7 @@ def test_4d_latents_and_bad_arguments():
 def test_float32_with_a_krylov_space_wider_than_the_latent(seed):
     """d=6, k=4 in float32 (the demo's shape): the block Krylov space (8 rows) exceeds the latent
     space.  Before: rows that were rounding noise got rescaled to 1e19 and eigh failed on inf."""
-    from spectral_ops.models import Generator
+    from spectral_ops.lab.models import Generator
 
     torch.manual_seed(seed)
     G = Generator(latent_dim=6, size=32, width=8).eval()

@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from spectral_ops.cli import main
+from spectral_ops.lab.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SPEC = ["--generator", "spectral_ops.models:Generator"]
+SPEC = ["--generator", "spectral_ops.lab.models:Generator"]
 
 
 def test_writes_the_traversals_and_the_figures(tmp_path, capsys):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from spectral_ops import SpectralRegularizer, spectral_penalty
-from spectral_ops.known_answer import RotatedRenderer, factor_alignment, run_gate
+from spectral_ops.lab.known_answer import RotatedRenderer, factor_alignment, run_gate
 from spectral_ops.regularizer import GRADS, LOSSES
 
 SEEDS = (0, 1, 2)

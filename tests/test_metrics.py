@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from spectral_ops.metrics import (PredictorConfig, activeness, activeness_summary, axis_alignment,
+from spectral_ops.lab.metrics import (PredictorConfig, activeness, activeness_summary, axis_alignment,
                                   chance_alignment, dci, discretize, frechet_distance, load_or_fit_predictor,
                                   mig, mig_sup, oracle_generator, varying_mask)
 
@@ -321,7 +321,7 @@ def test_axis_alignment_bad_input():
 # reference generators (ceiling and floor), evaluate_generator's new keys, format_table
 
 def test_oracle_generator_maps_z_i_to_factor_i():
-    from spectral_ops.data import Dots, Sprites
+    from spectral_ops.lab.data import Dots, Sprites
 
     G = oracle_generator("sprites", 7, 32)
     assert G.latent_dim == 7 and isinstance(G, torch.nn.Module) and G.piecewise_constant
@@ -359,7 +359,7 @@ def test_rotated_oracle_is_the_oracle_of_R_z():
 
 
 def test_entangling_rotation_spreads_every_factor_row():
-    from spectral_ops.metrics.reference_generators import entangling_rotation
+    from spectral_ops.lab.metrics.reference_generators import entangling_rotation
 
     Q = entangling_rotation(10, 4, seed=2)
     assert torch.allclose(Q.T @ Q, torch.eye(10, dtype=torch.float64), atol=1e-12)
@@ -394,7 +394,7 @@ def dots_predictor(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dots_reference(dots_predictor):
-    from spectral_ops.evaluate import reference_rows
+    from spectral_ops.lab.evaluate import reference_rows
 
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -404,7 +404,7 @@ def dots_reference(dots_predictor):
 
 
 def test_reference_rows_ceiling_far_above_floor(dots_reference):
-    from spectral_ops.evaluate import CEILING, FLOOR
+    from spectral_ops.lab.evaluate import CEILING, FLOOR
 
     assert list(dots_reference) == [CEILING, FLOOR] == ["ceiling (oracle)", "floor (rotated oracle)"]
     top, bottom = dots_reference[CEILING], dots_reference[FLOOR]
@@ -454,7 +454,7 @@ class _Linear(torch.nn.Module):
 
 
 def test_evaluate_generator_new_keys_on_smooth_and_blank_generators(dots_predictor):
-    from spectral_ops.evaluate import evaluate_generator
+    from spectral_ops.lab.evaluate import evaluate_generator
 
     blank = evaluate_generator(_Blank(), dataset="dots", size=32, predictor=dots_predictor, n=300, seed=0)
     assert blank["frechet_ratio"] > 20  # an image set the predictor has never seen
@@ -483,7 +483,7 @@ def test_evaluate_generator_new_keys_on_smooth_and_blank_generators(dots_predict
 
 
 def test_format_table_any_columns_and_na(dots_reference):
-    from spectral_ops.evaluate import format_table
+    from spectral_ops.lab.evaluate import format_table
 
     model = dict(dots_reference["ceiling (oracle)"])
     model["axis_alignment"] = {"per_index": [0.9, 0.5], "axis": [3, 1], "mean": 0.7, "distinct_axes": True,

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from spectral_ops import jacobian_topk
-from spectral_ops.models import Discriminator, Generator
+from spectral_ops.lab.models import Discriminator, Generator
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

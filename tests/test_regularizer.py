@@ -382,12 +382,12 @@ def test_warm_start_state_dict_round_trip_and_convergence():
     other.load_state_dict(reg.state_dict())
     assert torch.equal(other.basis, reg.basis) and int(other.step) == 10
     # the learned basis is a better starting point than the fixed random one
-    from spectral_ops.regularizer import _penalty
+    from spectral_ops.regularizer import RegularizerConfig, _penalty
     z = torch.randn(32, 5, generator=gen)
     res = {}
     for name, init in (("warm", reg.basis), ("cold", start)):
-        res[name] = float(_penalty(G, z, 2, 1, "l1", "fast", "auto", init, "uniform", "error",
-                                   0.0, 0, 0.0)[3].mean())
+        config = RegularizerConfig(k=2, iters=1, loss="l1", tol=0.0, cg_iters=0, cg_tol=0.0)
+        res[name] = float(_penalty(G, z, config, init)[3].mean())
     assert res["warm"] < 0.5 * res["cold"], res
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from spectral_ops.cli import main
+from spectral_ops.lab.cli import main
 
 
 def plain_function(z):
@@ -58,7 +58,7 @@ def test_trace_with_a_model_class(tmp_path):
     """A class given as --generator is built with no arguments; latent_dim comes from it."""
     torch.manual_seed(0)
     out = tmp_path / "trace"
-    rc = main(["trace", "--generator", "spectral_ops.models:Generator", "--out", str(out), "--directions", "1",
+    rc = main(["trace", "--generator", "spectral_ops.lab.models:Generator", "--out", str(out), "--directions", "1",
                "--steps", "1", "--step-size", "0.5", "--columns", "3", "--n", "1", "--scale", "1",
                "--method", "euler"])
     assert rc == 0

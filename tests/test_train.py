@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from spectral_ops.cli import main
-from spectral_ops.train import TrainConfig, build_models, load_checkpoint, load_generator, train
+from spectral_ops.lab.cli import main
+from spectral_ops.lab.train import TRAIN_REGULARIZER, TrainConfig, build_models, load_checkpoint, load_generator, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(n_train=256, batch_size=16, width=8, latent_dim=6, log_every=2, ckpt_every=1000, r1_every=2)
@@ -30,7 +30,7 @@ def _same(a: dict, b: dict) -> bool:
 
 @pytest.mark.parametrize("reg", ["none", "spectral"])
 def test_resume_is_bit_exact(tmp_path, reg):
-    extra = dict(reg=reg, reg_every=2, reg_k=2) if reg != "none" else {}
+    extra = dict(reg=reg, reg_config=TRAIN_REGULARIZER.replace(every=2, k=2)) if reg != "none" else {}
     straight = train(TrainConfig(steps=8, out=str(tmp_path / "a"), **TINY, **extra), progress=False)
     train(TrainConfig(steps=4, out=str(tmp_path / "b"), **TINY, **extra), progress=False)
     resumed = train(TrainConfig(steps=8, out=str(tmp_path / "b"), **TINY, **extra),
@@ -100,13 +100,14 @@ _DDP_SCRIPT = textwrap.dedent("""
     import os, sys, torch
     import torch.distributed as dist
     torch.set_num_threads(1)
-    from spectral_ops.train import TrainConfig, train
+    from spectral_ops.lab.train import TRAIN_REGULARIZER, TrainConfig, train
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     out = sys.argv[1]
     for reg in ("none", "spectral"):
         cfg = TrainConfig(steps=4, out=os.path.join(out, reg), n_train=256, batch_size=16, width=8,
-                          latent_dim=6, log_every=2, ckpt_every=1000, reg=reg, reg_every=2, reg_k=2)
+                          latent_dim=6, log_every=2, ckpt_every=1000, reg=reg,
+                          reg_config=TRAIN_REGULARIZER.replace(every=2, k=2))
         res = train(cfg, progress=False)
         torch.save({"G": res.G.state_dict(), "G_train": res.G_train.state_dict(), "D": res.D.state_dict(),
                     "world": dist.get_world_size()},
@@ -140,7 +141,7 @@ def test_cli_bad_arguments(tmp_path, capsys):
     assert main(["train", "--steps", "-1", "--out", str(tmp_path / "x")]) == 2
     assert "steps must be" in capsys.readouterr().err
     assert main(["train", "--reg-k", "20", "--latent-dim", "4", "--out", str(tmp_path / "x")]) == 2
-    assert "reg_k" in capsys.readouterr().err
+    assert "reg_config: k must satisfy 1 <= k <= latent_dim=4" in capsys.readouterr().err
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     assert main(["train", "--steps", "1", "--out", str(blocker / "sub")]) == 2
@@ -225,10 +226,10 @@ def test_resume_refuses_changed_settings_and_applies_the_resumable_ones(tmp_path
     G, cfg = load_generator(out / "checkpoint.pt")
     assert cfg.latent_dim == 6 and cfg.steps == 8 and _same(G.state_dict(), straight.G.state_dict())
     assert [r["step"] for r in _log(out)] == [2, 4, 8]
-    from spectral_ops.train import _resumed
+    from spectral_ops.lab.train import resumed_config
 
     saved = TrainConfig(**TINY)
-    assert _resumed(saved, dataclasses.replace(saved, device="cpu", ckpt_every=3), 0) == \
+    assert resumed_config(saved, dataclasses.replace(saved, device="cpu", ckpt_every=3), 0) == \
         dataclasses.replace(saved, device="cpu", ckpt_every=3)
     # a total below the checkpoint's step, or resuming into another run's folder, is refused
     assert main(["train", "--out", str(out), "--resume", "--steps", "6", "--no-progress"]) == 2
@@ -317,7 +318,7 @@ def test_sigint_saves_the_current_step_and_resumes_exactly(tmp_path):
     checkpoint (here: all of them, there was none)."""
     out = tmp_path / "run"
     cfg = {**TINY, "log_every": 1}
-    cmd = [sys.executable, "-m", "spectral_ops.cli", "train", "--out", str(out), "--steps", "100000", *_cli(cfg),
+    cmd = [sys.executable, "-m", "spectral_ops.lab.cli", "train", "--out", str(out), "--steps", "100000", *_cli(cfg),
            "--threads", "1", "--no-progress"]
     proc = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_log(proc, out / "log.jsonl", 3)
@@ -339,7 +340,7 @@ def test_sigint_saves_the_current_step_and_resumes_exactly(tmp_path):
 def test_an_interrupt_between_log_lines_resumes_the_log_exactly(tmp_path, monkeypatch):
     """An interrupt at step 5 with --log-every 2: the checkpoint keeps the half-filled log means,
     so the resumed log equals a straight run's. Before: there was no interrupt checkpoint."""
-    import spectral_ops.train as T
+    import spectral_ops.lab.train as T
 
     real, calls = T._ema_update, []
 
@@ -367,7 +368,7 @@ def test_an_interrupt_between_log_lines_resumes_the_log_exactly(tmp_path, monkey
 _HANG_AT_STEP_7 = textwrap.dedent("""
     import sys, time, torch
     torch.set_num_threads(1)
-    import spectral_ops.train as T
+    import spectral_ops.lab.train as T
 
     class Bar(T.tqdm):
         done = 0
@@ -410,7 +411,7 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
                                                                   poison_at, caught_at, what):
     """NaN weights after step 5 (caught by the losses of step 6) or after the last step (caught
     before the final save). Before: the run went on, saved NaN checkpoints and exited 0."""
-    import spectral_ops.train as T
+    import spectral_ops.lab.train as T
 
     real, calls = T._ema_update, []
 

@@ -266,7 +266,6 @@ def test_neural_generator_float32_shapes_and_finite():
     (dict(direction=4), "direction"),        # >= d
     (dict(direction=-1), "direction"),
     (dict(steps=0), "steps"),
-    (dict(steps=2.5), "steps"),
     (dict(step_size=0.0), "step_size"),
     (dict(step_size=-0.1), "step_size"),
     (dict(step_size=float("nan")), "step_size"),
@@ -279,6 +278,14 @@ def test_bad_arguments_name_the_argument(kwargs, word):
     base = dict(k=3) if kwargs.get("direction") == 3 else {}
     with pytest.raises(ValueError, match=word):
         trace_trajectory(G_polar, z0, **{**base, **kwargs})
+
+
+def test_wrong_types_raise_type_error():
+    """A value of the wrong type is a TypeError naming the argument (spectral_ops.validation)."""
+    with pytest.raises(TypeError, match="steps must be an int"):
+        trace_trajectory(G_polar, start_points([1.0]), steps=2.5)
+    with pytest.raises(TypeError, match="direction must be an int"):
+        trace_trajectory(G_polar, start_points([1.0]), direction=True)
 
 
 def test_bad_latents():
@@ -308,7 +315,7 @@ def test_match_picks_largest_abs_cos_and_its_sign():
 
 # ---------------------------------------------------------------- trajectory purity
 
-from spectral_ops.metrics.trajectory import (factor_changes, output_arc_length,  # noqa: E402
+from spectral_ops.lab.metrics.trajectory import (factor_changes, output_arc_length,  # noqa: E402
                                              resample_by_output_length, trajectory_purity)
 
 

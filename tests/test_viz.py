@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from spectral_ops import viz
+from spectral_ops.lab import viz
 
 
 def linear_G(d=5, m=16, seed=0):
@@ -148,7 +148,7 @@ def test_typical_latent_is_seeded_and_has_the_typical_norm():
 
 def test_traversal_grid_defaults_to_a_typical_latent():
     """The middle column of the default grid is G(z0) with ||z0|| = sqrt(d), not z = 0."""
-    from spectral_ops.evaluate import traversal_grid
+    from spectral_ops.lab.evaluate import traversal_grid
 
     seen = []
 

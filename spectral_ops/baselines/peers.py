@@ -7,11 +7,11 @@ import math
 from typing import Callable
 
 import torch
-from torch import nn
 
 from ..generator import batch_policy
 from ..jacobian import unwrap
-from ..power import validate_latents
+from ..lazy import LazyPenalty
+from ..generator import validate_latents
 
 _REDUCTIONS = ("max", "mean")
 
@@ -151,24 +151,17 @@ def path_length(G: Callable, z: torch.Tensor, *, mean: torch.Tensor | float | No
     return (lengths - target).pow(2).mean()
 
 
-class PathLengthRegularizer(nn.Module):
+class PathLengthRegularizer(LazyPenalty):
     """The StyleGAN2 path-length penalty with its running mean (buffer `mean`, in state_dict).
 
     ``loss_G = loss_G + pl(G, z)``; `every` as in StyleGAN2's lazy regularization (scaled by
-    `every`; a graph-free zero on skipped calls).
+    `every`; a graph-free zero on skipped calls; spectral_ops.lazy).
     """
 
     def __init__(self, *, decay: float = 0.01, every: int = 1):
-        super().__init__()
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an int >= 1, got {every!r}")
-        self.decay, self.every = decay, every
+        super().__init__(every)
+        self.decay = decay
         self.register_buffer("mean", torch.tensor(float("nan")))
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
-    def forward(self, G: Callable, z: torch.Tensor) -> torch.Tensor:
-        step = int(self.step)
-        self.step += 1
-        if step % self.every:
-            return torch.zeros((), device=z.device)
-        return self.every * path_length(G, z, mean=self.mean, decay=self.decay)
+    def penalty(self, G: Callable, z: torch.Tensor, step: int) -> torch.Tensor:
+        return path_length(G, z, mean=self.mean, decay=self.decay)

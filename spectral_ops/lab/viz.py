@@ -30,8 +30,10 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image, ImageDraw
 
-from .power import jacobian_topk, validate_latents
-from .trajectory import Trajectory, trace_trajectory
+from spectral_ops.generator import validate_latents
+from spectral_ops.lab.io import atomic_save_image, atomic_write_bytes
+from spectral_ops.power import jacobian_topk
+from spectral_ops.trajectory import Trajectory, trace_trajectory
 
 PLOT_TILE = (64, 40)  # width, height of a line-plot tile for vector outputs
 
@@ -245,12 +247,9 @@ def trajectory_traversal(G: Callable, z0: torch.Tensor, directions: Sequence[int
 
 
 def save_grid(rows: torch.Tensor, path, **kwargs) -> Image.Image:
-    """make_grid(rows, **kwargs) saved as a PNG at path (parent folders created)."""
-    from pathlib import Path
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """make_grid(rows, **kwargs) saved as a PNG at path (atomically; parent folders created)."""
     img = make_grid(rows, **kwargs)
-    img.save(path, format="PNG")
+    atomic_save_image(img, path)
     return img
 
 
@@ -279,8 +278,7 @@ def plot_singular_values(traj: Trajectory, path, *, sample: int = 0, title: str 
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
     return path
 

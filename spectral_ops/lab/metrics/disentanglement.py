@@ -36,7 +36,7 @@ def _sklearn():
     try:
         import sklearn  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("spectral_ops.metrics needs scikit-learn for MIG and DCI: "
+        raise ImportError("spectral_ops.lab.metrics needs scikit-learn for MIG and DCI: "
                           "pip install 'spectral_ops[eval]' (or pip install scikit-learn)") from exc
     return sklearn
 

@@ -24,16 +24,13 @@ Python use: `train(TrainConfig(...)) -> TrainResult` (the demo and the experimen
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import gc
 import json
 import os
 import random
-import shlex
 import signal
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,16 +42,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._io import atomic_save, atomic_write_text, writable_dir
-
-from .data import DATASETS, make_dataset
-from .models import Discriminator, Generator
+from spectral_ops.config import RegularizerConfig, flat_items
+from spectral_ops.lab.data import DATASETS, make_dataset
+from spectral_ops.lab.io import atomic_save, atomic_write_text
+from spectral_ops.lab.models import Discriminator, Generator
+from spectral_ops.validation import check_int, check_number
 
 __all__ = ["TrainConfig", "TrainResult", "train", "build_models", "build_regularizer", "load_checkpoint",
-           "load_generator", "add_arguments", "run", "REGULARIZERS", "RESUMABLE", "RUN_FILES",
+           "load_generator", "REGULARIZERS", "RESUMABLE", "RUN_FILES", "TRAIN_REGULARIZER",
            "TrainingInterrupted", "TrainingDiverged"]
 
 REGULARIZERS = ("none", "spectral", "hessian", "orojar", "path_length")
+NORMS = ("pixel", "layer", "none")
+DEVICES = ("auto", "cpu", "cuda")
 #: TrainConfig fields a resumed run may change: how far it goes, how often it logs and saves, where
 #: it writes and runs (on another device the run goes on, but not bit for bit)
 RESUMABLE = ("steps", "log_every", "ckpt_every", "out", "device")
@@ -64,84 +64,96 @@ _CKPT_FORMAT = 1
 _CKPT_KEYS = ("config", "step", "world", "elapsed", "G", "D", "opt_G", "opt_D", "rng")
 
 
+#: The trainer's spectral settings: the library's defaults, regularized every 4 steps (the
+#: library's default is 8; the demo and docs/experiment.md were measured with 4).
+TRAIN_REGULARIZER = RegularizerConfig(every=4)
+
+
+def _option(default, help: str, group: str, choices=None, **extra):
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices, **extra})
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (stored in checkpoints)."""
+    """Everything that defines a training run (stored in checkpoints).  Each field's metadata
+    gives its command-line help, group and choices (`spectral-ops train` is generated from it)."""
 
-    dataset: str = "sprites"
-    size: int = 32
-    n_train: int = 20000
-    data_seed: int = 0
-    latent_dim: int = 10
-    width: int = 32
-    d_width: int = 0
-    norm: str = "pixel"
-    steps: int = 2000
-    batch_size: int = 64
-    lr_g: float = 1e-3
-    lr_d: float = 1e-3
-    beta1: float = 0.0
-    beta2: float = 0.99
-    r1_gamma: float = 1.0
-    r1_every: int = 4
-    ema: float = 0.99
-    reg: str = "none"
-    reg_weight: float = 1.0
-    reg_k: int = 4
-    reg_iters: int = 2
-    reg_loss: str = "offdiag"
-    reg_grad: str = "fast"
-    reg_every: int = 4
-    reg_batch_fraction: float = 0.25
-    seed: int = 0
-    out: str = "runs/train"
-    ckpt_every: int = 500
-    log_every: int = 50
-    device: str = "auto"
+    dataset: str = _option("sprites", "procedural dataset", "data and model", tuple(sorted(DATASETS)))
+    size: int = _option(32, "image side in pixels", "data and model", (32, 64))
+    n_train: int = _option(20000, "training images rendered", "data and model")
+    data_seed: int = _option(0, "seed of the rendered training set", "data and model")
+    latent_dim: int = _option(10, "latent size d", "data and model")
+    width: int = _option(32, "channel width of G (and of D unless --d-width)", "data and model")
+    d_width: int = _option(0, "channel width of D, 0: the same as --width", "data and model")
+    norm: str = _option("pixel", "per-sample normalisation in G, never batch-coupled", "data and model", NORMS)
+    steps: int = _option(2000, "total training steps, one D and one G update each", "optimisation")
+    batch_size: int = _option(64, "global batch, split over processes", "optimisation")
+    lr_g: float = _option(1e-3, "Adam learning rate of G", "optimisation")
+    lr_d: float = _option(1e-3, "Adam learning rate of D", "optimisation")
+    beta1: float = _option(0.0, "Adam beta1, in [0, 1)", "optimisation")
+    beta2: float = _option(0.99, "Adam beta2, in [0, 1)", "optimisation")
+    r1_gamma: float = _option(1.0, "R1 penalty weight on real images, 0 disables", "optimisation")
+    r1_every: int = _option(4, "apply R1 every N steps, scaled by N", "optimisation")
+    ema: float = _option(0.99, "decay of an exponential moving average of G's weights, evaluated and "
+                               "checkpointed; 0 disables", "optimisation")
+    seed: int = _option(0, "seed of initialisation and sampling", "optimisation")
+    reg: str = _option("none", "generator regularizer", "regularizer", REGULARIZERS)
+    reg_weight: float = _option(1.0, "weight of the regularizer", "regularizer")
+    #: the spectral regularizer's settings; `every` (lazy regularization) applies to every --reg
+    reg_config: RegularizerConfig = _option(
+        TRAIN_REGULARIZER, "spectral regularizer settings", "regularizer", prefix="reg-",
+        only=("k", "iters", "loss", "grad", "every", "batch_fraction"))
+    out: str = _option("runs/train", "output folder: checkpoint.pt, log.jsonl, train.json", "output")
+    ckpt_every: int = _option(500, "checkpoint every N steps", "output")
+    log_every: int = _option(50, "log every N steps", "output")
+    device: str = _option("auto", "device", "output", DEVICES)
 
     def validate(self) -> "TrainConfig":
-        def pos_int(name, minimum=1):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
-
-        def nonneg(name):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
-        if self.size not in (32, 64):
-            raise ValueError(f"size must be 32 or 64, got {self.size!r}")
-        for name in ("n_train", "latent_dim", "width", "batch_size", "r1_every", "reg_k", "reg_iters",
-                     "reg_every", "ckpt_every", "log_every"):
-            pos_int(name)
-        pos_int("steps", 0)
-        pos_int("d_width", 0)
+        """Raise ValueError naming the first bad field; returns self."""
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices is not None and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}")
+        for name in ("n_train", "latent_dim", "width", "batch_size", "r1_every", "ckpt_every", "log_every"):
+            _as_value_error(check_int, name, getattr(self, name), 1)
+        for name in ("steps", "d_width"):
+            _as_value_error(check_int, name, getattr(self, name), 0)
         for name in ("lr_g", "lr_d", "r1_gamma", "reg_weight"):
-            nonneg(name)
+            check_number(name, getattr(self, name), 0)
         for name in ("beta1", "beta2", "ema"):
-            v = getattr(self, name)
-            if not 0 <= v < 1:
-                raise ValueError(f"{name} must lie in [0, 1), got {v!r}")
-        if self.norm not in ("pixel", "layer", "none"):
-            raise ValueError(f"norm must be 'pixel', 'layer' or 'none', got {self.norm!r}")
-        if self.reg not in REGULARIZERS:
-            raise ValueError(f"reg must be one of {REGULARIZERS}, got {self.reg!r}")
-        if self.reg_k > self.latent_dim:
-            raise ValueError(f"reg_k ({self.reg_k}) must be <= latent_dim ({self.latent_dim})")
-        if self.reg_loss not in ("l1", "assigned", "offdiag"):
-            raise ValueError(f"reg_loss must be 'l1', 'assigned' or 'offdiag', got {self.reg_loss!r}")
-        if self.reg_grad not in ("fast", "implicit"):
-            raise ValueError(f"reg_grad must be 'fast' or 'implicit', got {self.reg_grad!r}")
-        if not 0 < self.reg_batch_fraction <= 1:
-            raise ValueError(f"reg_batch_fraction must lie in (0, 1], got {self.reg_batch_fraction!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+            check_number(name, getattr(self, name), 0, 1, high_open=True)
+        if not isinstance(self.reg_config, RegularizerConfig):
+            raise ValueError(f"reg_config must be a RegularizerConfig, got {type(self.reg_config).__name__}")
+        try:
+            self.reg_config.validate(self.latent_dim)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"reg_config: {exc}") from None
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
         return self
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """A config from `asdict` output (a checkpoint's, train.json's).  Checkpoints written before
+        the regularizer settings were nested keep them flat as reg_k, reg_iters, ...: those map to
+        reg_config.k, ...  Unknown names raise TypeError."""
+        values = dict(values)
+        nested = dict(values.pop("reg_config", None) or {})
+        for name in ("k", "iters", "loss", "grad", "every", "batch_fraction"):
+            if f"reg_{name}" in values:
+                nested[name] = values.pop(f"reg_{name}")
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown TrainConfig field(s) {unknown}")
+        return cls(**values, reg_config=TRAIN_REGULARIZER.replace(**nested))
+
+
+def _as_value_error(check, *args):
+    """The trainer reports every bad setting as ValueError (the CLI's exit status 2)."""
+    try:
+        return check(*args)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 @dataclass
@@ -183,37 +195,20 @@ def build_models(config: TrainConfig) -> tuple[Generator, Discriminator]:
 
 
 def build_regularizer(config: TrainConfig) -> nn.Module | None:
-    """The regularizer module for config.reg (None for "none"); imported lazily."""
+    """The regularizer module for config.reg (None for "none"), every one on the lazy schedule
+    of config.reg_config.every (spectral_ops.lazy)."""
     if config.reg == "none":
         return None
+    from spectral_ops import baselines
+    from spectral_ops.lazy import LazyFunction
+    from spectral_ops.regularizer import SpectralRegularizer
+
+    every = config.reg_config.every
     if config.reg == "spectral":
-        from .regularizer import SpectralRegularizer
-
-        return SpectralRegularizer(config.latent_dim, k=config.reg_k, iters=config.reg_iters, loss=config.reg_loss,
-                                   grad=config.reg_grad, every=config.reg_every,
-                                   batch_fraction=config.reg_batch_fraction, seed=config.seed)
-    from . import baselines
-
+        return SpectralRegularizer(config.latent_dim, config.reg_config.replace(seed=config.seed))
     if config.reg == "path_length":
-        return baselines.PathLengthRegularizer(every=config.reg_every)
-    fn = {"hessian": baselines.hessian_penalty, "orojar": baselines.orojar}[config.reg]
-    return _LazyPeer(fn, config.reg_every)
-
-
-class _LazyPeer(nn.Module):
-    """Wrap a stateless peer penalty f(G, z) with lazy regularization (every N calls, scaled by N)."""
-
-    def __init__(self, fn, every: int):
-        super().__init__()
-        self.fn, self.every = fn, every
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-
-    def forward(self, G, z):
-        step = int(self.step)
-        self.step += 1
-        if step % self.every:
-            return torch.zeros((), device=z.device)
-        return self.every * self.fn(G, z)
+        return baselines.PathLengthRegularizer(every=every)
+    return LazyFunction({"hessian": baselines.hessian_penalty, "orojar": baselines.orojar}[config.reg], every)
 
 
 @torch.no_grad()
@@ -276,7 +271,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 def _checkpoint_config(blob: dict, path) -> TrainConfig:
     try:
-        return TrainConfig(**blob["config"])
+        return TrainConfig.from_dict(blob["config"])
     except TypeError as exc:
         raise ValueError(f"{str(path)!r} holds a config this version cannot read ({_first_line(exc)})") from None
 
@@ -299,7 +294,7 @@ def load_generator(path: str | os.PathLike) -> tuple[Generator, TrainConfig]:
     return G, config
 
 
-def _read_resume(path) -> tuple[dict, TrainConfig]:
+def read_resume(path) -> tuple[dict, TrainConfig]:
     try:
         blob = load_checkpoint(path)
         return blob, _checkpoint_config(blob, path)
@@ -307,7 +302,7 @@ def _read_resume(path) -> tuple[dict, TrainConfig]:
         raise ValueError(f"resume: {exc}") from None
 
 
-def _resumed(saved: TrainConfig, requested: TrainConfig, step: int) -> TrainConfig:
+def resumed_config(saved: TrainConfig, requested: TrainConfig, step: int) -> TrainConfig:
     """The config a resumed run continues with: `saved` with the RESUMABLE fields of `requested`;
     ValueError listing any other difference, or a total of steps below the checkpoint's."""
     refused = {k: v for k, v in config_changes(saved, requested).items() if k not in RESUMABLE}
@@ -322,8 +317,9 @@ def _resumed(saved: TrainConfig, requested: TrainConfig, step: int) -> TrainConf
 
 
 def config_changes(saved: TrainConfig, requested: TrainConfig) -> dict[str, tuple]:
-    """{field: (saved value, requested value)} for every field that differs."""
-    a, b = asdict(saved), asdict(requested)
+    """{field path: (saved value, requested value)} for every setting that differs (nested
+    settings by their dotted path, e.g. reg_config.k)."""
+    a, b = flat_items(saved), flat_items(requested)
     return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
 
@@ -340,7 +336,7 @@ def _own_folder(out: Path, resume) -> bool:
     return resume is not None and Path(resume).resolve().parent == out.resolve()
 
 
-def _folder_problem(out: Path, resume, overwrite: bool) -> str | None:
+def folder_problem(out: Path, resume, overwrite: bool) -> str | None:
     """Why a run may not write into `out` (it holds another run), or None."""
     found = [] if (overwrite or _own_folder(out, resume)) else _existing_run(out)
     if found:
@@ -474,8 +470,8 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, overw
 
     blob = None
     if resume is not None:
-        blob, saved = _read_resume(resume)
-        config = _resumed(saved, config, int(blob["step"]))
+        blob, saved = read_resume(resume)
+        config = resumed_config(saved, config, int(blob["step"]))
     config.validate()
     rank, world, device, we_init = _dist_setup(config.device)
     out = Path(config.out)
@@ -488,7 +484,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, overw
         if blob is not None and int(blob.get("world", 1)) != world:
             raise ValueError(f"resume: checkpoint was written with {blob.get('world')} processes, now {world}")
         B = config.batch_size // world
-        problem = _folder_problem(out, resume, overwrite) if (write and main) else None
+        problem = folder_problem(out, resume, overwrite) if (write and main) else None
         if world > 1:  # every rank stops, or none (rank 0 alone sees the folder)
             box = [problem]
             dist.broadcast_object_list(box, src=0)
@@ -704,149 +700,3 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, overw
     G_ema.eval()
     return TrainResult(G=G_ema, D=D, config=config, seconds=seconds, steps=final_step, history=history,
                        checkpoint=ckpt_path, G_train=G)
-
-
-# ---------------------------------------------------------------------------------------------
-class _StoreGiven(argparse.Action):
-    """argparse's "store" that also records the option in `namespace._given` (with --resume only
-    the options given on the command line are requested changes)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        setattr(namespace, "_given", getattr(namespace, "_given", frozenset()) | {self.dest})
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
-    for name in (None, "store"):  # the default action of every option below
-        parser.register("action", name, _StoreGiven)
-    parser.set_defaults(_given=frozenset())
-    g = parser.add_argument_group("data and model")
-    g.add_argument("--dataset", choices=sorted(DATASETS), default=d.dataset, help="procedural dataset (default: %(default)s)")
-    g.add_argument("--size", type=int, choices=(32, 64), default=d.size, help="image side in pixels (default: %(default)s)")
-    g.add_argument("--n-train", type=int, default=d.n_train, help="training images rendered (default: %(default)s)")
-    g.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of the rendered training set (default: %(default)s)")
-    g.add_argument("--latent-dim", type=int, default=d.latent_dim, help="latent size d (default: %(default)s)")
-    g.add_argument("--width", type=int, default=d.width, help="channel width of G (and of D unless --d-width) (default: %(default)s)")
-    g.add_argument("--d-width", type=int, default=d.d_width,
-                   help="channel width of D, 0: the same as --width (default: %(default)s)")
-    g.add_argument("--norm", choices=("pixel", "layer", "none"), default=d.norm,
-                   help="per-sample normalisation in G, never batch-coupled (default: %(default)s)")
-    g = parser.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=d.steps, help="total training steps, one D and one G update each (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch, split over processes (default: %(default)s)")
-    g.add_argument("--lr-g", type=float, default=d.lr_g, help="Adam learning rate of G (default: %(default)s)")
-    g.add_argument("--lr-d", type=float, default=d.lr_d, help="Adam learning rate of D (default: %(default)s)")
-    g.add_argument("--beta1", type=float, default=d.beta1, help="Adam beta1 (default: %(default)s)")
-    g.add_argument("--beta2", type=float, default=d.beta2, help="Adam beta2 (default: %(default)s)")
-    g.add_argument("--r1-gamma", type=float, default=d.r1_gamma, help="R1 penalty weight on real images, 0 disables (default: %(default)s)")
-    g.add_argument("--r1-every", type=int, default=d.r1_every, help="apply R1 every N steps, scaled by N (default: %(default)s)")
-    g.add_argument("--ema", type=float, default=d.ema,
-                   help="decay of an exponential moving average of G's weights, evaluated and checkpointed; "
-                        "0 disables (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation and sampling (default: %(default)s)")
-    g = parser.add_argument_group("regularizer")
-    g.add_argument("--reg", choices=REGULARIZERS, default=d.reg, help="generator regularizer (default: %(default)s)")
-    g.add_argument("--reg-weight", type=float, default=d.reg_weight, help="weight of the regularizer (default: %(default)s)")
-    g.add_argument("--reg-k", type=int, default=d.reg_k, help="spectral: singular vectors aligned (default: %(default)s)")
-    g.add_argument("--reg-iters", type=int, default=d.reg_iters, help="spectral: power iterations per step (default: %(default)s)")
-    g.add_argument("--reg-loss", choices=("l1", "assigned", "offdiag"), default=d.reg_loss, help="spectral: loss variant (default: %(default)s)")
-    g.add_argument("--reg-grad", choices=("fast", "implicit"), default=d.reg_grad, help="spectral: gradient mode (default: %(default)s)")
-    g.add_argument("--reg-every", type=int, default=d.reg_every, help="lazy regularization: every N G steps, scaled by N (default: %(default)s)")
-    g.add_argument("--reg-batch-fraction", type=float, default=d.reg_batch_fraction,
-                   help="spectral: fraction of the batch regularized (default: %(default)s)")
-    g = parser.add_argument_group("output")
-    g.add_argument("--out", default=d.out, help="output folder: checkpoint.pt, log.jsonl, train.json (default: %(default)s)")
-    g.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="checkpoint every N steps (default: %(default)s)")
-    g.add_argument("--log-every", type=int, default=d.log_every, help="log every N steps (default: %(default)s)")
-    g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                   help="continue the run in CKPT (without CKPT: OUT/checkpoint.pt; with it, OUT defaults to its "
-                        "folder) with its settings: only --steps (the total to reach), --log-every, --ckpt-every, "
-                        "--out and --device may change; any other option given that differs is refused")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace a run already in OUT (checkpoint, log, summary); without it a fresh run into a "
-                        "folder holding one is refused")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="device (default: %(default)s)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.epilog = ("Several processes: torchrun --nproc_per_node 2 -m spectral_ops.cli train ... "
-                     "(gloo on CPU, nccl on GPU). Exit status: 0 done, 2 bad arguments, checkpoint or output "
-                     "folder (also a full disk), 1 the run diverged (NaN / Inf), 130 (143) stopped by SIGINT "
-                     "(SIGTERM) after saving a checkpoint at the current step.")
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-
-
-def _resume_config(args: argparse.Namespace, resume: str) -> TrainConfig:
-    """The checkpoint's config with the options given on the command line applied (train()
-    refuses those that may not change) and OUT (given, or else the checkpoint's folder)."""
-    blob, saved = _read_resume(resume)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = {k: getattr(args, k) for k in getattr(args, "_given", ()) if k in fields}
-    given.setdefault("out", str(Path(resume).parent))
-    config = _resumed(saved, dataclasses.replace(saved, **given), int(blob["step"]))
-    changes = {k: v for k, v in config_changes(saved, config).items() if k != "out"}
-    problem = _folder_problem(Path(config.out), resume, args.overwrite)
-    if problem:
-        raise ValueError(problem)
-    if changes and int(os.environ.get("RANK", "0")) == 0:
-        print(f"resuming {resume} at step {int(blob['step'])}, with {format_changes(changes)}", file=sys.stderr)
-    return config
-
-
-def run(args: argparse.Namespace) -> int:
-    prog = "spectral-ops train"
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    config = None
-    try:
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
-        resume = None
-        if args.resume is not None:
-            resume = args.resume
-            if resume == "auto":
-                resume = str(Path(args.out) / "checkpoint.pt")
-            if not os.path.isfile(resume):
-                raise ValueError(f"resume: no checkpoint at {resume!r}")
-            config = _resume_config(args, resume)
-        else:
-            config = config_from_args(args).validate()
-        msg = writable_dir(config.out)
-        if msg:
-            raise ValueError(msg)
-        result = train(config, resume=resume, overwrite=args.overwrite, progress=not args.no_progress)
-    except ValueError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a full disk, a vanished folder, ...
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"{prog}: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as exc:
-        if rank0:
-            print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
-    except TrainingInterrupted as exc:
-        code = 128 + int(exc.signum)
-        if rank0:
-            name = signal.Signals(exc.signum).name
-            where = f"saved {exc.checkpoint}" if exc.checkpoint else "nothing saved (write=False)"
-            print(f"{prog}: {name} at step {exc.step}: {where}; continue with: spectral-ops train --out "
-                  f"{shlex.quote(config.out)} --resume", file=sys.stderr)
-        return code
-    except KeyboardInterrupt:  # before the first step, or a second signal
-        if rank0:
-            out = config.out if config is not None else args.out
-            print(f"{prog}: interrupted before it could save; the last checkpoint in {out}, if any, is intact",
-                  file=sys.stderr)
-        return 130
-    if rank0:
-        last = result.history[-1] if result.history else {}
-        print(f"trained {result.steps} steps in {result.seconds:.1f} s; checkpoint: {result.checkpoint}; "
-              f"last: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "step"))
-    return 0

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._io import atomic_save
-from ..data import DATASETS, make_dataset
+from spectral_ops.lab.io import atomic_save
+from spectral_ops.lab.data import DATASETS, make_dataset
 
 __all__ = ["FactorPredictor", "PredictorConfig", "fit_predictor", "load_or_fit_predictor", "default_cache_dir"]
 

@@ -18,15 +18,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from spectral_ops.validation import check_int
+
 __all__ = ["ProceduralDataset", "Sprites", "Dots", "Spot", "DATASETS", "make_dataset"]
 
 _SIZES = (32, 64)
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 class ProceduralDataset(Dataset):
@@ -54,8 +50,8 @@ class ProceduralDataset(Dataset):
     measured_factors: tuple[str, ...] | None = None
 
     def __init__(self, n: int = 10000, *, size: int = 32, seed: int = 0, chunk: int = 2048):
-        _check_int("n", n, 1)
-        _check_int("chunk", chunk, 1)
+        check_int("n", n, 1)
+        check_int("chunk", chunk, 1)
         if size not in _SIZES:
             raise ValueError(f"size must be one of {_SIZES}, got {size!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -79,7 +75,7 @@ class ProceduralDataset(Dataset):
 
     def sample_factors(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Uniformly random factor levels, (n, F) int64."""
-        _check_int("n", n, 0)
+        check_int("n", n, 0)
         cols = [torch.randint(0, s, (n,), generator=generator) for s in self.factor_sizes]
         return torch.stack(cols, dim=1) if cols else torch.zeros(n, 0, dtype=torch.long)
 

@@ -7,12 +7,12 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "demo": ("spectral_ops.demo", "train a small GAN with and without the regularizer and compare (no arguments needed)"),
-    "train": ("spectral_ops.train", "train a GAN on a procedural dataset, optionally regularized"),
-    "eval": ("spectral_ops.evaluate", "measure disentanglement of a trained checkpoint"),
-    "trace": ("spectral_ops.trace_cli", "trace curved singular-vector trajectories and draw them"),
-    "directions": ("spectral_ops.directions_cli", "global latent directions of a generator (top eigenvectors of E[J^T J]) and their traversals"),
-    "topk": ("spectral_ops.topk_cli", "top-k Jacobian singular values of a small generator, against full Jacobian + SVD"),
+    "demo": ("spectral_ops.lab.cli.demo", "train a small GAN with and without the regularizer and compare (no arguments needed)"),
+    "train": ("spectral_ops.lab.cli.train", "train a GAN on a procedural dataset, optionally regularized"),
+    "eval": ("spectral_ops.lab.cli.eval", "measure disentanglement of a trained checkpoint"),
+    "trace": ("spectral_ops.lab.cli.trace", "trace curved singular-vector trajectories and draw them"),
+    "directions": ("spectral_ops.lab.cli.directions", "global latent directions of a generator (top eigenvectors of E[J^T J]) and their traversals"),
+    "topk": ("spectral_ops.lab.cli.topk", "top-k Jacobian singular values of a small generator, against full Jacobian + SVD"),
 }
 
 

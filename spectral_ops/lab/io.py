@@ -1,4 +1,8 @@
-"""Small file-system helpers shared by the trainer, the metrics cache and the CLIs."""
+"""File-system helpers shared by the trainer, the metrics cache, the pictures and the CLIs.
+
+Every file the application writes goes through one of the atomic writers (a temporary file in
+the same folder, flushed, then renamed), so a crash or a full disk never leaves half a file.
+"""
 from __future__ import annotations
 
 import os
@@ -20,6 +24,19 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     """Write `text` to `path` the same way as `atomic_save`."""
     path = Path(path)
     _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_bytes(path: str | os.PathLike, write) -> None:
+    """Call write(binary file) on a temporary file, then rename it to `path` (as `atomic_save`)."""
+    _atomic_write(Path(path), write)
+
+
+def atomic_save_image(image, path: str | os.PathLike) -> None:
+    """Save a PIL image the same way as `atomic_save` (format from the file's suffix)."""
+    from PIL import Image
+
+    path = Path(path)
+    _atomic_write(path, lambda f: image.save(f, format=Image.registered_extensions()[path.suffix.lower()]))
 
 
 def _atomic_write(path: Path, write) -> None:

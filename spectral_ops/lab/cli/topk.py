@@ -10,7 +10,7 @@ import time
 import torch
 from torch import nn
 
-from .power import jacobian_topk
+from spectral_ops.power import jacobian_topk
 
 
 def small_generator(latent_dim: int, size: int = 32) -> nn.Module:

@@ -21,9 +21,9 @@ import sys
 
 import torch
 
-from ._io import atomic_save, atomic_write_text, require_modules
-from .directions import global_directions
-from .trace_cli import _check_output, _writable_dir, add_generator_arguments, generator_from_args
+from spectral_ops.lab.io import atomic_save, atomic_write_text, require_modules
+from spectral_ops.directions import global_directions
+from spectral_ops.lab.cli.trace import _check_output, _writable_dir, add_generator_arguments, generator_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,7 +63,7 @@ def _check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         require_modules("spectral-ops directions", {"PIL": "pillow"}, extra="eval")
-        from . import viz
+        from spectral_ops.lab import viz
         _check(args)
         G, d = generator_from_args(args)
         if args.k > d:

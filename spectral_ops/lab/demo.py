@@ -20,25 +20,23 @@ for quality, `--quick` is a seconds-long smoke run.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from ._io import EVAL_MODULES, require_modules
-from .data import DATASETS
-from .evaluate import (evaluate_generator, format_table, reference_rows, side_by_side, traversal_grid, writable_dir,
-                       _titled)
-from .metrics import PredictorConfig, load_or_fit_predictor
-from .train import RUN_FILES, TrainConfig, load_generator, train
-from .viz import typical_latent
+from spectral_ops.config import RegularizerConfig
+from spectral_ops.lab.evaluate import (evaluate_generator, format_table, reference_rows, side_by_side, traversal_grid,
+                                       _titled)
+from spectral_ops.lab.io import atomic_save_image, atomic_write_text
+from spectral_ops.lab.metrics import PredictorConfig, load_or_fit_predictor
+from spectral_ops.lab.train import RUN_FILES, TRAIN_REGULARIZER, TrainConfig, load_generator, train
+from spectral_ops.lab.viz import typical_latent
 
-__all__ = ["add_arguments", "run", "demo", "DEMO"]
+__all__ = ["demo", "DEMO"]
 
 #: The demo's setting. `spot` (one disc: x, y, radius, brightness, with distinct output
 #: sensitivities) is a dataset the baseline GAN learns in this budget (Frechet distance within
@@ -46,30 +44,9 @@ __all__ = ["add_arguments", "run", "demo", "DEMO"]
 DEMO = {"dataset": "spot", "latent_dim": 6, "steps": 1400, "batch_size": 64, "reg_weight": 0.3}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/demo",
-                        help="output folder; a rerun replaces the demo's previous output there (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=DEMO["steps"], help="GAN training steps per run (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=DEMO["batch_size"], help="GAN batch size (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed shared by both runs (default: %(default)s)")
-    parser.add_argument("--latent-dim", type=int, default=DEMO["latent_dim"], help="latent size (default: %(default)s)")
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default=DEMO["dataset"], help="procedural dataset (default: %(default)s)")
-    parser.add_argument("--reg-weight", type=float, default=DEMO["reg_weight"], help="spectral regularizer weight (default: %(default)s)")
-    parser.add_argument("--reg-loss", choices=("l1", "assigned", "offdiag"), default="offdiag", help="spectral loss variant (default: %(default)s)")
-    parser.add_argument("--reg-grad", choices=("fast", "implicit"), default="fast", help="spectral gradient mode (default: %(default)s)")
-    parser.add_argument("--n-eval", type=int, default=2000, help="latent samples for the metrics (default: %(default)s)")
-    parser.add_argument("--cache-dir", default=None, help="factor-predictor cache (default: $SPECTRAL_OPS_CACHE or ~/.cache/spectral_ops)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="train the two GANs in this many processes, one thread each (default: 2 when the "
-                             "machine has 2 or more cores, else 1)")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke-test configuration (seconds, meaningless numbers)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
 def demo(*, out: str | os.PathLike = "runs/demo", steps: int = DEMO["steps"], batch_size: int = DEMO["batch_size"],
          seed: int = 0, dataset: str = DEMO["dataset"], latent_dim: int = DEMO["latent_dim"],
-         reg_weight: float = DEMO["reg_weight"], reg_loss: str = "offdiag", reg_grad: str = "fast",
+         reg_weight: float = DEMO["reg_weight"], reg_config: RegularizerConfig = TRAIN_REGULARIZER,
          n_eval: int = 2000, cache_dir=None, quick: bool = False, progress: bool = True, jobs: int = 1,
          log=print) -> dict:
     """Run the comparison; returns the dict written to metrics.json."""
@@ -89,8 +66,8 @@ def demo(*, out: str | os.PathLike = "runs/demo", steps: int = DEMO["steps"], ba
         + ", ".join(f"{k} {'acc' if 'accuracy' in v else 'R2'} {next(iter(v.values())):.2f}"
                     for k, v in pinfo["validation"].items()))
     runs = {"baseline": dataclasses.replace(base, reg="none", out=str(out / "baseline")),
-            "spectral": dataclasses.replace(base, reg="spectral", reg_weight=reg_weight, reg_loss=reg_loss,
-                                            reg_grad=reg_grad, out=str(out / "spectral"))}
+            "spectral": dataclasses.replace(base, reg="spectral", reg_weight=reg_weight, reg_config=reg_config,
+                                            out=str(out / "spectral"))}
     results, models = {}, {}
     previous = [name for name, cfg in runs.items() if any((Path(cfg.out) / f).exists() for f in RUN_FILES)]
     if previous:
@@ -107,18 +84,18 @@ def demo(*, out: str | os.PathLike = "runs/demo", steps: int = DEMO["steps"], ba
     table = format_table({**results, **references})
     # pictures: coordinate traversals, and curved singular-vector trajectories
     z0 = typical_latent(base.latent_dim, seed=seed + 7)  # ||z0|| = sqrt(d), a typical latent
-    side_by_side([traversal_grid(models[n], z0=z0, title=f"{n}: rows = latent dims z0..z{base.latent_dim - 1}")
-                  for n in models]).save(out / "traversals.png")
+    atomic_save_image(side_by_side([traversal_grid(models[n], z0=z0, title=f"{n}: rows = latent dims z0..z{base.latent_dim - 1}")
+                  for n in models]), out / "traversals.png")
     pictures = ["traversals.png"]
     try:
-        from .viz import make_grid, trajectory_traversal
+        from spectral_ops.lab.viz import make_grid, trajectory_traversal
 
         tiles = []
         for name, G in models.items():
             rows, _, _ = trajectory_traversal(G, z0, [0, 1, 2], span=2.5, n=9, steps=8, iters=6)
             tiles.append(_titled(make_grid(rows.clamp(0, 1), row_labels=["v1", "v2", "v3"], value_range=(0.0, 1.0),
                                            scale=2), f"{name}: curved top-3 singular-vector trajectories"))
-        side_by_side(tiles).save(out / "trajectories.png")
+        atomic_save_image(side_by_side(tiles), out / "trajectories.png")
         pictures.append("trajectories.png")
     except Exception as exc:  # pictures are a bonus: report, do not lose the measurements
         log(f"(trajectory pictures skipped: {exc})")
@@ -126,9 +103,7 @@ def demo(*, out: str | os.PathLike = "runs/demo", steps: int = DEMO["steps"], ba
     blob = {"results": results, "reference": references, "table": table, "total_seconds": total, "pictures": pictures,
             "predictor": pinfo, "configs": {n: dataclasses.asdict(c) for n, c in runs.items()},
             "threads": torch.get_num_threads(), "quick": quick}
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(blob, indent=2, default=str))
-    os.replace(tmp, out / "metrics.json")
+    atomic_write_text(json.dumps(blob, indent=2, default=str), out / "metrics.json")
     return blob
 
 
@@ -159,40 +134,3 @@ def _train_all(runs: dict, *, jobs: int, progress: bool) -> dict:
         futures = [pool.submit(_train_one, name, cfg, progress and name == last, 1) for name, cfg in runs.items()]
         done = [f.result() for f in futures]
     return {name: (load_generator(ckpt)[0], seconds, steps) for name, ckpt, seconds, steps in done}
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        require_modules("spectral-ops demo", EVAL_MODULES)
-        if args.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {args.steps}")
-        if args.batch_size < 2:
-            raise ValueError(f"--batch-size must be >= 2, got {args.batch_size}")
-        if args.n_eval < 100:
-            raise ValueError(f"--n-eval must be >= 100, got {args.n_eval}")
-        if not args.reg_weight >= 0:
-            raise ValueError(f"--reg-weight must be >= 0, got {args.reg_weight}")
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
-        jobs = args.jobs if args.jobs is not None else (2 if (os.cpu_count() or 1) >= 2 else 1)
-        if jobs < 1:
-            raise ValueError(f"--jobs must be >= 1, got {jobs}")
-        msg = writable_dir(args.out)
-        if msg:
-            raise ValueError(msg)
-        if args.latent_dim < 4:
-            raise ValueError(f"--latent-dim must be >= 4 (k = 4 singular vectors), got {args.latent_dim}")
-        blob = demo(out=args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, dataset=args.dataset,
-                    latent_dim=args.latent_dim,
-                    reg_weight=args.reg_weight, reg_loss=args.reg_loss, reg_grad=args.reg_grad, n_eval=args.n_eval,
-                    cache_dir=args.cache_dir, quick=args.quick, progress=not args.no_progress, jobs=jobs)
-    except ValueError as exc:
-        print(f"spectral-ops demo: error: {exc}", file=sys.stderr)
-        return 2
-    print()
-    print(blob["table"])
-    print(f"\ntotal {blob['total_seconds']:.0f} s; wrote {Path(args.out) / 'metrics.json'} and "
-          + ", ".join(str(Path(args.out) / p) for p in blob["pictures"]))
-    return 0

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..data import DATASETS
+from spectral_ops.lab.data import DATASETS
 
 __all__ = ["OracleGenerator", "entangling_rotation", "oracle_generator"]
 

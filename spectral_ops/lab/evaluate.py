@@ -12,23 +12,18 @@ traversal grid: one row per latent dimension.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
-from ._io import EVAL_MODULES, require_modules, writable_dir
-from .data import DATASETS, make_dataset
-from .metrics import (PredictorConfig, activeness, activeness_summary, axis_alignment, dci, frechet_distance,
-                      load_or_fit_predictor, mig, oracle_generator, varying_mask)
+from spectral_ops.lab.data import DATASETS, make_dataset
+from spectral_ops.lab.metrics import (activeness, activeness_summary, axis_alignment, dci, frechet_distance, mig,
+                                      oracle_generator, varying_mask)
+from spectral_ops.validation import check_int
 
 __all__ = ["evaluate_generator", "reference_rows", "traversal_grid", "format_table", "side_by_side",
-           "add_arguments", "run", "CEILING", "FLOOR"]
+           "CEILING", "FLOOR"]
 
 #: column names of the reference rows
 CEILING = "ceiling (oracle)"
@@ -40,12 +35,6 @@ PIECEWISE_NA = "n/a: piecewise constant in z (zero Jacobian almost everywhere)"
 @torch.no_grad()
 def _generate(G, z: torch.Tensor, chunk: int = 500) -> torch.Tensor:
     return torch.cat([G(z[i:i + chunk]) for i in range(0, z.shape[0], chunk)])
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def evaluate_generator(G, *, dataset: str, size: int, predictor, n: int = 2000, seed: int = 0,
@@ -83,9 +72,9 @@ def evaluate_generator(G, *, dataset: str, size: int, predictor, n: int = 2000, 
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
-    _check_int("n", n, 10)
-    _check_int("n_active", n_active, 1)
-    _check_int("n_align", n_align, 0)
+    check_int("n", n, 10)
+    check_int("n_active", n_active, 1)
+    check_int("n_align", n_align, 0)
     if not hasattr(G, "latent_dim"):
         raise ValueError("G must have a latent_dim attribute (the size of its latent)")
     t0 = time.perf_counter()
@@ -152,7 +141,7 @@ def traversal_grid(G, *, z0: torch.Tensor | None = None, span: float = 2.5, n: i
     (default: `viz.typical_latent(d, seed=seed)`, a seeded N(0, I) draw rescaled to the typical
     norm sqrt(d); z = 0 is far from where a Gaussian latent's mass lies and often renders
     nothing). Returns an RGB image with row labels (and a title line if given)."""
-    from .viz import coordinate_traversal, make_grid, typical_latent
+    from spectral_ops.lab.viz import coordinate_traversal, make_grid, typical_latent
 
     d = G.latent_dim
     z0 = typical_latent(d, seed=seed) if z0 is None else z0.reshape(1, d)
@@ -261,51 +250,3 @@ def format_table(results: dict[str, dict]) -> str:
     for (label, _), row in zip(rows, cells):
         lines.append(label.ljust(w0) + "".join(v.rjust(c) for v, c in zip(row, cols)))
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, metavar="PATH", help="checkpoint written by `spectral-ops train` or `demo`")
-    parser.add_argument("--n-samples", type=int, default=2000, help="latent samples for MIG / DCI / Frechet distance (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the latent samples (default: %(default)s)")
-    parser.add_argument("--out", default=None, help="folder for eval.json and traversal.png (default: the checkpoint's folder)")
-    parser.add_argument("--cache-dir", default=None, help="factor-predictor cache (default: $SPECTRAL_OPS_CACHE or ~/.cache/spectral_ops)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .train import load_generator
-
-    try:
-        require_modules("spectral-ops eval", EVAL_MODULES, extra="eval")
-        if args.n_samples < 100:
-            raise ValueError(f"--n-samples must be >= 100, got {args.n_samples}")
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
-        if not os.path.isfile(args.ckpt):
-            raise ValueError(f"--ckpt: no such file {args.ckpt!r}")
-        try:
-            G, config = load_generator(args.ckpt)
-        except Exception as exc:
-            raise ValueError(f"--ckpt: cannot read a training checkpoint from {args.ckpt!r}: {exc}") from None
-        out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent
-        msg = writable_dir(out)
-        if msg:
-            raise ValueError(msg)
-        predictor, pinfo = load_or_fit_predictor(PredictorConfig(dataset=config.dataset, size=config.size),
-                                                 cache_dir=args.cache_dir, progress=not args.no_progress)
-        res = evaluate_generator(G, dataset=config.dataset, size=config.size, predictor=predictor,
-                                 n=args.n_samples, seed=args.seed)
-    except ValueError as exc:
-        print(f"spectral-ops eval: error: {exc}", file=sys.stderr)
-        return 2
-    res["checkpoint"] = str(args.ckpt)
-    res["predictor_validation"] = pinfo["validation"]
-    print(format_table({Path(args.ckpt).parent.name or "model": res}))
-    (out / "eval.json").write_text(json.dumps(res, indent=2))
-    traversal_grid(G, title=f"{args.ckpt}: rows = latent dims").save(out / "traversal.png")
-    print(f"wrote {out / 'eval.json'} and {out / 'traversal.png'}")
-    return 0

@@ -12,8 +12,9 @@ import torch
 import triton
 from torch.library import triton_op, wrap_triton
 
-from ...ops.reference import compute_dtype, rank_tolerance, ritz_inputs, ritz_outputs
-from . import kernels
+from spectral_ops.ops import _native
+from spectral_ops.ops.reference import compute_dtype, rank_tolerance, ritz_inputs, ritz_outputs
+from spectral_ops.ops.backends.triton import kernels
 
 _NAMESPACE = "spectral_ops_triton"
 
@@ -124,33 +125,13 @@ def _alignment_grad(ctx, grad):
     return grad_V, grad_S, None, None
 
 
-# Explicit fake kernels: shapes only, so tracing never launches a kernel (the interpreter could not
-# run one on fake tensors).
-@_orthonormalize.register_fake
-def _(W):
-    return torch.empty_like(W)
-
-
-@_orthonormalize_backward.register_fake
-def _(grad_Q, Q, W):
-    return torch.empty_like(grad_Q)
-
-
-@_ritz_step.register_fake
-def _(Q, MQ, V_prev):
-    B, k, _ = Q.shape
-    return torch.empty_like(Q), Q.new_empty(B, k), Q.new_empty(B, k), torch.empty_like(Q)
-
-
-@_alignment_loss.register_fake
-def _(V, S, kind, weights):
-    return V.new_empty(V.shape[0])
-
-
-@_alignment_loss_backward.register_fake
-def _(grad, V, S, kind, weights):
-    return torch.empty_like(V), torch.empty_like(S)
-
+# Explicit fake kernels, the compiled ops' own (_native.FAKE_KERNELS): shapes only, so tracing
+# never launches a kernel (the interpreter could not run one on fake tensors).
+for _op, _name in ((_orthonormalize, "orthonormalize"), (_orthonormalize_backward, "orthonormalize_backward"),
+                   (_ritz_step, "ritz_step"), (_alignment_loss, "alignment_loss"),
+                   (_alignment_loss_backward, "alignment_loss_backward")):
+    _op.register_fake(_native.FAKE_KERNELS[_name])
+del _op, _name
 
 _orthonormalize.register_autograd(_orthonormalize_grad, setup_context=_orthonormalize_setup)
 _alignment_loss.register_autograd(_alignment_grad, setup_context=_alignment_setup)

@@ -21,6 +21,6 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 if AVAILABLE:
     try:
-        from .ops import alignment_loss, orthonormalize, ritz_step  # noqa: F401
+        from spectral_ops.ops.backends.triton.ops import alignment_loss, orthonormalize, ritz_step  # noqa: F401
     except ImportError as error:
         AVAILABLE, UNAVAILABLE_REASON = False, str(error)

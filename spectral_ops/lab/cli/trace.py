@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-from ._io import atomic_save, atomic_write_text, require_modules, writable_dir
-from .trajectory import INTEGRATORS
+from spectral_ops.lab.io import atomic_save, atomic_write_text, require_modules, writable_dir
+from spectral_ops.trajectory import INTEGRATORS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -160,9 +160,9 @@ def load_generator_from_checkpoint(path: str):
     if not os.path.isfile(path):
         raise ValueError(f"--ckpt: no such file {path!r}")
     try:
-        from . import train
+        from spectral_ops.lab import train
     except ImportError as exc:
-        raise ValueError(f"--ckpt needs spectral_ops.train, which failed to import: {exc}") from None
+        raise ValueError(f"--ckpt needs spectral_ops.lab.train, which failed to import: {exc}") from None
     loader = getattr(train, "load_generator", None)
     if loader is None:
         raise ValueError("--ckpt: this build's trainer has no load_generator(path)")
@@ -183,7 +183,7 @@ def _writable_dir(path: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     try:
         require_modules("spectral-ops trace", {"matplotlib": "matplotlib"}, extra="eval")
-        from . import viz
+        from spectral_ops.lab import viz
         directions = parse_directions(args.directions)
         for name in ("steps", "n", "columns", "scale"):
             if getattr(args, name) < 1:

@@ -6,8 +6,15 @@ k and d rounded up to powers of two; padded rows and columns are masked to zero.
 import triton
 import triton.language as tl
 
-LOSS_CODES = {"l1": 0, "assigned": 1, "offdiag": 2}
-WEIGHT_CODES = {"uniform": 0, "singular": 1}
+from spectral_ops.ops.reference import LOSS_KINDS, WEIGHT_KINDS
+
+# A kind's code is its position in reference.LOSS_KINDS / WEIGHT_KINDS, as in the C++ kernels.
+LOSS_CODES = {kind: code for code, kind in enumerate(LOSS_KINDS)}
+WEIGHT_CODES = {kind: code for code, kind in enumerate(WEIGHT_KINDS)}
+# The codes the kernels branch on (the KIND and WEIGHTS constexpr arguments).
+_L1 = tl.constexpr(LOSS_CODES["l1"])
+_OFFDIAG = tl.constexpr(LOSS_CODES["offdiag"])
+_SINGULAR = tl.constexpr(WEIGHT_CODES["singular"])
 
 
 @triton.jit
@@ -148,7 +155,7 @@ def ritz_rotate_kernel(Q, MQ, U, evals, V_prev, V, res, Q_next, k, d, tol,
 def _vector_weights(S, k, WEIGHTS: tl.constexpr):
     total = tl.sum(S, axis=0)
     uniform = 1.0 / (tl.zeros_like(S) + k)  # in S's dtype (a scalar 1.0 / k would be float32)
-    if WEIGHTS == 1:
+    if WEIGHTS == _SINGULAR:
         return tl.where(total > 0.0, S / tl.where(total > 0.0, total, 1.0), uniform), total
     return uniform, total
 
@@ -179,14 +186,14 @@ def alignment_loss_kernel(V, S, loss, k, d, KIND: tl.constexpr, WEIGHTS: tl.cons
     mask = (rows[:, None] < k) & (cols[None, :] < d)
     Vt = tl.load(V + sample * k * d + rows[:, None] * d + cols[None, :], mask=mask, other=0.0)
     St = tl.load(S + sample * k + rows, mask=rows < k, other=0.0)
-    if KIND == 2:
+    if KIND == _OFFDIAG:
         s2 = St * St
         fro2 = _offdiag_fro2(Vt, s2, rows, k)
         D = tl.sum(s2[:, None] * Vt * Vt, axis=0)
         diag2 = tl.sum(D * D, axis=0)
         value = tl.where(fro2 > 0.0, (fro2 - diag2) / tl.where(fro2 > 0.0, fro2, 1.0), 0.0)
     else:
-        if KIND == 0:
+        if KIND == _L1:
             per_vector = (tl.sum(tl.abs(Vt), axis=1) - 1.0) * _l1_scale(St, d)
         else:
             diag = tl.sum(tl.where(rows[:, None] == cols[None, :], Vt, 0.0), axis=1)
@@ -207,7 +214,7 @@ def alignment_loss_backward_kernel(grad, V, S, grad_V, grad_S, k, d, KIND: tl.co
     Vt = tl.load(V + offsets, mask=mask, other=0.0)
     St = tl.load(S + sample * k + rows, mask=rows < k, other=0.0)
     g = tl.load(grad + sample)
-    if KIND == 2:
+    if KIND == _OFFDIAG:
         s2 = St * St
         fro2 = _offdiag_fro2(Vt, s2, rows, k)
         D = tl.sum(s2[:, None] * Vt * Vt, axis=0)
@@ -229,7 +236,7 @@ def alignment_loss_backward_kernel(grad, V, S, grad_V, grad_S, k, d, KIND: tl.co
             GS = tl.where(rows == i, g * 2.0 * s_i * (-2.0 * dv * inv_fro2 + 2.0 * ratio * gg), GS)
     else:
         weight, total = _vector_weights(St, k, WEIGHTS)
-        if KIND == 0:
+        if KIND == _L1:
             sign = tl.where(Vt > 0.0, 1.0, tl.where(Vt < 0.0, -1.0, 0.0))
             GV = (g * weight * _l1_scale(St, d))[:, None] * sign
             per_vector = (tl.sum(tl.abs(Vt), axis=1) - 1.0) * _l1_scale(St, d)
@@ -239,7 +246,7 @@ def alignment_loss_backward_kernel(grad, V, S, grad_V, grad_S, k, d, KIND: tl.co
             diag = tl.sum(tl.where(on_diag, Vt, 0.0), axis=1)
             per_vector = 1.0 - diag * diag
         per_vector = tl.where(rows < k, per_vector, 0.0)
-        if WEIGHTS == 1:
+        if WEIGHTS == _SINGULAR:
             safe = tl.where(total > 0.0, total, 1.0)
             weighted = tl.sum(St * per_vector, axis=0)
             GS = tl.where(total > 0.0, g * (per_vector / safe - weighted / (safe * safe)), 0.0)

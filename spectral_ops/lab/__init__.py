@@ -1,0 +1,19 @@
+"""spectral_ops.lab: the application wing, built on the library and never imported by it.
+
+- `cli/`: the `spectral-ops` command, one module per subcommand (`add_arguments(parser)` and
+  `run(args) -> int`; options generated from config dataclasses by `cli/options.py`);
+- `train.py`: the GAN training loop (`TrainConfig`, which nests the library's
+  `RegularizerConfig`; checkpoints; DDP); `demo.py`: the main job; `evaluate.py`: metrics of a
+  trained generator and the results table;
+- `data/`: procedural datasets; `models/`: the DCGAN generator and discriminator;
+  `metrics/`: disentanglement metrics, factor predictor, reference generators;
+- `viz.py`: traversal pictures; `io.py`: atomic writers; `known_answer.py`: the rotated-axes
+  generator of the known-answer gate.
+
+Checklists:
+- a CLI command: a module in `cli/` with `add_arguments` and `run`, one line in
+  `cli/__init__.py`'s SUBCOMMANDS, a test in tests/ calling `spectral_ops.lab.cli.main([...])`;
+- a dataset: a class in `data/procedural.py` (factors, `render`), an entry in its DATASETS,
+  and its case in tests/test_data.py (the trainer's and the demo's --dataset choices follow);
+- a training option: a field made with `_option(...)` in `TrainConfig` (the flag follows).
+"""

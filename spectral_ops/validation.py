@@ -1,0 +1,116 @@
+"""Argument checks shared by every public entry point of the library (and by the application).
+
+One style everywhere: the error names the argument, says what it must be and shows what it got.
+A value of the wrong type (a float for an int, a str for a bool) raises TypeError; a value of the
+right type outside its range, or not among the allowed choices, raises ValueError.  Tensor
+arguments (latents, warm starts) are checked where they are prepared (generator.py).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_callable(name: str, value: object) -> None:
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+
+
+def check_int(name: str, value: object, minimum: int | None = None, maximum: int | None = None, *,
+              allow_none: bool = False) -> int | None:
+    """An int (not a bool) in [minimum, maximum]; None passes when allow_none."""
+    if value is None and allow_none:
+        return None
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int{' or None' if allow_none else ''}, got {type(value).__name__}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = (f">= {minimum}" if maximum is None else f"<= {maximum}" if minimum is None
+                  else f"in [{minimum}, {maximum}]")
+        raise ValueError(f"{name} must be an int {bounds}, got {value!r}")
+    return value
+
+
+def check_number(name: str, value: object, low: float | None = None, high: float | None = None, *,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real number in the interval given by low/high (closed unless *_open)."""
+    if not _is_real(value) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number{_interval(low, high, low_open, high_open)}, got {value!r}")
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if below or above:
+        raise ValueError(f"{name} must be a finite number{_interval(low, high, low_open, high_open)}, got {value!r}")
+    return float(value)
+
+
+def _interval(low, high, low_open, high_open) -> str:
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f" {'<' if high_open else '<='} {high:g}"
+    return ""
+
+
+def check_choice(name: str, value: object, choices: Sequence) -> object:
+    """One of `choices` (strings, or None where a choice is "none"), compared by identity or
+    equality of the same type, so a tensor or a number never passes for a name."""
+    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_seed(seed: object, allow_none: bool = True) -> None:
+    """A seed is an int (or None where a default seed is allowed)."""
+    if seed is None and allow_none:
+        return
+    if not _is_int(seed):
+        raise TypeError(f"seed must be an int{' or None' if allow_none else ''}, got {type(seed).__name__}")
+
+
+def check_k(k: object, d: int) -> int:
+    """The number of singular vectors: an int with 1 <= k <= d (the latent size)."""
+    if not _is_int(k):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 1 <= k <= d:
+        raise ValueError(f"k must satisfy 1 <= k <= latent_dim={d}, got k={k}")
+    return k
+
+
+def check_iters_tol(iters: object, tol: object) -> None:
+    """iters: an int >= 1; tol: a finite number >= 0."""
+    check_int("iters", iters, 1)
+    check_number("tol", tol, 0)
+
+
+def check_init(init: object, B: int, k: int, d: int) -> torch.Tensor:
+    """A warm start ([k, d] or [B, k, d], floating, finite), broadcast to [B, k, d]."""
+    if not isinstance(init, torch.Tensor):
+        raise TypeError(f"init must be a torch.Tensor or None, got {type(init).__name__}")
+    if init.shape == (k, d):
+        init = init.expand(B, k, d)
+    if init.shape != (B, k, d):
+        raise ValueError(f"init must have shape ({k}, {d}) or ({B}, {k}, {d}), got {tuple(init.shape)}")
+    if init.device.type == "meta":
+        raise ValueError("init is on the meta device: spectral_ops needs its values")
+    if not init.dtype.is_floating_point:
+        raise TypeError(f"init must be a floating-point tensor, got {init.dtype}")
+    if not torch.isfinite(init).all():
+        raise ValueError("init has non-finite values")
+    return init
