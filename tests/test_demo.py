@@ -1,11 +1,12 @@
 """`spectral-ops demo` end to end on a tiny configuration; CLI errors of demo and eval."""
 import json
+import math
 
 import pytest
 import torch
 from PIL import Image
 
-from spectral_ops.cli import main
+from spectral_ops.lab.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,12 @@ def test_quick_demo_runs_end_to_end(quick_demo, capsys):
             for name in ("baseline", "spectral")}
     assert logs["spectral"] and all(row["reg"] > 0 for row in logs["spectral"])
     assert all(row["reg"] == 0 for row in logs["baseline"])
+    # ... and its gradient reached the generator: both runs start from the same seed and see the
+    # same batches, so without it the two generators come out equal
+    G = {name: torch.load(out / name / "checkpoint.pt", map_location="cpu", weights_only=False)["G"]
+         for name in ("baseline", "spectral")}
+    assert G["baseline"].keys() == G["spectral"].keys()
+    assert any(not torch.equal(G["baseline"][key], G["spectral"][key]) for key in G["baseline"])
 
 
 def test_eval_on_demo_checkpoint_bad_and_good_arguments(quick_demo, capsys, tmp_path):
@@ -55,11 +62,37 @@ def test_eval_on_demo_checkpoint_bad_and_good_arguments(quick_demo, capsys, tmp_
     assert "cannot read" in capsys.readouterr().err
     assert main(["eval", "--ckpt", str(root / "out" / "baseline" / "checkpoint.pt"), "--n-samples", "5"]) == 2
     assert "--n-samples" in capsys.readouterr().err
-    # and one that succeeds, on the cached predictor
+    # and one that succeeds.  eval fits (and caches) the full factor predictor, not the demo's
+    # --quick one, so its numbers are not the demo's; they are checked against the same evaluation
+    # run here on the loaded checkpoint.
     ckpt = root / "out" / "spectral" / "checkpoint.pt"
-    rc = main(["eval", "--ckpt", str(ckpt), "--n-samples", "200", "--cache-dir", str(root / "cache")])
+    dest = tmp_path / "eval"
+    rc = main(["eval", "--ckpt", str(ckpt), "--n-samples", "300", "--seed", "0", "--out", str(dest),
+               "--cache-dir", str(root / "cache"), "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0 and "MIG" in out, out
+    res = json.loads((dest / "eval.json").read_text())
+    assert res["checkpoint"] == str(ckpt)
+    for key in ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness"):
+        assert math.isfinite(res[key]) and 0 <= res[key] <= 1, (key, res[key])
+    assert math.isfinite(res["frechet_distance"]) and res["frechet_distance"] > 0
+    assert math.isfinite(res["frechet_ratio"]) and res["frechet_ratio"] > 0
+    assert len(res["activeness"]["per_dim"]) == 6 and all(math.isfinite(a) for a in res["activeness"]["per_dim"])
+    assert isinstance(res["axis_alignment"], dict) and res["predictor_validation"]
+    from spectral_ops.lab.evaluate import evaluate_generator
+    from spectral_ops.lab.metrics import PredictorConfig, load_or_fit_predictor
+    from spectral_ops.lab.train import load_generator
+
+    G, config = load_generator(ckpt)
+    predictor, info = load_or_fit_predictor(PredictorConfig(dataset=config.dataset, size=config.size),
+                                            cache_dir=root / "cache", progress=False)
+    assert info["cached"]  # the one eval fitted
+    direct = evaluate_generator(G, dataset=config.dataset, size=config.size, predictor=predictor, n=300, seed=0)
+    for key in ("mig", "dci_disentanglement", "frechet_distance", "frechet_ratio"):
+        assert res[key] == pytest.approx(direct[key], rel=1e-6, abs=1e-9), (key, res[key], direct[key])
+    assert f"{res['mig']:.3f}" in out  # the printed table shows the written number
+    img = Image.open(dest / "traversal.png")
+    assert img.format == "PNG" and img.height > 6 * 32
 
 
 def test_demo_bad_arguments(tmp_path, capsys):
