@@ -170,8 +170,9 @@ def _cos(a, b):
 @pytest.mark.parametrize("gen", GENERATORS)
 @pytest.mark.parametrize("loss", LOSSES)
 def test_fast_against_the_oracle_and_the_removed_last_step(gen, loss):
-    """fast's cosine to the exact gradient is the documented one, and last_step's (the removed
-    mode, from its formula) is below it: the measured table in the regularizer's docs."""
+    """fast's and the removed last_step's (from its formula) cosines to the exact gradient are the
+    ones the regularizer's docs quote (neither is uniformly closer: last_step is above fast for mlp
+    assigned and conv l1 / assigned)."""
     make, d = GENERATORS[gen]
     G = make()
     z = torch.randn(3, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -179,11 +180,16 @@ def test_fast_against_the_oracle_and_the_removed_last_step(gen, loss):
     value = spectral_penalty(G, z, k=2, loss=loss, grad="fast", jvp="double_backward", iters=300, tol=1e-13)
     cos_fast = _cos(_grads(value, G), g_true)
     cos_last = _cos(last_step_formula(G, z, 2, loss, "uniform"), g_true)
-    assert abs(cos_fast - DOCUMENTED_FAST_COS[gen][loss]) <= 0.01, cos_fast
-    assert abs(cos_last - DOCUMENTED_LAST_STEP_COS[gen][loss]) <= 0.01, cos_last
+    # The quoted numbers are these rounded to 3 decimals (half a unit: 5e-4; the largest offset
+    # measured is 5.0e-4, conv l1 fast 0.8094974).  The cosines themselves move by 3e-13 between
+    # iters=300 and 1000: the 1e-9 is that jitter with a wide margin, not a tolerance on the docs.
+    assert abs(cos_fast - DOCUMENTED_FAST_COS[gen][loss]) <= 5e-4 + 1e-9, cos_fast
+    assert abs(cos_last - DOCUMENTED_LAST_STEP_COS[gen][loss]) <= 5e-4 + 1e-9, cos_last
 
 
-# cosine to the exact gradient, k=2, 3 samples (measured; copied into the regularizer's docstring)
+# cosine to the exact gradient, k=2, 3 samples (measured; copied into the regularizer's docstring).
+# Re-measured: fast 0.9505383 0.9596795 0.9779861 (mlp), 0.8094974 0.8380287 0.9882917 (conv);
+# last_step 0.5802883 0.9758268 0.9758744 (mlp), 0.9187633 0.8843862 0.9782578 (conv).
 DOCUMENTED_FAST_COS = {"mlp": {"l1": 0.951, "assigned": 0.960, "offdiag": 0.978},
                        "conv": {"l1": 0.809, "assigned": 0.838, "offdiag": 0.988}}
 DOCUMENTED_LAST_STEP_COS = {"mlp": {"l1": 0.580, "assigned": 0.976, "offdiag": 0.976},
