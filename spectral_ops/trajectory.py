@@ -112,8 +112,7 @@ class _Field:
                             batchnorm=self.batchnorm)
         self.iterations += top.iterations
         if init is not None:  # the dense method ignores init: align every row's sign here
-            dots = (top.vectors * init.to(top.vectors.dtype)).sum(-1)
-            top.vectors = top.vectors * torch.where(dots < 0, -1.0, 1.0).to(top.vectors.dtype)[..., None]
+            top.vectors = top.vectors * ops.reference.sign_align(top.vectors, init.to(top.vectors.dtype))[..., None]
         return top
 
     @staticmethod
@@ -198,6 +197,50 @@ def _complete_init(init, B: int, k: int, d: int, z0: torch.Tensor, seed) -> torc
     return ops.orthonormalize(init)
 
 
+def _checked_arguments(G, z0, direction, steps, step_size, method, k, project, iters, tol, topk_method, seed):
+    """trace_trajectory's argument checks: (G on flat latents, z0 [B, d] detached, k, the
+    sphere radius [B, 1] or None); raises naming the first bad argument."""
+    check_callable("G", G)
+    check_autograd_available()
+    z0, latent_shape = flatten_latents(z0, "z0")
+    G = flat_generator(G, latent_shape)
+    check_seed(seed)
+    d = z0.shape[1]
+    check_int("direction", direction, 0)
+    if direction >= d:
+        raise ValueError(f"direction must be < latent_dim={d}, got direction={direction}")
+    k = check_k(min(direction + 2, d) if k is None else k, d)
+    if direction >= k:
+        raise ValueError(f"direction must be < k={k}, got direction={direction}")
+    check_int("steps", steps, 1)
+    check_number("step_size", step_size, 0, low_open=True)
+    check_choice("method", method, INTEGRATORS)
+    check_choice("project", project, PROJECTIONS)
+    check_choice("topk_method", topk_method, TOPK_METHODS)
+    check_iters_tol(iters, tol)
+    z0 = z0.detach()
+    radius = None
+    if project == "sphere":
+        radius = z0.norm(dim=-1, keepdim=True)
+        if bool((radius == 0).any()):
+            rows = (radius.flatten() == 0).nonzero().flatten().tolist()
+            raise ValueError(f"project='sphere' needs nonzero z0 rows; rows {rows[:10]} are zero")
+    return G, z0, k, radius
+
+
+def _reversed(walk, B: int):
+    """A backward walk reversed in time, its tracked vectors oriented along increasing time, and
+    its first point (z0, shared with the forward walk) dropped."""
+    zs, Vs, vals, ress, idxs = walk
+    rows = torch.arange(B, device=zs[0].device)
+    flipped = []
+    for V, idx in zip(Vs, idxs):
+        V = V.clone()
+        V[rows, idx] = -V[rows, idx]
+        flipped.append(V)
+    return zs[::-1][:-1], flipped[::-1][:-1], vals[::-1][:-1], ress[::-1][:-1], idxs[::-1][:-1]
+
+
 def trace_trajectory(G: Callable, z0: torch.Tensor, direction: int = 0, *, steps: int = 32,
                      step_size: float = 0.1, method: str = "rk4", k: int | None = None,
                      project: str | None = None, both_ways: bool = False, iters: int = 10,
@@ -234,34 +277,9 @@ def trace_trajectory(G: Callable, z0: torch.Tensor, direction: int = 0, *, steps
         Trajectory with z (T+1, B, d), values (T+1, B, k), vectors (T+1, B, k, d),
         residuals (T+1, B, k), tracked (T+1, B).
     """
-    check_callable("G", G)
-    check_autograd_available()
-    z0, latent_shape = flatten_latents(z0, "z0")
-    G = flat_generator(G, latent_shape)
-    check_seed(seed)
+    G, z0, k, radius = _checked_arguments(G, z0, direction, steps, step_size, method, k, project, iters, tol,
+                                          topk_method, seed)
     B, d = z0.shape
-    check_int("direction", direction, 0)
-    if direction >= d:
-        raise ValueError(f"direction must be < latent_dim={d}, got direction={direction}")
-    if k is None:
-        k = min(direction + 2, d)
-    k = check_k(k, d)
-    if direction >= k:
-        raise ValueError(f"direction must be < k={k}, got direction={direction}")
-    steps = check_int("steps", steps, 1)
-    check_number("step_size", step_size, 0, low_open=True)
-    check_choice("method", method, INTEGRATORS)
-    check_choice("project", project, PROJECTIONS)
-    check_choice("topk_method", topk_method, TOPK_METHODS)
-    check_iters_tol(iters, tol)
-    radius = None
-    z0 = z0.detach()
-    if project == "sphere":
-        radius = z0.norm(dim=-1, keepdim=True)
-        if bool((radius == 0).any()):
-            rows = (radius.flatten() == 0).nonzero().flatten().tolist()
-            raise ValueError(f"project='sphere' needs nonzero z0 rows; rows {rows[:10]} are zero")
-
     if init is not None:
         init = _complete_init(init, B, k, d, z0, seed)
     field = _Field(G, k, iters, tol, topk_method, jvp, seed, batchnorm, project, radius, bool(warm_start))
@@ -278,15 +296,7 @@ def trace_trajectory(G: Callable, z0: torch.Tensor, direction: int = 0, *, steps
         V0b[:, direction] = -v0
         bwd = _walk(field, z0, -v0, V0b, top0, idx0, steps, float(step_size), method,
                     "trajectory (backward)" if progress else None)
-        # Reverse the backward walk, orient its tracked vectors along increasing time, drop its z0.
-        zs, Vs, vals, ress, idxs = bwd
-        rows = torch.arange(B, device=z0.device)
-        flipped = []
-        for V, idx in zip(Vs, idxs):
-            V = V.clone()
-            V[rows, idx] = -V[rows, idx]
-            flipped.append(V)
-        back = (zs[::-1][:-1], flipped[::-1][:-1], vals[::-1][:-1], ress[::-1][:-1], idxs[::-1][:-1])
+        back = _reversed(bwd, B)
         parts = [back, fwd]
         origin = steps
 

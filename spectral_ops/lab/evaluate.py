@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from spectral_ops.lab.data import DATASETS, make_dataset
+from spectral_ops.lab.viz import generate
 from spectral_ops.lab.metrics import (activeness, activeness_summary, axis_alignment, dci, frechet_distance, mig,
                                       oracle_generator, varying_mask)
 from spectral_ops.validation import check_int
@@ -30,11 +31,6 @@ CEILING = "ceiling (oracle)"
 FLOOR = "floor (rotated oracle)"
 #: why Jacobian measures are skipped for piecewise-constant generators
 PIECEWISE_NA = "n/a: piecewise constant in z (zero Jacobian almost everywhere)"
-
-
-@torch.no_grad()
-def _generate(G, z: torch.Tensor, chunk: int = 500) -> torch.Tensor:
-    return torch.cat([G(z[i:i + chunk]) for i in range(0, z.shape[0], chunk)])
 
 
 def evaluate_generator(G, *, dataset: str, size: int, predictor, n: int = 2000, seed: int = 0,
@@ -81,7 +77,7 @@ def evaluate_generator(G, *, dataset: str, size: int, predictor, n: int = 2000, 
     d = G.latent_dim
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, d, generator=gen)
-    images = _generate(G, z).clamp(0, 1)
+    images = generate(G, z, chunk=500).clamp(0, 1)
     pred, feats = predictor.predict(images, return_features=True)
     levels = predictor.to_levels(pred)
     names = list(predictor.factor_names)
@@ -90,20 +86,8 @@ def evaluate_generator(G, *, dataset: str, size: int, predictor, n: int = 2000, 
     # DCI: class index for categorical factors, the predicted value in [0, 1] for ordinal ones
     dc = dci(z.numpy(), pred.numpy(), categorical=predictor.categorical, seed=seed, varying=vary)
     act = activeness_summary(activeness(G, z[:n_active]))
-    if getattr(G, "piecewise_constant", False):
-        align = PIECEWISE_NA
-    elif n_align == 0:
-        align = "n/a: not measured (n_align=0)"
-    else:
-        k = min(d, len(names)) if align_k is None else align_k
-        align = axis_alignment(G, z[:n_align], k, method="dense")
-    if real_images is None:
-        real_images = make_dataset(dataset, n, size=size, seed=10_000 + seed).images
-    real_b = make_dataset(dataset, real_images.shape[0], size=size, seed=20_000 + seed).images
-    _, real_feats = predictor.predict(real_images, return_features=True)
-    _, real_feats_b = predictor.predict(real_b, return_features=True)
-    fd = frechet_distance(real_feats, feats)
-    fd_real = frechet_distance(real_feats, real_feats_b)
+    align = _alignment(G, z[:n_align], min(d, len(names)) if align_k is None else align_k)
+    fd, fd_real = _frechet(predictor, feats, dataset, size, n, seed, real_images)
     return {"mig": m["mig"], "mig_per_factor": dict(zip(names, m["per_factor"])),
             "mig_winner_per_factor": dict(zip(names, m["winner_per_factor"])),
             "mig_distinct_winners": m["distinct_winners"],
@@ -118,6 +102,25 @@ def evaluate_generator(G, *, dataset: str, size: int, predictor, n: int = 2000, 
             "frechet_distance": fd, "frechet_real": fd_real,
             "frechet_ratio": fd / fd_real if fd_real > 0 else float("inf"),
             "factor_names": names, "n": n, "seconds": time.perf_counter() - t0}
+
+
+def _alignment(G, z: torch.Tensor, k: int):
+    """The `axis_alignment` dict on latents z [n, d], or a string saying why it is n/a."""
+    if getattr(G, "piecewise_constant", False):
+        return PIECEWISE_NA
+    if z.shape[0] == 0:
+        return "n/a: not measured (n_align=0)"
+    return axis_alignment(G, z, k, method="dense")
+
+
+def _frechet(predictor, feats: torch.Tensor, dataset: str, size: int, n: int, seed: int, real_images):
+    """(Frechet distance of the generated features to real ones, real-vs-real with the same n)."""
+    if real_images is None:
+        real_images = make_dataset(dataset, n, size=size, seed=10_000 + seed).images
+    real_b = make_dataset(dataset, real_images.shape[0], size=size, seed=20_000 + seed).images
+    _, real_feats = predictor.predict(real_images, return_features=True)
+    _, real_feats_b = predictor.predict(real_b, return_features=True)
+    return frechet_distance(real_feats, feats), frechet_distance(real_feats, real_feats_b)
 
 
 def reference_rows(dataset: str, size: int, latent_dim: int, predictor, n: int = 2000, seed: int = 0) -> dict:

@@ -252,8 +252,6 @@ def dci(codes, factors, *, categorical: Sequence[bool] | None = None, model: str
          "varying": [K bools], "varying_factors": int, "constant_factors": [indices]}.
     """
     _sklearn()
-    from sklearn import ensemble, linear_model
-
     if model not in ("gbt", "forest", "lasso"):
         raise ValueError(f"model must be 'gbt', 'forest' or 'lasso', got {model!r}")
     if not 0.1 <= train_fraction < 1.0:
@@ -267,65 +265,71 @@ def dci(codes, factors, *, categorical: Sequence[bool] | None = None, model: str
     if len(categorical) != K:
         raise ValueError(f"categorical must have one flag per factor ({K}), got {len(categorical)}")
     vary = _check_varying(varying, K, factors).copy()
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(N)
+    perm = np.random.default_rng(seed).permutation(N)
     n_train = max(2, int(N * train_fraction))
     tr, te = perm[:n_train], perm[n_train:]
     mu, sd = codes[tr].mean(0), codes[tr].std(0) + 1e-8
     x = (codes - mu) / sd
     R = np.zeros((d, K))
     info: list[float | None] = [None] * K
-    for j in range(K):
-        if not vary[j]:
+    for j in np.flatnonzero(vary):
+        fitted = _fit_factor(x, factors[:, j], tr, te, bool(categorical[j]), model, seed)
+        if fitted is None:  # varies overall but not in the training split
+            vary[j] = False
             continue
-        y = factors[:, j]
-        if categorical[j]:
-            y = y.astype(np.int64)
-            if len(np.unique(y[tr])) < 2:  # varies overall but not in the training split
-                vary[j] = False
-                continue
-            if model == "gbt":
-                m = ensemble.GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=seed)
-            elif model == "forest":
-                m = ensemble.RandomForestClassifier(n_estimators=50, max_depth=8, random_state=seed, n_jobs=1)
-            else:
-                m = linear_model.LogisticRegression(max_iter=500)
-            m.fit(x[tr], y[tr])
-            info[j] = float(m.score(x[te], y[te])) if len(te) else float("nan")
-            imp = np.abs(m.coef_).sum(0) if model == "lasso" else m.feature_importances_
-        else:
-            y = y.astype(np.float64)
-            if np.std(y[tr]) < 1e-12:
-                vary[j] = False
-                continue
-            if model == "gbt":
-                m = ensemble.GradientBoostingRegressor(n_estimators=30, max_depth=3, random_state=seed)
-            elif model == "forest":
-                m = ensemble.RandomForestRegressor(n_estimators=50, max_depth=8, random_state=seed, n_jobs=1)
-            else:
-                m = linear_model.LassoCV(cv=3, random_state=seed)
-            m.fit(x[tr], y[tr])
-            info[j] = float(np.clip(m.score(x[te], y[te]), 0.0, 1.0)) if len(te) else float("nan")
-            imp = np.abs(m.coef_) if model == "lasso" else m.feature_importances_
-        R[:, j] = np.abs(imp)
+        info[j], R[:, j] = fitted
     cols = np.flatnonzero(vary)
-    Kv = len(cols)
-    Rv = R[:, cols]
-    total = Rv.sum()
-    if Kv == 0 or total <= 0:
-        dis = comp = 0.0
-    else:
-        dis_i = 1.0 - _entropy_rows(Rv, Kv) if Kv > 1 else np.ones(d)
-        rho = Rv.sum(1) / total
-        dis = float((rho * dis_i).sum())
-        col = Rv.T[Rv.sum(0) > 0]
-        comp = float((1.0 - _entropy_rows(col, d)).mean()) if len(col) else 0.0
+    dis, comp = _dci_scores(R[:, cols], d)
     used = [info[j] for j in cols if info[j] is not None]
     return {"disentanglement": dis, "completeness": comp,
             "informativeness": float(np.nanmean(used)) if used else 0.0,
             "importance": R.tolist(), "informativeness_per_factor": info,
-            "varying": [bool(v) for v in vary], "varying_factors": int(Kv),
+            "varying": [bool(v) for v in vary], "varying_factors": int(len(cols)),
             "constant_factors": [int(j) for j in np.flatnonzero(~vary)]}
+
+
+def _dci_model(model: str, categorical: bool, seed: int):
+    """The sklearn estimator DCI fits for one factor (disentanglement_lib's sizes for gbt)."""
+    from sklearn import ensemble, linear_model
+
+    if model == "gbt":
+        kind = ensemble.GradientBoostingClassifier if categorical else ensemble.GradientBoostingRegressor
+        return kind(n_estimators=30, max_depth=3, random_state=seed)
+    if model == "forest":
+        kind = ensemble.RandomForestClassifier if categorical else ensemble.RandomForestRegressor
+        return kind(n_estimators=50, max_depth=8, random_state=seed, n_jobs=1)
+    return linear_model.LogisticRegression(max_iter=500) if categorical else linear_model.LassoCV(cv=3, random_state=seed)
+
+
+def _fit_factor(x: np.ndarray, y: np.ndarray, tr, te, categorical: bool, model: str, seed: int):
+    """(test informativeness, |importance| (d,)) of one factor y (N,) from codes x (N, d), or
+    None when y does not vary on the training rows.  Informativeness: accuracy (categorical) or
+    R^2 clipped to [0, 1] (continuous); importances: feature importances, |coefficients| for lasso."""
+    y = y.astype(np.int64) if categorical else y.astype(np.float64)
+    if (len(np.unique(y[tr])) < 2) if categorical else (np.std(y[tr]) < 1e-12):
+        return None
+    m = _dci_model(model, categorical, seed)
+    m.fit(x[tr], y[tr])
+    score = float(m.score(x[te], y[te])) if len(te) else float("nan")  # accuracy, or R^2 for regressors
+    if not categorical:
+        score = float(np.clip(score, 0.0, 1.0))
+    if model == "lasso":
+        imp = np.abs(m.coef_).sum(0) if categorical else np.abs(m.coef_)
+    else:
+        imp = m.feature_importances_
+    return score, np.abs(imp)
+
+
+def _dci_scores(R: np.ndarray, d: int) -> tuple[float, float]:
+    """(disentanglement, completeness) from the importance matrix R (d, K') of the varying factors."""
+    Kv, total = R.shape[1], R.sum()
+    if Kv == 0 or total <= 0:
+        return 0.0, 0.0
+    dis_i = 1.0 - _entropy_rows(R, Kv) if Kv > 1 else np.ones(d)
+    rho = R.sum(1) / total
+    col = R.T[R.sum(0) > 0]
+    comp = float((1.0 - _entropy_rows(col, d)).mean()) if len(col) else 0.0
+    return float((rho * dis_i).sum()), comp
 
 
 @torch.no_grad()

@@ -143,9 +143,10 @@ def _validate(model: FactorPredictor, ds) -> dict:
         if model.categorical[j]:
             out[name] = {"accuracy": float((pred[:, j].long() == ds.factors[:, c]).float().mean())}
         else:
+            from sklearn.metrics import r2_score
+
             t = ds.factor_values()[:, c]
-            r2 = 1 - ((pred[:, j] - t) ** 2).mean() / t.var().clamp_min(1e-12)
-            out[name] = {"r2": float(r2)}
+            out[name] = {"r2": float(r2_score(t.double().numpy(), pred[:, j].double().numpy()))}
     return out
 
 
