@@ -48,6 +48,9 @@ class RegularizerConfig:
     cg_tol: float = option(1e-6, "relative CG tolerance for grad='implicit'")
     seed: int = option(0, "seeds the initial basis and the regularized row subsets")
 
+    def __post_init__(self):
+        self.validate()  # a bad field fails where it is written; k against d is checked by validate(d)
+
     def validate(self, latent_dim: int | None = None) -> "RegularizerConfig":
         """Raise TypeError / ValueError naming the first bad field; returns self."""
         if latent_dim is not None:
