@@ -97,7 +97,10 @@ def from_flat(cls, values: dict, base=None):
             if isinstance(values.get(f.name), dict):  # nested as a dict (asdict, JSON)
                 inner = {**values[f.name], **inner}
             if inner:
-                changes[f.name] = from_flat(type(current), inner, current)
+                try:
+                    changes[f.name] = from_flat(type(current), inner, current)
+                except (TypeError, ValueError) as exc:  # name the nested field: "reg_config: k must ..."
+                    raise type(exc)(f"{f.name}: {exc}") from None
         elif f.name in values:
             changes[f.name] = values[f.name]
     return dataclasses.replace(base, **changes)
