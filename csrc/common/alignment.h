@@ -1,6 +1,7 @@
 // Per-sample axis-alignment loss and its gradient, shared by CPU and CUDA.
 #pragma once
 
+#include "batch.h"
 #include "macros.h"
 
 namespace spectral_ops {
@@ -29,14 +30,6 @@ SPECTRAL_HD T l1_loss_of(T l1, int d) {
   return d > 1 ? (l1 - T(1)) / (sqrt_(T(d)) - T(1)) : T(0);
 }
 
-// Per-vector loss for l1 / assigned.
-template <typename T, typename Ctx>
-SPECTRAL_HD T per_vector_loss(const Ctx& ctx, const T* vi, int i, int d, int kind) {
-  if (kind == kLossAssigned) return T(1) - vi[i] * vi[i];
-  if (d <= 1) return T(0);
-  return l1_loss_of(ctx.template sum<T>(d, [&](int j) { return abs_(vi[j]); }), d);
-}
-
 // Per-sample statistics the forward saves for the backward (alignment_loss_forward), so that the
 // backward does not recompute them.  Width per sample:
 //   l1, assigned: k         the per-vector losses (before weighting)
@@ -50,15 +43,27 @@ template <typename T, typename Ctx>
 SPECTRAL_HD void offdiag_terms(const Ctx& ctx, const T* V, const T* S, int k, int d, T* gram, T* diag, T& fro2,
                                T& diag2) {
   fro2 = T(0);
-  for (int i = 0; i < k; ++i) {
-    for (int l = 0; l <= i; ++l) {
-      const T* vi = V + (long)i * d;
-      const T* vl = V + (long)l * d;
-      const T g = ctx.template sum<T>(d, [&](int j) { return vi[j] * vl[j]; });
-      const T s2s2 = S[i] * S[i] * S[l] * S[l];
-      fro2 += (l == i ? T(1) : T(2)) * s2s2 * g * g;
-      if (gram != nullptr && ctx.leader()) gram[i * k + l] = gram[l * k + i] = g;
-    }
+  // The Gram matrix, batched over its lower triangle (fro2 summed in the same row order).
+  const int entries = k * (k + 1) / 2, width = batched_sums_width(k);
+  TriangleCursor start;
+  for (int e0 = 0; e0 < entries; e0 += width) {
+    const int count = entries - e0 < width ? entries - e0 : width;
+    TriangleCursor term_at = start, result_at = start;
+    ctx.template sums<T>(
+        count, d,
+        [&](int) {
+          const T *vi = V + (long)term_at.i * d, *vl = V + (long)term_at.l * d;
+          term_at.advance();
+          return [=](int j) { return vi[j] * vl[j]; };
+        },
+        [&](int, T g) {
+          const int i = result_at.i, l = result_at.l;
+          const T s2s2 = S[i] * S[i] * S[l] * S[l];
+          fro2 += (l == i ? T(1) : T(2)) * s2s2 * g * g;
+          if (gram != nullptr && ctx.leader()) gram[i * k + l] = gram[l * k + i] = g;
+          result_at.advance();
+        });
+    start = result_at;
   }
   // D_j = A_jj = sum_i s_i^2 V_ij^2, summed over rows column by column.
   // Two calls rather than a null test inside the vectorized column loop (that test cost ~25% of
@@ -84,10 +89,27 @@ SPECTRAL_HD T alignment_loss_sample(const Ctx& ctx, const T* V, const T* S, int 
   }
   const T total = total_of(S, k);
   T loss = T(0);
-  for (int i = 0; i < k; ++i) {
-    const T pv = per_vector_loss(ctx, V + (long)i * d, i, d, kind);
-    if (saved != nullptr && ctx.leader()) saved[i] = pv;
-    loss += vector_weight(S, i, k, weights, total) * pv;
+  const int width = batched_sums_width(k);
+  for (int i0 = 0; i0 < k; i0 += width) {
+    const int m = k - i0 < width ? k - i0 : width;
+    const auto add = [&](int c, T pv) {  // the per-vector loss of row i0 + c
+      if (saved != nullptr && ctx.leader()) saved[i0 + c] = pv;
+      loss += vector_weight(S, i0 + c, k, weights, total) * pv;
+    };
+    if (kind == kLossL1 && d > 1) {  // (||v_i||_1 - 1) / (sqrt(d) - 1), batched over the rows
+      ctx.template sums<T>(
+          m, d,
+          [&](int c) {
+            const T* vi = V + (long)(i0 + c) * d;
+            return [=](int j) { return abs_(vi[j]); };
+          },
+          [&](int c, T l1) { add(c, l1_loss_of(l1, d)); });
+    } else {
+      for (int c = 0; c < m; ++c) {
+        const T* vi = V + (long)(i0 + c) * d;
+        add(c, kind == kLossAssigned ? T(1) - vi[i0 + c] * vi[i0 + c] : T(0));
+      }
+    }
   }
   return loss;
 }
@@ -111,23 +133,35 @@ SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T*
     }
     const T inv_fro2 = T(1) / fro2;
     const T ratio = diag2 * inv_fro2 * inv_fro2;
+    // dL/dS_i = 2 S_i [ -2 sum_j D_j V_ij^2 / fro2 + 2 ratio sum_l s2_l G_il^2 ], the sums over j
+    // batched over the rows.
+    const int width = batched_sums_width(k);
+    for (int i0 = 0; i0 < k; i0 += width) {
+      const int m = k - i0 < width ? k - i0 : width;
+      ctx.template sums<T>(
+          m, d,
+          [&](int c) {
+            const T* vi = V + (long)(i0 + c) * d;
+            return [=](int j) { return D[j] * vi[j] * vi[j]; };
+          },
+          [&](int c, T dv) {
+            if (!ctx.leader()) return;
+            const int i = i0 + c;
+            T gg = T(0);  // sum_l s2_l G_il^2
+            for (int l = 0; l < k; ++l) gg += S[l] * S[l] * gram[i * k + l] * gram[i * k + l];
+            grad_S[i] = grad * T(4) * S[i] * (ratio * gg - dv * inv_fro2);
+          });
+    }
     for (int i = 0; i < k; ++i) {
       const T* vi = V + (long)i * d;
       T* gi = grad_V + (long)i * d;
       const T s2 = S[i] * S[i];
-      T gg = T(0);  // sum_l s2_l G_il^2
-      for (int l = 0; l < k; ++l) {
-        mix[l] = S[l] * S[l] * gram[i * k + l];
-        gg += mix[l] * gram[i * k + l];
-      }
+      for (int l = 0; l < k; ++l) mix[l] = S[l] * S[l] * gram[i * k + l];
       // dL/dV_ij = 4 s2_i [ -D_j V_ij / fro2 + ratio * sum_l s2_l G_il V_lj ]
       const T scale = grad * T(4) * s2;
       ctx.template for_each_row_sum<T>(
           d, k, [&](int l, int j) { return mix[l] * V[(long)l * d + j]; },
           [&](int j, T mix) { gi[j] = scale * (ratio * mix - D[j] * vi[j] * inv_fro2); });
-      // dL/dS_i = 2 S_i [ -2 sum_j D_j V_ij^2 / fro2 + 2 ratio sum_l s2_l G_il^2 ]
-      const T dv = ctx.template sum<T>(d, [&](int j) { return D[j] * vi[j] * vi[j]; });
-      if (ctx.leader()) grad_S[i] = grad * T(4) * S[i] * (ratio * gg - dv * inv_fro2);
     }
     ctx.sync();
     return;

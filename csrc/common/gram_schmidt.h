@@ -2,25 +2,32 @@
 // Rows are contiguous: row i of a [k, d] sample starts at i * d.  See serial_context.h for Ctx.
 #pragma once
 
+#include "batch.h"
 #include "macros.h"
 
 namespace spectral_ops {
 
 // q <- q - P q, twice (CGS2), where P projects on the first `count` rows of Q (orthonormal).
-// coef: per-thread scratch of at least `count` entries.
+// coef: per-thread scratch of at least `count` entries.  Each pass is one batched reduction of
+// the `count` coefficients and one update; q is read and written only at this thread's columns
+// (the same split in sums and for_each_row_sum), so neither needs a barrier of its own.
 template <typename T, typename Ctx>
 SPECTRAL_HD void project_out_rows(const Ctx& ctx, const T* Q, int count, T* q, int d, T* coef) {
   if (count == 0) return;
   for (int pass = 0; pass < 2; ++pass) {
-    for (int l = 0; l < count; ++l) {
-      const T* ql = Q + (long)l * d;
-      coef[l] = ctx.template sum<T>(d, [&](int j) { return ql[j] * q[j]; });
+    for (int l0 = 0; l0 < count; l0 += kMaxBatchedSums) {  // one chunk for k <= kMaxBatchedSums + 1
+      const int m = count - l0 < kMaxBatchedSums ? count - l0 : kMaxBatchedSums;
+      ctx.template sums<T>(
+          m, d,
+          [&](int c) {
+            const T* ql = Q + (long)(l0 + c) * d;
+            return [=](int j) { return ql[j] * q[j]; };
+          },
+          [&](int c, T value) { coef[l0 + c] = value; });
     }
-    ctx.sync();
     ctx.template for_each_row_sum<T>(
         d, count, [&](int l, int j) { return coef[l] * Q[(long)l * d + j]; },
         [&](int j, T projection) { q[j] -= projection; });
-    ctx.sync();
   }
 }
 
@@ -50,9 +57,10 @@ SPECTRAL_HD void orthonormalize_rows(const Ctx& ctx, const T* W, T* Q, int k, in
     const T* w = W + (long)i * d;
     const T top = ctx.template max_abs<T>(d, [&](int j) { return w[j]; });
     const T scale = top > T(0) ? top : T(1);
-    // Each thread writes the entries it read (the same split as max_abs), so q may alias w.
+    // Each thread writes the entries it read (the same split as max_abs), so q may alias w; and
+    // from here on every thread reads and writes only its own columns of Q outside the
+    // reductions, so only the reductions synchronise.
     ctx.for_each(d, [&](int j) { q[j] = w[j] / scale; });
-    ctx.sync();
     const T norm_w2 = ctx.template sum<T>(d, [&](int j) { return q[j] * q[j]; });
     // Entries in [-1, 1]: norm_w2 <= d when the row is finite; NaN when it held NaN or Inf
     // (Inf / Inf).  The same branch on every thread.
@@ -71,17 +79,14 @@ SPECTRAL_HD void orthonormalize_rows(const Ctx& ctx, const T* W, T* Q, int k, in
         for (int l = 0; l < i; ++l) captured += Q[(long)l * d + j] * Q[(long)l * d + j];
         return T(1) - captured > T(0.25);
       });
-      ctx.sync();
       ctx.for_each(d, [&](int j) { q[j] = j == axis ? T(1) : T(0); });
-      ctx.sync();
       project_out_rows(ctx, Q, i, q, d, coef);
       norm_r2 = ctx.template sum<T>(d, [&](int j) { return q[j] * q[j]; });
     }
     const T inv_norm = T(1) / sqrt_(norm_r2);
-    ctx.sync();
     ctx.for_each(d, [&](int j) { q[j] *= inv_norm; });
-    ctx.sync();
   }
+  ctx.sync();  // Q is complete for every thread
 }
 
 // grad_W = L^{-T} (grad_Q + sym(M) Q) for one sample, where L = W Q^T (lower-triangular),
@@ -94,32 +99,46 @@ template <typename T, typename Ctx>
 SPECTRAL_HD void orthonormalize_backward_rows(const Ctx& ctx, const T* grad_Q, const T* Q, const T* W,
                                               T* grad_W, int k, int d, T* L, T* M) {
   const T tol = rank_tolerance<T>();
+  // Only the lower triangles are used: M_il = -g_i . q_l and L_il = w_i . q_l for l <= i, two
+  // sums per entry, batched over the triangle; the leader writes M symmetrically (sym(M)).
+  const int entries = k * (k + 1) / 2, width = batched_sums_width(k) / 2;
+  TriangleCursor start;
+  for (int e0 = 0; e0 < entries; e0 += width) {
+    const int count = entries - e0 < width ? entries - e0 : width;
+    TriangleCursor term_at = start, result_at = start;
+    // Value 2e is -M of entry e (grad_Q row . Q row), value 2e + 1 is L (W row . Q row).
+    ctx.template sums<T>(
+        2 * count, d,
+        [&](int c) {
+          const T* a = ((c & 1) ? W : grad_Q) + (long)term_at.i * d;
+          const T* b = Q + (long)term_at.l * d;
+          if (c & 1) term_at.advance();
+          return [=](int j) { return a[j] * b[j]; };
+        },
+        [&](int c, T value) {
+          const int i = result_at.i, l = result_at.l;
+          if (!(c & 1)) {
+            if (ctx.leader()) M[i * k + l] = M[l * k + i] = -value;
+          } else {
+            if (ctx.leader()) L[i * k + l] = value;
+            result_at.advance();
+          }
+        });
+    start = result_at;
+  }
   for (int i = 0; i < k; ++i) {
-    const T* wi = W + (long)i * d;
-    const T* gi = grad_Q + (long)i * d;
-    for (int l = 0; l < k; ++l) {
-      const T* ql = Q + (long)l * d;
-      const T m = -ctx.template sum<T>(d, [&](int j) { return gi[j] * ql[j]; });
-      const T lv = l <= i ? ctx.template sum<T>(d, [&](int j) { return wi[j] * ql[j]; }) : T(0);
-      if (ctx.leader()) { M[i * k + l] = m; L[i * k + l] = lv; }
-    }
-    const T norm_w = scaled_norm(ctx, wi, d);
+    const T norm_w = scaled_norm(ctx, W + (long)i * d, d);
     // Keep the dependency test next to L so the solve below reads one flag per row.
     if (ctx.leader() && !(L[i * k + i] > tol * norm_w)) L[i * k + i] = T(0);
   }
   ctx.sync();
-  if (ctx.leader()) {  // M <- sym(M): mirror the strict lower triangle over the upper one
-    for (int i = 0; i < k; ++i)
-      for (int l = i + 1; l < k; ++l) M[i * k + l] = M[l * k + i];
-  }
-  ctx.sync();
-  // Back substitution, last row first: x_i = (rhs_i - sum_{l>i} L_li x_l) / L_ii.
+  // Back substitution, last row first: x_i = (rhs_i - sum_{l>i} L_li x_l) / L_ii.  Column j of
+  // every row is solved by the thread that owns j, so the rows need no barrier between them.
   for (int i = k - 1; i >= 0; --i) {
     const T diag = L[i * k + i];
     T* xi = grad_W + (long)i * d;
     if (diag == T(0)) {  // the same branch on every thread
       ctx.for_each(d, [&](int j) { xi[j] = T(0); });
-      ctx.sync();
       continue;
     }
     const T inv_diag = T(1) / diag;
@@ -133,8 +152,8 @@ SPECTRAL_HD void orthonormalize_backward_rows(const Ctx& ctx, const T* grad_Q, c
     ctx.template for_each_row_sum<T>(
         d, k - 1 - i, [&](int m, int j) { return L[(i + 1 + m) * k + i] * Xb[(long)m * d + j]; },
         [&](int j, T solved) { xi[j] = (xi[j] - solved) * inv_diag; });
-    ctx.sync();
   }
+  ctx.sync();  // grad_W is complete for every thread
 }
 
 }  // namespace spectral_ops

@@ -23,7 +23,8 @@ SPECTRAL_HD void round_robin_pair(int n, int step, int m, int& p, int& q) {
 //
 // Each round rotates n / 2 disjoint pairs at once: their angles do not depend on each other, so
 // they are computed together (in parallel on a GPU; overlapped by the CPU's out-of-order core),
-// instead of one long chain of dependent square roots and divisions as in the cyclic order.
+// instead of one long chain of dependent square roots and divisions as in the cyclic order; and
+// the rotations are applied together, one 2 x 2 block of A per thread.  Two barriers per round.
 template <typename T, typename Ctx>
 SPECTRAL_HD void jacobi_eigh(const Ctx& ctx, T* A, T* U, int* order, T* rot, int k) {
   ctx.for_each(k * k, [&](int idx) { U[idx] = (idx / k == idx % k) ? T(1) : T(0); });
@@ -63,35 +64,51 @@ SPECTRAL_HD void jacobi_eigh(const Ctx& ctx, T* A, T* U, int* order, T* rot, int
         continue;
       }
       rotations += active;
-      // apply(p, q, c, s) for every pair this round rotates (the pairs touch disjoint rows/columns).
-      const auto for_each_rotation = [&](auto apply) {
-        for (int m = 0; m < pairs; ++m) {
-          const T c = rot[2 * m], s = rot[2 * m + 1];
-          if (s == T(0)) continue;
+      // 2. A <- J^T A J and U <- J^T U, all pairs at once: the rotation of pair P mixes rows
+      // {p_P, q_P}, that of pair Q columns {p_Q, q_Q}, so each 2 x 2 block (P, Q) of A and each
+      // column of the two U rows of a pair is owned by one thread: no barrier between the pairs.
+      const int blocks = pairs * pairs;
+      ctx.for_each(blocks + pairs * k, [&](int item) {
+        if (item < blocks) {
+          const int P = item / pairs, Qp = item % pairs;
+          const T cr = rot[2 * P], sr = rot[2 * P + 1], cc = rot[2 * Qp], sc = rot[2 * Qp + 1];
+          if (sr == T(0) && sc == T(0)) return;
+          int a, b, x, y;
+          round_robin_pair(n, step, P, a, b);
+          round_robin_pair(n, step, Qp, x, y);
+          // A bye (index k, odd k) is never rotated, and its row / column lies past the end.
+          T ax = A[a * k + x];
+          T ay = y < k ? A[a * k + y] : T(0);
+          T bx = b < k ? A[b * k + x] : T(0);
+          T by = b < k && y < k ? A[b * k + y] : T(0);
+          if (sc != T(0)) {  // columns first, as A J then J^T (A J)
+            const T ax0 = ax, bx0 = bx;
+            ax = cc * ax0 - sc * ay;
+            ay = sc * ax0 + cc * ay;
+            bx = cc * bx0 - sc * by;
+            by = sc * bx0 + cc * by;
+          }
+          if (sr != T(0)) {  // rows; the annihilated pair (diagonal block) is set to exactly 0
+            const T ax0 = ax, ay0 = ay;
+            ax = x == b ? T(0) : cr * ax0 - sr * bx;
+            bx = x == a ? T(0) : sr * ax0 + cr * bx;
+            ay = y == b ? T(0) : cr * ay0 - sr * by;
+            by = y == a ? T(0) : sr * ay0 + cr * by;
+          }
+          A[a * k + x] = ax;
+          if (y < k) A[a * k + y] = ay;
+          if (b < k) A[b * k + x] = bx;
+          if (b < k && y < k) A[b * k + y] = by;
+        } else {
+          const int P = (item - blocks) / k, r = (item - blocks) % k;
+          const T c = rot[2 * P], sn = rot[2 * P + 1];
+          if (sn == T(0)) return;
           int p, q;
-          round_robin_pair(n, step, m, p, q);
-          apply(p, q, c, s);
-        }
-      };
-      // 2. A <- A J: columns p and q of every rotated pair.
-      for_each_rotation([&](int p, int q, T c, T s) {
-        ctx.for_each(k, [&](int r) {
-          const T arp = A[r * k + p], arq = A[r * k + q];
-          A[r * k + p] = c * arp - s * arq;
-          A[r * k + q] = s * arp + c * arq;
-        });
-      });
-      ctx.sync();
-      // 3. A <- J^T A and U <- J^T U: rows p and q, with each annihilated pair set to exactly 0.
-      for_each_rotation([&](int p, int q, T c, T s) {
-        ctx.for_each(k, [&](int r) {
-          const T apr = A[p * k + r], aqr = A[q * k + r];
-          A[p * k + r] = r == q ? T(0) : c * apr - s * aqr;
-          A[q * k + r] = r == p ? T(0) : s * apr + c * aqr;
+          round_robin_pair(n, step, P, p, q);
           const T upr = U[p * k + r], uqr = U[q * k + r];
-          U[p * k + r] = c * upr - s * uqr;
-          U[q * k + r] = s * upr + c * uqr;
-        });
+          U[p * k + r] = c * upr - sn * uqr;
+          U[q * k + r] = sn * upr + c * uqr;
+        }
       });
       ctx.sync();
     }

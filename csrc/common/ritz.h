@@ -1,6 +1,7 @@
 // Per-sample Rayleigh-Ritz epilogue of one block power iteration, shared by CPU and CUDA.
 #pragma once
 
+#include "batch.h"
 #include "gram_schmidt.h"
 #include "jacobi.h"
 #include "macros.h"
@@ -55,22 +56,35 @@ SPECTRAL_HD void ritz_step_sample(const Ctx& ctx, const T* Q, const T* MQ, const
   ctx.for_each(n, [&](int idx) { MQs[idx] = MQ[idx] / s; });
   ctx.sync();
   T* H = scratch.H;
-  // H = sym(Q MQs^T)
-  for (int i = 0; i < k; ++i) {
-    for (int l = 0; l <= i; ++l) {
-      const T* qi = Q + (long)i * d;
-      const T* ql = Q + (long)l * d;
-      const T* mqi = MQs + (long)i * d;
-      const T* mql = MQs + (long)l * d;
-      const T a = ctx.template sum<T>(d, [&](int j) { return qi[j] * mql[j]; });
-      const T b = l == i ? a : ctx.template sum<T>(d, [&](int j) { return ql[j] * mqi[j]; });
-      if (ctx.leader()) H[i * k + l] = H[l * k + i] = T(0.5) * (a + b);
+  const int width = batched_sums_width(k);
+  // H = sym(Q MQs^T): one sum per entry of the lower triangle, batched (the leader mirrors it).
+  {
+    const int entries = k * (k + 1) / 2;
+    TriangleCursor start;
+    for (int e0 = 0; e0 < entries; e0 += width) {
+      const int count = entries - e0 < width ? entries - e0 : width;
+      TriangleCursor term_at = start, result_at = start;
+      ctx.template sums<T>(
+          count, d,
+          [&](int) {
+            const T *qi = Q + (long)term_at.i * d, *ql = Q + (long)term_at.l * d;
+            const T *mqi = MQs + (long)term_at.i * d, *mql = MQs + (long)term_at.l * d;
+            term_at.advance();
+            return [=](int j) { return qi[j] * mql[j] + ql[j] * mqi[j]; };
+          },
+          [&](int, T value) {
+            if (ctx.leader()) H[result_at.i * k + result_at.l] = H[result_at.l * k + result_at.i] = T(0.5) * value;
+            result_at.advance();
+          });
+      start = result_at;
     }
   }
   ctx.sync();
   small_eigh(ctx, H, scratch.U, scratch.order, scratch.eig_work, k);
   const T* U = scratch.U;
   const int* order = scratch.order;
+  // From here on each thread reads and writes only its own columns of V, Q_next and MQs (the
+  // same split in for_each_row_sum, the reductions and for_each): only the reductions synchronise.
   // M v_i / s for every i, built in place of Q_next (then orthonormalized), while MQs is alive.
   for (int i = 0; i < k; ++i) {
     const int col = order[i];
@@ -78,49 +92,66 @@ SPECTRAL_HD void ritz_step_sample(const Ctx& ctx, const T* Q, const T* MQ, const
         d, k, [&](int l, int j) { return U[col * k + l] * MQs[(long)l * d + j]; },
         [&](int j, T mv) { Q_next[(long)i * d + j] = mv; });
   }
-  ctx.sync();  // MQs (in V) is dead from here
+  // V over MQs (this thread's columns of MQs were all read above).
   for (int i = 0; i < k; ++i) {
     const int col = order[i];
-    const T value = H[col * k + col];
-    T* vi = V + (long)i * d;
-    T* mvi = Q_next + (long)i * d;
     ctx.template for_each_row_sum<T>(
-        d, k, [&](int l, int j) { return U[col * k + l] * Q[(long)l * d + j]; }, [&](int j, T v) { vi[j] = v; });
-    ctx.sync();
-    // v_i . v_prev_i >= 0; without V_prev, or where that product is NaN (a NaN in V_prev), the
-    // largest |component| positive.  The same branches on every thread.
-    T sign = T(1);
-    bool by_lead = V_prev == nullptr;
-    if (!by_lead) {
-      const T* pi = V_prev + (long)i * d;
-      const T dot = ctx.template sum<T>(d, [&](int j) { return vi[j] * pi[j]; });
-      sign = dot < T(0) ? T(-1) : T(1);
-      by_lead = !(dot < T(0) || dot >= T(0));
+        d, k, [&](int l, int j) { return U[col * k + l] * Q[(long)l * d + j]; },
+        [&](int j, T v) { V[(long)i * d + j] = v; });
+  }
+  // r_i^2 = ||M v_i - lam_i v_i||^2 (the sign flip below keeps it) and, with V_prev, the dots
+  // v_i . v_prev_i (in sign, per-thread), each batched over the rows.
+  T* sign = scratch.coef;
+  const T top = H[order[0] * (k + 1)];
+  for (int i0 = 0; i0 < k; i0 += width) {
+    const int m = k - i0 < width ? k - i0 : width;
+    ctx.template sums<T>(
+        m, d,
+        [&](int c) {
+          const T *mvi = Q_next + (long)(i0 + c) * d, *vi = V + (long)(i0 + c) * d;
+          const T value = H[order[i0 + c] * (k + 1)];
+          return [=](int j) {
+            const T e = mvi[j] - value * vi[j];
+            return e * e;
+          };
+        },
+        [&](int c, T r2) {
+          if (ctx.leader()) {  // relative residuals from the scaled values, then the values scaled back
+            lam[i0 + c] = H[order[i0 + c] * (k + 1)] * s;
+            res[i0 + c] = top > T(0) ? sqrt_(r2) / top : T(0);
+          }
+        });
+    if (V_prev != nullptr) {
+      ctx.template sums<T>(
+          m, d,
+          [&](int c) {
+            const T *vi = V + (long)(i0 + c) * d, *pi = V_prev + (long)(i0 + c) * d;
+            return [=](int j) { return vi[j] * pi[j]; };
+          },
+          [&](int c, T dot) { sign[i0 + c] = dot; });
     }
+  }
+  // v_i . v_prev_i >= 0; without V_prev, or where that product is NaN (a NaN in V_prev), the
+  // largest |component| positive.  The same branches on every thread.
+  for (int i = 0; i < k; ++i) {
+    const T* vi = V + (long)i * d;
+    const T dot = V_prev != nullptr ? sign[i] : T(0);
+    const bool by_lead = V_prev == nullptr || !(dot < T(0) || dot >= T(0));
     if (by_lead) {
       const int lead = ctx.template argmax_abs<T>(d, [&](int j) { return vi[j]; });
-      sign = vi[lead] < T(0) ? T(-1) : T(1);
+      sign[i] = vi[lead] < T(0) ? T(-1) : T(1);  // vi[lead] was written before argmax's barriers
+    } else {
+      sign[i] = dot < T(0) ? T(-1) : T(1);
     }
-    ctx.sync();
-    if (sign < T(0)) {
+  }
+  ctx.sync();  // every thread has read its vi[lead] before any row is flipped
+  for (int i = 0; i < k; ++i) {
+    if (sign[i] < T(0)) {
+      T* vi = V + (long)i * d;
+      T* mvi = Q_next + (long)i * d;
       ctx.for_each(d, [&](int j) { vi[j] = -vi[j]; mvi[j] = -mvi[j]; });
-      ctx.sync();
-    }
-    const T r2 = ctx.template sum<T>(d, [&](int j) {
-      const T e = mvi[j] - value * vi[j];
-      return e * e;
-    });
-    if (ctx.leader()) { lam[i] = value; res[i] = sqrt_(r2); }
-  }
-  ctx.sync();
-  if (ctx.leader()) {  // relative residuals from the scaled values, then the values scaled back
-    const T top = lam[0];
-    for (int i = 0; i < k; ++i) {
-      res[i] = top > T(0) ? res[i] / top : T(0);
-      lam[i] *= s;
     }
   }
-  ctx.sync();
   orthonormalize_rows(ctx, Q_next, Q_next, k, d, scratch.coef);
 }
 

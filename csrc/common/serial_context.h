@@ -5,6 +5,11 @@
 // (csrc/cuda/block_context.cuh):
 //   for_each(n, f)          f(j) for j in [0, n) (split across threads on the GPU)
 //   sum<T>(n, f)            sum_j f(j), the same value returned to every thread
+//   sums<T>(m, n, term_of, finish)
+//                           finish(c, sum_j term_of(c)(j)) for c in [0, m), m <= batched_sums_width(k)
+//                           (batch.h): m reductions under one pair of barriers.  term_of(c) returns
+//                           the term j -> T of value c (its setup runs once per value); term_of and
+//                           then finish are called for c = 0, 1, ..., m - 1 in order on every thread
 //   for_each_row_sum<T>(n, rows, term, finish)
 //                           finish(j, sum_{l < rows} term(l, j)) for j in [0, n): a linear
 //                           combination of `rows` row vectors, evaluated column by column
@@ -17,8 +22,11 @@
 //   sync()                  barrier between phases (writes before it are visible after it)
 //   leader()                true on exactly one thread (for small serial k x k work)
 //   kSerial                 true when the context is a single thread
+// for_each and the reductions split j the same way, so a thread may read without a barrier the
+// entries it wrote in an earlier for_each over the same n.
 #pragma once
 
+#include "batch.h"
 #include "macros.h"
 
 namespace spectral_ops {
@@ -49,6 +57,12 @@ struct SerialContext {
 #pragma omp simd reduction(+ : total)
     for (int u = 0; u < kSumLanes; ++u) total += part[u];
     return total;
+  }
+
+  // One sum per value, as sum() would give it (the CPU results do not depend on the batching).
+  template <typename T, typename TermOf, typename Finish>
+  inline void sums(int m, int n, TermOf term_of, Finish finish) const {
+    for (int c = 0; c < m; ++c) finish(c, sum<T>(n, term_of(c)));
   }
 
   // The row sums run over column chunks held in a stack accumulator, so that the inner loop is

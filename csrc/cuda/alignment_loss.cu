@@ -17,7 +17,8 @@ namespace {
 template <typename T>
 __global__ void alignment_loss_kernel(const T* V, const T* S, T* loss, T* saved, int k, int d, int kind,
                                       int weights, int width) {
-  SPECTRAL_BLOCK_CONTEXT(T);
+  SharedCarver carver{dynamic_shared()};
+  SPECTRAL_BLOCK_CONTEXT(T, carver, k);
   const T value = alignment_loss_sample(ctx, V + (int64_t)blockIdx.x * k * d, S + (int64_t)blockIdx.x * k, k, d,
                                         kind, weights, saved ? saved + (int64_t)blockIdx.x * width : nullptr);
   if (ctx.leader()) loss[blockIdx.x] = value;
@@ -26,8 +27,9 @@ __global__ void alignment_loss_kernel(const T* V, const T* S, T* loss, T* saved,
 template <typename T>
 __global__ void alignment_loss_backward_kernel(const T* grad, const T* V, const T* S, const T* saved, T* grad_V,
                                                T* grad_S, int k, int d, int kind, int weights, int width) {
-  SPECTRAL_BLOCK_CONTEXT(T);
-  T mix[kMaxCudaK];
+  SharedCarver carver{dynamic_shared()};
+  SPECTRAL_BLOCK_CONTEXT(T, carver, k);
+  T mix[kMaxCudaK];  // per-thread: row i of diag(S^2) G
   const int64_t offset = (int64_t)blockIdx.x * k * d;
   alignment_loss_backward_sample(ctx, grad[blockIdx.x], V + offset, S + (int64_t)blockIdx.x * k,
                                  saved + (int64_t)blockIdx.x * width, grad_V + offset,
@@ -43,7 +45,11 @@ std::tuple<at::Tensor, at::Tensor> alignment_loss_impl(const at::Tensor& V, cons
   at::Tensor saved = with_saved ? at::empty({in.s.B, in.width}, in.V.options()) : at::Tensor();
   if (in.s.B > 0) {
     AT_DISPATCH_FLOATING_TYPES(in.ct, "alignment_loss_cuda", [&] {
-      alignment_loss_kernel<scalar_t><<<in.s.B, threads_for(in.s.d), 0, c10::cuda::getCurrentCUDAStream()>>>(
+      const int threads = threads_for(in.s.d);
+      SharedCarver carver{nullptr};
+      take_batch_buffer<scalar_t>(carver, (int)in.s.k, threads);
+      alignment_loss_kernel<scalar_t>
+          <<<in.s.B, threads, checked_shared_bytes(carver), c10::cuda::getCurrentCUDAStream()>>>(
           in.V.const_data_ptr<scalar_t>(), in.S.const_data_ptr<scalar_t>(), loss.data_ptr<scalar_t>(),
           with_saved ? saved.data_ptr<scalar_t>() : nullptr, (int)in.s.k, (int)in.s.d, in.kind, in.weights,
           (int)in.width);
@@ -75,7 +81,10 @@ std::tuple<at::Tensor, at::Tensor> alignment_loss_backward_cuda(const at::Tensor
   if (in.s.B > 0) {
     AT_DISPATCH_FLOATING_TYPES(in.ct, "alignment_loss_backward_cuda", [&] {
       const auto stream = c10::cuda::getCurrentCUDAStream();
-      alignment_loss_backward_kernel<scalar_t><<<in.s.B, threads_for(in.s.d), 0, stream>>>(
+      const int threads = threads_for(in.s.d);
+      SharedCarver carver{nullptr};
+      take_batch_buffer<scalar_t>(carver, (int)in.s.k, threads);
+      alignment_loss_backward_kernel<scalar_t><<<in.s.B, threads, checked_shared_bytes(carver), stream>>>(
           gc.const_data_ptr<scalar_t>(), in.V.const_data_ptr<scalar_t>(), in.S.const_data_ptr<scalar_t>(),
           stc.const_data_ptr<scalar_t>(), grad_V.data_ptr<scalar_t>(), grad_S.data_ptr<scalar_t>(), (int)in.s.k,
           (int)in.s.d, in.kind, in.weights, (int)in.width);

@@ -12,17 +12,25 @@ namespace {
 
 template <typename T>
 __global__ void orthonormalize_kernel(const T* __restrict__ W, T* __restrict__ Q, int k, int d) {
-  SPECTRAL_BLOCK_CONTEXT(T);
-  T coef[kMaxCudaK];
+  SharedCarver carver{dynamic_shared()};
+  SPECTRAL_BLOCK_CONTEXT(T, carver, k);
+  T coef[kMaxCudaK];  // per-thread CGS2 coefficients (k - 1 at most)
   const int64_t offset = (int64_t)blockIdx.x * k * d;
   orthonormalize_rows(ctx, W + offset, Q + offset, k, d, coef);
 }
 
+// L and M (k x k each), after the batch buffer, in dynamic shared memory.
+template <typename T>
+__host__ __device__ T* carve_backward_scratch(SharedCarver& carver, int k) {
+  return carver.take<T>(2L * k * k);
+}
+
 template <typename T>
 __global__ void orthonormalize_backward_kernel(const T* grad_Q, const T* Q, const T* W, T* grad_W, int k, int d) {
-  SPECTRAL_BLOCK_CONTEXT(T);
-  __shared__ T L[kMaxCudaK * kMaxCudaK];
-  __shared__ T M[kMaxCudaK * kMaxCudaK];
+  SharedCarver carver{dynamic_shared()};
+  SPECTRAL_BLOCK_CONTEXT(T, carver, k);
+  T* L = carve_backward_scratch<T>(carver, k);
+  T* M = L + k * k;
   const int64_t offset = (int64_t)blockIdx.x * k * d;
   orthonormalize_backward_rows(ctx, grad_Q + offset, Q + offset, W + offset, grad_W + offset, k, d, L, M);
 }
@@ -34,7 +42,10 @@ at::Tensor orthonormalize_cuda(const at::Tensor& W) {
   at::Tensor Q = at::empty_like(wc);
   if (s.B == 0) return Q.to(W.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(wc.scalar_type(), "orthonormalize_cuda", [&] {
-    orthonormalize_kernel<scalar_t><<<s.B, threads_for(s.d), 0, c10::cuda::getCurrentCUDAStream()>>>(
+    const int threads = threads_for(s.d);
+    SharedCarver carver{nullptr};
+    take_batch_buffer<scalar_t>(carver, (int)s.k, threads);
+    orthonormalize_kernel<scalar_t><<<s.B, threads, checked_shared_bytes(carver), c10::cuda::getCurrentCUDAStream()>>>(
         wc.const_data_ptr<scalar_t>(), Q.data_ptr<scalar_t>(), (int)s.k, (int)s.d);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -51,7 +62,12 @@ at::Tensor orthonormalize_backward_cuda(const at::Tensor& grad_Q, const at::Tens
   at::Tensor grad_W = at::empty_like(wc);
   if (s.B == 0) return grad_W.to(grad_Q.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(ct, "orthonormalize_backward_cuda", [&] {
-    orthonormalize_backward_kernel<scalar_t><<<s.B, threads_for(s.d), 0, c10::cuda::getCurrentCUDAStream()>>>(
+    const int threads = threads_for(s.d);
+    SharedCarver carver{nullptr};
+    take_batch_buffer<scalar_t>(carver, (int)s.k, threads);
+    carve_backward_scratch<scalar_t>(carver, (int)s.k);
+    orthonormalize_backward_kernel<scalar_t>
+        <<<s.B, threads, checked_shared_bytes(carver), c10::cuda::getCurrentCUDAStream()>>>(
         gc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(),
         grad_W.data_ptr<scalar_t>(), (int)s.k, (int)s.d);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

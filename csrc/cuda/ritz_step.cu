@@ -13,19 +13,26 @@
 namespace spectral_ops {
 namespace {
 
+// The k x k scratch of one block, after the batch buffer, in dynamic shared memory.
+template <typename T>
+__host__ __device__ RitzScratch<T> carve_ritz_scratch(SharedCarver& carver, int k, T* coef) {
+  T* H = carver.take<T>((long)k * k);
+  T* U = carver.take<T>((long)k * k);
+  T* eig_work = carver.take<T>(2 * k + 1);
+  int* order = carver.take<int>(k);
+  return RitzScratch<T>{H, U, order, eig_work, coef};
+}
+
 template <typename T>
 __global__ void ritz_step_kernel(const T* Q, const T* MQ, const T* V_prev, T* V, T* lam, T* res, T* Q_next, int k,
                                  int d) {
-  SPECTRAL_BLOCK_CONTEXT(T);
-  __shared__ T H[kMaxCudaK * kMaxCudaK];
-  __shared__ T U[kMaxCudaK * kMaxCudaK];
-  __shared__ int order[kMaxCudaK];
-  __shared__ T eig_work[2 * kMaxCudaK + 1];
-  T coef[kMaxCudaK];
+  SharedCarver carver{dynamic_shared()};
+  SPECTRAL_BLOCK_CONTEXT(T, carver, k);
+  T coef[kMaxCudaK];  // per-thread: the CGS2 coefficients and the Ritz vectors' signs
+  const RitzScratch<T> scratch = carve_ritz_scratch<T>(carver, k, coef);
   const int64_t offset = (int64_t)blockIdx.x * k * d;
   ritz_step_sample(ctx, Q + offset, MQ + offset, V_prev ? V_prev + offset : nullptr, V + offset,
-                   lam + (int64_t)blockIdx.x * k, res + (int64_t)blockIdx.x * k, Q_next + offset, k, d,
-                   RitzScratch<T>{H, U, order, eig_work, coef});
+                   lam + (int64_t)blockIdx.x * k, res + (int64_t)blockIdx.x * k, Q_next + offset, k, d, scratch);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ritz_step_cuda(const at::Tensor& Q, const at::Tensor& MQ,
@@ -41,7 +48,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ritz_step_cuda(const 
   at::Tensor lam = at::empty({s.B, s.k}, qc.options()), res = at::empty({s.B, s.k}, qc.options());
   if (s.B > 0) {
     AT_DISPATCH_FLOATING_TYPES(ct, "ritz_step_cuda", [&] {
-      ritz_step_kernel<scalar_t><<<s.B, threads_for(s.d), 0, c10::cuda::getCurrentCUDAStream()>>>(
+      const int threads = threads_for(s.d);
+      SharedCarver carver{nullptr};
+      take_batch_buffer<scalar_t>(carver, (int)s.k, threads);
+      carve_ritz_scratch<scalar_t>(carver, (int)s.k, nullptr);
+      const size_t shared_bytes = checked_shared_bytes(carver);
+      ritz_step_kernel<scalar_t><<<s.B, threads, shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(
           qc.const_data_ptr<scalar_t>(), mqc.const_data_ptr<scalar_t>(),
           pc.defined() ? pc.const_data_ptr<scalar_t>() : nullptr, V.data_ptr<scalar_t>(), lam.data_ptr<scalar_t>(),
           res.data_ptr<scalar_t>(), Q_next.data_ptr<scalar_t>(), (int)s.k, (int)s.d);

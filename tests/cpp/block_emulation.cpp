@@ -24,10 +24,19 @@ namespace {
 
 // What the threads of one emulated block share: the barrier and the reduction buffers.
 struct BlockShared {
-  explicit BlockShared(int threads) : sync(threads), values(threads), indices(threads) {}
+  BlockShared(int threads, int capacity)
+      : sync(threads), values(threads), indices(threads), batch((size_t)threads * capacity), capacity(capacity) {}
+  void wait(int tid) {
+    if (tid == 0) ++barriers;
+    sync.arrive_and_wait();
+  }
   std::barrier<> sync;
+  long barriers = 0;  // barrier phases, counted by thread 0
   std::vector<double> values;
   std::vector<int> indices;
+  std::vector<double> batch;  // sums(): value c of thread t at c * threads + t
+  int capacity;               // the most values one sums() may reduce (the kernels' buffer size)
+  long sums_calls = 0, sums_values = 0;  // counted by thread 0
 };
 
 // One thread of an emulated block (the interface of serial_context.h, the semantics of
@@ -46,12 +55,34 @@ struct EmulatedBlockContext {
   U sum(int n, F f) const {
     U acc = U(0);
     for (int j = tid; j < n; j += threads) acc += f(j);
-    shared->sync.arrive_and_wait();  // earlier readers of the buffer are done
+    shared->wait(tid);  // earlier readers of the buffer are done
     shared->values[tid] = double(acc);
-    shared->sync.arrive_and_wait();
+    shared->wait(tid);
     U total = U(0);
     for (int t = 0; t < threads; ++t) total += U(shared->values[t]);
     return total;
+  }
+
+  template <typename U, typename TermOf, typename Finish>
+  void sums(int m, int n, TermOf term_of, Finish finish) const {
+    if (m < 0 || m > shared->capacity) {  // the CUDA kernel's batch buffer would overflow
+      std::fprintf(stderr, "sums: m = %d outside [0, %d]\n", m, shared->capacity);
+      std::abort();
+    }
+    if (tid == 0) { ++shared->sums_calls; shared->sums_values += m; }
+    shared->wait(tid);  // earlier readers of the buffer are done
+    for (int c = 0; c < m; ++c) {
+      const auto term = term_of(c);
+      U acc = U(0);
+      for (int j = tid; j < n; j += threads) acc += term(j);
+      shared->batch[(size_t)c * threads + tid] = double(acc);
+    }
+    shared->wait(tid);
+    for (int c = 0; c < m; ++c) {
+      U total = U(0);
+      for (int t = 0; t < threads; ++t) total += U(shared->batch[(size_t)c * threads + t]);
+      finish(c, total);
+    }
   }
 
   template <typename U, typename Term, typename Finish>
@@ -77,9 +108,9 @@ struct EmulatedBlockContext {
     int found = n;
     for (int j = tid; j < n; j += threads)
       if (pred(j)) { found = j; break; }
-    shared->sync.arrive_and_wait();
+    shared->wait(tid);
     shared->indices[tid] = found;
-    shared->sync.arrive_and_wait();
+    shared->wait(tid);
     int best = n;
     for (int t = 0; t < threads; ++t) best = std::min(best, shared->indices[t]);
     return best;
@@ -93,10 +124,10 @@ struct EmulatedBlockContext {
       const double a = std::fabs(double(f(j)));
       if (a > best_value) { best_value = a; best = j; }
     }
-    shared->sync.arrive_and_wait();
+    shared->wait(tid);
     shared->values[tid] = best_value;
     shared->indices[tid] = best;
-    shared->sync.arrive_and_wait();
+    shared->wait(tid);
     best_value = -1;
     best = n;
     for (int t = 0; t < threads; ++t)
@@ -114,25 +145,31 @@ struct EmulatedBlockContext {
       const U a = std::fabs(f(j));
       best = a > best ? a : best;
     }
-    shared->sync.arrive_and_wait();
+    shared->wait(tid);
     shared->values[tid] = double(best);
-    shared->sync.arrive_and_wait();
+    shared->wait(tid);
     U total = U(0);
     for (int t = 0; t < threads; ++t) total = U(shared->values[t]) > total ? U(shared->values[t]) : total;
     return total;
   }
 
-  void sync() const { shared->sync.arrive_and_wait(); }
+  void sync() const { shared->wait(tid); }
   bool leader() const { return tid == 0; }
 };
 
-// Runs body(ctx) on `threads` std::threads forming one emulated block.
-void run_block(int threads, const std::function<void(const EmulatedBlockContext&)>& body) {
-  BlockShared shared(threads);
+// Barriers and sums() calls of the last run_block (thread 0's count).
+long last_barriers = 0, last_sums_calls = 0, last_sums_values = 0;
+
+// Runs body(ctx) on `threads` std::threads forming one emulated block for a sample with k rows.
+void run_block(int threads, int k, const std::function<void(const EmulatedBlockContext&)>& body) {
+  BlockShared shared(threads, spectral_ops::batched_sums_width(k));
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t)
     pool.emplace_back([&, t] { body(EmulatedBlockContext{t, threads, &shared}); });
   for (auto& thread : pool) thread.join();
+  last_barriers = shared.barriers;
+  last_sums_calls = shared.sums_calls;
+  last_sums_values = shared.sums_values;
 }
 
 int failures = 0;
@@ -165,7 +202,7 @@ void check_orthonormalize(int threads, int k, int d, bool dependent) {
   }
   std::vector<double> serial(k * d), block(k * d), coef(k);
   spectral_ops::orthonormalize_rows(spectral_ops::SerialContext{}, W.data(), serial.data(), k, d, coef.data());
-  run_block(threads, [&](const EmulatedBlockContext& ctx) {
+  run_block(threads, k, [&](const EmulatedBlockContext& ctx) {
     std::vector<double> local(k);  // per-thread, like the CUDA kernel's register array
     spectral_ops::orthonormalize_rows(ctx, W.data(), block.data(), k, d, local.data());
   });
@@ -176,7 +213,7 @@ void check_orthonormalize(int threads, int k, int d, bool dependent) {
   std::vector<double> gs(k * d), gb(k * d), L(k * k), M(k * k);
   spectral_ops::orthonormalize_backward_rows(spectral_ops::SerialContext{}, G.data(), serial.data(), W.data(),
                                              gs.data(), k, d, L.data(), M.data());
-  run_block(threads, [&](const EmulatedBlockContext& ctx) {
+  run_block(threads, k, [&](const EmulatedBlockContext& ctx) {
     spectral_ops::orthonormalize_backward_rows(ctx, G.data(), serial.data(), W.data(), gb.data(), k, d, L.data(),
                                                M.data());
   });
@@ -220,7 +257,7 @@ RitzOut run_ritz(int threads, const std::vector<double>& Q, const std::vector<do
   if (threads == 0) {
     body(spectral_ops::SerialContext{});
   } else {
-    run_block(threads, [&](const EmulatedBlockContext& ctx) { body(ctx); });
+    run_block(threads, k, [&](const EmulatedBlockContext& ctx) { body(ctx); });
   }
   return out;
 }
@@ -264,7 +301,7 @@ void check_extreme_inputs(int threads, int k, int d) {
   for (double c : {1e-300, 1e-200, 1e200, 1e300}) {
     const std::vector<double> Wc = scaled(W, c);
     std::vector<double> Qc(k * d), gc(k * d);
-    run_block(threads, [&](const EmulatedBlockContext& ctx) {
+    run_block(threads, k, [&](const EmulatedBlockContext& ctx) {
       std::vector<double> local(k);
       spectral_ops::orthonormalize_rows(ctx, Wc.data(), Qc.data(), k, d, local.data());
       spectral_ops::orthonormalize_backward_rows(ctx, G.data(), Qc.data(), Wc.data(), gc.data(), k, d, L.data(),
@@ -294,7 +331,7 @@ void check_extreme_inputs(int threads, int k, int d) {
   for (double bad : {nan, inf, -inf}) {
     std::vector<double> Wb = W, Qb(k * d);
     Wb[(k - 1) * d + d / 2] = bad;  // in the last row: the rows before it are already written
-    run_block(threads, [&](const EmulatedBlockContext& ctx) {
+    run_block(threads, k, [&](const EmulatedBlockContext& ctx) {
       std::vector<double> local(k);
       spectral_ops::orthonormalize_rows(ctx, Wb.data(), Qb.data(), k, d, local.data());
     });
@@ -319,7 +356,7 @@ void check_alignment(int threads, int k, int d, int kind) {
   std::vector<double> saved_serial(width), saved_block(width), loss_serial(1), loss_block(1);
   loss_serial[0] = spectral_ops::alignment_loss_sample(spectral_ops::SerialContext{}, V.data(), S.data(), k, d, kind,
                                                        spectral_ops::kWeightsSingular, saved_serial.data());
-  run_block(threads, [&](const EmulatedBlockContext& ctx) {
+  run_block(threads, k, [&](const EmulatedBlockContext& ctx) {
     const double value = spectral_ops::alignment_loss_sample(ctx, V.data(), S.data(), k, d, kind,
                                                              spectral_ops::kWeightsSingular, saved_block.data());
     if (ctx.leader()) loss_block[0] = value;
@@ -332,7 +369,7 @@ void check_alignment(int threads, int k, int d, int kind) {
   spectral_ops::alignment_loss_backward_sample(spectral_ops::SerialContext{}, 0.7, V.data(), S.data(),
                                                saved_serial.data(), gv_serial.data(), gs_serial.data(), k, d, kind,
                                                spectral_ops::kWeightsSingular, coef.data());
-  run_block(threads, [&](const EmulatedBlockContext& ctx) {
+  run_block(threads, k, [&](const EmulatedBlockContext& ctx) {
     std::vector<double> mix(k);
     spectral_ops::alignment_loss_backward_sample(ctx, 0.7, V.data(), S.data(), saved_block.data(), gv_block.data(),
                                                  gs_block.data(), k, d, kind, spectral_ops::kWeightsSingular,
@@ -344,7 +381,47 @@ void check_alignment(int threads, int k, int d, int kind) {
 
 }  // namespace
 
+void report_barriers() {
+  for (int k : {4, 16, 32}) {
+    const int d = 64, threads = 8;
+    std::vector<double> Q, MQ;
+    make_ritz_inputs(k, d, Q, MQ);
+    const std::vector<double> prev = random_rows(k, d, 9u);
+    run_ritz(threads, Q, MQ, nullptr, k, d);
+    const long ritz0 = last_barriers;
+    run_ritz(threads, Q, MQ, prev.data(), k, d);
+    const long ritz1 = last_barriers;
+    std::vector<double> W = random_rows(k, d, 1u), out(k * d), G = random_rows(k, d, 2u), gw(k * d), L(k * k), M(k * k);
+    run_block(threads, k, [&](const EmulatedBlockContext& ctx) {
+      std::vector<double> local(k);
+      spectral_ops::orthonormalize_rows(ctx, W.data(), out.data(), k, d, local.data());
+    });
+    const long orth = last_barriers;
+    run_block(threads, k, [&](const EmulatedBlockContext& ctx) {
+      spectral_ops::orthonormalize_backward_rows(ctx, G.data(), out.data(), W.data(), gw.data(), k, d, L.data(), M.data());
+    });
+    const long back = last_barriers;
+    std::vector<double> S(k, 1.0), saved(spectral_ops::saved_width(spectral_ops::kLossOffdiag, k, d));
+    run_block(threads, k, [&](const EmulatedBlockContext& ctx) {
+      spectral_ops::alignment_loss_sample(ctx, out.data(), S.data(), k, d, spectral_ops::kLossOffdiag,
+                                          spectral_ops::kWeightsUniform, saved.data());
+    });
+    const long align = last_barriers;
+    std::vector<double> A = random_rows(k, k, 4u), U(k * k), work(2 * k + 1);
+    for (int i = 0; i < k; ++i)
+      for (int l = 0; l < i; ++l) A[l * k + i] = A[i * k + l];
+    std::vector<int> order(k);
+    run_block(threads, k, [&](const EmulatedBlockContext& ctx) {
+      spectral_ops::jacobi_eigh(ctx, A.data(), U.data(), order.data(), work.data(), k);
+    });
+    const long jac = last_barriers;
+    std::printf("barriers k=%-2d d=%d: ritz_step %ld (with V_prev %ld), orthonormalize %ld, backward %ld, "
+                "offdiag loss %ld, jacobi (random A) %ld\n", k, d, ritz0, ritz1, orth, back, align, jac);
+  }
+}
+
 int main() {
+  report_barriers();
   // Block sizes: one thread, fewer threads than d, a non-power of two, more threads than d.
   for (int threads : {1, 4, 7, 40}) {
     for (auto [k, d] : {std::pair{1, 1}, {3, 7}, {8, 33}, {16, 40}}) {
