@@ -33,7 +33,8 @@ def _extensions():
     sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + _sources("csrc/cpu/*.cpp")
     extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
     kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"],
-                  depends=_sources("csrc/common/*.h") + _sources("csrc/cpu/*.h") + _sources("csrc/cuda/*.cuh"))
+                  depends=_sources("csrc/common/*.h") + _sources("csrc/cpu/*.h") + _sources("csrc/cuda/*.cuh")
+                  + ["spectral_ops/ops/constants.def"])
     if _want_cuda():
         extra_compile_args["nvcc"] = ["-O3", "-DSPECTRAL_OPS_WITH_CUDA"]
         extra_compile_args["cxx"].append("-DSPECTRAL_OPS_WITH_CUDA")

@@ -11,8 +11,16 @@
 
 namespace spectral_ops {
 
+// The constants shared with Python, from their one definition (spectral_ops/ops/constants.def,
+// also parsed by spectral_ops/ops/constants.py), as spectral_ops::constants::NAME.
+namespace constants {
+#define SPECTRAL_CONSTANT(name, value) constexpr auto name = value;
+#include "../../spectral_ops/ops/constants.def"
+#undef SPECTRAL_CONSTANT
+}  // namespace constants
+
 // Largest k the CUDA kernels support (k x k scratch lives in shared memory).
-constexpr int kMaxCudaK = 32;
+constexpr int kMaxCudaK = constants::MAX_CUDA_K;
 
 SPECTRAL_HD float sqrt_(float x) { return sqrtf(x); }
 SPECTRAL_HD double sqrt_(double x) { return sqrt(x); }
@@ -25,10 +33,10 @@ template <typename T>
 SPECTRAL_HD T sign_(T x) { return T(x > T(0)) - T(x < T(0)); }
 
 // Relative norm below which a Gram-Schmidt residual counts as linearly dependent
-// (same values as reference.rank_tolerance).
+// (constants.def; reference.rank_tolerance reads the same values).
 template <typename T> SPECTRAL_HD T rank_tolerance();
-template <> SPECTRAL_HD float rank_tolerance<float>() { return 1e-6f; }
-template <> SPECTRAL_HD double rank_tolerance<double>() { return 1e-12; }
+template <> SPECTRAL_HD float rank_tolerance<float>() { return static_cast<float>(constants::RANK_TOLERANCE_FLOAT32); }
+template <> SPECTRAL_HD double rank_tolerance<double>() { return constants::RANK_TOLERANCE_FLOAT64; }
 
 // order[0..k) = the indices of the diagonal of the row-major k x k A, sorted by value descending
 // (stable: ties keep the lower index first).  The eigensolvers' output order.

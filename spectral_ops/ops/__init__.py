@@ -2,33 +2,112 @@
 
 Shapes: V, W, Q are [B, k, d] (k row vectors per sample, 1 <= k <= d); S, values are [B, k].
 
-Backends:
+Backends (one `Backend` entry each in `_BACKENDS`):
 - "cpp": the compiled CPU kernels (spectral_ops._C, built by `pip install --no-build-isolation -e .`),
   in a baseline and an AVX2 + FMA copy chosen at run time (`cpu_isa`, `use_cpu_isa`);
-- "cuda": the compiled CUDA kernels (build with FORCE_CUDA=1), k <= 32;
+- "cuda": the compiled CUDA kernels (build with FORCE_CUDA=1), k <= MAX_CUDA_K (32);
 - "triton": Triton kernels (`pip install triton`), on CUDA tensors, or on CPU tensors when
   TRITON_INTERPRET=1 was set before triton was imported;
 - "reference": pure torch (reference.py), always available, differentiable by autograd.
 "auto" picks cuda, then triton, then reference for CUDA tensors; cpp, then reference for CPU tensors.
+
+Adding an op, in order: its schema (and C++ autograd) in csrc/ops.cpp; its per-sample maths in
+csrc/common/<op>.h; the launchers in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu; its fake kernel in
+`_native.FAKE_KERNELS` (registered for the compiled op, reused by the Triton op); its pure-torch
+version in reference.py; its Triton kernel in backends/triton/kernels.py and its triton_op in
+backends/triton/ops.py (exported by backends/triton/__init__.py); the checked public wrapper
+here, added to `OPS` (every backend's `implementation()` must then provide it); the tests in
+tests/test_ops.py (reused by tests/test_ops_triton.py); its name in the OPS list of
+.ci/build_cuda.sh.
+
+Adding a backend, in order: its kernels (a module or namespace with one function per name in
+`OPS`, taking the public op's positional arguments); one `Backend` entry in `_BACKENDS` below:
+its name, `implementation` (imported lazily), `unavailable` (the reason it cannot run on a device,
+with how to get it, or None), `auto_devices` (the device types "auto" tries it on, in table
+order) and `max_k` if it has a limit; its row in the README's backend table; its tests.
+Shared numeric limits (MAX_CUDA_K, the rank tolerances) live in constants.def only.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
+from typing import Callable
 
 import torch
 
 from . import _native, reference
 from ._native import cpu_isa, cpu_isas, use_cpu_isa
+from .constants import MAX_CUDA_K
 from .reference import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
 
 __all__ = ["orthonormalize", "ritz_step", "alignment_loss", "use_backend", "available_backends", "reference",
            "cpu_isa", "cpu_isas", "use_cpu_isa", "BACKENDS", "LOSS_KINDS", "WEIGHT_KINDS", "compute_dtype",
            "MAX_CUDA_K", "unit_norm_tolerance"]
 
-BACKENDS = ("auto", "cpp", "cuda", "triton", "reference")
-MAX_CUDA_K = 32  # the CUDA kernels keep k x k scratch in shared memory
+OPS = ("orthonormalize", "ritz_step", "alignment_loss")  # what every backend's implementation() provides
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """One kernel backend: where its ops are, where it runs, and its limits."""
+
+    name: str
+    implementation: Callable[[], object]  # -> an object with one attribute per name in OPS
+    unavailable: Callable[[torch.device], str | None]  # None if it can run on the device, else why not
+    auto_devices: tuple[str, ...]  # device types on which "auto" tries it (in _BACKENDS order)
+    max_k: int | None = None  # the largest k it supports, None for any k <= d
+
+
+def _triton_module():
+    from .backends import triton as triton_kernels
+
+    return triton_kernels
+
+
+def _compiled_ops():
+    return torch.ops.spectral_ops  # cpp and cuda: the dispatcher picks the kernel by device
+
+
+def _cpp_unavailable(device: torch.device) -> str | None:
+    if not _native.LOADED:
+        return ("the compiled extension spectral_ops._C is not available "
+                f"({_native.LOAD_ERROR}); build it with `pip install --no-build-isolation -e .`")
+    if device.type != "cpu":
+        return f"backend 'cpp' runs on CPU tensors, got a {device.type} tensor"
+    return None
+
+
+def _cuda_unavailable(device: torch.device) -> str | None:
+    if not _native.has_cuda_kernels():
+        return ("spectral_ops._C has no CUDA kernels; rebuild with "
+                "`FORCE_CUDA=1 pip install --no-build-isolation -e .` (needs nvcc and a CUDA build of torch)")
+    if device.type != "cuda":
+        return f"backend 'cuda' runs on CUDA tensors, got a {device.type} tensor"
+    return None
+
+
+def _triton_unavailable(device: torch.device) -> str | None:
+    triton_kernels = _triton_module()
+    if not triton_kernels.AVAILABLE:
+        return f"triton is not available ({triton_kernels.UNAVAILABLE_REASON}); `pip install triton`"
+    if device.type == "cpu" and not triton_kernels.INTERPRET:
+        return ("backend 'triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set "
+                "before triton is imported")
+    if device.type not in ("cpu", "cuda"):
+        return f"backend 'triton' runs on CUDA tensors, got a {device.type} tensor"
+    return None
+
+
+# The backends, in the order "auto" tries them and available_backends lists them.
+_BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("cpp", _compiled_ops, _cpp_unavailable, auto_devices=("cpu",)),
+    Backend("cuda", _compiled_ops, _cuda_unavailable, auto_devices=("cuda",), max_k=MAX_CUDA_K),
+    Backend("triton", _triton_module, _triton_unavailable, auto_devices=("cuda",)),
+    Backend("reference", lambda: reference, lambda device: None, auto_devices=("cpu", "cuda")),
+)}
+BACKENDS = ("auto",) + tuple(_BACKENDS)
 _state = threading.local()
 
 
@@ -36,48 +115,23 @@ def _active() -> str:
     return getattr(_state, "backend", "auto")
 
 
-def _triton_module():
-    from ..kernels import triton as triton_kernels
-
-    return triton_kernels
+def _backend(name: str) -> Backend:
+    try:
+        return _BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}") from None
 
 
 def _backend_usable(name: str, device: torch.device) -> str | None:
     """None if `name` can run on `device`, else the reason (with how to get it)."""
-    if name == "reference":
-        return None
-    if name == "cpp":
-        if not _native.LOADED:
-            return ("the compiled extension spectral_ops._C is not available "
-                    f"({_native.LOAD_ERROR}); build it with `pip install --no-build-isolation -e .`")
-        if device.type != "cpu":
-            return f"backend 'cpp' runs on CPU tensors, got a {device.type} tensor"
-        return None
-    if name == "cuda":
-        if not _native.has_cuda_kernels():
-            return ("spectral_ops._C has no CUDA kernels; rebuild with "
-                    "`FORCE_CUDA=1 pip install --no-build-isolation -e .` (needs nvcc and a CUDA build of torch)")
-        if device.type != "cuda":
-            return f"backend 'cuda' runs on CUDA tensors, got a {device.type} tensor"
-        return None
-    if name == "triton":
-        triton_kernels = _triton_module()
-        if not triton_kernels.AVAILABLE:
-            return f"triton is not available ({triton_kernels.UNAVAILABLE_REASON}); `pip install triton`"
-        if device.type == "cpu" and not triton_kernels.INTERPRET:
-            return ("backend 'triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set "
-                    "before triton is imported")
-        if device.type not in ("cpu", "cuda"):
-            return f"backend 'triton' runs on CUDA tensors, got a {device.type} tensor"
-        return None
-    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return _backend(name).unavailable(device)
 
 
 def available_backends(device: str | torch.device | None = None) -> list[str]:
     """Backends usable in this process, for `device` ("cpu", "cuda") or for any device if None."""
     devices = [torch.device(device)] if device is not None else [torch.device("cpu")] + (
         [torch.device("cuda")] if torch.cuda.is_available() else [])
-    return [name for name in BACKENDS[1:] if any(_backend_usable(name, dev) is None for dev in devices)]
+    return [name for name, backend in _BACKENDS.items() if any(backend.unavailable(dev) is None for dev in devices)]
 
 
 @contextlib.contextmanager
@@ -103,22 +157,28 @@ def use_backend(name: str, *, cpu_isa: str | None = None):
 
 
 def _resolve(device: torch.device, k: int) -> str:
+    """The name of the backend that runs an op on `device` with k vectors per sample."""
     name = _active()
     if name == "auto":
-        order = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpp", "reference")
-        for candidate in order:
-            if candidate == "cuda" and k > MAX_CUDA_K:
-                continue
-            if _backend_usable(candidate, device) is None:
-                return candidate
+        device_type = "cuda" if device.type == "cuda" else "cpu"
+        for backend in _BACKENDS.values():
+            if (device_type in backend.auto_devices and (backend.max_k is None or k <= backend.max_k)
+                    and backend.unavailable(device) is None):
+                return backend.name
         return "reference"
-    reason = _backend_usable(name, device)
+    backend = _backend(name)
+    reason = backend.unavailable(device)
     if reason is not None:
         raise RuntimeError(f"spectral_ops backend {name!r} is unavailable: {reason}")
-    if name == "cuda" and k > MAX_CUDA_K:
-        raise ValueError(f"the cuda backend supports k <= {MAX_CUDA_K}, got k={k}; use backend 'triton', "
+    if backend.max_k is not None and k > backend.max_k:
+        raise ValueError(f"the {name} backend supports k <= {backend.max_k}, got k={k}; use backend 'triton', "
                          "'reference' or 'auto'")
     return name
+
+
+def _implementation(device: torch.device, k: int):
+    """The active backend's ops for `device` and k (see `_resolve`)."""
+    return _BACKENDS[_resolve(device, k)].implementation()
 
 
 def _check_rows(t, name: str) -> tuple[int, int, int]:
@@ -190,12 +250,7 @@ def orthonormalize(W: torch.Tensor) -> torch.Tensor:
     all-NaN Q[b] and a zero gradient; the other samples are unaffected.
     """
     _, k, _ = _check_rows(W, "W")
-    backend = _resolve(W.device, k)
-    if backend == "reference":
-        return reference.orthonormalize(W)
-    if backend == "triton":
-        return _triton_module().orthonormalize(W)
-    return torch.ops.spectral_ops.orthonormalize(W)
+    return _implementation(W.device, k).orthonormalize(W)
 
 
 def ritz_step(Q: torch.Tensor, MQ: torch.Tensor, V_prev: torch.Tensor | None = None):
@@ -212,12 +267,7 @@ def ritz_step(Q: torch.Tensor, MQ: torch.Tensor, V_prev: torch.Tensor | None = N
     _check_like(MQ, "MQ", Q, "Q")
     if V_prev is not None:
         _check_like(V_prev, "V_prev", Q, "Q")
-    backend = _resolve(Q.device, k)
-    if backend == "reference":
-        return reference.ritz_step(Q, MQ, V_prev)
-    if backend == "triton":
-        return _triton_module().ritz_step(Q, MQ, V_prev)
-    return torch.ops.spectral_ops.ritz_step(Q, MQ, V_prev)
+    return _implementation(Q.device, k).ritz_step(Q, MQ, V_prev)
 
 
 def alignment_loss(V: torch.Tensor, S: torch.Tensor, kind: str = "l1", weights: str = "uniform") -> torch.Tensor:
@@ -241,9 +291,4 @@ def alignment_loss(V: torch.Tensor, S: torch.Tensor, kind: str = "l1", weights: 
     if weights not in WEIGHT_KINDS:
         raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
     _check_alignment_values(V, S)
-    backend = _resolve(V.device, k)
-    if backend == "reference":
-        return reference.alignment_loss(V, S, kind, weights)
-    if backend == "triton":
-        return _triton_module().alignment_loss(V, S, kind, weights)
-    return torch.ops.spectral_ops.alignment_loss(V, S, kind, weights)
+    return _implementation(V.device, k).alignment_loss(V, S, kind, weights)

@@ -81,32 +81,51 @@ def use_cpu_isa(name: str):
         _C.set_cpu_isa(previous)
 
 
+def _fake_orthonormalize(W):
+    return torch.empty_like(W)
+
+
+def _fake_orthonormalize_backward(grad_Q, Q, W):
+    return torch.empty_like(grad_Q)
+
+
+def _fake_ritz_step(Q, MQ, V_prev):
+    B, k, _ = Q.shape
+    return torch.empty_like(Q), Q.new_empty(B, k), Q.new_empty(B, k), torch.empty_like(Q)
+
+
+def _fake_alignment_loss(V, S, kind, weights):
+    return V.new_empty(V.shape[0])
+
+
+def _fake_alignment_loss_forward(V, S, kind, weights):
+    B, k, d = V.shape
+    return V.new_empty(B), V.new_empty((B, saved_width(kind, k, d)), dtype=compute_dtype(V.dtype))
+
+
+def _fake_alignment_loss_backward(grad, V, S, *saved_kind_weights):
+    # (saved, kind, weights) for the compiled op; (kind, weights) for the Triton op, which
+    # recomputes the statistics instead of saving them.
+    return torch.empty_like(V), torch.empty_like(S)
+
+
+# Op name -> its fake (meta) kernel: output shapes and dtypes only, so tracing never launches a
+# kernel.  Registered here for the compiled ops, and reused by the Triton ops of the same name
+# (backends/triton/ops.py).
+FAKE_KERNELS = {
+    "orthonormalize": _fake_orthonormalize,
+    "orthonormalize_backward": _fake_orthonormalize_backward,
+    "ritz_step": _fake_ritz_step,
+    "alignment_loss": _fake_alignment_loss,
+    "alignment_loss_forward": _fake_alignment_loss_forward,
+    "alignment_loss_backward": _fake_alignment_loss_backward,
+}
+assert set(FAKE_KERNELS) == set(OP_NAMES)
+
+
 def _register() -> None:
-    @torch.library.register_fake("spectral_ops::orthonormalize")
-    def _(W):
-        return torch.empty_like(W)
-
-    @torch.library.register_fake("spectral_ops::orthonormalize_backward")
-    def _(grad_Q, Q, W):
-        return torch.empty_like(grad_Q)
-
-    @torch.library.register_fake("spectral_ops::ritz_step")
-    def _(Q, MQ, V_prev):
-        B, k, _ = Q.shape
-        return torch.empty_like(Q), Q.new_empty(B, k), Q.new_empty(B, k), torch.empty_like(Q)
-
-    @torch.library.register_fake("spectral_ops::alignment_loss")
-    def _(V, S, kind, weights):
-        return V.new_empty(V.shape[0])
-
-    @torch.library.register_fake("spectral_ops::alignment_loss_forward")
-    def _(V, S, kind, weights):
-        B, k, d = V.shape
-        return V.new_empty(B), V.new_empty((B, saved_width(kind, k, d)), dtype=compute_dtype(V.dtype))
-
-    @torch.library.register_fake("spectral_ops::alignment_loss_backward")
-    def _(grad, V, S, saved, kind, weights):
-        return torch.empty_like(V), torch.empty_like(S)
+    for name in OP_NAMES:
+        torch.library.register_fake(f"spectral_ops::{name}")(FAKE_KERNELS[name])
 
 
 if LOADED:

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import torch
 
+from .constants import RANK_TOLERANCE_FLOAT32, RANK_TOLERANCE_FLOAT64
+
+# The alignment_loss variants, defined here only.  A kind's position is its integer code in the
+# kernels (csrc/common/alignment.h's LossKind and WeightKind; the Triton LOSS_CODES and WEIGHT_CODES
+# are built from these tuples); tests/test_constants.py checks the C++ side against them.
 LOSS_KINDS = ("l1", "assigned", "offdiag")
 WEIGHT_KINDS = ("uniform", "singular")
 
@@ -19,8 +24,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def rank_tolerance(dtype: torch.dtype) -> float:
-    """Relative norm below which a Gram-Schmidt residual counts as linearly dependent."""
-    return 1e-12 if dtype == torch.float64 else 1e-6
+    """Relative norm below which a Gram-Schmidt residual counts as linearly dependent (constants.def)."""
+    return RANK_TOLERANCE_FLOAT64 if dtype == torch.float64 else RANK_TOLERANCE_FLOAT32
 
 
 def finite_samples(*tensors: torch.Tensor) -> torch.Tensor:
