@@ -10,10 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from spectral_ops.config import from_flat
-from spectral_ops.lab.cli.options import add_options
+from spectral_ops.lab.cli.options import add_options, add_threads_option, apply_threads
 from spectral_ops.lab.demo import DEMO, demo
 from spectral_ops.lab.io import EVAL_MODULES, require_modules, writable_dir
 from spectral_ops.lab.train import TrainConfig
@@ -30,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser, TrainConfig, DEMO_DEFAULTS, only=DEMO_OPTIONS)
     parser.add_argument("--n-eval", type=int, default=2000, help="latent samples for the metrics (default: %(default)s)")
     parser.add_argument("--cache-dir", default=None, help="factor-predictor cache (default: $SPECTRAL_OPS_CACHE or ~/.cache/spectral_ops)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_option(parser)
     parser.add_argument("--jobs", type=int, default=None,
                         help="train the two GANs in this many processes, one thread each (default: 2 when the "
                              "machine has 2 or more cores, else 1)")
@@ -47,10 +45,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--batch-size must be >= 2, got {args.batch_size}")
         if args.n_eval < 100:
             raise ValueError(f"--n-eval must be >= 100, got {args.n_eval}")
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
+        apply_threads(args)
         jobs = args.jobs if args.jobs is not None else (2 if (os.cpu_count() or 1) >= 2 else 1)
         if jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {jobs}")

@@ -8,8 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
+from spectral_ops.lab.cli.options import add_threads_option, apply_threads
 from spectral_ops.lab.evaluate import evaluate_generator, format_table, traversal_grid
 from spectral_ops.lab.io import EVAL_MODULES, atomic_save_image, atomic_write_text, require_modules, writable_dir
 from spectral_ops.lab.metrics import PredictorConfig, load_or_fit_predictor
@@ -22,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent samples (default: %(default)s)")
     parser.add_argument("--out", default=None, help="folder for eval.json and traversal.png (default: the checkpoint's folder)")
     parser.add_argument("--cache-dir", default=None, help="factor-predictor cache (default: $SPECTRAL_OPS_CACHE or ~/.cache/spectral_ops)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -31,10 +30,7 @@ def run(args: argparse.Namespace) -> int:
         require_modules("spectral-ops eval", EVAL_MODULES, extra="eval")
         if args.n_samples < 100:
             raise ValueError(f"--n-samples must be >= 100, got {args.n_samples}")
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
+        apply_threads(args)
         if not os.path.isfile(args.ckpt):
             raise ValueError(f"--ckpt: no such file {args.ckpt!r}")
         try:

@@ -46,3 +46,17 @@ def add_options(parser, cls, defaults=None, *, prefix: str = "", path: str = "",
         target.add_argument(flag, dest=dest, type=_TYPES.get(kind, str), default=value, help=help_text,
                             choices=tuple(choices) if choices is not None else None,
                             metavar=None if choices is not None else f.name.upper())
+
+
+def add_threads_option(parser) -> None:
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def apply_threads(args) -> None:
+    """torch.set_num_threads(--threads) when given; ValueError (exit 2) below 1."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)

@@ -13,10 +13,8 @@ import signal
 import sys
 from pathlib import Path
 
-import torch
-
 from spectral_ops.config import from_flat
-from spectral_ops.lab.cli.options import add_options
+from spectral_ops.lab.cli.options import add_options, add_threads_option, apply_threads
 from spectral_ops.lab.io import writable_dir
 from spectral_ops.lab.train import (TrainConfig, TrainingDiverged, TrainingInterrupted, config_changes, folder_problem,
                                     format_changes, read_resume, resumed_config, train)
@@ -47,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true",
                    help="replace a run already in OUT (checkpoint, log, summary); without it a fresh run into a "
                         "folder holding one is refused")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_option(g)
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.epilog = ("Several processes: torchrun --nproc_per_node 2 -m spectral_ops.lab.cli train ... "
                      "(gloo on CPU, nccl on GPU). Exit status: 0 done, 2 bad arguments, checkpoint or output "
@@ -77,10 +75,7 @@ def _resume_config(args: argparse.Namespace, resume: str) -> TrainConfig:
 
 def _configure(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
     """(the run's config, the checkpoint to resume or None); ValueError for bad arguments."""
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     resume = None
     if args.resume is not None:
         resume = str(Path(args.out) / "checkpoint.pt") if args.resume == "auto" else args.resume
