@@ -60,8 +60,6 @@ DEVICES = ("auto", "cpu", "cuda")
 RESUMABLE = ("steps", "log_every", "ckpt_every", "out", "device")
 #: the files that make a folder hold a run
 RUN_FILES = ("checkpoint.pt", "log.jsonl", "train.json")
-_CKPT_FORMAT = 1
-_CKPT_KEYS = ("config", "step", "world", "elapsed", "G", "D", "opt_G", "opt_D", "rng")
 
 
 #: The trainer's spectral settings: the library's defaults, regularized every 4 steps (the
@@ -260,9 +258,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     except Exception as exc:  # truncated zip, random bytes, a pickle of other classes, ...
         raise ValueError(f"{str(path)!r} is not a readable spectral-ops training checkpoint (truncated or "
                          f"another kind of file: {_first_line(exc)})") from None
-    if not isinstance(blob, dict) or blob.get("format") != _CKPT_FORMAT:
+    if not isinstance(blob, dict) or blob.get("format") != Checkpointer.FORMAT:
         raise ValueError(f"{str(path)!r} is not a spectral-ops training checkpoint")
-    missing = [k for k in _CKPT_KEYS if k not in blob]
+    missing = [k for k in Checkpointer.KEYS if k not in blob]
     if missing or not isinstance(blob["config"], dict):
         raise ValueError(f"{str(path)!r} is an incomplete spectral-ops training checkpoint "
                          f"(missing {', '.join(missing) or 'config'})")
@@ -357,24 +355,6 @@ def _remove_stale_tmp(out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _cut_log(path: Path, step: int) -> None:
-    """Keep the log lines up to `step` (a resumed run continues the log from its checkpoint: after
-    a crash the log may run ahead of it, or end in a half-written line)."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    keep = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step and line.endswith("\n"):
-            keep.append(line)
-    if keep != lines:
-        atomic_write_text("".join(keep), path)
-
-
 def _nonfinite_weight(modules: dict[str, nn.Module | None]) -> str | None:
     """"the generator's weight fc.weight" for the first parameter or buffer that is not finite
     ({description: module}), else None."""
@@ -440,6 +420,367 @@ def _dist_setup(device_pref: str) -> tuple[int, int, torch.device, bool]:
     return rank, world, device, initialized
 
 
+@dataclass(eq=False)
+class RunState:
+    """One process's run: its data, models, optimizers and sampling RNG (built by `_setup`)."""
+
+    config: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    data: torch.Tensor  # (n_train, 1, size, size) training images in [0, 1], on `device`
+    G: Generator
+    D: Discriminator
+    G_ema: Generator | None  # the moving average of G's weights (config.ema > 0), else None
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    reg: nn.Module | None  # the generator's regularizer (config.reg), else None
+    sampler: torch.Generator  # this process's batch indices and latents
+    G_run: nn.Module | None = None  # G as the steps call it: in DistributedDataParallel when world > 1
+    D_run: nn.Module | None = None
+    start: int = 0  # the steps done before this call (a resumed checkpoint's)
+    elapsed: float = 0.0  # the seconds they took
+    t0: float = 0.0  # time.perf_counter() when this call's steps began
+
+    @property
+    def batch(self) -> int:
+        """B, the rows this process draws each step: batch_size / world."""
+        return self.config.batch_size // self.world
+
+    def wrap(self) -> None:
+        """Set G_run, D_run: G and D, in DistributedDataParallel under several processes."""
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.G_run, self.D_run = DDP(self.G, device_ids=ids), DDP(self.D, device_ids=ids)
+        else:
+            self.G_run, self.D_run = self.G, self.D
+
+    def result(self, seconds: float, steps: int, history: list, checkpoint: str | None) -> TrainResult:
+        """The TrainResult of the finished run (its generators in eval mode)."""
+        self.G.eval()
+        if self.G_ema is None:
+            return TrainResult(G=self.G, D=self.D, config=self.config, seconds=seconds, steps=steps,
+                               history=history, checkpoint=checkpoint)
+        self.G_ema.eval()
+        return TrainResult(G=self.G_ema, D=self.D, config=self.config, seconds=seconds, steps=steps,
+                           history=history, checkpoint=checkpoint, G_train=self.G)
+
+
+def _setup(config: TrainConfig, rank: int, world: int, device: torch.device) -> RunState:
+    """A fresh run on `device`: the dataset, then (seeded by config.seed, in this order, which
+    the random stream of every run and checkpoint depends on) models, regularizer, optimizers, EMA
+    copy and this rank's sampler."""
+    data = make_dataset(config.dataset, config.n_train, size=config.size, seed=config.data_seed).images.to(device)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    G, D = build_models(config)
+    G, D = G.to(device), D.to(device)
+    reg = build_regularizer(config)
+    if reg is not None:
+        reg = reg.to(device)
+    opt_G = torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2))
+    opt_D = torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=(config.beta1, config.beta2))
+    G_ema = copy.deepcopy(G).requires_grad_(False) if config.ema > 0 else None
+    sampler = torch.Generator(device="cpu").manual_seed(config.seed * 1000 + rank)
+    return RunState(config, rank, world, device, data, G, D, G_ema, opt_G, opt_D, reg, sampler)
+
+
+def _check_processes(config: TrainConfig, blob: dict | None, world: int) -> None:
+    """ValueError unless the batch splits evenly over `world` processes, as many as the resumed run's."""
+    if config.batch_size % world:
+        raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the number of processes ({world})")
+    if blob is not None and int(blob.get("world", 1)) != world:
+        raise ValueError(f"resume: checkpoint was written with {blob.get('world')} processes, now {world}")
+
+
+class TrainLog:
+    """A run's metrics: the sums since the last log line, the lines (`history`, appended to
+    log.jsonl when writing) and the progress bar."""
+
+    FILE = "log.jsonl"
+    NAMES = ("loss_D", "loss_G", "r1", "reg")
+
+    def __init__(self, out: Path, writes: bool):
+        self.path, self.writes = out / self.FILE, writes
+        self.sums = torch.zeros(4, dtype=torch.float64)  # of NAMES, since the last line
+        self.counts = torch.zeros(4, dtype=torch.float64)  # the steps that computed each
+        self.history: list[dict] = []
+        self.file = self.bar = None
+
+    def cut(self, step: int) -> None:
+        """Keep the log lines up to `step` (a resumed run continues the log from its checkpoint:
+        after a crash the log may run ahead of it, or end in a half-written line)."""
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        keep = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step and line.endswith("\n"):
+                keep.append(line)
+        if keep != lines:
+            atomic_write_text("".join(keep), self.path)
+
+    def open(self, config: TrainConfig, start: int, show: bool, desc: str | None) -> None:
+        """Append to the log file (when writing); a progress bar from `start` (hidden unless `show`)."""
+        self.file = open(self.path, "a") if self.writes else None
+        self.bar = tqdm(total=config.steps, initial=min(start, config.steps), disable=not show,
+                        desc=desc or f"train {config.reg}", leave=False, dynamic_ncols=True)
+
+    def add(self, values: torch.Tensor, did_r1: bool, did_reg: bool) -> None:
+        """Add one step's (4,) float64 values of NAMES (r1, reg: counted on the steps that computed them)."""
+        self.sums += values
+        self.counts += torch.tensor([1.0, 1.0, float(did_r1), float(did_reg)], dtype=torch.float64)
+
+    def line(self, step: int, seconds: float) -> None:
+        """Log the means since the last line (r1 and reg: over the steps that computed them)."""
+        mean = (self.sums / self.counts.clamp_min(1)).tolist()
+        self.sums.zero_(), self.counts.zero_()
+        rec = {"step": step, "loss_D": mean[0], "loss_G": mean[1], "r1": mean[2], "reg": mean[3],
+               "seconds": round(seconds, 3)}
+        self.history.append(rec)
+        if self.file is not None:
+            try:
+                self.file.write(json.dumps(rec) + "\n")
+                self.file.flush()
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot write the log {str(self.path)!r} at step {step} "
+                                         f"({exc.strerror or exc})") from exc
+        self.bar.set_postfix(D=f"{rec['loss_D']:.2f}", G=f"{rec['loss_G']:.2f}", reg=f"{rec['reg']:.3f}")
+
+    def close(self, *, quiet: bool = False) -> None:
+        """Close the bar and the file (`quiet`: ignore an OSError on closing)."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.file is not None and not self.file.closed:
+            try:
+                self.file.close()
+            except OSError:  # a full disk: already reported by the write that failed
+                if not quiet:
+                    raise
+
+
+def _claim_folder(out: Path, resume, overwrite: bool, blob: dict | None, world: int, log: TrainLog) -> None:
+    """Refuse (ValueError, on every process) an output folder holding another run, then prepare it
+    when writing: create, clear on overwrite, drop stale temporary files, cut the log on resume."""
+    import torch.distributed as dist
+
+    problem = folder_problem(out, resume, overwrite) if log.writes else None
+    if world > 1:  # every rank stops, or none (rank 0 alone sees the folder)
+        box = [problem]
+        dist.broadcast_object_list(box, src=0)
+        problem = box[0]
+    if problem:
+        raise ValueError(problem)
+    if log.writes:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite and not _own_folder(out, resume):
+            _clear_run(out)
+        _remove_stale_tmp(out)
+        if blob is not None:
+            log.cut(int(blob["step"]))
+
+
+class Checkpointer:
+    """A run's checkpoint: out/checkpoint.pt, written atomically (when writing: rank 0), with
+    everything needed to continue bit for bit; `last` is the one a failure leaves intact."""
+
+    FILE = "checkpoint.pt"
+    FORMAT = 1
+    #: the keys every checkpoint holds (newer ones also G_ema, reg and log_acc)
+    KEYS = ("config", "step", "world", "elapsed", "G", "D", "opt_G", "opt_D", "rng")
+
+    def __init__(self, out: Path, writes: bool):
+        self.path, self.writes = out / self.FILE, writes
+        self.last: str | None = None
+        self.last_step = 0  # the step of `last`
+
+    def restore(self, blob: dict, run: RunState, log: TrainLog, source) -> None:
+        """Continue `run` and the log's sums from a checkpoint read from `source` (ValueError on a mismatch)."""
+        _load_state(run.G, blob["G"], "the generator", source)
+        _load_state(run.D, blob["D"], "the discriminator", source)
+        if run.G_ema is not None:
+            _load_state(run.G_ema, blob["G_ema"] if blob.get("G_ema") is not None else blob["G"],
+                        "the EMA generator", source)
+        _load_state(run.opt_G, blob["opt_G"], "the generator's optimizer", source)
+        _load_state(run.opt_D, blob["opt_D"], "the discriminator's optimizer", source)
+        if run.reg is not None and blob.get("reg") is not None:
+            _load_state(run.reg, blob["reg"], "the regularizer", source)
+        run.start, run.elapsed = int(blob["step"]), float(blob["elapsed"])
+        if blob.get("log_acc") is not None:  # a checkpoint between two log lines
+            log.sums.copy_(blob["log_acc"][0]), log.counts.copy_(blob["log_acc"][1])
+        states = blob["rng"]
+        _set_rng_state(states[run.rank] if isinstance(states, list) else states, run.sampler)
+        self.last_step = run.start
+        if self.writes and self.path.is_file():
+            self.last = str(self.path)
+
+    def save(self, run: RunState, log: TrainLog, step: int) -> None:
+        """Save the state after `step` steps (every process calls it: the RNG states are gathered).
+        A non-finite weight raises TrainingDiverged instead; an OSError keeps the previous file."""
+        bad = _nonfinite_weight({"generator": run.G, "discriminator": run.D, "EMA generator": run.G_ema})
+        if bad:
+            raise TrainingDiverged(f"training diverged by step {step}: {bad} is not finite; not saved, "
+                                   f"{self.last_good()}", step, self.last)
+        rng = _rng_state(run.sampler)
+        if run.world > 1:
+            import torch.distributed as dist
+
+            gathered = [None] * run.world
+            dist.all_gather_object(gathered, rng)
+            rng = gathered
+        if not self.writes:
+            return
+        try:
+            atomic_save({"format": self.FORMAT, "config": asdict(run.config), "step": step, "world": run.world,
+                         "elapsed": run.elapsed + (time.perf_counter() - run.t0),
+                         "G": run.G.state_dict(), "G_ema": None if run.G_ema is None else run.G_ema.state_dict(),
+                         "D": run.D.state_dict(), "opt_G": run.opt_G.state_dict(),
+                         "opt_D": run.opt_D.state_dict(), "reg": None if run.reg is None else run.reg.state_dict(),
+                         "rng": rng, "log_acc": torch.stack([log.sums, log.counts])}, self.path)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot save the checkpoint {str(self.path)!r} at step {step} "
+                                     f"({exc.strerror or exc}); the previous one is unchanged") from exc
+        self.last, self.last_step = str(self.path), step
+
+    def last_good(self) -> str:
+        """The end of a failure's message: which checkpoint is left."""
+        if self.last is None:
+            return "and there is no checkpoint yet"
+        return f"the last good checkpoint is {self.last} (step {self.last_step})"
+
+
+def _discriminator_step(run: RunState, step: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """One D update on B real and B generated images (each (B, 1, size, size)), with the R1
+    penalty on the reals every r1_every steps (scaled by r1_every): (loss_D, r1, whether R1 ran)."""
+    config, B = run.config, run.batch
+    idx = torch.randint(0, run.data.shape[0], (B,), generator=run.sampler).to(run.device)
+    z = torch.randn(B, config.latent_dim, generator=run.sampler).to(run.device)
+    real = run.data[idx]
+    with torch.no_grad():
+        fake = run.G(z)
+    do_r1 = config.r1_gamma > 0 and step % config.r1_every == 0
+    if do_r1:
+        real = real.detach().requires_grad_(True)
+    logits = run.D_run(torch.cat([real, fake]))
+    l_real, l_fake = logits[:B], logits[B:]
+    loss_D = F.softplus(-l_real).mean() + F.softplus(l_fake).mean()
+    r1 = torch.zeros((), device=run.device)
+    if do_r1:
+        (g,) = torch.autograd.grad(l_real.sum(), real, create_graph=True)
+        r1 = g.pow(2).flatten(1).sum(1).mean()
+        loss_D = loss_D + 0.5 * config.r1_gamma * config.r1_every * r1
+    run.opt_D.zero_grad(set_to_none=True)
+    loss_D.backward()
+    run.opt_D.step()
+    return loss_D, r1, do_r1
+
+
+def _generator_step(run: RunState) -> tuple[torch.Tensor, torch.Tensor]:
+    """One G update on B latents (B, latent_dim): the non-saturating loss plus reg_weight times
+    the regularizer (on its own lazy schedule): (adversarial loss, regularizer value)."""
+    config = run.config
+    z = torch.randn(run.batch, config.latent_dim, generator=run.sampler).to(run.device)
+    run.D.requires_grad_(False)
+    fake = run.G_run(z)
+    loss_adv = F.softplus(-run.D(fake)).mean()
+    loss_G = loss_adv
+    reg_val = torch.zeros((), device=run.device)
+    if run.reg is not None and config.reg_weight > 0:
+        reg_val = run.reg(run.G_run, z)
+        loss_G = loss_G + config.reg_weight * reg_val
+    run.opt_G.zero_grad(set_to_none=True)
+    loss_G.backward()
+    run.opt_G.step()
+    run.D.requires_grad_(True)
+    return loss_adv, reg_val
+
+
+_LOSS_SOURCES = {"loss_D": "discriminator", "loss_G": "generator", "r1": "discriminator's R1 penalty",
+                 "reg": "generator's regularizer"}
+
+
+def _should_stop(run: RunState, ckpt: Checkpointer, stop: _StopSignals, values: torch.Tensor, done: int) -> bool:
+    """Whether a signal stops every process after step `done`; TrainingDiverged when one of the
+    step's losses (`values`, (4,) float64 of TrainLog.NAMES) is not finite on any process."""
+    names = TrainLog.NAMES
+    bad = [k for k, v in zip(names, values.tolist()) if not np.isfinite(v)]
+    flags = [float(stop.signum is not None), float(bool(bad))]
+    if run.world > 1:  # every rank stops at the same step
+        import torch.distributed as dist
+
+        t = torch.tensor(flags, device=run.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flags = t.tolist()
+    if flags[1]:
+        what = (", ".join(f"{k} = {float(values[names.index(k)])} ({_LOSS_SOURCES[k]})" for k in bad)
+                if bad else "a loss on another process")
+        raise TrainingDiverged(f"training diverged at step {done}: {what}; stopped without saving, "
+                               f"{ckpt.last_good()}", done, ckpt.last)
+    return bool(flags[0])
+
+
+def _run_steps(run: RunState, ckpt: Checkpointer, log: TrainLog, stop: _StopSignals) -> int | None:
+    """Train from run.start to config.steps, logging and checkpointing on schedule; the step a
+    signal stopped the run after (its state saved), or None when every step ran."""
+    config = run.config
+    for step in range(run.start, config.steps):
+        loss_D, r1, did_r1 = _discriminator_step(run, step)
+        loss_adv, reg_val = _generator_step(run)
+        if run.G_ema is not None:
+            _ema_update(run.G_ema, run.G, min(config.ema, (1 + step) / (10 + step)))
+        done = step + 1
+        values = torch.stack([loss_D.detach(), loss_adv.detach(), r1.detach(), reg_val.detach()]).double().cpu()
+        stop_now = _should_stop(run, ckpt, stop, values, done)
+        log.add(values, did_r1, reg_val.grad_fn is not None)
+        if done % config.log_every == 0 or done == config.steps:
+            log.line(done, run.elapsed + time.perf_counter() - run.t0)
+        saved_now = done % config.ckpt_every == 0 and done != config.steps
+        if saved_now:
+            ckpt.save(run, log, done)
+        log.bar.update(1)
+        if stop_now and done != config.steps:
+            if not saved_now:
+                ckpt.save(run, log, done)
+            return done
+    return None
+
+
+def _write_summary(path: Path, run: RunState, steps: int, seconds: float, checkpoint: str | None,
+                   history: list[dict]) -> None:
+    """train.json: the config, how far the run went, its checkpoint and last log line."""
+    summary = {"config": asdict(run.config), "steps": steps, "seconds": round(seconds, 2),
+               "world": run.world, "checkpoint": checkpoint, "last": history[-1] if history else None}
+    atomic_write_text(json.dumps(summary, indent=2), path)
+
+
+def _finish(run: RunState, ckpt: Checkpointer, log: TrainLog, stop: _StopSignals,
+            interrupted: int | None) -> tuple[int, float]:
+    """After the steps: TrainingInterrupted if a signal stopped them (their state is saved), else
+    the final checkpoint and train.json: (the final step, the run's seconds)."""
+    log.bar.close()
+    if interrupted is not None:
+        log.close()
+        if run.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        raise TrainingInterrupted(interrupted, ckpt.last, stop.signum or signal.SIGINT)
+    final_step = max(run.start, run.config.steps)  # a signal from here on is ignored: the run completes
+    ckpt.save(run, log, final_step)
+    seconds = run.elapsed + time.perf_counter() - run.t0
+    if log.writes:
+        log.close()
+        _write_summary(log.path.parent / "train.json", run, final_step, seconds, ckpt.last, log.history)
+    return final_step, seconds
+
+
 def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, overwrite: bool = False,
           progress: bool = True, write: bool = True, desc: str | None = None) -> TrainResult:
     """Train a GAN as described by `config`.
@@ -474,229 +815,29 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, overw
         config = resumed_config(saved, config, int(blob["step"]))
     config.validate()
     rank, world, device, we_init = _dist_setup(config.device)
-    out = Path(config.out)
-    main = rank == 0
-    G_run = D_run = log_f = bar = None
+    out, writes = Path(config.out), write and rank == 0
+    ckpt, log, run = Checkpointer(out, writes), TrainLog(out, writes), None
     stop = _StopSignals()
     try:
-        if config.batch_size % world:
-            raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the number of processes ({world})")
-        if blob is not None and int(blob.get("world", 1)) != world:
-            raise ValueError(f"resume: checkpoint was written with {blob.get('world')} processes, now {world}")
-        B = config.batch_size // world
-        problem = folder_problem(out, resume, overwrite) if (write and main) else None
-        if world > 1:  # every rank stops, or none (rank 0 alone sees the folder)
-            box = [problem]
-            dist.broadcast_object_list(box, src=0)
-            problem = box[0]
-        if problem:
-            raise ValueError(problem)
-        if write and main:
-            out.mkdir(parents=True, exist_ok=True)
-            if overwrite and not _own_folder(out, resume):
-                _clear_run(out)
-            _remove_stale_tmp(out)
-            if blob is not None:
-                _cut_log(out / "log.jsonl", int(blob["step"]))
-
-        data = make_dataset(config.dataset, config.n_train, size=config.size, seed=config.data_seed).images.to(device)
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        np.random.seed(config.seed)
-        G, D = build_models(config)
-        G, D = G.to(device), D.to(device)
-        reg = build_regularizer(config)
-        if reg is not None:
-            reg = reg.to(device)
-        opt_G = torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2))
-        opt_D = torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=(config.beta1, config.beta2))
-        G_ema = copy.deepcopy(G).requires_grad_(False) if config.ema > 0 else None
-        sampler = torch.Generator(device="cpu").manual_seed(config.seed * 1000 + rank)
-        start, elapsed = 0, 0.0
-        acc = torch.zeros(4, dtype=torch.float64)  # sums since the last log line: loss_D, loss_G, r1, reg
-        acc_n = torch.zeros(4, dtype=torch.float64)
+        _check_processes(config, blob, world)
+        _claim_folder(out, resume, overwrite, blob, world, log)
+        run = _setup(config, rank, world, device)
         if blob is not None:
-            _load_state(G, blob["G"], "the generator", resume)
-            _load_state(D, blob["D"], "the discriminator", resume)
-            if G_ema is not None:
-                _load_state(G_ema, blob["G_ema"] if blob.get("G_ema") is not None else blob["G"], "the EMA generator",
-                            resume)
-            _load_state(opt_G, blob["opt_G"], "the generator's optimizer", resume)
-            _load_state(opt_D, blob["opt_D"], "the discriminator's optimizer", resume)
-            if reg is not None and blob.get("reg") is not None:
-                _load_state(reg, blob["reg"], "the regularizer", resume)
-            start, elapsed = int(blob["step"]), float(blob["elapsed"])
-            if blob.get("log_acc") is not None:  # a checkpoint between two log lines
-                acc.copy_(blob["log_acc"][0]), acc_n.copy_(blob["log_acc"][1])
-            states = blob["rng"]
-            _set_rng_state(states[rank] if isinstance(states, list) else states, sampler)
-
-        if world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [device.index] if device.type == "cuda" else None
-            G_run, D_run = DDP(G, device_ids=ids), DDP(D, device_ids=ids)
-        else:
-            G_run, D_run = G, D
-
-        def save(step: int) -> str | None:
-            bad = _nonfinite_weight({"generator": G, "discriminator": D, "EMA generator": G_ema})
-            if bad:
-                raise TrainingDiverged(f"training diverged by step {step}: {bad} is not finite; not saved, "
-                                       f"{last_good()}", step, ckpt_path)
-            rng = _rng_state(sampler)
-            if world > 1:
-                gathered = [None] * world
-                dist.all_gather_object(gathered, rng)
-                rng = gathered
-            if not (write and main):
-                return None
-            path = out / "checkpoint.pt"
-            try:
-                atomic_save({"format": _CKPT_FORMAT, "config": asdict(config), "step": step, "world": world,
-                             "elapsed": elapsed + (time.perf_counter() - t0),
-                             "G": G.state_dict(), "G_ema": None if G_ema is None else G_ema.state_dict(),
-                             "D": D.state_dict(), "opt_G": opt_G.state_dict(),
-                             "opt_D": opt_D.state_dict(), "reg": None if reg is None else reg.state_dict(),
-                             "rng": rng, "log_acc": torch.stack([acc, acc_n])}, path)
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot save the checkpoint {str(path)!r} at step {step} "
-                                         f"({exc.strerror or exc}); the previous one is unchanged") from exc
-            saved_at[0] = step
-            return str(path)
-
-        def last_good() -> str:
-            if ckpt_path is None:
-                return "and there is no checkpoint yet"
-            return f"the last good checkpoint is {ckpt_path} (step {saved_at[0]})"
-
-        log_f = open(out / "log.jsonl", "a") if (write and main) else None
-        history: list[dict] = []
-        t0 = time.perf_counter()
-        saved_at = [start]  # the step of ckpt_path
-        ckpt_path = str(out / "checkpoint.pt") if (write and main and blob is not None
-                                                   and (out / "checkpoint.pt").is_file()) else None
-        bar = tqdm(total=config.steps, initial=min(start, config.steps), disable=not (progress and main),
-                   desc=desc or f"train {config.reg}", leave=False, dynamic_ncols=True)
-        n = data.shape[0]
-        names = ("loss_D", "loss_G", "r1", "reg")
-        modules = {"loss_D": "discriminator", "loss_G": "generator", "r1": "discriminator's R1 penalty",
-                   "reg": "generator's regularizer"}
-        interrupted = None
+            ckpt.restore(blob, run, log, resume)
+        run.wrap()
+        log.open(config, run.start, progress and rank == 0, desc)
+        run.t0 = time.perf_counter()
         with stop:
-            for step in range(start, config.steps):
-                # ---- discriminator step
-                idx = torch.randint(0, n, (B,), generator=sampler).to(device)
-                z = torch.randn(B, config.latent_dim, generator=sampler).to(device)
-                real = data[idx]
-                with torch.no_grad():
-                    fake = G(z)
-                do_r1 = config.r1_gamma > 0 and step % config.r1_every == 0
-                if do_r1:
-                    real = real.detach().requires_grad_(True)
-                logits = D_run(torch.cat([real, fake]))
-                l_real, l_fake = logits[:B], logits[B:]
-                loss_D = F.softplus(-l_real).mean() + F.softplus(l_fake).mean()
-                r1 = torch.zeros((), device=device)
-                if do_r1:
-                    (g,) = torch.autograd.grad(l_real.sum(), real, create_graph=True)
-                    r1 = g.pow(2).flatten(1).sum(1).mean()
-                    loss_D = loss_D + 0.5 * config.r1_gamma * config.r1_every * r1
-                opt_D.zero_grad(set_to_none=True)
-                loss_D.backward()
-                opt_D.step()
-
-                # ---- generator step
-                z = torch.randn(B, config.latent_dim, generator=sampler).to(device)
-                D.requires_grad_(False)
-                fake = G_run(z)
-                loss_adv = F.softplus(-D(fake)).mean()
-                loss_G = loss_adv
-                reg_val = torch.zeros((), device=device)
-                if reg is not None and config.reg_weight > 0:
-                    reg_val = reg(G_run, z)
-                    loss_G = loss_G + config.reg_weight * reg_val
-                opt_G.zero_grad(set_to_none=True)
-                loss_G.backward()
-                opt_G.step()
-                D.requires_grad_(True)
-                if G_ema is not None:
-                    _ema_update(G_ema, G, min(config.ema, (1 + step) / (10 + step)))
-
-                done = step + 1
-                vals = torch.stack([loss_D.detach(), loss_adv.detach(), r1.detach(), reg_val.detach()]).double().cpu()
-                bad = [k for k, v in zip(names, vals.tolist()) if not np.isfinite(v)]
-                flags = [float(stop.signum is not None), float(bool(bad))]
-                if world > 1:  # every rank stops at the same step
-                    t = torch.tensor(flags, device=device)
-                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                    flags = t.tolist()
-                if flags[1]:
-                    what = (", ".join(f"{k} = {float(vals[names.index(k)])} ({modules[k]})" for k in bad)
-                            if bad else "a loss on another process")
-                    raise TrainingDiverged(f"training diverged at step {done}: {what}; stopped without saving, "
-                                           f"{last_good()}", done, ckpt_path)
-                acc += vals
-                acc_n += torch.tensor([1.0, 1.0, float(do_r1), float(reg_val.grad_fn is not None)], dtype=torch.float64)
-                if done % config.log_every == 0 or done == config.steps:
-                    mean = (acc / acc_n.clamp_min(1)).tolist()
-                    acc.zero_(), acc_n.zero_()
-                    # means over the steps since the last line (r1 and reg: over the steps that computed them)
-                    rec = {"step": done, "loss_D": mean[0], "loss_G": mean[1], "r1": mean[2], "reg": mean[3],
-                           "seconds": round(elapsed + time.perf_counter() - t0, 3)}
-                    history.append(rec)
-                    if log_f is not None:
-                        try:
-                            log_f.write(json.dumps(rec) + "\n")
-                            log_f.flush()
-                        except OSError as exc:
-                            raise OSError(exc.errno, f"cannot write the log {str(out / 'log.jsonl')!r} at step {done} "
-                                                     f"({exc.strerror or exc})") from exc
-                    bar.set_postfix(D=f"{rec['loss_D']:.2f}", G=f"{rec['loss_G']:.2f}", reg=f"{rec['reg']:.3f}")
-                saved_now = done % config.ckpt_every == 0 and done != config.steps
-                if saved_now:
-                    ckpt_path = save(done) or ckpt_path
-                bar.update(1)
-                if flags[0] and done != config.steps:
-                    interrupted = done
-                    if not saved_now:
-                        ckpt_path = save(done) or ckpt_path
-                    break
-            bar.close()
-            if interrupted is not None:
-                if log_f is not None:
-                    log_f.close()
-                if world > 1:
-                    dist.barrier()
-                raise TrainingInterrupted(interrupted, ckpt_path, stop.signum or signal.SIGINT)
-            final_step = max(start, config.steps)  # a signal from here on is ignored: the run completes
-            ckpt_path = save(final_step) or ckpt_path
-            seconds = elapsed + time.perf_counter() - t0
-            if log_f is not None:
-                log_f.close()
-                summary = {"config": asdict(config), "steps": final_step, "seconds": round(seconds, 2),
-                           "world": world, "checkpoint": ckpt_path, "last": history[-1] if history else None}
-                atomic_write_text(json.dumps(summary, indent=2), out / "train.json")
+            final_step, seconds = _finish(run, ckpt, log, stop, _run_steps(run, ckpt, log, stop))
         if world > 1:
             dist.barrier()  # no rank tears down while another still communicates
     finally:
-        if bar is not None:
-            bar.close()
-        if log_f is not None and not log_f.closed:
-            try:
-                log_f.close()
-            except OSError:  # a full disk: already reported by the write that failed
-                pass
+        log.close(quiet=True)
         if we_init and dist.is_initialized():
             # Free the DDP reducers (they hold the process group and its threads) before the group:
             # left to interpreter exit, gloo threads could be destroyed unjoined (std::terminate).
-            G_run = D_run = None  # noqa: F841
+            if run is not None:
+                run.G_run = run.D_run = None
             gc.collect()
             dist.destroy_process_group()
-    G.eval()
-    if G_ema is None:
-        return TrainResult(G=G, D=D, config=config, seconds=seconds, steps=final_step, history=history,
-                           checkpoint=ckpt_path)
-    G_ema.eval()
-    return TrainResult(G=G_ema, D=D, config=config, seconds=seconds, steps=final_step, history=history,
-                       checkpoint=ckpt_path, G_train=G)
+    return run.result(seconds, final_step, log.history, ckpt.last)
