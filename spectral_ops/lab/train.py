@@ -522,7 +522,8 @@ class TrainLog:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step and line.endswith("\n"):
+            if (isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step
+                    and line.endswith("\n")):
                 keep.append(line)
         if keep != lines:
             atomic_write_text("".join(keep), self.path)
