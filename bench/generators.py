@@ -1,33 +1,33 @@
-"""DCGAN-like generators used by the benchmarks (no batch coupling, tanh output)."""
+"""Generators used by the benchmarks (no batch coupling, tanh output): the library's DCGAN
+generator with optional latent scales, and a small StyleGAN2-like generator."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from spectral_ops.lab.models import Generator
 
-class DCGAN(nn.Module):
-    """(N, latent_dim) -> (N, channels, size, size); size in {16, 32, 64}."""
 
-    def __init__(self, latent_dim: int = 64, size: int = 32, width: int = 32, channels: int = 1,
-                 latent_scales: torch.Tensor | None = None):
+class ScaledLatent(nn.Module):
+    """z -> G(z * latent_scales): per-axis input scales give J^T J a clear spectral gap, so
+    accuracy can be compared."""
+
+    def __init__(self, G: nn.Module, latent_scales: torch.Tensor):
         super().__init__()
-        ups = {16: 2, 32: 3, 64: 4}[size]
-        c = width * 2 ** (ups - 1)
-        self.stem = nn.Sequential(nn.Linear(latent_dim, c * 16), nn.LeakyReLU(0.2))
-        layers: list[nn.Module] = []
-        for i in range(ups):
-            out = channels if i == ups - 1 else c // 2
-            layers += [nn.ConvTranspose2d(c, out, 4, 2, 1)]
-            layers += [nn.Tanh()] if i == ups - 1 else [nn.LeakyReLU(0.2)]
-            c = out
-        self.body = nn.Sequential(*layers)
-        self.top_channels = width * 2 ** (ups - 1)
-        # Optional per-axis input scales: a clear spectral gap, so accuracy can be compared.
-        self.register_buffer("latent_scales", latent_scales if latent_scales is not None else torch.ones(latent_dim))
+        self.G = G
+        self.register_buffer("latent_scales", latent_scales)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.stem(z * self.latent_scales)
-        return self.body(h.reshape(z.shape[0], self.top_channels, 4, 4))
+        return self.G(z * self.latent_scales)
+
+
+def DCGAN(latent_dim: int = 64, size: int = 32, width: int = 32, channels: int = 1,
+          latent_scales: torch.Tensor | None = None) -> nn.Module:
+    """An untrained DCGAN (N, latent_dim) -> (N, channels, size, size) in [-1, 1], size in {16, 32, 64}:
+    spectral_ops.lab.models.Generator with norm="none" and a tanh output, wrapped in ScaledLatent
+    when `latent_scales` ([latent_dim]) is given."""
+    G = Generator(latent_dim, size=size, width=width, channels=channels, norm="none", output="tanh")
+    return G if latent_scales is None else ScaledLatent(G, latent_scales)
 
 
 def gapped_scales(d: int, n_gapped: int = 8, ratio: float = 0.75, floor: float = 0.05) -> torch.Tensor:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spectral_ops.lab.models import Generator
+
 
 def latent_scales(d: int, ratio: float = 0.7, dtype=torch.float64) -> torch.Tensor:
     """[d] geometric scales 1, ratio, ratio^2, ... (used to create a spectral gap)."""
@@ -32,13 +34,9 @@ def mlp(d: int = 8, m: int = 40, hidden: int = 32, act=nn.Tanh) -> nn.Module:
 
 
 def dcgan(d: int = 16, channels: int = 16, out_channels: int = 1) -> nn.Module:
-    """A small DCGAN-like generator: (N, d) -> (N, out_channels, 16, 16), tanh output."""
-    c = channels
-    return nn.Sequential(
-        nn.Linear(d, 2 * c * 4 * 4), nn.LeakyReLU(0.2), nn.Unflatten(1, (2 * c, 4, 4)),
-        nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.ConvTranspose2d(c, out_channels, 4, 2, 1), nn.Tanh(),
-    )
+    """A small untrained DCGAN: (N, d) -> (N, out_channels, 16, 16), tanh output; the library's
+    Generator with no normalisation and `channels` channels in its last hidden block."""
+    return Generator(d, size=16, width=channels, channels=out_channels, norm="none", output="tanh")
 
 
 def sigmoid_image_mlp(d: int = 8) -> nn.Module:
@@ -121,7 +119,12 @@ class StyleLike(nn.Module):
 
 class DCGAN4D(nn.Module):
     """A DCGAN generator as public trainers write it: z [N, nz, 1, 1] -> [N, 1, 8, 8], with
-    BatchNorm2d between the transposed convolutions."""
+    BatchNorm2d between the transposed convolutions.
+
+    Deliberately not built from spectral_ops.lab.models.Generator: it is the test subject for
+    what that generator avoids by design, the interface of public trainers' checkpoints: 4-D
+    latents (which every entry point must accept and reshape) and a batch-coupled BatchNorm
+    (refused in training mode unless batchnorm="eval"; eval mode uses the running statistics)."""
 
     def __init__(self, nz: int = 6, ngf: int = 4):
         super().__init__()

@@ -10,19 +10,14 @@ import time
 import torch
 from torch import nn
 
+from spectral_ops.lab.models import Generator
 from spectral_ops.power import jacobian_topk
 
 
 def small_generator(latent_dim: int, size: int = 32) -> nn.Module:
-    """An untrained DCGAN-like generator (N, latent_dim) -> (N, 1, size, size), size 16/32/64."""
-    ups = {16: 2, 32: 3, 64: 4}[size]
-    c = 16 * 2 ** (ups - 1)
-    layers: list[nn.Module] = [nn.Linear(latent_dim, c * 16), nn.LeakyReLU(0.2), nn.Unflatten(1, (c, 4, 4))]
-    for i in range(ups):
-        out = 1 if i == ups - 1 else c // 2
-        layers += [nn.ConvTranspose2d(c, out, 4, 2, 1), nn.Tanh() if i == ups - 1 else nn.LeakyReLU(0.2)]
-        c = out
-    return nn.Sequential(*layers)
+    """An untrained DCGAN (N, latent_dim) -> (N, 1, size, size) in [-1, 1], size 16/32/64: the
+    library's Generator with no normalisation, width 16 and a tanh output."""
+    return Generator(latent_dim, size=size, width=16, norm="none", output="tanh")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

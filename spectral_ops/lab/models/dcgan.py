@@ -1,4 +1,5 @@
-"""Small DCGAN-style models sized for CPU training.
+"""Small DCGAN-style models sized for CPU training, and the one DCGAN generator that the tests,
+benchmarks and the `topk` command build (`norm="none"`, `output="tanh"`, a chosen width).
 
 The generator has no batch-coupled layers (no BatchNorm): every row of the batch is mapped
 independently, which per-sample Jacobians, folding k into the batch and the spectral regularizer
@@ -15,6 +16,9 @@ from torch import Tensor, nn
 __all__ = ["Generator", "Discriminator", "PixelNorm"]
 
 _NORMS = ("pixel", "layer", "none")
+_OUTPUTS = ("sigmoid", "tanh", "none")
+_G_SIZES = (8, 16, 32, 64)
+_D_SIZES = (32, 64)
 
 
 class PixelNorm(nn.Module):
@@ -36,9 +40,10 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
-def _check_common(size: int, channels: int, width: int) -> int:
-    if size not in (32, 64):
-        raise ValueError(f"size must be 32 or 64, got {size!r}")
+def _check_common(size: int, channels: int, width: int, sizes: tuple[int, ...]) -> int:
+    if size not in sizes:
+        names = ", ".join(map(str, sizes[:-1])) + f" or {sizes[-1]}"
+        raise ValueError(f"size must be {names}, got {size!r}")
     for name, v in (("channels", channels), ("width", width)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -46,22 +51,31 @@ def _check_common(size: int, channels: int, width: int) -> int:
 
 
 class Generator(nn.Module):
-    """z (N, latent_dim) -> images (N, channels, size, size) in [0, 1] (sigmoid output).
+    """z (N, latent_dim) -> images (N, channels, size, size); size 8, 16, 32 or 64.
 
-    Layout: Linear(latent_dim -> width*2 * 4*4) -> LeakyReLU, then log2(size/4) ConvTranspose2d
-    (kernel 4, stride 2) blocks halving the channels (norm + LeakyReLU after all but the last).
+    Layout: Linear(latent_dim -> c0 * 4*4) -> norm -> LeakyReLU(0.2), then log2(size/4)
+    ConvTranspose2d (kernel 4, stride 2, padding 1) blocks halving the channels (never below 8),
+    with norm + LeakyReLU(0.2) after all but the last, which maps to `channels`; c0 = width *
+    2**(log2(size/4) - 1), so the last hidden block has `width` channels.  `output`: "sigmoid"
+    (images in [0, 1], what the trainer uses), "tanh" (in [-1, 1]) or "none" (the raw last layer).
+
+    Parameters are created (and drawn from torch's RNG) in layer order: fc, then the transposed
+    convolutions; the norms draw nothing.  With norm="none" and output="tanh" this is the plain
+    untrained DCGAN of the tests and benchmarks (a flat Jacobian spectrum, DESIGN.md section 2).
     With latent_dim=10, width=32, size=32 it has about 0.19 M parameters.
     """
 
     def __init__(self, latent_dim: int = 10, *, size: int = 32, channels: int = 1, width: int = 32,
-                 norm: str = "pixel"):
+                 norm: str = "pixel", output: str = "sigmoid"):
         super().__init__()
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
         if norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
-        n_up = _check_common(size, channels, width)
-        self.latent_dim, self.size, self.channels = latent_dim, size, channels
+        if output not in _OUTPUTS:
+            raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
+        n_up = _check_common(size, channels, width, _G_SIZES)
+        self.latent_dim, self.size, self.channels, self.output = latent_dim, size, channels, output
         c0 = width * 2 ** (n_up - 1)
         self.c0 = c0
         self.fc = nn.Linear(latent_dim, c0 * 16)
@@ -82,7 +96,10 @@ class Generator(nn.Module):
             raise ValueError(f"z must be (N, {self.latent_dim}), got {tuple(z.shape)}")
         h = self.fc(z).view(z.shape[0], self.c0, 4, 4)
         h = nn.functional.leaky_relu(self.fc_norm(h), 0.2)
-        return torch.sigmoid(self.net(h))
+        h = self.net(h)
+        if self.output == "sigmoid":
+            return torch.sigmoid(h)
+        return torch.tanh(h) if self.output == "tanh" else h
 
 
 class Discriminator(nn.Module):
@@ -94,7 +111,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, *, size: int = 32, channels: int = 1, width: int = 32):
         super().__init__()
-        n_down = _check_common(size, channels, width)
+        n_down = _check_common(size, channels, width, _D_SIZES)
         self.size, self.channels = size, channels
         layers: list[nn.Module] = []
         c_in, c = channels, max(width // 2, 8)
