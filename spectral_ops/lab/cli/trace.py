@@ -26,10 +26,10 @@ that cannot be built, or one that does not return an (N, ...) tensor: a one-line
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import json
 import os
+import pkgutil
 import reprlib
 import sys
 from pathlib import Path
@@ -114,14 +114,16 @@ def load_generator_from_spec(spec: str):
     if not mod_name or not attr or not all(part.isidentifier() for part in attr.split(".")):
         raise ValueError(f"--generator must look like package.module:attr or package.module:factory(), got {spec!r}")
     try:
-        module = importlib.import_module(mod_name)
+        obj = pkgutil.resolve_name(f"{mod_name}:{attr}")
     except ImportError as exc:
         raise ValueError(f"--generator: cannot import module {mod_name!r}: {exc}") from None
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"--generator: module {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+    except AttributeError:
+        if mod_name not in sys.modules:  # raised while importing the module, not by the lookup
+            raise
+        raise ValueError(f"--generator: module {mod_name!r} has no attribute {attr!r}") from None
+    except ValueError:  # a module name resolve_name cannot parse ("my-pkg:G", "1st:G")
+        raise ValueError(f"--generator must look like package.module:attr or package.module:factory(), "
+                         f"got {spec!r}") from None
     if factory or inspect.isclass(obj):
         what = "factory" if factory else "class"
         if not callable(obj):
