@@ -13,7 +13,8 @@ every backend (`ops.use_backend`), so the table shows whether the fused ops pay 
 call, generator passes included.
 
 Ratios (speedup vs reference, and triton/cuda on GPUs) are printed at the end of the run by
-bench/conftest.py.  Benchmarks report figures; they assert nothing about speed.
+bench/conftest.py (the session RatioTable of bench/ratios.py).  Benchmarks report figures; they assert
+nothing about speed.
 """
 from __future__ import annotations
 
