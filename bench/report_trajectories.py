@@ -47,6 +47,7 @@ from spectral_ops.lab.metrics import PredictorConfig, load_or_fit_predictor
 from spectral_ops.lab.metrics.trajectory import factor_changes, output_arc_length, purity_from_changes, resample_by_output_length
 from spectral_ops.lab.cli.trace import load_generator_from_spec
 from spectral_ops.lab import viz
+from spectral_ops.lab.io import atomic_write_text
 
 
 def parse_args(argv=None):
@@ -156,8 +157,8 @@ def main_many(args, argv) -> int:
     return 0
 
 
-def report_one(args, ckpt, out: Path, argv, label=None) -> int:
-    torch.manual_seed(args.seed)
+def _load(args, ckpt):
+    """(G in eval mode with frozen parameters, its dataset) from --ckpt or --generator."""
     dataset = "sprites"
     if ckpt:
         from spectral_ops.lab.train import load_generator
@@ -170,30 +171,26 @@ def report_one(args, ckpt, out: Path, argv, label=None) -> int:
         G.eval()
         for p in G.parameters():
             p.requires_grad_(False)
-    d = args.latent_dim or getattr(G, "latent_dim")
-    K = min(args.directions, d)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
-    predictor, pinfo = load_or_fit_predictor(PredictorConfig(dataset=dataset), progress=True)
-    factor_names = list(getattr(predictor, "factor_names", None) or pinfo.get("factor_names")
-                        or [f"f{j}" for j in range(len(predictor.categorical))])
-    ignored = [f.strip() for f in args.ignore_factors.split(",") if f.strip()]
-    unknown = [f for f in ignored if f not in factor_names]
-    if unknown:
-        raise SystemExit(f"--ignore-factors: unknown factors {unknown}; the predictor measures {factor_names}")
-    keep = [j for j, f in enumerate(factor_names) if f not in ignored]
-    factor_names = [factor_names[j] for j in keep]
-    gen = torch.Generator().manual_seed(args.seed)
-    if args.length_frac is not None:
-        args.length_quantile = None
-    Z0 = torch.randn(args.n_starts, d, generator=gen)
-    budget = args.steps * args.step_size
-    t = torch.linspace(0, budget, args.steps + 1)
+    return G, dataset
 
-    kinds = [f"curve v{i}" for i in range(K)] + [f"line v{i}" for i in range(K)] + [f"axis z{j}" for j in range(d)]
-    # Pass 1: trace every path within the same latent budget and measure its output arc length.
+
+def _scored_factors(args, predictor, pinfo):
+    """(names of the factors scored, their columns, the ignored names) after --ignore-factors."""
+    names = list(getattr(predictor, "factor_names", None) or pinfo.get("factor_names")
+                 or [f"f{j}" for j in range(len(predictor.categorical))])
+    ignored = [f.strip() for f in args.ignore_factors.split(",") if f.strip()]
+    unknown = [f for f in ignored if f not in names]
+    if unknown:
+        raise SystemExit(f"--ignore-factors: unknown factors {unknown}; the predictor measures {names}")
+    keep = [j for j, f in enumerate(names) if f not in ignored]
+    return [names[j] for j in keep], keep, ignored
+
+
+def _trace_paths(args, G, Z0, d: int, K: int, kinds):
+    """Pass 1: every path within the same latent budget, (T+1, n, d) per batch of starts, plus
+    the top-k evaluations and power iterations the curves took."""
+    t = torch.linspace(0, args.steps * args.step_size, args.steps + 1)
     paths: dict[str, list[torch.Tensor]] = {k: [] for k in kinds}
-    arcs: dict[str, list[torch.Tensor]] = {k: [] for k in kinds}
     n_eval = n_iter = 0
     batches = list(range(0, args.n_starts, args.batch))
     eye = torch.eye(d)
@@ -212,17 +209,22 @@ def report_one(args, ckpt, out: Path, argv, label=None) -> int:
             paths[f"axis z{j}"].append(z0[None] + t[:, None, None] * eye[j][None, None])
             bar.update(1)
     bar.close()
-    for k in kinds:
-        arcs[k] = [output_arc_length(G, Z) for Z in paths[k]]
+    return paths, n_eval, n_iter
+
+
+def _output_length(args, G, d, gen, arcs, kinds):
+    """(L, how it was chosen): the output path length every path is cut at."""
     totals = torch.cat([a[-1] for k in kinds for a in arcs[k]])
     if args.length_quantile is not None:
         L = float(torch.quantile(totals.double(), args.length_quantile))
-        how = f"the {args.length_quantile:g} quantile of the output lengths of all paths within the budget"
-    else:
-        L = args.length_frac * typical_distance(G, d, gen)
-        how = f"{args.length_frac:g} x the median distance between generated images"
+        return L, f"the {args.length_quantile:g} quantile of the output lengths of all paths within the budget"
+    return args.length_frac * typical_distance(G, d, gen), \
+        f"{args.length_frac:g} x the median distance between generated images"
 
-    # Pass 2: cut every path at output length L, resample, read the factors, score.
+
+def _score(args, G, predictor, paths, arcs, L, keep, kinds, factor_names):
+    """Pass 2: cut every path at output length L, resample, read the factors, score.  Returns
+    (per-path rows, {kind: (purity, reached)}, the images shown per kind)."""
     res = {k: {"purity": [], "changes": [], "reached": []} for k in kinds}
     shown: dict[str, torch.Tensor] = {}
     for k in tqdm(kinds, desc="purity"):
@@ -231,8 +233,7 @@ def report_one(args, ckpt, out: Path, argv, label=None) -> int:
             res[k]["purity"].append(pur); res[k]["changes"].append(ch); res[k]["reached"].append(reached)
             if bi == 0:
                 shown[k] = imgs[:, : args.show]
-
-    rows = {}
+    rows, scored = {}, {}
     for name in kinds:
         pur = torch.cat(res[name]["purity"]); reached = torch.cat(res[name]["reached"]); ch = torch.cat(res[name]["changes"])
         s = summarize(pur, reached)
@@ -241,43 +242,38 @@ def report_one(args, ckpt, out: Path, argv, label=None) -> int:
             s["dominant_factor"] = {factor_names[f]: float((dom == f).double().mean()) for f in range(ch.shape[1])}
             s["mean_change"] = {factor_names[f]: float(ch[reached][:, f].mean()) for f in range(ch.shape[1])}
         rows[name] = s
-        res[name] = (pur, reached)
+        scored[name] = (pur, reached)
+    return rows, scored, shown
 
+
+def _pooled_and_paired(scored, kinds, K):
+    """Pooled summaries per family of paths, and the paired curve-minus-line comparison for the
+    same start and vector (both reached)."""
     def pooled(prefix):
         names = [k for k in kinds if k.startswith(prefix)]
-        pur = torch.cat([res[k][0] for k in names]); reached = torch.cat([res[k][1] for k in names])
+        pur = torch.cat([scored[k][0] for k in names]); reached = torch.cat([scored[k][1] for k in names])
         return summarize(pur, reached)
 
     pooled_rows = {"curves (all v_i)": pooled("curve"), "lines (all v_i)": pooled("line"), "axes (all z_j)": pooled("axis")}
-    # Paired comparison of curve vs line for the same start and vector (both reached).
     paired = {}
     for i in range(K):
-        pc, rc = res[f"curve v{i}"]; pl, rl = res[f"line v{i}"]
+        pc, rc = scored[f"curve v{i}"]; pl, rl = scored[f"line v{i}"]
         both = rc & rl
         diff = (pc - pl)[both].double()
         paired[f"v{i}"] = {"n": int(both.sum()), "mean_curve_minus_line": float(diff.mean()) if diff.numel() else float("nan"),
                            "sem": float(diff.std() / math.sqrt(diff.numel())) if diff.numel() > 1 else float("nan"),
                            "curve_better_frac": float((diff > 0).double().mean()) if diff.numel() else float("nan")}
+    return pooled_rows, paired
 
-    label = label or args.label or (Path(ckpt).parent.name if ckpt else args.generator)
-    turning = torch.cat([turning_degrees(Z) for k in kinds if k.startswith("curve") for Z in paths[k]])
-    report = {"generator": label, "source": ckpt or args.generator, "latent_dim": d, "dataset": dataset,
-              "curve_turning_degrees_mean": float(turning.mean()),
-              "curve_turning_degrees_median": float(turning.median()),
-              "settings": {k: v for k, v in vars(args).items()}, "output_length_L": L, "output_length_rule": how,
-              "predictor": {"validation": pinfo.get("validation"), "cached": pinfo.get("cached")},
-              "factors_scored": factor_names, "factors_ignored": ignored,
-              "pooled": pooled_rows, "per_path": rows, "paired_curve_vs_line": paired,
-              "topk_evaluations": n_eval, "power_iterations": n_iter, "seconds": time.time() - t_start,
-              "command": "PYTHONPATH=. python bench/report_trajectories.py " + " ".join(
-                  shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))}
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
 
+def _markdown(args, report, factor_names, turning) -> str:
+    label, L, how = report["generator"], report["output_length_L"], report["output_length_rule"]
+    pooled_rows, rows, paired = report["pooled"], report["per_path"], report["paired_curve_vs_line"]
     md = [f"## Trajectory purity: {label}", "",
           f"{args.n_starts} starting points, output path length L = {L:.3f} "
           f"({how}), {args.points} points per path, factors scored: {', '.join(factor_names)}, "
-          f"latent budget {budget:g}, integrator {args.method}; curves turn by {float(turning.mean()):.1f} degrees "
-          f"on average (median {float(turning.median()):.1f}) over the budget.", "",
+          f"latent budget {args.steps * args.step_size:g}, integrator {args.method}; curves turn by "
+          f"{float(turning.mean()):.1f} degrees on average (median {float(turning.median()):.1f}) over the budget.", "",
           "| paths | n reached | reached | mean purity | sem | median | share > 0.8 |", "|---|---|---|---|---|---|---|"]
     for name, s in list(pooled_rows.items()) + list(rows.items()):
         if s["n"]:
@@ -294,14 +290,50 @@ def report_one(args, ckpt, out: Path, argv, label=None) -> int:
         if s["n"]:
             md.append(f"| {name} | " + " | ".join(f"{s['dominant_factor'][f]:.2f}" for f in factor_names) + " |")
     md += ["", f"Command: `{report['command']}`", ""]
-    (out / "report.md").write_text("\n".join(md))
-    print("\n".join(md))
+    return "\n".join(md)
 
+
+def report_one(args, ckpt, out: Path, argv, label=None) -> int:
+    """Trace curves, lines and axes from --n-starts latents, score their purity, and write
+    report.json, report.md and start{s}.png into out."""
+    torch.manual_seed(args.seed)
+    G, dataset = _load(args, ckpt)
+    d = args.latent_dim or getattr(G, "latent_dim")
+    K = min(args.directions, d)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    predictor, pinfo = load_or_fit_predictor(PredictorConfig(dataset=dataset), progress=True)
+    factor_names, keep, ignored = _scored_factors(args, predictor, pinfo)
+    gen = torch.Generator().manual_seed(args.seed)
+    if args.length_frac is not None:
+        args.length_quantile = None
+    Z0 = torch.randn(args.n_starts, d, generator=gen)
+    kinds = [f"curve v{i}" for i in range(K)] + [f"line v{i}" for i in range(K)] + [f"axis z{j}" for j in range(d)]
+    paths, n_eval, n_iter = _trace_paths(args, G, Z0, d, K, kinds)
+    arcs = {k: [output_arc_length(G, Z) for Z in paths[k]] for k in kinds}
+    L, how = _output_length(args, G, d, gen, arcs, kinds)
+    rows, scored, shown = _score(args, G, predictor, paths, arcs, L, keep, kinds, factor_names)
+    pooled_rows, paired = _pooled_and_paired(scored, kinds, K)
+    label = label or args.label or (Path(ckpt).parent.name if ckpt else args.generator)
+    turning = torch.cat([turning_degrees(Z) for k in kinds if k.startswith("curve") for Z in paths[k]])
+    report = {"generator": label, "source": ckpt or args.generator, "latent_dim": d, "dataset": dataset,
+              "curve_turning_degrees_mean": float(turning.mean()),
+              "curve_turning_degrees_median": float(turning.median()),
+              "settings": {k: v for k, v in vars(args).items()}, "output_length_L": L, "output_length_rule": how,
+              "predictor": {"validation": pinfo.get("validation"), "cached": pinfo.get("cached")},
+              "factors_scored": factor_names, "factors_ignored": ignored,
+              "pooled": pooled_rows, "per_path": rows, "paired_curve_vs_line": paired,
+              "topk_evaluations": n_eval, "power_iterations": n_iter, "seconds": time.time() - t_start,
+              "command": "PYTHONPATH=. python bench/report_trajectories.py " + " ".join(
+                  shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))}
+    atomic_write_text(json.dumps(report, indent=1) + "\n", out / "report.json")
+    md = _markdown(args, report, factor_names, turning)
+    atomic_write_text(md, out / "report.md")
+    print(md)
+    names = [k for k in kinds if k.startswith("curve")] + [k for k in kinds if k.startswith("line")] + \
+        [k for k in kinds if k.startswith("axis")][:max(K, 4)]
     for s in range(min(args.show, Z0.shape[0])):
-        names = [k for k in kinds if k.startswith("curve")] + [k for k in kinds if k.startswith("line")] + \
-                [k for k in kinds if k.startswith("axis")][:max(K, 4)]
-        grid = torch.stack([shown[k][:, s] for k in names])
-        viz.save_grid(grid, out / f"start{s}.png", row_labels=names, scale=2)
+        viz.save_grid(torch.stack([shown[k][:, s] for k in names]), out / f"start{s}.png", row_labels=names, scale=2)
     return 0
 
 
