@@ -21,6 +21,18 @@ def test_shapes_and_range(size, norm):
     assert D(x).shape == (3,)
 
 
+@pytest.mark.parametrize("size", [8, 16])
+@pytest.mark.parametrize("output, low, high", [("tanh", -1, 1), ("sigmoid", 0, 1)])
+def test_small_sizes_and_output_activations(size, output, low, high):
+    """The one DCGAN serves the bench, the tests and the topk command (sizes 8/16, tanh)."""
+    torch.manual_seed(0)
+    x = Generator(6, size=size, width=8, norm="none", output=output)(3 * torch.randn(4, 6))
+    assert x.shape == (4, 1, size, size)
+    assert x.min() >= low and x.max() <= high and x.min() < (low + high) / 2 < x.max()
+    raw = Generator(6, size=size, width=8, norm="none", output="none")
+    assert not any(isinstance(m, (nn.Tanh, nn.Sigmoid)) for m in raw.modules())
+
+
 def test_generator_has_no_batch_coupling():
     torch.manual_seed(0)
     G = Generator(10).train()
@@ -48,6 +60,8 @@ def test_bad_arguments():
         Generator(4, size=40)
     with pytest.raises(ValueError, match="norm"):
         Generator(4, norm="batch")
+    with pytest.raises(ValueError, match="output"):
+        Generator(4, output="relu")
     with pytest.raises(ValueError, match="width"):
         Discriminator(width=0)
     with pytest.raises(ValueError, match="z must be"):

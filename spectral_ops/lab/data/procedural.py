@@ -12,7 +12,7 @@ Images are float32 (N, 1, S, S) in [0, 1], row index = y (downwards), column ind
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -122,10 +122,6 @@ class ProceduralDataset(Dataset):
     def __getitem__(self, i):
         """(image (1, S, S), factors (F,))."""
         return self.images[i], self.factors[i]
-
-    def describe(self) -> dict:
-        return {"name": self.name, "n": len(self), "size": self.size, "seed": self.seed,
-                "factors": dict(zip(self.factor_names, self.factor_sizes))}
 
 
 # -------------------------------------------------------------------------------------------
@@ -296,9 +292,3 @@ def make_dataset(name: str, n: int = 10000, *, size: int = 32, seed: int = 0) ->
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
     return DATASETS[name](n, size=size, seed=seed)
-
-
-def factor_names_of(name: str) -> Sequence[str]:
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
-    return DATASETS[name].factor_names
