@@ -44,27 +44,17 @@ SPECTRAL_HD void offdiag_terms(const Ctx& ctx, const T* V, const T* S, int k, in
                                T& diag2) {
   fro2 = T(0);
   // The Gram matrix, batched over its lower triangle (fro2 summed in the same row order).
-  const int entries = k * (k + 1) / 2, width = batched_sums_width(k);
-  TriangleCursor start;
-  for (int e0 = 0; e0 < entries; e0 += width) {
-    const int count = entries - e0 < width ? entries - e0 : width;
-    TriangleCursor term_at = start, result_at = start;
-    ctx.template sums<T>(
-        count, d,
-        [&](int) {
-          const T *vi = V + (long)term_at.i * d, *vl = V + (long)term_at.l * d;
-          term_at.advance();
-          return [=](int j) { return vi[j] * vl[j]; };
-        },
-        [&](int, T g) {
-          const int i = result_at.i, l = result_at.l;
-          const T s2s2 = S[i] * S[i] * S[l] * S[l];
-          fro2 += (l == i ? T(1) : T(2)) * s2s2 * g * g;
-          if (gram != nullptr && ctx.leader()) gram[i * k + l] = gram[l * k + i] = g;
-          result_at.advance();
-        });
-    start = result_at;
-  }
+  triangle_sums<1, T>(
+      ctx, k, d,
+      [&](int i, int l, int) {
+        const T *vi = V + (long)i * d, *vl = V + (long)l * d;
+        return [=](int j) { return vi[j] * vl[j]; };
+      },
+      [&](int i, int l, int, T g) {
+        const T s2s2 = S[i] * S[i] * S[l] * S[l];
+        fro2 += (l == i ? T(1) : T(2)) * s2s2 * g * g;
+        if (gram != nullptr && ctx.leader()) gram[i * k + l] = gram[l * k + i] = g;
+      });
   // D_j = A_jj = sum_i s_i^2 V_ij^2, summed over rows column by column.
   // Two calls rather than a null test inside the vectorized column loop (that test cost ~25% of
   // the plain forward at (256, 8, 128)).

@@ -28,4 +28,31 @@ struct TriangleCursor {
   }
 };
 
+// Batched sums over the lower triangle (i, l), l <= i, of a k x k matrix, kPer sums per entry,
+// in row order: term(i, l, r) gives the column function j -> term of sum r of entry (i, l), and
+// finish(i, l, r, value) receives that sum.  One sums() call per chunk of the triangle.
+template <int kPer, typename T, typename Ctx, typename Term, typename Finish>
+SPECTRAL_HD void triangle_sums(const Ctx& ctx, int k, int d, Term term, Finish finish) {
+  const int entries = k * (k + 1) / 2, width = batched_sums_width(k) / kPer;
+  TriangleCursor start;
+  for (int e0 = 0; e0 < entries; e0 += width) {
+    const int count = entries - e0 < width ? entries - e0 : width;
+    TriangleCursor term_at = start, result_at = start;  // sums() visits the values in order
+    ctx.template sums<T>(
+        kPer * count, d,
+        [&](int c) {
+          const int r = c % kPer;
+          const auto f = term(term_at.i, term_at.l, r);
+          if (r == kPer - 1) term_at.advance();
+          return f;
+        },
+        [&](int c, T value) {
+          const int r = c % kPer;
+          finish(result_at.i, result_at.l, r, value);
+          if (r == kPer - 1) result_at.advance();
+        });
+    start = result_at;
+  }
+}
+
 }  // namespace spectral_ops

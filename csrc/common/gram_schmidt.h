@@ -101,31 +101,22 @@ SPECTRAL_HD void orthonormalize_backward_rows(const Ctx& ctx, const T* grad_Q, c
   const T tol = rank_tolerance<T>();
   // Only the lower triangles are used: M_il = -g_i . q_l and L_il = w_i . q_l for l <= i, two
   // sums per entry, batched over the triangle; the leader writes M symmetrically (sym(M)).
-  const int entries = k * (k + 1) / 2, width = batched_sums_width(k) / 2;
-  TriangleCursor start;
-  for (int e0 = 0; e0 < entries; e0 += width) {
-    const int count = entries - e0 < width ? entries - e0 : width;
-    TriangleCursor term_at = start, result_at = start;
-    // Value 2e is -M of entry e (grad_Q row . Q row), value 2e + 1 is L (W row . Q row).
-    ctx.template sums<T>(
-        2 * count, d,
-        [&](int c) {
-          const T* a = ((c & 1) ? W : grad_Q) + (long)term_at.i * d;
-          const T* b = Q + (long)term_at.l * d;
-          if (c & 1) term_at.advance();
-          return [=](int j) { return a[j] * b[j]; };
-        },
-        [&](int c, T value) {
-          const int i = result_at.i, l = result_at.l;
-          if (!(c & 1)) {
-            if (ctx.leader()) M[i * k + l] = M[l * k + i] = -value;
-          } else {
-            if (ctx.leader()) L[i * k + l] = value;
-            result_at.advance();
-          }
-        });
-    start = result_at;
-  }
+  // Sum 0 of entry (i, l) is -M_il (grad_Q row . Q row), sum 1 is L_il (W row . Q row).
+  triangle_sums<2, T>(
+      ctx, k, d,
+      [&](int i, int l, int r) {
+        const T* a = (r ? W : grad_Q) + (long)i * d;
+        const T* b = Q + (long)l * d;
+        return [=](int j) { return a[j] * b[j]; };
+      },
+      [&](int i, int l, int r, T value) {
+        if (!ctx.leader()) return;
+        if (r == 0) {
+          M[i * k + l] = M[l * k + i] = -value;
+        } else {
+          L[i * k + l] = value;
+        }
+      });
   for (int i = 0; i < k; ++i) {
     const T norm_w = scaled_norm(ctx, W + (long)i * d, d);
     // Keep the dependency test next to L so the solve below reads one flag per row.

@@ -58,27 +58,16 @@ SPECTRAL_HD void ritz_step_sample(const Ctx& ctx, const T* Q, const T* MQ, const
   T* H = scratch.H;
   const int width = batched_sums_width(k);
   // H = sym(Q MQs^T): one sum per entry of the lower triangle, batched (the leader mirrors it).
-  {
-    const int entries = k * (k + 1) / 2;
-    TriangleCursor start;
-    for (int e0 = 0; e0 < entries; e0 += width) {
-      const int count = entries - e0 < width ? entries - e0 : width;
-      TriangleCursor term_at = start, result_at = start;
-      ctx.template sums<T>(
-          count, d,
-          [&](int) {
-            const T *qi = Q + (long)term_at.i * d, *ql = Q + (long)term_at.l * d;
-            const T *mqi = MQs + (long)term_at.i * d, *mql = MQs + (long)term_at.l * d;
-            term_at.advance();
-            return [=](int j) { return qi[j] * mql[j] + ql[j] * mqi[j]; };
-          },
-          [&](int, T value) {
-            if (ctx.leader()) H[result_at.i * k + result_at.l] = H[result_at.l * k + result_at.i] = T(0.5) * value;
-            result_at.advance();
-          });
-      start = result_at;
-    }
-  }
+  triangle_sums<1, T>(
+      ctx, k, d,
+      [&](int i, int l, int) {
+        const T *qi = Q + (long)i * d, *ql = Q + (long)l * d;
+        const T *mqi = MQs + (long)i * d, *mql = MQs + (long)l * d;
+        return [=](int j) { return qi[j] * mql[j] + ql[j] * mqi[j]; };
+      },
+      [&](int i, int l, int, T value) {
+        if (ctx.leader()) H[i * k + l] = H[l * k + i] = T(0.5) * value;
+      });
   ctx.sync();
   small_eigh(ctx, H, scratch.U, scratch.order, scratch.eig_work, k);
   const T* U = scratch.U;
