@@ -94,8 +94,6 @@ def from_flat(cls, values: dict, base=None):
         if dataclasses.is_dataclass(current):
             prefix = f.name + "."
             inner = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
-            if isinstance(values.get(f.name), dict):  # nested as a dict (asdict, JSON)
-                inner = {**values[f.name], **inner}
             if inner:
                 try:
                     changes[f.name] = from_flat(type(current), inner, current)

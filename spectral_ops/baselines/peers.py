@@ -11,23 +11,18 @@ import torch
 from ..generator import batch_policy
 from ..jacobian import unwrap
 from ..lazy import LazyPenalty
+from ..validation import check_callable, check_choice, check_int, check_number
 from ..generator import validate_latents
 
 _REDUCTIONS = ("max", "mean")
 
 
 def _check(G, z, k, epsilon, reduction):
-    if not callable(G):
-        raise TypeError(f"G must be callable, got {type(G).__name__}")
+    check_callable("G", G)
     z = validate_latents(z)
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if k < 2:
-        raise ValueError(f"k (Rademacher samples) must be >= 2 for a variance, got {k}")
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not (math.isfinite(epsilon) and epsilon > 0):
-        raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    check_int("k (Rademacher samples, >= 2 for a variance)", k, 2)
+    check_number("epsilon", epsilon, 0, low_open=True)
+    check_choice("reduction", reduction, _REDUCTIONS)
     return z
 
 
@@ -118,11 +113,9 @@ def path_length(G: Callable, z: torch.Tensor, *, mean: torch.Tensor | float | No
         noise: the y to use, shaped like G(z) (default: drawn as above).
     Returns: scalar.
     """
-    if not callable(G):
-        raise TypeError(f"G must be callable, got {type(G).__name__}")
+    check_callable("G", G)
     z = validate_latents(z)
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay <= 1:
-        raise ValueError(f"decay must be a number in [0, 1], got {decay!r}")
+    check_number("decay", decay, 0, 1)
     G = unwrap(G)
     with batch_policy(G, batchnorm), torch.enable_grad():
         zg = z.detach().requires_grad_(True)

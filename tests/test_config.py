@@ -1,0 +1,62 @@
+"""RegularizerConfig (the library's typed settings), the dataclass helpers and the CLI flags
+generated from them."""
+import argparse
+import dataclasses
+
+import pytest
+
+from spectral_ops import RegularizerConfig, SpectralRegularizer
+from spectral_ops.config import flat_items, from_flat
+from spectral_ops.lab.cli.options import add_options
+from spectral_ops.lab.train import TRAIN_REGULARIZER, TrainConfig
+from spectral_ops.ops import LOSS_KINDS
+
+
+@pytest.mark.parametrize("field, value, exc", [
+    ("loss", "l2", ValueError), ("grad", "last_step", ValueError), ("iters", 0, ValueError),
+    ("iters", 1.5, TypeError), ("batch_fraction", 0.0, ValueError), ("momentum", 1.5, ValueError),
+    ("warm_start", 1, TypeError), ("tol", float("nan"), ValueError), ("seed", None, TypeError),
+])
+def test_a_bad_field_fails_where_it_is_written_naming_it(field, value, exc):
+    with pytest.raises(exc, match=field if field != "grad" else "grad='fast'"):
+        RegularizerConfig(**{field: value})
+
+
+def test_overrides_and_k_against_latent_dim():
+    reg = SpectralRegularizer(8, RegularizerConfig(k=3), every=2)
+    assert (reg.k, reg.every, reg.loss) == (3, 2, "offdiag") and reg.config.every == 2
+    with pytest.raises(ValueError, match="latent_dim=4"):
+        SpectralRegularizer(4, k=5)
+    with pytest.raises(TypeError, match="unknown regularizer option"):
+        SpectralRegularizer(8, kk=3)
+
+
+def test_from_flat_and_flat_items_round_trip():
+    config = TrainConfig(steps=7, reg_config=TRAIN_REGULARIZER.replace(k=2, loss="l1"))
+    flat = flat_items(config)
+    assert flat["reg_config.k"] == 2 and flat["steps"] == 7
+    assert from_flat(TrainConfig, flat) == config
+    with pytest.raises(ValueError, match="reg_config: k must be an int >= 1"):
+        from_flat(TrainConfig, {"reg_config.k": 0})
+
+
+def test_old_checkpoints_with_flat_reg_fields_load():
+    old = {**dataclasses.asdict(TrainConfig()), "reg_k": 2, "reg_every": 3, "reg_loss": "l1"}
+    del old["reg_config"]
+    config = TrainConfig.from_dict(old)
+    assert (config.reg_config.k, config.reg_config.every, config.reg_config.loss) == (2, 3, "l1")
+    with pytest.raises(TypeError, match="no_such_field"):
+        TrainConfig.from_dict({"no_such_field": 1})
+
+
+def test_generated_flags_take_choices_and_defaults_from_the_dataclass():
+    parser = argparse.ArgumentParser()
+    add_options(parser, TrainConfig)
+    args = parser.parse_args(["--reg-k", "3", "--reg-loss", "l1", "--steps", "5"])
+    config = from_flat(TrainConfig, vars(args))
+    assert (config.reg_config.k, config.reg_config.loss, config.steps) == (3, "l1", 5)
+    assert config.reg_config.every == TRAIN_REGULARIZER.every  # untouched fields keep the trainer's default
+    loss_flag = next(a for a in parser._actions if "--reg-loss" in a.option_strings)
+    assert tuple(loss_flag.choices) == LOSS_KINDS
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--reg-loss", "l2"])
