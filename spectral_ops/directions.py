@@ -3,7 +3,7 @@ E_z[J(z)^T J(z)], matrix-free and streaming.
 
 The averaged operator is the mean of the per-sample products, M_bar X = (1/N) sum_n J_n^T J_n X,
 so one product streams over the samples in batches (memory stays at one batch), and restarted
-block Lanczos (`power.block_krylov`) finds its top-k eigenvectors.  What the directions explain is reported
+block Lanczos (`krylov.block_lanczos`) finds its top-k eigenvectors.  What the directions explain is reported
 against the metric's trace, E ||J||_F^2 (exact, or a Hutchinson estimate), and how stable they are
 across two independent sample sets as the largest principal angle between the two subspaces.
 """
@@ -18,7 +18,7 @@ import torch
 from . import ops
 from .generator import flatten_latents, prepared
 from .jacobian import JacobianOperator
-from .power import block_krylov
+from .krylov import block_lanczos
 from .validation import check_callable, check_int, check_iters_tol, check_k, check_seed
 
 
@@ -154,7 +154,8 @@ def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_pr
     scale_probe = _mean_product(G, batches[:1], k, mode, batchnorm, cdtype, 1.0, None)(X)
     c = float(scale_probe.abs().max()) ** 0.5 or 1.0  # units where M_bar / c^2 is O(1)
     product = _mean_product(G, batches, k, mode, batchnorm, cdtype, c, bar)
-    V, lam, res, products = block_krylov(product, X, product(X), iters, tol)
+    r = block_lanczos(lambda Q, rows: product(Q), X, product(X), k, k, iters * k, tol)
+    V, lam, res, products = r.V, r.lam, r.res, r.passes + 1
     if bar is not None:
         bar.close()
     trace = _trace(G, batches, mode, batchnorm, cdtype, c, trace_probes, gen) * c * c

@@ -1,8 +1,8 @@
 """Batched top-k right-singular vectors and values of a generator's Jacobian J(z) = dG/dz.
 
-`jacobian_topk` runs block power iteration with Rayleigh-Ritz on M = J^T J, matrix-free, or the
-exact dense method (the full Jacobian by chunked forward-mode products, then eigh of J^T J),
-choosing between them by a cost model.
+`jacobian_topk` runs block power iteration with Rayleigh-Ritz on M = J^T J, matrix-free, batched
+Lanczos on the same products (`krylov.py`), or the exact dense method (the full Jacobian by
+chunked forward-mode products, then eigh of J^T J), choosing by a cost model.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from . import ops
 from .generator import flatten_latents, prepared, select_rows
 from .validation import check_callable, check_choice, check_init, check_int, check_iters_tol, check_k, check_seed
 from .jacobian import JVP_MODES, JacobianOperator, name_rows
+from .krylov import block_lanczos
 
 METHODS = ("auto", "power", "krylov", "dense")
 
@@ -28,6 +29,10 @@ METHODS = ("auto", "power", "krylov", "dense")
 # on the flat spectrum of an untrained DCGAN), so `auto` weighs dense against krylov and power
 # only runs when asked for.  With k=4 and 20
 # iterations the crossover is near d=40.
+# A krylov step adds krylov_block(B, k) vectors per sample, so that a pass has at least
+# KRYLOV_ROWS rows: on a CPU a DCGAN product costs 1.07 ms on one row and 0.19 ms per row on 16,
+# within 15% of its cost per row on 512 (bench/bench_topk.py).
+KRYLOV_ROWS = 16
 POWER_PAIR_COST = 3.0
 POWER_SETUP_COST = 3.0
 DENSE_JVP_COST = 6.0
@@ -42,7 +47,7 @@ class TopK:
     values: [B, k] singular values, descending.
     residuals: [B, k] ||M v_i - lambda_i v_i|| / lambda_1 with M = J^T J.
     converged: [B, k] bool, residuals < tol.
-    iterations: power iterations used (0 for the dense method).
+    iterations: generator passes used: power iterations, krylov steps (0 for the dense method).
     method: "power", "krylov" or "dense" (what ran).  jvp: the JVP mode that ran.
     """
 
@@ -85,11 +90,13 @@ def jacobian_topk(G: Callable, z: torch.Tensor, k: int, *, iters: int = 20, tol:
         z: [B, d] latent codes, or [B, ...] (e.g. [B, nz, 1, 1]): the latent is the flattened
             trailing dims, d = prod(z.shape[1:]).
         k: how many vectors, 1 <= k <= d.
-        iters: maximum power iterations; each is ONE generator pass on B*k rows.
+        iters: maximum power iterations; each is ONE generator pass on B*k rows.  For krylov,
+            the same budget in products: at most iters*k vectors per sample, in passes of
+            B*krylov_block(B, k) rows (one vector per sample once B >= 16).
         tol: stop when every residual ||M v_i - lambda_i v_i|| / lambda_1 < tol.
-        method: "power", "krylov" (restarted block Lanczos: one generator pass per iteration, far
-            fewer iterations on flat spectra), "dense" (exact: full Jacobian + eigh) or "auto"
-            (cost model: dense or krylov).
+        method: "power", "krylov" (Lanczos batched over the samples: on a flat spectrum far
+            fewer products than power), "dense" (exact: full Jacobian + eigh) or "auto" (cost
+            model: dense or krylov).
         jvp: "double_backward", "forward", "finite_difference" or "auto" (verified choice).
         init: warm start, [k, d] or [B, k, d]; the output signs then agree with it.
         seed: seed of the random starting basis (an int; default 0: results are deterministic).
@@ -191,84 +198,58 @@ def _power_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
     return _finish(r.V, r.lam, r.c, r.res, tol, r.iterations, "power", mode)
 
 
-def _orthonormal_block(Q: torch.Tensor, K: torch.Tensor | None) -> torch.Tensor:
-    """The rows of Q [B, n, d] made orthogonal to the orthonormal rows of K [B, m, d] (twice, as
-    CGS2) and orthonormal among themselves; rows that add no new direction come back as zeros."""
-    tiny = torch.finfo(Q.dtype).tiny
-    size = (Q * Q).sum(-1).amax(-1, keepdim=True)  # before projection: what is left must be more than rounding
-    Q = Q * torch.where(size > 0, size, torch.ones_like(size)).rsqrt()[..., None]  # unit scale: no denormals
-    size = (size > 0).to(Q.dtype)
-    for rounds in range(2):
-        if K is not None:
-            Q = Q - (Q @ K.transpose(-1, -2)) @ K
-            Q = Q - (Q @ K.transpose(-1, -2)) @ K
-        e, U = torch.linalg.eigh(Q @ Q.transpose(-1, -2))
-        if rounds == 0:  # dependent rows (smallest e) come first
-            live = (e > size * (100 * torch.finfo(Q.dtype).eps) ** 2) & (e > tiny)  # norm above 100 eps
-        else:  # unit rows that lose half their norm to the second projection were rounding noise
-            live = e > 0.25
-        Q = torch.where(live, e.clamp_min(tiny).rsqrt(), torch.zeros_like(e))[..., None] * (U.transpose(-1, -2) @ Q)
-    return Q
+def krylov_block(B: int, k: int) -> int:
+    """Vectors per sample in each krylov step: 1 (single-vector Lanczos needs the fewest products)
+    once the batch alone fills a pass of KRYLOV_ROWS rows, more for small batches."""
+    return min(k, max(1, -(-KRYLOV_ROWS // B)))
+
+
+class _ShrinkingProducts:
+    """Scaled products M Q / c^2 for the samples still running: the forward graph is rebuilt on
+    those samples once they are at most half the rows it was built on (a rebuild costs about one
+    pass on them, so it pays for itself within two passes); until then the finished samples'
+    rows carry zero vectors."""
+
+    def __init__(self, G, z, p, mode, cdtype):
+        self.G, self.z, self.p, self.mode, self.cdtype = G, z, p, mode, cdtype
+        self.c = None
+        self._build(torch.arange(z.shape[0]))
+
+    def _build(self, rows):
+        self.rows = rows
+        self.op = None  # free the old graph first
+        self.op = JacobianOperator(select_rows(self.G, rows), self.z[rows], self.p, self.mode)
+
+    def __call__(self, Q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Q [b, n, d] for the samples `rows` -> M Q / c^2 [b, n, d], in passes of p vectors."""
+        if 2 * len(rows) <= len(self.rows):
+            self._build(rows)
+        at = torch.searchsorted(self.rows, rows)
+        out = []
+        for start in range(0, Q.shape[1], self.p):
+            part = Q[:, start:start + self.p]
+            W = Q.new_zeros(len(self.rows), self.p, Q.shape[2])
+            W[at, :part.shape[1]] = part
+            MW, c = scaled_product(self.op, self.op.jvp(W), self.cdtype, None if self.c is None else self.c[self.rows])
+            if self.c is None:
+                self.c = c
+            out.append(MW[at, :part.shape[1]])
+        return torch.cat(out, 1)
 
 
 def _krylov_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
-    """Restarted block Lanczos (`block_krylov`) on the folded operator of every sample at once."""
+    """Batched (block) Lanczos (`krylov.block_lanczos`) with every sample in one pass."""
     B, d = z.shape
     cdtype = ops.reference.compute_dtype(z.dtype)
+    p = krylov_block(B, k)
     X, V_prev = _initial_basis(init, B, k, d, cdtype, z.device, seed)
-    op = JacobianOperator(G, z, k, mode)
-    MX, c = scaled_product(op, op.jvp(X), cdtype)
-    V, lam, res, products = block_krylov(lambda W: scaled_product(op, op.jvp(W), cdtype, c)[0], X, MX, iters, tol)
-    V = V * ops.reference.sign_align(V, V_prev)[..., None]
-    return _finish(V, lam, c, res, tol, products, "krylov", mode)
-
-
-def block_krylov(product: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, MX: torch.Tensor,
-                 iters: int, tol: float, depth: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Top-k eigenpairs of symmetric PSD operators M_b by restarted block Lanczos, batched over b.
-
-    Each cycle builds the block Krylov space [X, M X, ..., M^depth X] with full
-    reorthogonalization, taking every block's product M Q directly (one product per block);
-    Rayleigh-Ritz over the space after every block decides convergence, and a full cycle restarts
-    from the top-k Ritz vectors (M X follows by the same linear combination).  (LOBPCG, which carries M P by recurrence, lost float32 accuracy without bound.)
-    X: [B, k, d] orthonormal start, MX = product(X).  Returns (V [B, k, d], lam [B, k]
-    descending, residuals ||M v - lam v|| / lam_1 [B, k], products used, counting MX's).
-    depth: blocks per cycle; default max(3, min(12, 96 // k)), so Rayleigh-Ritz stays near 100
-    dimensions (measured on an untrained DCGAN at d=128: 13 products for k=4 and k=16 at tol 1e-4).
-    """
-    k = X.shape[1]
-    depth = max(3, min(12, 96 // k)) if depth is None else depth
-    depth = max(1, min(depth, X.shape[2] // k - 1))  # the Krylov space never exceeds the latent space
-    blocks, mblocks, Q = [X], [MX], MX
-    products = 1
-    while True:
-        X, MX, lam, res = _rayleigh_ritz(torch.cat(blocks, 1), torch.cat(mblocks, 1), k)
-        if bool((res < tol).all()) or products >= iters:  # checked after every block, not per cycle
-            return X, lam, res, products
-        if len(blocks) > depth:  # restart from the Ritz vectors
-            blocks, mblocks, Q = [X], [MX], MX
-        Q = _orthonormal_block(Q, torch.cat(blocks, 1))
-        MQ = product(Q)
-        products += 1
-        blocks.append(Q)
-        mblocks.append(MQ)
-        Q = MQ
-
-
-def _rayleigh_ritz(K: torch.Tensor, MK: torch.Tensor, k: int):
-    """Top-k Ritz pairs over the orthonormal (or zero) rows of K [B, n, d], with MK = M K:
-    (X [B, k, d], M X, lam [B, k] descending, residuals / lam_1 [B, k])."""
-    tiny = torch.finfo(K.dtype).tiny
-    dead = (K.abs().amax(-1) == 0).to(K.dtype)                      # zero rows: below any eigenvalue of M
-    theta, C = torch.linalg.eigh(_sym(K @ MK.transpose(-1, -2)) - torch.diag_embed(dead))
-    lam, C = theta.flip(-1)[:, :k], C.flip(-1)[..., :k].transpose(-1, -2)
-    X, MX = C @ K, C @ MK
-    res = (MX - lam[..., None] * X).norm(dim=-1) / lam[:, :1].clamp_min(tiny)
-    return X, MX, lam, torch.where(lam[:, :1] > 0, res, torch.zeros_like(res))
-
-
-def _sym(A: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (A + A.transpose(-1, -2))
+    X = X if init is not None else X[:, :p]  # a cold start needs one block, a warm start all k
+    products = _ShrinkingProducts(G, z, p, mode, cdtype)
+    MX = products(X, torch.arange(B))
+    r = block_lanczos(products, X, MX, k, p, max(iters * k, X.shape[1]), tol)
+    V = r.V * ops.reference.sign_align(r.V, V_prev)[..., None]
+    passes = r.passes + -(-X.shape[1] // p)
+    return _finish(V, r.lam, products.c, r.res, tol, passes, "krylov", mode)
 
 
 def _finish(V, lam, c, res, tol, iterations, method, mode) -> TopK:

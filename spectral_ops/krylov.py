@@ -1,0 +1,141 @@
+"""Restarted block Lanczos for the top-k eigenpairs of a batch of symmetric PSD operators M_b.
+
+Each step adds one block of p vectors per sample to a Krylov space with full
+reorthogonalization, taking the block's product M Q directly (no product is ever derived from a
+recurrence, so float32 products keep their accuracy), and Rayleigh-Ritz over the space decides
+convergence.  p is small (1 for a batch of 16 or more samples: single-vector Lanczos needs the
+fewest products) and the batch makes each pass wide; a sample leaves the batch as soon as its k
+pairs have converged, so the passes shrink; a full space restarts from the Ritz vectors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+# Rayleigh-Ritz (an eigh of the n x n projected matrix per sample) costs about as much as a
+# product once n reaches ~60 on a CPU, so convergence is checked every ~n/CHECK_SPACING steps,
+# not after every step (at most n/CHECK_SPACING products past the converged point).
+CHECK_SPACING = 10
+
+
+@dataclass
+class KrylovResult:
+    """V [B, k, d] orthonormal Ritz vectors; lam [B, k] Ritz values, descending; res [B, k]
+    residuals ||M v - lam v|| / lam_1; passes: calls of `product`; vectors [B]: products per
+    sample (M applied to that many vectors)."""
+
+    V: torch.Tensor
+    lam: torch.Tensor
+    res: torch.Tensor
+    passes: int
+    vectors: torch.Tensor
+
+
+def block_lanczos(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], X: torch.Tensor, MX: torch.Tensor,
+                  k: int, block: int, max_vectors: int, tol: float, max_basis: int | None = None) -> KrylovResult:
+    """Top-k eigenpairs of M_b by restarted block Lanczos, batched over b.
+
+    product(Q, rows): M Q for the samples `rows` (a LongTensor [b] of indices into 0..B-1, the
+        samples still running), Q [b, block, d] orthonormal (zero rows allowed) -> [b, block, d].
+    X: [B, n0, d] orthonormal start, MX = M X [B, n0, d] (the caller's first product).
+    block: vectors added per step (p); max_vectors: products per sample allowed, MX's included.
+    max_basis: the space restarts from its top Ritz vectors when it would exceed this many
+        vectors; default min(d, max(4k, k + 64)).  At d it never restarts: once it holds d
+        vectors it spans R^d (the last block may be partly zero) and Rayleigh-Ritz is exact.
+    """
+    B, n0, d = X.shape
+    max_basis = min(d, max(4 * k, k + 64)) if max_basis is None else min(d, max_basis)
+    keep = min(max_basis - block, max(k + block, (max_basis + k) // 2))  # thick restart: k pairs and more
+    V_out = X.new_zeros(B, k, d)
+    lam_out, res_out = X.new_zeros(B, k), X.new_full((B, k), float("inf"))
+    vectors = torch.full((B,), n0, dtype=torch.long)
+    rows = torch.arange(B)
+    K, MK, last = X, MX, MX
+    H = _sym(K @ MK.transpose(-1, -2))
+    passes, used, next_check = 0, n0, k
+    while True:
+        n = K.shape[1]
+        full = n >= d or (n >= k and used + block > max_vectors)  # no room for another block
+        restart = n + block > max_basis and max_basis < d  # a space that may fill R^d never restarts
+        if n >= next_check or full or restart:
+            X_r, MX_r, lam, res = _rayleigh_ritz(K, MK, H, keep if restart else k)
+            done = (res[:, :k] < tol).all(-1) | full
+            if bool(done.any()):
+                idx = rows[done]
+                V_out[idx], lam_out[idx], res_out[idx] = X_r[done, :k], lam[done, :k], res[done, :k]
+                if bool(done.all()):
+                    return KrylovResult(V_out, lam_out, res_out, passes, vectors)
+                live = ~done
+                rows, K, MK, H, last, X_r, MX_r = (t[live] for t in (rows, K, MK, H, last, X_r, MX_r))
+            next_check = n + max(1, n // CHECK_SPACING)
+        Q = _new_directions(last, K, block, n)
+        if restart:  # keep the top Ritz vectors (M X follows by the same combination); Q is orthogonal to them
+            K, MK = X_r, MX_r
+            H = _sym(K @ MK.transpose(-1, -2))
+            next_check = K.shape[1] + 1
+        MQ = product(Q, rows)
+        passes, used = passes + 1, used + block
+        vectors[rows] = used
+        H = _extend(H, K, MK, Q, MQ)
+        K, MK, last = torch.cat([K, Q], 1), torch.cat([MK, MQ], 1), MQ
+
+
+def _new_directions(MQ: torch.Tensor, K: torch.Tensor, block: int, n: int) -> torch.Tensor:
+    """The next block [b, block, d]: the dominant directions of the last block's product MQ that
+    are new to the space K [b, n, d].  Where MQ adds none (K holds an invariant subspace), the
+    coordinate axes that K leaves most of (1 - ||K e_j||^2 largest, at least (d - n) / d), made
+    orthogonal to K, take their place, as Lanczos restarts on a breakdown; zero rows are left
+    only where K is the whole space."""
+    Q = _orthonormal_block(MQ, K)[:, -block:]
+    dead = Q.abs().amax(-1) == 0
+    if bool(dead.any()) and n < K.shape[2]:
+        axes = (1 - (K * K).sum(1)).topk(block, dim=-1).indices  # [b, block]
+        E = torch.nn.functional.one_hot(axes, K.shape[2]).to(Q)
+        Q = torch.where(dead[..., None], _orthonormal_block(E, torch.cat([K, Q], 1)), Q)
+    return Q
+
+
+def _extend(H: torch.Tensor, K: torch.Tensor, MK: torch.Tensor, Q: torch.Tensor, MQ: torch.Tensor) -> torch.Tensor:
+    """The projected matrix of [K; Q] from that of K [b, n, n]: only the new rows are computed."""
+    cross = 0.5 * (Q @ MK.transpose(-1, -2) + MQ @ K.transpose(-1, -2))  # [b, p, n]
+    corner = _sym(Q @ MQ.transpose(-1, -2))
+    return torch.cat([torch.cat([H, cross.transpose(-1, -2)], -1), torch.cat([cross, corner], -1)], -2)
+
+
+def _orthonormal_block(Q: torch.Tensor, K: torch.Tensor | None) -> torch.Tensor:
+    """The rows of Q [B, n, d] made orthogonal to the orthonormal rows of K [B, m, d] (twice, as
+    CGS2) and orthonormal among themselves, ordered by how much of each direction was left
+    (the most last); rows that add no new direction come back as zeros."""
+    tiny = torch.finfo(Q.dtype).tiny
+    size = (Q * Q).sum(-1).amax(-1, keepdim=True)  # before projection: what is left must be more than rounding
+    Q = Q * torch.where(size > 0, size, torch.ones_like(size)).rsqrt()[..., None]  # unit scale: no denormals
+    size = (size > 0).to(Q.dtype)
+    for rounds in range(2):
+        if K is not None:
+            Q = Q - (Q @ K.transpose(-1, -2)) @ K
+            Q = Q - (Q @ K.transpose(-1, -2)) @ K
+        e, U = torch.linalg.eigh(Q @ Q.transpose(-1, -2))
+        if rounds == 0:  # dependent rows (smallest e) come first
+            live = (e > size * (100 * torch.finfo(Q.dtype).eps) ** 2) & (e > tiny)  # norm above 100 eps
+        else:  # unit rows that lose half their norm to the second projection were rounding noise
+            live = e > 0.25
+        Q = torch.where(live, e.clamp_min(tiny).rsqrt(), torch.zeros_like(e))[..., None] * (U.transpose(-1, -2) @ Q)
+    return Q
+
+
+def _rayleigh_ritz(K: torch.Tensor, MK: torch.Tensor, H: torch.Tensor, k: int):
+    """Top-k Ritz pairs over the orthonormal (or zero) rows of K [B, n, d], with MK = M K and
+    H = K M K^T: (X [B, k, d], M X, lam [B, k] descending, residuals / lam_1 [B, k])."""
+    tiny = torch.finfo(K.dtype).tiny
+    dead = (K.abs().amax(-1) == 0).to(K.dtype)                      # zero rows: below any eigenvalue of M
+    theta, C = torch.linalg.eigh(H - torch.diag_embed(dead))
+    lam, C = theta.flip(-1)[:, :k], C.flip(-1)[..., :k].transpose(-1, -2)
+    X, MX = C @ K, C @ MK
+    res = (MX - lam[..., None] * X).norm(dim=-1) / lam[:, :1].clamp_min(tiny)
+    return X, MX, lam, torch.where(lam[:, :1] > 0, res, torch.zeros_like(res))
+
+
+def _sym(A: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (A + A.transpose(-1, -2))
