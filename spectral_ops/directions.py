@@ -19,6 +19,7 @@ from . import ops
 from .generator import flatten_latents, prepared
 from .jacobian import JacobianOperator
 from .krylov import block_lanczos
+from .power import krylov_block
 from .validation import check_callable, check_int, check_iters_tol, check_k, check_seed
 
 
@@ -31,7 +32,8 @@ class GlobalDirections:
     trace: E ||J||_F^2, the sum of all d eigenvalues (exact, or estimated: `trace_exact`).
     explained: [k] cumulative fraction of the trace explained by the first 1..k directions.
     residuals: [k] ||M v - lam v|| / lam_1 of the averaged operator; converged: [k] bool.
-    products: averaged-operator products used (each streams once over the samples).
+    products: averaged-operator passes used (each streams once over the samples, with p vectors
+        each: 1 once a batch has 16 samples, `power.krylov_block`).
     stability_deg: largest principal angle (degrees) to the directions of an independent sample
         set of the same size (None unless asked for).
     """
@@ -54,13 +56,13 @@ def subspace_angle_deg(A: torch.Tensor, B: torch.Tensor) -> float:
     return math.degrees(math.acos(float(s.min())))
 
 
-def _mean_product(G, batches, k, mode, batchnorm, cdtype, c, bar):
-    """X [1, k, d] -> mean_n J_n^T J_n X / c^2, streaming over the latent batches."""
+def _mean_product(G, batches, mode, batchnorm, cdtype, c, bar):
+    """X [1, p, d] -> mean_n J_n^T J_n X / c^2, streaming over the latent batches."""
     def product(X: torch.Tensor) -> torch.Tensor:
         total, n = torch.zeros_like(X), 0
         for zb in batches:
             with prepared(G, zb, jvp=mode, batchnorm=batchnorm) as (Gf, zf, m):
-                op = JacobianOperator(Gf, zf, k, m)
+                op = JacobianOperator(Gf, zf, X.shape[1], m)
                 JX = op.jvp(X.expand(zf.shape[0], -1, -1))
                 total += op.vjp(JX.detach() / c).detach().to(cdtype).sum(0, keepdim=True) / c
             n += zf.shape[0]
@@ -102,7 +104,8 @@ def global_directions(G: Callable, n_samples: int, k: int, *, latent_dim: int | 
         k: how many directions, 1 <= k <= d.
         latent_dim: d, or G's latent shape (e.g. (nz, 1, 1)); or give `latents` [N, ...] instead.
         batch_size: latents per generator pass (memory is one batch of B*k rows).
-        iters: maximum averaged-operator products (each streams over all N samples once).
+        iters: the most work allowed, in averaged products of k vectors (a pass streams over all
+            N samples once with p of them: at most iters*k/p passes).
         tol: stop when every residual of the averaged operator is below tol.
         trace_probes: Rademacher probes per sample for the trace (Hutchinson); None: exact
             (d JVPs per sample).
@@ -146,15 +149,16 @@ def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_pr
     with prepared(G, batches[0], jvp=jvp, batchnorm=batchnorm) as (_, _, mode):
         pass  # probe once, resolve jvp="auto"
     gen = torch.Generator().manual_seed(seed)
-    X = ops.orthonormalize(torch.randn(1, k, d, generator=gen, dtype=torch.float64).to(cdtype))
+    p = krylov_block(len(batches[0]), k)  # a product streams over every sample: one vector each suffices
+    X = ops.orthonormalize(torch.randn(1, k, d, generator=gen, dtype=torch.float64).to(cdtype))[:, :p]
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=iters * len(batches), desc="global directions", leave=False)
-    scale_probe = _mean_product(G, batches[:1], k, mode, batchnorm, cdtype, 1.0, None)(X)
+        bar = tqdm(total=-(-iters * k // p) * len(batches), desc="global directions", leave=False)
+    scale_probe = _mean_product(G, batches[:1], mode, batchnorm, cdtype, 1.0, None)(X)
     c = float(scale_probe.abs().max()) ** 0.5 or 1.0  # units where M_bar / c^2 is O(1)
-    product = _mean_product(G, batches, k, mode, batchnorm, cdtype, c, bar)
-    r = block_lanczos(lambda Q, rows: product(Q), X, product(X), k, k, iters * k, tol)
+    product = _mean_product(G, batches, mode, batchnorm, cdtype, c, bar)
+    r = block_lanczos(lambda Q, rows: product(Q), X, product(X), k, p, iters * k, tol)
     V, lam, res, products = r.V, r.lam, r.res, r.passes + 1
     if bar is not None:
         bar.close()

@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=4, help="how many directions (default 4)")
     p.add_argument("--samples", type=int, default=512, help="latents the metric is averaged over (default 512)")
     p.add_argument("--batch-size", type=int, default=64, help="latents per generator pass (default 64)")
-    p.add_argument("--iters", type=int, default=60, help="maximum averaged-operator products (default 60)")
+    p.add_argument("--iters", type=int, default=60, help="most work, in averaged products of k vectors (default 60)")
     p.add_argument("--tol", type=float, default=1e-4, help="residual tolerance (default 1e-4)")
     p.add_argument("--stability", action="store_true",
                    help="also compute the directions on an independent sample set and report the subspace angle")
