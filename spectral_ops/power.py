@@ -23,15 +23,14 @@ METHODS = ("auto", "power", "krylov", "dense")
 # DCGAN on a CPU): one power iteration folds k vectors and costs about POWER_PAIR_COST forwards
 # per vector (a double-backward and a backward); the dense method costs about DENSE_JVP_COST
 # forwards per latent axis (each column J e_j is a JVP on a batch folded d times: the forward
-# graph, then the double-backward), plus the d x d products and eigh.  A krylov iteration is
-# the same folded product plus a small Rayleigh-Ritz (measured 0.92-1.19x a power iteration at
-# d=128, k=4 and 16), and needs no more iterations than power to a given residual (8-46x fewer
-# on the flat spectrum of an untrained DCGAN), so `auto` weighs dense against krylov and power
-# only runs when asked for.  With k=4 and 20
-# iterations the crossover is near d=40.
+# graph, then the double-backward), plus the d x d products and eigh.  Krylov's budget is the
+# same products (iters*k vectors per sample, taken krylov_block(B, k) at a time), and to a given
+# residual it needs no more of them than power (46-110x fewer on the flat spectrum of an
+# untrained DCGAN), so `auto` weighs dense against krylov at that budget and power only runs
+# when asked for.  With k=4 and 20 iterations the crossover is near d=40.
 # A krylov step adds krylov_block(B, k) vectors per sample, so that a pass has at least
 # KRYLOV_ROWS rows: on a CPU a DCGAN product costs 1.07 ms on one row and 0.19 ms per row on 16,
-# within 15% of its cost per row on 512 (bench/bench_topk.py).
+# within 15% of its cost per row on 512 (bench/bench_topk.py, "batching ceiling").
 KRYLOV_ROWS = 16
 POWER_PAIR_COST = 3.0
 POWER_SETUP_COST = 3.0
