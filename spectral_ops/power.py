@@ -25,12 +25,12 @@ METHODS = ("auto", "power", "krylov", "dense")
 # forwards per latent axis (each column J e_j is a JVP on a batch folded d times: the forward
 # graph, then the double-backward), plus the d x d products and eigh.  Krylov's budget is the
 # same products (iters*k vectors per sample, taken krylov_block(B, k) at a time), and to a given
-# residual it needs no more of them than power (46-110x fewer on the flat spectrum of an
+# residual it needs no more of them than power (190-610x fewer on the flat spectrum of an
 # untrained DCGAN), so `auto` weighs dense against krylov at that budget and power only runs
 # when asked for.  With k=4 and 20 iterations the crossover is near d=40.
 # A krylov step adds krylov_block(B, k) vectors per sample, so that a pass has at least
-# KRYLOV_ROWS rows: on a CPU a DCGAN product costs 1.07 ms on one row and 0.19 ms per row on 16,
-# within 15% of its cost per row on 512 (bench/bench_topk.py, "batching ceiling").
+# KRYLOV_ROWS rows: on a CPU a DCGAN product costs 1.05 ms on one row and 0.19 ms per row on 16
+# (bench/bench_topk.py, "batching ceiling"); wider passes save little more per row there.
 KRYLOV_ROWS = 16
 POWER_PAIR_COST = 3.0
 POWER_SETUP_COST = 3.0
