@@ -6,7 +6,7 @@ Prints (and writes to bench/results/topk.md) ratios measured in one run:
      on a StyleGAN2-like generator (modulated convolutions, mapping network; fused and unfused);
   2. method="power" against the best dense baseline, vmap(jacfwd) + SVD, at B=16, d=512,
      64x64 output, k=4, tol=1e-3, with the accuracy reached;
-  3. a sweep over d of power, dense and auto (auto / best of the two);
+  3. a sweep over d (B=16, and B=1, 4 at d=8, 32) of power, krylov, dense and auto (auto / the best);
   4. peak memory of power and dense against one forward+backward (torch profiler);
   5. to convergence (tol=1e-4) at B=16, d=128, k=4 and 16, on a flat and a gapped DCGAN:
      power, krylov and dense against per-sample SciPy ARPACK (eigsh on the same J^T J products)
@@ -234,11 +234,15 @@ def test_power_vs_dense(benchmark):
 SWEEP_B, SWEEP_K = 16, 4
 
 
-@pytest.mark.parametrize("d", [16, 64, 128, 512])
-def test_sweep_d(benchmark, d):
+SWEEP_CASES = [(SWEEP_B, d) for d in (8, 16, 32, 64, 128, 512)] + [(B, d) for B in (1, 4) for d in (8, 32)]
+
+
+@pytest.mark.parametrize("B,d", SWEEP_CASES)
+def test_sweep_d(benchmark, B, d):
+    """power, krylov, dense and auto over d (and small batches): auto against the fastest."""
     torch.manual_seed(0)
     G = DCGAN(d, size=32, width=16)
-    z = torch.randn(SWEEP_B, d)
+    z = torch.randn(B, d)
     ran = {}
 
     def case(method):
@@ -246,9 +250,9 @@ def test_sweep_d(benchmark, d):
             ran[method] = jacobian_topk(G, z, SWEEP_K, iters=20, tol=1e-3, method=method).method
         return fn
 
-    medians = interleaved(benchmark, {m: case(m) for m in ("power", "dense", "auto")}, rounds=3)
-    group = f"sweep d={d} (B=16, 32x32, k=4, iters<=20, tol=1e-3)"
-    best = min(medians["power"], medians["dense"])
+    medians = interleaved(benchmark, {m: case(m) for m in ("power", "krylov", "dense", "auto")}, rounds=3)
+    group = f"sweep d={d} (B={B}, 32x32, k=4, iters<=20, tol=1e-3)"
+    best = min(medians["power"], medians["krylov"], medians["dense"])
     for method, median in medians.items():
         extra = dict(ran=ran[method])
         if method == "auto":

@@ -42,11 +42,11 @@ def block_lanczos(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     X: [B, n0, d] orthonormal start, MX = M X [B, n0, d] (the caller's first product).
     block: vectors added per step (p); max_vectors: products per sample allowed, MX's included.
     max_basis: the space restarts from its top Ritz vectors when it would exceed this many
-        vectors; default min(d, max(4k, k + 64)).  At d it never restarts: once it holds d
+        vectors; default `default_max_basis(d, k)`.  At d it never restarts: once it holds d
         vectors it spans R^d (the last block may be partly zero) and Rayleigh-Ritz is exact.
     """
     B, n0, d = X.shape
-    max_basis = min(d, max(4 * k, k + 64)) if max_basis is None else min(d, max_basis)
+    max_basis = default_max_basis(d, k) if max_basis is None else min(d, max_basis)
     keep = min(max_basis - block, max(k + block, (max_basis + k) // 2))  # thick restart: k pairs and more
     V_out = X.new_zeros(B, k, d)
     lam_out, res_out = X.new_zeros(B, k), X.new_full((B, k), float("inf"))
@@ -95,6 +95,12 @@ def _new_directions(MQ: torch.Tensor, K: torch.Tensor, block: int, n: int) -> to
         E = torch.nn.functional.one_hot(axes, K.shape[2]).to(Q)
         Q = torch.where(dead[..., None], _orthonormal_block(E, torch.cat([K, Q], 1)), Q)
     return Q
+
+
+def default_max_basis(d: int, k: int) -> int:
+    """Vectors the Krylov space holds before it restarts: min(d, max(4k, k + 64)).  At d it never
+    restarts, so it takes at most d + block - 1 products per sample."""
+    return min(d, max(4 * k, k + 64))
 
 
 def _extend(H: torch.Tensor, K: torch.Tensor, MK: torch.Tensor, Q: torch.Tensor, MQ: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from . import ops
 from .generator import flatten_latents, prepared, select_rows
 from .validation import check_callable, check_choice, check_init, check_int, check_iters_tol, check_k, check_seed
 from .jacobian import JVP_MODES, JacobianOperator, name_rows
-from .krylov import block_lanczos
+from .krylov import block_lanczos, default_max_basis
 
 METHODS = ("auto", "power", "krylov", "dense")
 
@@ -23,15 +23,16 @@ METHODS = ("auto", "power", "krylov", "dense")
 # DCGAN on a CPU): one power iteration folds k vectors and costs about POWER_PAIR_COST forwards
 # per vector (a double-backward and a backward); the dense method costs about DENSE_JVP_COST
 # forwards per latent axis (each column J e_j is a JVP on a batch folded d times: the forward
-# graph, then the double-backward), plus the d x d products and eigh.  Krylov's budget is the
-# same products (iters*k vectors per sample, taken krylov_block(B, k) at a time), and to a given
-# residual it needs no more of them than power (190-610x fewer on the flat spectrum of an
-# untrained DCGAN), so `auto` weighs dense against krylov at that budget and power only runs
-# when asked for.  With k=4 and 20 iterations the crossover is near d=40.
-# A krylov step adds krylov_block(B, k) vectors per sample, so that a pass has at least
-# KRYLOV_ROWS rows: on a CPU a DCGAN product costs 1.05 ms on one row and 0.19 ms per row on 16
-# (bench/bench_topk.py, "batching ceiling"); wider passes save little more per row there.
+# graph, then the double-backward), plus the d x d products and eigh.  Krylov takes the same
+# products as power (iters*k vectors per sample at most, krylov_block(B, k) per pass), but once
+# its space may fill R^d it needs at most d + p - 1 of them, and each pass adds about
+# KRYLOV_PASS_COST forwards of fixed cost (Rayleigh-Ritz, orthogonalization, the pass's own
+# overhead).  Fitted to the sweep of bench/bench_topk.py (a DCGAN, B=1, 4, 16, d=8-512): auto
+# runs within 3% of the fastest method in 9 of its 10 cases; at B=4, d=32, where the model
+# puts krylov and dense within 0.3%, it ran krylov, 1.17x slower than dense.  Power only runs
+# when asked for: at the same budget krylov never costs more.
 KRYLOV_ROWS = 16
+KRYLOV_PASS_COST = 30.0
 POWER_PAIR_COST = 3.0
 POWER_SETUP_COST = 3.0
 DENSE_JVP_COST = 6.0
@@ -72,8 +73,13 @@ def _initial_basis(init, B: int, k: int, d: int, dtype, device, seed) -> tuple[t
 def estimated_cost(method: str, B: int, k: int, d: int, m: int, iters: int) -> float:
     """Cost model used by method="auto", in forwards of one row (see constants above); `iters`
     is the iteration budget (an upper bound for power and krylov)."""
-    if method in ("power", "krylov"):
+    if method == "power":
         return B * k * (POWER_SETUP_COST + POWER_PAIR_COST * iters)
+    if method == "krylov":
+        p = krylov_block(B, k)
+        vectors = iters * k if d > default_max_basis(d, k) else min(iters * k, d + p - 1)
+        passes = 1 + -(-vectors // p)
+        return KRYLOV_PASS_COST * passes + B * (POWER_SETUP_COST * p + POWER_PAIR_COST * vectors)
     flops = B * (2.0 * m * d * d + 10.0 * d ** 3)
     return B * d * DENSE_JVP_COST + DENSE_FLOP_COST * flops
 

@@ -250,6 +250,12 @@ def test_auto_method_follows_cost_model():
     big = nn.Sequential(nn.Linear(512, 64), nn.Tanh(), nn.Linear(64, 256))
     top = jacobian_topk(big, torch.randn(2, 512), 4, iters=2, method="auto")
     assert top.method == "krylov"  # never worse than power at the same iteration budget
+    # a batch of 16 fills krylov's one-vector passes: it wins from d=8 (bench sweep), while one
+    # latent alone leaves it the fixed cost of a pass per vector, and dense wins
+    torch.manual_seed(0)
+    conv = dcgan(8).double()
+    assert jacobian_topk(conv, torch.randn(16, 8, dtype=torch.float64), 4, method="auto").method == "krylov"
+    assert jacobian_topk(conv, torch.randn(1, 8, dtype=torch.float64), 4, method="auto").method == "dense"
 
 
 def test_dense_chunking_is_exact():
