@@ -160,3 +160,14 @@ def test_a_space_that_fills_the_latent_space_is_exact(p):
     r = _run(M, 4, p, tol=0.0)
     assert torch.allclose(r.lam, s[:4].expand(2, 4), rtol=1e-13, atol=0)
     assert r.res.max() < 1e-14 and int(r.vectors.max()) <= 10 + p - 1
+
+
+def test_warm_start_in_one_vector_passes():
+    """B=16 (p=1) with init: the k start vectors go through k one-vector passes, the warm start
+    needs fewer passes than a cold one, and the signs follow init."""
+    G = families(16)["mlp_tanh"]
+    z = torch.randn(16, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    cold = jacobian_topk(G, z, 3, iters=200, tol=1e-9, method="krylov")
+    warm = jacobian_topk(G, z, 3, iters=200, tol=1e-9, method="krylov", init=-cold.vectors)
+    assert bool(warm.converged.all()) and warm.iterations < cold.iterations
+    assert ((warm.vectors * -cold.vectors).sum(-1) > 1 - 1e-8).all()
