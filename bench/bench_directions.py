@@ -5,7 +5,7 @@ average metric E_z[J^T J] two ways:
 
   - LowRankGAN's way: every sample's full Jacobian (vmap of jacfwd, d tangents per sample, where
     d <= m, else vmap of jacrev, m cotangents), J^T J summed in float64, then eigh;
-  - spectral_ops.global_directions: matrix-free, streaming block Krylov on the averaged operator
+  - spectral_ops.global_directions: matrix-free, streaming Lanczos on the averaged operator (one vector per pass)
     (its time includes the Hutchinson trace with the default 8 probes per sample).
 
 On a DCGAN-like generator, untrained (a flat spectrum) and with its first 32 latent axes scaled
