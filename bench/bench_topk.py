@@ -73,8 +73,16 @@ class MergedTable(RatioTable):
         super().report()
 
 
-TABLE = MergedTable("topk")
+# BENCH_DEVICE=cuda runs sections 5 and 6 on the GPU (bench/gpu_check.sh), written to topk_cuda.md
+DEVICE = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
+TABLE = MergedTable("topk" if DEVICE.type == "cpu" else f"topk_{DEVICE.type}")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+
+
+def _sync() -> None:
+    """Wait for queued GPU work, so that a timer stops when the work has finished."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -95,6 +103,7 @@ def interleaved(benchmark, cases: dict, rounds: int = ROUNDS) -> dict:
         for name, fn in cases.items():
             t0 = time.perf_counter()
             fn()
+            _sync()
             times[name].append(time.perf_counter() - t0)
 
     benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=1, iterations=1)
@@ -310,8 +319,8 @@ def _conv_setup(spectrum):
     G = DCGAN(d, size=CONV["size"], width=CONV["width"], latent_scales=CONV_SPECTRA[spectrum])
     z = torch.randn(CONV["B"], d)
     J = full_jacobian(copy.deepcopy(G).double(), z.double())
-    M = J.transpose(1, 2) @ J
-    return G, z, M, torch.linalg.eigvalsh(M).flip(-1)
+    M = J.transpose(1, 2) @ J  # the reference stays on the CPU, in float64
+    return G.to(DEVICE), z.to(DEVICE), M, torch.linalg.eigvalsh(M).flip(-1)
 
 
 def _library(G, z, k, method):
@@ -322,7 +331,7 @@ def _library(G, z, k, method):
         width = krylov_block(z.shape[0], k) if method == "krylov" else k
         products = f"{top.iterations} passes of {z.shape[0]}x{width} rows (or fewer: converged samples leave)" \
             if method == "krylov" else f"{top.iterations} passes of {z.shape[0]}x{width} rows"
-    return top.values.double() ** 2, top.vectors, top.iterations, dict(products=products,
+    return top.values.double().cpu() ** 2, top.vectors.cpu(), top.iterations, dict(products=products,
                                                                       converged=bool(top.converged.all()))
 
 
@@ -340,8 +349,8 @@ def _arpack_per_sample(G, z, k):
 
         def matvec(x, op=op, count=count):
             count[0] += 1
-            v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(1, 1, d)
-            return op.matvec(v).detach().reshape(-1).double().numpy()
+            v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(1, 1, d).to(DEVICE)
+            return op.matvec(v).detach().reshape(-1).double().cpu().numpy()
 
         try:
             w, U = eigsh(LinearOperator((d, d), matvec=matvec, dtype=np.float64), k=k, which="LM",
@@ -364,7 +373,7 @@ def _lobpcg_explicit(G, z, k):
     Per sample: torch.lobpcg takes batches, but its stopping test takes norms across the batch."""
     J = full_jacobian(G, z)
     M = J.transpose(1, 2) @ J
-    X0 = torch.randn(z.shape[0], z.shape[1], k, generator=torch.Generator().manual_seed(0))
+    X0 = torch.randn(z.shape[0], z.shape[1], k, generator=torch.Generator().manual_seed(0)).to(DEVICE)
     lam, V, steps = [], [], []
     for b in range(z.shape[0]):
         step = [0]
@@ -375,7 +384,7 @@ def _lobpcg_explicit(G, z, k):
         steps.append(step[0])
     products = (f"{z.shape[1]} J columns/sample (vmap jacfwd); lobpcg steps median {statistics.median(steps):.0f} "
                 f"(max {max(steps)}) on the explicit d x d")
-    return torch.stack(lam).double(), torch.stack(V), statistics.median(steps), dict(products=products)
+    return torch.stack(lam).double().cpu(), torch.stack(V).cpu(), statistics.median(steps), dict(products=products)
 
 
 def _accuracy(lam, V, M, lam_ref):
@@ -449,7 +458,7 @@ def test_batching_ceiling(benchmark):
     B, d = z.shape
     one, batch = JacobianOperator(G, z[:1], 1, CONV_MODE), JacobianOperator(G, z, 1, CONV_MODE)
     gen = torch.Generator().manual_seed(0)
-    v1, vB = torch.randn(1, 1, d, generator=gen), torch.randn(B, 1, d, generator=gen)
+    v1, vB = torch.randn(1, 1, d, generator=gen).to(DEVICE), torch.randn(B, 1, d, generator=gen).to(DEVICE)
     reps = 20
     medians = interleaved(benchmark, {"1 row": lambda: [one.matvec(v1) for _ in range(reps)],
                                       f"{B} rows": lambda: [batch.matvec(vB) for _ in range(reps)]})

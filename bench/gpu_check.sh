@@ -3,13 +3,16 @@
 #   1. build spectral_ops in place with the CUDA kernels (FORCE_CUDA=1, sm_90 only, to save time);
 #   2. run the op tests on CUDA tensors (tests/test_ops.py: cuda backend; tests/test_ops_triton.py:
 #      Triton compiled for the GPU, including torch.compile and the full opcheck);
-#   3. run the op benchmarks on the GPU (cuda and triton vs eager CUDA torch, triton/cuda ratio).
+#   3. run the op benchmarks on the GPU (cuda and triton vs eager CUDA torch, triton/cuda ratio);
+#   4. run top-k to convergence on the GPU (bench_topk.py sections 5-6: krylov, power, dense
+#      against per-sample ARPACK and torch.lobpcg, and the batching ceiling), into topk_cuda.md.
 #
 #   bench/gpu_check.sh OUTDIR
 #
 # Needs a Python ($PYTHON, default python3) with a CUDA build of torch, triton, pytest,
-# pytest-benchmark, ninja and nvcc on PATH (the machine may have no network).  Writes
-# OUTDIR/gpu_check.log, OUTDIR/tests.xml, OUTDIR/bench_cuda.json and OUTDIR/summary.txt.
+# pytest-benchmark, scipy, ninja and nvcc on PATH (the machine may have no network).  Writes
+# OUTDIR/gpu_check.log, OUTDIR/tests.xml, OUTDIR/bench_cuda.json, OUTDIR/topk_cuda.md and
+# OUTDIR/summary.txt.
 set -uo pipefail
 
 OUT="${1:?usage: bench/gpu_check.sh OUTDIR}"
@@ -60,10 +63,16 @@ step "benchmarks on the GPU"
 timeout 200 "$PYTHON" -m pytest -q -p no:cacheprovider bench/bench_ops.py --device cuda \
   --benchmark-min-rounds=20 --benchmark-max-time=0.2 --benchmark-json="$OUT/bench_cuda.json" || status=1
 
+step "top-k to convergence on the GPU (krylov against per-sample ARPACK)"
+BENCH_DEVICE=cuda BENCH_ROUNDS=3 timeout 180 "$PYTHON" -m pytest -q -s -p no:cacheprovider bench/bench_topk.py \
+  -k "to_convergence or batching_ceiling" || status=1
+cp bench/results/topk_cuda.md bench/results/topk_cuda.json "$OUT"/ 2>/dev/null || true
+
 step "done, status $status"
 {
   echo "status=$status"
   grep -E "passed|failed|error" "$LOG" | tail -n 3
   sed -n '/ratios measured in this run/,$p' "$LOG"
+  grep -E "^- (target|batching ceiling|products)" "$OUT/topk_cuda.md" 2>/dev/null
 } > "$OUT/summary.txt"
 exit $status
