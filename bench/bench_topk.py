@@ -37,7 +37,7 @@ from generators import DCGAN, StyleGenerator, gapped_scales
 from ratios import RESULTS_DIR, RatioTable
 from spectral_ops import jacobian_topk, ops
 from spectral_ops.jacobian import JacobianOperator
-from spectral_ops.power import krylov_block
+from spectral_ops.krylov import krylov_block
 
 
 class MergedTable(RatioTable):

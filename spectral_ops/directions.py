@@ -18,8 +18,7 @@ import torch
 from . import ops
 from .generator import flatten_latents, prepared
 from .jacobian import JacobianOperator
-from .krylov import block_lanczos
-from .power import krylov_block
+from .krylov import block_lanczos, krylov_block
 from .validation import check_callable, check_int, check_iters_tol, check_k, check_seed
 
 
@@ -33,7 +32,7 @@ class GlobalDirections:
     explained: [k] cumulative fraction of the trace explained by the first 1..k directions.
     residuals: [k] ||M v - lam v|| / lam_1 of the averaged operator; converged: [k] bool.
     products: averaged-operator passes used (each streams once over the samples, with p vectors
-        each: 1 once a batch has 16 samples, `power.krylov_block`).
+        each: 1 once a batch has 16 samples, `krylov.krylov_block`).
     stability_deg: largest principal angle (degrees) to the directions of an independent sample
         set of the same size (None unless asked for).
     """

@@ -28,10 +28,11 @@ def unwrap(G: Callable) -> Callable:
     return G
 
 
-def name_rows(bad: torch.Tensor, message: str) -> None:
-    """Raise ValueError(message + " in rows [...]") if any entry of the bool vector `bad` is set."""
+def name_rows(bad: torch.Tensor, message: str, rows: torch.Tensor | None = None) -> None:
+    """Raise ValueError(message + " in rows [...]") if any entry of the bool vector `bad` is set;
+    `rows` [len(bad)]: the rows of z that bad's entries stand for (default: 0, 1, ...)."""
     if bool(bad.any()):
-        rows = bad.nonzero().flatten().tolist()
+        rows = (bad.nonzero().flatten() if rows is None else rows[bad.cpu()]).tolist()
         shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
         raise ValueError(f"{message} in rows [{shown}]")
 

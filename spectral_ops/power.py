@@ -15,7 +15,7 @@ from . import ops
 from .generator import flatten_latents, prepared, select_rows
 from .validation import check_callable, check_choice, check_init, check_int, check_iters_tol, check_k, check_seed
 from .jacobian import JVP_MODES, JacobianOperator, name_rows
-from .krylov import block_lanczos, default_max_basis
+from .krylov import block_lanczos, default_max_basis, krylov_block
 
 METHODS = ("auto", "power", "krylov", "dense")
 
@@ -31,7 +31,6 @@ METHODS = ("auto", "power", "krylov", "dense")
 # runs within 3% of the fastest method in 9 of its 10 cases; at B=4, d=32, where the model
 # puts krylov and dense within 0.3%, it ran krylov, 1.17x slower than dense.  Power only runs
 # when asked for: at the same budget krylov never costs more.
-KRYLOV_ROWS = 16
 KRYLOV_PASS_COST = 30.0
 POWER_PAIR_COST = 3.0
 POWER_SETUP_COST = 3.0
@@ -134,17 +133,19 @@ def jacobian_topk(G: Callable, z: torch.Tensor, k: int, *, iters: int = 20, tol:
         return _power_topk(G, z, k, iters, tol, mode, init, seed)
 
 
-def scaled_product(op: JacobianOperator, JQ: torch.Tensor, cdtype,
-                   c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def scaled_product(op: JacobianOperator, JQ: torch.Tensor, cdtype, c: torch.Tensor | None = None,
+                   rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(M Q / c^2 [B, k, d], c [B]) with c = max |J Q| per sample (unless given): M Q in units
     that neither overflow nor underflow for any scale of G (the Gram of J^T J squares it).
-    Raises naming the rows of z where the products are not finite."""
+    Raises naming the rows of z where the products are not finite (`rows`: the rows of z that
+    op's samples are, when it was built on a subset)."""
     if c is None:
         c = JQ.detach().abs().flatten(1).amax(1).to(cdtype)
-        name_rows(~torch.isfinite(c), "J(z) v is not finite (G's derivative is infinite or NaN)")
+        name_rows(~torch.isfinite(c), "J(z) v is not finite (G's derivative is infinite or NaN)", rows)
         c = torch.where(c > 0, c, torch.ones_like(c))
     MQ = op.vjp(JQ.detach() / c.to(JQ.dtype)[:, None, None]).detach().to(cdtype) / c[:, None, None]
-    name_rows(~torch.isfinite(MQ).flatten(1).all(1), "J(z)^T J(z) v is not finite (G's derivative is infinite or NaN)")
+    name_rows(~torch.isfinite(MQ).flatten(1).all(1), "J(z)^T J(z) v is not finite (G's derivative is infinite or NaN)",
+              rows)
     return MQ, c
 
 
@@ -203,12 +204,6 @@ def _power_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
     return _finish(r.V, r.lam, r.c, r.res, tol, r.iterations, "power", mode)
 
 
-def krylov_block(B: int, k: int) -> int:
-    """Vectors per sample in each krylov step: 1 (single-vector Lanczos needs the fewest products)
-    once the batch alone fills a pass of KRYLOV_ROWS rows, more for small batches."""
-    return min(k, max(1, -(-KRYLOV_ROWS // B)))
-
-
 class _ShrinkingProducts:
     """Scaled products M Q / c^2 for the samples still running: the forward graph is rebuilt on
     those samples once they are at most half the rows it was built on (a rebuild costs about one
@@ -235,7 +230,8 @@ class _ShrinkingProducts:
             part = Q[:, start:start + self.p]
             W = Q.new_zeros(len(self.rows), self.p, Q.shape[2])
             W[at, :part.shape[1]] = part
-            MW, c = scaled_product(self.op, self.op.jvp(W), self.cdtype, None if self.c is None else self.c[self.rows])
+            c = None if self.c is None else self.c[self.rows]
+            MW, c = scaled_product(self.op, self.op.jvp(W), self.cdtype, c, self.rows)
             if self.c is None:
                 self.c = c
             out.append(MW[at, :part.shape[1]])

@@ -8,8 +8,7 @@ import torch
 
 from gen_families import dcgan, explicit_jacobian, families, oracle_svd
 from spectral_ops import conditioned, jacobian_topk
-from spectral_ops.krylov import block_lanczos
-from spectral_ops.power import krylov_block
+from spectral_ops.krylov import block_lanczos, krylov_block
 
 MODES = ["double_backward", "forward", "finite_difference"]
 SPECTRA = {"gapped": lambda d: 0.7 ** torch.arange(d, dtype=torch.float64),
@@ -171,3 +170,13 @@ def test_warm_start_in_one_vector_passes():
     warm = jacobian_topk(G, z, 3, iters=200, tol=1e-9, method="krylov", init=-cold.vectors)
     assert bool(warm.converged.all()) and warm.iterations < cold.iterations
     assert ((warm.vectors * -cold.vectors).sum(-1) > 1 - 1e-8).all()
+
+
+def test_errors_name_the_rows_of_z_after_the_batch_shrank():
+    """Once the graph is rebuilt on samples 3, 7 and 9, a bad product of its second sample names
+    row 7 of z, not row 1."""
+    from spectral_ops.jacobian import name_rows
+    with pytest.raises(ValueError, match=r"in rows \[7\]"):
+        name_rows(torch.tensor([False, True, False]), "bad", torch.tensor([3, 7, 9]))
+    with pytest.raises(ValueError, match=r"in rows \[1\]"):
+        name_rows(torch.tensor([False, True, False]), "bad")
