@@ -149,7 +149,7 @@ def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_pr
         pass  # probe once, resolve jvp="auto"
     gen = torch.Generator().manual_seed(seed)
     p = krylov_block(len(batches[0]), k)  # a product streams over every sample: one vector each suffices
-    X = ops.orthonormalize(torch.randn(1, k, d, generator=gen, dtype=torch.float64).to(cdtype))[:, :p]
+    X = ops.orthonormalize(torch.randn(1, k, d, generator=gen, dtype=torch.float64).to(device=latents.device, dtype=cdtype))[:, :p]
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -60,8 +60,8 @@ def block_lanczos(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     keep = min(max_basis - block, max(k + block, (max_basis + k) // 2))  # thick restart: k pairs and more
     V_out = X.new_zeros(B, k, d)
     lam_out, res_out = X.new_zeros(B, k), X.new_full((B, k), float("inf"))
-    vectors = torch.full((B,), n0, dtype=torch.long)
-    rows = torch.arange(B)
+    vectors = torch.full((B,), n0, dtype=torch.long, device=X.device)
+    rows = torch.arange(B, device=X.device)  # indexed with masks on X's device
     K, MK, last = X, MX, MX
     H = _sym(K @ MK.transpose(-1, -2))
     passes, used, next_check = 0, n0, k

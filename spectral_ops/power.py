@@ -213,7 +213,7 @@ class _ShrinkingProducts:
     def __init__(self, G, z, p, mode, cdtype):
         self.G, self.z, self.p, self.mode, self.cdtype = G, z, p, mode, cdtype
         self.c = None
-        self._build(torch.arange(z.shape[0]))
+        self._build(torch.arange(z.shape[0], device=z.device))
 
     def _build(self, rows):
         self.rows = rows
@@ -246,7 +246,7 @@ def _krylov_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
     X, V_prev = _initial_basis(init, B, k, d, cdtype, z.device, seed)
     X = X if init is not None else X[:, :p]  # a cold start needs one block, a warm start all k
     products = _ShrinkingProducts(G, z, p, mode, cdtype)
-    MX = products(X, torch.arange(B))
+    MX = products(X, torch.arange(B, device=z.device))
     r = block_lanczos(products, X, MX, k, p, max(iters * k, X.shape[1]), tol)
     V = r.V * ops.reference.sign_align(r.V, V_prev)[..., None]
     passes = r.passes + -(-X.shape[1] // p)
