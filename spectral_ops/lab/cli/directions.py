@@ -23,6 +23,7 @@ import torch
 
 from spectral_ops.lab.io import atomic_save, atomic_write_text, require_modules
 from spectral_ops.directions import global_directions
+from spectral_ops.lab.cli.options import add_device_option, device_from_args
 from spectral_ops.lab.cli.trace import _check_output, _writable_dir, add_generator_arguments, generator_from_args
 
 
@@ -41,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=int, default=2, help="pixel upscaling of the PNGs (default 2)")
     p.add_argument("--n", type=int, default=1, help="typical starting latents to draw from (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples and the start (default 0)")
+    add_device_option(p)
 
 
 def _fail(msg: str) -> int:
@@ -65,24 +67,29 @@ def run(args: argparse.Namespace) -> int:
         require_modules("spectral-ops directions", {"PIL": "pillow"}, extra="eval")
         from spectral_ops.lab import viz
         _check(args)
+        device = device_from_args(args)
         G, d = generator_from_args(args)
         if args.k > d:
             raise ValueError(f"--k must be <= latent dim {d}, got {args.k}")
         out = _writable_dir(args.out)
         if isinstance(G, torch.nn.Module):
-            G.eval()
+            G.eval().to(device)
         with torch.no_grad():
-            _check_output(G(torch.zeros(1, d)), d)
+            _check_output(G(torch.zeros(1, d, device=device)), d)
         found = global_directions(G, args.samples, args.k, latent_dim=d, batch_size=args.batch_size,
                                   iters=args.iters, tol=args.tol, seed=args.seed, stability=args.stability,
-                                  trace_probes=None if d <= 64 else 8, progress=True)  # exact trace when cheap
+                                  trace_probes=None if d <= 64 else 8, progress=True,  # exact trace when cheap
+                                  device=device)
+        found.directions, found.values, found.explained = (t.cpu() for t in (found.directions, found.values,
+                                                                            found.explained))
+        draw = G if device.type == "cpu" else (lambda x: G(x.to(device)).cpu())  # the figures take CPU latents
         labels = [f"v{i} {100 * float(e):.0f}%" for i, e in
                   enumerate(torch.diff(found.explained, prepend=found.explained.new_zeros(1)))]
         rows, axes = [], []
         for s in range(args.n):
             z0 = viz.typical_latent(d, seed=args.seed + s)
-            rows.append(viz.vector_traversal(G, z0, found.directions, span=args.span, n=args.columns)[0])
-            axes.append(viz.coordinate_traversal(G, z0, list(range(args.k)), span=args.span, n=args.columns)[0])
+            rows.append(viz.vector_traversal(draw, z0, found.directions, span=args.span, n=args.columns)[0])
+            axes.append(viz.coordinate_traversal(draw, z0, list(range(args.k)), span=args.span, n=args.columns)[0])
         viz.save_grid(torch.cat(rows), out / "directions.png", row_labels=labels * args.n, scale=args.scale)
         viz.save_grid(torch.cat(axes), out / "axes.png", row_labels=[f"z{i}" for i in range(args.k)] * args.n,
                       scale=args.scale)

@@ -60,3 +60,19 @@ def apply_threads(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+
+
+DEVICES = ("cpu", "cuda")
+
+
+def add_device_option(parser) -> None:
+    parser.add_argument("--device", default="cpu", choices=DEVICES, help="where the generator runs (default cpu)")
+
+
+def device_from_args(args):
+    """The torch.device of --device; ValueError (exit 2) for cuda without a usable GPU."""
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available (torch.cuda.is_available() is False)")
+    return torch.device(args.device)

@@ -10,6 +10,7 @@ import time
 import torch
 from torch import nn
 
+from spectral_ops.lab.cli.options import add_device_option, device_from_args
 from spectral_ops.lab.models import Generator
 from spectral_ops.power import jacobian_topk
 
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, default=50, help="maximum power iterations (default 50)")
     parser.add_argument("--tol", type=float, default=1e-4, help="residual tolerance, >= 0 (default 1e-4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generator and the codes")
+    add_device_option(parser)
 
 
 def _fail(msg: str) -> int:
@@ -49,23 +51,32 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # a timer stops when the queued GPU work has finished
+
+
 def _run(args: argparse.Namespace) -> int:
+    device = device_from_args(args)
     torch.manual_seed(args.seed)
-    G = small_generator(args.latent_dim, args.size)
-    z = torch.randn(args.batch, args.latent_dim)
+    G = small_generator(args.latent_dim, args.size).to(device)
+    z = torch.randn(args.batch, args.latent_dim).to(device)  # drawn on the CPU: the same codes on every device
 
     t0 = time.perf_counter()
     top = jacobian_topk(G, z, args.k, iters=args.iters, tol=args.tol, method="power")
+    _sync(device)
     t_power = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     J = torch.func.vmap(torch.func.jacfwd(lambda x: G(x[None]).reshape(-1)))(z)
     _, S, Vh = torch.linalg.svd(J.detach(), full_matrices=False)
+    _sync(device)
     t_dense = time.perf_counter() - t0
 
     cos = (top.vectors * Vh[:, : args.k]).sum(-1).abs()
     rel = ((top.values - S[:, : args.k]) / S[:, : args.k]).abs()
-    print(f"generator: untrained DCGAN, d={args.latent_dim}, output 1x{args.size}x{args.size}, batch {args.batch}")
+    print(f"generator: untrained DCGAN, d={args.latent_dim}, output 1x{args.size}x{args.size}, batch {args.batch}, "
+          f"on {device.type}")
     print(f"power iteration ({top.jvp}): {top.iterations} iterations, {t_power:.3f} s; "
           f"full Jacobian + SVD: {t_dense:.3f} s ({t_dense / t_power:.1f}x slower)")
     print("top-k singular values of the first codes (power | exact):")
