@@ -221,3 +221,71 @@ class StyleGenerator(nn.Module):
             x = self.layers[2 + 2 * i](x, w)
             rgb = self._upsample_rgb(rgb) + to_rgb(x, w)
         return torch.tanh(rgb)
+
+
+# ---------------------------------------------------------------- generators at their usual latent sizes
+class BatchNormDCGAN(nn.Module):
+    """The classic DCGAN generator, (N, nz) or (N, nz, 1, 1) -> (N, channels, size, size), tanh output.
+
+    A stack of stride-2 transposed 4x4 convolutions, each followed by BatchNorm and ReLU: nz ->
+    width * 2^(L-1) channels at 4x4 (a 4x4 transposed convolution from 1x1), halving the channels
+    while doubling the side, then a transposed convolution to `channels` and tanh.  size in
+    {16, 32, 64}.  Its BatchNorm layers couple the rows of a batch in training mode, so a Jacobian
+    of one row needs their running statistics (batchnorm="eval" in the regularizer);
+    `warm_statistics` fills those as a few training batches would.
+    """
+
+    def __init__(self, nz: int = 100, size: int = 32, width: int = 64, channels: int = 3):
+        super().__init__()
+        if size not in (16, 32, 64):
+            raise ValueError(f"size must be 16, 32 or 64, got {size}")
+        self.latent_dim = nz
+        n_up = {16: 2, 32: 3, 64: 4}[size]                       # 4x4 -> size in n_up doublings
+        ch = width * 2 ** (n_up - 1)
+        layers = [nn.ConvTranspose2d(nz, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
+        for _ in range(n_up - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        for m in self.modules():  # DCGAN's initialisation: N(0, 0.02) weights, BatchNorm scales N(1, 0.02)
+            if isinstance(m, nn.ConvTranspose2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z: [N, nz] or [N, nz, 1, 1] -> [N, channels, size, size]."""
+        return self.net(z.reshape(z.shape[0], -1, 1, 1))
+
+    @torch.no_grad()
+    def warm_statistics(self, batches: int = 20, batch_size: int = 64, seed: int = 0) -> "BatchNormDCGAN":
+        """Fill the BatchNorm running statistics from `batches` training-mode forwards on N(0, I)
+        latents (as the first steps of a run would); returns self, in training mode."""
+        gen = torch.Generator().manual_seed(seed)
+        self.train()
+        for _ in range(batches):
+            self(torch.randn(batch_size, self.latent_dim, generator=gen))
+        return self
+
+
+class MLPGenerator(nn.Module):
+    """A WGAN-GP-style fully connected generator, (N, latent_dim) -> (N, channels, size, size):
+    Linear-ReLU layers of `hidden` widths, then a Linear to channels*size*size and tanh (no
+    normalisation layers: the rows never interact)."""
+
+    def __init__(self, latent_dim: int = 100, size: int = 28, channels: int = 1,
+                 hidden: tuple[int, ...] = (256, 512, 1024)):
+        super().__init__()
+        self.latent_dim, self.size, self.channels = latent_dim, size, channels
+        dims = [latent_dim, *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims, dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU(True)]
+        layers += [nn.Linear(dims[-1], channels * size * size), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z: [N, latent_dim] -> [N, channels, size, size]."""
+        return self.net(z).reshape(z.shape[0], self.channels, self.size, self.size)
