@@ -2,7 +2,7 @@
 
 `RegularizerConfig` is what `SpectralRegularizer` takes (its keyword arguments build one), what
 `spectral_penalty` checks its arguments with, and what an application nests in its own config
-(the trainer's `TrainConfig.spectral`).  Each field's metadata holds its allowed values
+(the trainer's `TrainConfig.reg_config`).  Each field's metadata holds its allowed values
 (`choices`) and a one-line `help`, so a command line can be generated from the dataclass
 instead of repeating them.  The loss and weight kinds come from the ops layer
 (`spectral_ops.ops.LOSS_KINDS`, `WEIGHT_KINDS`), their single definition.
@@ -17,6 +17,7 @@ from .ops.reference import LOSS_KINDS, WEIGHT_KINDS
 from .validation import check_bool, check_choice, check_int, check_k, check_number, check_seed
 
 GRADS = ("fast", "implicit")
+SOLVERS = ("krylov", "power")
 BATCHNORM = ("error", "eval")
 REMOVED_GRADS = {"last_step": "grad='last_step' was removed: its gradient has the wrong sign inside the top-k "
                               "block (see the regularizer docs); use grad='fast' (same cost) or 'implicit'"}
@@ -32,7 +33,9 @@ class RegularizerConfig:
     """Settings of the spectral regularizer (defaults pass the known-answer gate)."""
 
     k: int = option(4, "singular vectors aligned per sample (1 <= k <= latent_dim)")
-    iters: int = option(2, "power iterations per computed call (each one generator pass on B*k rows)")
+    solver: str = option("krylov", "inner solver for the vectors: batched Lanczos from the warm-start block "
+                                   "(krylov) or block power iteration (power)", SOLVERS)
+    iters: int = option(8, "cap per computed call: power iterations, or krylov products of k vectors per sample")
     loss: str = option("offdiag", "alignment loss variant", LOSS_KINDS)
     grad: str = option("fast", "eigenvector gradient: in-block exact + first order (fast) or CG (implicit)", GRADS)
     every: int = option(8, "lazy regularization: compute on one call in N, scaled by N")
@@ -43,7 +46,9 @@ class RegularizerConfig:
                           WEIGHT_KINDS)
     batchnorm: str = option("error", "train-mode BatchNorm in G: refuse, or use running statistics", BATCHNORM)
     momentum: float = option(0.2, "weight of the new batch mean in the running basis, in (0, 1]")
-    tol: float = option(1e-4, "stop the power iteration once every residual is below this")
+    tol: float = option(1e-3, "residual ||Mv - lam v|| / lam_1 the inner solver stops at (every vector)")
+    null_tol: float = option(1e-3, "vectors with sigma_i <= null_tol * sigma_1 (directions G ignores) "
+                                   "drop out of the loss, in [0, 1)")
     cg_iters: int = option(8, "conjugate-gradient steps for grad='implicit'")
     cg_tol: float = option(1e-6, "relative CG tolerance for grad='implicit'")
     seed: int = option(0, "seeds the initial basis and the regularized row subsets")
@@ -57,6 +62,7 @@ class RegularizerConfig:
             check_k(self.k, latent_dim)
         else:
             check_int("k", self.k, 1)
+        check_choice("solver", self.solver, SOLVERS)
         check_int("iters", self.iters, 1)
         check_choice("loss", self.loss, LOSS_KINDS)
         if isinstance(self.grad, str) and self.grad in REMOVED_GRADS:
@@ -70,6 +76,7 @@ class RegularizerConfig:
         check_choice("batchnorm", self.batchnorm, BATCHNORM)
         check_number("momentum", self.momentum, 0, 1, low_open=True)
         check_number("tol", self.tol, 0)
+        check_number("null_tol", self.null_tol, 0, 1, high_open=True)
         check_int("cg_iters", self.cg_iters, 0)
         check_number("cg_tol", self.cg_tol, 0)
         check_seed(self.seed, allow_none=False)

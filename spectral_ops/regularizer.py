@@ -61,7 +61,10 @@ and a warm-start basis; see its docstring for the measured overhead.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
+
+import warnings
 
 import torch
 
@@ -71,13 +74,18 @@ from .generator import flatten_latents, prepared, select_rows
 from .jacobian import JacobianOperator, name_rows
 from .lazy import LazyPenalty
 from .ops.reference import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
-from .power import power_iteration, zero_jacobian_axes
+from .krylov import block_lanczos, krylov_block
+from .power import _ShrinkingProducts, power_iteration, zero_jacobian_axes
 from .validation import check_callable, check_init, check_int
 
 __all__ = ["spectral_penalty", "SpectralRegularizer", "RegularizerConfig", "LOSSES", "GRADS", "WEIGHTS",
            "default_basis"]
 
 LOSSES, WEIGHTS = LOSS_KINDS, WEIGHT_KINDS
+# A computed call whose vectors end with a median worst residual above this warns (once).
+RESIDUAL_WARNING = 0.05
+# grad="implicit" solves to at most this many machine epsilons of the compute dtype.
+IMPLICIT_TOL_EPS = 1000.0
 _CONFIG_FIELDS = frozenset(RegularizerConfig.__dataclass_fields__)
 
 
@@ -117,10 +125,37 @@ def _power(op: JacobianOperator, Q0: torch.Tensor, V_prev, iters: int, tol: floa
         JV = U.to(r.JQ.dtype) @ r.JQ
     V, res, Q_next = r.V.to(cdtype), r.res.to(cdtype), r.Q_next.to(cdtype)
     lam = r.lam.to(cdtype) * (r.c.to(cdtype) ** 2)[:, None]
-    if bool((lam[:, 0] <= 0).any()):  # J(z) == 0: deterministic coordinate axes, zero values
-        V, Q_next = zero_jacobian_axes(lam, V, Q_next)
-        JV = None
+    # J(z) == 0: deterministic coordinate axes (J V stays right: it is zero for any V)
+    V, Q_next = zero_jacobian_axes(lam, V, Q_next)
     return V, lam.clamp_min(0), res, Q_next, JV
+
+
+def _krylov(G, z: torch.Tensor, Q0: torch.Tensor, V_prev, max_vectors: int, tol: float, mode: str, cdtype):
+    """The top-k of J^T J by the batched Lanczos (`krylov.block_lanczos`) started from the block
+    Q0 [B, k, d] (the warm-start basis: its span is in the Krylov space from the first step).
+
+    Returns V [B, k, d] (signs following V_prev, axes where J = 0), lam [B, k] (eigenvalues of
+    J^T J, descending) and res [B, k] (||M v - lam v|| / lam_1), with no parameter graph.
+    """
+    B, k, _ = Q0.shape
+    p = krylov_block(B, k)
+    products = _ShrinkingProducts(G, z, p, mode, cdtype)
+    MX = products(Q0, torch.arange(B, device=z.device))
+    # The small dense algebra runs in cdtype, outside any autocast region; G's passes keep the
+    # caller's autocast setting.
+    device = z.device.type
+    amp = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+
+    def product(Q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device, dtype=amp[1], enabled=amp[0]):
+            return products(Q, rows)
+
+    with torch.autocast(device, enabled=False):
+        r = block_lanczos(product, Q0, MX, k, p, max(max_vectors, k), tol)
+    V = r.V * ops.reference.sign_align(r.V, V_prev)[..., None]
+    lam = r.lam * (products.c ** 2)[:, None]
+    (V,) = zero_jacobian_axes(lam, V)
+    return V, lam.clamp_min(0), r.res
 
 
 def _project_out(X: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
@@ -203,15 +238,42 @@ def loss_values(S: torch.Tensor, loss: str, weights: str) -> torch.Tensor:
     return rank.sqrt().expand_as(S)
 
 
-def _eigvec_gradient(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, loss: str, weights: str,
-                     grad: str, cg_iters: int, cg_tol: float, cdtype, JV: torch.Tensor | None = None) -> torch.Tensor:
+def active_vectors(lam: torch.Tensor, null_tol: float) -> torch.Tensor:
+    """[B, k] bool: the vectors whose singular value is above null_tol * sigma_1 (lam_i >
+    null_tol^2 lam_1, lam_1 > 0).  The others span directions G (nearly) ignores: they are
+    arbitrary, their in-block coupling 1/(lam_i - lam_j) is undefined and the out-of-block term
+    divides by lam_i, so they drop out of the loss and its gradient (docs/design.md)."""
+    lam1 = lam[:, :1]
+    return (lam > (null_tol * null_tol) * lam1) & (lam1 > 0)
+
+
+def masked_loss_inputs(S: torch.Tensor, active: torch.Tensor, loss: str, weights: str) -> tuple[torch.Tensor, str]:
+    """(S, weights) for `ops.alignment_loss` such that inactive vectors weigh zero.
+
+    offdiag: A = sum_i w_i v_i v_i^T over the active vectors (w_i from `loss_values`, zeroed).
+    l1 / assigned: "singular" weights S_i / sum(S) with S_i zeroed where inactive; "uniform"
+    becomes equal weights over the active vectors (the 0/1 mask as S, normalised by the op).
+    """
+    mask = active.to(S.dtype)
+    if loss == "offdiag":
+        return loss_values(S, loss, weights) * mask, weights
+    if weights == "uniform":
+        return mask, "singular"
+    return S * mask, "singular"
+
+
+def _eigvec_gradient(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, active: torch.Tensor, loss: str,
+                     weights: str, grad: str, cg_iters: int, cg_tol: float, cdtype,
+                     JV: torch.Tensor | None = None) -> torch.Tensor:
     """The loss at V, with the eigenvector derivative (grad "fast" or "implicit") on its backward.
+    active [B, k]: the vectors that enter the loss (`active_vectors`).
     JV: J V with a theta graph, if the power iteration already has it."""
     if JV is None:
         JV = op.jvp(V, create_graph=True)            # differentiable in theta
     S = _safe_norm(JV.to(cdtype))                    # Hellmann-Feynman path for the values
     V_leaf = V.detach().requires_grad_(True)
-    value = ops.alignment_loss(V_leaf, loss_values(S, loss, weights), loss, weights).to(cdtype).mean()
+    S_op, weights_op = masked_loss_inputs(S, active, loss, weights)
+    value = ops.alignment_loss(V_leaf, S_op, loss, weights_op).to(cdtype).mean()
     (g,) = torch.autograd.grad(value, V_leaf, retain_graph=True)
     g = g.detach().to(cdtype)
     A = first_order_solve(V, lam, g) if grad == "fast" else implicit_solve(op, V, lam, g, cg_iters, cg_tol)
@@ -220,33 +282,98 @@ def _eigvec_gradient(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, l
     return value + (surrogate - surrogate.detach())
 
 
-def _penalty(G, z, config: RegularizerConfig, init):
-    """z: [B, ...] (already validated).  Returns (penalty scalar, vectors [B, k, d] detached,
-    values [B, k], residuals [B, k], next basis [B, k, d]: orthonormalize(M V), one power step
-    beyond V, sign-aligned with V)."""
+@dataclass
+class PenaltyResult:
+    """What one computed call of the regularizer saw, on its n rows.
+
+    value: scalar penalty (theta-differentiable); vectors [n, k, d] and values [n, k] (singular
+    values, descending), detached; residuals [n, k] ||M v - lam v|| / lam_1; active [n, k] bool
+    (the vectors that entered the loss, `active_vectors`); next_basis [n, k, d]: where the next
+    call should start (the converged vectors, or one power step beyond V for solver="power").
+    """
+
+    value: torch.Tensor
+    vectors: torch.Tensor
+    values: torch.Tensor
+    residuals: torch.Tensor
+    active: torch.Tensor
+    next_basis: torch.Tensor
+
+
+def solver_tolerance(config: RegularizerConfig, cdtype: torch.dtype) -> float:
+    """The residual the inner solver stops at: `tol`, and for grad="implicit" (exact only at
+    convergence) at most IMPLICIT_TOL_EPS machine epsilons of the compute dtype."""
+    if config.grad == "implicit":
+        return min(config.tol, IMPLICIT_TOL_EPS * torch.finfo(cdtype).eps)
+    return config.tol
+
+
+def _start(config: RegularizerConfig, init, B: int, d: int, cdtype, device):
+    """(Q0 [B, k, d] orthonormal start, V_prev for the signs or None)."""
+    if init is None:
+        return default_basis(config.k, d, dtype=cdtype, device=device).expand(B, config.k, d), None
+    init = init.detach().to(device=device, dtype=cdtype)
+    if init.dim() == 2:
+        init = init.expand(B, config.k, d)
+    return ops.orthonormalize(init.contiguous()), init
+
+
+def _penalty(G, z, config: RegularizerConfig, init) -> PenaltyResult:
+    """z: [B, ...] (already validated); init: the start basis [k, d] or [B, k, d], or None."""
     c = config
     with prepared(G, z, jvp=c.jvp, batchnorm=c.batchnorm) as (G, z, mode):
         B, d = z.shape
         cdtype = compute_dtype(z.dtype)
-        if init is None:
-            Q0, V_prev = default_basis(c.k, d, dtype=cdtype, device=z.device).expand(B, c.k, d), None
+        Q0, V_prev = _start(c, init, B, d, cdtype, z.device)
+        if c.solver == "power":
+            op = JacobianOperator(G, z, c.k, mode)
+            V, lam, res, Q_next, JV = _power(op, Q0, V_prev, c.iters, solver_tolerance(c, cdtype), cdtype)
         else:
-            init = init.detach().to(device=z.device, dtype=cdtype)
-            if init.dim() == 2:
-                init = init.expand(B, c.k, d)
-            Q0, V_prev = ops.orthonormalize(init.contiguous()), init
-        op = JacobianOperator(G, z, c.k, mode)
-        V, lam, res, Q_next, JV = _power(op, Q0, V_prev, c.iters, c.tol, cdtype)
-        value = _eigvec_gradient(op, V, lam, c.loss, c.weights, c.grad, c.cg_iters, c.cg_tol, cdtype, JV)
-    if not bool(torch.isfinite(value)):
-        raise ValueError(f"the spectral penalty is not finite ({float(value)}): check G's outputs and scale")
-    return value, V.detach(), lam.sqrt(), res, Q_next.detach()
+            V, lam, res = _krylov(G, z, Q0, V_prev, c.iters * c.k, solver_tolerance(c, cdtype), mode, cdtype)
+            op, JV, Q_next = JacobianOperator(G, z, c.k, mode), None, V  # the graph for J V and J a
+        active = active_vectors(lam, c.null_tol)
+        value = _eigvec_gradient(op, V, lam, active, c.loss, c.weights, c.grad, c.cg_iters, c.cg_tol, cdtype, JV)
+    return PenaltyResult(value, V.detach(), lam.sqrt(), res.detach(), active, Q_next.detach())
 
 
-def spectral_penalty(G: Callable, z: torch.Tensor, *, k: int = 4, iters: int = 2, loss: str = "offdiag",
-                     grad: str = "fast", jvp: str = "auto", init: torch.Tensor | None = None,
-                     weights: str = "uniform", batchnorm: str = "error", tol: float = 1e-4,
-                     cg_iters: int = 8, cg_tol: float = 1e-6) -> torch.Tensor:
+def read_back(result: PenaltyResult, config: RegularizerConfig, warned: set, where: str) -> float:
+    """The one host synchronisation of a computed call after its solver: whether the penalty and
+    the next basis are finite, and the median over samples of the worst residual.  Raises on a
+    non-finite result; warns once per `warned` set (per regularizer, or per process for
+    `spectral_penalty`) when the vectors the loss saw are far from converged.  Returns that median."""
+    worst = result.residuals.max(-1).values.median()
+    finite = torch.isfinite(result.value) & torch.isfinite(result.next_basis).all()
+    ok, worst = torch.stack([finite.to(worst.dtype), worst.to(worst.dtype)]).tolist()
+    if not ok:
+        name_rows(~torch.isfinite(result.next_basis).flatten(1).all(1), "the next warm-start basis is not finite")
+        raise ValueError(f"the spectral penalty is not finite ({float(result.value)}): check G's outputs and scale")
+    cdtype = result.vectors.dtype
+    if config.grad == "implicit":
+        limit, why = 100 * solver_tolerance(config, cdtype), "grad='implicit' is exact only at convergence"
+    else:
+        limit, why = RESIDUAL_WARNING, "the loss is not seeing the singular vectors"
+    key = (where, config.grad)
+    if worst > limit and key not in warned:
+        warned.add(key)
+        warnings.warn(f"{where}: the median worst residual ||Mv - lam v|| / lam_1 of the vectors the loss saw is "
+                      f"{worst:.3g} > {limit:.3g} ({why}); raise iters (now {config.iters}, a cap of "
+                      f"{config.iters}*k products per sample for solver='krylov')"
+                      + (" or use solver='krylov'" if config.solver == "power" else ""), UserWarning, stacklevel=3)
+    return worst
+
+
+_PENALTY_WARNED: set = set()
+
+
+_DEFAULTS = RegularizerConfig()
+
+
+def spectral_penalty(G: Callable, z: torch.Tensor, *, k: int = _DEFAULTS.k, iters: int = _DEFAULTS.iters,
+                     loss: str = _DEFAULTS.loss, grad: str = _DEFAULTS.grad, jvp: str = _DEFAULTS.jvp,
+                     init: torch.Tensor | None = None, weights: str = _DEFAULTS.weights,
+                     batchnorm: str = _DEFAULTS.batchnorm, tol: float = _DEFAULTS.tol,
+                     cg_iters: int = _DEFAULTS.cg_iters, cg_tol: float = _DEFAULTS.cg_tol,
+                     solver: str = _DEFAULTS.solver, null_tol: float = _DEFAULTS.null_tol) -> torch.Tensor:
     """Axis-alignment penalty of the top-k right-singular vectors of J(z) = dG/dz, batch mean.
 
     Args:
@@ -255,7 +382,11 @@ def spectral_penalty(G: Callable, z: torch.Tensor, *, k: int = 4, iters: int = 2
             c, ...)` for extra arguments).  Gradients flow to G's parameters (not to z).
         z: [B, d] latent codes, or [B, ...] (the latent is the flattened trailing dims).
         k: vectors per sample, 1 <= k <= d.
-        iters: power iterations (graph-free; each is one generator pass on B*k rows).
+        iters: the inner solver's cap: power iterations (each one generator pass on B*k rows),
+            or for solver="krylov" at most iters*k products per sample (passes of B rows once
+            B >= 16); it stops earlier once every residual is below tol.
+        solver: "krylov" (batched Lanczos from init; the default: at latent sizes 64-512 and flat
+            spectra it reaches tol where power iteration does not) or "power".
         loss: "l1", "assigned" or "offdiag" (DESIGN.md 2.1); values in [0, 1].
         grad: "fast" (in-block exact, out-of-block first order) or "implicit" (exact at
             convergence); module docstring.
@@ -265,7 +396,12 @@ def spectral_penalty(G: Callable, z: torch.Tensor, *, k: int = 4, iters: int = 2
             assigned; fixed rank weights for offdiag, see `loss_values`) or "singular"
             (proportional to the singular values; offdiag: A = sum s_i^2 v_i v_i^T).
         batchnorm: "error" or "eval" for train-mode BatchNorm in G (DESIGN.md 6).
-        tol: stop the power iteration early once every residual is below tol.
+        tol: the inner solver stops once every residual ||M v - lam v|| / lam_1 is below tol
+            (grad="implicit": at most 1000 machine epsilons, since it is exact only at
+            convergence).  A call whose median worst residual ends above 0.05 (implicit: 10x its
+            tolerance) warns once.
+        null_tol: vectors with sigma_i <= null_tol * sigma_1 drop out of the loss and its
+            gradient (directions G ignores: rank J < k).
         cg_iters, cg_tol: conjugate-gradient steps and relative tolerance for grad="implicit".
     Returns:
         scalar tensor (float32, or float64 for float64 z), differentiable w.r.t. G's parameters.
@@ -273,14 +409,17 @@ def spectral_penalty(G: Callable, z: torch.Tensor, *, k: int = 4, iters: int = 2
     check_callable("G", G)
     B, d = flatten_latents(z)[0].shape
     config = RegularizerConfig(k=k, iters=iters, loss=loss, grad=grad, jvp=jvp, weights=weights,
-                               batchnorm=batchnorm, tol=tol, cg_iters=cg_iters, cg_tol=cg_tol).validate(d)
+                               batchnorm=batchnorm, tol=tol, cg_iters=cg_iters, cg_tol=cg_tol, solver=solver,
+                               null_tol=null_tol).validate(d)
     if init is not None:
         init = check_init(init, B, k, d)
-    return _penalty(G, z, config, init)[0]
+    result = _penalty(G, z, config, init)
+    read_back(result, config, _PENALTY_WARNED, "spectral_penalty")
+    return result.value
 
 
 class SpectralRegularizer(LazyPenalty):
-    """Stateful spectral regularizer with the cost controls of DESIGN.md 2.3.
+    """Stateful spectral regularizer with lazy steps, a row subset and a warm-start basis.
 
     Drop-in: ``loss_G = loss_G + reg(G, z)`` before ``loss_G.backward()``.
 
@@ -288,30 +427,34 @@ class SpectralRegularizer(LazyPenalty):
         latent_dim: d, the latent size of G.
         config: a `RegularizerConfig` (default: its defaults); keyword options override its
             fields (``SpectralRegularizer(d, k=6)``), and the settings read back as attributes.
-        k, iters, loss, grad, jvp, weights, batchnorm, tol, cg_iters, cg_tol: as in
+        k, solver, iters, tol, null_tol, loss, grad, jvp, weights, batchnorm, cg_iters, cg_tol: as in
             `spectral_penalty`.
         every: compute the penalty on one call in `every` (the first call computes) and scale it
             by `every` (lazy regularization, as StyleGAN2's path-length penalty); other calls
             return a graph-free zero.
         batch_fraction: regularize a random subset of round(batch_fraction * B) rows (at least 1).
-        warm_start: start the power iteration from a running, sign-aligned mean basis [k, d]
+        warm_start: start the inner solver from a running, sign-aligned mean basis [k, d]
             (buffer `basis`); otherwise from the fixed random basis it is initialised with.
         momentum: weight of the new batch mean in the running basis.
         seed: seeds the initial basis and the row subsets (which are the same on every process).
-    Buffers (in state_dict): `step` (calls so far), `basis` [k, d].  `will_compute` says whether
-    the next call computes (a trainer with a separate regularization phase can skip it).
+    Buffers (in state_dict): `step` (trainer iterations so far), `basis` [k, d].  A trainer with a
+    separate regularization phase writes ``if reg.due(): reg(G, z).backward()``: `due()` counts
+    the iterations it skips, so the phase runs on every `every`-th iteration (`will_compute` only
+    reads the schedule).
     After each computed call, `last_latents` [n, ...] (the regularized rows of z), `last_vectors`
-    [n, k, d], `last_values` [n, k] (singular values)
-    and `last_residuals` [n, k] hold what the loss saw on its n rows (detached; not in
-    state_dict), so a trainer can log convergence and the spectrum (sigma_{i+1}/sigma_i).
+    [n, k, d], `last_values` [n, k] (singular values), `last_residuals` [n, k], `last_active`
+    [n] (how many of the k vectors entered the loss: those above null_tol * sigma_1) and
+    `last_worst_residual` (the median over rows of the worst residual) hold what the loss saw
+    on its n rows (detached; not in state_dict), so a trainer can log convergence, the rank and
+    the spectrum (sigma_{i+1}/sigma_i).  A call whose vectors end with a median worst residual
+    above 0.05 warns once.
 
-    Defaults (loss="offdiag" with spectrum-free rank weights, grad="fast", iters=2, every=8,
-    batch_fraction=0.25, warm start) pass the known-answer gate (spectral_ops.lab.known_answer,
-    bench/bench_gate.py, tests/test_gate.py): on G(z) = f(Rz) from 3 random rotations, every
-    factor's alignment reaches >= 0.95.  iters=1 does not: its vectors are the Ritz vectors of
-    the warm-start basis itself, which lags the generator (min alignment 0.29-0.59 there).
-    The cost of a generator step against a plain one is in bench/bench_regularizer.py and the
-    README.
+    Defaults (solver="krylov" from the warm-start basis to tol=1e-3, at most iters*k = 32
+    products per sample; loss="offdiag" with spectrum-free rank weights, grad="fast", every=8,
+    batch_fraction=0.25) pass the known-answer grid (spectral_ops.lab.known_answer,
+    bench/bench_gate.py, tests/test_gate.py) and converge where users run it
+    (bench/bench_convergence.py); the cost of a generator step against a plain one is in
+    bench/bench_regularizer.py and the README.
 
     Under DDP: call it with the DDP-wrapped G (the extra passes use G.module) and add it to the
     loss that the same backward() reduces: the penalty's parameter gradients reach the same
@@ -326,7 +469,9 @@ class SpectralRegularizer(LazyPenalty):
         config = (RegularizerConfig() if config is None else config).replace(**options).validate(latent_dim)
         self.latent_dim, self.config, self.every = latent_dim, config, config.every
         self.register_buffer("basis", default_basis(config.k, latent_dim, seed=config.seed, dtype=torch.float32))
-        self.last_latents = self.last_vectors = self.last_values = self.last_residuals = None
+        self.last_latents = self.last_vectors = self.last_values = self.last_residuals = self.last_active = None
+        self.last_worst_residual: float | None = None
+        self._warned: set = set()
 
     def __getattr__(self, name: str):
         """The settings read as attributes (reg.k, reg.loss, ...), from `config`."""
@@ -338,19 +483,27 @@ class SpectralRegularizer(LazyPenalty):
     def extra_repr(self) -> str:
         return (f"latent_dim={self.latent_dim}, k={self.k}, iters={self.iters}, loss={self.loss!r}, "
                 f"grad={self.grad!r}, every={self.every}, batch_fraction={self.batch_fraction}, "
-                f"warm_start={self.warm_start}")
+                f"warm_start={self.warm_start}, solver={self.solver!r}")
 
     def _rows(self, B: int, step: int, device) -> torch.Tensor | None:
         n = max(1, int(round(self.batch_fraction * B)))
         if n >= B:
             return None
+        # a seeded CPU generator: the same rows on every device and process; copied, not read back
         gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + step)
-        return torch.randperm(B, generator=gen)[:n].sort().values.to(device)
+        rows = torch.randperm(B, generator=gen)[:n].sort().values
+        device = torch.device(device)
+        return rows.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else rows.to(device)
 
     def check_call(self, G: Callable, z: torch.Tensor) -> None:
+        """Shapes and types only, on every call; the values of z are checked on computed calls
+        (reading them back would synchronise a skipped call with the device)."""
         check_callable("G", G)
-        flat, _ = flatten_latents(z)
-        if flat.shape[1] != self.latent_dim:
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
+        if not z.dtype.is_floating_point:
+            raise TypeError(f"z must be a floating-point tensor, got {z.dtype}")
+        if z.dim() < 2 or z.shape[0] == 0 or z[0].numel() != self.latent_dim:
             raise ValueError(f"z must be [batch, latent_dim={self.latent_dim}] (or [batch, ...] with "
                              f"{self.latent_dim} values per row), got shape {tuple(z.shape)}")
 
@@ -363,20 +516,27 @@ class SpectralRegularizer(LazyPenalty):
         rows = self._rows(z.shape[0], step, z.device)
         zs = z if rows is None else z.index_select(0, rows)
         Gs = G if rows is None else select_rows(G, rows)
-        value, V, S, res, Q_next = _penalty(Gs, zs, self.config, self.basis)
-        name_rows(~torch.isfinite(Q_next).flatten(1).all(1), "the next warm-start basis is not finite")
-        self.last_latents, self.last_vectors, self.last_values, self.last_residuals = zs.detach(), V, S.detach(), res.detach()
+        r = _penalty(Gs, zs, self.config, self.basis)
+        self.last_worst_residual = read_back(r, self.config, self._warned, "SpectralRegularizer")
+        self.last_latents, self.last_vectors, self.last_values = zs.detach(), r.vectors, r.values.detach()
+        self.last_residuals, self.last_active = r.residuals, r.active.sum(-1)
         if self.warm_start and self.training:
-            self._update_basis(Q_next)  # not V: V lies in span of the last start, one product behind
-        return value
+            self._update_basis(r.next_basis, r.active)
+        return r.value
 
     @torch.no_grad()
-    def _update_basis(self, V: torch.Tensor) -> None:
-        """basis <- orthonormalize((1 - momentum) basis + momentum * mean_b V_b), V sign-aligned."""
-        total = torch.cat([V.to(torch.float64).sum(0).flatten(), V.new_full((1,), V.shape[0], dtype=torch.float64)])
+    def _update_basis(self, V: torch.Tensor, active: torch.Tensor) -> None:
+        """basis_i <- orthonormalize((1 - momentum) basis_i + momentum * mean over samples of V_bi),
+        V [n, k, d] sign-aligned with the basis, the mean over the samples where vector i is
+        active [n, k] (a vector G ignores is arbitrary); a row no sample has active keeps its value."""
+        weight = active.to(torch.float64)
+        sums = (weight[..., None] * V.to(torch.float64)).sum(0)                    # [k, d]
+        total = torch.cat([sums.flatten(), weight.sum(0)])
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             torch.distributed.all_reduce(total)
-        mean = (total[:-1] / total[-1]).reshape(self.k, self.latent_dim)
-        new = (1 - self.momentum) * self.basis.to(torch.float64) + self.momentum * mean.to(self.basis.device)
+        count = total[-self.k:, None]
+        mean = (total[:-self.k].reshape(self.k, self.latent_dim) / count.clamp_min(1)).to(self.basis.device)
+        old = self.basis.to(torch.float64)
+        new = torch.where(count.to(old.device) > 0, (1 - self.momentum) * old + self.momentum * mean, old)
         self.basis.copy_(ops.orthonormalize(new[None])[0].to(self.basis.dtype))
