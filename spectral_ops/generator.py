@@ -16,7 +16,8 @@ Every public entry point (`jacobian_topk`, `spectral_penalty`, `SpectralRegulari
   returns one row per latent, that G(z) is a function of z (two identical calls agree: no random
   noise inputs, no train-mode Dropout), that a row's output does not depend on its batch-mates
   (BatchNorm behind a function the module scan cannot see), and, for jvp="auto", which exact
-  JVP mode agrees with a central difference.
+  JVP mode agrees with a central difference.  `measured` keeps other per-generator measurements
+  (the product costs `jacobian_topk(method="auto")` times) in the same cache.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import contextlib
 import functools
 import math
 import types
+import warnings
 import weakref
 from typing import Callable, Iterator
 
@@ -35,7 +37,8 @@ from .jacobian import JVP_MODES, JacobianOperator, module_call, name_rows, suppo
 _EXACT_MODES = ("double_backward", "forward")
 _PROBE_SEED = 1234
 
-# generator identity anchor (weakly held) -> {key: JVP mode that passed the probe}
+# generator identity anchor (weakly held) -> {key: JVP mode that passed the probe, or what
+# `measured` stored (jacobian_topk's timed product costs for method="auto")}
 _probe_cache: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -267,16 +270,33 @@ def batch_policy(G: Callable, batchnorm: str, modules: list[nn.Module] | None = 
 
 @contextlib.contextmanager
 def preserved_buffers(G: Callable, modules: list[nn.Module] | None = None) -> Iterator[None]:
-    """Copy back, on exit, every buffer of G's modules that changed meanwhile (in-place updates)."""
-    buffers = {id(b): b for m in (modules_of(G) if modules is None else modules) for b in m.buffers()}.values()
-    saved = [(b, b._version, b.detach().clone()) for b in buffers]
+    """Copy back, on exit, every buffer of G's modules that changed meanwhile (in-place updates).
+
+    Only buffers of submodules in training mode are copied on entry: those are the ones a forward
+    updates (BatchNorm statistics, a mapping network's running w_avg); a submodule in eval mode
+    that changes a buffer anyway is named in a warning on exit, since it cannot be restored.
+    """
+    roots = modules_of(G) if modules is None else modules
+    saved, watched = {}, {}
+    for root in roots:
+        for name, m in root.named_modules():
+            for bname, b in m.named_buffers(recurse=False):
+                if m.training:
+                    saved.setdefault(id(b), (b, b._version, b.detach().clone()))
+                else:
+                    watched.setdefault(id(b), (f"{name}.{bname}" if name else bname, b, b._version))
     try:
         yield
     finally:
         with torch.no_grad():
-            for b, version, value in saved:
+            for b, version, value in saved.values():
                 if b._version != version:
                     b.copy_(value)
+        changed = [n for i, (n, b, version) in watched.items() if i not in saved and b._version != version]
+        if changed:
+            warnings.warn(f"G changed buffers of modules in eval mode during spectral_ops' extra passes "
+                          f"({', '.join(changed[:4])}); only training-mode modules' buffers are restored",
+                          UserWarning, stacklevel=3)
 
 
 # ---- the probe ----------------------------------------------------------------------------------
@@ -404,6 +424,18 @@ def probe(G: Callable, z: torch.Tensor, jvp: str, modules: list[nn.Module] | Non
     return mode
 
 
+def measured(G: Callable, z: torch.Tensor, name: tuple, measure: Callable[[], object],
+             modules: list[nn.Module] | None = None) -> object:
+    """measure() once per generator, stored with the JVP-mode probe: the same cache key (G's
+    identity, z's dtype and device type, the modes of G's modules) plus `name` (a tuple saying
+    what is measured, e.g. ("costs", mode, d)).  z is [B, d]; G is the callable `prepared` yields."""
+    modules = modules_of(G) if modules is None else modules
+    slot, key = _cache_slot(G, modules, z, ("measured",) + tuple(name))
+    if key not in slot:
+        slot[key] = measure()
+    return slot[key]
+
+
 @contextlib.contextmanager
 def prepared(G: Callable, z: torch.Tensor, *, jvp: str, batchnorm: str, name: str = "z"
              ) -> Iterator[tuple[Callable, torch.Tensor, str]]:
@@ -426,7 +458,7 @@ def prepared(G: Callable, z: torch.Tensor, *, jvp: str, batchnorm: str, name: st
         yield call, flat, mode
 
 
-__all__ = ["prepared", "probe", "conditioned", "flatten_latents", "flat_generator", "FlatGenerator",
+__all__ = ["prepared", "probe", "measured", "conditioned", "flatten_latents", "flat_generator", "FlatGenerator",
            "select_rows", "modules_of",
            "generator_identity", "batch_policy", "preserved_buffers", "check_function_of_z", "validate_latents",
            "check_dtype", "check_autograd_available", "name_rows"]
