@@ -1,18 +1,37 @@
-"""The known-answer gate as a table: every (loss, grad, k) the library offers, and the defaults.
+"""The known-answer gate as a grid: where users are (latents of 64-512, directions G ignores or
+barely uses, sensitivities that vary across latent space), every (loss, grad, weights) and the
+defaults.
 
-Run:  python bench/bench_gate.py            (writes bench/results/gate.md and gate.json)
+Run:  python bench/bench_gate.py [--quick] [--filter REGEX] [--seeds N] [--label NAME]
+      nohup python bench/bench_gate.py > gate.log 2>&1 &      (the full grid, in the background)
 
-G(z) = f(Rz) (spectral_ops.lab.known_answer): 4 factors with sensitivities 2, 1, 0.5, 0.25 in a
-latent of d = 8, R a learnable rotation started at random; Adam (lr 0.05, batch 16) on the
-regularizer alone, 3 rotations (seeds).  Alignment of factor f = max_j R_fj^2 (random: about
-0.5 at d = 8); a pair passes with alignment >= 0.95 on every judged factor (the top k) and a
-distinct axis per factor, on every seed.  MIG is between z and the true factors u = Rz
-(discretized into 20 bins) on 4000 samples after training.  tests/test_gate.py asserts the same.
+Writes bench/results/gate.json after every cell and gate.md at the end.  Resumable: a cell
+(label, d, rank, profile, setting) already in gate.json with as many seeds is skipped, so a
+rerun finishes an interrupted grid.  --label keeps runs of different library versions apart
+("before" / "after" a regularizer change); the table shows every label.
+
+Generator (spectral_ops.lab.known_answer.GateGenerator): G(z) = f(Rz), R a learnable rotation
+started at random; Adam (lr 0.05, batch 16) on the regularizer alone.  Axes of the grid:
+- d: 8, 64, 256;
+- rank: "k=F" (4 factors, sensitivities 2, 1, 0.5, 0.25, k = 4), "unused" (3 factors 2, 1, 0.5,
+  the other d - 3 directions exactly unused: rank J = 3 < k = 4), "weak" (the same 3 factors, the
+  other d - 3 directions each with singular value 0.01, 1/50 of the weakest factor);
+- profile: "constant" or "varying" (wobble a = 0.75, frequency 2: factor f's singular value
+  s_f (1 + 0.75 cos(2 u_f + 2 pi f / F)), which reorders the factors across z);
+- setting: spectral_penalty(G, z, k=4, iters=20, loss, grad, weights) for 200 calls, each of the
+  3 x 2 x 2 (loss, grad, weights); SpectralRegularizer(d) as a user writes it (every=8, 1600
+  calls, 200 computed); the floor (no regularizer: where a random rotation leaves the factors)
+  and the ceiling (Adam on the offdiag loss of the true singular vectors, the rows of R:
+  what the optimizer and budget reach with perfect vectors).
+Alignment of factor f = max_j R_fj^2; a cell passes when every used factor reaches >= 0.95 on a
+distinct axis, on every seed (a rotation R0 and a latent stream per seed).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -20,86 +39,154 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from spectral_ops import SpectralRegularizer, spectral_penalty  # noqa: E402
-from spectral_ops.lab.known_answer import RotatedRenderer, run_gate  # noqa: E402
-from spectral_ops.lab.metrics import mig  # noqa: E402
-from spectral_ops.regularizer import GRADS, LOSSES  # noqa: E402
+from spectral_ops.lab.io import atomic_write_text  # noqa: E402
+from spectral_ops.lab.known_answer import GATE_PROFILES, GATE_RANKS, oracle_penalty, run_gate  # noqa: E402
+from spectral_ops.regularizer import GRADS, LOSSES, WEIGHTS  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
-SEEDS = (0, 1, 2)
+GATE = 0.95
+DIMS = (8, 64, 256)
+RANKS, PROFILES = GATE_RANKS, GATE_PROFILES
+PAIR_STEPS, DEFAULT_CALLS = 200, 1600
 
 
-def mig_true_factors(seed: int, result) -> float:
-    """MIG between z and u = R z for the rotation the gate ended with (rebuilt from its seed)."""
-    G = RotatedRenderer(8, seed=seed)
-    with torch.no_grad():
-        G.skew.copy_(result.skew)
-        z = torch.randn(4000, 8, generator=torch.Generator().manual_seed(99))
-        u = z @ G.rotation()[: G.num_factors].T
-    q = torch.quantile(u, torch.linspace(0, 1, 21)[1:-1], dim=0).T          # [F, 19] bin edges
-    levels = torch.stack([torch.bucketize(u[:, f].contiguous(), q[f]) for f in range(u.shape[1])], 1)
-    return float(mig(z.numpy(), levels.numpy())["mig"])
-
-
-def gate_row(name, make_reg, steps, judged=None):
-    runs = []
-    for seed in SEEDS:
-        reg = make_reg()
-        captured = {}
-
-        def call(G, z, reg=reg, captured=captured):
-            captured["skew"] = G.skew
-            return reg(G, z)
-
-        r = run_gate(call, seed=seed, steps=steps, judged=judged)
-        r.skew = captured["skew"].detach().clone()
-        runs.append((seed, r))
-    mins = [r.min_alignment for _, r in runs]
-    migs = [mig_true_factors(seed, r) for seed, r in runs]
-    row = dict(case=name, judged=judged or 4, min_alignment_per_seed=mins,
-               alignment_mean=sum(sum(r.alignment[: judged or 4]) / (judged or 4) for _, r in runs) / len(runs),
-               distinct=all(r.distinct_axes for _, r in runs), mig_mean=sum(migs) / len(migs),
-               calls=runs[0][1].calls, computed_calls=runs[0][1].computed_calls,
-               seconds=sum(r.seconds for _, r in runs) / len(runs))
-    row["passes"] = min(mins) >= 0.95 and row["distinct"]
-    print(f"{name:55s} min align {' '.join(f'{m:.3f}' for m in mins)}  MIG {row['mig_mean']:.3f}  "
-          f"{'PASS' if row['passes'] else 'FAIL'}  ({row['seconds']:.1f} s/run)", flush=True)
-    return row
-
-
-def main() -> None:
-    torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    rows = [gate_row("no regularizer (floor)", lambda: (lambda G, z: 0.0 * G(z).sum()), 200)]
-    for k in (4, 2):
-        for loss in LOSSES:
-            for grad in GRADS:
-                rows.append(gate_row(f"spectral_penalty k={k} loss={loss} grad={grad} iters=20",
-                                     lambda loss=loss, grad=grad, k=k: (
-                                         lambda G, z: spectral_penalty(G, z, k=k, iters=20, loss=loss, grad=grad)),
-                                     200, judged=k))
-    for loss, steps in (("l1", 200), ("assigned", 200), ("offdiag", 200), ("offdiag", 600)):
-        rows.append(gate_row(f"spectral_penalty k=4 loss={loss} weights=singular grad=fast iters=20",
-                             lambda loss=loss: (lambda G, z: spectral_penalty(G, z, k=4, iters=20, loss=loss,
-                                                                              weights="singular")), steps))
+def settings():
+    """[(name, make_reg(d) -> callable, calls)] in table order."""
+    out = [("floor: no regularizer", lambda d: (lambda G, z: 0.0 * G(z).sum()), PAIR_STEPS),
+           ("ceiling: offdiag on the true vectors", lambda d: oracle_penalty, PAIR_STEPS),
+           ("defaults: SpectralRegularizer(d)", lambda d: SpectralRegularizer(d), DEFAULT_CALLS)]
     for loss in LOSSES:
-        rows.append(gate_row(f"SpectralRegularizer(8, loss={loss}) defaults", lambda loss=loss: SpectralRegularizer(8, loss=loss), 1600))
-    rows.append(gate_row("SpectralRegularizer(8) defaults but iters=1", lambda: SpectralRegularizer(8, iters=1), 1600))
-    total = time.perf_counter() - t0
-    lines = ["### known-answer gate", "",
-             f"`python bench/bench_gate.py`, one CPU thread, {total:.0f} s. 3 rotations per row; "
-             "alignment >= 0.95 on every judged factor and seed passes.", "",
-             "| case | judged factors | min alignment per seed | mean alignment | distinct axes | MIG vs true factors | calls (computed) | s per run | gate |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['case']} | {r['judged']} | {' / '.join(f'{m:.3f}' for m in r['min_alignment_per_seed'])} | "
-                     f"{r['alignment_mean']:.3f} | {'yes' if r['distinct'] else 'no'} | {r['mig_mean']:.3f} | "
-                     f"{r['calls']} ({r['computed_calls']}) | {r['seconds']:.1f} | {'pass' if r['passes'] else 'FAIL'} |")
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "gate.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(os.path.join(RESULTS, "gate.json"), "w") as f:
-        json.dump(dict(rows=rows, seconds=total), f, indent=1)
-    print("\n".join(lines))
+        for grad in GRADS:
+            for weights in WEIGHTS:
+                out.append((f"penalty {loss} {grad} {weights}",
+                            lambda d, loss=loss, grad=grad, weights=weights: (
+                                lambda G, z: spectral_penalty(G, z, k=4, iters=20, loss=loss, grad=grad,
+                                                              weights=weights)),
+                            PAIR_STEPS))
+    return out
+
+
+def cell_key(label: str, d: int, rank: str, profile: str, setting: str) -> str:
+    return f"{label} | d={d} | {rank} | {profile} | {setting}"
+
+
+def run_cell(d: int, rank: str, profile: str, make_reg, calls: int, seeds) -> dict:
+    """One cell over `seeds`: per-seed min alignment, distinct axes, calls, seconds."""
+    runs = []
+    for seed in seeds:
+        gen = dict(latent_dim=d, **RANKS[rank], **PROFILES[profile])
+        try:
+            r = run_gate(make_reg(d), generator=gen, seed=seed, steps=calls)
+        except Exception as exc:  # a setting that raises is a failing cell, recorded with its error
+            runs.append(dict(seed=seed, error=f"{type(exc).__name__}: {exc}"[:300]))
+            continue
+        runs.append(dict(seed=seed, min_alignment=r.min_alignment, alignment=r.alignment, distinct=r.distinct_axes,
+                         calls=r.calls, computed_calls=r.computed_calls, seconds=r.seconds))
+    ok = [x for x in runs if "error" not in x]
+    mins = [x["min_alignment"] for x in ok]
+    return dict(seeds=list(seeds), runs=runs, min_alignment=min(mins) if len(ok) == len(runs) else None,
+                passes=len(ok) == len(runs) and min(mins) >= GATE and all(x["distinct"] for x in ok),
+                calls=ok[0]["calls"] if ok else None, computed_calls=ok[0]["computed_calls"] if ok else None,
+                seconds=sum(x["seconds"] for x in ok) / len(ok) if ok else None)
+
+
+def load(path: str) -> dict:
+    if os.path.exists(path):
+        with open(path) as f:
+            data = json.load(f)
+        if "cells" in data:
+            return data
+    return dict(labels={}, cells={})
+
+
+def save(data: dict, path: str) -> None:
+    atomic_write_text(json.dumps(data, indent=1), path)
+
+
+def _fmt(cell: dict | None) -> str:
+    if cell is None:
+        return "."
+    if cell["min_alignment"] is None:
+        return "error"
+    mark = "" if cell["passes"] else " **x**"
+    return f"{cell['min_alignment']:.2f}{mark}"
+
+
+def markdown(data: dict) -> str:
+    cells = data["cells"]
+    labels = sorted({k.split(" | ")[0] for k in cells}, key=lambda s: (s != "before", s))
+    names = [n for n, _, _ in settings()]
+    cols = [(rank, profile) for rank in RANKS for profile in PROFILES]
+    lines = ["### known-answer gate: where users are", "",
+             "`python bench/bench_gate.py` (module docstring: the generators, the grid and the settings), one "
+             "CPU thread per run.  Each entry is the minimum over seeds of the weakest used factor's "
+             "alignment max_j R_fj^2; **x** marks a cell that fails the gate (< 0.95 on some seed, or two "
+             "factors on one axis); `.` a cell not run.  rank: k=F (4 factors, k = 4), unused (3 factors, "
+             "the other d - 3 directions exactly unused), weak (3 factors, the other directions at "
+             "singular value 0.01).  profile: constant, or varying (s_f (1 + 0.75 cos(2 u_f + c_f))).  "
+             "penalty rows: spectral_penalty(k=4, iters=20, loss, grad, weights), 200 calls; defaults: "
+             "SpectralRegularizer(d), 1600 calls (200 computed).", ""]
+    for label in labels:
+        if label in data.get("labels", {}):
+            lines += [f"**{label}**: {data['labels'][label]}", ""]
+        for d in DIMS:
+            keyed = {tuple(k.split(" | ")[1:]): v for k, v in cells.items() if k.startswith(label + " | ")}
+            if not any(k[0] == f"d={d}" for k in keyed):
+                continue
+            seeds = sorted({len(v["seeds"]) for k, v in keyed.items() if k[0] == f"d={d}"})
+            lines += [f"#### {label}: d = {d} ({'/'.join(map(str, seeds))} seeds per cell)", "",
+                      "| setting | " + " | ".join(f"{r}, {p}" for r, p in cols) + " | s per run |",
+                      "|---|" + "---|" * (len(cols) + 1)]
+            for name in names:
+                row = [keyed.get((f"d={d}", r, p, name)) for r, p in cols]
+                secs = [c["seconds"] for c in row if c and c["seconds"] is not None]
+                mean = f"{sum(secs) / len(secs):.1f}" if secs else "."
+                lines.append(f"| {name} | " + " | ".join(_fmt(c) for c in row) + f" | {mean} |")
+            lines.append("")
+    errors = [(k, x["error"]) for k, v in cells.items() for x in v["runs"] if "error" in x]
+    if errors:
+        lines += ["Errors:", ""] + [f"- {k}, seed {e}" for k, e in
+                                    sorted({(k, e) for k, e in errors})[:20]] + [""]
+    total = sum((v["seconds"] or 0) * len(v["seeds"]) for v in cells.values())
+    lines.append(f"Total run time of the cells: {total / 60:.0f} min.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="d = 8 only, one seed")
+    ap.add_argument("--filter", default=None, help="regex on the cell key 'label | d=D | rank | profile | setting'")
+    ap.add_argument("--seeds", type=int, default=3, help="rotations (seeds) per cell")
+    ap.add_argument("--label", default="after", help="the library version the cells are recorded under")
+    ap.add_argument("--describe", default=None, help="what the label stands for (e.g. the commit), shown in gate.md")
+    ap.add_argument("--results", default=RESULTS, help="folder of gate.json and gate.md")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    os.makedirs(args.results, exist_ok=True)
+    path = os.path.join(args.results, "gate.json")
+    data = load(path)
+    if args.describe:
+        data.setdefault("labels", {})[args.label] = args.describe
+    dims, seeds = ((8,), (0,)) if args.quick else (DIMS, tuple(range(args.seeds)))
+    pattern = re.compile(args.filter) if args.filter else None
+    t0 = time.perf_counter()
+    for d in dims:
+        for rank in RANKS:
+            for profile in PROFILES:
+                for name, make_reg, calls in settings():
+                    key = cell_key(args.label, d, rank, profile, name)
+                    if pattern is not None and not pattern.search(key):
+                        continue
+                    done = data["cells"].get(key)
+                    if done is not None and len(done["seeds"]) >= len(seeds):
+                        continue
+                    cell = run_cell(d, rank, profile, make_reg, calls, seeds)
+                    data["cells"][key] = cell
+                    save(data, path)
+                    print(f"{key:90s} {_fmt(cell):10s} {cell['seconds'] or 0:6.1f} s/run  "
+                          f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+    atomic_write_text(markdown(data), os.path.join(args.results, "gate.md"))
+    print(markdown(data))
 
 
 if __name__ == "__main__":
