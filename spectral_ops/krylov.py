@@ -72,10 +72,11 @@ def block_lanczos(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         if n >= next_check or full or restart:
             X_r, MX_r, lam, res = _rayleigh_ritz(K, MK, H, keep if restart else k)
             done = (res[:, :k] < tol).all(-1) | full
-            if bool(done.any()):
+            finished = int(done.sum())  # the convergence check: one host read-back per Rayleigh-Ritz
+            if finished:
                 idx = rows[done]
                 V_out[idx], lam_out[idx], res_out[idx] = X_r[done, :k], lam[done, :k], res[done, :k]
-                if bool(done.all()):
+                if finished == len(rows):
                     return KrylovResult(V_out, lam_out, res_out, passes, vectors)
                 live = ~done
                 rows, K, MK, H, last, X_r, MX_r = (t[live] for t in (rows, K, MK, H, last, X_r, MX_r))
@@ -99,8 +100,8 @@ def _new_directions(MQ: torch.Tensor, K: torch.Tensor, block: int, n: int) -> to
     orthogonal to K, take their place, as Lanczos restarts on a breakdown; zero rows are left
     only where K is the whole space."""
     Q = _orthonormal_block(MQ, K)[:, -block:]
-    dead = Q.abs().amax(-1) == 0
-    if bool(dead.any()) and n < K.shape[2]:
+    if n < K.shape[2]:  # computed for every sample and kept where needed: no host read-back per step
+        dead = Q.abs().amax(-1) == 0
         axes = (1 - (K * K).sum(1)).topk(block, dim=-1).indices  # [b, block]
         E = torch.nn.functional.one_hot(axes, K.shape[2]).to(Q)
         Q = torch.where(dead[..., None], _orthonormal_block(E, torch.cat([K, Q], 1)), Q)
