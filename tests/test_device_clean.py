@@ -36,6 +36,9 @@ ALLOWED = {
     ("spectral_ops/regularizer.py", "default_basis", "randn"):
         "draws from a CPU torch.Generator so the basis is the same on every device; orthonormalized in "
         "float64 and moved with .to(device=device) in the return statement",
+    ("spectral_ops/regularizer.py", "_rows", "randperm"):
+        "the regularized rows are drawn from a seeded CPU generator (the same rows on every device and "
+        "process), then copied to the device without a read-back (pinned, non_blocking)",
     ("spectral_ops/baselines/peers.py", "_rademacher", "randint"):
         "drawn on the CPU so a user's CPU torch.Generator works for latents on any device; moved with "
         ".to(device=z.device) on the next line",
