@@ -1,5 +1,9 @@
 """The spectral disentanglement regularizer: align the top-k right-singular vectors of J(z) with the
-latent coordinate axes (DESIGN.md sections 2.1-2.3).
+latent coordinate axes.
+
+The vectors come from an inner solver (`solver="krylov"`, batched Lanczos from a warm-start
+block, by default; or block power iteration) run to a residual `tol`; vectors G ignores
+(sigma_i <= null_tol * sigma_1) drop out of the loss (docs/design.md).
 
 Drop-in use in any PyTorch GAN loop::
 
@@ -387,7 +391,7 @@ def spectral_penalty(G: Callable, z: torch.Tensor, *, k: int = _DEFAULTS.k, iter
             B >= 16); it stops earlier once every residual is below tol.
         solver: "krylov" (batched Lanczos from init; the default: at latent sizes 64-512 and flat
             spectra it reaches tol where power iteration does not) or "power".
-        loss: "l1", "assigned" or "offdiag" (DESIGN.md 2.1); values in [0, 1].
+        loss: "l1", "assigned" or "offdiag" (README, "The regularizer"); values in [0, 1].
         grad: "fast" (in-block exact, out-of-block first order) or "implicit" (exact at
             convergence); module docstring.
         jvp: "auto", "double_backward", "forward" or "finite_difference".
@@ -395,7 +399,7 @@ def spectral_penalty(G: Callable, z: torch.Tensor, *, k: int = _DEFAULTS.k, iter
         weights: "uniform" (independent of the spectrum: equal per-vector weights for l1 and
             assigned; fixed rank weights for offdiag, see `loss_values`) or "singular"
             (proportional to the singular values; offdiag: A = sum s_i^2 v_i v_i^T).
-        batchnorm: "error" or "eval" for train-mode BatchNorm in G (DESIGN.md 6).
+        batchnorm: "error" or "eval" for train-mode BatchNorm in G (see `generator.batch_policy`).
         tol: the inner solver stops once every residual ||M v - lam v|| / lam_1 is below tol
             (grad="implicit": at most 1000 machine epsilons, since it is exact only at
             convergence).  A call whose median worst residual ends above 0.05 (implicit: 10x its
