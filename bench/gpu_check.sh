@@ -113,7 +113,7 @@ background_wait() {
   BG_PID=""
 }
 
-ENTRY_TESTS=(tests/test_device_entry_points.py tests/test_device_clean.py -rs)
+ENTRY_TESTS=(tests/test_device_entry_points.py tests/test_device_clean.py -rfEs)
 
 # ---- 1. environment
 echo "=== environment ($(date +%T))"
