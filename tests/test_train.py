@@ -44,6 +44,9 @@ def test_resume_is_bit_exact(tmp_path, reg):
     if reg == "spectral":
         assert _same(a["reg"], b["reg"]) and int(a["reg"]["step"]) == 8
         assert any(r["reg"] > 0 for r in straight.history)
+        # the log says what the regularizer's loss saw: its worst residual and active vectors
+        solved = [r for r in straight.history if "reg_residual" in r]
+        assert solved and all(0 <= r["reg_residual"] < 1 and 0 < r["reg_active"] <= 2 for r in solved)
     # the parameters did move
     fresh = train(TrainConfig(steps=0, out=str(tmp_path / "c"), **TINY, **extra), progress=False)
     assert not _same(fresh.G.state_dict(), straight.G.state_dict())

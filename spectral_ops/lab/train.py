@@ -509,6 +509,7 @@ class TrainLog:
         self.counts = torch.zeros(4, dtype=torch.float64)  # the steps that computed each
         self.history: list[dict] = []
         self.file = self.bar = None
+        self.solver: list[tuple[float, float]] = []  # the spectral regularizer's (worst residual, active) per computed call
 
     def cut(self, step: int) -> None:
         """Keep the log lines up to `step` (a resumed run continues the log from its checkpoint:
@@ -539,12 +540,21 @@ class TrainLog:
         self.sums += values
         self.counts += torch.tensor([1.0, 1.0, float(did_r1), float(did_reg)], dtype=torch.float64)
 
+    def add_solver(self, reg) -> None:
+        """After a computed spectral regularizer call: its median worst residual and mean active count."""
+        if getattr(reg, "last_worst_residual", None) is not None:
+            self.solver.append((float(reg.last_worst_residual), float(reg.last_active.double().mean())))
+
     def line(self, step: int, seconds: float) -> None:
         """Log the means since the last line (r1 and reg: over the steps that computed them)."""
         mean = (self.sums / self.counts.clamp_min(1)).tolist()
         self.sums.zero_(), self.counts.zero_()
         rec = {"step": step, "loss_D": mean[0], "loss_G": mean[1], "r1": mean[2], "reg": mean[3],
                "seconds": round(seconds, 3)}
+        if self.solver:  # what the spectral regularizer's loss saw since the last line
+            rec["reg_residual"] = max(r for r, _ in self.solver)
+            rec["reg_active"] = sum(a for _, a in self.solver) / len(self.solver)
+            self.solver = []
         self.history.append(rec)
         if self.file is not None:
             try:
@@ -740,6 +750,8 @@ def _run_steps(run: RunState, ckpt: Checkpointer, log: TrainLog, stop: _StopSign
         values = torch.stack([loss_D.detach(), loss_adv.detach(), r1.detach(), reg_val.detach()]).double().cpu()
         stop_now = _should_stop(run, ckpt, stop, values, done)
         log.add(values, did_r1, reg_val.grad_fn is not None)
+        if reg_val.grad_fn is not None:
+            log.add_solver(run.reg)
         if done % config.log_every == 0 or done == config.steps:
             log.line(done, run.elapsed + time.perf_counter() - run.t0)
         saved_now = done % config.ckpt_every == 0 and done != config.steps
