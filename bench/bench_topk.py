@@ -6,7 +6,8 @@ Prints (and writes to bench/results/topk.md) ratios measured in one run:
      on a StyleGAN2-like generator (modulated convolutions, mapping network; fused and unfused);
   2. method="power" against the best dense baseline, vmap(jacfwd) + SVD, at B=16, d=512,
      64x64 output, k=4, tol=1e-3, with the accuracy reached;
-  3. a sweep over d (B=16, and B=1, 4 at d=8, 32) of power, krylov, dense and auto (auto / the best);
+  3. a sweep over d (B=16, and B=1, 4 at d=8, 32) of power, krylov, dense and auto (auto / the best),
+     and a StyleGAN2-like G with 3 latents (d=64), with the time of auto's cost probe;
   4. peak memory of power and dense against one forward+backward (torch profiler);
   5. to convergence (tol=1e-4) at B=16, d=128, k=4 and 16, on a flat and a gapped DCGAN:
      power, krylov and dense against per-sample SciPy ARPACK (eigsh on the same J^T J products)
@@ -27,6 +28,7 @@ import os
 import statistics
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -38,6 +40,7 @@ from ratios import RESULTS_DIR, RatioTable
 from spectral_ops import jacobian_topk, ops
 from spectral_ops.jacobian import JacobianOperator
 from spectral_ops.krylov import krylov_block
+from spectral_ops.power import measure_costs
 
 
 class MergedTable(RatioTable):
@@ -243,29 +246,48 @@ def test_power_vs_dense(benchmark):
 SWEEP_B, SWEEP_K = 16, 4
 
 
-SWEEP_CASES = [(SWEEP_B, d) for d in (8, 16, 32, 64, 128, 512)] + [(B, d) for B in (1, 4) for d in (8, 32)]
+SWEEP_CASES = ([("dcgan", SWEEP_B, d) for d in (8, 16, 32, 64, 128, 512)]
+               + [("dcgan", B, d) for B in (1, 4) for d in (8, 32)])
+# a style-based G with 3 latents: per-row costs dominate (per-sample modulated convolutions), where
+# the constants fitted on the DCGAN picked dense at 3.2x krylov's time
+SWEEP_CASES += [("style", 3, 64)]
 
 
-@pytest.mark.parametrize("B,d", SWEEP_CASES)
-def test_sweep_d(benchmark, B, d):
-    """power, krylov, dense and auto over d (and small batches): auto against the fastest."""
+def _sweep_generator(family, d):
+    if family == "style":
+        return StyleGenerator(d, size=32).eval(), "StyleGAN2-like 32x32x3"
+    return DCGAN(d, size=32, width=16), "32x32"
+
+
+@pytest.mark.parametrize("family,B,d", SWEEP_CASES)
+def test_sweep_d(benchmark, family, B, d):
+    """power, krylov, dense and auto over d (and small batches): auto against the fastest; the
+    time of auto's cost probe (measure_costs, once per generator, inside auto's first round)."""
     torch.manual_seed(0)
-    G = DCGAN(d, size=32, width=16)
+    G, kind = _sweep_generator(family, d)
     z = torch.randn(B, d)
-    ran = {}
+    ran, modes = {}, {}
 
     def case(method):
         def fn():
-            ran[method] = jacobian_topk(G, z, SWEEP_K, iters=20, tol=1e-3, method=method).method
+            top = jacobian_topk(G, z, SWEEP_K, iters=20, tol=1e-3, method=method)
+            ran[method], modes[method] = top.method, top.jvp
         return fn
 
-    medians = interleaved(benchmark, {m: case(m) for m in ("power", "krylov", "dense", "auto")}, rounds=3)
-    group = f"sweep d={d} (B={B}, 32x32, k=4, iters<=20, tol=1e-3)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # power's unconverged warning at iters=20
+        medians = interleaved(benchmark, {m: case(m) for m in ("power", "krylov", "dense", "auto")}, rounds=3)
+    t0 = time.perf_counter()
+    measure_costs(G, z, modes["auto"])
+    probe = time.perf_counter() - t0
+    family_name = "" if family == "dcgan" else f"{family} "
+    group = f"sweep {family_name}d={d} (B={B}, {kind}, k=4, iters<=20, tol=1e-3)"
     best = min(medians["power"], medians["krylov"], medians["dense"])
     for method, median in medians.items():
         extra = dict(ran=ran[method])
         if method == "auto":
             extra["auto_over_best"] = f"{median / best:.2f}x"
+            extra["cost_probe_ms"] = f"{probe * 1e3:.0f}"
         TABLE.add(group, method, median, baseline=method == "power", **extra)
 
 
