@@ -40,7 +40,8 @@ DEVICE = torch.device(os.environ.get("BENCH_DEVICE", "cuda" if torch.cuda.is_ava
 TINY = os.environ.get("BENCH_TINY") == "1"
 CUDA = DEVICE.type == "cuda"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-TABLE = RatioTable("gpu" if CUDA and not TINY else f"gpu_{'tiny_' if TINY else ''}{DEVICE.type}")
+TABLE = RatioTable(os.environ.get("BENCH_GPU_TABLE")  # gpu_check.sh writes its two parts apart
+                   or ("gpu" if CUDA and not TINY else f"gpu_{'tiny_' if TINY else ''}{DEVICE.type}"))
 if CUDA and not torch.cuda.is_available():
     raise RuntimeError("BENCH_DEVICE=cuda but torch.cuda.is_available() is False")
 

@@ -18,11 +18,11 @@
 #
 #   bench/gpu_check.sh OUTDIR
 #
-# Every step has its own timeout, cut to what is left of GPU_CHECK_BUDGET seconds (default 340)
+# Every step has its own timeout, cut to what is left of GPU_CHECK_BUDGET seconds (default 380)
 # for the whole run, so one hang cannot eat the run; a step that fails or times out is recorded
-# and the next one runs (the tail is skipped when the budget is spent: summary.txt says so).  Writes 8 files into OUTDIR: gpu_check.log, summary.txt (each step's
+# and the next one runs (the tail is skipped when the budget is spent: summary.txt says so).  Writes 7 files into OUTDIR: gpu_check.log, summary.txt (each step's
 # outcome, the pass/fail counts, the sync counts, every ratio table), tests.xml (junit, all test
-# steps), gpu.md, gpu.json, topk_cuda.md, topk_cuda.json, bench_ops.json.
+# steps), gpu.md, gpu_iteration.md, topk_cuda.md, bench_ops.json.
 #
 # Needs a Python ($PYTHON, default python3) with a CUDA build of torch, triton, pytest,
 # pytest-benchmark and scipy; ninja and nvcc on PATH (no network needed).
@@ -39,7 +39,7 @@ OUT="$(cd "$OUT" && pwd)"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 DRY="${GPU_CHECK_DRY:-0}"
-BUDGET="${GPU_CHECK_BUDGET:-340}"
+BUDGET="${GPU_CHECK_BUDGET:-380}"
 LOG="$OUT/gpu_check.log"
 WORK="$(mktemp -d)"
 START=$(date +%s)
@@ -159,37 +159,47 @@ fi
 "$PYTHON" -c 'from spectral_ops import ops; import torch; d = "cuda" if torch.cuda.is_available() else "cpu"; print("backends on", d, ops.available_backends(d))' \
   2>&1 | tee "$WORK/backends.txt"
 
-# ---- 3. host syncs
+# ---- 3. the rows that matter to users first: the regularized step against a plain one, the
+# computed and skipped calls, krylov against per-sample ARPACK
+run "bench/bench_gpu.py: steps, calls, krylov vs ARPACK (${BENCH_ENV[*]})" 150 \
+  env "${BENCH_ENV[@]}" "$PYTHON" -m pytest -q -s -p no:cacheprovider bench/bench_gpu.py \
+  -k "generator_step or regularizer_calls or krylov_vs_arpack"
+
+# ---- 4. host syncs
 run "host syncs (bench/gpu_syncs.py)" 45 env "${BENCH_ENV[@]}" "$PYTHON" bench/gpu_syncs.py
 
-# ---- 4. op tests
-OPS_FILTER="cuda or triton or bad or selection"
+# ---- 5. op tests (test_cuda_rejects_large_k alone, after the others: it crashed the process once)
+OPS_FILTER="(cuda or triton or bad or selection) and not test_cuda_rejects_large_k"
 # without a GPU the triton tests run under the interpreter in a subprocess (minutes on a CPU): not in a dry run
 [ "$DRY" = 1 ] && OPS_FILTER="($OPS_FILTER) and not under_interpreter"
-run "tests: fused ops on the cuda and triton backends" 100 \
-  "$PYTHON" -m pytest -q -p no:cacheprovider --junitxml="$WORK/ops.xml" tests/test_ops.py tests/test_ops_triton.py \
+run "tests: fused ops on the cuda and triton backends" 80 \
+  "$PYTHON" -m pytest -q -rfE -p no:cacheprovider --junitxml="$WORK/ops.xml" tests/test_ops.py tests/test_ops_triton.py \
   -k "$OPS_FILTER"
+run "tests: the cuda kernels refuse k > 32 (own process)" 30 \
+  "$PYTHON" -X faulthandler -m pytest -q -rfE -p no:cacheprovider tests/test_ops.py -k test_cuda_rejects_large_k
 
-# ---- 5-7. benchmarks
-run "bench/bench_gpu.py (${BENCH_ENV[*]})" 100 \
-  env "${BENCH_ENV[@]}" "$PYTHON" -m pytest -q -s -p no:cacheprovider bench/bench_gpu.py
-if [ "$DRY" = 1 ]; then
-  OPS_TIMING=(--benchmark-disable)  # each case once: Python errors, not timings
-else
-  OPS_TIMING=(--benchmark-min-rounds=10 --benchmark-max-time=0.1)
-fi
-run "bench/bench_ops.py --device $OPS_DEVICE" 75 \
-  "$PYTHON" -m pytest -q -p no:cacheprovider bench/bench_ops.py --device "$OPS_DEVICE" "${OPS_TIMING[@]}" \
-  --benchmark-json="$OUT/bench_ops.json"
+# ---- 6. top-k to convergence and the batching ceiling
 if [ "$DRY" = 1 ]; then  # on a CPU these are bench/results/topk.md's runs (long); only check they load
   run "bench/bench_topk.py sections 5-6 (collected only)" 60 \
     env BENCH_DEVICE=cpu "$PYTHON" -m pytest -q --collect-only -p no:cacheprovider bench/bench_topk.py \
     -k "to_convergence or batching_ceiling"
 else
-  run "bench/bench_topk.py sections 5-6 on CUDA" 120 \
-    env BENCH_DEVICE=cuda BENCH_ROUNDS=2 BENCH_POWER_CAP=1000 "$PYTHON" -m pytest -q -s -p no:cacheprovider \
+  run "bench/bench_topk.py sections 5-6 on CUDA" 90 \
+    env BENCH_DEVICE=cuda BENCH_ROUNDS=2 BENCH_POWER_CAP=300 "$PYTHON" -m pytest -q -s -p no:cacheprovider \
     bench/bench_topk.py -k "to_convergence or batching_ceiling"
 fi
+
+# ---- 7. one iteration against fwd+bwd, then the fused ops against eager CUDA torch, as time allows
+run "bench/bench_gpu.py: iteration cost (${BENCH_ENV[*]})" 80 \
+  env "${BENCH_ENV[@]}" BENCH_GPU_TABLE="${GPU_TABLE}_iteration" "$PYTHON" -m pytest -q -s -p no:cacheprovider bench/bench_gpu.py -k "iteration_cost"
+if [ "$DRY" = 1 ]; then
+  OPS_TIMING=(--benchmark-disable)  # each case once: Python errors, not timings
+else
+  OPS_TIMING=(--benchmark-min-rounds=10 --benchmark-max-time=0.1)
+fi
+run "bench/bench_ops.py --device $OPS_DEVICE" 60 \
+  "$PYTHON" -m pytest -q -p no:cacheprovider bench/bench_ops.py --device "$OPS_DEVICE" "${OPS_TIMING[@]}" \
+  --benchmark-json="$OUT/bench_ops.json" -k "spectral_penalty or jacobian_topk"
 
 # ---- 8. the entry points on the built kernels, if time is left
 if [ "$DRY" != 1 ] && (( $(left) >= 70 )); then
@@ -211,13 +221,13 @@ for path in sys.argv[2:]:
     merged.extend([root] if root.tag == "testsuite" else list(root))
 ET.ElementTree(merged).write(sys.argv[1], encoding="utf-8", xml_declaration=True)
 PY
-for f in "bench/results/$GPU_TABLE.md" "bench/results/$GPU_TABLE.json"; do
+for f in "bench/results/$GPU_TABLE.md" "bench/results/${GPU_TABLE}_iteration.md"; do
   [ -f "$f" ] && cp "$f" "$OUT/${f##*/}"
 done
-if [ "$DRY" = 1 ]; then
-  rm -f "bench/results/$GPU_TABLE.md" "bench/results/$GPU_TABLE.json"  # a dry run leaves the results as they were
+if [ "$DRY" = 1 ]; then  # a dry run leaves the results as they were
+  rm -f bench/results/"$GPU_TABLE".{md,json} bench/results/"${GPU_TABLE}"_iteration.{md,json}
 else
-  cp bench/results/topk_cuda.md bench/results/topk_cuda.json "$OUT"/ 2>/dev/null || true
+  cp bench/results/topk_cuda.md "$OUT"/ 2>/dev/null || true
 fi
 
 echo
@@ -238,6 +248,7 @@ echo "=== done in $(( $(date +%s) - START ))s, status $status"
   echo
   echo "## bench_gpu.py ($GPU_TABLE.md)"
   cat "$OUT/$GPU_TABLE.md" 2>/dev/null || echo "(not written)"
+  cat "$OUT/${GPU_TABLE}_iteration.md" 2>/dev/null || echo "(iteration cost not written)"
   echo
   echo "## bench_ops.py ratios"
   sed -n '/ratios measured in this run/,/^x = speedup/p' "$LOG"

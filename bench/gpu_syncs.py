@@ -18,6 +18,7 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository, uninstalled
 from generators import DCGAN  # noqa: E402
 
 from spectral_ops import SpectralRegularizer, jacobian_topk  # noqa: E402

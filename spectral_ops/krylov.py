@@ -133,12 +133,16 @@ def _orthonormal_block(Q: torch.Tensor, K: torch.Tensor | None) -> torch.Tensor:
         if K is not None:
             Q = Q - (Q @ K.transpose(-1, -2)) @ K
             Q = Q - (Q @ K.transpose(-1, -2)) @ K
-        e, U = torch.linalg.eigh(Q @ Q.transpose(-1, -2))
+        if Q.shape[1] == 1:  # one row (a batch of 16+): its Gram matrix is its squared norm, no eigensolver
+            e, rotated = (Q * Q).sum(-1), Q
+        else:
+            e, U = torch.linalg.eigh(Q @ Q.transpose(-1, -2))
+            rotated = U.transpose(-1, -2) @ Q
         if rounds == 0:  # dependent rows (smallest e) come first
             live = (e > size * (100 * torch.finfo(Q.dtype).eps) ** 2) & (e > tiny)  # norm above 100 eps
         else:  # unit rows that lose half their norm to the second projection were rounding noise
             live = e > 0.25
-        Q = torch.where(live, e.clamp_min(tiny).rsqrt(), torch.zeros_like(e))[..., None] * (U.transpose(-1, -2) @ Q)
+        Q = torch.where(live, e.clamp_min(tiny).rsqrt(), torch.zeros_like(e))[..., None] * rotated
     return Q
 
 
@@ -147,11 +151,21 @@ def _rayleigh_ritz(K: torch.Tensor, MK: torch.Tensor, H: torch.Tensor, k: int):
     H = K M K^T: (X [B, k, d], M X, lam [B, k] descending, residuals / lam_1 [B, k])."""
     tiny = torch.finfo(K.dtype).tiny
     dead = (K.abs().amax(-1) == 0).to(K.dtype)                      # zero rows: below any eigenvalue of M
-    theta, C = torch.linalg.eigh(H - torch.diag_embed(dead))
+    theta, C = _small_eigh(H - torch.diag_embed(dead))
     lam, C = theta.flip(-1)[:, :k], C.flip(-1)[..., :k].transpose(-1, -2)
     X, MX = C @ K, C @ MK
     res = (MX - lam[..., None] * X).norm(dim=-1) / lam[:, :1].clamp_min(tiny)
     return X, MX, lam, torch.where(lam[:, :1] > 0, res, torch.zeros_like(res))
+
+
+def _small_eigh(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.linalg.eigh of a batch of small symmetric matrices [b, n, n], on the CPU: on a GPU
+    eigh synchronises and launches a solver per call (about 1 ms for n <= 68 on an H200, several
+    products' worth), and the projected matrix is read back at each convergence check anyway."""
+    if A.device.type == "cpu":
+        return torch.linalg.eigh(A)
+    theta, C = torch.linalg.eigh(A.cpu())
+    return theta.to(A.device, non_blocking=True), C.to(A.device, non_blocking=True)
 
 
 def _sym(A: torch.Tensor) -> torch.Tensor:

@@ -284,11 +284,11 @@ def scaled_product(op: JacobianOperator, JQ: torch.Tensor, cdtype, c: torch.Tens
     op's samples are, when it was built on a subset)."""
     if c is None:
         c = JQ.detach().abs().flatten(1).amax(1).to(cdtype)
-        name_rows(~torch.isfinite(c), "J(z) v is not finite (G's derivative is infinite or NaN)", rows)
-        c = torch.where(c > 0, c, torch.ones_like(c))
+        c = torch.where(c > 0, c, torch.ones_like(c))  # a non-finite c makes MQ non-finite: caught below
     MQ = op.vjp(JQ.detach() / c.to(JQ.dtype)[:, None, None]).detach().to(cdtype) / c[:, None, None]
-    name_rows(~torch.isfinite(MQ).flatten(1).all(1), "J(z)^T J(z) v is not finite (G's derivative is infinite or NaN)",
-              rows)
+    # one host read-back per product (the rows must be named before the solver uses them)
+    name_rows(~torch.isfinite(MQ).flatten(1).all(1), "J(z) v or J(z)^T J(z) v is not finite (G's derivative is "
+              "infinite or NaN)", rows)
     return MQ, c
 
 
@@ -331,9 +331,7 @@ def power_iteration(op: JacobianOperator, Q: torch.Tensor, V_prev: torch.Tensor 
 def zero_jacobian_axes(lam: torch.Tensor, *blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Where J(z_b) = 0 (lam[b, 0] <= 0) every vector is an eigenvector: return the blocks
     [B, k, d] with those samples' rows replaced by the first k coordinate axes (deterministic)."""
-    zero = lam[:, 0] <= 0
-    if not bool(zero.any()):
-        return blocks
+    zero = lam[:, 0] <= 0  # applied to every sample (no host read-back)
     B, k, d = blocks[0].shape
     axes = torch.eye(d, dtype=blocks[0].dtype, device=blocks[0].device)[:k].expand(B, k, d)
     return tuple(torch.where(zero[:, None, None], axes, X) for X in blocks)
