@@ -108,6 +108,17 @@ def _new_directions(MQ: torch.Tensor, K: torch.Tensor, block: int, n: int) -> to
     return Q
 
 
+def folded_start(X: torch.Tensor, p: int) -> torch.Tensor:
+    """A start of p vectors [B, p, d] that holds the k >= p orthonormal start vectors X [B, k, d]:
+    row j sums the vectors i with i % p == j (then orthonormalized by the caller).  Lanczos adds p
+    vectors per step, and a start of more than p vectors stalls: the directions of M X beyond
+    the first p never enter the space (measured on a flat spectrum, d = 100: 400 products
+    against 26 to reach 1e-3)."""
+    k = X.shape[1]
+    fold = (torch.arange(k, device=X.device) % p == torch.arange(p, device=X.device)[:, None]).to(X.dtype)
+    return (fold[None, :, :, None] * X[:, None]).sum(2)  # elementwise: no autocast matmul
+
+
 def default_max_basis(d: int, k: int) -> int:
     """Vectors the Krylov space holds before it restarts: min(d, max(4k, k + 64)).  At d it never
     restarts, so it takes at most d + block - 1 products per sample."""

@@ -25,7 +25,7 @@ from . import ops
 from .generator import flatten_latents, measured, prepared, select_rows
 from .validation import check_callable, check_choice, check_init, check_int, check_iters_tol, check_k, check_seed
 from .jacobian import JVP_MODES, JacobianOperator, name_rows
-from .krylov import block_lanczos, default_max_basis, krylov_block
+from .krylov import block_lanczos, default_max_basis, folded_start, krylov_block
 
 METHODS = ("auto", "power", "krylov", "dense")
 
@@ -385,7 +385,7 @@ def _krylov_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
     cdtype = ops.reference.compute_dtype(z.dtype)
     p = krylov_block(B, k)
     X, V_prev = _initial_basis(init, B, k, d, cdtype, z.device, seed)
-    X = X if init is not None else X[:, :p]  # a cold start needs one block, a warm start all k
+    X = ops.orthonormalize(folded_start(X, p)) if init is not None else X[:, :p]  # p start vectors (krylov.folded_start)
     products = _ShrinkingProducts(G, z, p, mode, cdtype)
     MX = products(X, torch.arange(B, device=z.device))
     r = block_lanczos(products, X, MX, k, p, max(iters * k, X.shape[1]), tol)

@@ -78,7 +78,7 @@ from .generator import flatten_latents, prepared, select_rows
 from .jacobian import JacobianOperator, name_rows
 from .lazy import LazyPenalty
 from .ops.reference import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
-from .krylov import block_lanczos, krylov_block
+from .krylov import block_lanczos, folded_start, krylov_block
 from .power import _ShrinkingProducts, power_iteration, zero_jacobian_axes
 from .validation import check_callable, check_init, check_int
 
@@ -135,14 +135,6 @@ def _power(op: JacobianOperator, Q0: torch.Tensor, V_prev, iters: int, tol: floa
     return V, lam.clamp_min(0), res, Q_next, JV
 
 
-def _folded_start(k: int, p: int, dtype, device) -> torch.Tensor:
-    """[p, k]: row j sums the start vectors i with i % p == j.  Lanczos adds p vectors per step, and
-    a start of more than p vectors stalls (the directions of M X beyond the first p never enter
-    the space: measured 400 products against 26 to reach 1e-3 on a flat spectrum), so the k
-    warm-start vectors are folded into a p-vector start that holds all of them."""
-    return (torch.arange(k, device=device) % p == torch.arange(p, device=device)[:, None]).to(dtype)
-
-
 def _krylov(G, z: torch.Tensor, Q0: torch.Tensor, V_prev, max_vectors: int, tol: float, mode: str, cdtype):
     """The top-k of J^T J by the batched Lanczos (`krylov.block_lanczos`) started from the block
     Q0 [B, k, d] (the warm-start basis, folded into krylov_block(B, k) start vectors).
@@ -152,8 +144,7 @@ def _krylov(G, z: torch.Tensor, Q0: torch.Tensor, V_prev, max_vectors: int, tol:
     """
     B, k, _ = Q0.shape
     p = krylov_block(B, k)
-    fold = _folded_start(k, p, Q0.dtype, z.device)
-    X = ops.orthonormalize((fold[None, :, :, None] * Q0[:, None]).sum(2))  # [B, p, d] (no autocast matmul)
+    X = ops.orthonormalize(folded_start(Q0, p))  # [B, p, d]: every warm-start vector, in p
     products = _ShrinkingProducts(G, z, p, mode, cdtype)
     MX = products(X, torch.arange(B, device=z.device))
     # The small dense algebra runs in cdtype, outside any autocast region; G's passes keep the
