@@ -147,7 +147,7 @@ def _orthonormal_block(Q: torch.Tensor, K: torch.Tensor | None) -> torch.Tensor:
         if Q.shape[1] == 1:  # one row (a batch of 16+): its Gram matrix is its squared norm, no eigensolver
             e, rotated = (Q * Q).sum(-1), Q
         else:
-            e, U = torch.linalg.eigh(Q @ Q.transpose(-1, -2))
+            e, U = _small_eigh(Q @ Q.transpose(-1, -2))
             rotated = U.transpose(-1, -2) @ Q
         if rounds == 0:  # dependent rows (smallest e) come first
             live = (e > size * (100 * torch.finfo(Q.dtype).eps) ** 2) & (e > tiny)  # norm above 100 eps
@@ -172,7 +172,7 @@ def _rayleigh_ritz(K: torch.Tensor, MK: torch.Tensor, H: torch.Tensor, k: int):
 def _small_eigh(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.linalg.eigh of a batch of small symmetric matrices [b, n, n], on the CPU: on a GPU
     eigh synchronises and launches a solver per call (about 1 ms for n <= 68 on an H200, several
-    products' worth), and the projected matrix is read back at each convergence check anyway."""
+    products' worth), where a copy to the host and back is a few microseconds."""
     if A.device.type == "cpu":
         return torch.linalg.eigh(A)
     theta, C = torch.linalg.eigh(A.cpu())

@@ -211,12 +211,16 @@ def implicit_solve(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, g: 
     p = r.clone()
     rr = (r * r).sum(-1)
     stop = (cg_tol ** 2) * rr
+    # a curvature p^T (lam_i I - M) p below delta |p|^2 (delta = sqrt(eps) lam_1, the in-block rule's)
+    # means no gap below lam_i: a tie with the spectrum outside the block (a cluster of weakly used
+    # directions), where the eigenvector derivative is undefined and CG would divide by rounding
+    delta = (torch.finfo(cdtype).eps ** 0.5) * lam1
     for _ in range(cg_iters):
         if bool((rr <= stop).all()):
             break
         Ap = lam[..., None] * p - _project_out(op.matvec(p).detach().to(cdtype), V)
         pAp = (p * Ap).sum(-1)
-        ok = (pAp > 0) & (rr > stop)  # pAp <= 0: no gap below lambda_i (indefinite); stop that row
+        ok = (pAp > delta * (p * p).sum(-1)) & (rr > stop)  # no gap below lambda_i: stop that row
         alpha = torch.where(ok, rr / torch.where(ok, pAp, torch.ones_like(pAp)), torch.zeros_like(pAp))
         x = x + alpha[..., None] * p
         r = r - alpha[..., None] * Ap

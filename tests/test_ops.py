@@ -38,8 +38,8 @@ LARGE_SHAPES = [(2, 5, 1024), (2, 33, 70)]  # d at the CUDA target; k above the 
 # there, and atol is 4x what was measured beyond that ulp (2.4e-7, four float16 subnormal steps,
 # where nothing was).  "orth" is max |Q Q^T - I|; "Q vs qr" is against torch.linalg.qr in float64.
 # Errors of V and Q_next are the eigenvector conditioning (relative gaps 20%, k up to 32), not the
-# kernels: float32 reference.py and cpp differ by 8e-5 there.  The cuda backend and triton on a GPU
-# were not measured (no GPU); they use the same table.
+# kernels: float32 reference.py and cpp differ by 8e-5 there.  On a GPU (an H200) the cuda backend
+# and triton passed this table except the cuda values at k = 32 (CUDA_TOL).
 F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 HALF_FLOOR = 2.4e-7
 TOL = {
@@ -66,8 +66,15 @@ TOL = {
 }
 
 
-def tolerance(quantity, dtype):
-    """(atol, rtol) for `quantity` computed in `dtype` (see TOL)."""
+# Measured on an H200: the cuda backend's round-robin Jacobi on a thread block (float32, k=32,
+# values up to 10) is 4.5e-5 from the reference, against 8.6e-6 for the CPU's QL.
+CUDA_TOL = {"lam": {F32: (1.8e-4, 0)}}
+
+
+def tolerance(quantity, dtype, backend=None):
+    """(atol, rtol) for `quantity` computed in `dtype` (see TOL; CUDA_TOL for the cuda backend)."""
+    if backend == "cuda" and dtype in CUDA_TOL.get(quantity, {}):
+        return CUDA_TOL[quantity][dtype]
     return TOL[quantity][dtype]
 
 
@@ -164,11 +171,11 @@ def check_ritz_step(backend, device, shape, dtype, with_prev):
     expected = reference.ritz_step(Q.cpu(), MQ.cpu(), None if V_prev is None else V_prev.cpu())
     for name, actual, ref in zip(("V", "lam", "res", "Q_next"), out, expected):
         assert actual.shape == ref.shape and actual.device.type == device
-        assert_close(actual, ref.to(device), tolerance(name, dtype), name)
+        assert_close(actual, ref.to(device), tolerance(name, dtype, backend), name)
     # Independent oracle for the values: eigvalsh of the projected matrix.
     H = Q.double() @ MQ.double().transpose(-1, -2)
     oracle = torch.linalg.eigvalsh(0.5 * (H + H.transpose(-1, -2))).flip(-1)
-    assert_close(out[1].double(), oracle, tolerance("lam", dtype), "lam vs eigvalsh")
+    assert_close(out[1].double(), oracle, tolerance("lam", dtype, backend), "lam vs eigvalsh")
 
 
 def check_alignment_loss(backend, device, shape, dtype, kind, weights):

@@ -28,10 +28,18 @@ OP_NAMES = ("orthonormalize", "orthonormalize_backward", "ritz_step", "alignment
             "alignment_loss_backward")
 
 
+_HAS_CUDA_KERNELS: bool | None = None
+
+
 def has_cuda_kernels() -> bool:
-    """True if the extension was built with FORCE_CUDA=1 (CUDA kernels registered for every op)."""
-    return LOADED and all(
-        torch._C._dispatch_has_kernel_for_dispatch_key(f"spectral_ops::{name}", "CUDA") for name in OP_NAMES)
+    """True if the extension was built with FORCE_CUDA=1 (CUDA kernels registered for every op).
+    Asked of the dispatcher once and kept: torch.compile cannot trace that query (a graph break
+    under fullgraph=True, seen on a GPU), but it reads the kept bool."""
+    global _HAS_CUDA_KERNELS
+    if _HAS_CUDA_KERNELS is None:
+        _HAS_CUDA_KERNELS = LOADED and all(
+            torch._C._dispatch_has_kernel_for_dispatch_key(f"spectral_ops::{name}", "CUDA") for name in OP_NAMES)
+    return _HAS_CUDA_KERNELS
 
 
 CPU_ISAS = ("baseline", "avx2")
@@ -130,3 +138,6 @@ def _register() -> None:
 
 if LOADED:
     _register()
+
+
+has_cuda_kernels()  # asked once, at import, outside any torch.compile trace
