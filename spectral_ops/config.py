@@ -35,7 +35,7 @@ class RegularizerConfig:
     k: int = option(4, "singular vectors aligned per sample (1 <= k <= latent_dim)")
     solver: str = option("krylov", "inner solver for the vectors: batched Lanczos from the warm-start block "
                                    "(krylov) or block power iteration (power)", SOLVERS)
-    iters: int = option(8, "cap per computed call: power iterations, or krylov products of k vectors per sample")
+    iters: int = option(6, "cap per computed call: power iterations, or krylov products of k vectors per sample")
     loss: str = option("offdiag", "alignment loss variant", LOSS_KINDS)
     grad: str = option("fast", "eigenvector gradient: in-block exact + first order (fast) or CG (implicit)", GRADS)
     every: int = option(8, "lazy regularization: compute on one call in N, scaled by N")
