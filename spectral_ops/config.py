@@ -46,7 +46,7 @@ class RegularizerConfig:
                           WEIGHT_KINDS)
     batchnorm: str = option("error", "train-mode BatchNorm in G: refuse, or use running statistics", BATCHNORM)
     momentum: float = option(0.2, "weight of the new batch mean in the running basis, in (0, 1]")
-    tol: float = option(1e-3, "residual ||Mv - lam v|| / lam_1 the inner solver stops at (every vector)")
+    tol: float = option(1e-4, "residual ||Mv - lam v|| / lam_1 the inner solver stops at (every vector)")
     null_tol: float = option(1e-3, "vectors with sigma_i <= null_tol * sigma_1 (directions G ignores) "
                                    "drop out of the loss, in [0, 1)")
     cg_iters: int = option(8, "conjugate-gradient steps for grad='implicit'")

@@ -459,7 +459,7 @@ class SpectralRegularizer(LazyPenalty):
     the spectrum (sigma_{i+1}/sigma_i).  A call whose vectors end with a median worst residual
     above 0.05 warns once.
 
-    Defaults (solver="krylov" from the warm-start basis to tol=1e-3, at most iters*k = 24
+    Defaults (solver="krylov" from the warm-start basis to tol=1e-4, at most iters*k = 24
     products per sample; loss="offdiag" with spectrum-free rank weights, grad="fast", every=8,
     batch_fraction=0.25) pass the known-answer grid (spectral_ops.lab.known_answer,
     bench/bench_gate.py, tests/test_gate.py) and converge where users run it
