@@ -44,7 +44,8 @@ def krylov_block(B: int, k: int) -> int:
 
 
 def block_lanczos(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], X: torch.Tensor, MX: torch.Tensor,
-                  k: int, block: int, max_vectors: int, tol: float, max_basis: int | None = None) -> KrylovResult:
+                  k: int, block: int, max_vectors: int, tol: float, max_basis: int | None = None,
+                  relative_floor: float | None = None) -> KrylovResult:
     """Top-k eigenpairs of M_b by restarted block Lanczos, batched over b.
 
     product(Q, rows): M Q for the samples `rows` (a LongTensor [b] of indices into 0..B-1, the
@@ -54,6 +55,10 @@ def block_lanczos(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     max_basis: the space restarts from its top Ritz vectors when it would exceed this many
         vectors; default `default_max_basis(d, k)`.  At d it never restarts: once it holds d
         vectors it spans R^d (the last block may be partly zero) and Rayleigh-Ritz is exact.
+    relative_floor: None stops once every residual ||M v_i - lam_i v_i|| / lam_1 < tol.  A float f
+        asks each vector for tol relative to its own value: residual / lam_1 < tol * max(lam_i /
+        lam_1, f), since a residual of tol lam_1 moves a vector with a small lam_i by about
+        tol lam_1 / gap_i (the regularizer's weakest vectors; f is its null threshold).
     """
     B, n0, d = X.shape
     max_basis = default_max_basis(d, k) if max_basis is None else min(d, max_basis)
@@ -71,7 +76,9 @@ def block_lanczos(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         restart = n + block > max_basis and max_basis < d  # a space that may fill R^d never restarts
         if n >= next_check or full or restart:
             X_r, MX_r, lam, res = _rayleigh_ritz(K, MK, H, keep if restart else k)
-            done = (res[:, :k] < tol).all(-1) | full
+            target = tol if relative_floor is None else \
+                tol * (lam[:, :k] / lam[:, :1].clamp_min(torch.finfo(lam.dtype).tiny)).clamp_min(relative_floor)
+            done = (res[:, :k] < target).all(-1) | full
             finished = int(done.sum())  # the convergence check: one host read-back per Rayleigh-Ritz
             if finished:
                 idx = rows[done]

@@ -135,7 +135,8 @@ def _power(op: JacobianOperator, Q0: torch.Tensor, V_prev, iters: int, tol: floa
     return V, lam.clamp_min(0), res, Q_next, JV
 
 
-def _krylov(G, z: torch.Tensor, Q0: torch.Tensor, V_prev, max_vectors: int, tol: float, mode: str, cdtype):
+def _krylov(G, z: torch.Tensor, Q0: torch.Tensor, V_prev, max_vectors: int, tol: float, null_tol: float, mode: str,
+            cdtype):
     """The top-k of J^T J by the batched Lanczos (`krylov.block_lanczos`) started from the block
     Q0 [B, k, d] (the warm-start basis, folded into krylov_block(B, k) start vectors).
 
@@ -157,7 +158,7 @@ def _krylov(G, z: torch.Tensor, Q0: torch.Tensor, V_prev, max_vectors: int, tol:
             return products(Q, rows)
 
     with torch.autocast(device, enabled=False):
-        r = block_lanczos(product, X, MX, k, p, max(max_vectors, p), tol)
+        r = block_lanczos(product, X, MX, k, p, max(max_vectors, p), tol, relative_floor=null_tol * null_tol)
     V = r.V * ops.reference.sign_align(r.V, V_prev)[..., None]
     lam = r.lam * (products.c ** 2)[:, None]
     (V,) = zero_jacobian_axes(lam, V)
@@ -339,7 +340,8 @@ def _penalty(G, z, config: RegularizerConfig, init) -> PenaltyResult:
             op = JacobianOperator(G, z, c.k, mode)
             V, lam, res, Q_next, JV = _power(op, Q0, V_prev, c.iters, solver_tolerance(c, cdtype), cdtype)
         else:
-            V, lam, res = _krylov(G, z, Q0, V_prev, c.iters * c.k, solver_tolerance(c, cdtype), mode, cdtype)
+            V, lam, res = _krylov(G, z, Q0, V_prev, c.iters * c.k, solver_tolerance(c, cdtype), c.null_tol, mode,
+                                  cdtype)
             op, JV, Q_next = JacobianOperator(G, z, c.k, mode), None, V  # the graph for J V and J a
         active = active_vectors(lam, c.null_tol)
         value = _eigvec_gradient(op, V, lam, active, c.loss, c.weights, c.grad, c.cg_iters, c.cg_tol, cdtype, JV)

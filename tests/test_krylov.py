@@ -180,3 +180,26 @@ def test_errors_name_the_rows_of_z_after_the_batch_shrank():
         name_rows(torch.tensor([False, True, False]), "bad", torch.tensor([3, 7, 9]))
     with pytest.raises(ValueError, match=r"in rows \[1\]"):
         name_rows(torch.tensor([False, True, False]), "bad")
+
+
+def test_relative_floor_resolves_weak_vectors():
+    """A weak eigenvalue (lam_4 = 1e-4 lam_1 above a flat tail): the residual relative to lam_1
+    stops with v_4 far off (tol 1e-4 allows an error of about tol / (lam_4 - lam_5) ~ 1); asked
+    relative to each vector's own value (relative_floor, the regularizer's rule) it is resolved
+    to the Davis-Kahan bound res / gap."""
+    d, k = 40, 4
+    s = torch.cat([torch.tensor([1.0, 0.5, 0.25, 1e-4], dtype=torch.float64),
+                   5e-5 * (1 - 0.01 * torch.arange(d - 4, dtype=torch.float64))])
+    M, s, U = _operators(8, d, s)
+
+    def error_of_v4(**options):
+        def product(Q, rows):
+            return Q @ M[rows]
+        X = _start(8, 1, d)
+        r = block_lanczos(product, X, product(X, torch.arange(8)), k, 1, 4000, 1e-4, **options)
+        return float((1 - (r.V[:, 3] * U[:, :, 3]).sum(-1).abs()).max()), r
+    loose, _ = error_of_v4()
+    tight, r = error_of_v4(relative_floor=1e-6)
+    gap = float(s[3] - s[4])
+    bound = float((r.res[:, 3] * s[0]).max()) / gap  # sin(angle) <= res / gap: 1 - |cos| <= that squared
+    assert tight <= bound ** 2 + 1e-12 and tight < 1e-6 < loose, (tight, loose, bound)
