@@ -64,6 +64,18 @@ def _random_rotation(d: int, seed: int, dtype) -> torch.Tensor:
     return Q.to(dtype)
 
 
+def _checked_renderer(latent_dim, sensitivities, pixels: int) -> torch.Tensor:
+    """The sensitivities as a float64 tensor [F], after checking the arguments both renderers share."""
+    s = torch.as_tensor(sensitivities, dtype=torch.float64)
+    if s.dim() != 1 or s.numel() < 1 or not bool((s > 0).all()):
+        raise ValueError(f"sensitivities must be a non-empty list of positive numbers, got {sensitivities!r}")
+    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < s.numel():
+        raise ValueError(f"latent_dim must be an int >= len(sensitivities) = {s.numel()}, got {latent_dim!r}")
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 16:
+        raise ValueError(f"pixels must be an int >= 16, got {pixels!r}")
+    return s
+
+
 class RotatedRenderer(nn.Module):
     """G(z) = f(R z): (N, d) -> (N, F, P), F factors rendered as blobs on rings of P pixels.
 
@@ -80,13 +92,7 @@ class RotatedRenderer(nn.Module):
     def __init__(self, latent_dim: int = 8, sensitivities=DEFAULT_SENSITIVITIES, *, pixels: int = 48,
                  kappa: float = 4.0, seed: int = 0, dtype: torch.dtype = torch.float32):
         super().__init__()
-        s = torch.as_tensor(sensitivities, dtype=torch.float64)
-        if s.dim() != 1 or s.numel() < 1 or not bool((s > 0).all()):
-            raise ValueError(f"sensitivities must be a non-empty list of positive numbers, got {sensitivities!r}")
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < s.numel():
-            raise ValueError(f"latent_dim must be an int >= len(sensitivities) = {s.numel()}, got {latent_dim!r}")
-        if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 16:
-            raise ValueError(f"pixels must be an int >= 16, got {pixels!r}")
+        s = _checked_renderer(latent_dim, sensitivities, pixels)
         self.latent_dim, self.num_factors = latent_dim, s.numel()
         theta = torch.arange(pixels, dtype=torch.float64) * (2 * math.pi / pixels)
         # ||d/du exp(kappa cos(theta - u))||^2 summed over the ring, at u = 0 (the same for every u
@@ -164,13 +170,7 @@ class GateGenerator(nn.Module):
                  wobble: float = 0.0, frequency: float = 2.0, pixels: int = 48, kappa: float = 4.0,
                  seed: int = 0, dtype: torch.dtype = torch.float32):
         super().__init__()
-        s = torch.as_tensor(sensitivities, dtype=torch.float64)
-        if s.dim() != 1 or s.numel() < 1 or not bool((s > 0).all()):
-            raise ValueError(f"sensitivities must be a non-empty list of positive numbers, got {sensitivities!r}")
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < s.numel():
-            raise ValueError(f"latent_dim must be an int >= len(sensitivities) = {s.numel()}, got {latent_dim!r}")
-        if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 16:
-            raise ValueError(f"pixels must be an int >= 16, got {pixels!r}")
+        s = _checked_renderer(latent_dim, sensitivities, pixels)
         if not isinstance(weak, (int, float)) or isinstance(weak, bool) or not 0 <= weak < float(s.min()):
             raise ValueError(f"weak must be a number in [0, min(sensitivities)), got {weak!r}")
         if not isinstance(wobble, (int, float)) or isinstance(wobble, bool) or not 0 <= wobble < 1:
