@@ -307,6 +307,8 @@ def test_batchnorm_policy():
     (dict(jvp="reverse"), ValueError, "jvp"), (dict(batchnorm="train"), ValueError, "batchnorm"),
     (dict(init=torch.randn(3, 5)), ValueError, "init"), (dict(init=[[1.0]]), TypeError, "init"),
     (dict(cg_iters=-1), ValueError, "cg_iters"), (dict(tol=float("nan")), ValueError, "tol"),
+    (dict(solver="lanczos"), ValueError, "solver"), (dict(solver=None), ValueError, "solver"),
+    (dict(null_tol=1.0), ValueError, "null_tol"), (dict(null_tol=-1e-3), ValueError, "null_tol"),
 ])
 def test_bad_arguments(kwargs, exc, word):
     G = nn.Linear(8, 3)
