@@ -4,8 +4,14 @@ E_z[J(z)^T J(z)], matrix-free and streaming.
 The averaged operator is the mean of the per-sample products, M_bar X = (1/N) sum_n J_n^T J_n X,
 so one product streams over the samples in batches (memory stays at one batch), and restarted
 block Lanczos (`krylov.block_lanczos`) finds its top-k eigenvectors.  What the directions explain is reported
-against the metric's trace, E ||J||_F^2 (exact, or a Hutchinson estimate), and how stable they are
-across two independent sample sets as the largest principal angle between the two subspaces.
+against the metric's trace, E ||J||_F^2, and how stable they are across two independent sample sets
+as the largest principal angle between the two subspaces.
+
+The trace is exact (d JVPs per sample) where that is cheap: d <= EXACT_TRACE_DIM, d <= the probes
+asked for, or k = d (the solve has already spent at least d products per sample).  Above that it is
+a Hutchinson estimate with Rademacher probes, reported with its standard error; as the metric is
+positive semi-definite its trace is at least the sum of the top-k eigenvalues, so the estimate is
+raised to that sum and the explained shares always lie in [0, 1].
 """
 from __future__ import annotations
 
@@ -19,7 +25,9 @@ from . import ops
 from .generator import flatten_latents, prepared
 from .jacobian import JacobianOperator
 from .krylov import block_lanczos, krylov_block
-from .validation import check_callable, check_int, check_iters_tol, check_k, check_seed
+from .validation import check_bool, check_callable, check_int, check_iters_tol, check_k, check_seed, derived_seed
+
+EXACT_TRACE_DIM = 64  # up to this latent size the exact trace (d JVPs a sample) costs about what the solve does
 
 
 @dataclass
@@ -28,8 +36,14 @@ class GlobalDirections:
 
     directions: [k, d] orthonormal rows, the top-k eigenvectors of E[J^T J] (flat latent layout).
     values: [k] its eigenvalues, descending (the mean squared output change per unit step).
-    trace: E ||J||_F^2, the sum of all d eigenvalues (exact, or estimated: `trace_exact`).
-    explained: [k] cumulative fraction of the trace explained by the first 1..k directions.
+    trace: E ||J||_F^2 over the samples, the sum of all d eigenvalues (exact, or estimated:
+        `trace_exact`; an estimate is never below values.sum(), the part the directions hold).
+    trace_exact: whether `trace` was computed exactly (module docstring: when it is).
+    explained: [k] cumulative share of the trace held by the first 1..k directions, in [0, 1]
+        (1.0 to rounding at k = d).
+    trace_stderr: the estimate's standard error over the probes (None when exact; inf when a
+        single probe on a single sample leaves nothing to estimate it from).
+    explained_stderr: [k] the standard error that `trace_stderr` gives `explained` (None when exact).
     residuals: [k] ||M v - lam v|| / lam_1 of the averaged operator; converged: [k] bool.
     products: averaged-operator passes used (each streams once over the samples, with p vectors
         each: 1 once a batch has 16 samples, `krylov.krylov_block`).
@@ -47,6 +61,8 @@ class GlobalDirections:
     products: int
     n_samples: int
     stability_deg: float | None = None
+    trace_stderr: float | None = None
+    explained_stderr: torch.Tensor | None = None
 
 
 def subspace_angle_deg(A: torch.Tensor, B: torch.Tensor) -> float:
@@ -71,9 +87,11 @@ def _mean_product(G, batches, mode, batchnorm, cdtype, c, bar):
     return product
 
 
-def _trace(G, batches, mode, batchnorm, cdtype, c, probes, gen) -> float:
-    """E ||J||_F^2 / c^2: exactly (d JVPs per sample) or by Hutchinson with `probes` vectors."""
-    total, n = 0.0, 0
+def _trace(G, batches, mode, batchnorm, cdtype, c, probes, gen) -> tuple[float, float | None]:
+    """(E ||J||_F^2 / c^2, its standard error / c^2): exactly with d JVPs per sample (probes None;
+    error None), or by Hutchinson with `probes` Rademacher vectors per sample."""
+    total, var, n = 0.0, 0.0, 0
+    single = []  # one probe per sample: the per-sample estimates, for their spread across samples
     for zb in batches:
         with prepared(G, zb, jvp=mode, batchnorm=batchnorm) as (Gf, zf, m):
             B, d = zf.shape
@@ -82,10 +100,21 @@ def _trace(G, batches, mode, batchnorm, cdtype, c, probes, gen) -> float:
             else:
                 V = (torch.randint(0, 2, (B, probes, d), generator=gen) * 2 - 1).to(zf)
             JV = JacobianOperator(Gf, zf, V.shape[1], m).jvp(V).detach().to(cdtype) / c
-            sq = JV.pow(2).sum(-1)
+            sq = JV.pow(2).sum(-1)  # [B, probes]: v^T J^T J v, unbiased for ||J||_F^2 each
             total += float(sq.sum() if probes is None else sq.mean(1).sum())
+            if probes is not None and probes > 1:
+                var += float(sq.double().var(1).sum()) / probes  # variance of each sample's mean
+            elif probes == 1:
+                single.append(sq[:, 0].double())
         n += zf.shape[0]
-    return total / n
+    if probes is None:
+        return total / n, None
+    if probes == 1:
+        # no within-sample spread to read: the spread across samples bounds it from above
+        # (it adds the samples' own variation), so the error is not understated
+        x = torch.cat(single)
+        return total / n, (float(x.var()) / n) ** 0.5 if n > 1 else math.inf
+    return total / n, var ** 0.5 / n
 
 
 def global_directions(G: Callable, n_samples: int, k: int, *, latent_dim: int | tuple | None = None,
@@ -106,15 +135,19 @@ def global_directions(G: Callable, n_samples: int, k: int, *, latent_dim: int | 
         iters: the most work allowed, in averaged products of k vectors (a pass streams over all
             N samples once with p of them: at most iters*k/p passes).
         tol: stop when every residual of the averaged operator is below tol.
-        trace_probes: Rademacher probes per sample for the trace (Hutchinson); None: exact
-            (d JVPs per sample).
-        stability: also run on an independent sample set and report the subspace angle.
-        seed: seeds the latents, the start basis and the probes.
+        trace_probes: Rademacher probes per sample for the Hutchinson trace, used only where
+            d > max(EXACT_TRACE_DIM, trace_probes) and k < d; the trace is exact otherwise
+            (d JVPs per sample).  None: always exact.
+        stability: also run on an independent sample set and report the subspace angle (a bool).
+        seed: seeds the latents, the start basis and the probes (an int in [-2**63, 2**64 - 1]).
+        progress: show a progress bar (a bool).
     Returns:
         GlobalDirections (directions [k, d], values [k], explained [k], ...).
     """
     check_callable("G", G)
     check_seed(seed, allow_none=False)
+    check_bool("stability", stability)
+    check_bool("progress", progress)
     if (latent_dim is None) == (latents is None):
         raise ValueError("pass exactly one of latent_dim (to sample z ~ N(0, I)) and latents")
     for name, value in (("batch_size", batch_size),) + ((("n_samples", n_samples),) if latents is None else ()):
@@ -125,6 +158,8 @@ def global_directions(G: Callable, n_samples: int, k: int, *, latent_dim: int | 
         shape = (latent_dim,) if isinstance(latent_dim, int) and not isinstance(latent_dim, bool) else latent_dim
         if not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 1 for s in shape):
             raise ValueError(f"latent_dim must be an int >= 1 or a tuple of them, got {latent_dim!r}")
+        if torch.device(device).type == "meta":
+            raise ValueError("device is 'meta': spectral_ops needs the latents' values (pass 'cpu' or 'cuda')")
         gen = torch.Generator().manual_seed(seed)
         latents = torch.randn(n_samples, *shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
     elif n_samples is not None and n_samples != latents.shape[0]:
@@ -132,16 +167,21 @@ def global_directions(G: Callable, n_samples: int, k: int, *, latent_dim: int | 
     flat, _ = flatten_latents(latents, "latents")
     d = flat.shape[1]
     k = check_k(k, d)
-    result = _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_probes, progress)
+    exact = trace_probes is None or k == d or d <= max(EXACT_TRACE_DIM, trace_probes)
+    result = _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, None if exact else trace_probes,
+                    progress)
     if stability:
-        gen = torch.Generator().manual_seed(seed + 1)
+        twin_seed = derived_seed(seed, 1)  # seed + 1, kept in the range a torch generator takes
+        gen = torch.Generator().manual_seed(twin_seed)
         other = torch.randn(latents.shape, generator=gen, dtype=torch.float64).to(latents)
-        twin = _solve(G, other, k, batch_size, iters, tol, jvp, batchnorm, seed + 1, 1, progress)
+        twin = _solve(G, other, k, batch_size, iters, tol, jvp, batchnorm, twin_seed, False, progress)
         result.stability_deg = subspace_angle_deg(result.directions, twin.directions)
     return result
 
 
 def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_probes, progress) -> GlobalDirections:
+    """The directions of the samples `latents`; trace_probes: None (exact trace), an int
+    (Hutchinson) or False (no trace: only the directions are wanted)."""
     N, cdtype = latents.shape[0], ops.reference.compute_dtype(latents.dtype)
     batches = list(latents.split(batch_size))
     d = flatten_latents(latents[:1], "latents")[0].shape[1]
@@ -161,12 +201,22 @@ def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_pr
     V, lam, res, products = r.V, r.lam, r.res, r.passes + 1
     if bar is not None:
         bar.close()
-    trace = _trace(G, batches, mode, batchnorm, cdtype, c, trace_probes, gen) * c * c
     values = lam[0] * c * c
+    trace, stderr, explained, explained_stderr = math.nan, None, values.new_full((k,), math.nan), None
+    if trace_probes is not False:
+        trace, stderr = _trace(G, batches, mode, batchnorm, cdtype, c, trace_probes, gen)
+        trace *= c * c
+        if stderr is not None:
+            stderr *= c * c
+            trace = max(trace, float(values.sum()))  # a PSD metric's trace is at least its top-k sum
+        share = values.cumsum(0) / max(trace, torch.finfo(cdtype).tiny)
+        explained = share.clamp(0.0, 1.0)  # rounding only, where the trace is exact
+        if stderr is not None:
+            explained_stderr = explained * (stderr / max(trace, torch.finfo(cdtype).tiny))
     return GlobalDirections(directions=V[0] * ops.reference.sign_align(V, None)[0, :, None], values=values,
-                            trace=trace, trace_exact=trace_probes is None,
-                            explained=values.cumsum(0) / max(trace, torch.finfo(cdtype).tiny),
-                            residuals=res[0], converged=res[0] < tol, products=products, n_samples=N)
+                            trace=trace, trace_exact=trace_probes is None, explained=explained,
+                            residuals=res[0], converged=res[0] < tol, products=products, n_samples=N,
+                            trace_stderr=stderr, explained_stderr=explained_stderr)
 
 
 __all__ = ["global_directions", "GlobalDirections", "subspace_angle_deg"]

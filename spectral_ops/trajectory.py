@@ -42,7 +42,8 @@ import torch
 from . import ops
 from .generator import check_autograd_available, flat_generator, flatten_latents
 from .power import jacobian_topk
-from .validation import check_callable, check_choice, check_int, check_iters_tol, check_k, check_number, check_seed
+from .validation import (check_bool, check_callable, check_choice, check_int, check_iters_tol, check_k, check_number,
+                         check_seed)
 
 INTEGRATORS = ("euler", "heun", "rk4")
 PROJECTIONS = (None, "sphere")
@@ -186,6 +187,10 @@ def _complete_init(init, B: int, k: int, d: int, z0: torch.Tensor, seed) -> torc
     if init.dim() != 3 or init.shape[0] != B or init.shape[2] != d or not 1 <= init.shape[1] <= k:
         raise ValueError(f"init must have shape (j, {d}) or ({B}, j, {d}) with 1 <= j <= k={k}, "
                          f"got {tuple(init.shape)}")
+    if init.device.type == "meta":
+        raise ValueError("init is on the meta device: spectral_ops needs its values")
+    if not init.dtype.is_floating_point:
+        raise TypeError(f"init must be a floating-point tensor, got {init.dtype}")
     if not torch.isfinite(init).all():
         raise ValueError("init has non-finite values")
     init = init.detach().to(z0.dtype)
@@ -197,10 +202,14 @@ def _complete_init(init, B: int, k: int, d: int, z0: torch.Tensor, seed) -> torc
     return ops.orthonormalize(init)
 
 
-def _checked_arguments(G, z0, direction, steps, step_size, method, k, project, iters, tol, topk_method, seed):
+def _checked_arguments(G, z0, direction, steps, step_size, method, k, project, iters, tol, topk_method, seed,
+                       flags):
     """trace_trajectory's argument checks: (G on flat latents, z0 [B, d] detached, k, the
-    sphere radius [B, 1] or None); raises naming the first bad argument."""
+    sphere radius [B, 1] or None); flags: {name: value} of the bool arguments.  Raises naming the
+    first bad argument."""
     check_callable("G", G)
+    for name, value in flags.items():
+        check_bool(name, value)
     check_autograd_available()
     z0, latent_shape = flatten_latents(z0, "z0")
     G = flat_generator(G, latent_shape)
@@ -265,7 +274,8 @@ def trace_trajectory(G: Callable, z0: torch.Tensor, direction: int = 0, *, steps
             points, time running from the far end of the backward walk through z0 (at index
             `steps`) to the end of the forward walk.
         iters, tol: power-iteration limits per evaluation (warm-started from the previous step).
-        topk_method, jvp, seed, batchnorm: passed to `jacobian_topk`.
+        topk_method, jvp, seed, batchnorm: passed to `jacobian_topk` (seed: an int in
+            [-2**63, 2**64 - 1] or None).
         init: optional [j, d] or [B, j, d] starting basis at z0, 1 <= j <= k (completed with random
             orthonormal rows): warm start, and the sign of each vector at z0 (so the direction
             walked first), for the dense method too.
@@ -273,16 +283,18 @@ def trace_trajectory(G: Callable, z0: torch.Tensor, direction: int = 0, *, steps
             starts every evaluation from a random basis (for comparison; signs and crossings are
             still tracked through the matching rule).
         progress: show a progress bar over the steps.
+        both_ways, warm_start and progress must be bools (TypeError otherwise).
     Returns:
         Trajectory with z (T+1, B, d), values (T+1, B, k), vectors (T+1, B, k, d),
         residuals (T+1, B, k), tracked (T+1, B).
     """
     G, z0, k, radius = _checked_arguments(G, z0, direction, steps, step_size, method, k, project, iters, tol,
-                                          topk_method, seed)
+                                          topk_method, seed,
+                                          dict(both_ways=both_ways, warm_start=warm_start, progress=progress))
     B, d = z0.shape
     if init is not None:
         init = _complete_init(init, B, k, d, z0, seed)
-    field = _Field(G, k, iters, tol, topk_method, jvp, seed, batchnorm, project, radius, bool(warm_start))
+    field = _Field(G, k, iters, tol, topk_method, jvp, seed, batchnorm, project, radius, warm_start)
     top0 = field.topk(z0, init)
     V0 = top0.vectors
     idx0 = torch.full((B,), direction, dtype=torch.long, device=z0.device)

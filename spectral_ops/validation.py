@@ -76,12 +76,27 @@ def check_bool(name: str, value: object) -> bool:
     return value
 
 
-def check_seed(seed: object, allow_none: bool = True) -> None:
-    """A seed is an int (or None where a default seed is allowed)."""
+SEED_MIN, SEED_MAX = -2 ** 63, 2 ** 64 - 1  # what torch.Generator.manual_seed takes (negatives wrap mod 2**64)
+
+
+def check_seed(seed: object, allow_none: bool = True, name: str = "seed") -> None:
+    """A seed is an int in [-2**63, 2**64 - 1], what a torch generator accepts (or None where a
+    default seed is allowed).  A seed outside that range is refused rather than wrapped, so two
+    different seeds never silently give the same numbers.  name: how the error names it."""
     if seed is None and allow_none:
         return
     if not _is_int(seed):
-        raise TypeError(f"seed must be an int{' or None' if allow_none else ''}, got {type(seed).__name__}")
+        raise TypeError(f"{name} must be an int{' or None' if allow_none else ''}, got {type(seed).__name__}")
+    if not SEED_MIN <= seed <= SEED_MAX:
+        raise ValueError(f"{name} must be an int in [-2**63, 2**64 - 1], got {seed!r}")
+
+
+def derived_seed(seed: int, *parts: int) -> int:
+    """A generator seed made from a checked seed and offsets (a step, a rank): seed + sum(parts)
+    wrapped into [0, 2**64).  torch reads a negative seed modulo 2**64, so every sum that it
+    already accepted gives the same numbers as before; sums past its range wrap instead of
+    raising deep inside torch."""
+    return (seed + sum(parts)) % 2 ** 64
 
 
 def check_k(k: object, d: int) -> int:

@@ -23,6 +23,7 @@ import torch
 
 from spectral_ops.lab.io import atomic_save, atomic_write_text, require_modules
 from spectral_ops.directions import global_directions
+from spectral_ops.validation import check_seed, derived_seed
 from spectral_ops.lab.cli.options import add_device_option, device_from_args
 from spectral_ops.lab.cli.trace import _check_output, _writable_dir, add_generator_arguments, generator_from_args
 
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         require_modules("spectral-ops directions", {"PIL": "pillow"}, extra="eval")
         from spectral_ops.lab import viz
         _check(args)
+        check_seed(args.seed, allow_none=False, name="--seed")
         device = device_from_args(args)
         G, d = generator_from_args(args)
         if args.k > d:
@@ -78,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
             _check_output(G(torch.zeros(1, d, device=device)), d)
         found = global_directions(G, args.samples, args.k, latent_dim=d, batch_size=args.batch_size,
                                   iters=args.iters, tol=args.tol, seed=args.seed, stability=args.stability,
-                                  trace_probes=None if d <= 64 else 8, progress=True,  # exact trace when cheap
-                                  device=device)
+                                  progress=True, device=device)  # the trace is exact where that is cheap
         found.directions, found.values, found.explained = (t.cpu() for t in (found.directions, found.values,
                                                                             found.explained))
         draw = G if device.type == "cpu" else (lambda x: G(x.to(device)).cpu())  # the figures take CPU latents
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                   enumerate(torch.diff(found.explained, prepend=found.explained.new_zeros(1)))]
         rows, axes = [], []
         for s in range(args.n):
-            z0 = viz.typical_latent(d, seed=args.seed + s)
+            z0 = viz.typical_latent(d, seed=derived_seed(args.seed, s))
             rows.append(viz.vector_traversal(draw, z0, found.directions, span=args.span, n=args.columns)[0])
             axes.append(viz.coordinate_traversal(draw, z0, list(range(args.k)), span=args.span, n=args.columns)[0])
         viz.save_grid(torch.cat(rows), out / "directions.png", row_labels=labels * args.n, scale=args.scale)
@@ -100,11 +101,12 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--out: cannot write ({exc.strerror or exc})")
     atomic_save({"directions": found.directions, "values": found.values, "explained": found.explained}, out / "directions.pt")
     report = {"values": found.values.tolist(), "explained": found.explained.tolist(), "trace": found.trace,
-              "trace_exact": found.trace_exact, "residuals": found.residuals.tolist(),
+              "trace_exact": found.trace_exact, "trace_stderr": found.trace_stderr, "residuals": found.residuals.tolist(),
               "converged": bool(found.converged.all()), "products": found.products, "stability_deg": found.stability_deg,
               "settings": {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}}
     atomic_write_text(json.dumps(report, indent=1, default=str) + "\n", out / "directions.json")
     angle = "" if found.stability_deg is None else f", {found.stability_deg:.1f} deg from an independent sample set"
-    print(f"{args.k} directions explain {100 * float(found.explained[-1]):.1f}% of E||J||_F^2"
+    error = "" if found.explained_stderr is None else f" (+- {100 * float(found.explained_stderr[-1]):.1f}%, estimated trace)"
+    print(f"{args.k} directions explain {100 * float(found.explained[-1]):.1f}%{error} of E||J||_F^2"
           f" ({found.products} products{angle}); wrote directions.png, axes.png, directions.pt, directions.json to {out}")
     return 0

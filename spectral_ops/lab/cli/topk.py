@@ -13,6 +13,7 @@ from torch import nn
 from spectral_ops.lab.cli.options import add_device_option, device_from_args
 from spectral_ops.lab.models import Generator
 from spectral_ops.power import jacobian_topk
+from spectral_ops.validation import check_seed
 
 
 def small_generator(latent_dim: int, size: int = 32) -> nn.Module:
@@ -45,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"-k ({args.k}) must not exceed --latent-dim ({args.latent_dim})")
     if not (math.isfinite(args.tol) and args.tol >= 0):
         return _fail(f"--tol must be a finite number >= 0, got {args.tol}")
+    try:
+        check_seed(args.seed, allow_none=False, name="--seed")
+    except ValueError as exc:
+        return _fail(str(exc))
     try:
         return _run(args)
     except (ValueError, TypeError) as exc:  # anything the arguments above let through

@@ -38,6 +38,7 @@ import torch
 
 from spectral_ops.lab.io import atomic_save, atomic_write_text, require_modules, writable_dir
 from spectral_ops.trajectory import INTEGRATORS
+from spectral_ops.validation import check_seed
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -194,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--columns must be >= 2, got {args.columns}")
         if not (args.step_size > 0 and args.step_size < float("inf")):
             raise ValueError(f"--step-size must be a finite number > 0, got {args.step_size}")
+        check_seed(args.seed, allow_none=False, name="--seed")
         G, d = generator_from_args(args)
         if max(directions) >= d:
             raise ValueError(f"--directions must be < latent dim {d}, got {max(directions)}")
