@@ -118,9 +118,9 @@ def _power(op: JacobianOperator, Q0: torch.Tensor, V_prev, iters: int, tol: floa
     """The shared block power iteration (`power.power_iteration`), with the last iteration's
     J Q keeping G's parameter graph so the loss can reuse it for J V.
 
-    Returns V, lam (eigenvalues of J^T J), res, Q_next and JV [B, k, m] (theta-differentiable
-    J V, or None when the iteration stopped early or hit a zero Jacobian: then the caller
-    computes it).
+    Returns V, lam (eigenvalues of J^T J / c^2), c [B] (the per-sample scale of J: the
+    eigenvalues of J^T J are lam * c^2), res, Q_next and JV [B, k, m] (theta-differentiable
+    J V, unscaled, or None when the iteration stopped early: then the caller computes it).
     """
     r = power_iteration(op, Q0, V_prev, iters, tol, cdtype, keep_last_graph=True)
     JV = None
@@ -129,10 +129,10 @@ def _power(op: JacobianOperator, Q0: torch.Tensor, V_prev, iters: int, tol: floa
         U = (r.V.to(cdtype) @ r.Q.to(cdtype).transpose(-1, -2)).detach()
         JV = U.to(r.JQ.dtype) @ r.JQ
     V, res, Q_next = r.V.to(cdtype), r.res.to(cdtype), r.Q_next.to(cdtype)
-    lam = r.lam.to(cdtype) * (r.c.to(cdtype) ** 2)[:, None]
+    lam = r.lam.to(cdtype)
     # J(z) == 0: deterministic coordinate axes (J V stays right: it is zero for any V)
     V, Q_next = zero_jacobian_axes(lam, V, Q_next)
-    return V, lam.clamp_min(0), res, Q_next, JV
+    return V, lam.clamp_min(0), r.c.to(cdtype), res, Q_next, JV
 
 
 def _krylov(G, z: torch.Tensor, Q0: torch.Tensor, V_prev, max_vectors: int, tol: float, null_tol: float, mode: str,
@@ -141,7 +141,8 @@ def _krylov(G, z: torch.Tensor, Q0: torch.Tensor, V_prev, max_vectors: int, tol:
     Q0 [B, k, d] (the warm-start basis, folded into krylov_block(B, k) start vectors).
 
     Returns V [B, k, d] (signs following V_prev, axes where J = 0), lam [B, k] (eigenvalues of
-    J^T J, descending) and res [B, k] (||M v - lam v|| / lam_1), with no parameter graph.
+    J^T J / c^2, descending), c [B] (the per-sample scale of J) and res [B, k]
+    (||M v - lam v|| / lam_1), with no parameter graph.
     """
     B, k, _ = Q0.shape
     p = krylov_block(B, k)
@@ -160,9 +161,8 @@ def _krylov(G, z: torch.Tensor, Q0: torch.Tensor, V_prev, max_vectors: int, tol:
     with torch.autocast(device, enabled=False):
         r = block_lanczos(product, X, MX, k, p, max(max_vectors, p), tol, relative_floor=null_tol * null_tol)
     V = r.V * ops.reference.sign_align(r.V, V_prev)[..., None]
-    lam = r.lam * (products.c ** 2)[:, None]
-    (V,) = zero_jacobian_axes(lam, V)
-    return V, lam.clamp_min(0), r.res
+    (V,) = zero_jacobian_axes(r.lam, V)
+    return V, r.lam.clamp_min(0), products.c, r.res
 
 
 def _project_out(X: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
@@ -194,13 +194,22 @@ def first_order_solve(V: torch.Tensor, lam: torch.Tensor, g: torch.Tensor) -> to
     return in_block_solve(V, lam, g) + inv[..., None] * _project_out(g, V)
 
 
-def implicit_solve(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, g: torch.Tensor,
-                   cg_iters: int, cg_tol: float) -> torch.Tensor:
-    """a_i = (lambda_i I - M)^+ (I - v_i v_i^T) g_i for all samples and i at once.
+def scaled_matvec(op: JacobianOperator, X: torch.Tensor, c: torch.Tensor, cdtype) -> torch.Tensor:
+    """M X / c^2 = J^T (J X / c) / c [B, k, d] for X [B, k, d] and the per-sample scale c [B]: no
+    intermediate carries the square of G's scale, so nothing overflows or underflows."""
+    cc = c[:, None, None]
+    return op.vjp(op.jvp(X).detach().to(cdtype) / cc).detach().to(cdtype) / cc
 
-    V: [B, k, d] top-k eigenvectors, lam: [B, k] eigenvalues (descending), g: [B, k, d].
-    Returns a: [B, k, d], orthogonal to v_i.  Top-k block in closed form (`in_block_solve`), the
-    complement by CG (each CG step: one folded M-product, no parameter graph).
+
+def implicit_solve(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, c: torch.Tensor, g: torch.Tensor,
+                   cg_iters: int, cg_tol: float) -> torch.Tensor:
+    """a_i = (lambda_i I - M)^+ (I - v_i v_i^T) g_i for all samples and i at once, in the units
+    of M / c^2.
+
+    V: [B, k, d] top-k eigenvectors, lam: [B, k] eigenvalues of M / c^2 (descending), c: [B] the
+    per-sample scale, g: [B, k, d].  Returns a: [B, k, d], orthogonal to v_i.  Top-k block in
+    closed form (`in_block_solve`), the complement by CG (each CG step: one folded M-product, no
+    parameter graph).
     """
     cdtype = V.dtype
     lam1 = lam[:, :1]
@@ -219,7 +228,7 @@ def implicit_solve(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, g: 
     for _ in range(cg_iters):
         if bool((rr <= stop).all()):
             break
-        Ap = lam[..., None] * p - _project_out(op.matvec(p).detach().to(cdtype), V)
+        Ap = lam[..., None] * p - _project_out(scaled_matvec(op, p, c, cdtype), V)
         pAp = (p * Ap).sum(-1)
         ok = (pAp > delta * (p * p).sum(-1)) & (rr > stop)  # no gap below lambda_i: stop that row
         alpha = torch.where(ok, rr / torch.where(ok, pAp, torch.ones_like(pAp)), torch.zeros_like(pAp))
@@ -273,23 +282,30 @@ def masked_loss_inputs(S: torch.Tensor, active: torch.Tensor, loss: str, weights
     return S * mask, "singular"
 
 
-def _eigvec_gradient(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, active: torch.Tensor, loss: str,
-                     weights: str, grad: str, cg_iters: int, cg_tol: float, cdtype,
+def _eigvec_gradient(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, c: torch.Tensor, active: torch.Tensor,
+                     loss: str, weights: str, grad: str, cg_iters: int, cg_tol: float, cdtype,
                      JV: torch.Tensor | None = None) -> torch.Tensor:
     """The loss at V, with the eigenvector derivative (grad "fast" or "implicit") on its backward.
+
+    lam [B, k]: eigenvalues of M / c^2, with c [B] the per-sample scale of J (detached).  The
+    whole computation runs in these units (J / c), where it is the same for any scale of G: the
+    loss is scale-free in S, and v_i does not move when M is scaled, so the surrogate below is
+    the exact one divided by nothing (docs/design.md, "Scale").
     active [B, k]: the vectors that enter the loss (`active_vectors`).
     JV: J V with a theta graph, if the power iteration already has it."""
+    cc = c.detach()[:, None, None]
     if JV is None:
         JV = op.jvp(V, create_graph=True)            # differentiable in theta
-    S = _safe_norm(JV.to(cdtype))                    # Hellmann-Feynman path for the values
+    JV = JV.to(cdtype) / cc
+    S = _safe_norm(JV)                               # Hellmann-Feynman path for the values
     V_leaf = V.detach().requires_grad_(True)
     S_op, weights_op = masked_loss_inputs(S, active, loss, weights)
     value = ops.alignment_loss(V_leaf, S_op, loss, weights_op).to(cdtype).mean()
     (g,) = torch.autograd.grad(value, V_leaf, retain_graph=True)
     g = g.detach().to(cdtype)
-    A = first_order_solve(V, lam, g) if grad == "fast" else implicit_solve(op, V, lam, g, cg_iters, cg_tol)
-    JA = op.jvp(A, create_graph=True)
-    surrogate = (JA.to(cdtype) * JV.to(cdtype)).sum()
+    A = first_order_solve(V, lam, g) if grad == "fast" else implicit_solve(op, V, lam, c, g, cg_iters, cg_tol)
+    JA = op.jvp(A, create_graph=True).to(cdtype) / cc
+    surrogate = (JA * JV).sum()
     return value + (surrogate - surrogate.detach())
 
 
@@ -338,14 +354,15 @@ def _penalty(G, z, config: RegularizerConfig, init) -> PenaltyResult:
         Q0, V_prev = _start(c, init, B, d, cdtype, z.device)
         if c.solver == "power":
             op = JacobianOperator(G, z, c.k, mode)
-            V, lam, res, Q_next, JV = _power(op, Q0, V_prev, c.iters, solver_tolerance(c, cdtype), cdtype)
+            V, lam, scale, res, Q_next, JV = _power(op, Q0, V_prev, c.iters, solver_tolerance(c, cdtype), cdtype)
         else:
-            V, lam, res = _krylov(G, z, Q0, V_prev, c.iters * c.k, solver_tolerance(c, cdtype), c.null_tol, mode,
+            V, lam, scale, res = _krylov(G, z, Q0, V_prev, c.iters * c.k, solver_tolerance(c, cdtype), c.null_tol, mode,
                                   cdtype)
             op, JV, Q_next = JacobianOperator(G, z, c.k, mode), None, V  # the graph for J V and J a
         active = active_vectors(lam, c.null_tol)
-        value = _eigvec_gradient(op, V, lam, active, c.loss, c.weights, c.grad, c.cg_iters, c.cg_tol, cdtype, JV)
-    return PenaltyResult(value, V.detach(), lam.sqrt(), res.detach(), active, Q_next.detach())
+        value = _eigvec_gradient(op, V, lam, scale, active, c.loss, c.weights, c.grad, c.cg_iters, c.cg_tol, cdtype,
+                                 JV)
+    return PenaltyResult(value, V.detach(), lam.sqrt() * scale[:, None], res.detach(), active, Q_next.detach())
 
 
 def read_back(result: PenaltyResult, config: RegularizerConfig, warned: set, where: str) -> float:

@@ -290,6 +290,33 @@ def check_ritz_step_scale_invariant(backend, device, dtype):
         assert_close(Q_next.double().cpu(), Q0, tolerance("Q_next", dtype), f"Q_next at scale {c:g}")
 
 
+def check_alignment_loss_scale_invariant(backend, device, dtype):
+    """alignment_loss(V, c S) == alignment_loss(V, S) and c * grad_S(c S) == grad_S(S) for c > 0,
+    every kind and weighting (the loss reads S / max S per sample).
+
+    Before: offdiag returned NaN at c = 1e15 and 0 at c = 1e-15 in float32 (fourth powers of S
+    overflow and underflow), on every backend and in the reference; singular weights beyond 1e38."""
+    V, S = unit_rows(3, 4, 9, torch.float64, "cpu")
+    grad = torch.rand(3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for kind in reference.LOSS_KINDS:
+        for weights in reference.WEIGHT_KINDS:
+            S_ref = S.clone().requires_grad_()
+            V_ref = V.clone().requires_grad_()
+            expected = reference.alignment_loss(V_ref, S_ref, kind, weights)
+            exp_V, exp_S = torch.autograd.grad(expected, (V_ref, S_ref), grad, materialize_grads=True)
+            for c in SCALES[dtype] + ((1e15, 1e-15, 1e36, 1e-36) if dtype == torch.float32 else ()):
+                Vc = V.to(device, dtype).requires_grad_()
+                Sc = (c * S).to(device, dtype).requires_grad_()
+                with backend_context(backend):
+                    loss = ops.alignment_loss(Vc, Sc, kind, weights)
+                    grad_V, grad_S = torch.autograd.grad(loss, (Vc, Sc), grad.to(device, dtype),
+                                                         materialize_grads=True)
+                what = f"{kind}/{weights} at scale {c:g}"
+                assert_close(loss.detach().double().cpu(), expected.detach(), tolerance("loss", dtype), "loss " + what)
+                assert_close(grad_V.double().cpu(), exp_V, tolerance("grad_V", dtype), "grad_V " + what)
+                assert_close(c * grad_S.double().cpu(), exp_S, tolerance("grad_S", dtype), "c * grad_S " + what)
+
+
 def check_orthonormalize_non_finite(backend, device, dtype):
     """A sample with a NaN or Inf entry gives an all-NaN Q (and a zero gradient); the others are
     unaffected.
@@ -507,6 +534,12 @@ def test_ritz_step_scale_invariant(backend, device, dtype):
     check_ritz_step_scale_invariant(backend, device, dtype)
 
 
+@pytest.mark.parametrize("backend, device", [pytest.param("reference", "cpu", id="reference")] + BACKEND_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_alignment_loss_scale_invariant(backend, device, dtype):
+    check_alignment_loss_scale_invariant(backend, device, dtype)
+
+
 @pytest.mark.parametrize("backend, device", ALL_BACKEND_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_orthonormalize_non_finite(backend, device, dtype):
@@ -614,13 +647,14 @@ def test_compiled_ops_validate_their_own_inputs():
 @pytest.mark.parametrize("kind", reference.LOSS_KINDS)
 def test_alignment_loss_forward_saves_what_the_backward_needs(kind):
     """alignment_loss_forward's loss equals alignment_loss's; its statistics are the documented
-    per-sample quantities, computed independently here from V and S."""
+    per-sample quantities, computed independently here from V and S / max S (the loss is
+    scale-free in S and every kernel reads it in those units)."""
     V, S = unit_rows(4, 3, 9, torch.float64, "cpu", seed=3)
     lib = torch.ops.spectral_ops
     loss, saved = lib.alignment_loss_forward(V, S, kind, "singular")
     torch.testing.assert_close(loss, lib.alignment_loss(V, S, kind, "singular"), rtol=0, atol=0)
     if kind == "offdiag":
-        s2 = S * S
+        s2 = (S / S.amax(-1, keepdim=True)) ** 2
         gram = V @ V.transpose(-1, -2)
         diag = (s2[:, :, None] * V * V).sum(1)
         expected = torch.cat([(s2[:, :, None] * s2[:, None, :] * gram * gram).sum((-1, -2))[:, None],

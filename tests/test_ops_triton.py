@@ -102,6 +102,7 @@ def test_zero_inputs():
 def test_scale_invariance(dtype):
     common.check_orthonormalize_scale_invariant("triton", DEVICE, dtype)
     common.check_ritz_step_scale_invariant("triton", DEVICE, dtype)
+    common.check_alignment_loss_scale_invariant("triton", DEVICE, dtype)
 
 
 @needs_triton

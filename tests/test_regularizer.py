@@ -271,6 +271,47 @@ def test_axis_aligned_generator_has_zero_penalty():
         assert float(spectral_penalty(G, z, k=3, loss=loss, iters=50, tol=1e-12)) <= 1e-10
 
 
+SCALE_SETTINGS = [dict(), dict(loss="l1", weights="singular"), dict(loss="assigned", weights="singular"),
+                  dict(grad="implicit"), dict(solver="power", iters=30)]
+
+
+@pytest.mark.parametrize("dtype, scales, value_tol, grad_tol", [
+    (torch.float64, (1e-150, 1e-40, 1e-12, 1e12, 1e40, 1e150), 1e-13, 1e-9),
+    (torch.float32, (1e-37, 1e-25, 1e-12, 1e12, 1e20, 1e37), 1e-6, 1e-3)])
+@pytest.mark.parametrize("setting", SCALE_SETTINGS, ids=lambda s: "-".join(map(str, s.values())) or "defaults")
+def test_penalty_is_scale_free(dtype, scales, value_tol, grad_tol, setting):
+    """The loss is scale-free, so spectral_penalty(s * G) and its gradient w.r.t. G's parameters
+    equal those of G for every scale s whose J is representable.  On the previous main the
+    eigenvalues were formed as lam * c^2 and the loss's J V and J a carried G's scale: 1e-25 * G
+    gave 0.0 (1e-12 with singular weights) and 1e20 * G raised "not finite"."""
+    G = make_mlp().to(dtype)
+    z = torch.randn(8, 5, dtype=dtype, generator=torch.Generator().manual_seed(4))
+
+    def run(s):
+        value = spectral_penalty(lambda x: s * G(x), z, k=3, **setting)
+        return value.detach(), _grads(value, G)
+
+    ref_value, ref_grad = run(1.0)
+    assert float(ref_value) > 0.05
+    for s in scales:
+        value, grad = run(s)
+        assert abs(float(value - ref_value)) <= value_tol * float(ref_value), s
+        assert float((grad - ref_grad).norm()) <= grad_tol * float(ref_grad.norm()), s
+
+
+def test_regularizer_values_follow_the_scale():
+    """last_values are G's singular values at any scale (previous main: 0 at 1e-25 * G)."""
+    G = make_mlp().float()
+    z = torch.randn(8, 5, generator=torch.Generator().manual_seed(5))
+    values = {}
+    for s in (1.0, 1e-25, 1e25):
+        reg = SpectralRegularizer(5, k=3, batch_fraction=1.0)
+        reg(lambda x: s * G(x), z)
+        values[s] = reg.last_values / s
+    for s in (1e-25, 1e25):
+        torch.testing.assert_close(values[s], values[1.0], rtol=1e-5, atol=0)
+
+
 # ---- precision, batch coupling ----------------------------------------------------------------------
 @pytest.mark.parametrize("grad", ["fast", "implicit"])
 def test_autocast_bfloat16(grad):

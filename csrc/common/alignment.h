@@ -9,17 +9,35 @@ namespace spectral_ops {
 enum LossKind : int { kLossL1 = 0, kLossAssigned = 1, kLossOffdiag = 2 };
 enum WeightKind : int { kWeightsUniform = 0, kWeightsSingular = 1 };
 
-// Sum of S (used for singular weights); every thread computes it.
+// The loss is scale-free in S (singular weights S_i / sum S, offdiag a ratio of degree-8 terms), so
+// every formula reads S / max_i S_i: a sample's fourth powers of S then neither overflow nor
+// underflow for any scale of S.  By Euler's theorem (a degree-0 function's gradient is orthogonal
+// to S), dL/dS = (dL/dS') / max S exactly, with the maximum held fixed.
 template <typename T>
-SPECTRAL_HD T total_of(const T* S, int k) {
+struct UnitScaled {
+  const T* S;
+  T top;  // max_i S_i, or 1 where S is all zero
+  SPECTRAL_HD T operator[](int i) const { return S[i] / top; }
+};
+
+template <typename T>
+SPECTRAL_HD UnitScaled<T> unit_scaled(const T* S, int k) {
+  T top = T(0);
+  for (int i = 0; i < k; ++i) top = S[i] > top ? S[i] : top;
+  return UnitScaled<T>{S, top > T(0) ? top : T(1)};
+}
+
+// Sum of S (used for singular weights); every thread computes it.
+template <typename T, typename SV>
+SPECTRAL_HD T total_of(const SV& S, int k) {
   T total = T(0);
   for (int i = 0; i < k; ++i) total += S[i];
   return total;
 }
 
 // Weight of vector i: 1/k (uniform, or singular with sum(S) <= 0), else S_i / sum(S).
-template <typename T>
-SPECTRAL_HD T vector_weight(const T* S, int i, int k, int weights, T total) {
+template <typename T, typename SV>
+SPECTRAL_HD T vector_weight(const SV& S, int i, int k, int weights, T total) {
   if (weights == kWeightsSingular && total > T(0)) return S[i] / total;
   return T(1) / T(k);
 }
@@ -33,14 +51,15 @@ SPECTRAL_HD T l1_loss_of(T l1, int d) {
 // Per-sample statistics the forward saves for the backward (alignment_loss_forward), so that the
 // backward does not recompute them.  Width per sample:
 //   l1, assigned: k         the per-vector losses (before weighting)
-//   offdiag:      2 + k*k + d  fro2, diag2, the Gram matrix V V^T (k x k), and D = diag(A) (d)
+//   offdiag:      2 + k*k + d  fro2, diag2, the Gram matrix V V^T (k x k), and D = diag(A) (d),
+//                             with A built from S / max S (`UnitScaled`)
 SPECTRAL_HD int saved_width(int kind, int k, int d) { return kind == kLossOffdiag ? 2 + k * k + d : k; }
 
 // offdiag: fro2 = ||A||_F^2 = sum_il s_i^2 s_l^2 (v_i.v_l)^2 and diag2 = ||diag A||^2,
 // A = sum_i s_i^2 v_i v_i^T.  If gram != nullptr the leader also stores G = V V^T (k x k); if
 // diag != nullptr, D_j = A_jj is stored too (each j by the thread that computes it).
-template <typename T, typename Ctx>
-SPECTRAL_HD void offdiag_terms(const Ctx& ctx, const T* V, const T* S, int k, int d, T* gram, T* diag, T& fro2,
+template <typename T, typename Ctx, typename SV>
+SPECTRAL_HD void offdiag_terms(const Ctx& ctx, const T* V, const SV& S, int k, int d, T* gram, T* diag, T& fro2,
                                T& diag2) {
   fro2 = T(0);
   // The Gram matrix, batched over its lower triangle (fro2 summed in the same row order).
@@ -66,18 +85,20 @@ SPECTRAL_HD void offdiag_terms(const Ctx& ctx, const T* V, const T* S, int k, in
   }
 }
 
-// Loss of one sample (returned to every thread).  V: [k, d], S: [k].  If saved != nullptr, the
-// statistics of saved_width() are written there for the backward.
+// Loss of one sample (returned to every thread).  V: [k, d], S_raw: [k] (any scale: read as
+// S / max S, `UnitScaled`).  If saved != nullptr, the statistics of saved_width() are written there
+// for the backward.
 template <typename T, typename Ctx>
-SPECTRAL_HD T alignment_loss_sample(const Ctx& ctx, const T* V, const T* S, int k, int d, int kind, int weights,
+SPECTRAL_HD T alignment_loss_sample(const Ctx& ctx, const T* V, const T* S_raw, int k, int d, int kind, int weights,
                                     T* saved) {
+  const UnitScaled<T> S = unit_scaled(S_raw, k);
   if (kind == kLossOffdiag) {
     T fro2, diag2;
     offdiag_terms(ctx, V, S, k, d, saved ? saved + 2 : nullptr, saved ? saved + 2 + k * k : nullptr, fro2, diag2);
     if (saved != nullptr && ctx.leader()) { saved[0] = fro2; saved[1] = diag2; }
     return fro2 > T(0) ? (fro2 - diag2) / fro2 : T(0);
   }
-  const T total = total_of(S, k);
+  const T total = total_of<T>(S, k);
   T loss = T(0);
   const int width = batched_sums_width(k);
   for (int i0 = 0; i0 < k; i0 += width) {
@@ -104,12 +125,14 @@ SPECTRAL_HD T alignment_loss_sample(const Ctx& ctx, const T* V, const T* S, int 
   return loss;
 }
 
-// Gradients of grad * loss wrt V ([k, d]) and S ([k], written by the leader), from the sample's
-// saved statistics (alignment_loss_sample).  mix: per-thread scratch of k entries.
+// Gradients of grad * loss wrt V ([k, d]) and S_raw ([k], written by the leader), from the
+// sample's saved statistics (alignment_loss_sample).  The S formulas are those of S' = S / max S;
+// dL/dS = (dL/dS') / max S (`UnitScaled`).  mix: per-thread scratch of k entries.
 template <typename T, typename Ctx>
-SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T* V, const T* S, const T* saved,
+SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T* V, const T* S_raw, const T* saved,
                                                 T* grad_V, T* grad_S, int k, int d, int kind, int weights,
                                                 T* mix) {
+  const UnitScaled<T> S = unit_scaled(S_raw, k);
   if (kind == kLossOffdiag) {
     const T fro2 = saved[0], diag2 = saved[1];
     const T* gram = saved + 2;
@@ -139,7 +162,7 @@ SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T*
             const int i = i0 + c;
             T gg = T(0);  // sum_l s2_l G_il^2
             for (int l = 0; l < k; ++l) gg += S[l] * S[l] * gram[i * k + l] * gram[i * k + l];
-            grad_S[i] = grad * T(4) * S[i] * (ratio * gg - dv * inv_fro2);
+            grad_S[i] = grad * T(4) * S[i] * (ratio * gg - dv * inv_fro2) / S.top;
           });
     }
     for (int i = 0; i < k; ++i) {
@@ -156,7 +179,7 @@ SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T*
     ctx.sync();
     return;
   }
-  const T total = total_of(S, k);
+  const T total = total_of<T>(S, k);
   const T l1_scale = d > 1 ? T(1) / (sqrt_(T(d)) - T(1)) : T(0);
   const bool singular = weights == kWeightsSingular && total > T(0);
   for (int i = 0; i < k; ++i) {
@@ -174,7 +197,7 @@ SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T*
     T weighted = T(0);  // sum_l S_l pv_l
     for (int i = 0; i < k; ++i) weighted += S[i] * saved[i];
     for (int i = 0; i < k; ++i)
-      grad_S[i] = singular ? grad * (saved[i] / total - weighted / (total * total)) : T(0);
+      grad_S[i] = singular ? grad * (saved[i] / total - weighted / (total * total)) / S.top : T(0);
   }
   ctx.sync();
 }

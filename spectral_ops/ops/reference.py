@@ -224,7 +224,7 @@ def alignment_loss(V: torch.Tensor, S: torch.Tensor, kind: str = "l1", weights: 
 
     Args:
         V: [B, k, d] unit rows (right-singular vectors).
-        S: [B, k] singular values (>= 0).
+        S: [B, k] singular values (>= 0; any scale: the loss reads S / max S per sample).
         kind: "l1" (||v_i||_1 - 1)/(sqrt(d) - 1); "assigned" 1 - v_{i,i}^2; "offdiag" the
             off-diagonal energy share of A = sum_i s_i^2 v_i v_i^T (a per-sample term, so the
             weights do not apply to it).
@@ -236,6 +236,10 @@ def alignment_loss(V: torch.Tensor, S: torch.Tensor, kind: str = "l1", weights: 
     ct = compute_dtype(V.dtype)
     V, S = V.to(ct), S.to(ct)
     B, k, d = V.shape
+    # Scale-free in S: read S / max S, so fourth powers neither overflow nor underflow; with the
+    # maximum held fixed, autograd gives dL/dS = (dL/dS') / max S, exact by Euler's theorem.
+    top = S.detach().amax(-1, keepdim=True)
+    S = S / torch.where(top > 0, top, torch.ones_like(top))
     if weights not in WEIGHT_KINDS:
         raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
     if kind == "offdiag":

@@ -152,6 +152,14 @@ def ritz_rotate_kernel(Q, MQ, U, evals, V_prev, V, res, Q_next, k, d, tol,
 
 
 @triton.jit
+def _unit_scale(St):
+    """max_i S_i, or 1 where S is all zero: the loss reads S / max S (scale-free; csrc/common/alignment.h
+    `UnitScaled`), and dL/dS = (dL/dS') / max S."""
+    top = tl.max(St, axis=0)
+    return tl.where(top > 0.0, top, 1.0)
+
+
+@triton.jit
 def _vector_weights(S, k, WEIGHTS: tl.constexpr):
     total = tl.sum(S, axis=0)
     uniform = 1.0 / (tl.zeros_like(S) + k)  # in S's dtype (a scalar 1.0 / k would be float32)
@@ -186,6 +194,7 @@ def alignment_loss_kernel(V, S, loss, k, d, KIND: tl.constexpr, WEIGHTS: tl.cons
     mask = (rows[:, None] < k) & (cols[None, :] < d)
     Vt = tl.load(V + sample * k * d + rows[:, None] * d + cols[None, :], mask=mask, other=0.0)
     St = tl.load(S + sample * k + rows, mask=rows < k, other=0.0)
+    St = St / _unit_scale(St)
     if KIND == _OFFDIAG:
         s2 = St * St
         fro2 = _offdiag_fro2(Vt, s2, rows, k)
@@ -213,6 +222,8 @@ def alignment_loss_backward_kernel(grad, V, S, grad_V, grad_S, k, d, KIND: tl.co
     mask = (rows[:, None] < k) & (cols[None, :] < d)
     Vt = tl.load(V + offsets, mask=mask, other=0.0)
     St = tl.load(S + sample * k + rows, mask=rows < k, other=0.0)
+    top = _unit_scale(St)
+    St = St / top
     g = tl.load(grad + sample)
     if KIND == _OFFDIAG:
         s2 = St * St
@@ -253,4 +264,4 @@ def alignment_loss_backward_kernel(grad, V, S, grad_V, grad_S, k, d, KIND: tl.co
         else:
             GS = tl.zeros_like(St)
     tl.store(grad_V + offsets, GV, mask=mask)
-    tl.store(grad_S + sample * k + rows, GS, mask=rows < k)
+    tl.store(grad_S + sample * k + rows, GS / top, mask=rows < k)
