@@ -21,8 +21,10 @@ Every public entry point (`jacobian_topk`, `spectral_penalty`, `SpectralRegulari
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
+import itertools
 import math
 import types
 import warnings
@@ -32,7 +34,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .jacobian import JVP_MODES, JacobianOperator, module_call, name_rows, supports_forward_ad, unwrap
+from .jacobian import (JVP_MODES, JacobianOperator, module_call, name_rows, raise_per_row_hint, supports_forward_ad,
+                       unwrap)
 
 _EXACT_MODES = ("double_backward", "forward")
 _PROBE_SEED = 1234
@@ -138,6 +141,13 @@ def conditioned(G: Callable, *row_args: torch.Tensor, **kwargs) -> FlatGenerator
             raise TypeError(f"row argument {i} must be a tensor with one row per latent row, got "
                             f"{type(a).__name__ if not isinstance(a, torch.Tensor) else 'a 0-d tensor'} "
                             "(pass per-call constants as keyword arguments)")
+        if a.device.type == "meta":
+            raise ValueError(f"row argument {i} is on the meta device: spectral_ops needs its values (move it to "
+                             f"the device of z), got a meta tensor of shape {tuple(a.shape)}")
+    for key, value in kwargs.items():
+        if isinstance(value, torch.Tensor) and value.device.type == "meta":
+            raise ValueError(f"keyword argument {key!r} is on the meta device: spectral_ops needs its values (move "
+                             f"it to the device of z), got a meta tensor of shape {tuple(value.shape)}")
     return FlatGenerator(unwrap(G), None, row_args, kwargs)
 
 
@@ -180,21 +190,83 @@ def _parts(G: object) -> tuple[object | None, list[object]]:
     return None, []
 
 
-def modules_of(G: object, depth: int = 3) -> list[nn.Module]:
-    """The nn.Modules that make up G (G itself, or what a function / partial / method holds)."""
+SCAN_DEPTH = 5         # links followed from G: lambda -> closure cell -> trainer object -> dict -> module
+SCAN_OBJECTS = 1000    # objects looked at per scan (a trainer's attributes, not the whole program)
+SCAN_ITEMS = 256       # items looked at per container
+# objects that hold no module and are not looked into
+_LEAVES = (torch.Tensor, str, bytes, bytearray, int, float, complex, bool, type(None), types.ModuleType, type,
+           types.BuiltinFunctionType, types.BuiltinMethodType, types.CodeType, torch.dtype, torch.device,
+           torch.Generator, range, slice)
+
+
+def _held(obj: object) -> tuple[list[object], bool]:
+    """(the objects obj holds that may lead to modules, whether obj is a callable spectral_ops
+    cannot look into).  Functions: closure cells and the globals they name (not Python modules or
+    classes); methods: the function and the object bound; partials: function and arguments;
+    containers: their items; other objects: their attributes (__dict__ and __slots__)."""
+    if isinstance(obj, FlatGenerator):
+        return [obj.G, *obj.kwargs.values()], False
+    if isinstance(obj, functools.partial):
+        return [obj.func, *obj.args, *obj.keywords.values()], False
+    if isinstance(obj, types.MethodType):
+        return [obj.__func__, obj.__self__], False
+    if isinstance(obj, types.FunctionType):
+        cells = []
+        for cell in obj.__closure__ or ():
+            with contextlib.suppress(ValueError):  # an empty cell
+                cells.append(cell.cell_contents)
+        named = [obj.__globals__[n] for n in obj.__code__.co_names if n in obj.__globals__]
+        return cells + [g for g in named if not isinstance(g, _LEAVES)], False
+    if isinstance(obj, dict):
+        return list(itertools.islice(obj.values(), SCAN_ITEMS)), False
+    if isinstance(obj, (list, tuple, set, frozenset, collections.deque)):
+        return list(itertools.islice(obj, SCAN_ITEMS)), False
+    held = list(itertools.islice(vars(obj).values(), SCAN_ITEMS)) if isinstance(getattr(obj, "__dict__", None), dict) else []
+    for cls in type(obj).__mro__:
+        for slot in getattr(cls, "__slots__", ()) if isinstance(getattr(cls, "__slots__", ()), (tuple, list)) else ():
+            with contextlib.suppress(AttributeError, TypeError):
+                held.append(getattr(obj, slot))
+    opaque = callable(obj) and not held and not isinstance(obj, _LEAVES)
+    return held, opaque
+
+
+def scan(G: object, depth: int = SCAN_DEPTH) -> tuple[list[nn.Module], bool]:
+    """(the nn.Modules G reaches, whether the scan may have missed some).
+
+    Breadth first from G through `_held` links, at most `depth` links and SCAN_OBJECTS objects,
+    each object once (cycle-safe).  A module ends its branch (its submodules are its own).
+    "May have missed": the scan stopped at a limit, or met a callable it cannot look into.
+    """
     G = unwrap(G)
     if isinstance(G, nn.Module):
-        return [G]
-    found: list[nn.Module] = []
-    if depth == 0:
-        return found
-    for obj in _parts(G)[1]:
-        if isinstance(obj, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel, nn.Module)):
-            found.append(unwrap(obj))
-        elif callable(obj) and isinstance(obj, (types.FunctionType, types.MethodType, functools.partial, FlatGenerator)):
-            found.extend(modules_of(obj, depth - 1))
-    unique = {id(m): m for m in found}
-    return list(unique.values())
+        return [G], False
+    found: dict[int, nn.Module] = {}
+    seen, frontier, missed = {id(G)}, [G], False
+    for _ in range(depth + 1):
+        nxt = []
+        for obj in frontier:
+            if isinstance(obj, nn.Module):
+                found.setdefault(id(unwrap(obj)), unwrap(obj))
+                continue
+            held, opaque = _held(obj)
+            missed |= opaque
+            for h in held:
+                if id(h) not in seen and not isinstance(h, _LEAVES):
+                    seen.add(id(h))
+                    nxt.append(h)
+            if len(seen) > SCAN_OBJECTS:
+                return list(found.values()), True
+        if not nxt:
+            return list(found.values()), missed
+        frontier = nxt
+    return list(found.values()), missed or any(not isinstance(o, nn.Module) for o in frontier)
+
+
+def modules_of(G: object, depth: int = SCAN_DEPTH) -> list[nn.Module]:
+    """The nn.Modules that make up G: G itself, or the modules a function, partial, bound method
+    or callable object reaches through its closure, the globals it names, its arguments, its
+    attributes and the dicts, lists and namespaces among them (see `scan`)."""
+    return scan(G, depth)[0]
 
 
 def generator_identity(G: object, modules: list[nn.Module] | None = None) -> tuple[object, tuple]:
@@ -247,6 +319,12 @@ def _train_mode_batchnorms(modules: list[nn.Module]) -> list[tuple[str, nn.Modul
     return list(out.values())
 
 
+def _batchnorm_refusal(coupled: list[tuple[str, nn.Module]]) -> str:
+    return (f"G has batch-coupled layers in training mode ({', '.join(n for n, _ in coupled[:4])}): per-sample "
+            "Jacobians are undefined when rows of a batch interact.  Pass batchnorm='eval' to use "
+            "their running statistics during the extra passes, or put G in eval mode.")
+
+
 @contextlib.contextmanager
 def batch_policy(G: Callable, batchnorm: str, modules: list[nn.Module] | None = None) -> Iterator[None]:
     """DESIGN section 6: refuse G's train-mode BatchNorm layers, or run them in eval mode meanwhile.
@@ -255,10 +333,7 @@ def batch_policy(G: Callable, batchnorm: str, modules: list[nn.Module] | None = 
         raise ValueError(f"batchnorm must be 'error' or 'eval', got {batchnorm!r}")
     coupled = _train_mode_batchnorms(modules_of(G) if modules is None else modules)
     if coupled and batchnorm == "error":
-        raise ValueError(
-            f"G has batch-coupled layers in training mode ({', '.join(n for n, _ in coupled[:4])}): per-sample "
-            "Jacobians are undefined when rows of a batch interact.  Pass batchnorm='eval' to use "
-            "their running statistics during the extra passes, or put G in eval mode.")
+        raise ValueError(_batchnorm_refusal(coupled))
     for _, m in coupled:
         m.eval()
     try:
@@ -338,9 +413,14 @@ def check_function_of_z(G: Callable, z: torch.Tensor) -> None:
     first, second = _probe_batches(z)
     B = z.shape[0]
     full, G = G, select_rows(G, slice(0, 2) if B > 1 else torch.tensor([0, 0]))
-    y1 = _output(G, first, B)
-    if not bool(torch.isfinite(y1).all()):  # name every bad row of z, not the probe's
-        name_rows(~torch.isfinite(_output(full, z.detach(), B)).all(dim=1), "G(z) has non-finite values (NaN or Inf)")
+    try:
+        y1 = _output(G, first, B)
+    except RuntimeError as e:
+        raise_per_row_hint(e, first.shape[0], B)
+        raise
+    if not bool(torch.isfinite(y1).all()):  # name every bad row of z, not the probe's (a copy: G may write to it)
+        name_rows(~torch.isfinite(_output(full, z.detach().clone(), B)).all(dim=1),
+                  "G(z) has non-finite values (NaN or Inf)")
     y1_again, y2 = _output(G, first, B), _output(G, second, B)
     if _differ(y1, y1_again):
         raise ValueError(
@@ -407,21 +487,135 @@ def _cache_slot(G: Callable, modules: list[nn.Module], z: torch.Tensor, jvp: str
     return slot, key
 
 
+class _ProbeGuard:
+    """The state of G around the one-off probe: every parameter and buffer of G's modules, and of
+    the modules G runs that the scan did not find (met by a global forward pre-hook before they
+    run), copied on first sight and put back on `restore`; those modules' train-mode BatchNorm is
+    refused or put in eval mode by `batchnorm` before it runs."""
+
+    def __init__(self, roots: list[nn.Module], batchnorm: str):
+        self.batchnorm, self.known = batchnorm, {id(m) for r in roots for m in r.modules()}
+        self.saved: dict[int, tuple[str, torch.Tensor, torch.Tensor, bool]] = {}
+        self.extra: dict[int, nn.Module] = {}
+        self.switched: list[nn.Module] = []
+        for r in roots:
+            self._save(r)
+
+    def _save(self, root: nn.Module) -> None:
+        with torch.no_grad():
+            for name, p in root.named_parameters():
+                self.saved.setdefault(id(p), (name, p, p.detach().clone(), True))
+            for name, b in root.named_buffers():
+                self.saved.setdefault(id(b), (name, b, b.detach().clone(), False))
+
+    def pre_hook(self, module: nn.Module, args) -> None:
+        if id(module) in self.known:
+            return
+        self.known.update(id(m) for m in module.modules())
+        self.extra[id(module)] = module
+        self._save(module)
+        coupled = _train_mode_batchnorms([module])
+        if coupled and self.batchnorm == "error":
+            raise ValueError(_batchnorm_refusal(coupled))  # before the layer updates its statistics
+        for _, m in coupled:
+            m.eval()
+            self.switched.append(m)
+
+    def restore(self) -> list[str]:
+        """Put back what changed; return the names of the parameters G changed."""
+        changed = []
+        with torch.no_grad():
+            for name, t, value, is_param in self.saved.values():
+                if not _same(t, value):
+                    with contextlib.suppress(RuntimeError):  # a tensor G resized cannot be copied into
+                        t.copy_(value)
+                    if is_param:
+                        changed.append(name)
+        for m in self.switched:
+            m.train()
+        return changed
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values (NaN equal to NaN) and shape."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    return bool(((a == b) | (torch.isnan(a) & torch.isnan(b)) if a.is_floating_point() else (a == b)).all())
+
+
+_warned: "weakref.WeakKeyDictionary[object, set]" = weakref.WeakKeyDictionary()
+
+
+def _warn_once(anchor: object, extra: object, message: str) -> None:
+    try:
+        said = _warned.setdefault(anchor, set())
+    except TypeError:
+        said = set()
+    if (extra, message) not in said:
+        said.add((extra, message))
+        warnings.warn(message, UserWarning, stacklevel=5)
+
+
 def probe(G: Callable, z: torch.Tensor, jvp: str, modules: list[nn.Module] | None = None) -> str:
     """Check G once per generator (see module docstring) and resolve jvp="auto"; z is [B, d]."""
+    return probe_modules(G, z, jvp, modules)[0]
+
+
+def probe_modules(G: Callable, z: torch.Tensor, jvp: str, modules: list[nn.Module] | None = None,
+                  batchnorm: str = "error", missed: bool = False) -> tuple[str, list[nn.Module]]:
+    """`probe`, and the modules G ran in the probe that `modules` (the scan's) did not hold.
+
+    The probe's forwards run under `_ProbeGuard`: a refused probe leaves every parameter and
+    buffer as found, and a G that changes its own parameters when called is refused (they are put
+    back).  missed: whether the scan may have missed modules (`scan`); with none found either way,
+    a warning (once per generator) says that the state guarantee covers no state of G.
+    """
     if jvp not in JVP_MODES:
         raise ValueError(f"jvp must be one of {JVP_MODES}, got {jvp!r}")
     modules = modules_of(G) if modules is None else modules
     slot, key = _cache_slot(G, modules, z, jvp)
     if key in slot:
-        return slot[key]
-    check_function_of_z(G, z)
-    if jvp == "forward" and not supports_forward_ad(select_rows(G, slice(0, 1)), z):
-        raise ValueError("jvp='forward' needs forward-mode AD, which G does not support; "
-                         "use jvp='double_backward' or 'finite_difference'")
-    mode = _verify_auto(G, z) if jvp == "auto" else jvp
+        return slot[key], [m for m in (r() for r in slot.get(("ran", key), ())) if m is not None]
+    guard = _ProbeGuard(modules, batchnorm)
+    handle = nn.modules.module.register_module_forward_pre_hook(guard.pre_hook)
+    error = None
+    try:
+        check_function_of_z(G, z)
+        if jvp == "forward" and not supports_forward_ad(select_rows(G, slice(0, 1)), z):
+            raise ValueError("jvp='forward' needs forward-mode AD, which G does not support; "
+                             "use jvp='double_backward' or 'finite_difference'")
+        mode = _verify_auto(G, z) if jvp == "auto" else jvp
+    except Exception as e:  # noqa: BLE001  re-raised below, after G's state is put back
+        error = e
+    finally:
+        handle.remove()
+        changed = guard.restore()
+    if changed:
+        raise ValueError(
+            f"G changed its own parameters when called ({', '.join(changed[:4])}): spectral_ops put them back as "
+            "it found them, but a G whose forward changes its parameters is not a function of z.  Move "
+            "that update out of G's forward (into the training step).") from error
+    if error is not None:
+        raise error
+    ran = list(guard.extra.values())
+    anchor, extra = generator_identity(G, modules)
+    if ran:
+        _warn_once(anchor, extra, (
+            f"G runs modules spectral_ops did not find among the objects G holds "
+            f"({', '.join(sorted({type(m).__name__ for m in ran})[:4])}): their buffers are kept and the "
+            "BatchNorm policy applies as found by running G once, but the dtype check does not, and "
+            "another module behind the same G would go unseen; hold G's modules in attributes, closures, "
+            "dicts or lists (or pass the module)"))
+    elif not modules and missed:
+        _warn_once(anchor, extra, (
+            f"spectral_ops found no nn.Module behind G (a {type(unwrap(G)).__name__}) and could not look into "
+            "everything it holds: the guarantee that the extra passes leave G's buffers as found does not "
+            "apply to state it cannot see"))
     slot[key] = mode
-    return mode
+    slot[("ran", key)] = [weakref.ref(m) for m in ran]
+    return mode, ran
 
 
 def measured(G: Callable, z: torch.Tensor, name: tuple, measure: Callable[[], object],
@@ -449,16 +643,17 @@ def prepared(G: Callable, z: torch.Tensor, *, jvp: str, batchnorm: str, name: st
     check_autograd_available()
     flat, latent_shape = flatten_latents(z, name)
     G = unwrap(G)
-    modules = modules_of(G)
+    modules, missed = scan(G)
     check_dtype(modules, flat, name)
     check_row_args(G, flat.shape[0])
     call = flat_generator(G, latent_shape)
     with batch_policy(G, batchnorm, modules), preserved_buffers(G, modules), torch.enable_grad():
-        mode = probe(call, flat, jvp, modules)
-        yield call, flat, mode
+        mode, ran = probe_modules(call, flat, jvp, modules, batchnorm, missed)
+        with batch_policy(G, batchnorm, ran), preserved_buffers(G, ran):  # modules only running G found
+            yield call, flat, mode
 
 
 __all__ = ["prepared", "probe", "measured", "conditioned", "flatten_latents", "flat_generator", "FlatGenerator",
-           "select_rows", "modules_of",
+           "select_rows", "modules_of", "scan", "probe_modules",
            "generator_identity", "batch_policy", "preserved_buffers", "check_function_of_z", "validate_latents",
            "check_dtype", "check_autograd_available", "name_rows"]

@@ -37,6 +37,23 @@ def name_rows(bad: torch.Tensor, message: str, rows: torch.Tensor | None = None)
         raise ValueError(f"{message} in rows [{shown}]")
 
 
+_SHAPE_WORDS = ("size", "shape", "dimension")
+
+
+def raise_per_row_hint(error: RuntimeError, rows: int, B: int) -> None:
+    """Re-raise G's shape error on a batch of `rows` latent rows (z has B) as a ValueError that
+    says why: spectral_ops calls G on other row counts than z's (2-row probes, k vectors folded
+    into B*k rows), which a G closing over per-row tensors cannot follow.  Returns otherwise."""
+    message = str(error)
+    if rows == B or isinstance(error, torch.OutOfMemoryError) or not any(w in message.lower() for w in _SHAPE_WORDS):
+        return
+    raise ValueError(
+        f"G failed on {rows} rows of latents (z has {B}) with a shape error: {message.splitlines()[0][:200]}.  "
+        "spectral_ops calls G on other row counts than z's (2-row probes, k vectors per latent folded "
+        "into B*k rows).  If G takes per-row arguments (class labels c with one row per latent), pass "
+        "spectral_ops.conditioned(G, c) instead of closing over them (lambda x: G(x, c))") from error
+
+
 def _flat(y: torch.Tensor, n: int) -> torch.Tensor:
     return y.reshape(n, -1)
 
@@ -67,7 +84,7 @@ def supports_forward_ad(G: Callable, z: torch.Tensor) -> bool:
     """Whether torch.func.jvp runs through G (checked on one row)."""
     try:
         with torch.no_grad():
-            torch.func.jvp(functional_view(G), (z[:1].detach(),), (torch.zeros_like(z[:1]),))
+            torch.func.jvp(functional_view(G), (z[:1].detach().clone(),), (torch.zeros_like(z[:1]),))
         return True
     except (RuntimeError, NotImplementedError, TypeError):
         return False
@@ -98,7 +115,11 @@ class JacobianOperator:
         self.B, self.d = z.shape
         self._shared_primal, self._functional = mode == "forward", None
         self.z_rep = z.detach().repeat_interleave(k, dim=0).requires_grad_(True)
-        self.y = G(self.z_rep)
+        try:  # G gets a copy, not the leaf: a G that writes to its input (x.clamp_) works as G(z) does
+            self.y = G(self.z_rep.clone())
+        except RuntimeError as e:
+            raise_per_row_hint(e, self.z_rep.shape[0], self.B)
+            raise
         if not isinstance(self.y, torch.Tensor):
             raise TypeError(f"G must return a Tensor, got {type(self.y).__name__}")
         if self.y.dim() == 0:
@@ -136,7 +157,7 @@ class JacobianOperator:
                 if shared is not None:
                     return shared
             with torch.enable_grad():
-                _, jv = torch.func.jvp(functional_view(self.G), (self.z_rep.detach(),), (v,))
+                _, jv = torch.func.jvp(functional_view(self.G), (self.z_rep.detach().clone(),), (v,))
         else:
             eps = self._fd_step()
             ctx = contextlib.nullcontext() if create_graph else torch.no_grad()
@@ -155,7 +176,7 @@ class JacobianOperator:
         f = self._functional
         try:
             with torch.enable_grad():
-                jv = torch.func.vmap(lambda t: torch.func.jvp(f, (self.z,), (t,))[1], in_dims=1, out_dims=1)(V)
+                jv = torch.func.vmap(lambda t: torch.func.jvp(f, (self.z.clone(),), (t,))[1], in_dims=1, out_dims=1)(V)
         except (RuntimeError, NotImplementedError, TypeError, ValueError):
             self._shared_primal = False
             return None
