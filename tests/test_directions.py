@@ -74,3 +74,115 @@ def test_float32_with_a_krylov_space_wider_than_the_latent(seed):
     lam, U, M = _oracle(G.double(), z.double())
     assert torch.allclose(out.values.double(), lam[:4], rtol=1e-4)
     assert abs(out.trace / float(M.trace()) - 1) < 1e-5 and float(out.explained[-1]) <= 1 + 1e-5
+
+
+def _float64_eps_tol(d: int) -> float:
+    """A sum of d rounded terms, each from a d-term dot product: d^2 float64 epsilons (with room)."""
+    return 16 * d * d * torch.finfo(torch.float64).eps
+
+
+@pytest.mark.parametrize("n", [1, 40])
+def test_explained_is_the_whole_trace_at_k_equal_d(n):
+    """k = d (d = 6), one sample or forty: explained[-1] is 1 to rounding and every share is the
+    oracle's.  Before: the 8-probe Hutchinson trace was used even at d = 6, so the shares were
+    1.154 (one sample) or 0.964 at k = d."""
+    G = families(6)["mlp_tanh"]
+    z = torch.randn(n, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    lam, _, M = _oracle(G, z)
+    out = global_directions(G, None, 6, latents=z, iters=50, tol=1e-10)
+    assert out.trace_exact and out.trace_stderr is None and out.explained_stderr is None
+    assert abs(out.trace / float(M.trace()) - 1) <= _float64_eps_tol(6)
+    assert abs(float(out.explained[-1]) - 1) <= _float64_eps_tol(6) and float(out.explained.max()) <= 1
+    # at k = d the Krylov space is all of R^d: the Ritz values are exact up to rounding
+    assert torch.allclose(out.explained, lam.cumsum(0) / M.trace(), rtol=0, atol=_float64_eps_tol(6))
+
+
+def test_small_latents_get_the_exact_trace_by_default():
+    """d = 12 <= EXACT_TRACE_DIM with the default trace_probes=8: the trace is exact and the
+    shares are the oracle's.  Before: an 8-probe estimate (trace_exact False, shares off by ~10%)."""
+    from spectral_ops.directions import EXACT_TRACE_DIM
+
+    G = families(12)["plain_function"]
+    z = torch.randn(3, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    lam, _, M = _oracle(G, z)
+    out = global_directions(G, None, 2, latents=z, iters=100, tol=1e-10)
+    assert 12 <= EXACT_TRACE_DIM and out.trace_exact and out.trace_stderr is None
+    assert abs(out.trace / float(M.trace()) - 1) <= _float64_eps_tol(12)
+    assert torch.allclose(out.explained, lam[:2].cumsum(0) / M.trace(), rtol=1e-8)
+
+
+def _hutchinson_stderr(G, z, probes: int) -> float:
+    """The exact standard error of the mean over samples of `probes`-probe Rademacher estimates
+    of ||J_n||_F^2: Var(v^T A v) = 2 (||A||_F^2 - sum_i A_ii^2) for A = J^T J."""
+    J = explicit_jacobian(G, z)
+    A = J.transpose(1, 2) @ J
+    var = 2 * (A.pow(2).sum((1, 2)) - A.diagonal(dim1=1, dim2=2).pow(2).sum(1)) / probes
+    return float(var.sum().sqrt()) / z.shape[0]
+
+
+def test_the_hutchinson_trace_reports_its_standard_error():
+    """d = 80 > EXACT_TRACE_DIM, 4 probes on 48 samples: the reported standard error is the
+    estimator's (within its own sampling spread, about 8% here), the trace lies within 4 of them
+    of the oracle's, and explained / explained_stderr are shares.  With one probe the spread
+    across samples bounds the error from above; with one probe on one sample it is unknown (inf).
+    Before: no error was reported (GlobalDirections had no trace_stderr)."""
+    G = families(80)["mlp_tanh"]
+    z = torch.randn(48, 80, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    lam, _, M = _oracle(G, z)
+    out = global_directions(G, None, 2, latents=z, iters=100, tol=1e-9, trace_probes=4)
+    truth = _hutchinson_stderr(G, z, 4)
+    assert not out.trace_exact and 0.7 < out.trace_stderr / truth < 1.4
+    assert abs(out.trace - float(M.trace())) < 4 * out.trace_stderr
+    assert float(out.explained.min()) >= 0 and float(out.explained.max()) <= 1
+    assert torch.allclose(out.explained_stderr, out.explained * out.trace_stderr / out.trace, rtol=1e-12)
+    one = global_directions(G, None, 2, latents=z, iters=100, tol=1e-9, trace_probes=1)
+    assert one.trace_stderr >= 0.7 * _hutchinson_stderr(G, z, 1)
+    single = global_directions(G, None, 2, latents=z[:1], iters=100, tol=1e-9, trace_probes=1)
+    assert single.trace_stderr == float("inf") and float(single.explained.max()) <= 1
+
+
+def test_an_estimated_trace_below_the_top_eigenvalues_is_raised_to_them():
+    """G(z) = z a (one output, a = (1, 2, 3, 4, 0, ...), d = 80): the trace is ||a||^2 = 30 and
+    one Rademacher probe estimates (a . v)^2 in {0, 4, 16, 36, 64, 100}, below 30 for about half
+    the seeds.  The trace reported is never below values.sum() and the share never above 1.
+    Before: explained was 30 / 16, 30 / 4 or 30 / tiny (about 1e308)."""
+    a = torch.zeros(80, 1, dtype=torch.float64)
+    a[:4, 0] = torch.arange(1.0, 5.0, dtype=torch.float64)
+    z = torch.randn(1, 80, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    raised = 0
+    for seed in range(8):
+        out = global_directions(lambda x: x @ a, None, 1, latents=z, iters=20, tol=1e-12, trace_probes=1, seed=seed)
+        assert abs(float(out.values[0]) / 30 - 1) <= 64 * torch.finfo(torch.float64).eps
+        assert out.trace >= float(out.values.sum()) and 0 < float(out.explained[0]) <= 1
+        raised += out.trace == float(out.values.sum())
+    assert raised >= 1  # the case this test is for did occur
+
+
+@pytest.mark.parametrize("name, value", [("stability", "no"), ("stability", 1), ("progress", "no")])
+def test_a_non_bool_flag_is_a_type_error(name, value):
+    """Before: stability="no" was taken as True (and ran the second sample set)."""
+    G = families(6)["plain_function"]
+    with pytest.raises(TypeError, match=f"{name} must be a bool, got {type(value).__name__}"):
+        global_directions(G, 4, 2, latent_dim=6, dtype=torch.float64, **{name: value})
+
+
+@pytest.mark.parametrize("seed", [2 ** 64, -2 ** 63 - 1, -2 ** 70])
+def test_a_seed_a_generator_cannot_take_is_refused_naming_it(seed):
+    """Before: "Overflow when unpacking long long" from inside torch."""
+    G = families(6)["plain_function"]
+    with pytest.raises(ValueError, match=r"seed must be an int in \[-2\*\*63, 2\*\*64 - 1\], got "):
+        global_directions(G, 4, 2, latent_dim=6, dtype=torch.float64, seed=seed)
+
+
+def test_the_largest_seed_works_with_stability():
+    """seed = 2**64 - 1 is a valid torch seed; the independent set's seed + 1 wraps to 0.
+    Before: "Overflow when unpacking long long" for the second sample set."""
+    G = families(6)["plain_function"]
+    out = global_directions(G, 8, 2, latent_dim=6, dtype=torch.float64, seed=2 ** 64 - 1, stability=True)
+    assert out.stability_deg is not None and 0 <= out.stability_deg <= 90
+
+
+def test_meta_device_is_refused_naming_it():
+    """Before: the message blamed `latents`, which the caller never passed."""
+    with pytest.raises(ValueError, match="device is 'meta'"):
+        global_directions(families(6)["plain_function"], 4, 2, latent_dim=6, device="meta")
