@@ -119,3 +119,102 @@ def test_bad_latents(fn):
         fn(nn.Linear(4, 3), z)
     with pytest.raises(TypeError, match="G"):
         fn(3, torch.randn(2, 4))
+
+
+# ---- non-finite outputs and bad arguments: named, never a NaN or a deep torch error ----------
+def _log_first(z):
+    """G(z) = log(z_0 + 5) * w: NaN exactly in the rows with z_0 < -5 (and their perturbed copies)."""
+    return torch.log(z[:, :1] + 5) * torch.linspace(0.5, 1.5, 3, dtype=z.dtype)
+
+
+@pytest.mark.parametrize("fn", [hessian_penalty, orojar, path_length])
+def test_non_finite_generator_output_names_the_rows(fn):
+    """Before: each peer returned NaN with no error."""
+    z = 0.5 * torch.randn(5, 4, dtype=torch.float64, generator=_gen(1))
+    z[2, 0] = -20.0
+    z[4, 0] = -30.0
+    with pytest.raises(ValueError, match=r"non-finite values \(NaN or Inf\) in rows \[2, 4\]"):
+        fn(_log_first, z)
+    # G finite at z but not at z - epsilon v: the perturbed forwards are checked too
+    z = 0.5 * torch.rand(3, 4, dtype=torch.float64, generator=_gen(2)) + 1.0
+    z[1, 0] = 0.05
+    with pytest.raises(ValueError, match=r"G\(z \+- epsilon v\) has non-finite values .* in rows \[1\]"):
+        hessian_penalty(lambda x: torch.log(x[:, :1]) * torch.ones(3, dtype=x.dtype), z)
+
+
+def _overflowing(z):
+    """1e30 z_0 z_1 (1, 1, 1): finite in float32, with an off-diagonal Hessian of 1e30."""
+    return 1e30 * z[:, :1] * z[:, 1:2] * torch.ones(3, dtype=z.dtype)
+
+
+@pytest.mark.parametrize("fn", [hessian_penalty, orojar, path_length])
+def test_an_overflowing_penalty_names_the_rows(fn):
+    """Before: an Inf penalty from finite float32 outputs, with no error."""
+    z = torch.randn(3, 4, generator=_gen(1))
+    extra = {} if fn is path_length else dict(k=8)  # 8 draws: v_0 v_1 takes both signs in each row
+    with pytest.raises(ValueError, match=r"penalty is not finite .*float32.* in rows \[0, 1, 2\]"):
+        fn(_overflowing, z, generator=_gen(2), **extra)
+
+
+def test_an_epsilon_lost_in_z_dtype_is_refused():
+    """Before: float32 z with epsilon=1e-10 (below float32's resolution at |z| ~ 1) gave a penalty
+    of exactly 0 (z + epsilon v == z) with no error."""
+    z = torch.randn(3, 4, generator=_gen(1))
+    G = _mixing().float()
+    for fn in (hessian_penalty, orojar):
+        with pytest.raises(ValueError, match=r"epsilon=1e-10 is below the resolution of z's torch.float32 .*rows \[0, 1, 2\]"):
+            fn(G, z, epsilon=1e-10)
+    # at float64 resolution the same epsilon is a step
+    assert float(orojar(G.double(), z.double(), epsilon=1e-10)) > 0
+
+
+def _G43(z):
+    return torch.tanh(z @ torch.ones(4, 3, dtype=z.dtype))
+
+
+@pytest.mark.parametrize("fn, kwargs, exc, match", [
+    (hessian_penalty, dict(G_z=torch.zeros(2, 4)), ValueError, r"G_z must be G\(z\), shaped \(2, 3\), got \(2, 4\)"),
+    (orojar, dict(G_z=torch.zeros(3)), ValueError, r"G_z must be G\(z\), shaped \(2, 3\), got \(3,\)"),
+    (orojar, dict(G_z=[[0.0] * 3] * 2), TypeError, "G_z must be a torch.Tensor"),
+    (hessian_penalty, dict(G_z=torch.full((2, 3), float("nan"))), ValueError, r"G_z has non-finite .*rows \[0, 1\]"),
+    (hessian_penalty, dict(epsilon="0.1"), TypeError, "epsilon must be a real number"),
+    (orojar, dict(epsilon=True), TypeError, "epsilon must be a real number"),
+    (orojar, dict(generator=5), TypeError, "generator must be a torch.Generator or None, got int"),
+    (path_length, dict(generator="seed"), TypeError, "generator must be a torch.Generator or None, got str"),
+    (path_length, dict(noise=[1.0]), TypeError, "noise must be a torch.Tensor shaped like G"),
+    (path_length, dict(noise=torch.ones(2, 3, dtype=torch.long)), TypeError, "noise must be a floating-point"),
+    (path_length, dict(noise=torch.tensor([[1.0, float("inf"), 0.0], [0.0, 1.0, 0.0]])), ValueError,
+     r"noise has non-finite values in rows \[0\]"),
+    (path_length, dict(mean="a"), TypeError, "mean must be a 0-d tensor, a real number or None, got str"),
+    (path_length, dict(mean=True), TypeError, "mean must be a 0-d tensor, a real number or None, got bool"),
+    (path_length, dict(mean=float("nan")), ValueError, "mean must be a finite number >= 0, got nan"),
+    (path_length, dict(mean=torch.zeros(3)), ValueError, r"mean must be a 0-d floating-point tensor .*got shape \(3,\)"),
+    (path_length, dict(mean=torch.tensor(float("inf"))), ValueError, "mean must hold a finite value >= 0"),
+    (path_length, dict(decay="0.1"), TypeError, "decay must be a real number"),
+])
+def test_bad_peer_arguments_are_named(fn, kwargs, exc, match):
+    """Before: each ended in a deep torch error (G_z: a broadcast RuntimeError; noise=[1.0]: an
+    AttributeError; mean=zeros(3): 'Boolean value of Tensor with more than one value'), in
+    ValueError where the type is wrong (mean="a": could not convert string to float; epsilon="0.1",
+    decay="0.1"; generator=5: torch's "invalid combination of arguments"), or in no error at all
+    (mean=True taken as 1.0; mean=nan, an Inf mean tensor, a NaN G_z or noise: a non-finite penalty;
+    an integer noise silently converted)."""
+    z = torch.randn(2, 4, generator=_gen(1))
+    with pytest.raises(exc, match=match):
+        fn(_G43, z, **kwargs)
+
+
+@pytest.mark.parametrize("fn", [hessian_penalty, orojar, path_length])
+def test_a_generator_returning_a_scalar_or_no_z_dependence_is_named(fn):
+    """Before: a G returning a 0-d tensor raised IndexError ('tuple index out of range') in every
+    peer; path_length on a G detached from z raised autograd's 'does not require grad'."""
+    z = torch.randn(2, 4, generator=_gen(1))
+    with pytest.raises(ValueError, match="0-d tensor"):
+        fn(lambda x: _G43(x).sum(), z)
+    with pytest.raises(TypeError, match="floating-point"):
+        fn(lambda x: (x > 0).long(), z)
+    if fn is path_length:
+        with pytest.raises(ValueError, match="does not depend on z"):
+            fn(lambda x: _G43(x.detach()), z)
+        with pytest.raises(ValueError, match="decay"):
+            PathLengthRegularizer(decay=1.5)

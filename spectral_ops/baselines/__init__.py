@@ -8,7 +8,9 @@
   in z-space, with the running mean kept by the module.
 
 Each returns a scalar differentiable w.r.t. G's parameters.  G may be DDP-wrapped (the extra
-passes use G.module) and follows the same BatchNorm policy as the spectral regularizer.
+passes use G.module) and follows the same BatchNorm policy as the spectral regularizer.  Bad
+arguments raise TypeError / ValueError naming them (spectral_ops.validation's style); a G(z) that
+is not finite, or a penalty that overflows, raises ValueError naming the rows of z.
 """
 from .peers import PathLengthRegularizer, hessian_penalty, orojar, path_length
 

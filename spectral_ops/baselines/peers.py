@@ -1,5 +1,9 @@
 """The peer regularizers (see the package docstring).  Shapes: z [B, d]; G(z) [B, ...] with m
 values per row.  Formula choices are ours where the papers leave room, and are stated per function.
+
+Every argument is checked as in spectral_ops.validation (the message names the argument; a wrong
+type raises TypeError, a value out of range ValueError), and a non-finite G(z), or a penalty that
+overflows, raises ValueError naming the rows of z: never a silent NaN.
 """
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Callable
 import torch
 
 from ..generator import batch_policy
-from ..jacobian import unwrap
+from ..jacobian import name_rows, unwrap
 from ..lazy import LazyPenalty
 from ..validation import check_callable, check_choice, check_int, check_number
 from ..generator import validate_latents
@@ -17,12 +21,32 @@ from ..generator import validate_latents
 _REDUCTIONS = ("max", "mean")
 
 
-def _check(G, z, k, epsilon, reduction):
+def _check_real(name: str, value: object, low: float | None = None, high: float | None = None, *,
+                low_open: bool = False) -> float:
+    """check_number, with TypeError for a value that is not a real number (a str, a bool, a tensor)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a real number (int or float), got {type(value).__name__}")
+    return check_number(name, value, low, high, low_open=low_open)
+
+
+def _check_generator(generator: object) -> None:
+    """None, or a CPU torch.Generator (the random draws are made on the CPU for any device)."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator (the draws are made on the CPU and moved to "
+                         f"z's device), got one on {generator.device}")
+
+
+def _check(G, z, k, epsilon, reduction, generator):
     check_callable("G", G)
     z = validate_latents(z)
     check_int("k (Rademacher samples, >= 2 for a variance)", k, 2)
-    check_number("epsilon", epsilon, 0, low_open=True)
+    _check_real("epsilon", epsilon, 0, low_open=True)
     check_choice("reduction", reduction, _REDUCTIONS)
+    _check_generator(generator)
     return z
 
 
@@ -32,13 +56,60 @@ def _rademacher(k: int, z: torch.Tensor, generator: torch.Generator | None) -> t
     return (2 * x - 1).to(device=z.device, dtype=z.dtype)
 
 
-def _forward_rows(G: Callable, z: torch.Tensor) -> torch.Tensor:
+def _steps(z: torch.Tensor, x: torch.Tensor, epsilon: float, signs: tuple[int, ...]) -> list[torch.Tensor]:
+    """[z + s x for s in signs], each [k, B, d]; ValueError naming the rows of z where a step of
+    x = epsilon v is lost in z's dtype (z + epsilon v == z: a zero difference, not a derivative)."""
+    out = [z + s * x for s in signs]
+    lost = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
+    for zz in out:
+        lost |= (zz == z).any(-1).any(0)
+    name_rows(lost, f"epsilon={epsilon!r} is below the resolution of z's {z.dtype} (z + epsilon v == z)")
+    return out
+
+
+def _forward_rows(G: Callable, z: torch.Tensor, B: int | None = None, what: str = "G(z)") -> torch.Tensor:
+    """G(z) [N, ...] for z [N, d], checked: a tensor with one row per row of z and finite values,
+    else ValueError naming the rows of the caller's z (B rows: z is N / B blocks of them, the
+    perturbed copies; default: z itself)."""
     y = G(z)
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"G must return a Tensor, got {type(y).__name__}")
+    if y.dim() == 0:
+        raise ValueError("G must return one output row per latent row (shape [N, ...]), but it returned a "
+                         "0-d tensor: return G's per-sample outputs, not a reduced scalar")
     if y.shape[0] != z.shape[0]:
         raise ValueError(f"G changed the batch size: z has {z.shape[0]} rows, G(z) has {y.shape[0]}")
-    return y.reshape(z.shape[0], -1)
+    if y[0].numel() == 0:
+        raise ValueError(f"G must return at least one value per row, got shape {tuple(y.shape)}")
+    if not y.dtype.is_floating_point:
+        raise TypeError(f"G must return a floating-point tensor, got {y.dtype}")
+    flat = y.reshape(z.shape[0], -1)
+    bad = ~torch.isfinite(flat.detach()).all(dim=1)                       # [N]
+    if B is not None:
+        bad = bad.reshape(-1, B).any(dim=0)                               # [B]: any copy of the row
+    name_rows(bad, f"{what} has non-finite values (NaN or Inf)")
+    return y
+
+
+def _given_output(G_z: object, y: torch.Tensor, B: int) -> torch.Tensor:
+    """G_z [B, ...] checked against the perturbed outputs y [N, ...] (same per-row shape), as [B, m]."""
+    if not isinstance(G_z, torch.Tensor):
+        raise TypeError(f"G_z must be a torch.Tensor (G(z)) or None, got {type(G_z).__name__}")
+    if tuple(G_z.shape) != (B, *y.shape[1:]):
+        raise ValueError(f"G_z must be G(z), shaped {(B, *y.shape[1:])}, got {tuple(G_z.shape)}")
+    if not G_z.dtype.is_floating_point:
+        raise TypeError(f"G_z must be a floating-point tensor, got {G_z.dtype}")
+    if G_z.device != y.device:
+        raise ValueError(f"G_z must be on G's output device {y.device}, got {G_z.device}")
+    flat = G_z.reshape(B, -1)
+    name_rows(~torch.isfinite(flat.detach()).all(dim=1), "G_z has non-finite values (NaN or Inf)")
+    return flat
+
+
+def _finite_penalty(per_row: torch.Tensor, dtype: torch.dtype) -> None:
+    """ValueError naming the rows whose penalty terms ([B, ...]) overflowed although G(z) is finite."""
+    name_rows(~torch.isfinite(per_row.detach().reshape(per_row.shape[0], -1)).all(dim=1),
+              f"the penalty is not finite ({dtype} overflow: G's outputs are too large for this epsilon)")
 
 
 def hessian_penalty(G: Callable, z: torch.Tensor, *, k: int = 2, epsilon: float = 0.1, reduction: str = "max",
@@ -53,20 +124,27 @@ def hessian_penalty(G: Callable, z: torch.Tensor, *, k: int = 2, epsilon: float 
     variance over them, then `reduction` over every output value of every row ("max", the paper's
     default; "mean" also offered).  The 2 k perturbed forwards run in one batched call.
 
-    Args: z [B, d]; k >= 2 draws; epsilon the finite-difference step (the paper's 0.1); G_z an
-    already computed G(z) to reuse (its graph is used as is); generator for the draws.
+    Args: z [B, d]; k >= 2 draws; epsilon > 0 the finite-difference step (the paper's 0.1); G_z
+    an already computed G(z) [B, ...] to reuse (its graph is used as is); generator (a CPU
+    torch.Generator) for the draws.
     Returns: scalar.
+    Raises: TypeError / ValueError naming a bad argument; ValueError naming the rows of z where
+    G's output (or G_z) is not finite, where z + epsilon v == z in z's dtype, or where the
+    penalty overflows.
     """
-    z = _check(G, z, k, epsilon, reduction)
+    z = _check(G, z, k, epsilon, reduction, generator)
     G = unwrap(G)
     B = z.shape[0]
     with batch_policy(G, batchnorm):
         x = epsilon * _rademacher(k, z, generator)                       # [k, B, d]
-        zz = torch.cat([(z + x).reshape(k * B, -1), (z - x).reshape(k * B, -1)])
-        y = _forward_rows(G, zz).reshape(2, k, B, -1)
-        y0 = _forward_rows(G, z) if G_z is None else G_z.reshape(B, -1)
-        second = (y[0] - 2 * y0 + y[1]) / (epsilon ** 2)                # [k, B, m]
+        plus, minus = _steps(z, x, epsilon, (1, -1))
+        zz = torch.cat([plus.reshape(k * B, -1), minus.reshape(k * B, -1)])
+        y = _forward_rows(G, zz, B, "G(z +- epsilon v)")
+        y0 = _forward_rows(G, z) if G_z is None else _given_output(G_z, y, B)
+        y = y.reshape(2, k, B, -1)
+        second = (y[0] - 2 * y0.reshape(B, -1) + y[1]) / (epsilon ** 2)  # [k, B, m]
         var = second.var(dim=0, unbiased=True)                            # [B, m]
+        _finite_penalty(var, y.dtype)
     return var.max() if reduction == "max" else var.mean()
 
 
@@ -81,19 +159,59 @@ def orojar(G: Callable, z: torch.Tensor, *, k: int = 2, epsilon: float = 0.1, re
     forward difference that reuses G(z)), the population variance over the k draws per row, then
     `reduction` over rows ("max" as in the paper, or "mean").  One batched forward of k B rows.
 
-    Args/returns as `hessian_penalty`.
+    Args/returns/raises as `hessian_penalty`.
     """
-    z = _check(G, z, k, epsilon, reduction)
+    z = _check(G, z, k, epsilon, reduction, generator)
     G = unwrap(G)
     B = z.shape[0]
     with batch_policy(G, batchnorm):
         x = epsilon * _rademacher(k, z, generator)
-        y = _forward_rows(G, (z + x).reshape(k * B, -1)).reshape(k, B, -1)
-        y0 = _forward_rows(G, z) if G_z is None else G_z.reshape(B, -1)
-        jv = (y - y0) / epsilon                                           # [k, B, m]
+        (plus,) = _steps(z, x, epsilon, (1,))
+        y = _forward_rows(G, plus.reshape(k * B, -1), B, "G(z + epsilon v)")
+        y0 = _forward_rows(G, z) if G_z is None else _given_output(G_z, y, B)
+        y = y.reshape(k, B, -1)
+        jv = (y - y0.reshape(B, -1)) / epsilon                            # [k, B, m]
         quad = (jv * jv).sum(-1)                                          # [k, B]
         var = quad.var(dim=0, unbiased=False)                             # [B]
+        _finite_penalty(var, y.dtype)
     return var.max() if reduction == "max" else var.mean()
+
+
+def _check_mean(mean: object, z: torch.Tensor) -> None:
+    """path_length's running mean: None, a real number >= 0, or a 0-d floating tensor on z's
+    device holding a value >= 0 or NaN ("not started")."""
+    if mean is None:
+        return
+    if isinstance(mean, torch.Tensor):
+        if mean.dim() != 0 or not mean.dtype.is_floating_point:
+            raise ValueError(f"mean must be a 0-d floating-point tensor (the running mean, updated in place), "
+                             f"got shape {tuple(mean.shape)} {mean.dtype}")
+        if mean.device != z.device:
+            raise ValueError(f"mean must be on z's device {z.device}, got {mean.device}")
+        value = float(mean)
+        if not (math.isnan(value) or (math.isfinite(value) and value >= 0)):
+            raise ValueError(f"mean must hold a finite value >= 0, or NaN for 'not started', got {value!r}")
+        return
+    if not isinstance(mean, (int, float)) or isinstance(mean, bool):
+        raise TypeError(f"mean must be a 0-d tensor, a real number or None, got {type(mean).__name__}")
+    check_number("mean", mean, 0)
+
+
+def _check_noise(noise: object, y: torch.Tensor) -> torch.Tensor | None:
+    """path_length's noise: None, or a finite floating tensor shaped like G(z) (moved to G's device)."""
+    if noise is None:
+        return None
+    if not isinstance(noise, torch.Tensor):
+        raise TypeError(f"noise must be a torch.Tensor shaped like G(z) or None, got {type(noise).__name__}")
+    if noise.shape != y.shape:
+        raise ValueError(f"noise must have G(z)'s shape {tuple(y.shape)}, got {tuple(noise.shape)}")
+    if not noise.dtype.is_floating_point:
+        raise TypeError(f"noise must be a floating-point tensor, got {noise.dtype}")
+    if noise.device.type == "meta":
+        raise ValueError("noise is on the meta device: spectral_ops needs its values")
+    noise = noise.to(device=y.device, dtype=y.dtype)
+    name_rows(~torch.isfinite(noise.reshape(y.shape[0], -1)).all(dim=1), "noise has non-finite values")
+    return noise
 
 
 def path_length(G: Callable, z: torch.Tensor, *, mean: torch.Tensor | float | None = None, decay: float = 0.01,
@@ -107,28 +225,37 @@ def path_length(G: Callable, z: torch.Tensor, *, mean: torch.Tensor | float | No
     the same path length, i.e. when J^T y has a fixed norm (G locally an isometry up to one scale).
 
     Args:
-        mean: the running mean a_bar: a 0-d tensor updated in place (as the module's buffer), a
-            float (target only), or None (the detached batch mean: no state).  A NaN tensor means
-            "not started" and is set to this batch's mean.
-        noise: the y to use, shaped like G(z) (default: drawn as above).
+        z: [B, d] latents.
+        mean: the running mean a_bar: a 0-d floating tensor on z's device, updated in place (as
+            the module's buffer), a real number >= 0 (target only), or None (the detached batch
+            mean: no state).  A NaN tensor means "not started" and is set to this batch's mean.
+        decay: in [0, 1], the running mean's update rate.
+        noise: the y to use, a finite floating tensor shaped like G(z) (default: drawn as above).
+        generator: a CPU torch.Generator for the drawn noise.
     Returns: scalar.
+    Raises: TypeError / ValueError naming a bad argument; ValueError naming the rows of z where
+    G(z) is not finite or the path length overflows.  A call that raises leaves `mean` as it was.
     """
     check_callable("G", G)
     z = validate_latents(z)
-    check_number("decay", decay, 0, 1)
+    _check_real("decay", decay, 0, 1)
+    _check_mean(mean, z)
+    _check_generator(generator)
     G = unwrap(G)
     with batch_policy(G, batchnorm), torch.enable_grad():
         zg = z.detach().requires_grad_(True)
-        y = G(zg)
-        if not isinstance(y, torch.Tensor) or y.shape[0] != z.shape[0]:
-            raise ValueError("G must return a Tensor with one row per row of z")
+        y = _forward_rows(G, zg)
+        if not y.requires_grad:
+            raise ValueError("G's output does not depend on z through autograd (did G detach or run under no_grad?)")
+        noise = _check_noise(noise, y)
         if noise is None:
             scale = math.sqrt(y.shape[-1] * y.shape[-2]) if y.dim() == 4 else math.sqrt(y[0].numel())
             noise = torch.randn(y.shape, generator=generator, dtype=torch.float32).to(y) / scale
-        elif noise.shape != y.shape:
-            raise ValueError(f"noise must have G(z)'s shape {tuple(y.shape)}, got {tuple(noise.shape)}")
-        (g,) = torch.autograd.grad((y * noise.to(y.dtype)).sum(), zg, create_graph=True)
+        (g,) = torch.autograd.grad((y * noise).sum(), zg, create_graph=True, allow_unused=True)
+        if g is None:
+            raise ValueError("G's output does not depend on z through autograd (did G detach z?)")
         lengths = g.float().pow(2).sum(-1).sqrt()                        # [B]
+        _finite_penalty(lengths[:, None], lengths.dtype)
     batch_mean = lengths.detach().mean()
     if mean is None:
         target = batch_mean
@@ -148,12 +275,12 @@ class PathLengthRegularizer(LazyPenalty):
     """The StyleGAN2 path-length penalty with its running mean (buffer `mean`, in state_dict).
 
     ``loss_G = loss_G + pl(G, z)``; `every` as in StyleGAN2's lazy regularization (scaled by
-    `every`; a graph-free zero on skipped calls; spectral_ops.lazy).
+    `every`; a graph-free zero on skipped calls; spectral_ops.lazy).  decay in [0, 1].
     """
 
     def __init__(self, *, decay: float = 0.01, every: int = 1):
         super().__init__(every)
-        self.decay = decay
+        self.decay = _check_real("decay", decay, 0, 1)
         self.register_buffer("mean", torch.tensor(float("nan")))
 
     def penalty(self, G: Callable, z: torch.Tensor, step: int) -> torch.Tensor:
