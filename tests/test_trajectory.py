@@ -301,6 +301,45 @@ def test_bad_latents():
         trace_trajectory(None, start_points([1.0]))
 
 
+
+@pytest.mark.parametrize("name, value", [("both_ways", "no"), ("warm_start", "no"), ("progress", "no"),
+                                         ("warm_start", 0), ("both_ways", None)])
+def test_a_non_bool_flag_is_a_type_error(name, value):
+    """A str (or any non-bool) where a bool is expected is refused naming the argument.  Before:
+    both_ways="no" walked both ways and warm_start="no" warm-started (any non-empty str is true)."""
+    with pytest.raises(TypeError, match=f"{name} must be a bool, got {type(value).__name__}"):
+        trace_trajectory(G_polar, start_points([1.0]), steps=1, **{name: value})
+
+
+@pytest.mark.parametrize("seed", [2 ** 64, -2 ** 63 - 1, 10 ** 30])
+def test_a_seed_a_generator_cannot_take_is_refused_naming_it(seed):
+    """Before: "Overflow when unpacking long long" from torch.Generator.manual_seed."""
+    with pytest.raises(ValueError, match=r"seed must be an int in \[-2\*\*63, 2\*\*64 - 1\], got "):
+        trace_trajectory(G_polar, start_points([1.0]), steps=1, seed=seed)
+
+
+def test_the_extreme_seeds_work_and_negative_ones_wrap_as_torch_does():
+    """-1 and 2**64 - 1 are the same torch seed: the same random completion of a partial init,
+    so the same path bit for bit; -2**63 works too."""
+    z0 = start_points([1.0, 1.3])
+    init = e_theta(z0)[:, None]  # [B, 1, d]: one given row, the others drawn from the seed
+    runs = [trace_trajectory(G_polar, z0, 0, k=3, steps=2, topk_method="power", iters=3, tol=0.0, init=init,
+                             seed=seed) for seed in (-1, 2 ** 64 - 1, -2 ** 63)]
+    assert torch.equal(runs[0].z, runs[1].z) and torch.equal(runs[0].vectors, runs[1].vectors)
+    assert bool(torch.isfinite(runs[2].z).all())
+
+
+def test_a_meta_or_integer_init_is_refused_naming_it():
+    """Before: a meta init reached Tensor.item() ("cannot be called on meta tensors"), and an
+    integer init was silently cast."""
+    z0 = start_points([1.0])
+    with pytest.raises(ValueError, match="init is on the meta device: spectral_ops needs its values"):
+        trace_trajectory(G_polar, z0, steps=1, init=torch.zeros(1, D, device="meta"))
+    with pytest.raises(ValueError, match="init is on the meta device"):
+        trace_trajectory(G_polar, z0, steps=1, k=2, init=torch.zeros(1, 2, D, device="meta"))
+    with pytest.raises(TypeError, match="init must be a floating-point tensor, got torch.int64"):
+        trace_trajectory(G_polar, z0, steps=1, init=torch.ones(1, D, dtype=torch.long))
+
 def test_match_picks_largest_abs_cos_and_its_sign():
     """The matching rule on its own: rows permuted and negated are found by |cos|, signed to agree."""
     from spectral_ops.trajectory import _Field
