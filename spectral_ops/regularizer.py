@@ -66,7 +66,7 @@ and a warm-start basis; see its docstring for the measured overhead.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import warnings
 
@@ -80,7 +80,7 @@ from .lazy import LazyPenalty
 from .ops.reference import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
 from .krylov import block_lanczos, folded_start, krylov_block
 from .power import _ShrinkingProducts, power_iteration, zero_jacobian_axes
-from .validation import check_callable, check_init, check_int
+from .validation import check_callable, check_init, check_int, derived_seed
 
 __all__ = ["spectral_penalty", "SpectralRegularizer", "RegularizerConfig", "LOSSES", "GRADS", "WEIGHTS",
            "default_basis"]
@@ -447,6 +447,22 @@ def spectral_penalty(G: Callable, z: torch.Tensor, *, k: int = _DEFAULTS.k, iter
     return result.value
 
 
+def _as_config(config: object) -> RegularizerConfig:
+    """A RegularizerConfig from None (the defaults), a RegularizerConfig, or a mapping of its
+    field names (``{"k": 2}``; an unknown name raises TypeError naming it)."""
+    if config is None:
+        return RegularizerConfig()
+    if isinstance(config, RegularizerConfig):
+        return config
+    if isinstance(config, Mapping):
+        names = [key for key in config if not isinstance(key, str)]
+        if names:
+            raise TypeError(f"config's keys must be field names (str), got {names[0]!r}")
+        return RegularizerConfig().replace(**config)
+    raise TypeError(f"config must be a RegularizerConfig, a mapping of its fields, or None, got "
+                    f"{type(config).__name__}")
+
+
 class SpectralRegularizer(LazyPenalty):
     """Stateful spectral regularizer with lazy steps, a row subset and a warm-start basis.
 
@@ -454,8 +470,8 @@ class SpectralRegularizer(LazyPenalty):
 
     Args:
         latent_dim: d, the latent size of G.
-        config: a `RegularizerConfig` (default: its defaults); keyword options override its
-            fields (``SpectralRegularizer(d, k=6)``), and the settings read back as attributes.
+        config: a `RegularizerConfig` or a dict of its fields (default: its defaults); keyword
+            options override its fields (``SpectralRegularizer(d, k=6)``), and the settings read back as attributes.
         k, solver, iters, tol, null_tol, loss, grad, jvp, weights, batchnorm, cg_iters, cg_tol: as in
             `spectral_penalty`.
         every: compute the penalty on one call in `every` (the first call computes) and scale it
@@ -495,7 +511,7 @@ class SpectralRegularizer(LazyPenalty):
     def __init__(self, latent_dim: int, config: RegularizerConfig | None = None, **options):
         super().__init__(every=1)  # the real `every` comes from the validated config below
         check_int("latent_dim", latent_dim, 1)
-        config = (RegularizerConfig() if config is None else config).replace(**options).validate(latent_dim)
+        config = _as_config(config).replace(**options).validate(latent_dim)
         self.latent_dim, self.config, self.every = latent_dim, config, config.every
         self.register_buffer("basis", default_basis(config.k, latent_dim, seed=config.seed, dtype=torch.float32))
         self.last_latents = self.last_vectors = self.last_values = self.last_residuals = self.last_active = None
@@ -519,7 +535,7 @@ class SpectralRegularizer(LazyPenalty):
         if n >= B:
             return None
         # a seeded CPU generator: the same rows on every device and process; copied, not read back
-        gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + step)
+        gen = torch.Generator(device="cpu").manual_seed(derived_seed(self.seed * 1_000_003, step))
         rows = torch.randperm(B, generator=gen)[:n].sort().values
         device = torch.device(device)
         return rows.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else rows.to(device)

@@ -558,6 +558,22 @@ def test_alignment_loss_rejects_bad_inputs(backend, device):
     check_alignment_loss_rejects_bad_inputs(backend, device)
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference", pytest.param("cpp", marks=needs_cpp)])
+def test_meta_tensors_are_refused_by_name(backend):
+    """Every op reads its inputs' values, so a meta tensor is refused naming the argument
+    (previous main: "Tensor.item() cannot be called on meta tensors" from inside the checks, or
+    "Cannot copy out of meta tensor")."""
+    meta = torch.empty(2, 3, 5, device="meta")
+    V, S = unit_rows(2, 3, 5, torch.float32, "cpu")
+    with ops.use_backend(backend):
+        for call, name in [(lambda: ops.orthonormalize(meta), "W"), (lambda: ops.ritz_step(meta, meta), "Q"),
+                           (lambda: ops.ritz_step(V, meta), "MQ"), (lambda: ops.ritz_step(V, V, meta), "V_prev"),
+                           (lambda: ops.alignment_loss(meta, S), "V"),
+                           (lambda: ops.alignment_loss(V, torch.empty(2, 3, device="meta")), "S")]:
+            with pytest.raises(ValueError, match=f"^{name} is on the meta device"):
+                call()
+
+
 @pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
 def test_opcheck(backend, device):
     lib = torch.ops.spectral_ops

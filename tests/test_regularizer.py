@@ -378,10 +378,36 @@ def test_bad_latents_and_generator():
     (dict(weights="x"), ValueError, "weights"), (dict(loss="x"), ValueError, "loss"),
     (dict(grad="x"), ValueError, "grad"), (dict(k=9), ValueError, "k"),
     (dict(warm_start="yes"), TypeError, "warm_start"), (dict(momentum=0), ValueError, "momentum"),
+    (dict(config={"kk": 2}), TypeError, "kk"), (dict(config={1: 2}), TypeError, "config"),
+    (dict(config=[("k", 2)]), TypeError, "config"), (dict(config={"k": 9}), ValueError, "k"),
+    (dict(seed=2 ** 64), ValueError, "seed"), (dict(seed=-2 ** 70), ValueError, "seed"),
 ])
 def test_module_bad_arguments(kwargs, exc, word):
     with pytest.raises(exc, match=word):
         SpectralRegularizer(8, **kwargs)
+
+
+def test_config_as_a_mapping():
+    """SpectralRegularizer(d, config={"k": 2}) takes the dict's fields, and keyword options still
+    override them (previous main: AttributeError 'dict' object has no attribute 'replace')."""
+    reg = SpectralRegularizer(6, config={"k": 2, "every": 3}, every=5)
+    assert (reg.k, reg.every, reg.loss) == (2, 5, spectral_ops.RegularizerConfig().loss)
+
+
+def test_largest_seed_draws_rows():
+    """The largest seed torch accepts still draws row subsets on every step (the per-step seed
+    seed * 1_000_003 + step wraps instead of overflowing torch's generator: previous main raised
+    "Overflow when unpacking long long"), and a seed whose per-step seed is in range draws the
+    same rows as before."""
+    G = make_mlp().float()
+    z = torch.randn(16, 5, generator=torch.Generator().manual_seed(6))
+    reg = SpectralRegularizer(5, k=2, every=1, seed=2 ** 64 - 1)
+    for _ in range(2):
+        reg(G, z)
+    assert reg.last_latents.shape == (4, 5)
+    reg = SpectralRegularizer(5, k=2, every=1, seed=7)
+    gen = torch.Generator().manual_seed(7 * 1_000_003 + 0)
+    assert torch.equal(reg._rows(16, 0, "cpu"), torch.randperm(16, generator=gen)[:4].sort().values)
 
 
 def test_module_bad_latent_width():

@@ -181,9 +181,16 @@ def _implementation(device: torch.device, k: int):
     return _BACKENDS[_resolve(device, k)].implementation()
 
 
+def _check_has_values(t: torch.Tensor, name: str) -> None:
+    """The ops read their inputs' values (rank rules, finiteness): a meta tensor has none."""
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device: spectral_ops needs its values")
+
+
 def _check_rows(t, name: str) -> tuple[int, int, int]:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    _check_has_values(t, name)
     if t.dim() != 3:
         raise ValueError(f"{name} must be 3-D [B, k, d], got shape {tuple(t.shape)}")
     if not t.is_floating_point():
@@ -197,6 +204,7 @@ def _check_rows(t, name: str) -> tuple[int, int, int]:
 def _check_like(t, name: str, like: torch.Tensor, like_name: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    _check_has_values(t, name)
     if t.shape != like.shape:
         raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(t.shape)}")
     if not t.is_floating_point():
@@ -280,6 +288,7 @@ def alignment_loss(V: torch.Tensor, S: torch.Tensor, kind: str = "l1", weights: 
     B, k, _ = _check_rows(V, "V")
     if not isinstance(S, torch.Tensor):
         raise TypeError(f"S must be a torch.Tensor, got {type(S).__name__}")
+    _check_has_values(S, "S")
     if tuple(S.shape) != (B, k):
         raise ValueError(f"S must be [B, k] = [{B}, {k}], got shape {tuple(S.shape)}")
     if not S.is_floating_point():
