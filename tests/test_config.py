@@ -60,3 +60,21 @@ def test_generated_flags_take_choices_and_defaults_from_the_dataclass():
     assert tuple(loss_flag.choices) == LOSS_KINDS
     with pytest.raises(SystemExit):
         parser.parse_args(["--reg-loss", "l2"])
+
+
+@pytest.mark.parametrize("seed", [2 ** 64, -2 ** 63 - 1, -2 ** 70])
+def test_a_seed_a_generator_cannot_take_is_refused_where_it_is_written(seed):
+    """RegularizerConfig and SpectralRegularizer refuse a seed outside [-2**63, 2**64 - 1] naming
+    it.  Before: the config took it and the regularizer's first call raised "Overflow when
+    unpacking long long" from inside torch."""
+    with pytest.raises(ValueError, match=r"seed must be an int in \[-2\*\*63, 2\*\*64 - 1\], got "):
+        RegularizerConfig(seed=seed)
+    with pytest.raises(ValueError, match=r"seed must be an int in \[-2\*\*63, 2\*\*64 - 1\]"):
+        SpectralRegularizer(6, seed=seed)
+
+
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_warm_start_must_be_a_bool(value):
+    """The one bool field: a str (or an int) is a TypeError, not a truthy value."""
+    with pytest.raises(TypeError, match=f"warm_start must be a bool, got {type(value).__name__}"):
+        SpectralRegularizer(6, warm_start=value)
