@@ -90,3 +90,23 @@ def test_the_demo_trains_again_into_its_own_folders(tmp_path):
     second = _train_all(runs, jobs=1, progress=False)
     assert first.keys() == second.keys() == runs.keys()
     assert [json.loads(x)["step"] for x in (tmp_path / "baseline" / "log.jsonl").read_text().splitlines()] == [2]
+
+
+# ---------------------------------------------------------------- seeds (topk, trace, directions)
+
+@pytest.mark.parametrize("seed", [str(2 ** 64), str(-2 ** 70)])
+@pytest.mark.parametrize("command", ["topk", "trace", "directions"])
+def test_a_seed_a_generator_cannot_take_is_one_line_naming_seed(tmp_path, capsys, command, seed):
+    """Seeds outside [-2**63, 2**64 - 1]: exit 2 and one line naming --seed.  Before: topk and
+    directions printed torch's "Overflow when unpacking long long"; trace raised it as a traceback."""
+    source = [] if command == "topk" else ["--generator", "spectral_ops.lab.models:Generator", "--out",
+                                            str(tmp_path / "o")]
+    assert main([command, *source, f"--seed={seed}"]) == 2
+    err = capsys.readouterr().err
+    _one_line(err, "--seed must be an int in [-2**63, 2**64 - 1]")
+    assert seed in err
+
+
+def test_topk_takes_the_largest_seed(capsys):
+    """2**64 - 1 is a seed torch takes: the command runs."""
+    assert main(["topk", "--batch", "2", "--latent-dim", "4", "--iters", "2", f"--seed={2 ** 64 - 1}"]) == 0
