@@ -34,8 +34,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .jacobian import (JVP_MODES, JacobianOperator, module_call, name_rows, raise_per_row_hint, supports_forward_ad,
-                       unwrap)
+from .jacobian import (JVP_MODES, PER_ROW_HINT, JacobianOperator, module_call, name_rows, raise_per_row_hint,
+                       supports_forward_ad, unwrap)
 
 _EXACT_MODES = ("double_backward", "forward")
 _PROBE_SEED = 1234
@@ -96,7 +96,7 @@ class FlatGenerator:
             if a.shape[0] != z.shape[0]:
                 raise ValueError(f"a per-row argument of G has {a.shape[0]} rows for {z.shape[0]} latent rows")
         x = z if self.latent_shape is None else z.reshape(z.shape[0], *self.latent_shape)
-        return self.G(x, *self.row_args, **self.kwargs)
+        return self.G(x.clone(), *self.row_args, **self.kwargs)  # a copy: G may write to its input (x.clamp_)
 
     def functional_view(self) -> Callable:
         """This call for torch.func transforms (see jacobian.functional_view)."""
@@ -152,11 +152,14 @@ def conditioned(G: Callable, *row_args: torch.Tensor, **kwargs) -> FlatGenerator
 
 
 def flat_generator(G: Callable, latent_shape: tuple[int, ...]) -> Callable:
-    """The callable the library runs on [N, d] latents: G itself for 1-D latents and no extra
-    arguments, else a `FlatGenerator`."""
+    """The callable the library runs on [N, d] latents: a `FlatGenerator`, which hands G a copy of
+    its input (a G that writes to its input, x.clamp_(...), then works as G(z) does and cannot
+    change the library's latents or the caller's z)."""
     if isinstance(G, FlatGenerator) and G.latent_shape is None:
         return G.with_shape(latent_shape)
-    return G if len(latent_shape) == 1 else FlatGenerator(G, latent_shape)
+    if isinstance(G, FlatGenerator) and len(latent_shape) == 1:
+        return G
+    return FlatGenerator(G, None if len(latent_shape) == 1 else latent_shape)
 
 
 def select_rows(G: Callable, index: torch.Tensor | slice) -> Callable:
@@ -289,6 +292,14 @@ def generator_identity(G: object, modules: list[nn.Module] | None = None) -> tup
     return anchor, (options, type(G).__name__, mods)
 
 
+def _inner(G: object) -> object:
+    """The user's G inside the library's `FlatGenerator` layers and parallel wrappers."""
+    G = unwrap(G)
+    while isinstance(G, FlatGenerator):
+        G = unwrap(G.G)
+    return G
+
+
 def _simple(values) -> tuple:
     """The plain constants (str, int, float, bool, None) among values: part of G's identity."""
     plain = (str, int, float, bool, type(None))
@@ -388,7 +399,7 @@ def _probe_batches(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _output(G: Callable, x: torch.Tensor, B: int) -> torch.Tensor:
     with torch.no_grad():
-        y = G(x)
+        y = G(x.clone())  # a copy: a G that writes to its input must not change the probe's batches or z
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"G must return a Tensor, got {type(y).__name__}")
     if y.dim() == 0:
@@ -396,7 +407,7 @@ def _output(G: Callable, x: torch.Tensor, B: int) -> torch.Tensor:
                          "0-d tensor: return G's per-sample outputs, not a reduced scalar")
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"G changed the batch size: it must return one row per latent row, but for "
-                         f"{x.shape[0]} rows of z (z has {B}) it returned {y.shape[0]}")
+                         f"{x.shape[0]} rows of z (z has {B}) it returned {y.shape[0]}.  {PER_ROW_HINT}")
     return y.reshape(x.shape[0], -1)
 
 
@@ -418,9 +429,8 @@ def check_function_of_z(G: Callable, z: torch.Tensor) -> None:
     except RuntimeError as e:
         raise_per_row_hint(e, first.shape[0], B)
         raise
-    if not bool(torch.isfinite(y1).all()):  # name every bad row of z, not the probe's (a copy: G may write to it)
-        name_rows(~torch.isfinite(_output(full, z.detach().clone(), B)).all(dim=1),
-                  "G(z) has non-finite values (NaN or Inf)")
+    if not bool(torch.isfinite(y1).all()):  # name every bad row of z, not the probe's
+        name_rows(~torch.isfinite(_output(full, z.detach(), B)).all(dim=1), "G(z) has non-finite values (NaN or Inf)")
     y1_again, y2 = _output(G, first, B), _output(G, second, B)
     if _differ(y1, y1_again):
         raise ValueError(
@@ -551,11 +561,11 @@ _warned: "weakref.WeakKeyDictionary[object, set]" = weakref.WeakKeyDictionary()
 def _warn_once(anchor: object, extra: object, message: str) -> None:
     try:
         said = _warned.setdefault(anchor, set())
-    except TypeError:
-        said = set()
+    except TypeError:  # not weakly referenceable (__slots__ without __weakref__): once per its type
+        said = _warned.setdefault(type(anchor), set())
     if (extra, message) not in said:
         said.add((extra, message))
-        warnings.warn(message, UserWarning, stacklevel=5)
+        warnings.warn(message, UserWarning, stacklevel=6)  # the caller of the entry point
 
 
 def probe(G: Callable, z: torch.Tensor, jvp: str, modules: list[nn.Module] | None = None) -> str:
@@ -610,7 +620,7 @@ def probe_modules(G: Callable, z: torch.Tensor, jvp: str, modules: list[nn.Modul
             "dicts or lists (or pass the module)"))
     elif not modules and missed:
         _warn_once(anchor, extra, (
-            f"spectral_ops found no nn.Module behind G (a {type(unwrap(G)).__name__}) and could not look into "
+            f"spectral_ops found no nn.Module behind G (a {type(_inner(G)).__name__}) and could not look into "
             "everything it holds: the guarantee that the extra passes leave G's buffers as found does not "
             "apply to state it cannot see"))
     slot[key] = mode

@@ -38,6 +38,9 @@ def name_rows(bad: torch.Tensor, message: str, rows: torch.Tensor | None = None)
 
 
 _SHAPE_WORDS = ("size", "shape", "dimension")
+PER_ROW_HINT = ("spectral_ops calls G on other row counts than z's (2-row probes, k vectors per latent folded into "
+                "B*k rows): if G takes per-row arguments (class labels c with one row per latent), pass "
+                "spectral_ops.conditioned(G, c) instead of closing over them (lambda x: G(x, c))")
 
 
 def raise_per_row_hint(error: RuntimeError, rows: int, B: int) -> None:
@@ -47,11 +50,8 @@ def raise_per_row_hint(error: RuntimeError, rows: int, B: int) -> None:
     message = str(error)
     if rows == B or isinstance(error, torch.OutOfMemoryError) or not any(w in message.lower() for w in _SHAPE_WORDS):
         return
-    raise ValueError(
-        f"G failed on {rows} rows of latents (z has {B}) with a shape error: {message.splitlines()[0][:200]}.  "
-        "spectral_ops calls G on other row counts than z's (2-row probes, k vectors per latent folded "
-        "into B*k rows).  If G takes per-row arguments (class labels c with one row per latent), pass "
-        "spectral_ops.conditioned(G, c) instead of closing over them (lambda x: G(x, c))") from error
+    raise ValueError(f"G failed on {rows} rows of latents (z has {B}) with a shape error: "
+                     f"{message.splitlines()[0][:200]}.  {PER_ROW_HINT}") from error
 
 
 def _flat(y: torch.Tensor, n: int) -> torch.Tensor:
@@ -127,7 +127,7 @@ class JacobianOperator:
                              "0-d tensor: return G's per-sample outputs, not a reduced scalar")
         if self.y.shape[0] != self.z_rep.shape[0]:
             raise ValueError(f"G changed the batch size: z has {self.B} rows (folded to {self.z_rep.shape[0]}), "
-                             f"G(z) has {self.y.shape[0]}")
+                             f"G(z) has {self.y.shape[0]}.  {PER_ROW_HINT}")
         if not self.y.requires_grad:
             raise ValueError("G's output does not depend on z through autograd (did G detach or run under no_grad?)")
         self.m = self.y[0].numel()
