@@ -2,6 +2,8 @@
 (a reused folder, a changed resume, bad checkpoints, a full disk, SIGINT, kill -9, divergence)."""
 import contextlib
 import dataclasses
+import errno
+import io
 import json
 import os
 import signal
@@ -445,3 +447,76 @@ def test_a_huge_learning_rate_diverges_with_exit_1(tmp_path, capsys):
     assert rc == 1
     _one_line_error(capsys.readouterr().err, "training diverged at step")
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+# ---- a real full disk (the write itself fails), a resume with nothing left to do ---------------
+def _full_disk(monkeypatch, free: int) -> None:
+    """Make every file the atomic writers open (os.fdopen for writing) after the first one share
+    `free` bytes of disk: a write past them raises OSError(ENOSPC) from the file, as a full disk
+    does (torch.save then meets it inside its zip writer, not around it)."""
+    real, opened, used = os.fdopen, [], [0]
+
+    class Disk(io.FileIO):
+        def write(self, b):
+            n = memoryview(b).nbytes
+            if len(opened) > 1 and used[0] + n > free:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            used[0] += n if len(opened) > 1 else 0
+            return super().write(b)
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        if "w" not in mode:
+            return real(fd, mode, *args, **kwargs)
+        opened.append(fd)
+        return io.BufferedWriter(Disk(fd, "wb"))
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+
+
+def test_a_full_disk_inside_the_checkpoint_write_is_a_one_line_error_also_on_resume(tmp_path, capsys, monkeypatch):
+    """Before: ENOSPC raised by the file inside torch.save came out as torch's RuntimeError
+    ('[enforce fail at inline_container.cc] . unexpected pos ...'): a traceback and exit 1, the
+    status --help gives to a diverged run (seen on a 300 KB tmpfs as well)."""
+    out = tmp_path / "run"
+    _full_disk(monkeypatch, free=4096)  # the first checkpoint (step 2) fits, the second does not
+    rc = main(["train", "--out", str(out), "--steps", "6", *_cli({**TINY, "ckpt_every": 2}), "--no-progress"])
+    assert rc == 2
+    _one_line_error(capsys.readouterr().err, "No space left on device")
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "log.jsonl"]  # no *.tmp, no train.json
+    # on --resume the disk is still full: the same one line, the checkpoint still at step 2
+    rc = main(["train", "--out", str(out), "--resume", "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    _one_line_error(err, "No space left on device")
+    assert "checkpoint.pt" in err or "log.jsonl" in err
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 2
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 6
+
+
+def test_resume_at_the_final_step_leaves_the_run_untouched(tmp_path, capsys):
+    """Before: `--resume --steps N` with the run already at step N exited 0 after rewriting
+    checkpoint.pt and train.json, the latter with "last": null."""
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--steps", "4", *_cli(TINY), "--no-progress"]) == 0
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert json.loads(files["train.json"])["last"] is not None
+    capsys.readouterr()
+    for argv in (["--resume"], ["--resume", "--steps", "4"], ["--resume", str(out / "checkpoint.pt"), "--steps", "4"]):
+        assert main(["train", "--out", str(out), *argv, "--no-progress"]) == 0
+        captured = capsys.readouterr()
+        lines = [x for x in (captured.out + captured.err).splitlines() if x.strip()]
+        assert len(lines) == 1 and "already at step 4" in lines[0] and "nothing written" in lines[0], lines
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    # in Python: the run's state, nothing written
+    res = train(TrainConfig(steps=4, out=str(out), **TINY), resume=out / "checkpoint.pt", progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    assert res.steps == 4 and res.history == [] and res.checkpoint == str(out / "checkpoint.pt")
+    assert _same(res.G.state_dict(), load_generator(out / "checkpoint.pt")[0].state_dict())
+    # into another folder: nothing is written there either
+    other = tmp_path / "other"
+    assert main(["train", "--out", str(other), "--resume", str(out / "checkpoint.pt"), "--no-progress"]) == 0
+    assert not other.exists()

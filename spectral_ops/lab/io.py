@@ -39,14 +39,39 @@ def atomic_save_image(image, path: str | os.PathLike) -> None:
     _atomic_write(path, lambda f: image.save(f, format=Image.registered_extensions()[path.suffix.lower()]))
 
 
+class _KeepsWriteError:
+    """A binary file as a writer sees it, keeping the first OSError its `write` raised (errno
+    ENOSPC, ...): torch.save's zip writer meets that error inside its C++ code and reports its
+    own RuntimeError ("unexpected pos ..."), so the file's error is re-raised from here."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name):  # everything else (tell, seek, flush, fileno, name) is the file's
+        return getattr(self._f, name)
+
+
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
-        # through a Python file object, so that a failed write raises OSError (errno ENOSPC, ...)
-        # rather than torch's own RuntimeError from its file writer
+        # a failed write raises the file's OSError (ENOSPC, ...), also where the writer (torch.save)
+        # turns it into an error of its own
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            kept = _KeepsWriteError(f)
+            try:
+                write(kept)
+            except Exception as exc:
+                if kept.error is not None and exc is not kept.error:
+                    raise kept.error from exc
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -527,7 +527,11 @@ class TrainLog:
                     and line.endswith("\n")):
                 keep.append(line)
         if keep != lines:
-            atomic_write_text("".join(keep), self.path)
+            try:
+                atomic_write_text("".join(keep), self.path)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot cut the log {str(self.path)!r} back to step {step} "
+                                         f"({exc.strerror or exc}); it is unchanged") from exc
 
     def open(self, config: TrainConfig, start: int, show: bool, desc: str | None) -> None:
         """Append to the log file (when writing); a progress bar from `start` (hidden unless `show`)."""
@@ -656,8 +660,9 @@ class Checkpointer:
                          "opt_D": run.opt_D.state_dict(), "reg": None if run.reg is None else run.reg.state_dict(),
                          "rng": rng, "log_acc": torch.stack([log.sums, log.counts])}, self.path)
         except OSError as exc:
+            kept = f"the previous one (step {self.last_step}) is unchanged" if self.last else "none was saved before"
             raise OSError(exc.errno, f"cannot save the checkpoint {str(self.path)!r} at step {step} "
-                                     f"({exc.strerror or exc}); the previous one is unchanged") from exc
+                                     f"({exc.strerror or exc}); {kept}") from exc
         self.last, self.last_step = str(self.path), step
 
     def last_good(self) -> str:
@@ -770,7 +775,11 @@ def _write_summary(path: Path, run: RunState, steps: int, seconds: float, checkp
     """train.json: the config, how far the run went, its checkpoint and last log line."""
     summary = {"config": asdict(run.config), "steps": steps, "seconds": round(seconds, 2),
                "world": run.world, "checkpoint": checkpoint, "last": history[-1] if history else None}
-    atomic_write_text(json.dumps(summary, indent=2), path)
+    try:
+        atomic_write_text(json.dumps(summary, indent=2), path)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write the summary {str(path)!r} ({exc.strerror or exc}); the "
+                                 f"finished run is in {checkpoint}") from exc
 
 
 def _finish(run: RunState, ckpt: Checkpointer, log: TrainLog, stop: _StopSignals,
@@ -803,7 +812,9 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, overw
             for the `RESUMABLE` fields (`steps`: the total to reach, `log_every`, `ckpt_every`,
             `out`, `device`); any other difference raises ValueError listing them.
         resume: a checkpoint path to continue from. The log in config.out is cut back to the
-            checkpoint's step.
+            checkpoint's step. A checkpoint already at config.steps writes nothing (no checkpoint,
+            log or train.json is touched) and returns its state, with history [] and checkpoint
+            the resumed file.
         overwrite: replace a run already in config.out. Without it, a fresh run into a folder
             holding one (`RUN_FILES`), or a resumed run into another run's folder, is refused.
         progress: show a tqdm bar (rank 0 only).
@@ -827,8 +838,10 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, overw
         blob, saved = read_resume(resume)
         config = resumed_config(saved, config, int(blob["step"]))
     config.validate()
+    # a resume with no step left to run writes nothing: the run's files stay as they are
+    done = blob is not None and int(blob["step"]) >= config.steps
     rank, world, device, we_init = _dist_setup(config.device)
-    out, writes = Path(config.out), write and rank == 0
+    out, writes = Path(config.out), write and rank == 0 and not done
     ckpt, log, run = Checkpointer(out, writes), TrainLog(out, writes), None
     stop = _StopSignals()
     try:
@@ -853,4 +866,4 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, overw
                 run.G_run = run.D_run = None
             gc.collect()
             dist.destroy_process_group()
-    return run.result(seconds, final_step, log.history, ckpt.last)
+    return run.result(seconds, final_step, log.history, str(resume) if done else ckpt.last)

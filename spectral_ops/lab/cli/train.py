@@ -41,15 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                    help="continue the run in CKPT (without CKPT: OUT/checkpoint.pt; with it, OUT defaults to its "
                         "folder) with its settings: only --steps (the total to reach), --log-every, --ckpt-every, "
-                        "--out and --device may change; any other option given that differs is refused")
+                        "--out and --device may change; any other option given that differs is refused. A run "
+                        "already at --steps is left as it is: one line says so, exit 0")
     g.add_argument("--overwrite", action="store_true",
                    help="replace a run already in OUT (checkpoint, log, summary); without it a fresh run into a "
                         "folder holding one is refused")
     add_threads_option(g)
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.epilog = ("Several processes: torchrun --nproc_per_node 2 -m spectral_ops.lab.cli train ... "
-                     "(gloo on CPU, nccl on GPU). Exit status: 0 done, 2 bad arguments, checkpoint or output "
-                     "folder (also a full disk), 1 the run diverged (NaN / Inf), 130 (143) stopped by SIGINT "
+                     "(gloo on CPU, nccl on GPU). Exit status: 0 done (also a --resume already at --steps: nothing "
+                     "is written), 2 bad arguments, checkpoint or output folder (also a full disk, on a fresh "
+                     "run or a --resume: one line), 1 the run diverged (NaN / Inf), 130 (143) stopped by SIGINT "
                      "(SIGTERM) after saving a checkpoint at the current step.")
 
 
@@ -57,37 +59,44 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return from_flat(TrainConfig, vars(args))
 
 
-def _resume_config(args: argparse.Namespace, resume: str) -> TrainConfig:
-    """The checkpoint's config with the options given on the command line applied (train()
-    refuses those that may not change) and OUT (given, or else the checkpoint's folder)."""
+def _resume_config(args: argparse.Namespace, resume: str) -> tuple[TrainConfig, int]:
+    """(the checkpoint's config with the options given on the command line applied (train()
+    refuses those that may not change) and OUT (given, or else the checkpoint's folder), the
+    checkpoint's step)."""
     blob, saved = read_resume(resume)
     given = {k: getattr(args, k) for k in getattr(args, "_given", ())}
     given.setdefault("out", str(Path(resume).parent))
     config = resumed_config(saved, from_flat(TrainConfig, given, saved), int(blob["step"]))
     changes = {k: v for k, v in config_changes(saved, config).items() if k != "out"}
+    step = int(blob["step"])
+    if step >= config.steps:  # nothing to run: nothing is written, so no folder to claim
+        return config.validate(), step
     problem = folder_problem(Path(config.out), resume, args.overwrite)
     if problem:
         raise ValueError(problem)
     if changes and int(os.environ.get("RANK", "0")) == 0:
-        print(f"resuming {resume} at step {int(blob['step'])}, with {format_changes(changes)}", file=sys.stderr)
-    return config
+        print(f"resuming {resume} at step {step}, with {format_changes(changes)}", file=sys.stderr)
+    return config, step
 
 
-def _configure(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
-    """(the run's config, the checkpoint to resume or None); ValueError for bad arguments."""
+def _configure(args: argparse.Namespace) -> tuple[TrainConfig, str | None, int]:
+    """(the run's config, the checkpoint to resume or None, the step it starts from); ValueError
+    for bad arguments.  A resume already at --steps is returned without touching any folder."""
     apply_threads(args)
-    resume = None
+    resume, start = None, 0
     if args.resume is not None:
         resume = str(Path(args.out) / "checkpoint.pt") if args.resume == "auto" else args.resume
         if not os.path.isfile(resume):
             raise ValueError(f"resume: no checkpoint at {resume!r}")
-        config = _resume_config(args, resume)
+        config, start = _resume_config(args, resume)
+        if start >= config.steps:
+            return config, resume, start
     else:
         config = config_from_args(args).validate()
     msg = writable_dir(config.out)
     if msg:
         raise ValueError(msg)
-    return config, resume
+    return config, resume, start
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,7 +104,12 @@ def run(args: argparse.Namespace) -> int:
     rank0 = int(os.environ.get("RANK", "0")) == 0
     config = None
     try:
-        config, resume = _configure(args)
+        config, resume, start = _configure(args)
+        if resume is not None and start >= config.steps:
+            if rank0:
+                print(f"{prog}: {resume} is already at step {start} of --steps {config.steps}: nothing to do, "
+                      f"nothing written (give a larger --steps to continue the run)")
+            return 0
         result = train(config, resume=resume, overwrite=args.overwrite, progress=not args.no_progress)
     except ValueError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
