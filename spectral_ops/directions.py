@@ -90,8 +90,7 @@ def _mean_product(G, batches, mode, batchnorm, cdtype, c, bar):
 def _trace(G, batches, mode, batchnorm, cdtype, c, probes, gen) -> tuple[float, float | None]:
     """(E ||J||_F^2 / c^2, its standard error / c^2): exactly with d JVPs per sample (probes None;
     error None), or by Hutchinson with `probes` Rademacher vectors per sample."""
-    total, var, n = 0.0, 0.0, 0
-    single = []  # one probe per sample: the per-sample estimates, for their spread across samples
+    sums, spreads, n = [], [], 0  # per batch, on G's device: read back once at the end
     for zb in batches:
         with prepared(G, zb, jvp=mode, batchnorm=batchnorm) as (Gf, zf, m):
             B, d = zf.shape
@@ -101,20 +100,20 @@ def _trace(G, batches, mode, batchnorm, cdtype, c, probes, gen) -> tuple[float, 
                 V = (torch.randint(0, 2, (B, probes, d), generator=gen) * 2 - 1).to(zf)
             JV = JacobianOperator(Gf, zf, V.shape[1], m).jvp(V).detach().to(cdtype) / c
             sq = JV.pow(2).sum(-1)  # [B, probes]: v^T J^T J v, unbiased for ||J||_F^2 each
-            total += float(sq.sum() if probes is None else sq.mean(1).sum())
+            sums.append(sq.sum() if probes is None else sq.mean(1).sum())
             if probes is not None and probes > 1:
-                var += float(sq.double().var(1).sum()) / probes  # variance of each sample's mean
+                spreads.append(sq.double().var(1).sum() / probes)  # the variances of the samples' means
             elif probes == 1:
-                single.append(sq[:, 0].double())
+                spreads.append(sq[:, 0].double())  # the samples' estimates, for their spread across samples
         n += zf.shape[0]
+    total = sum(torch.stack(sums).tolist())
     if probes is None:
         return total / n, None
     if probes == 1:
         # no within-sample spread to read: the spread across samples bounds it from above
         # (it adds the samples' own variation), so the error is not understated
-        x = torch.cat(single)
-        return total / n, (float(x.var()) / n) ** 0.5 if n > 1 else math.inf
-    return total / n, var ** 0.5 / n
+        return total / n, (float(torch.cat(spreads).var()) / n) ** 0.5 if n > 1 else math.inf
+    return total / n, float(torch.stack(spreads).sum()) ** 0.5 / n
 
 
 def global_directions(G: Callable, n_samples: int, k: int, *, latent_dim: int | tuple | None = None,
