@@ -199,7 +199,7 @@ SCAN_ITEMS = 256       # items looked at per container
 # objects that hold no module and are not looked into
 _LEAVES = (torch.Tensor, str, bytes, bytearray, int, float, complex, bool, type(None), types.ModuleType, type,
            types.BuiltinFunctionType, types.BuiltinMethodType, types.CodeType, torch.dtype, torch.device,
-           torch.Generator, range, slice)
+           torch.Generator, range, slice, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
 
 
 def _held(obj: object) -> tuple[list[object], bool]:
@@ -498,15 +498,22 @@ def _cache_slot(G: Callable, modules: list[nn.Module], z: torch.Tensor, jvp: str
 
 
 class _ProbeGuard:
-    """The state of G around the one-off probe: every parameter and buffer of G's modules, and of
-    the modules G runs that the scan did not find (met by a global forward pre-hook before they
-    run), copied on first sight and put back on `restore`; those modules' train-mode BatchNorm is
-    refused or put in eval mode by `batchnorm` before it runs."""
+    """The state of G around the one-off probe, and the modules G runs.
+
+    Every parameter and buffer of the scan's modules (`roots`) is copied on entry, and those of a
+    module G runs that no root holds (met by a global forward pre-hook before it runs) on first
+    sight; `restore` puts back what changed.  The first time G runs a module of a root, that
+    root's train-mode BatchNorm layers are refused or put in eval mode by `batchnorm`, before
+    they run: a root G never runs (a discriminator on the trainer object G is a method of) is left
+    alone, here and in the passes (`ran`).
+    """
 
     def __init__(self, roots: list[nn.Module], batchnorm: str):
-        self.batchnorm, self.known = batchnorm, {id(m) for r in roots for m in r.modules()}
+        self.batchnorm, self.roots = batchnorm, list(roots)
+        self.root_of = {id(m): i for i, r in enumerate(self.roots) for m in r.modules()}
+        self.entered: set[int] = set()  # indices of the roots G ran
         self.saved: dict[int, tuple[str, torch.Tensor, torch.Tensor, bool]] = {}
-        self.extra: dict[int, nn.Module] = {}
+        self.extra: list[nn.Module] = []
         self.switched: list[nn.Module] = []
         for r in roots:
             self._save(r)
@@ -519,17 +526,26 @@ class _ProbeGuard:
                 self.saved.setdefault(id(b), (name, b, b.detach().clone(), False))
 
     def pre_hook(self, module: nn.Module, args) -> None:
-        if id(module) in self.known:
+        i = self.root_of.get(id(module))
+        if i is None:  # a module no root holds: a new root
+            i = len(self.roots)
+            self.roots.append(module)
+            self.extra.append(module)
+            self.root_of.update((id(m), i) for m in module.modules())
+            self._save(module)
+        if i in self.entered:
             return
-        self.known.update(id(m) for m in module.modules())
-        self.extra[id(module)] = module
-        self._save(module)
-        coupled = _train_mode_batchnorms([module])
+        self.entered.add(i)
+        coupled = _train_mode_batchnorms([self.roots[i]])
         if coupled and self.batchnorm == "error":
-            raise ValueError(_batchnorm_refusal(coupled))  # before the layer updates its statistics
+            raise ValueError(_batchnorm_refusal(coupled))  # before the layers update their statistics
         for _, m in coupled:
             m.eval()
             self.switched.append(m)
+
+    def ran(self) -> list[nn.Module]:
+        """The roots G ran a module of (scan's and new)."""
+        return [r for i, r in enumerate(self.roots) if i in self.entered]
 
     def restore(self) -> list[str]:
         """Put back what changed; return the names of the parameters G changed."""
@@ -575,12 +591,14 @@ def probe(G: Callable, z: torch.Tensor, jvp: str, modules: list[nn.Module] | Non
 
 def probe_modules(G: Callable, z: torch.Tensor, jvp: str, modules: list[nn.Module] | None = None,
                   batchnorm: str = "error", missed: bool = False) -> tuple[str, list[nn.Module]]:
-    """`probe`, and the modules G ran in the probe that `modules` (the scan's) did not hold.
+    """`probe`, and the modules G runs: those of `modules` (the scan's) it ran a submodule of, and
+    those it ran that no module of `modules` holds (cached with the probe, as weak references).
 
     The probe's forwards run under `_ProbeGuard`: a refused probe leaves every parameter and
-    buffer as found, and a G that changes its own parameters when called is refused (they are put
-    back).  missed: whether the scan may have missed modules (`scan`); with none found either way,
-    a warning (once per generator) says that the state guarantee covers no state of G.
+    buffer as found, train-mode BatchNorm is refused (or put in eval mode) before it runs, and a
+    G that changes its own parameters when called is refused (they are put back).  missed:
+    whether the scan may have missed modules (`scan`); with none found either way, a warning
+    (once per generator) says that the state guarantee covers no state of G.
     """
     if jvp not in JVP_MODES:
         raise ValueError(f"jvp must be one of {JVP_MODES}, got {jvp!r}")
@@ -609,12 +627,12 @@ def probe_modules(G: Callable, z: torch.Tensor, jvp: str, modules: list[nn.Modul
             "that update out of G's forward (into the training step).") from error
     if error is not None:
         raise error
-    ran = list(guard.extra.values())
+    new, ran = guard.extra, guard.ran()
     anchor, extra = generator_identity(G, modules)
-    if ran:
+    if new:
         _warn_once(anchor, extra, (
             f"G runs modules spectral_ops did not find among the objects G holds "
-            f"({', '.join(sorted({type(m).__name__ for m in ran})[:4])}): their buffers are kept and the "
+            f"({', '.join(sorted({type(m).__name__ for m in new})[:4])}): their buffers are kept and the "
             "BatchNorm policy applies as found by running G once, but the dtype check does not, and "
             "another module behind the same G would go unseen; hold G's modules in attributes, closures, "
             "dicts or lists (or pass the module)"))
@@ -657,9 +675,11 @@ def prepared(G: Callable, z: torch.Tensor, *, jvp: str, batchnorm: str, name: st
     check_dtype(modules, flat, name)
     check_row_args(G, flat.shape[0])
     call = flat_generator(G, latent_shape)
-    with batch_policy(G, batchnorm, modules), preserved_buffers(G, modules), torch.enable_grad():
-        mode, ran = probe_modules(call, flat, jvp, modules, batchnorm, missed)
-        with batch_policy(G, batchnorm, ran), preserved_buffers(G, ran):  # modules only running G found
+    if batchnorm not in ("error", "eval"):
+        raise ValueError(f"batchnorm must be 'error' or 'eval', got {batchnorm!r}")
+    with torch.enable_grad():
+        mode, ran = probe_modules(call, flat, jvp, modules, batchnorm, missed)  # G's state as found on exit
+        with batch_policy(G, batchnorm, ran), preserved_buffers(G, ran):  # the modules G runs
             yield call, flat, mode
 
 

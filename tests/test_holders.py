@@ -156,6 +156,33 @@ def test_every_holder_of_G_leaves_its_state_as_found(holder):
     assert not torch.equal(before[-1], mapping.w_avg)
 
 
+class _Discriminator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(18, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_modules_on_the_trainer_object_that_G_never_runs_are_left_alone():
+    """The trainer object G is a method of also holds a discriminator with train-mode BatchNorm:
+    G never runs it, so it must neither be refused (batchnorm="error") nor touched.  Guards the
+    scan of attributes against refusing what it finds without G running it."""
+    mapping, synthesis = _nets()
+    synthesis.eval()
+    loss = Loss(mapping, synthesis)
+    loss.D = _Discriminator().double().train()
+    with torch.no_grad():
+        loss.D(synthesis(mapping(_z(16, 6, seed=4))))
+    z = _z(4, 6)
+    before = _state(mapping, synthesis, loss.D)
+    top = jacobian_topk(loss.run_G, z, 3, method="dense")
+    spectral_penalty(loss.run_G, z, k=2).backward()
+    assert torch.allclose(top.values, _oracle_values(loss.run_G, z, 3, mapping), rtol=100 * EPS)
+    assert _same_state(before, mapping, synthesis, loss.D) and loss.D.training
+
+
 # ---- state the scan cannot reach, and a G that changes its parameters ----------------------------------
 def _bn_net():
     torch.manual_seed(0)
