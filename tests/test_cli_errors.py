@@ -110,3 +110,53 @@ def test_a_seed_a_generator_cannot_take_is_one_line_naming_seed(tmp_path, capsys
 def test_topk_takes_the_largest_seed(capsys):
     """2**64 - 1 is a seed torch takes: the command runs."""
     assert main(["topk", "--batch", "2", "--latent-dim", "4", "--iters", "2", f"--seed={2 ** 64 - 1}"]) == 0
+
+
+# ---- train and eval: a generator with NaN weights in eval ---------------------------------------
+def _nan_weights(checkpoint, path):
+    """The checkpoint with every floating weight of its generators set to NaN."""
+    blob = torch.load(checkpoint, weights_only=True)
+    for key in ("G", "G_ema"):
+        for v in (blob.get(key) or {}).values():
+            if v.is_floating_point():
+                v.fill_(float("nan"))
+    torch.save(blob, path)
+    return path
+
+
+def test_eval_on_nan_weights_says_g_of_z_is_not_finite(tmp_path, capsys, checkpoint, monkeypatch):
+    """Before: 'factors contains non-finite values' (from the metrics, after the factor predictor
+    was loaded or fitted), where trace and directions say 'G(z) has non-finite values'."""
+    import spectral_ops.lab.cli.eval as eval_cli
+
+    def no_predictor(*a, **kw):
+        raise ValueError("the factor predictor was reached")
+
+    monkeypatch.setattr(eval_cli, "load_or_fit_predictor", no_predictor)
+    bad = _nan_weights(checkpoint, tmp_path / "nan.pt")
+    assert main(["eval", "--ckpt", str(bad), "--out", str(tmp_path / "o"), "--n-samples", "100", "--no-progress"]) == 2
+    _one_line(capsys.readouterr().err, "G(z) has non-finite values (NaN or Inf) in rows [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...]")
+
+
+def test_evaluate_generator_names_non_finite_rows_before_measuring():
+    """Before: a G with NaN rows reached the predictor and the metrics (here: an AttributeError
+    on the absent predictor; with a real one, 'factors contains non-finite values')."""
+    from spectral_ops.lab.evaluate import evaluate_generator
+
+    class Holes(torch.nn.Module):
+        """Images [N, 1, 4, 4] of 0.5, NaN in the rows whose latent's first entry is below -1."""
+        latent_dim = 3
+
+        def forward(self, z):
+            img = torch.full((z.shape[0], 1, 4, 4), 0.5)
+            return torch.where((z[:, :1] < -1)[:, :, None, None], torch.nan, img)
+
+    z = torch.randn(50, 3, generator=torch.Generator().manual_seed(7))  # the evaluation's latents
+    rows = ", ".join(map(str, (z[:, 0] < -1).nonzero().flatten().tolist()[:10]))
+    assert rows
+    with pytest.raises(ValueError, match=rf"G\(z\) has non-finite values \(NaN or Inf\) in rows \[{rows}"):
+        evaluate_generator(Holes(), dataset="spot", size=32, predictor=object(), n=50, seed=7)
+    from spectral_ops.lab.evaluate import check_outputs  # the eval command's check before the predictor
+
+    with pytest.raises(ValueError, match=rf"in rows \[{rows}"):
+        check_outputs(Holes(), n=50, seed=7)

@@ -21,10 +21,11 @@ from spectral_ops.lab.data import DATASETS, make_dataset
 from spectral_ops.lab.viz import generate
 from spectral_ops.lab.metrics import (activeness, activeness_summary, axis_alignment, dci, frechet_distance, mig,
                                       oracle_generator, varying_mask)
+from spectral_ops.jacobian import name_rows
 from spectral_ops.validation import check_int
 
-__all__ = ["evaluate_generator", "reference_rows", "traversal_grid", "format_table", "side_by_side",
-           "CEILING", "FLOOR"]
+__all__ = ["evaluate_generator", "check_outputs", "reference_rows", "traversal_grid", "format_table",
+           "side_by_side", "CEILING", "FLOOR"]
 
 #: column names of the reference rows
 CEILING = "ceiling (oracle)"
@@ -43,7 +44,8 @@ def evaluate_generator(G, *, dataset: str, size: int, predictor, n: int = 2000, 
             `piecewise_constant` attribute (the reference oracles) gets no axis alignment.
         dataset, size: the procedural dataset G was trained on (names the factors).
         predictor: a fitted FactorPredictor for that dataset.
-        n: latent samples for MIG / DCI / Frechet distance.
+        n: latent samples for MIG / DCI / Frechet distance (a G(z) that is not finite in any
+            of them raises ValueError naming the rows, as the library does).
         seed: seed of the latent samples (and of the real images when not given).
         n_active: samples for activeness.
         real_images: (M, 1, size, size) real images for the Frechet distance; default: n rendered.
@@ -74,10 +76,9 @@ def evaluate_generator(G, *, dataset: str, size: int, predictor, n: int = 2000, 
     if not hasattr(G, "latent_dim"):
         raise ValueError("G must have a latent_dim attribute (the size of its latent)")
     t0 = time.perf_counter()
-    d = G.latent_dim
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, d, generator=gen)
-    images = generate(G, z, chunk=500).clamp(0, 1)
+    z = _latents(G, n, seed)
+    d = z.shape[1]
+    images = _finite_images(generate(G, z, chunk=500)).clamp(0, 1)
     pred, feats = predictor.predict(images, return_features=True)
     levels = predictor.to_levels(pred)
     names = list(predictor.factor_names)
@@ -102,6 +103,26 @@ def evaluate_generator(G, *, dataset: str, size: int, predictor, n: int = 2000, 
             "frechet_distance": fd, "frechet_real": fd_real,
             "frechet_ratio": fd / fd_real if fd_real > 0 else float("inf"),
             "factor_names": names, "n": n, "seconds": time.perf_counter() - t0}
+
+
+def _latents(G, n: int, seed: int) -> torch.Tensor:
+    """The evaluation's latents [n, G.latent_dim], z ~ N(0, I) from `seed`."""
+    return torch.randn(n, G.latent_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def _finite_images(images: torch.Tensor) -> torch.Tensor:
+    """images [N, ...] as they are; ValueError naming the rows (the latents' rows) that are not finite."""
+    name_rows(~torch.isfinite(images.reshape(images.shape[0], -1)).all(dim=1), "G(z) has non-finite values (NaN or Inf)")
+    return images
+
+
+def check_outputs(G, *, n: int = 2000, seed: int = 0, rows: int = 256) -> None:
+    """Raise ValueError naming the rows where G(z) is not finite, on the first `rows` of the
+    latents `evaluate_generator(G, n=n, seed=seed)` draws (row numbers as there): a generator
+    with NaN weights is reported in seconds, before a factor predictor is fitted for it."""
+    if not hasattr(G, "latent_dim"):
+        raise ValueError("G must have a latent_dim attribute (the size of its latent)")
+    _finite_images(generate(G, _latents(G, n, seed)[:rows], chunk=rows))
 
 
 def _alignment(G, z: torch.Tensor, k: int):

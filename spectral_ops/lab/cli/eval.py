@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from spectral_ops.lab.cli.options import add_threads_option, apply_threads
-from spectral_ops.lab.evaluate import evaluate_generator, format_table, traversal_grid
+from spectral_ops.lab.evaluate import check_outputs, evaluate_generator, format_table, traversal_grid
 from spectral_ops.lab.io import EVAL_MODULES, atomic_save_image, atomic_write_text, require_modules, writable_dir
 from spectral_ops.lab.metrics import PredictorConfig, load_or_fit_predictor
 from spectral_ops.lab.train import load_generator
@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
             G, config = load_generator(args.ckpt)
         except Exception as exc:
             raise ValueError(f"--ckpt: cannot read a training checkpoint from {args.ckpt!r}: {exc}") from None
+        check_outputs(G, n=args.n_samples, seed=args.seed)  # NaN weights: said before a predictor is fitted
         out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent
         msg = writable_dir(out)
         if msg:
