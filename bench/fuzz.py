@@ -1022,11 +1022,22 @@ for _which in ("hessian_penalty", "orojar", "path_length"):
 
 # ---- class: cli -------------------------------------------------------------------------------
 
-# Put on PYTHONPATH as sitecustomize.py: every torch.save in the CLI process meets a full disk.
+# Put on PYTHONPATH as sitecustomize.py: every torch.save in the CLI process meets a full disk where
+# a real one meets it, in the file's write (inside torch's writer, which reports it its own way).
 ENOSPC_HOOK = """\
 import errno, torch
-def _full(*args, **kwargs):
-    raise OSError(errno.ENOSPC, "No space left on device")
+_save = torch.save
+class _Full:
+    def __init__(self, f):
+        self.f = f
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+def _full(obj, f, *args, **kwargs):
+    if not hasattr(f, "write"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return _save(obj, _Full(f), *args, **kwargs)
 torch.save = _full
 """
 TRAIN = ["train", "--dataset", "dots", "--n-train", "64", "--batch-size", "8", "--width", "8", "--latent-dim", "4",
@@ -1044,13 +1055,16 @@ def _cli(args, cwd: Path, hook: bool = False, timeout: int = 240) -> subprocess.
 
 
 def _one_line(proc, code: int, words: tuple[str, ...], what: str):
-    """("clear-error", the line) when the CLI exited with `code` and one stderr line naming one of
-    `words`; otherwise a crash (RuntimeError raised here, with what it did)."""
+    """("clear-error", the line) when the CLI exited with `code`, printed no traceback, and its last
+    stderr line is one "spectral-ops ...: error: ..." line naming one of `words` (progress lines
+    such as "resuming ..." may come before it); otherwise a crash (RuntimeError raised here)."""
     err = proc.stderr.strip()
     lines = [line for line in err.splitlines() if line.strip()]
-    if proc.returncode != code or "Traceback" in err or len(lines) != 1 or not any(w in err.lower() for w in words):
+    errors = [line for line in lines if ": error:" in line]
+    if (proc.returncode != code or "Traceback" in err or len(errors) != 1 or errors[0] != lines[-1]
+            or not any(w in errors[0].lower() for w in words)):
         raise RuntimeError(f"{what}: exit {proc.returncode} (want {code}), stderr {err[-300:]!r}")
-    return "clear-error", f"exit {code}: {lines[0]}"
+    return "clear-error", f"exit {code}: {lines[-1]}"
 
 
 def _cli_case(kind: str):
