@@ -186,3 +186,24 @@ def test_meta_device_is_refused_naming_it():
     """Before: the message blamed `latents`, which the caller never passed."""
     with pytest.raises(ValueError, match="device is 'meta'"):
         global_directions(families(6)["plain_function"], 4, 2, latent_dim=6, device="meta")
+
+
+@pytest.mark.parametrize("k", [7, 8])
+def test_a_metric_with_a_null_space_gets_every_direction(k):
+    """G(z) = z W with W the first two coordinate axes (d = 8, rank 2): the Krylov space cannot
+    reach the whole null space, and the solve returned zero vectors with eigenvalue -0.69 as
+    converged directions, so explained fell back to 0.31 at k = d.  The missing rows are now
+    completed from the complement: orthonormal directions, eigenvalues [1, 1, 0, ...] (to
+    rounding) and explained [0.5, 1, ..., 1].  Before: the zero rows and negative values."""
+    W = torch.zeros(8, 2, dtype=torch.float64)
+    W[0, 0] = W[1, 1] = 1.0
+    z = torch.randn(5, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = global_directions(lambda x: x @ W, None, k, latents=z, iters=60, tol=1e-8)
+    eps = torch.finfo(torch.float64).eps
+    eye = torch.eye(k, dtype=torch.float64)
+    assert (out.directions @ out.directions.T - eye).abs().max() <= 64 * eps
+    expect = torch.zeros(k, dtype=torch.float64)
+    expect[:2] = 1.0
+    assert (out.values - expect).abs().max() <= 64 * eps and bool(out.converged.all())
+    assert (out.directions[:2, 2:].abs().max()) <= 64 * eps  # the top two span the first two axes
+    assert (out.explained - expect.cumsum(0) / 2).abs().max() <= 64 * eps
