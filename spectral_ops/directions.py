@@ -27,7 +27,7 @@ from .jacobian import JacobianOperator
 from .krylov import block_lanczos, krylov_block
 from .validation import check_bool, check_callable, check_int, check_iters_tol, check_k, check_seed, derived_seed
 
-EXACT_TRACE_DIM = 64  # up to this latent size the exact trace (d JVPs a sample) costs about what the solve does
+EXACT_TRACE_DIM = 64  # exact trace up to here: d JVPs a sample, at d = 64 about 0.7x a 26-product solve
 
 
 @dataclass
