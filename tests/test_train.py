@@ -520,3 +520,31 @@ def test_resume_at_the_final_step_leaves_the_run_untouched(tmp_path, capsys):
     other = tmp_path / "other"
     assert main(["train", "--out", str(other), "--resume", str(out / "checkpoint.pt"), "--no-progress"]) == 0
     assert not other.exists()
+
+
+@pytest.mark.parametrize("reg", ["spectral", "hessian", "path_length"])
+def test_a_diverging_regularized_run_is_exit_1_not_a_regularizer_error(tmp_path, monkeypatch, capsys, reg):
+    """NaN weights after step 3 with a regularizer on. Before: the regularizer's ValueError on the
+    NaN G(z) ('G(z) has non-finite values ...') ended the run with exit 2, the status --help gives to
+    bad arguments, instead of the divergence report and exit 1 (spectral on the previous main; the
+    peers since they name non-finite rows instead of returning NaN)."""
+    import spectral_ops.lab.train as T
+
+    real, calls = T._ema_update, []
+
+    def ema_then_poison(G_ema, G, beta):
+        real(G_ema, G, beta)
+        calls.append(1)
+        if len(calls) == 3:
+            with torch.no_grad():
+                next(G.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(T, "_ema_update", ema_then_poison)
+    out = tmp_path / "run"
+    rc = main(["train", "--out", str(out), "--steps", "6", *_cli({**TINY, "ckpt_every": 2}), "--reg", reg,
+               "--reg-every", "1", "--reg-k", "2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    _one_line_error(err, "training diverged at step 4")
+    assert "reg = nan (generator's regularizer)" in err and "(step 2)" in err
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 2

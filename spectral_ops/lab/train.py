@@ -709,7 +709,10 @@ def _generator_step(run: RunState) -> tuple[torch.Tensor, torch.Tensor]:
     loss_G = loss_adv
     reg_val = torch.zeros((), device=run.device)
     if run.reg is not None and config.reg_weight > 0:
-        reg_val = run.reg(run.G_run, z)
+        if bool(torch.isfinite(fake.detach()).all()):
+            reg_val = run.reg(run.G_run, z)
+        else:  # a diverged G: the regularizers refuse its G(z) (ValueError); reported as divergence, exit 1
+            reg_val = torch.full((), float("nan"), device=run.device)
         loss_G = loss_G + config.reg_weight * reg_val
     run.opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
