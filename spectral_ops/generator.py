@@ -202,15 +202,44 @@ _LEAVES = (torch.Tensor, str, bytes, bytearray, int, float, complex, bool, type(
            torch.Generator, range, slice, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
 
 
+# packages whose functions and objects hold no user module: not looked into (a G that calls
+# torch.nn.functional.relu must not walk through torch's internals)
+_LIBRARIES = ("torch", "numpy", "spectral_ops", "typing", "abc", "enum", "logging", "threading", "warnings")
+
+
+def _library_object(obj: object) -> bool:
+    where = obj.__module__ if isinstance(obj, (types.FunctionType, types.MethodType)) else type(obj).__module__
+    return isinstance(where, str) and where.split(".")[0] in _LIBRARIES
+
+
+def _slots(obj: object) -> list[object]:
+    """The values of obj's __slots__ (all classes of its MRO), but __dict__ and __weakref__."""
+    out = []
+    for cls in type(obj).__mro__:
+        names = getattr(cls, "__slots__", ())
+        for name in (names,) if isinstance(names, str) else names if isinstance(names, (tuple, list)) else ():
+            if name not in ("__dict__", "__weakref__"):
+                with contextlib.suppress(AttributeError, TypeError):
+                    out.append(getattr(obj, name))
+    return out
+
+
 def _held(obj: object) -> tuple[list[object], bool]:
     """(the objects obj holds that may lead to modules, whether obj is a callable spectral_ops
     cannot look into).  Functions: closure cells and the globals they name (not Python modules or
     classes); methods: the function and the object bound; partials: function and arguments;
-    containers: their items; other objects: their attributes (__dict__ and __slots__)."""
+    containers: their items; other objects: their attributes (__dict__ and __slots__).  Objects
+    of torch, numpy and a few standard modules (`_LIBRARIES`) hold nothing here."""
     if isinstance(obj, FlatGenerator):
         return [obj.G, *obj.kwargs.values()], False
     if isinstance(obj, functools.partial):
         return [obj.func, *obj.args, *obj.keywords.values()], False
+    if isinstance(obj, dict):
+        return list(itertools.islice(obj.values(), SCAN_ITEMS)), False
+    if isinstance(obj, (list, tuple, set, frozenset, collections.deque)):
+        return list(itertools.islice(obj, SCAN_ITEMS)), False
+    if _library_object(obj):
+        return [], False
     if isinstance(obj, types.MethodType):
         return [obj.__func__, obj.__self__], False
     if isinstance(obj, types.FunctionType):
@@ -219,24 +248,17 @@ def _held(obj: object) -> tuple[list[object], bool]:
             with contextlib.suppress(ValueError):  # an empty cell
                 cells.append(cell.cell_contents)
         named = [obj.__globals__[n] for n in obj.__code__.co_names if n in obj.__globals__]
-        return cells + [g for g in named if not isinstance(g, _LEAVES)], False
-    if isinstance(obj, dict):
-        return list(itertools.islice(obj.values(), SCAN_ITEMS)), False
-    if isinstance(obj, (list, tuple, set, frozenset, collections.deque)):
-        return list(itertools.islice(obj, SCAN_ITEMS)), False
-    held = list(itertools.islice(vars(obj).values(), SCAN_ITEMS)) if isinstance(getattr(obj, "__dict__", None), dict) else []
-    for cls in type(obj).__mro__:
-        for slot in getattr(cls, "__slots__", ()) if isinstance(getattr(cls, "__slots__", ()), (tuple, list)) else ():
-            with contextlib.suppress(AttributeError, TypeError):
-                held.append(getattr(obj, slot))
-    opaque = callable(obj) and not held and not isinstance(obj, _LEAVES)
-    return held, opaque
+        return cells + named, False
+    attrs = getattr(obj, "__dict__", None)
+    held = list(itertools.islice(attrs.values(), SCAN_ITEMS)) if isinstance(attrs, dict) else []
+    held += _slots(obj)
+    return held, callable(obj) and not held
 
 
 def scan(G: object, depth: int = SCAN_DEPTH) -> tuple[list[nn.Module], bool]:
     """(the nn.Modules G reaches, whether the scan may have missed some).
 
-    Breadth first from G through `_held` links, at most `depth` links and SCAN_OBJECTS objects,
+    Breadth first from G through `_held` links, up to `depth` links and SCAN_OBJECTS objects,
     each object once (cycle-safe).  A module ends its branch (its submodules are its own).
     "May have missed": the scan stopped at a limit, or met a callable it cannot look into.
     """
@@ -245,24 +267,25 @@ def scan(G: object, depth: int = SCAN_DEPTH) -> tuple[list[nn.Module], bool]:
         return [G], False
     found: dict[int, nn.Module] = {}
     seen, frontier, missed = {id(G)}, [G], False
-    for _ in range(depth + 1):
+    for level in range(depth + 1):
         nxt = []
         for obj in frontier:
             if isinstance(obj, nn.Module):
                 found.setdefault(id(unwrap(obj)), unwrap(obj))
                 continue
+            if level == depth:  # not looked into: say so if it may hold something
+                missed |= bool(_held(obj)[0])
+                continue
             held, opaque = _held(obj)
             missed |= opaque
             for h in held:
-                if id(h) not in seen and not isinstance(h, _LEAVES):
+                if not isinstance(h, _LEAVES) and id(h) not in seen:
                     seen.add(id(h))
                     nxt.append(h)
             if len(seen) > SCAN_OBJECTS:
                 return list(found.values()), True
-        if not nxt:
-            return list(found.values()), missed
         frontier = nxt
-    return list(found.values()), missed or any(not isinstance(o, nn.Module) for o in frontier)
+    return list(found.values()), missed
 
 
 def modules_of(G: object, depth: int = SCAN_DEPTH) -> list[nn.Module]:

@@ -17,6 +17,7 @@ import weakref
 import pytest
 import torch
 from torch import nn
+from torch.nn.functional import relu
 
 from gen_families import explicit_jacobian, mlp
 import spectral_ops
@@ -89,6 +90,18 @@ class Wrapper:
         return self.parts[1](self.parts[0](z))
 
 
+class SlottedWrapper:
+    """A callable object with __slots__ (no __dict__)."""
+
+    __slots__ = ("mapping", "synthesis")
+
+    def __init__(self, mapping: nn.Module, synthesis: nn.Module):
+        self.mapping, self.synthesis = mapping, synthesis
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self.synthesis(self.mapping(z))
+
+
 def _nets():
     """(mapping, synthesis) in training mode, with running statistics from a few batches."""
     torch.manual_seed(0)
@@ -106,6 +119,7 @@ def _holders(mapping: nn.Module, synthesis: nn.Module) -> dict:
     loss = Loss(mapping, synthesis)
     return {
         "callable object": Wrapper(mapping, synthesis),
+        "object with __slots__": SlottedWrapper(mapping, synthesis),
         "lambda over a dict": lambda x: nets["G_synthesis"](nets["G_mapping"](x)),
         "lambda over a namespace": lambda x: ns.synthesis(ns.mapping(x)),
         "partial of a callable object": functools.partial(Wrapper(mapping, synthesis)),
@@ -264,6 +278,7 @@ def test_no_module_and_nothing_to_look_into_is_said_once():
         warnings.simplefilter("error")
         top = jacobian_topk(G, z, 2, method="dense")
         jacobian_topk(lambda x: torch.tanh(x[:, :3] * 2.0), z, 2, method="dense")  # a plain function: no word
+        jacobian_topk(lambda x: relu(x[:, :3]) + x[:, :3], z, 2, method="dense")  # nor for torch's functions
     assert torch.allclose(top.values, torch.linalg.svdvals(explicit_jacobian(G, z))[:, :2], rtol=100 * EPS)
 
 
