@@ -491,3 +491,54 @@ def test_batching_ceiling(benchmark):
     TABLE.note(f"batching ceiling: a product costs {medians['1 row'] / reps * 1e3:.2f} ms on 1 row and "
                f"{per_row / reps * 1e3:.3f} ms per row on {B} rows, {medians['1 row'] / per_row:.1f}x less: at equal "
                "products per sample, the most a batched solver can gain over per-sample ARPACK on this machine")
+
+
+# ---------------------------------------------------------------- 7. krylov's check against a second start
+# Run: pytest bench/bench_topk.py -k second_start -s; writes bench/results/topk_krylov_check.md.
+CHECK_TABLE = RatioTable("topk_krylov_check")
+CHECK_SETTINGS = (0, 2, 3, 4)  # power.KRYLOV_SECOND_START: 0 is the solver without the check
+CHECK_CASES = ([("sweep", d, 1e-3) for d in (32, 128, 512)]  # the sweep's setting: B=16, k=4, iters<=20
+               + [("flat", 128, 1e-4), ("gapped", 128, 1e-4)])  # section 5's DCGANs, to tol=1e-4
+
+
+@pytest.fixture(scope="module")
+def _check_report():
+    yield
+    CHECK_TABLE.report()
+
+
+@pytest.mark.parametrize("case,d,tol", CHECK_CASES)
+def test_second_start_cost(benchmark, _check_report, monkeypatch, case, d, tol):
+    """What krylov's check against a second start (krylov.block_lanczos second_start) costs: the
+    same jacobian_topk(method="krylov") call with power.KRYLOV_SECOND_START = 0 (no check) and
+    the settings tried, interleaved in one run; median seconds, passes and the largest error of
+    the values against a float64 dense solve."""
+    from spectral_ops import power
+
+    torch.manual_seed(0)
+    if case == "sweep":
+        G, z, k = DCGAN(d, size=32, width=16), torch.randn(SWEEP_B, d), SWEEP_K
+        kind = f"sweep DCGAN 32x32, B={SWEEP_B}, d={d}, k={k}, iters<=20, tol={tol:g}"
+    else:
+        G, z, _, _ = _conv_setup(case)
+        k, kind = 4, f"{case} DCGAN 32x32, B={CONV['B']}, d={d}, k=4, tol={tol:g}"
+    G, z = G.to(DEVICE), z.to(DEVICE)
+    ref = jacobian_topk(copy.deepcopy(G).double(), z.double(), k, method="dense").values
+    out = {}
+
+    def case_fn(setting):
+        def fn():
+            monkeypatch.setattr(power, "KRYLOV_SECOND_START", setting)
+            out[setting] = jacobian_topk(G, z, k, iters=20 if case == "sweep" else POWER_CAP, tol=tol,
+                                         method="krylov", jvp="double_backward")
+        return fn
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        medians = interleaved(benchmark, {s: case_fn(s) for s in CHECK_SETTINGS})
+    for s in CHECK_SETTINGS:
+        top = out[s]
+        err = float(((top.values.double().cpu() - ref.cpu()).abs() / ref[:, :1].cpu()).max())
+        CHECK_TABLE.add(kind, f"second_start={s}", medians[s], baseline=s == 0, passes=top.iterations,
+                        converged=f"{int(top.converged.all(1).sum())}/{z.shape[0]}", max_value_err=f"{err:.1e}",
+                        over_no_check=f"{medians[s] / medians[0]:.3f}x")

@@ -6,11 +6,22 @@ recurrence, so float32 products keep their accuracy), and Rayleigh-Ritz over the
 convergence.  p is small (1 for a batch of 16 or more samples: single-vector Lanczos needs the
 fewest products) and the batch makes each pass wide; a sample leaves the batch as soon as its k
 pairs have converged, so the passes shrink; a full space restarts from the Ritz vectors.
+
+A Krylov space grown from one start holds almost nothing of an eigenvector the start is nearly
+orthogonal to (and only one vector of a repeated eigenvalue per start vector): its k Ritz pairs
+can pass the residual test while a missed eigenvalue lies among the top k.  With second_start,
+a sample that passes takes a second, independent start (seeded draws made orthogonal to its
+space) and is finished only when its top k pass again after that start's products
+(`KrylovResult.settled`).
+
+The solver's dense algebra runs in X's dtype with autocast off; `product` runs under the
+caller's autocast setting (`caller_autocast`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
 
@@ -22,19 +33,24 @@ CHECK_SPACING = 10
 # rows: on a CPU a DCGAN product costs 1.05 ms on one row and 0.192 ms per row on 16
 # (bench/bench_topk.py, "batching ceiling").
 KRYLOV_ROWS = 16
+# Seed of the second start's draws: a stream of its own, so that it never repeats the caller's
+# start (jacobian_topk draws that from its `seed`, 0 by default).
+SECOND_START_SEED = 0x5EC0D
 
 
 @dataclass
 class KrylovResult:
     """V [B, k, d] orthonormal Ritz vectors; lam [B, k] Ritz values, descending; res [B, k]
     residuals ||M v - lam v|| / lam_1; passes: calls of `product`; vectors [B]: products per
-    sample (M applied to that many vectors)."""
+    sample (M applied to that many vectors); settled [B] bool: the pairs were checked as the
+    top k (the space filled R^d, or the second start ran; all True when second_start is 0)."""
 
     V: torch.Tensor
     lam: torch.Tensor
     res: torch.Tensor
     passes: int
     vectors: torch.Tensor
+    settled: torch.Tensor | None = field(default=None)
 
 
 def krylov_block(B: int, k: int) -> int:
@@ -45,11 +61,12 @@ def krylov_block(B: int, k: int) -> int:
 
 def block_lanczos(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], X: torch.Tensor, MX: torch.Tensor,
                   k: int, block: int, max_vectors: int, tol: float, max_basis: int | None = None,
-                  relative_floor: float | None = None) -> KrylovResult:
+                  relative_floor: float | None = None, second_start: int = 0) -> KrylovResult:
     """Top-k eigenpairs of M_b by restarted block Lanczos, batched over b.
 
     product(Q, rows): M Q for the samples `rows` (a LongTensor [b] of indices into 0..B-1, the
-        samples still running), Q [b, block, d] orthonormal (zero rows allowed) -> [b, block, d].
+        samples still running), Q [b, block, d] orthonormal (zero rows allowed) -> [b, block, d];
+        run under the caller's autocast setting, its result cast to X's dtype.
     X: [B, n0, d] orthonormal start, MX = M X [B, n0, d] (the caller's first product).
     block: vectors added per step (p); max_vectors: products per sample allowed, MX's included.
     max_basis: the space restarts from its top Ritz vectors when it would exceed this many
@@ -59,60 +76,136 @@ def block_lanczos(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         asks each vector for tol relative to its own value: residual / lam_1 < tol * max(lam_i /
         lam_1, f), since a residual of tol lam_1 moves a vector with a small lam_i by about
         tol lam_1 / gap_i (the regularizer's weakest vectors; f is its null threshold).
+    second_start: 0 stops at the first check where the k pairs pass.  n > 0: a sample whose pairs
+        pass before its space fills R^d takes `block` seeded random directions (orthogonal to its
+        space) as its next block, then at least n vectors in all from them (that block and the
+        Lanczos steps that follow it), and stops at the first check after those where its top k
+        pass again: an eigenvalue its first start missed but the second does not enters the
+        top k there with a large residual, and the sample runs on.  A space that restarts
+        before that takes a new second start.  Samples that stop on the budget unchecked have
+        settled False.
     """
+    device = X.device.type
+    with caller_autocast(device) as run_product:
+        return _block_lanczos(lambda Q, rows: run_product(product, Q, rows).to(X.dtype), X, MX, k, block,
+                              max_vectors, tol, max_basis, relative_floor, second_start)
+
+
+@contextlib.contextmanager
+def caller_autocast(device_type: str) -> Iterator[Callable]:
+    """The one autocast rule of the Krylov solvers: inside the block autocast is off (the small
+    dense algebra, eigh and orthogonalization, keeps its dtype: autocast would run its matmuls
+    in bfloat16/float16), and the yielded `run(fn, *args)` calls fn (G's products) under the
+    autocast setting the caller had on entry.  device_type: "cpu", "cuda", ... (a device with
+    no autocast, e.g. "meta", runs both as they are)."""
+    if not torch.amp.is_autocast_available(device_type):
+        yield lambda fn, *args: fn(*args)
+        return
+    enabled, dtype = torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+    def run(fn, *args):
+        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            return fn(*args)
+    with torch.autocast(device_type, enabled=False):
+        yield run
+
+
+def _second_start(R: torch.Tensor | None, B: int, block: int, X: torch.Tensor) -> torch.Tensor:
+    """The second start's draws [B, block, d] (SECOND_START_SEED), drawn once per solve, on the
+    first sample that needs them: the same vectors on every device."""
+    if R is None:
+        gen = torch.Generator(device="cpu").manual_seed(SECOND_START_SEED)
+        R = torch.randn(B, block, X.shape[2], generator=gen, dtype=torch.float64).to(device=X.device, dtype=X.dtype)
+    return R
+
+
+def _block_lanczos(product, X, MX, k, block, max_vectors, tol, max_basis, relative_floor, second_start):
     B, n0, d = X.shape
     max_basis = default_max_basis(d, k) if max_basis is None else min(d, max_basis)
     keep = min(max_basis - block, max(k + block, (max_basis + k) // 2))  # thick restart: k pairs and more
     V_out = X.new_zeros(B, k, d)
     lam_out, res_out = X.new_zeros(B, k), X.new_full((B, k), float("inf"))
     vectors = torch.full((B,), n0, dtype=torch.long, device=X.device)
+    settled_out = torch.ones(B, dtype=torch.bool, device=X.device)
     rows = torch.arange(B, device=X.device)  # indexed with masks on X's device
+    # per running sample: vectors taken from the second start (-1: not started)
+    taken = torch.full((B,), -1 if second_start else 0, dtype=torch.long, device=X.device)
+    R = None
     K, MK, last = X, MX, MX
     H = _sym(K @ MK.transpose(-1, -2))
     passes, used, next_check = 0, n0, k
     while True:
         n = K.shape[1]
-        full = n >= d or (n >= k and used + block > max_vectors)  # no room for another block
+        spent = n >= k and used + block > max_vectors  # no room for another block
         restart = n + block > max_basis and max_basis < d  # a space that may fill R^d never restarts
-        if n >= next_check or full or restart:
+        starting = 0
+        if n >= next_check or n >= d or spent or restart:
             X_r, MX_r, lam, res = _rayleigh_ritz(K, MK, H, keep if restart else k)
             target = tol if relative_floor is None else \
                 tol * (lam[:, :k] / lam[:, :1].clamp_min(torch.finfo(lam.dtype).tiny)).clamp_min(relative_floor)
-            done = (res[:, :k] < target).all(-1) | full
-            finished = int(done.sum())  # the convergence check: one host read-back per Rayleigh-Ritz
+            # a space of d nonzero rows is R^d: exact (a second start's lock leaves zero rows)
+            spans = (K.abs().amax(-1) > 0).sum(1) >= d if n >= d else torch.zeros_like(taken, dtype=torch.bool)
+            passed, checked = (res[:, :k] < target).all(-1), (taken >= second_start) | spans
+            done = (passed & checked) | spans | spent
+            new = passed & ~done & (taken < 0)  # passed for the first time: the second start goes in next
+            # the convergence check: one host read-back per Rayleigh-Ritz
+            finished, starting = torch.stack([done.sum(), new.sum()]).tolist()
             if finished:
                 idx = rows[done]
                 V_out[idx], lam_out[idx], res_out[idx] = X_r[done, :k], lam[done, :k], res[done, :k]
+                settled_out[idx] = checked[done]
                 if finished == len(rows):
-                    return KrylovResult(V_out, lam_out, res_out, passes, vectors)
+                    return KrylovResult(V_out, lam_out, res_out, passes, vectors, settled_out)
                 live = ~done
-                rows, K, MK, H, last, X_r, MX_r = (t[live] for t in (rows, K, MK, H, last, X_r, MX_r))
+                rows, K, MK, H, last, X_r, MX_r, taken, new = (
+                    t[live] for t in (rows, K, MK, H, last, X_r, MX_r, taken, new))
             next_check = n + max(1, n // CHECK_SPACING)
-        Q = _new_directions(last, K, block, n)
+        Q = _new_directions(last, K, block)
         if restart:  # keep the top Ritz vectors (M X follows by the same combination); Q is orthogonal to them
             K, MK = X_r, MX_r
             H = _sym(K @ MK.transpose(-1, -2))
             next_check = K.shape[1] + 1
+        if starting:  # computed for every running sample, kept where it starts (no read-back)
+            R = _second_start(R, B, block, X)
+            K, MK, H, Q = _lock_and_restart(K, MK, H, Q, X_r[:, :k], MX_r[:, :k], new, R[rows])
+            taken = torch.where(new, 0, taken)
+            next_check = min(next_check, K.shape[1] + max(second_start, block))
         MQ = product(Q, rows)
         passes, used = passes + 1, used + block
         vectors[rows] = used
+        taken = torch.where(taken >= 0, taken + block, taken) if second_start else taken
         H = _extend(H, K, MK, Q, MQ)
         K, MK, last = torch.cat([K, Q], 1), torch.cat([MK, MQ], 1), MQ
 
 
-def _new_directions(MQ: torch.Tensor, K: torch.Tensor, block: int, n: int) -> torch.Tensor:
+def _lock_and_restart(K, MK, H, Q, X, MX, new, R):
+    """Where `new` [b]: the space K [b, n, d] becomes the k passed Ritz vectors X [b, k, d]
+    (locked: their residuals are below tol, so M X ~ X diag(lam)), its other n - k rows zero, and
+    the next block Q the second start's draws R [b, block, d] made orthogonal to X, so that
+    Lanczos runs afresh on the rest of R^d (the first start's continuation is dropped: kept, its
+    residual direction and the second start's would both need continuing after a restart).
+    Returns (K, MK, H, Q) with the other samples' as they were."""
+    pad = K.new_zeros(K.shape[0], K.shape[1] - X.shape[1], K.shape[2])
+    K_lock, MK_lock = torch.cat([X, pad], 1), torch.cat([MX, pad], 1)
+    H_lock = _sym(K_lock @ MK_lock.transpose(-1, -2))
+    at = new[:, None, None]
+    return (torch.where(at, K_lock, K), torch.where(at, MK_lock, MK), torch.where(at, H_lock, H),
+            torch.where(at, _orthonormal_block(R, X), Q))
+
+
+def _new_directions(MQ: torch.Tensor, K: torch.Tensor, block: int) -> torch.Tensor:
     """The next block [b, block, d]: the dominant directions of the last block's product MQ that
     are new to the space K [b, n, d].  Where MQ adds none (K holds an invariant subspace), the
     coordinate axes that K leaves most of (1 - ||K e_j||^2 largest, at least (d - n) / d), made
     orthogonal to K, take their place, as Lanczos restarts on a breakdown; zero rows are left
     only where K is the whole space."""
     Q = _orthonormal_block(MQ, K)[:, -block:]
-    if n < K.shape[2]:  # computed for every sample and kept where needed: no host read-back per step
-        dead = Q.abs().amax(-1) == 0
-        axes = (1 - (K * K).sum(1)).topk(block, dim=-1).indices  # [b, block]
-        E = torch.nn.functional.one_hot(axes, K.shape[2]).to(Q)
-        Q = torch.where(dead[..., None], _orthonormal_block(E, torch.cat([K, Q], 1)), Q)
-    return Q
+    # computed for every sample and kept where needed: no host read-back per step (K may have
+    # zero rows, so n >= d does not mean K spans R^d)
+    dead = Q.abs().amax(-1) == 0
+    axes = (1 - (K * K).sum(1)).topk(block, dim=-1).indices  # [b, block]
+    E = torch.nn.functional.one_hot(axes, K.shape[2]).to(Q)
+    return torch.where(dead[..., None], _orthonormal_block(E, torch.cat([K, Q], 1)), Q)
 
 
 def folded_start(X: torch.Tensor, p: int) -> torch.Tensor:

@@ -60,6 +60,10 @@ KRYLOV_EXPECTED_PER_K, KRYLOV_EXPECTED_PER_SQRT_D = 2.0, 2.0
 # auto runs dense only when the measured model puts it this much below krylov: near a tie (a
 # DCGAN at B=16, d=8: 40 ms each) the timed costs' noise would otherwise flip the choice per run.
 DENSE_MARGIN = 1.1
+# krylov's check that its pairs are the top k (krylov.block_lanczos's second_start): a sample
+# whose k pairs pass takes a second random start and this many vectors from it, then must pass
+# again.  bench/bench_topk.py test_second_start_cost measures what it costs.
+KRYLOV_SECOND_START = 4
 
 # Kinds of unconverged result already warned about in this process (see _warn_once).
 _warned: set[str] = set()
@@ -75,7 +79,11 @@ class TopK:
         with jvp="finite_difference" the solver's residual against the differences' operator
         plus an estimate of the differences' error on M v_i (|J_h v - J_{h/2} v| at the step h
         and half of it, through J^T, times 4/3), relative to lambda_1.
-    converged: [B, k] bool, residuals < tol (the dense method with an exact JVP: all True).
+    converged: [B, k] bool, residuals < tol, for every method (tol=0: never), and for krylov
+        only where the pairs were also checked as the top k against a second start (see
+        `KRYLOV_SECOND_START`).  The dense method's residuals are those of its eigh on the
+        computed J^T J (rounding: about the compute dtype's eps), so a tol below them is not
+        met.
     iterations: generator passes used: power iterations, krylov steps (0 for the dense method).
     method: "power", "krylov" or "dense" (what ran).  jvp: the JVP mode that ran.
     approximate: True when the products were finite differences (values and vectors carry their
@@ -145,7 +153,8 @@ def estimated_cost(method: str, B: int, k: int, d: int, m: int, iters: int, cost
             return line(costs.build, rows) + line(costs.first_jvp, rows) + iters * line(costs.product, rows)
         if method == "krylov":
             p, bound = _krylov_vectors(B, k, d, iters)
-            expected = KRYLOV_EXPECTED_PER_K * k + KRYLOV_EXPECTED_PER_SQRT_D * math.sqrt(d)
+            expected = (KRYLOV_EXPECTED_PER_K * k + KRYLOV_EXPECTED_PER_SQRT_D * math.sqrt(d)
+                        + KRYLOV_SECOND_START)  # the vectors of the check against a second start
             rows, passes = B * p, -(-min(bound, math.ceil(expected)) // p)
             return (line(costs.build, rows) + line(costs.first_jvp, rows)
                     + passes * (line(costs.product, rows) + costs.step))
@@ -388,16 +397,18 @@ def _krylov_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
     X = ops.orthonormalize(folded_start(X, p)) if init is not None else X[:, :p]  # p start vectors (krylov.folded_start)
     products = _ShrinkingProducts(G, z, p, mode, cdtype)
     MX = products(X, torch.arange(B, device=z.device))
-    r = block_lanczos(products, X, MX, k, p, max(iters * k, X.shape[1]), tol)
+    r = block_lanczos(products, X, MX, k, p, max(iters * k, X.shape[1]), tol, second_start=KRYLOV_SECOND_START)
     V = r.V * ops.reference.sign_align(r.V, V_prev)[..., None]
     passes = r.passes + -(-X.shape[1] // p)
-    return _finish(G, z, V, r.lam, products.c, r.res, tol, passes, "krylov", mode, iters)
+    return _finish(G, z, V, r.lam, products.c, r.res, tol, passes, "krylov", mode, iters, r.settled)
 
 
-def _finish(G, z, V, lam, c, res, tol, iterations, method, mode, iters=None) -> TopK:
+def _finish(G, z, V, lam, c, res, tol, iterations, method, mode, iters=None, settled=None) -> TopK:
     """Singular values sqrt(lam) c from Ritz values of M / c^2; coordinate axes where J is zero;
     with finite differences their estimated error folded into the residuals (`_fd_error`); the
-    once-per-process warning of an unconverged result (iters: the budget, for its message)."""
+    once-per-process warning of an unconverged result (iters: the budget, for its message).
+    settled [B] bool (krylov): False where the pairs were not checked as the top k (the budget
+    ran out first): those samples are not converged whatever their residuals."""
     values = lam.clamp_min(0).sqrt() * c[:, None]
     (V,) = zero_jacobian_axes(lam, V)
     fd_err = None
@@ -406,7 +417,8 @@ def _finish(G, z, V, lam, c, res, tol, iterations, method, mode, iters=None) -> 
         res = torch.where(lam[:, :1] > 0, fd_res.to(res.dtype), res)  # J = 0: exact axes, residual 0
         fd_err = fd_err.to(res.dtype)
     residuals = res if fd_err is None else res + fd_err
-    top = TopK(vectors=V, values=values, residuals=residuals, converged=residuals < tol,
+    converged = residuals < tol if settled is None else (residuals < tol) & settled[:, None]
+    top = TopK(vectors=V, values=values, residuals=residuals, converged=converged,
                iterations=iterations, method=method, jvp=mode, approximate=fd_err is not None)
     _warn_unconverged(top, res, fd_err, tol, iters)
     return top
@@ -471,7 +483,12 @@ def _warn_unconverged(top: TopK, res: torch.Tensor, fd_err: torch.Tensor | None,
     elif top.method == "krylov":
         _warn_once("krylov", (
             f"jacobian_topk(method='krylov') spent its budget (iters={iters}: {iters}*k products per sample) "
-            f"unconverged: largest residual {worst:.1e} > tol={tol:g} on {what}; raise iters"))
+            f"unconverged: largest residual {worst:.1e} (tol={tol:g}) on {what}, or pairs that passed tol "
+            "before their check against a second start; raise iters"))
+    elif top.method == "dense":
+        _warn_once("dense", (
+            f"jacobian_topk(method='dense'): the eigendecomposition's residuals reach {worst:.1e} > tol={tol:g} on "
+            f"{what}: tol is below the rounding of J^T J in {top.values.dtype}; raise tol or use float64 latents"))
 
 
 def _dense_chunk(B: int, d: int, m: int, itemsize: int, chunk_size: int | None) -> int:
@@ -483,8 +500,9 @@ def _dense_chunk(B: int, d: int, m: int, itemsize: int, chunk_size: int | None) 
 
 def _dense_topk(G, z, k, mode, chunk_size, init, tol=1e-4) -> TopK:
     """Exact: J^T [B, d, m] column block by column block with the JVP mode, then eigh of J^T J.
-    With finite differences the columns are approximate: converged then compares the residuals
-    (with the differences' estimated error) to tol."""
+    converged compares the residuals ||M v - lam v|| / lam_1 of the eigh (on the computed
+    M = J^T J) to tol; with finite differences the columns are approximate and the residuals
+    carry the differences' estimated error."""
     B, d = z.shape
     cdtype = ops.reference.compute_dtype(z.dtype)
     with torch.no_grad():
@@ -510,5 +528,4 @@ def _dense_topk(G, z, k, mode, chunk_size, init, tol=1e-4) -> TopK:
     MV = (Mfull @ V.transpose(1, 2)).transpose(1, 2)
     res = (MV - lam[..., None] * V).norm(dim=-1)
     res = torch.where(lam[:, :1] > 0, res / lam[:, :1].clamp_min(torch.finfo(cdtype).tiny), torch.zeros_like(res))
-    tol = tol if mode == "finite_difference" else float("inf")
     return _finish(G, z, V, lam, c, res, tol, 0, "dense", mode)

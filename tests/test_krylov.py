@@ -1,12 +1,16 @@
 """krylov.block_lanczos against eigh of explicit matrices with known spectra, and
 jacobian_topk(method="krylov") on its single-vector path (batches of 16) against the explicit
-Jacobian SVD."""
+Jacobian SVD; its check against a second start (converged means the top k) and autocast."""
 from __future__ import annotations
+
+import copy
+import warnings
 
 import pytest
 import torch
 
 from gen_families import dcgan, explicit_jacobian, families, oracle_svd
+import spectral_ops
 from spectral_ops import conditioned, jacobian_topk
 from spectral_ops.krylov import block_lanczos, krylov_block
 
@@ -203,3 +207,142 @@ def test_relative_floor_resolves_weak_vectors():
     gap = float(s[3] - s[4])
     bound = float((r.res[:, 3] * s[0]).max()) / gap  # sin(angle) <= res / gap: 1 - |cos| <= that squared
     assert tight <= bound ** 2 + 1e-12 and tight < 1e-6 < loose, (tight, loose, bound)
+
+
+# ---------------------------------------------------------------- converged means the top k
+def _tanh_mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.Tanh(), torch.nn.Linear(10, 12))
+
+
+def _assert_top_k_or_unconverged(G, z, top, k, tol):
+    """Every sample krylov reports converged holds the oracle's top k values (float64 explicit
+    Jacobian): a Ritz value lies within its residual (tol lam_1) of an eigenvalue, plus the
+    float32 rounding of the products (64 eps)."""
+    S, _ = oracle_svd(copy.deepcopy(G).double() if isinstance(G, torch.nn.Module) else G, z.double())
+    lam, true = top.values.double() ** 2, S[:, :k] ** 2
+    err = ((lam - true).abs() / true[:, :1]).max(1).values
+    wrong = (err > tol + 64 * torch.finfo(torch.float32).eps) & top.converged.all(1)
+    assert not bool(wrong.any()), [(i, lam[i].tolist(), true[i].tolist()) for i in wrong.nonzero().flatten().tolist()]
+
+
+def test_a_batch_of_3000_finds_every_top_eigenvalue():
+    """A 6-10-12 tanh MLP, 3000 latents, k=3: on the previous main 3 samples (518, 1338, 2113)
+    stopped holding lam = [0.5446, 0.2741, 0.0355] where the truth is [0.5446, 0.2741, 0.0382,
+    0.0355]: the one start vector was nearly orthogonal to the third eigenvector, the three pairs
+    it held had residuals below tol and converged was True.  Now each sample that passes is
+    checked against a second start.  Fails on the previous main."""
+    G = _tanh_mlp()
+    torch.manual_seed(0)
+    z = torch.randn(3000, 6)
+    top = jacobian_topk(G, z, 3, method="krylov")
+    assert top.method == "krylov" and bool(top.converged.all())
+    _assert_top_k_or_unconverged(G, z, top, 3, 1e-4)
+
+
+class _Repeated(torch.nn.Module):
+    """G(x) = 100 tanh(0.01 A x), A [20, 13] with singular values in pairs (3, 3, 2.5, 2.5, ...,
+    1, 1, 0.8, 0.5): J(z) has nearly repeated singular values, which one Krylov start resolves
+    only one vector of (in exact arithmetic)."""
+
+    def __init__(self, gen):
+        super().__init__()
+        s = torch.tensor([3, 3, 2.5, 2.5, 2, 2, 1.5, 1.5, 1.2, 1, 1, 0.8, 0.5])
+        U = torch.linalg.qr(torch.randn(20, 13, generator=gen))[0]
+        V = torch.linalg.qr(torch.randn(13, 13, generator=gen))[0]
+        self.register_buffer("A", U @ torch.diag(s) @ V.T)
+
+    def forward(self, x):
+        return torch.tanh(0.01 * (x @ self.A.T.to(x.dtype))) * 100
+
+
+def test_repeated_values_are_all_found():
+    """d=13, k=12, B=16 with pairs of nearly equal singular values: on the previous main sample 8
+    reported sigma_11 = 0.7998 (the 12th value) with converged True, skipping sigma_11 = 0.99987
+    (the twin of sigma_10 = 0.99977).  Fails on the previous main."""
+    gen = torch.Generator().manual_seed(2)
+    G = _Repeated(gen)
+    z = torch.randn(16, 13, generator=gen)
+    top = jacobian_topk(G, z, 12, method="krylov", seed=2)
+    assert bool(top.converged.all())
+    _assert_top_k_or_unconverged(G, z, top, 12, 1e-4)
+
+
+@pytest.mark.parametrize("missed", [1, 2, 3])
+def test_a_start_orthogonal_to_a_top_eigenvector_is_caught(missed):
+    """A start orthogonal to eigenvector `missed` of M (to rounding; gapped spectrum 0.7^i, d=48,
+    k=4): Lanczos from it alone passes tol with that eigenvalue missing (second_start=0, the
+    previous main's only behaviour); with the check against a second start (jacobian_topk's
+    setting) the k values are the true top k.  Fails on the previous main (block_lanczos had no
+    second_start)."""
+    from spectral_ops.power import KRYLOV_SECOND_START
+    d, k = 48, 4
+    M, s, U = _operators(5, d, "gapped")
+    x = _start(5, 1, d)[:, 0]
+    u = U[..., missed]
+    for _ in range(2):
+        x = x - (x * u).sum(-1, keepdim=True) * u
+    X = (x / x.norm(dim=-1, keepdim=True))[:, None]
+
+    def product(Q, rows):
+        return Q @ M[rows]
+    alone = block_lanczos(product, X, product(X, torch.arange(5)), k, 1, 4000, 1e-8)
+    assert bool((alone.res < 1e-8).all()) and not torch.allclose(alone.lam, s[:k].expand(5, k), rtol=1e-6)
+    r = block_lanczos(product, X, product(X, torch.arange(5)), k, 1, 4000, 1e-8, second_start=KRYLOV_SECOND_START)
+    assert bool(r.settled.all()) and bool((r.res < 1e-8).all())
+    # residual 1e-8 with gaps of 0.09 lam_1 or more: values within res^2 / gap
+    assert torch.allclose(r.lam, s[:k].expand(5, k), rtol=1e-13, atol=0)
+
+
+def test_a_budget_spent_before_the_check_is_not_converged():
+    """A steep spectrum passes tol after a few vectors; a budget that ends before the second
+    start's vectors leaves the pairs unsettled, and jacobian_topk reports them not converged
+    (with a warning), whatever their residuals."""
+    M, s, _ = _operators(2, 30, 0.1 ** torch.arange(30, dtype=torch.float64))
+    X = _start(2, 1, 30)
+
+    def product(Q, rows):
+        return Q @ M[rows]
+    free = block_lanczos(product, X, product(X, torch.arange(2)), 2, 1, 4000, 1e-4, second_start=4)
+    short = block_lanczos(product, X, product(X, torch.arange(2)), 2, 1, int(free.vectors.max()) - 2, 1e-4,
+                          second_start=4)
+    assert bool(free.settled.all()) and not bool(short.settled.any()) and bool((short.res < 1e-4).all())
+    G = _tanh_mlp().double()
+    z = torch.randn(16, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with pytest.warns(UserWarning, match="second start"):
+        top = jacobian_topk(G, z, 1, iters=5, tol=1e-2, method="krylov")
+    assert not bool(top.converged.any()) and bool((top.residuals < 1e-2).any())
+
+
+# ---------------------------------------------------------------- autocast
+def test_krylov_under_autocast_matches_float32():
+    """Under torch.autocast("cpu", bfloat16) G's passes run in bfloat16 and the solver's own
+    algebra in float32: jacobian_topk (krylov and auto), global_directions and a krylov
+    trajectory agree with the same calls without autocast to bfloat16 rounding of the products
+    (values within 2 eps_bf16 of sigma_1; vectors within Davis-Kahan's 4 eps_bf16 / gap).  Fails
+    on the previous main: "Index put requires the source and destination dtypes match" (the
+    solver's matmuls ran in bfloat16)."""
+    eps = torch.finfo(torch.bfloat16).eps
+    G = _tanh_mlp()
+    z = torch.randn(16, 6, generator=torch.Generator().manual_seed(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the trajectory's unconverged warning (tol=1e-5 with bfloat16 products)
+        plain = {m: jacobian_topk(G, z, 3, tol=1e-3, method=m) for m in ("krylov", "auto")}
+        directions = spectral_ops.global_directions(G, 64, 3, latent_dim=6)
+        path = spectral_ops.trace_trajectory(G, z[:2], steps=3, topk_method="krylov")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = {m: jacobian_topk(G, z, 3, tol=1e-2, method=m) for m in ("krylov", "auto")}
+            directions_mixed = spectral_ops.global_directions(G, 64, 3, latent_dim=6)
+            path_mixed = spectral_ops.trace_trajectory(G, z[:2], steps=3, topk_method="krylov")
+    for m, top in mixed.items():
+        ref = plain[m]
+        assert top.values.dtype == top.vectors.dtype == torch.float32
+        assert float(((top.values - ref.values).abs() / ref.values[:, :1]).max()) < 2 * eps
+        lam = ref.values ** 2 / ref.values[:, :1] ** 2
+        gap = (lam[:, :, None] - lam[:, None, :]).abs() + torch.eye(3) * 2  # the gap to the other values
+        sin = (1 - (top.vectors * ref.vectors).sum(-1) ** 2).clamp_min(0).sqrt()
+        assert bool((sin <= 4 * eps / gap.min(-1).values).all())
+    assert float(((directions_mixed.values - directions.values).abs() / directions.values[0]).max()) < 2 * eps
+    assert float((1 - (directions_mixed.directions * directions.directions).sum(-1).abs()).max()) < 4 * eps
+    assert path_mixed.z.dtype == torch.float32
+    assert float((path_mixed.z - path.z).abs().max()) < 2 * eps * 3 * 0.1  # 3 steps of 0.1, each off by <= 2 eps

@@ -181,3 +181,36 @@ def test_cost_probe_runs_once_per_generator_and_mode(monkeypatch):
     costs = real(G, z, "double_backward")
     figures = [*costs.build, *costs.first_jvp, *costs.product, costs.matmul_flop, costs.eigh, costs.step]
     assert all(0 <= f < 10 for f in figures) and costs.product[0] + costs.product[1] > 0
+
+
+# ---------------------------------------------------------------- the dense method's converged
+@pytest.mark.parametrize("method", ["dense", "auto"])
+def test_dense_converged_follows_tol(monkeypatch, method):
+    """method="dense" (and auto where it picks dense: here with costs under which dense is the
+    cheaper) compares its eigh's residuals to tol as the other methods do: tol=0 reports no
+    vector converged (and warns), a tol above float32 rounding all of them, a tol between the
+    residuals exactly those below it; the residuals are the exact ones (float64 explicit
+    Jacobian) to within float32 rounding of J^T J.  Fails on the previous main: with an exact
+    JVP dense reported every vector converged whatever tol (tol was replaced by infinity)."""
+    monkeypatch.setattr(power, "measure_costs", lambda G_, z_, mode: power.ProductCosts(**FIXED_COSTS))
+    torch.manual_seed(0)
+    G = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Tanh(), torch.nn.Linear(48, 3 * 32 * 32))
+    z = torch.randn(3, 64, generator=torch.Generator().manual_seed(4))
+
+    def run(tol):
+        return jacobian_topk(G, z, 4, tol=tol, method=method, jvp="double_backward")
+
+    with pytest.warns(UserWarning, match=r"method='dense'.*tol=0\b"):
+        none = run(0.0)
+    assert none.method == "dense" and not bool(none.converged.any())
+    eps = torch.finfo(torch.float32).eps
+    exact = exact_residuals(copy.deepcopy(G).double(), z, none).to(none.residuals.dtype)
+    # |computed - exact| <= ||fl(J^T J) - J^T J|| / lam_1 + rounding of v and lam: a few eps * sqrt(m)
+    assert float((none.residuals - exact).abs().max()) < 4 * eps * (3 * 32 * 32) ** 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converged: no warning
+        top = run(1e-4)
+    assert bool(top.converged.all())
+    middle = float(none.residuals.flatten().median())
+    some = run(middle)
+    assert torch.equal(some.converged, some.residuals < middle) and 0 < int(some.converged.sum()) < some.converged.numel()
