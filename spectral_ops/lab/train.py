@@ -16,7 +16,9 @@
   `TrainingInterrupted` (the CLI prints where it saved and exits 130, or 143 for SIGTERM; a second
   signal, 2 s or more later, stops at once without saving). A NaN / Inf loss or weight raises
   `TrainingDiverged` (exit 1) before anything non-finite is saved. On resume the log is cut back
-  to the checkpoint's step, so after a crash (kill -9) every step is logged exactly once.
+  to the checkpoint's step, so after a crash (kill -9) every step is logged exactly once. A full
+  disk (OSError ENOSPC, also where torch.save meets it) keeps the previous checkpoint and raises
+  OSError naming the file (the CLI: one line, exit 2); a resume already at `steps` writes nothing.
 - Several processes: run under `torchrun --nproc_per_node N`. Each process draws its own
   batch_size / N rows; G and D are wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU).
 
