@@ -7,11 +7,21 @@ Every public entry point (`jacobian_topk`, `spectral_penalty`, `SpectralRegulari
   prod(z.shape[1:]), and G is called on z reshaped back (`FlatGenerator`); results come back in
   the flat layout, e.g. vectors [B, k, d] (`vectors.reshape(B, k, *z.shape[1:])` for G's shape);
 - finds the nn.Modules G is made of, also when G is a lambda, a `functools.partial`, a bound
-  method or a plain function (its closure, its arguments, the globals it names), so that the
-  BatchNorm policy, the dtype check and the buffer guarantee apply to them too;
+  method, a callable object or a plain function: its closure, its arguments, the globals it
+  names, the attributes of the objects among them (a trainer's loss object holding G_mapping and
+  G_synthesis) and the dicts, lists and namespaces among those (`scan`: bounded, cycle-safe);
+- runs the one-off probe under `_ProbeGuard`: every parameter and buffer of those modules, and
+  of any module G runs that the scan missed (met by a global forward pre-hook before it runs),
+  is put back afterwards, so a refused call changes nothing; train-mode BatchNorm is refused or
+  put in eval mode before it runs; a G that changes its own parameters is refused;
+- applies the BatchNorm policy and the buffer guarantee to the modules G runs (a module on the
+  trainer object that G never runs, a discriminator, is left alone), and warns once per
+  generator where it finds none and cannot look into all G holds;
 - leaves every buffer of those modules exactly as it found it (BatchNorm running statistics,
   `num_batches_tracked`, a style generator's `w_avg`): buffers the extra passes changed are
   copied back afterwards;
+- hands G a copy of its input on every call (`FlatGenerator`), so a G that writes to its input
+  (x.clamp_) works as G(z) does and never changes z;
 - probes G once (cached per generator, see `generator_identity`) on two-row batches: that it
   returns one row per latent, that G(z) is a function of z (two identical calls agree: no random
   noise inputs, no train-mode Dropout), that a row's output does not depend on its batch-mates
