@@ -71,14 +71,15 @@ def block_lanczos(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     block: vectors added per step (p); max_vectors: products per sample allowed, MX's included.
     max_basis: the space restarts from its top Ritz vectors when it would exceed this many
         vectors; default `default_max_basis(d, k)`.  At d it never restarts: once it holds d
-        vectors it spans R^d (the last block may be partly zero) and Rayleigh-Ritz is exact.
+        vectors it spans R^d (the last block may be partly zero) and Rayleigh-Ritz is exact
+        (after a second start's lock, d nonzero vectors).
     relative_floor: None stops once every residual ||M v_i - lam_i v_i|| / lam_1 < tol.  A float f
         asks each vector for tol relative to its own value: residual / lam_1 < tol * max(lam_i /
         lam_1, f), since a residual of tol lam_1 moves a vector with a small lam_i by about
         tol lam_1 / gap_i (the regularizer's weakest vectors; f is its null threshold).
     second_start: 0 stops at the first check where the k pairs pass.  n > 0: a sample whose pairs
-        pass before its space fills R^d takes `block` seeded random directions (orthogonal to its
-        space) as its next block, then at least n vectors in all from them (that block and the
+        pass while its space is more than n vectors short of R^d locks them (`_lock_and_restart`)
+        and takes `block` seeded random directions (orthogonal to them) as its next block, then at least n vectors in all from them (that block and the
         Lanczos steps that follow it), and stops at the first check after those where its top k
         pass again: an eigenvalue its first start missed but the second does not enters the
         top k there with a large residual, and the sample runs on.  A space that restarts
@@ -147,7 +148,9 @@ def _block_lanczos(product, X, MX, k, block, max_vectors, tol, max_basis, relati
             spans = (K.abs().amax(-1) > 0).sum(1) >= d if n >= d else torch.zeros_like(taken, dtype=torch.bool)
             passed, checked = (res[:, :k] < target).all(-1), (taken >= second_start) | spans
             done = (passed & checked) | spans | spent
-            new = passed & ~done & (taken < 0)  # passed for the first time: the second start goes in next
+            # passed for the first time: the second start goes in next, unless the space fills R^d
+            # (exact) within as many vectors as the second start would take
+            new = passed & ~done & (taken < 0) & (n + second_start < d)
             # the convergence check: one host read-back per Rayleigh-Ritz
             finished, starting = torch.stack([done.sum(), new.sum()]).tolist()
             if finished:
@@ -221,7 +224,8 @@ def folded_start(X: torch.Tensor, p: int) -> torch.Tensor:
 
 def default_max_basis(d: int, k: int) -> int:
     """Vectors the Krylov space holds before it restarts: min(d, max(4k, k + 64)).  At d it never
-    restarts, so it takes at most d + block - 1 products per sample."""
+    restarts, so it takes at most d + block - 1 products per sample (with a second start, up to
+    d - k more: the locked space grows again to d nonzero vectors)."""
     return min(d, max(4 * k, k + 64))
 
 
