@@ -161,6 +161,17 @@ def test_cli_bad_arguments(tmp_path, capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_seeds_torch_cannot_take_are_refused_and_the_largest_trains(tmp_path, capsys):
+    """--seed and --data-seed beyond what a torch generator takes are a one-line error naming the
+    field (previous main: "Overflow when unpacking long long" from the row sampler, or numpy's
+    "Seed must be between 0 and 2**32 - 1"); the largest seed torch takes trains."""
+    for flag in ("--seed", "--data-seed"):
+        assert main(["train", "--steps", "1", flag, str(2 ** 64), "--out", str(tmp_path / "x")]) == 2
+        _one_line_error(capsys.readouterr().err, flag[2:].replace("-", "_") + " must be an int in")
+    res = train(TrainConfig(steps=1, out=str(tmp_path / "big"), **{**TINY, "seed": 2 ** 64 - 1}), progress=False)
+    assert res.steps == 1
+
+
 # ---- faults: a reused folder, a changed resume, bad checkpoints, a full disk, signals, divergence
 def _cli(cfg: dict) -> list[str]:
     """TrainConfig keywords as `spectral-ops train` options."""

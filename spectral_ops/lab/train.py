@@ -48,7 +48,7 @@ from spectral_ops.config import RegularizerConfig, flat_items
 from spectral_ops.lab.data import DATASETS, make_dataset
 from spectral_ops.lab.io import atomic_save, atomic_write_text
 from spectral_ops.lab.models import Discriminator, Generator
-from spectral_ops.validation import check_int, check_number
+from spectral_ops.validation import check_int, check_number, check_seed, derived_seed
 
 __all__ = ["TrainConfig", "TrainResult", "train", "build_models", "build_regularizer", "load_checkpoint",
            "load_generator", "REGULARIZERS", "RESUMABLE", "RUN_FILES", "TRAIN_REGULARIZER",
@@ -118,6 +118,8 @@ class TrainConfig:
             _as_value_error(check_int, name, getattr(self, name), 1)
         for name in ("steps", "d_width"):
             _as_value_error(check_int, name, getattr(self, name), 0)
+        for name in ("seed", "data_seed"):
+            _as_value_error(check_seed, getattr(self, name), False, name)
         for name in ("lr_g", "lr_d", "r1_gamma", "reg_weight"):
             check_number(name, getattr(self, name), 0)
         for name in ("beta1", "beta2", "ema"):
@@ -477,7 +479,7 @@ def _setup(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
     data = make_dataset(config.dataset, config.n_train, size=config.size, seed=config.data_seed).images.to(device)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    np.random.seed(config.seed)
+    np.random.seed(config.seed % 2 ** 32)  # numpy takes [0, 2**32); torch and random take the whole seed
     G, D = build_models(config)
     G, D = G.to(device), D.to(device)
     reg = build_regularizer(config)
@@ -486,7 +488,7 @@ def _setup(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
     opt_G = torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2))
     opt_D = torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=(config.beta1, config.beta2))
     G_ema = copy.deepcopy(G).requires_grad_(False) if config.ema > 0 else None
-    sampler = torch.Generator(device="cpu").manual_seed(config.seed * 1000 + rank)
+    sampler = torch.Generator(device="cpu").manual_seed(derived_seed(config.seed * 1000, rank))
     return RunState(config, rank, world, device, data, G, D, G_ema, opt_G, opt_D, reg, sampler)
 
 
