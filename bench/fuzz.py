@@ -1022,23 +1022,24 @@ for _which in ("hessian_penalty", "orojar", "path_length"):
 
 # ---- class: cli -------------------------------------------------------------------------------
 
-# Put on PYTHONPATH as sitecustomize.py: every torch.save in the CLI process meets a full disk where
-# a real one meets it, in the file's write (inside torch's writer, which reports it its own way).
+# Put on PYTHONPATH as sitecustomize.py: the files the CLI opens for writing (os.fdopen, as its
+# atomic writers do) share 4 KB of disk; a write past them raises OSError(ENOSPC) from the file, so
+# torch.save meets the full disk inside its zip writer, where a real one meets it.
 ENOSPC_HOOK = """\
-import errno, torch
-_save = torch.save
-class _Full:
-    def __init__(self, f):
-        self.f = f
+import errno, io, os
+_real, _used, FREE = os.fdopen, [0], 4096
+class _Disk(io.FileIO):
     def write(self, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-def _full(obj, f, *args, **kwargs):
-    if not hasattr(f, "write"):
-        raise OSError(errno.ENOSPC, "No space left on device")
-    return _save(obj, _Full(f), *args, **kwargs)
-torch.save = _full
+        n = memoryview(data).nbytes
+        if _used[0] + n > FREE:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        _used[0] += n
+        return super().write(data)
+def _fdopen(fd, mode="r", *args, **kwargs):
+    if "w" not in mode:
+        return _real(fd, mode, *args, **kwargs)
+    return io.BufferedWriter(_Disk(fd, "wb"))
+os.fdopen = _fdopen
 """
 TRAIN = ["train", "--dataset", "dots", "--n-train", "64", "--batch-size", "8", "--width", "8", "--latent-dim", "4",
          "--ema", "0", "--no-progress", "--threads", "1"]
@@ -1085,6 +1086,15 @@ def _cli_case(kind: str):
         first = _cli(TRAIN + ["--steps", "2", "--out", str(out)], tmp)
         if first.returncode != 0:
             raise RuntimeError(f"setup run failed: {first.stderr[-300:]}")
+        if kind == "eval on NaN weights":
+            ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+            for value in ckpt["G"].values():
+                if value.is_floating_point():
+                    value.fill_(math.nan)
+            torch.save(ckpt, tmp / "nan.pt")
+            proc = _cli(["eval", "--ckpt", str(tmp / "nan.pt"), "--n-samples", "100", "--out", str(tmp / "eval"),
+                         "--cache-dir", str(tmp / "cache"), "--threads", "1", "--no-progress"], tmp)
+            return _one_line(proc, 2, ("g(z)",), "eval on NaN weights")
         if kind == "resume at final step":
             with unchanged(out, rng=False):
                 proc = _cli(TRAIN + ["--steps", "2", "--out", str(out), "--resume"], tmp)
@@ -1097,7 +1107,8 @@ def _cli_case(kind: str):
         return _one_line(proc, 2, ("space", "disk"), "train --resume on a full disk")
 
 
-for _kind in ("topk huge seed", "topk torch seed", "resume at final step", "full disk", "resume full disk"):
+for _kind in ("topk huge seed", "topk torch seed", "resume at final step", "full disk", "resume full disk",
+              "eval on NaN weights"):
     case("cli", f"spectral-ops {_kind}")(functools.partial(_cli_case, _kind))
 
 
