@@ -27,8 +27,6 @@ import collections
 import contextlib
 import copy
 import functools
-import io
-import json
 import math
 import os
 import re
@@ -39,7 +37,7 @@ import time
 import traceback
 import types
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -135,7 +133,8 @@ def classify(c: Case) -> Result:
     except Exception as exc:  # noqa: BLE001 - anything else is a crash by definition
         where = traceback.extract_tb(exc.__traceback__)[-1]
         outcome, message = "crash", f"{type(exc).__name__}: {exc}  [raised at {Path(where.filename).name}:{where.lineno}]"
-    message = " ".join(message.split())
+    # a path of this machine (a temporary folder, the interpreter's) is shown by its last part
+    message = re.sub(r"(?<![\w.])/(?:[\w.+-]+/)+([\w.+-]+)", r"\1", " ".join(message.split()))
     return Result(c, outcome, message[:400], time.perf_counter() - start)
 
 
@@ -338,7 +337,7 @@ def check_topk(top, orc: Oracle, k: int, tol: float, dtype: torch.dtype, what: s
                must_converge: bool = False) -> None:
     """Raise Silent where the result contradicts the oracle: a non-finite entry, vectors that are
     not orthonormal, or a vector marked converged whose residual against the exact M exceeds tol
-    (with a slack of 64 eps of the dtype for rounding the vectors), or whose value is not the
+    (with a slack of 16 eps of the dtype for rounding the vectors), or whose value is not the
     oracle's i-th eigenvalue within its residual (a skipped eigenvalue).  Rows marked unconverged
     are an honest report and are not checked against the oracle; where the case is well within the
     solver's budget (must_converge), an unconverged row is a failure to do the job: a crash."""
