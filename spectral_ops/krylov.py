@@ -78,13 +78,13 @@ def block_lanczos(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         lam_1, f), since a residual of tol lam_1 moves a vector with a small lam_i by about
         tol lam_1 / gap_i (the regularizer's weakest vectors; f is its null threshold).
     second_start: 0 stops at the first check where the k pairs pass.  n > 0: a sample whose pairs
-        pass while its space is more than n vectors short of R^d locks them (`_lock_and_restart`)
-        and takes `block` seeded random directions (orthogonal to them) as its next block, then at least n vectors in all from them (that block and the
-        Lanczos steps that follow it), and stops at the first check after those where its top k
-        pass again: an eigenvalue its first start missed but the second does not enters the
-        top k there with a large residual, and the sample runs on.  A space that restarts
-        before that takes a new second start.  Samples that stop on the budget unchecked have
-        settled False.
+        pass while its space is more than n vectors short of R^d locks them (`_lock_and_restart`),
+        takes `block` seeded random directions orthogonal to them as its next block and Lanczos
+        steps from there, n vectors in all, and stops at the first check after those where its
+        top k pass again: an eigenvalue the first start missed and the second does not enters
+        the top k with a large residual, and the sample runs on.  (A sample whose space fills
+        R^d within n vectors runs on to it instead: exact.)  Samples that stop on the budget
+        before the check have settled False.
     """
     device = X.device.type
     with caller_autocast(device) as run_product:

@@ -188,7 +188,9 @@ def jacobian_topk(G: Callable, z: torch.Tensor, k: int, *, iters: int = 20, tol:
             B*krylov_block(B, k) rows (one vector per sample once B >= 16).
         tol: stop when every residual ||M v_i - lambda_i v_i|| / lambda_1 < tol.
         method: "power", "krylov" (Lanczos batched over the samples: on a flat spectrum far
-            fewer products than power), "dense" (exact: full Jacobian + eigh) or "auto" (dense or
+            fewer products than power; a sample whose pairs pass tol is checked against a
+            second, seeded start, KRYLOV_SECOND_START more products, so that converged means
+            the top k), "dense" (exact: full Jacobian + eigh) or "auto" (dense or
             krylov by `estimated_cost`, with the product costs timed on G once per generator).
         jvp: "double_backward", "forward", "finite_difference" or "auto" (verified choice);
             finite differences give an approximate result (TopK.approximate) whose residuals
