@@ -638,7 +638,11 @@ def probe_modules(G: Callable, z: torch.Tensor, jvp: str, modules: list[nn.Modul
     modules = modules_of(G) if modules is None else modules
     slot, key = _cache_slot(G, modules, z, jvp)
     if key in slot:
-        return slot[key], [m for m in (r() for r in slot.get(("ran", key), ())) if m is not None]
+        ran = [r() for r in slot.get(("ran", key), ())]
+        if all(m is not None for m in ran):
+            return slot[key], ran
+        # a module this entry saw is gone, and the key holds module ids, which a new module may
+        # reuse: probe again (else that module would run without the BatchNorm policy and the guarantee)
     guard = _ProbeGuard(modules, batchnorm)
     handle = nn.modules.module.register_module_forward_pre_hook(guard.pre_hook)
     error = None

@@ -197,6 +197,30 @@ def test_modules_on_the_trainer_object_that_G_never_runs_are_left_alone():
     assert _same_state(before, mapping, synthesis, loss.D) and loss.D.training
 
 
+def test_new_modules_at_the_ids_of_dead_ones_are_probed_again(monkeypatch):
+    """Before: the probe's cache is keyed by the ids of G's modules; a trainer object made anew
+    with new nets at the ids of freed ones (CPython reuses them: bench/fuzz.py met it) hit the
+    old entry, whose modules were gone, and the passes ran without the buffer guarantee (w_avg
+    moved).  The collision is made certain here by giving both generators one identity."""
+    import gc
+
+    from spectral_ops import generator as generator_module
+
+    monkeypatch.setattr(generator_module, "generator_identity",
+                        lambda G, modules=None: (Loss.run_G.__code__, ("one identity for both",)))
+    z = _z(4, 6)
+    mapping, synthesis = _nets()
+    spectral_penalty(Loss(mapping, synthesis.eval()).run_G, z, k=2)
+    gone = weakref.ref(mapping)
+    del mapping, synthesis
+    gc.collect()
+    assert gone() is None
+    mapping, synthesis = _nets()
+    before = _state(mapping, synthesis)
+    spectral_penalty(Loss(mapping, synthesis.eval()).run_G, z, k=2)
+    assert _same_state(before, mapping, synthesis)
+
+
 # ---- state the scan cannot reach, and a G that changes its parameters ----------------------------------
 def _bn_net():
     torch.manual_seed(0)
