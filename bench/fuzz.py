@@ -505,11 +505,15 @@ def _penalty_scaled(c: float, weights: str, regularizer: bool):
         raise Silent(f"gradient at scale {c:g} differs from the unscaled one by {rel_diff(g_scaled, g_unit):.3g} (relative)")
 
 
+# Below float32's smallest normal number the gradient's cotangent at G's output, O(1 / scale),
+# overflows float32 in any reverse pass: there a clear error naming the scale is as good as a value.
+_SUBNORMAL_NAMES = ("scale", "float64")
 for _c in SCALES_PENALTY:
+    _names = _SUBNORMAL_NAMES if _c < torch.finfo(torch.float32).tiny else ()
     for _w in ("uniform", "singular"):
-        case("scale", f"spectral_penalty weights={_w} G scaled by {_c:g}")(
+        case("scale", f"spectral_penalty weights={_w} G scaled by {_c:g}", names=_names)(
             functools.partial(_penalty_scaled, _c, _w, False))
-    case("scale", f"SpectralRegularizer G scaled by {_c:g}")(
+    case("scale", f"SpectralRegularizer G scaled by {_c:g}", names=_names)(
         functools.partial(_penalty_scaled, _c, "uniform", True))
 
 
