@@ -42,8 +42,13 @@ def check_int(name: str, value: object, minimum: int | None = None, maximum: int
 
 def check_number(name: str, value: object, low: float | None = None, high: float | None = None, *,
                  low_open: bool = False, high_open: bool = False) -> float:
-    """A finite real number in the interval given by low/high (closed unless *_open)."""
-    if not _is_real(value) or not math.isfinite(value):
+    """A finite real number in the interval given by low/high (closed unless *_open): TypeError
+    for anything that is not an int or a float (a str, a bool, None, a tensor), ValueError for a
+    non-finite or out-of-range one."""
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a finite number{_interval(low, high, low_open, high_open)}, got "
+                        f"{type(value).__name__}")
+    if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number{_interval(low, high, low_open, high_open)}, got {value!r}")
     below = low is not None and (value <= low if low_open else value < low)
     above = high is not None and (value >= high if high_open else value > high)

@@ -16,6 +16,10 @@ from spectral_ops.ops import LOSS_KINDS
     ("loss", "l2", ValueError), ("grad", "last_step", ValueError), ("iters", 0, ValueError),
     ("iters", 1.5, TypeError), ("batch_fraction", 0.0, ValueError), ("momentum", 1.5, ValueError),
     ("warm_start", 1, TypeError), ("tol", float("nan"), ValueError), ("seed", None, TypeError),
+    # a value of the wrong type for a number is a TypeError, as for every other field (previous
+    # main: ValueError from check_number)
+    ("tol", "1e-4", TypeError), ("momentum", True, TypeError), ("null_tol", None, TypeError),
+    ("batch_fraction", "half", TypeError),
 ])
 def test_a_bad_field_fails_where_it_is_written_naming_it(field, value, exc):
     with pytest.raises(exc, match=field if field != "grad" else "grad='fast'"):

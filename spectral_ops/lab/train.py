@@ -121,9 +121,9 @@ class TrainConfig:
         for name in ("seed", "data_seed"):
             _as_value_error(check_seed, getattr(self, name), False, name)
         for name in ("lr_g", "lr_d", "r1_gamma", "reg_weight"):
-            check_number(name, getattr(self, name), 0)
+            _as_value_error(check_number, name, getattr(self, name), 0)
         for name in ("beta1", "beta2", "ema"):
-            check_number(name, getattr(self, name), 0, 1, high_open=True)
+            _as_value_error(lambda n, v: check_number(n, v, 0, 1, high_open=True), name, getattr(self, name))
         if not isinstance(self.reg_config, RegularizerConfig):
             raise ValueError(f"reg_config must be a RegularizerConfig, got {type(self.reg_config).__name__}")
         try:
