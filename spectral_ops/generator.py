@@ -462,6 +462,9 @@ def check_function_of_z(G: Callable, z: torch.Tensor) -> None:
     except RuntimeError as e:
         raise_per_row_hint(e, first.shape[0], B)
         raise
+    if y1.device.type == "meta":
+        raise ValueError("G(z) is on the meta device: spectral_ops needs its values (G's parameters or a "
+                         "tensor it uses are on 'meta')")
     if not bool(torch.isfinite(y1).all()):  # name every bad row of z, not the probe's
         name_rows(~torch.isfinite(_output(full, z.detach(), B)).all(dim=1), "G(z) has non-finite values (NaN or Inf)")
     y1_again, y2 = _output(G, first, B), _output(G, second, B)
@@ -596,9 +599,11 @@ class _ProbeGuard:
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal values (NaN equal to NaN) and shape."""
+    """Equal values (NaN equal to NaN) and shape; meta tensors (no values) are equal by shape."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
+    if a.device.type == "meta" or b.device.type == "meta":
+        return a.device == b.device
     if torch.equal(a, b):
         return True
     return bool(((a == b) | (torch.isnan(a) & torch.isnan(b)) if a.is_floating_point() else (a == b)).all())

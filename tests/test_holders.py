@@ -400,3 +400,16 @@ def test_conditioned_refuses_meta_arguments_by_name():
         spectral_ops.conditioned(G, torch.zeros(4, dtype=torch.long, device="meta"))
     with pytest.raises(ValueError, match=r"keyword argument 'c' is on the meta device"):
         spectral_ops.conditioned(G, c=torch.zeros(4, dtype=torch.long, device="meta"))
+
+
+def test_a_generator_whose_output_is_on_meta_is_refused_by_name():
+    """G(z) on the meta device (a module left on 'meta', or a tensor G uses): every entry point says
+    so (previous main: "Tensor.item() cannot be called on meta tensors" from inside the probe)."""
+    lin = nn.Linear(4, 6, device="meta")
+    G = lambda x: lin(x.to("meta"))  # noqa: E731
+    z = torch.randn(3, 4)
+    for call in (lambda: jacobian_topk(G, z, 2), lambda: spectral_penalty(G, z, k=2),
+                 lambda: trace_trajectory(G, z, steps=2), lambda: SpectralRegularizer(4, k=2)(G, z),
+                 lambda: global_directions(G, 8, 2, latent_dim=4)):
+        with pytest.raises(ValueError, match=r"^G\(z\) is on the meta device"):
+            call()
