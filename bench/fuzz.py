@@ -1142,7 +1142,7 @@ def report(results: list[Result], title: str) -> str:
     lines.append("| **all** | " + " | ".join(f"**{total[o]}**" for o in OUTCOMES) + f" | **{sum(total.values())}** |")
     lines += ["", "Every case that is not right or a clear error:", ""]
     bad = [r for r in results if r.outcome not in ("right", "clear-error")]
-    for r in sorted(bad, key=lambda r: (OUTCOMES.index(r.outcome) * -1, r.case.cls)):
+    for r in sorted(bad, key=lambda r: (("silent", "state", "crash").index(r.outcome), CLASSES.index(r.case.cls))):
         lines.append(f"- **{r.outcome}** [{r.case.cls}] {r.case.name}: {r.message}")
     if not bad:
         lines.append("- none")
@@ -1154,14 +1154,15 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="the cheap subset (tests/test_fuzz.py)")
     parser.add_argument("--out", help="write the summary (markdown) here")
     parser.add_argument("--only", help="comma-separated classes")
-    parser.add_argument("--title", default=None, help="the summary's heading")
+    parser.add_argument("--title", default=None, help="the summary's heading (counts and time are appended)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
     only = set(args.only.split(",")) if args.only else None
     results = run(args.quick, only)
     seconds = time.perf_counter() - start
-    title = args.title or f"{'quick' if args.quick else 'full'} run ({len(results)} cases, {seconds:.0f} s, torch {torch.__version__})"
+    title = (args.title or f"{'quick' if args.quick else 'full'} run") + \
+        f" ({len(results)} cases, {seconds:.0f} s, torch {torch.__version__})"
     text = report(results, title)
     print(text)
     if args.out:
