@@ -471,20 +471,20 @@ GAPPED = (1.0, 0.6, 0.35, 0.2, 0.1, 0.05)  # singular values of a G whose top-3 
 PENALTY_TOL = 1e-6
 
 
-def _penalty_scaled(c: float, weights: str, regularizer: bool):
+def _penalty_scaled(c: float, weights: str, regularizer: bool, loss: str = "offdiag"):
     net = LinearG(GAPPED, 10, 3, eps=0.05)
     z = latents(6, 6, seed=4)
     orc = oracle(as_float64(net, [net])[id(net)], z)
-    want, tol_value = penalty_oracle(orc, 3, "offdiag", weights, tol=PENALTY_TOL)
+    want, tol_value = penalty_oracle(orc, 3, loss, weights, tol=PENALTY_TOL)
     params = list(net.parameters())
 
     def run(scale):
         G = (lambda x: scale * net(x)) if scale != 1.0 else net
         if regularizer:
-            reg = spectral_ops.SpectralRegularizer(6, k=3, weights=weights, every=1, batch_fraction=1.0,
+            reg = spectral_ops.SpectralRegularizer(6, k=3, loss=loss, weights=weights, every=1, batch_fraction=1.0,
                                                    warm_start=False, tol=PENALTY_TOL, iters=20)
             return reg(G, z), reg
-        return spectral_ops.spectral_penalty(G, z, k=3, weights=weights, tol=PENALTY_TOL, iters=20), None
+        return spectral_ops.spectral_penalty(G, z, k=3, loss=loss, weights=weights, tol=PENALTY_TOL, iters=20), None
 
     with unchanged(net, z):
         value, reg = run(c)
@@ -500,7 +500,7 @@ def _penalty_scaled(c: float, weights: str, regularizer: bool):
     g_scaled = grads(params, value)
     check_finite(g_scaled, "the penalty's gradient")
     g_unit = grads(params, run(1.0)[0])
-    # the loss is scale-free, so is its gradient w.r.t. theta; both are solved to tol = 1e-4
+    # the loss is scale-free, so is its gradient w.r.t. theta; both are solved to PENALTY_TOL
     if rel_diff(g_scaled, g_unit) > 10 * tol_value:
         raise Silent(f"gradient at scale {c:g} differs from the unscaled one by {rel_diff(g_scaled, g_unit):.3g} (relative)")
 
@@ -515,6 +515,55 @@ for _c in SCALES_PENALTY:
             functools.partial(_penalty_scaled, _c, _w, False))
     case("scale", f"SpectralRegularizer G scaled by {_c:g}", names=_names)(
         functools.partial(_penalty_scaled, _c, "uniform", True))
+for _c in (1e-25, 1.0, 1e20):
+    for _loss in ("l1", "assigned"):
+        case("scale", f"spectral_penalty loss={_loss} G scaled by {_c:g}")(
+            functools.partial(_penalty_scaled, _c, "uniform", False, _loss))
+
+
+def penalty_grad_oracle(net: nn.Module, z: torch.Tensor, k: int, loss: str, weights: str) -> torch.Tensor:
+    """d(penalty)/d(theta) by autograd through eigh of the explicit float64 J^T J (a float64 copy
+    of net; distinct eigenvalues, every vector active), flattened like `grads`."""
+    net64 = copy.deepcopy(net).double()
+    params = list(net64.parameters())
+    B = z.shape[0]
+    J = torch.autograd.functional.jacobian(lambda x: net64(x).reshape(B, -1).sum(0), z.detach().double(),
+                                           create_graph=True, vectorize=True).permute(1, 0, 2)
+    lam, vec = torch.linalg.eigh(J.transpose(1, 2) @ J)
+    V, sig = vec.flip(-1).transpose(1, 2)[:, :k], lam.flip(-1)[:, :k].clamp_min(0).sqrt()
+    if loss == "offdiag":
+        S = sig if weights == "singular" else (torch.arange(k, 0, -1, dtype=torch.float64) / k).sqrt().expand_as(sig)
+        w = weights
+    else:
+        S, w = (sig if weights == "singular" else torch.ones_like(sig)), "singular"
+    return grads(params, loss_oracle(V, S, loss, w).mean())
+
+
+def _penalty_grad_exact(c: float, loss: str):
+    """grad='implicit' is exact at convergence: its parameter gradient against the float64 oracle's,
+    for G scaled by c (the loss, hence its gradient, does not depend on c)."""
+    net = LinearG(GAPPED, 10, 3, eps=0.05)
+    z = latents(6, 6, seed=4)
+    want = penalty_grad_oracle(net, z, 3, loss, "uniform")
+    G = (lambda x: c * net(x)) if c != 1.0 else net
+    with unchanged(net, z):
+        value = spectral_ops.spectral_penalty(G, z, k=3, loss=loss, grad="implicit", iters=40, tol=PENALTY_TOL)
+    got = grads(list(net.parameters()), value)
+    check_finite(got, "the penalty's gradient")
+    # the solver's residual (PENALTY_TOL) and the float32 products' rounding (16 eps), relative to
+    # lambda_1, move the eigenvectors and their derivative by that over the relative gap: 8x that bound
+    orc = oracle(as_float64(net, [net])[id(net)], z)
+    gap = (orc.lam[:, 2] - orc.lam[:, 3]).min().item() / orc.lam[:, 0].max().item()
+    bound = 8 * (PENALTY_TOL + 16 * eps_of(torch.float32)) / gap
+    if rel_diff(got, want) > bound:
+        raise Silent(f"implicit gradient at scale {c:g} off the float64 eigh gradient by {rel_diff(got, want):.3g} "
+                     f"(relative; bound {bound:.2g})")
+
+
+for _c in (1e-25, 1.0, 1e20):
+    for _loss in ("offdiag", "l1"):
+        case("scale", f"spectral_penalty grad=implicit loss={_loss} gradient vs eigh oracle, G scaled by {_c:g}")(
+            functools.partial(_penalty_grad_exact, _c, _loss))
 
 
 def _alignment_scaled(backend: str, kind: str, c: float):
@@ -796,6 +845,14 @@ def _holder_case(how: str, entry: str, refused: bool):
         want, tol = penalty_oracle(oracle(ref, z), 3)
         if not abs(out.item() - want) <= tol:
             raise Silent(f"penalty {out.item():.6g}, oracle {want:.6g} (tol {tol:.2g})")
+    elif entry == "global_directions":
+        _gd_values(ref, z, 2)(out)
+    else:  # the trajectory's values at z0 are the top singular values there (dense: tol 1e-4)
+        orc = oracle(ref, z[:2])
+        s0 = out.values[out.origin].double()
+        err = ((s0 * s0 - orc.lam[:, :s0.shape[1]]).abs() / orc.lam[:, :1]).max().item()
+        if err > 1.1e-4 + 16 * eps_of(torch.float32):
+            raise Silent(f"trajectory values at z0 off the oracle by {err:.3g} of lambda_1")
 
 
 for _how in HOLDERS:
