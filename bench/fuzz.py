@@ -147,13 +147,18 @@ def _files(path: Path) -> dict | None:
     return {path.name: path.read_bytes()} if path.exists() else None
 
 
+def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A module's parameters and buffers by name, read anew (a call may replace one)."""
+    return {name: t.detach() for name, t in [*module.named_parameters(), *module.named_buffers()]}
+
+
 def _snapshot(objs) -> dict:
+    """{label: (the live object, a copy of its state)} for modules, tensors and paths."""
     snap = {}
     for i, obj in enumerate(objs):
         if isinstance(obj, nn.Module):
-            for name, t in list(obj.named_parameters()) + list(obj.named_buffers()):
-                snap[f"{type(obj).__name__}.{name}"] = (t, t.detach().clone())
-            snap[f"{type(obj).__name__}.training"] = (obj, [m.training for m in obj.modules()])
+            state = {name: t.clone() for name, t in _tensors(obj).items()}
+            snap[type(obj).__name__] = (obj, (state, [m.training for m in obj.modules()]))
         elif isinstance(obj, torch.Tensor):
             snap[f"tensor {i} {tuple(obj.shape)}"] = (obj, obj.detach().clone())
         elif isinstance(obj, Path):
@@ -161,18 +166,32 @@ def _snapshot(objs) -> dict:
     return snap
 
 
+def _tensor_change(now: torch.Tensor, saved: torch.Tensor) -> str | None:
+    """None if now equals saved (NaN where saved had NaN), else what changed."""
+    if now.shape != saved.shape or now.dtype != saved.dtype:
+        return f"{tuple(saved.shape)} {saved.dtype} -> {tuple(now.shape)} {now.dtype}"
+    same = (now == saved) | (torch.isnan(now) & torch.isnan(saved))
+    if bool(same.all()):
+        return None
+    return f"max change {(now.double() - saved.double()).abs().max().item():.3g}"
+
+
 def _changed(snap: dict) -> list[str]:
     bad = []
     for key, (live, saved) in snap.items():
         if isinstance(live, nn.Module):
-            if [m.training for m in live.modules()] != saved:
-                bad.append(key)
+            state, flags = saved
+            now = _tensors(live)
+            for name in sorted(set(state) | set(now)):
+                if name not in now or name not in state:
+                    bad.append(f"{key}.{name} ({'removed' if name not in now else 'added'})")
+                elif (what := _tensor_change(now[name], state[name])) is not None:
+                    bad.append(f"{key}.{name} ({what})")
+            if [m.training for m in live.modules()] != flags:
+                bad.append(f"{key}: train/eval flags")
         elif isinstance(live, torch.Tensor):
-            now = live.detach()
-            if now.shape != saved.shape or now.dtype != saved.dtype or not torch.equal(
-                    torch.nan_to_num(now), torch.nan_to_num(saved)):
-                diff = (now.double() - saved.double()).abs().max().item() if now.shape == saved.shape else "shape"
-                bad.append(f"{key} (max change {diff:.3g})" if isinstance(diff, float) else f"{key} ({diff})")
+            if (what := _tensor_change(live.detach(), saved)) is not None:
+                bad.append(f"{key} ({what})")
         elif isinstance(live, Path):
             files = _files(live)
             if files != saved:
