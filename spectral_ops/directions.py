@@ -25,6 +25,7 @@ from . import ops
 from .generator import flatten_latents, prepared
 from .jacobian import JacobianOperator
 from .krylov import block_lanczos, krylov_block
+from .power import KRYLOV_SECOND_START
 from .validation import check_bool, check_callable, check_int, check_iters_tol, check_k, check_seed, derived_seed
 
 EXACT_TRACE_DIM = 64  # exact trace up to here: d JVPs a sample, at d = 64 about 0.7x a 26-product solve
@@ -220,7 +221,9 @@ def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_pr
     scale_probe = _mean_product(G, batches[:1], mode, batchnorm, cdtype, 1.0, None)(X)
     c = float(scale_probe.abs().max()) ** 0.5 or 1.0  # units where M_bar / c^2 is O(1)
     product = _mean_product(G, batches, mode, batchnorm, cdtype, c, bar)
-    r = block_lanczos(lambda Q, rows: product(Q), X, product(X), k, p, iters * k, tol)
+    # converged pairs are checked against a second, random start (as jacobian_topk's krylov does)
+    r = block_lanczos(lambda Q, rows: product(Q), X, product(X), k, p, iters * k, tol,
+                      second_start=KRYLOV_SECOND_START)
     V, lam, res, products = r.V, r.lam, r.res, r.passes + 1
     if bar is not None:
         bar.close()
@@ -242,7 +245,7 @@ def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_pr
             explained_stderr = explained * (stderr / max(trace, torch.finfo(cdtype).tiny))
     return GlobalDirections(directions=V[0] * ops.reference.sign_align(V, None)[0, :, None], values=values,
                             trace=trace, trace_exact=trace_probes is None, explained=explained,
-                            residuals=res[0], converged=res[0] < tol, products=products, n_samples=N,
+                            residuals=res[0], converged=(res[0] < tol) & r.settled[0], products=products, n_samples=N,
                             trace_stderr=stderr, explained_stderr=explained_stderr)
 
 

@@ -149,17 +149,8 @@ def _krylov(G, z: torch.Tensor, Q0: torch.Tensor, V_prev, max_vectors: int, tol:
     X = ops.orthonormalize(folded_start(Q0, p))  # [B, p, d]: every warm-start vector, in p
     products = _ShrinkingProducts(G, z, p, mode, cdtype)
     MX = products(X, torch.arange(B, device=z.device))
-    # The small dense algebra runs in cdtype, outside any autocast region; G's passes keep the
-    # caller's autocast setting.
-    device = z.device.type
-    amp = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
-
-    def product(Q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device, dtype=amp[1], enabled=amp[0]):
-            return products(Q, rows)
-
-    with torch.autocast(device, enabled=False):
-        r = block_lanczos(product, X, MX, k, p, max(max_vectors, p), tol, relative_floor=null_tol * null_tol)
+    # block_lanczos runs its dense algebra outside autocast and G's passes under the caller's setting
+    r = block_lanczos(products, X, MX, k, p, max(max_vectors, p), tol, relative_floor=null_tol * null_tol)
     V = r.V * ops.reference.sign_align(r.V, V_prev)[..., None]
     (V,) = zero_jacobian_axes(r.lam, V)
     return V, r.lam.clamp_min(0), products.c, r.res
