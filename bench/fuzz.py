@@ -612,6 +612,65 @@ for _b in ops.available_backends("cpu"):
             case("scale", f"ops.alignment_loss backend={_b} kind={_k} S scaled by {_c:g}")(functools.partial(_alignment_scaled, _b, _k, _c))
 
 
+def _orthonormalize_scaled(backend: str, c: float):
+    """orthonormalize(c W) [B, k, d] against float64 QR of W^T with a positive R diagonal (Gram-Schmidt
+    order): the same rows for any c > 0 the dtype holds, each to a few d eps of float32."""
+    W = torch.randn(4, 3, 7, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    Q, R = torch.linalg.qr(W.transpose(1, 2))
+    want = (Q * torch.sign(torch.diagonal(R, dim1=1, dim2=2))[:, None, :]).transpose(1, 2)
+    Wc = (W * c).float()
+    with unchanged(Wc), ops.use_backend(backend):
+        got = ops.orthonormalize(Wc)
+    check_finite(got, "orthonormalize")
+    err = (got.double() - want).abs().max().item()
+    if err > 4 * 7 * eps_of(torch.float32) * 10:  # d eps per dot product, times the rows' conditioning (< 10 here)
+        raise Silent(f"orthonormalize(W * {c:g}) off float64 QR by {err:.3g}")
+
+
+for _b in ops.available_backends("cpu"):
+    for _c in (1e-30, 1e-20, 1.0, 1e20, 1e30):
+        case("scale", f"ops.orthonormalize backend={_b} W scaled by {_c:g}")(
+            functools.partial(_orthonormalize_scaled, _b, _c))
+
+
+def _scaled_entry(entry: str, c: float):
+    net = mlp(6, 10, 12, seed=7)
+    z = latents(16, 6, seed=8)
+    f64 = as_float64(net, [net])[id(net)]
+    G = lambda x: c * net(x)  # noqa: E731
+    with unchanged(net, z):
+        if entry == "global_directions":
+            out = spectral_ops.global_directions(G, None, 3, latents=z, trace_probes=None)
+        else:
+            out = spectral_ops.trace_trajectory(G, z[:3], steps=2, topk_method="krylov")
+    if entry == "global_directions":
+        lam = torch.linalg.eigvalsh(oracle(f64, z, scale=c).M.mean(0)).flip(0)
+        # the values are c^2 sigma^2: below float32's smallest subnormal they can only be 0
+        err = ((out.values.double() - lam[:3]).abs().max().item() - torch.finfo(torch.float32).smallest_normal
+               * eps_of(torch.float32)) / lam[0].item()
+        if not err <= 1.1e-4 + 16 * eps_of(torch.float32):
+            raise Silent(f"global_directions values {out.values.tolist()} for G * {c:g}, oracle {lam[:3].tolist()}")
+        ex = out.explained.double()
+        want = lam[:3].cumsum(0) / lam.sum()
+        if not (ex - want).abs().max().item() <= 1e-4:
+            raise Silent(f"explained {ex.tolist()} for G * {c:g}, oracle {want.tolist()}")
+    else:
+        orc = oracle(f64, z[:3], scale=c)
+        s0 = out.values[out.origin].double()
+        err = ((s0 * s0 - orc.lam[:, :s0.shape[1]]).abs() / orc.lam[:, :1]).max().item()
+        check_finite(out.z, "trajectory")
+        if not err <= 1.1e-5 + 16 * eps_of(torch.float32):  # trace_trajectory's tol is 1e-5
+            raise Silent(f"trajectory values at z0 for G * {c:g} off the oracle by {err:.3g} of lambda_1")
+
+
+for _entry in ("global_directions", "trace_trajectory"):
+    for _c in (1e-25, 1e-12, 1.0, 1e10, 1e20):
+        # global_directions returns c^2 sigma^2, which float32 cannot hold at c = 1e20: an error naming
+        # the scale is as good as a value there
+        _names = ("scale", "overflow", "float64") if _entry == "global_directions" and _c > 1e19 else ()
+        case("scale", f"{_entry} G scaled by {_c:g}", names=_names)(functools.partial(_scaled_entry, _entry, _c))
+
+
 # ---- class: batch (krylov against the oracle, large batches) ----------------------------------
 
 def _batch(B: int, d: int, k: int, seed: int, method: str = "krylov", G=None, hidden=10, m=12):
@@ -806,6 +865,25 @@ def _odd_penalty(kind: str):
     want, tol = penalty_oracle(oracle(lambda x: as_float64(net, [net])[id(net)](x.clamp(-3, 3)), z), 3)
     if not abs(value.item() - want) <= tol:
         raise Silent(f"penalty {value.item():.6g}, oracle {want:.6g}")
+
+
+def _odd_output(kind: str, method: str):
+    net = mlp(6, 10, 12, seed=28)
+    z = latents(4, 6, seed=29)
+    G = {"tuple": lambda x: (net(x),), "detached": lambda x: net(x).detach(),
+         "int": lambda x: (net(x) * 100).long(), "rows": lambda x: net(x)[:1]}.get(kind, net)
+    ctx = torch.inference_mode() if kind == "inference_mode" else contextlib.nullcontext()
+    zc = z.clone()
+    with unchanged(net, zc), ctx:
+        top = spectral_ops.jacobian_topk(G, zc, 2, method=method)
+    raise Silent(f"returned values {top.values[:1].tolist()} where an error was due")
+
+
+for _kind, _names in (("tuple", ("tensor",)), ("detached", ("autograd", "detach")), ("int", ("dtype", "autograd")),
+                      ("rows", ("batch size", "rows")), ("inference_mode", ("inference_mode",))):
+    for _m in ("krylov", "dense"):
+        case("generators", f"G {_kind} output method={_m}" if _kind != "inference_mode" else f"under {_kind} method={_m}",
+             names=_names)(functools.partial(_odd_output, _kind, _m))
 
 
 for _kind, _names in (("nonfinite", ("rows",)), ("inplace", ("in-place", "inplace")), ("batchnorm", ("batchnorm",))):
