@@ -36,7 +36,8 @@ class GlobalDirections:
     """Result of `global_directions`.
 
     directions: [k, d] orthonormal rows, the top-k eigenvectors of E[J^T J] (flat latent layout).
-    values: [k] its eigenvalues, descending (the mean squared output change per unit step).
+    values: [k] float64, its eigenvalues, descending (the mean squared output change per unit step;
+        float64 at every input dtype, since they are squares of G's scale).
     trace: E ||J||_F^2 over the samples, the sum of all d eigenvalues (exact, or estimated:
         `trace_exact`; an estimate is never below values.sum(), the part the directions hold).
     trace_exact: whether `trace` was computed exactly (module docstring: when it is).
@@ -86,6 +87,14 @@ def _mean_product(G, batches, mode, batchnorm, cdtype, c, bar):
                 bar.update(1)
         return total / n
     return product
+
+
+def _scale(G, zb: torch.Tensor, X: torch.Tensor, mode: str, batchnorm: str) -> float:
+    """max |J X| over the batch zb, X [1, p, d] (1.0 where it is zero): a first-order scale, which
+    is representable wherever J is (max |M X| would square it)."""
+    with prepared(G, zb, jvp=mode, batchnorm=batchnorm) as (Gf, zf, m):
+        JX = JacobianOperator(Gf, zf, X.shape[1], m).jvp(X.expand(zf.shape[0], -1, -1))
+    return float(JX.detach().abs().max()) or 1.0
 
 
 def _trace(G, batches, mode, batchnorm, cdtype, c, probes, gen) -> tuple[float, float | None]:
@@ -218,8 +227,7 @@ def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_pr
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=-(-iters * k // p) * len(batches), desc="global directions", leave=False)
-    scale_probe = _mean_product(G, batches[:1], mode, batchnorm, cdtype, 1.0, None)(X)
-    c = float(scale_probe.abs().max()) ** 0.5 or 1.0  # units where M_bar / c^2 is O(1)
+    c = _scale(G, batches[0], X, mode, batchnorm)  # units where M_bar / c^2 is O(1)
     product = _mean_product(G, batches, mode, batchnorm, cdtype, c, bar)
     # converged pairs are checked against a second, random start (as jacobian_topk's krylov does)
     r = block_lanczos(lambda Q, rows: product(Q), X, product(X), k, p, iters * k, tol,
@@ -231,18 +239,19 @@ def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_pr
     if bool(missing.any()):
         V, lam, res = _fill_missing(V, lam, res, missing, _mean_product(G, batches, mode, batchnorm, cdtype, c, None))
         products += 1
-    values = lam[0] * c * c
+    # the shares are formed in the units of M_bar / c^2, where nothing overflows or underflows
+    values = lam[0].double() * (c * c)  # float64: squares of G's scale overflow float32 beyond about 1e19
     trace, stderr, explained, explained_stderr = math.nan, None, values.new_full((k,), math.nan), None
     if trace_probes is not False:
         trace, stderr = _trace(G, batches, mode, batchnorm, cdtype, c, trace_probes, gen)
-        trace *= c * c
         if stderr is not None:
-            stderr *= c * c
-            trace = max(trace, float(values.sum()))  # a PSD metric's trace is at least its top-k sum
-        share = values.cumsum(0) / max(trace, torch.finfo(cdtype).tiny)
+            trace = max(trace, float(lam[0].sum()))  # a PSD metric's trace is at least its top-k sum
+        share = lam[0].cumsum(0) / max(trace, torch.finfo(cdtype).tiny)
         explained = share.clamp(0.0, 1.0)  # rounding only, where the trace is exact
         if stderr is not None:
             explained_stderr = explained * (stderr / max(trace, torch.finfo(cdtype).tiny))
+            stderr *= c * c
+        trace *= c * c
     return GlobalDirections(directions=V[0] * ops.reference.sign_align(V, None)[0, :, None], values=values,
                             trace=trace, trace_exact=trace_probes is None, explained=explained,
                             residuals=res[0], converged=(res[0] < tol) & r.settled[0], products=products, n_samples=N,

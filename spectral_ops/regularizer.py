@@ -307,7 +307,9 @@ class PenaltyResult:
     value: scalar penalty (theta-differentiable); vectors [n, k, d] and values [n, k] (singular
     values, descending), detached; residuals [n, k] ||M v - lam v|| / lam_1; active [n, k] bool
     (the vectors that entered the loss, `active_vectors`); next_basis [n, k, d]: where the next
-    call should start (the converged vectors, or one power step beyond V for solver="power").
+    call should start (the converged vectors, or one power step beyond V for solver="power");
+    subnormal [n] bool: rows whose Jacobian scale is below the smallest normal number of G's
+    output dtype, where the gradient (about 1 / scale at G's output) cannot be represented.
     """
 
     value: torch.Tensor
@@ -316,6 +318,7 @@ class PenaltyResult:
     residuals: torch.Tensor
     active: torch.Tensor
     next_basis: torch.Tensor
+    subnormal: torch.Tensor
 
 
 def solver_tolerance(config: RegularizerConfig, cdtype: torch.dtype) -> float:
@@ -353,7 +356,9 @@ def _penalty(G, z, config: RegularizerConfig, init) -> PenaltyResult:
         active = active_vectors(lam, c.null_tol)
         value = _eigvec_gradient(op, V, lam, scale, active, c.loss, c.weights, c.grad, c.cg_iters, c.cg_tol, cdtype,
                                  JV)
-    return PenaltyResult(value, V.detach(), lam.sqrt() * scale[:, None], res.detach(), active, Q_next.detach())
+        subnormal = scale < torch.finfo(op.y.dtype).tiny
+    return PenaltyResult(value, V.detach(), lam.sqrt() * scale[:, None], res.detach(), active, Q_next.detach(),
+                         subnormal)
 
 
 def read_back(result: PenaltyResult, config: RegularizerConfig, warned: set, where: str) -> float:
@@ -363,7 +368,14 @@ def read_back(result: PenaltyResult, config: RegularizerConfig, warned: set, whe
     `spectral_penalty`) when the vectors the loss saw are far from converged.  Returns that median."""
     worst = result.residuals.max(-1).values.median()
     finite = torch.isfinite(result.value) & torch.isfinite(result.next_basis).all()
-    ok, worst = torch.stack([finite.to(worst.dtype), worst.to(worst.dtype)]).tolist()
+    ok, subnormal, worst = torch.stack([finite.to(worst.dtype), result.subnormal.any().to(worst.dtype),
+                                        worst.to(worst.dtype)]).tolist()
+    if subnormal:
+        try:
+            name_rows(result.subnormal, "J(z) is below the smallest normal number of G's output dtype")
+        except ValueError as exc:
+            raise ValueError(f"{exc}: the penalty's gradient (about 1 / |J| at G's output) cannot be represented "
+                             f"there; rescale G's output or compute in float64") from None
     if not ok:
         name_rows(~torch.isfinite(result.next_basis).flatten(1).all(1), "the next warm-start basis is not finite")
         raise ValueError(f"the spectral penalty is not finite ({float(result.value)}): check G's outputs and scale")

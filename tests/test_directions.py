@@ -207,3 +207,18 @@ def test_a_metric_with_a_null_space_gets_every_direction(k):
     assert (out.values - expect).abs().max() <= 64 * eps and bool(out.converged.all())
     assert (out.directions[:2, 2:].abs().max()) <= 64 * eps  # the top two span the first two axes
     assert (out.explained - expect.cumsum(0) / 2).abs().max() <= 64 * eps
+
+
+def test_any_scale_of_G_gives_the_same_directions_and_shares():
+    """s * G has the directions and shares of G and the values s^2 times G's, in float32 from 1e-25 to
+    1e20 (previous main: a scale probe of M X, which squares G's scale, gave explained 0 at 1e-25
+    and an eigh failure at 1e20; values beyond float32's range are float64)."""
+    G = families(6)["mlp_tanh"].float()
+    z = torch.randn(32, 6, generator=torch.Generator().manual_seed(0))
+    ref = global_directions(G, None, 3, latents=z, batch_size=16, iters=100, tol=1e-5)
+    for s in (1e-25, 1e20):
+        out = global_directions(lambda x: s * G(x), None, 3, latents=z, batch_size=16, iters=100, tol=1e-5)
+        assert out.values.dtype == torch.float64
+        torch.testing.assert_close(out.values / (s * s), ref.values, rtol=1e-5, atol=0)
+        torch.testing.assert_close(out.explained, ref.explained, rtol=1e-5, atol=0)
+        assert float((out.directions * ref.directions).sum(-1).abs().min()) >= 1 - 1e-5

@@ -299,6 +299,25 @@ def test_penalty_is_scale_free(dtype, scales, value_tol, grad_tol, setting):
         assert float((grad - ref_grad).norm()) <= grad_tol * float(ref_grad.norm()), s
 
 
+def test_a_subnormal_jacobian_is_refused_naming_the_rows():
+    """At 1e-40 * G in float32, J is below float32's smallest normal number and the gradient that
+    reaches G's output (about 1 / |J|) overflows: the call is refused, naming the rows, and the
+    regularizer's state is unchanged (previous main: penalty 0 with a zero gradient)."""
+    G = make_mlp().float()
+    z = torch.randn(8, 5, generator=torch.Generator().manual_seed(4))
+    with pytest.raises(ValueError, match=r"smallest normal number of G's output dtype in rows \[0, 1, 2"):
+        spectral_penalty(lambda x: 1e-40 * G(x), z, k=3)
+    reg = SpectralRegularizer(5, k=3, every=1)
+    before = {name: t.clone() for name, t in reg.state_dict().items()}
+    with pytest.raises(ValueError, match="smallest normal number"):
+        reg(lambda x: 1e-40 * G(x), z)
+    assert all(torch.equal(before[name], t) for name, t in reg.state_dict().items())
+    # float64 carries the same scale exactly (its smallest normal number is 2e-308)
+    G64 = make_mlp()
+    value = spectral_penalty(lambda x: 1e-40 * G64(x), z.double(), k=3)
+    assert torch.isfinite(value) and float(value) > 0.05
+
+
 def test_regularizer_values_follow_the_scale():
     """last_values are G's singular values at any scale (previous main: 0 at 1e-25 * G)."""
     G = make_mlp().float()
