@@ -185,6 +185,15 @@ def check_row_args(G: Callable, B: int) -> None:
 
 
 # ---- what G is made of --------------------------------------------------------------------------
+def _function_refs(fn: types.FunctionType) -> tuple[list[object], list[object]]:
+    """(the values of fn's closure cells, the globals its code names)."""
+    cells = []
+    for cell in fn.__closure__ or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            cells.append(cell.cell_contents)
+    return cells, [fn.__globals__[n] for n in fn.__code__.co_names if n in fn.__globals__]
+
+
 def _parts(G: object) -> tuple[object | None, list[object]]:
     """(code or object that identifies G's computation, the objects it closes over)."""
     if isinstance(G, FlatGenerator):
@@ -194,11 +203,7 @@ def _parts(G: object) -> tuple[object | None, list[object]]:
     if isinstance(G, types.MethodType):
         return G.__func__.__code__, [G.__self__]
     if isinstance(G, types.FunctionType):
-        cells = []
-        for cell in G.__closure__ or ():
-            with contextlib.suppress(ValueError):  # an empty cell
-                cells.append(cell.cell_contents)
-        named = [G.__globals__[n] for n in G.__code__.co_names if n in G.__globals__]
+        cells, named = _function_refs(G)
         return G.__code__, cells + [g for g in named if isinstance(g, nn.Module)]  # globals: modules only
     return None, []
 
@@ -253,11 +258,7 @@ def _held(obj: object) -> tuple[list[object], bool]:
     if isinstance(obj, types.MethodType):
         return [obj.__func__, obj.__self__], False
     if isinstance(obj, types.FunctionType):
-        cells = []
-        for cell in obj.__closure__ or ():
-            with contextlib.suppress(ValueError):  # an empty cell
-                cells.append(cell.cell_contents)
-        named = [obj.__globals__[n] for n in obj.__code__.co_names if n in obj.__globals__]
+        cells, named = _function_refs(obj)
         return cells + named, False
     attrs = getattr(obj, "__dict__", None)
     held = list(itertools.islice(attrs.values(), SCAN_ITEMS)) if isinstance(attrs, dict) else []

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.functional import relu
 
 from gen_families import explicit_jacobian, mlp
+from test_real_generators import _bn_net, _Conditional, _z  # a train-mode BatchNorm net, G(z, c), latents
 import spectral_ops
 from spectral_ops import SpectralRegularizer, global_directions, jacobian_topk, spectral_penalty, trace_trajectory
 
@@ -28,8 +29,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 EPS = torch.finfo(torch.float64).eps
 
 
-def _z(*shape, seed=1, dtype=torch.float64):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def _state(*modules: nn.Module) -> list[torch.Tensor]:
@@ -222,14 +221,6 @@ def test_new_modules_at_the_ids_of_dead_ones_are_probed_again(monkeypatch):
 
 
 # ---- state the scan cannot reach, and a G that changes its parameters ----------------------------------
-def _bn_net():
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 5)).double().train()
-    with torch.no_grad():
-        net(_z(32, 6, seed=3))
-    return net
-
-
 def test_a_refused_probe_leaves_modules_the_scan_cannot_reach_as_found():
     """Before: behind a weak reference (which no scan follows), the batch-coupling probe's forwards
     updated running_mean, running_var and num_batches_tracked, then refused G ("G couples the
@@ -364,16 +355,6 @@ def test_a_generator_that_writes_to_its_input_matches_the_oracle():
 
 
 # ---- per-row arguments in a lambda, and meta row arguments --------------------------------------------------
-class _Conditional(nn.Module):
-    def __init__(self, d=6, classes=3):
-        super().__init__()
-        self.embed = nn.Embedding(classes, d)
-        self.net = mlp(d, m=10)
-
-    def forward(self, z, c):
-        return self.net(z + self.embed(c))
-
-
 @pytest.mark.parametrize("B, method", [(4, "auto"), (2, "power"), (2, "auto")])
 def test_per_row_arguments_in_a_lambda_say_to_use_conditioned(B, method):
     """Before: G's own "The size of tensor a (2) must match the size of tensor b (4)" from the
