@@ -696,6 +696,27 @@ for _s in range(1, 9):
     _d = (6, 8, 10, 12, 16)[_s % 5]
     case("batch", f"krylov d={_d} k={_d - 1} B=256 seed {_s}")(functools.partial(_batch, 256, _d, _d - 1, _s))
     case("batch", f"krylov d={_d} k=3 B=1024 seed {_s}")(functools.partial(_batch, 1024, _d, 3, _s))
+def _skipping_init(B: int, method: str, noise: float):
+    """A warm start that spans (up to `noise`) an invariant subspace skipping the third eigenvector,
+    [v1, v2, v4]: what a previous step's basis can be after lambda_3 and lambda_4 crossed.  The
+    top 3 still contain v3, and a converged flag must mean the top 3."""
+    net = mlp(6, 10, 12, seed=61)
+    z = latents(B, 6, seed=62)
+    orc = oracle(as_float64(net, [net])[id(net)], z)
+    gen = torch.Generator().manual_seed(63)
+    init = (orc.V[:, [0, 1, 3]] + noise * torch.randn(B, 3, 6, generator=gen, dtype=torch.float64)).float()
+    with unchanged(net, z, init):
+        top = spectral_ops.jacobian_topk(net, z, 3, method=method, init=init, iters=60)
+    check_topk(top, orc, 3, 1e-4, torch.float32, f"B={B} init skipping v3 (noise {noise:g}): ")
+
+
+for _m in ("krylov", "power", "dense", "auto"):
+    for _B in (1, 16):
+        for _noise in (0.0, 1e-3):
+            case("batch", f"{_m} B={_B} from a warm start spanning [v1, v2, v4] (noise {_noise:g})")(
+                functools.partial(_skipping_init, _B, _m, _noise))
+
+
 _REPEATED = (3, 3, 2, 2, 2, 1, 1, 1, 1, .5, .5, .5, .25)
 case("batch", "krylov d=13 k=12 B=16, exactly repeated singular values")(
     functools.partial(_batch, 16, 13, 12, 7, G=LinearG(_REPEATED, 20, 7)))
