@@ -717,6 +717,72 @@ for _m in ("krylov", "power", "dense", "auto"):
                 functools.partial(_skipping_init, _B, _m, _noise))
 
 
+def _skipping_init_penalty(solver: str, noise: float):
+    """spectral_penalty at its default tol from init = [v1, v2, v4] of each row, up to `noise` (see
+    `_skipping_init`): the loss must be the one of the top 3 eigenvectors."""
+    net = LinearG(GAPPED, 10, 3, eps=0.05)
+    z = latents(6, 6, seed=4)
+    orc = oracle(as_float64(net, [net])[id(net)], z)
+    want, tol = penalty_oracle(orc, 3)
+    gen = torch.Generator().manual_seed(64)
+    init = (orc.V[:, [0, 1, 3]] + noise * torch.randn(6, 3, 6, generator=gen, dtype=torch.float64)).float()
+    with unchanged(net, z, init):
+        value = spectral_ops.spectral_penalty(net, z, k=3, init=init, solver=solver, iters=40)
+    if not abs(value.item() - want) <= tol:
+        raise Silent(f"penalty {value.item():.6g} from init [v1, v2, v4] + {noise:g} noise, oracle {want:.6g} "
+                     f"(tol {tol:.2g})")
+
+
+for _solver in ("krylov", "power"):
+    for _noise in (0.0, 1e-6):
+        case("batch", f"spectral_penalty solver={_solver} from init spanning [v1, v2, v4] (noise {_noise:g})")(
+            functools.partial(_skipping_init_penalty, _solver, _noise))
+
+
+def _skipping_running_basis(noise: float):
+    """SpectralRegularizer at its defaults whose running basis spans [v1, v2, v4] of a G with the same
+    singular vectors at every z (a generator it has aligned, after lambda_3 and lambda_4 crossed):
+    the penalty must still be the one of the top 3 eigenvectors."""
+    net = LinearG(GAPPED, 10, 5)
+    z = latents(8, 6, seed=5)
+    orc = oracle(as_float64(net, [net])[id(net)], z)
+    want, tol = penalty_oracle(orc, 3)
+    reg = spectral_ops.SpectralRegularizer(6, k=3, every=1, batch_fraction=1.0)
+    gen = torch.Generator().manual_seed(65)
+    with torch.no_grad():
+        reg.basis.copy_(orc.V[0, [0, 1, 3]] + noise * torch.randn(3, 6, generator=gen, dtype=torch.float64))
+    with unchanged(net, z):
+        value = reg(net, z)
+    if not abs(value.item() - want) <= tol:
+        raise Silent(f"penalty {value.item():.6g} from a running basis [v1, v2, v4] + {noise:g} noise, oracle "
+                     f"{want:.6g} (tol {tol:.2g})")
+
+
+for _noise in (0.0, 1e-6, 1e-3):
+    case("batch", f"SpectralRegularizer with a running basis spanning [v1, v2, v4] (noise {_noise:g})")(
+        functools.partial(_skipping_running_basis, _noise))
+
+
+def _skipping_init_trajectory(method: str):
+    """trace_trajectory from init = [v1, v2, v4] at z0: its values at z0 are the top 3 there."""
+    net = mlp(6, 10, 12, seed=61)
+    z = latents(2, 6, seed=62)
+    orc = oracle(as_float64(net, [net])[id(net)], z)
+    init = orc.V[:, [0, 1, 3]].float()
+    with unchanged(net, z, init):
+        tr = spectral_ops.trace_trajectory(net, z, steps=1, k=3, init=init, topk_method=method)
+    s0 = tr.values[tr.origin].double()
+    err = ((s0 * s0 - orc.lam[:, :3]).abs() / orc.lam[:, :1]).max().item()
+    if err > 1.1e-5 + 16 * eps_of(torch.float32):  # trace_trajectory's tol is 1e-5
+        raise Silent(f"trajectory sigma^2 at z0 {(s0 * s0)[0].tolist()} from init [v1, v2, v4], oracle "
+                     f"{orc.lam[0, :4].tolist()} (error {err:.3g} of lambda_1)")
+
+
+for _m in ("krylov", "power", "dense"):
+    case("batch", f"trace_trajectory topk_method={_m} from init spanning [v1, v2, v4]")(
+        functools.partial(_skipping_init_trajectory, _m))
+
+
 _REPEATED = (3, 3, 2, 2, 2, 1, 1, 1, 1, .5, .5, .5, .25)
 case("batch", "krylov d=13 k=12 B=16, exactly repeated singular values")(
     functools.partial(_batch, 16, 13, 12, 7, G=LinearG(_REPEATED, 20, 7)))
