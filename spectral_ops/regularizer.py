@@ -79,7 +79,8 @@ from .jacobian import JacobianOperator, name_rows
 from .lazy import LazyPenalty
 from .ops.reference import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
 from .krylov import block_lanczos, folded_start, krylov_block
-from .power import _ShrinkingProducts, power_iteration, zero_jacobian_axes
+from .power import (KRYLOV_SECOND_START, _ShrinkingProducts, checked_warm_start, power_iteration,
+                    zero_jacobian_axes)
 from .validation import check_callable, check_init, check_int, derived_seed
 
 __all__ = ["spectral_penalty", "SpectralRegularizer", "RegularizerConfig", "LOSSES", "GRADS", "WEIGHTS",
@@ -150,7 +151,10 @@ def _krylov(G, z: torch.Tensor, Q0: torch.Tensor, V_prev, max_vectors: int, tol:
     products = _ShrinkingProducts(G, z, p, mode, cdtype)
     MX = products(X, torch.arange(B, device=z.device))
     # block_lanczos runs its dense algebra outside autocast and G's passes under the caller's setting
-    r = block_lanczos(products, X, MX, k, p, max(max_vectors, p), tol, relative_floor=null_tol * null_tol)
+    # pairs that pass are checked as the top k against a second, random start: the warm start can
+    # span an invariant subspace that skips an eigenvector (two values crossed since the last call)
+    r = block_lanczos(products, X, MX, k, p, max(max_vectors, p + KRYLOV_SECOND_START), tol,
+                      relative_floor=null_tol * null_tol, second_start=KRYLOV_SECOND_START)
     V = r.V * ops.reference.sign_align(r.V, V_prev)[..., None]
     (V,) = zero_jacobian_axes(r.lam, V)
     return V, r.lam.clamp_min(0), products.c, r.res
@@ -349,6 +353,11 @@ def _penalty(G, z, config: RegularizerConfig, init) -> PenaltyResult:
         if c.solver == "power":
             op = JacobianOperator(G, z, c.k, mode)
             V, lam, scale, res, Q_next, JV = _power(op, Q0, V_prev, c.iters, solver_tolerance(c, cdtype), cdtype)
+            if V_prev is not None:  # a warm start: the top k checked against a second start
+                V, lam, res, _, _ = checked_warm_start(G, z, V, scale, c.iters * c.k, solver_tolerance(c, cdtype),
+                                                       mode, cdtype, relative_floor=c.null_tol * c.null_tol)
+                (V,) = zero_jacobian_axes(lam, V)
+                lam, JV, Q_next = lam.clamp_min(0), None, V
         else:
             V, lam, scale, res = _krylov(G, z, Q0, V_prev, c.iters * c.k, solver_tolerance(c, cdtype), c.null_tol, mode,
                                   cdtype)

@@ -318,6 +318,26 @@ def test_a_subnormal_jacobian_is_refused_naming_the_rows():
     assert torch.isfinite(value) and float(value) > 0.05
 
 
+@pytest.mark.parametrize("solver", ["krylov", "power"])
+def test_a_running_basis_that_skips_v3_still_gives_the_top_3(solver):
+    """A regularizer whose running basis spans [v1, v2, v4] of a G with the same singular vectors at
+    every z (what an aligned generator's basis is after lambda_3 and lambda_4 crossed) is an
+    invariant subspace: the solver must still find v3, and the penalty and last_values be those of
+    the top 3 (previous main: values [4, 3, 1.5] and the loss of [v1, v2, v4])."""
+    from test_topk import _rotated_linear
+    values = [4.0, 3.0, 2.0, 1.5, 1.0, 0.5]
+    G, V = _rotated_linear(values)
+    z = torch.randn(8, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    reg = SpectralRegularizer(6, k=3, every=1, batch_fraction=1.0, solver=solver, iters=20)
+    with torch.no_grad():
+        reg.basis.copy_(V[[0, 1, 3]])
+    value = reg(G, z)
+    torch.testing.assert_close(reg.last_values, torch.tensor(values[:3], dtype=torch.float64).expand(8, 3),
+                               rtol=1e-6, atol=0)
+    expected = spectral_penalty(G, z, k=3, iters=50, tol=1e-12, solver=solver)  # from the random start
+    assert abs(float(value) - float(expected)) <= 1e-6 * float(expected)
+
+
 def test_regularizer_values_follow_the_scale():
     """last_values are G's singular values at any scale (previous main: 0 at 1e-25 * G)."""
     G = make_mlp().float()

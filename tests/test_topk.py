@@ -416,3 +416,31 @@ def test_auto_keeps_an_exact_mode_where_central_differences_are_inaccurate():
     G = Generator(latent_dim=6, size=32, width=8).eval()
     z = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
     assert jacobian_topk(G, z, 2, iters=2).jvp == "double_backward"
+
+
+def _rotated_linear(values, seed=0):
+    """G(z) = U diag(values) V^T z (float64), the same singular vectors V [d, d] at every z."""
+    gen = torch.Generator().manual_seed(seed)
+    d = len(values)
+    U = torch.linalg.qr(torch.randn(d + 3, d, generator=gen, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))[0].T
+    A = U @ torch.diag(torch.tensor(values, dtype=torch.float64)) @ V
+    return (lambda x: x @ A.T), V
+
+
+@pytest.mark.parametrize("method", ["power", "krylov", "auto"])
+@pytest.mark.parametrize("noise", [0.0, 1e-3])
+def test_a_warm_start_spanning_an_invariant_subspace_that_skips_v3(method, noise):
+    """init = [v1, v2, v4] (up to noise) is what a previous step's vectors are after lambda_3 and
+    lambda_4 crossed: it is an invariant subspace, so the iteration converges to it with small
+    residuals.  The result must still be the top 3 (previous main, power and krylov from the exact
+    subspace: values [4, 3, 1.5] reported converged)."""
+    values = [4.0, 3.0, 2.0, 1.5, 1.0, 0.5]
+    G, V = _rotated_linear(values)
+    z = torch.randn(5, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    init = V[[0, 1, 3]] + noise * torch.randn(3, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    top = jacobian_topk(G, z, 3, method=method, init=init, iters=60, tol=1e-10)
+    assert bool(top.converged.all())
+    torch.testing.assert_close(top.values, torch.tensor(values[:3], dtype=torch.float64).expand(5, 3),
+                               rtol=1e-9, atol=0)
+    assert float((top.vectors @ V[:3].T).abs().amax(-1).min()) >= 1 - 1e-9
