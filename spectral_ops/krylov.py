@@ -120,6 +120,14 @@ def _second_start(R: torch.Tensor | None, B: int, block: int, X: torch.Tensor) -
     return R
 
 
+def residual_target(lam: torch.Tensor, tol: float, relative_floor: float | None = None) -> torch.Tensor | float:
+    """The residual ||M v_i - lam_i v_i|| / lam_1 each pair must be below, for lam [b, k] descending:
+    tol, or with relative_floor f, tol * max(lam_i / lam_1, f) (`block_lanczos`)."""
+    if relative_floor is None:
+        return tol
+    return tol * (lam / lam[:, :1].clamp_min(torch.finfo(lam.dtype).tiny)).clamp_min(relative_floor)
+
+
 def _block_lanczos(product, X, MX, k, block, max_vectors, tol, max_basis, relative_floor, second_start):
     B, n0, d = X.shape
     max_basis = default_max_basis(d, k) if max_basis is None else min(d, max_basis)
@@ -142,8 +150,7 @@ def _block_lanczos(product, X, MX, k, block, max_vectors, tol, max_basis, relati
         starting = 0
         if n >= next_check or n >= d or spent or restart:
             X_r, MX_r, lam, res = _rayleigh_ritz(K, MK, H, keep if restart else k)
-            target = tol if relative_floor is None else \
-                tol * (lam[:, :k] / lam[:, :1].clamp_min(torch.finfo(lam.dtype).tiny)).clamp_min(relative_floor)
+            target = residual_target(lam[:, :k], tol, relative_floor)
             # a space of d nonzero rows is R^d: exact (a second start's lock leaves zero rows)
             spans = (K.abs().amax(-1) > 0).sum(1) >= d if n >= d else torch.zeros_like(taken, dtype=torch.bool)
             passed, checked = (res[:, :k] < target).all(-1), (taken >= second_start) | spans

@@ -25,7 +25,7 @@ from . import ops
 from .generator import flatten_latents, measured, prepared, select_rows
 from .validation import check_callable, check_choice, check_init, check_int, check_iters_tol, check_k, check_seed
 from .jacobian import JVP_MODES, JacobianOperator, name_rows
-from .krylov import block_lanczos, default_max_basis, folded_start, krylov_block
+from .krylov import block_lanczos, default_max_basis, folded_start, krylov_block, residual_target
 
 METHODS = ("auto", "power", "krylov", "dense")
 
@@ -349,40 +349,48 @@ def zero_jacobian_axes(lam: torch.Tensor, *blocks: torch.Tensor) -> tuple[torch.
 
 
 def _power_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
-    """Block power iteration.  From a warm start (`init`) the result is then checked as the top k
-    against a second start (`checked_warm_start`); from the seeded random start it is not, since a
-    random block of k vectors misses an eigenvector with probability zero."""
+    """Block power iteration.  From a warm start (`init`) the pairs that pass tol are then checked
+    as the top k against a second start (`checked_warm_start`); from the seeded random start they
+    are not, since a random block of k vectors misses an eigenvector with probability zero."""
     B, d = z.shape
     cdtype = ops.reference.compute_dtype(z.dtype)
     Q, V_prev = _initial_basis(init, B, k, d, cdtype, z.device, seed)
     r = power_iteration(JacobianOperator(G, z, k, mode), Q, V_prev, iters, tol, cdtype)
     if init is None:
         return _finish(G, z, r.V, r.lam, r.c, r.res, tol, r.iterations, "power", mode, iters)
-    V, lam, res, passes, settled = checked_warm_start(G, z, r.V, r.c, iters * k, tol, mode, cdtype)
+    V, lam, res, passes, settled = checked_warm_start(G, z, r.V, r.lam, r.res, r.c, iters * k, tol, mode, cdtype)
     return _finish(G, z, V, lam, r.c, res, tol, r.iterations + passes, "power", mode, iters, settled)
 
 
-def checked_warm_start(G, z, V: torch.Tensor, c: torch.Tensor, max_vectors: int, tol: float, mode: str, cdtype,
-                       relative_floor: float | None = None):
-    """The top k checked after a power iteration from a warm start.
+def checked_warm_start(G, z, V: torch.Tensor, lam: torch.Tensor, res: torch.Tensor, c: torch.Tensor,
+                       max_vectors: int, tol: float, mode: str, cdtype, relative_floor: float | None = None):
+    """The pairs of a power iteration from a warm start that pass tol, checked as the top k.
 
     A warm start that spans an invariant subspace skipping an eigenvector of the top k (the
-    previous vectors after two values crossed) converges to it with small residuals.  So the
-    power result V [B, k, d] seeds `krylov.block_lanczos` with its second start: pairs that pass
-    are checked against KRYLOV_SECOND_START random vectors, and a missed eigenvalue enters the top
-    k and is solved for, within max_vectors products per sample.  c [B]: the power iteration's
-    scale (its values are those of M / c^2).  Returns (V, lam, res, passes, settled) in those units,
-    V sign-aligned with the input."""
+    previous vectors after two values crossed) converges to it with residuals at rounding.  So
+    the samples whose pairs V [B, k, d], lam, res [B, k] pass (`krylov.residual_target`) seed
+    `krylov.block_lanczos` with its second start: KRYLOV_SECOND_START random vectors, and a
+    missed eigenvalue enters the top k and is solved for, within max_vectors products per sample.
+    c [B]: the power iteration's scale (lam are the values of M / c^2).  One host read-back (which
+    samples passed); none when tol is 0 (nothing can pass).  Returns (V, lam, res, passes,
+    settled [B]) in those units, V sign-aligned with the input."""
     B, k, _ = V.shape
-    p = krylov_block(B, k)
-    products = _ShrinkingProducts(G, z, p, mode, cdtype)
-    products.c = c.to(cdtype)  # the power iteration's units, so that its values carry over
-    X = V.to(cdtype)
-    MX = products(X, torch.arange(B, device=z.device))
+    settled = torch.ones(B, dtype=torch.bool, device=V.device)
+    passed = (res < residual_target(lam, tol, relative_floor)).all(-1)
+    rows = passed.nonzero().flatten() if tol > 0 else passed.new_zeros(0, dtype=torch.long)
+    if len(rows) == 0:
+        return V, lam, res, 0, settled
+    p = krylov_block(len(rows), k)
+    products = _ShrinkingProducts(select_rows(G, rows), z[rows], p, mode, cdtype)
+    products.c = c[rows].to(cdtype)  # the power iteration's units, so that its values carry over
+    X = V[rows].to(cdtype)
+    MX = products(X, torch.arange(len(rows), device=z.device))
     s = block_lanczos(products, X, MX, k, p, max(max_vectors, k + KRYLOV_SECOND_START), tol,
                       relative_floor=relative_floor, second_start=KRYLOV_SECOND_START)
-    V_out = s.V * ops.reference.sign_align(s.V, X)[..., None]
-    return V_out, s.lam, s.res, s.passes + -(-k // p), s.settled
+    V, lam, res = V.clone(), lam.clone(), res.clone()
+    V[rows] = (s.V * ops.reference.sign_align(s.V, X)[..., None]).to(V.dtype)
+    lam[rows], res[rows], settled[rows] = s.lam.to(lam.dtype), s.res.to(res.dtype), s.settled
+    return V, lam, res, s.passes + -(-k // p), settled
 
 
 class _ShrinkingProducts:

@@ -353,11 +353,13 @@ def _penalty(G, z, config: RegularizerConfig, init) -> PenaltyResult:
         if c.solver == "power":
             op = JacobianOperator(G, z, c.k, mode)
             V, lam, scale, res, Q_next, JV = _power(op, Q0, V_prev, c.iters, solver_tolerance(c, cdtype), cdtype)
-            if V_prev is not None:  # a warm start: the top k checked against a second start
-                V, lam, res, _, _ = checked_warm_start(G, z, V, scale, c.iters * c.k, solver_tolerance(c, cdtype),
-                                                       mode, cdtype, relative_floor=c.null_tol * c.null_tol)
-                (V,) = zero_jacobian_axes(lam, V)
-                lam, JV, Q_next = lam.clamp_min(0), None, V
+            if V_prev is not None:  # a warm start: the pairs that pass are checked as the top k
+                V_checked, lam, res, passes, _ = checked_warm_start(
+                    G, z, V, lam, res, scale, c.iters * c.k, solver_tolerance(c, cdtype), mode, cdtype,
+                    relative_floor=c.null_tol * c.null_tol)
+                if passes:  # the check moved some rows: J V is computed anew
+                    (V,) = zero_jacobian_axes(lam, V_checked)
+                    lam, JV, Q_next = lam.clamp_min(0), None, V
         else:
             V, lam, scale, res = _krylov(G, z, Q0, V_prev, c.iters * c.k, solver_tolerance(c, cdtype), c.null_tol, mode,
                                   cdtype)

@@ -134,7 +134,8 @@ def test_deterministic_for_seed_and_warm_start():
     converged = jacobian_topk(G, z, K, iters=400, tol=1e-8, method="power")
     flipped = converged.vectors * torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)[:, None]
     warm = jacobian_topk(G, z, K, iters=400, tol=1e-8, method="power", init=flipped)
-    assert warm.iterations <= 2
+    # one power iteration, then the check against a second start (k and KRYLOV_SECOND_START products)
+    assert warm.iterations < converged.iterations and bool(warm.converged.all())
     # signs follow the previous vectors, not the largest-component rule
     assert ((warm.vectors * flipped).sum(-1) > 0.999).all()
     # a shared [k, d] init broadcasts
