@@ -95,6 +95,23 @@ def test_eval_on_demo_checkpoint_bad_and_good_arguments(quick_demo, capsys, tmp_
     assert img.format == "PNG" and img.height > 6 * 32
 
 
+def test_eval_on_a_full_disk_is_a_one_line_error(quick_demo, capsys, tmp_path, monkeypatch):
+    """A full disk while eval writes eval.json: one line and exit 2, as train, trace and directions
+    say it (previous main: an OSError traceback).  The predictor is the one the test above cached."""
+    import errno
+
+    import spectral_ops.lab.cli.eval as eval_cli
+    rc, root = quick_demo
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(eval_cli, "atomic_write_text", full)
+    rc = main(["eval", "--ckpt", str(root / "out" / "spectral" / "checkpoint.pt"), "--n-samples", "100",
+               "--out", str(tmp_path / "full"), "--cache-dir", str(root / "cache"), "--no-progress"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and len(err) == 1 and "No space left on device" in err[0] and "Traceback" not in err[0], err
+
+
 def test_demo_bad_arguments(tmp_path, capsys):
     assert main(["demo", "--steps", "0", "--out", str(tmp_path / "o")]) == 2
     assert "--steps must be" in capsys.readouterr().err

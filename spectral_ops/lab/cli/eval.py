@@ -52,7 +52,12 @@ def run(args: argparse.Namespace) -> int:
     res["checkpoint"] = str(args.ckpt)
     res["predictor_validation"] = pinfo["validation"]
     print(format_table({Path(args.ckpt).parent.name or "model": res}))
-    atomic_write_text(json.dumps(res, indent=2), out / "eval.json")
-    atomic_save_image(traversal_grid(G, title=f"{args.ckpt}: rows = latent dims"), out / "traversal.png")
+    try:
+        atomic_write_text(json.dumps(res, indent=2), out / "eval.json")
+        atomic_save_image(traversal_grid(G, title=f"{args.ckpt}: rows = latent dims"), out / "traversal.png")
+    except OSError as exc:  # a full disk, a vanished folder, ...
+        print(f"spectral-ops eval: error: --out: cannot write to {str(out)!r} ({exc.strerror or exc})",
+              file=sys.stderr)
+        return 2
     print(f"wrote {out / 'eval.json'} and {out / 'traversal.png'}")
     return 0
