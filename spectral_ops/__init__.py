@@ -1,5 +1,6 @@
 """spectral_ops: matrix-free top-k Jacobian singular vectors and the spectral regularizer."""
 from . import baselines
+from ._version import __version__
 from .config import RegularizerConfig
 from .directions import GlobalDirections, global_directions
 from .generator import conditioned
@@ -8,5 +9,4 @@ from .regularizer import SpectralRegularizer, spectral_penalty
 from .trajectory import Trajectory, trace_trajectory
 
 __all__ = ["TopK", "jacobian_topk", "spectral_penalty", "SpectralRegularizer", "baselines", "Trajectory", "trace_trajectory",
-           "conditioned", "global_directions", "GlobalDirections", "RegularizerConfig"]
-__version__ = "0.1.0"
+           "conditioned", "global_directions", "GlobalDirections", "RegularizerConfig", "__version__"]

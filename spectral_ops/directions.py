@@ -25,6 +25,7 @@ from . import ops
 from .generator import flatten_latents, prepared
 from .jacobian import JacobianOperator
 from .krylov import block_lanczos, krylov_block
+from .progress import progress_bar
 from .power import KRYLOV_SECOND_START
 from .validation import check_bool, check_callable, check_int, check_iters_tol, check_k, check_seed, derived_seed
 
@@ -225,8 +226,7 @@ def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_pr
     X = ops.orthonormalize(torch.randn(1, k, d, generator=gen, dtype=torch.float64).to(device=latents.device, dtype=cdtype))[:, :p]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=-(-iters * k // p) * len(batches), desc="global directions", leave=False)
+        bar = progress_bar(-(-iters * k // p) * len(batches), "global directions")
     c = _scale(G, batches[0], X, mode, batchnorm)  # units where M_bar / c^2 is O(1)
     product = _mean_product(G, batches, mode, batchnorm, cdtype, c, bar)
     # converged pairs are checked against a second, random start (as jacobian_topk's krylov does)

@@ -42,6 +42,7 @@ import torch
 from . import ops
 from .generator import check_autograd_available, flat_generator, flatten_latents
 from .power import jacobian_topk
+from .progress import progress_bar
 from .validation import (check_bool, check_callable, check_choice, check_int, check_iters_tol, check_k, check_number,
                          check_seed)
 
@@ -154,11 +155,8 @@ def _walk(field: _Field, z0, v0, V0, top0, idx0, steps, h, method, progress_desc
     """Integrate from z0 with initial oriented tangent v0; returns lists of per-point records."""
     zs, Vs, vals, ress, idxs = [z0], [V0], [top0.values], [top0.residuals], [idx0]
     z, v, V = z0, v0, V0
-    rng = range(steps)
-    if progress_desc:
-        from tqdm.auto import tqdm
-        rng = tqdm(rng, desc=progress_desc, leave=False)
-    for _ in rng:
+    bar = progress_bar(steps, progress_desc) if progress_desc else None
+    for _ in range(steps):
         f1 = field.tangential(z, v.to(z.dtype))
         if method == "euler":
             z_next = z + h * f1
@@ -174,6 +172,10 @@ def _walk(field: _Field, z0, v0, V0, top0, idx0, steps, h, method, progress_desc
         _, v, idx, V, top = field(z_next, v, V)
         z = z_next
         zs.append(z); Vs.append(V); vals.append(top.values); ress.append(top.residuals); idxs.append(idx)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return zs, Vs, vals, ress, idxs
 
 

@@ -136,5 +136,5 @@ def test_demo_names_a_missing_dependency_before_it_trains(tmp_path, capsys, monk
     rc = main(["demo", "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "scikit-learn" in err and "spectral_ops[demo]" in err
+    assert "scikit-learn" in err and "spectral_ops[lab]" in err
     assert not (out / "baseline").exists()  # nothing was trained

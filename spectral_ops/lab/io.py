@@ -81,7 +81,7 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def require_modules(command: str, modules: dict[str, str], extra: str = "demo") -> None:
+def require_modules(command: str, modules: dict[str, str], extra: str = "lab") -> None:
     """Raise a ValueError naming every missing module (import name -> pip name) and how to get it.
 
     Commands call it before they train, so a missing dependency is reported in seconds, not after
@@ -94,7 +94,9 @@ def require_modules(command: str, modules: dict[str, str], extra: str = "demo") 
                          f"(or pip install {' '.join(missing)})")
 
 
-#: what the measuring commands (demo, eval, trace) import beyond the core dependencies
+#: what every command of the application imports beyond torch (the `lab` extra)
+LAB_MODULES = {"numpy": "numpy", "tqdm": "tqdm", "PIL": "pillow"}
+#: what the measuring commands (demo, eval, trace) import beyond those (the `lab` extra too)
 EVAL_MODULES = {"sklearn": "scikit-learn", "matplotlib": "matplotlib"}
 
 

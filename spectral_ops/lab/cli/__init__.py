@@ -30,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The library needs torch alone; the commands need the lab extra: say so before importing them.
+    from spectral_ops.lab.io import LAB_MODULES, require_modules
+    try:
+        require_modules("spectral-ops", LAB_MODULES)
+    except ValueError as exc:
+        print(f"spectral-ops: error: {exc}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)

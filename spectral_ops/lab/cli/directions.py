@@ -65,7 +65,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        require_modules("spectral-ops directions", {"PIL": "pillow"}, extra="eval")
+        require_modules("spectral-ops directions", {"PIL": "pillow"})
         from spectral_ops.lab import viz
         _check(args)
         check_seed(args.seed, allow_none=False, name="--seed")

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        require_modules("spectral-ops eval", EVAL_MODULES, extra="eval")
+        require_modules("spectral-ops eval", EVAL_MODULES)
         if args.n_samples < 100:
             raise ValueError(f"--n-samples must be >= 100, got {args.n_samples}")
         apply_threads(args)

@@ -185,7 +185,7 @@ def _writable_dir(path: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        require_modules("spectral-ops trace", {"matplotlib": "matplotlib"}, extra="eval")
+        require_modules("spectral-ops trace", {"matplotlib": "matplotlib"})
         from spectral_ops.lab import viz
         directions = parse_directions(args.directions)
         for name in ("steps", "n", "columns", "scale"):

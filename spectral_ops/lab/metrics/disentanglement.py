@@ -37,7 +37,7 @@ def _sklearn():
         import sklearn  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("spectral_ops.lab.metrics needs scikit-learn for MIG and DCI: "
-                          "pip install 'spectral_ops[eval]' (or pip install scikit-learn)") from exc
+                          "pip install 'spectral_ops[lab]' (or pip install scikit-learn)") from exc
     return sklearn
 
 
