@@ -5,6 +5,7 @@ torch.cuda.is_available() is deliberately not consulted: CUDA code must compile 
 without a GPU.  Build with `pip install --no-build-isolation .` so the extension links against
 the torch that is already installed.
 """
+
 import glob
 import os
 import shutil
@@ -32,14 +33,22 @@ def _extensions():
     """One extension, as in pytorch/extension-cpp: CPU sources always, CUDA sources when wanted."""
     sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + _sources("csrc/cpu/*.cpp")
     extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
-    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"],
-                  depends=_sources("csrc/common/*.h") + _sources("csrc/cpu/*.h") + _sources("csrc/cuda/*.cuh")
-                  + ["spectral_ops/ops/constants.def"])
+    kwargs = dict(
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=["-fopenmp"],
+        depends=_sources("csrc/common/*.h")
+        + _sources("csrc/cpu/*.h")
+        + _sources("csrc/cuda/*.cuh")
+        + ["spectral_ops/ops/constants.def"],
+    )
     if _want_cuda():
         extra_compile_args["nvcc"] = ["-O3", "-DSPECTRAL_OPS_WITH_CUDA"]
         extra_compile_args["cxx"].append("-DSPECTRAL_OPS_WITH_CUDA")
-        return [cpp_extension.CUDAExtension("spectral_ops._C", sources + _sources("csrc/cuda/*.cu"),
-                                            extra_compile_args=extra_compile_args, **kwargs)]
+        return [
+            cpp_extension.CUDAExtension(
+                "spectral_ops._C", sources + _sources("csrc/cuda/*.cu"), extra_compile_args=extra_compile_args, **kwargs
+            )
+        ]
     return [cpp_extension.CppExtension("spectral_ops._C", sources, extra_compile_args=extra_compile_args, **kwargs)]
 
 

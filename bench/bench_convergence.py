@@ -30,6 +30,7 @@ that jacobian_topk(method="krylov", tol=t) needs for t in (0.05, 0.01, 1e-3), co
 (init = the previous call's vectors, on other latents), and the power iterations that reach the
 same worst residual per sample.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,10 +47,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
-import spectral_ops  # noqa: E402
-from spectral_ops import SpectralRegularizer  # noqa: E402
+import spectral_ops
+from spectral_ops import SpectralRegularizer
 
-from generators import BatchNormDCGAN, MLPGenerator, StyleGenerator  # noqa: E402
+from generators import BatchNormDCGAN, MLPGenerator, StyleGenerator
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 TRAINED_DIR = os.path.join(RESULTS, "convergence_gan")
@@ -58,8 +59,18 @@ CALLS, KEEP, B, K = 48, 24, 32, 4
 HAS_SOLVER = "solver" in spectral_ops.RegularizerConfig.__dataclass_fields__
 BUILTIN = {"before (power, iters=2)": dict(solver="power", iters=2, tol=1e-4), "defaults": {}}
 #: the trained generator: spectral_ops.lab's trainer, latent 64, with the regularizer
-TRAIN = dict(dataset="spot", latent_dim=64, steps=1500, batch_size=64, reg="spectral", reg_weight=0.3, n_train=5000,
-             ckpt_every=1500, log_every=100, seed=0)
+TRAIN = dict(
+    dataset="spot",
+    latent_dim=64,
+    steps=1500,
+    batch_size=64,
+    reg="spectral",
+    reg_weight=0.3,
+    n_train=5000,
+    ckpt_every=1500,
+    log_every=100,
+    seed=0,
+)
 
 
 # ---------------------------------------------------------------------------- generators
@@ -173,15 +184,22 @@ def measure(name: str, G, d: int, bn: str, setting: dict) -> dict:
         seconds.append(dt)
     cos, ratio, verr = torch.cat(cos), torch.cat(ratio), torch.cat(verr)
     overlap, worst = torch.cat(overlap), torch.cat(worst)
-    return {"median_cos": cos.median(0).values.tolist(), "p10_cos": cos.quantile(0.1, dim=0).tolist(),
-            "median_sigma_ratio": ratio.median(0).values.tolist(),
-            "median_value_error": verr.median(0).values.tolist(),
-            "median_span_overlap": float(overlap.median()), "p10_span_overlap": float(overlap.quantile(0.1)),
-            "median_worst_residual": float(worst.median()), "p90_worst_residual": float(worst.quantile(0.9)),
-            "median_active": _median(torch.cat(active)) if active else None,
-            "max_active": float(torch.cat(active).max()) if active else None,
-            "seconds_per_call": statistics.median(seconds), "samples": int(cos.shape[0]),
-            "config": effective(setting), "solver_field": HAS_SOLVER}
+    return {
+        "median_cos": cos.median(0).values.tolist(),
+        "p10_cos": cos.quantile(0.1, dim=0).tolist(),
+        "median_sigma_ratio": ratio.median(0).values.tolist(),
+        "median_value_error": verr.median(0).values.tolist(),
+        "median_span_overlap": float(overlap.median()),
+        "p10_span_overlap": float(overlap.quantile(0.1)),
+        "median_worst_residual": float(worst.median()),
+        "p90_worst_residual": float(worst.quantile(0.9)),
+        "median_active": _median(torch.cat(active)) if active else None,
+        "max_active": float(torch.cat(active).max()) if active else None,
+        "seconds_per_call": statistics.median(seconds),
+        "samples": int(cos.shape[0]),
+        "config": effective(setting),
+        "solver_field": HAS_SOLVER,
+    }
 
 
 # ---------------------------------------------------------------------------- the inner solver's needs
@@ -262,13 +280,22 @@ def solver_needs(name: str, G, d: int, bn: str) -> list[dict]:
                     cos1.append((V.double() * V_ex).sum(-1).abs())
                 prev = V.detach().float()
             counts, overlaps, cos1 = torch.cat(counts), torch.cat(overlaps), torch.cat(cos1)
-            rows.append({"generator": name, "solver": "krylov", "start": start, "tol": tol,
-                         "median_products": float(counts.median()), "max_products": float(counts.max()),
-                         "median_passes": statistics.median(passes), "seconds_per_call": statistics.median(secs),
-                         "median_span_overlap": float(overlaps.median()),
-                         "median_cos": cos1.median(0).values.tolist()})
+            rows.append(
+                {
+                    "generator": name,
+                    "solver": "krylov",
+                    "start": start,
+                    "tol": tol,
+                    "median_products": float(counts.median()),
+                    "max_products": float(counts.max()),
+                    "median_passes": statistics.median(passes),
+                    "seconds_per_call": statistics.median(secs),
+                    "median_span_overlap": float(overlaps.median()),
+                    "median_cos": cos1.median(0).values.tolist(),
+                }
+            )
             print(rows[-1], flush=True)
-        prev, reached_all, per_iter, cos_end = None, {t: [] for t in SOLVER_TOLS}, [], []
+        prev, reached_all, per_iter = None, {t: [] for t in SOLVER_TOLS}, []
         for i, z in enumerate(zs):
             reached, sec, V = _power_counts(G, z, bn, SOLVER_TOLS, prev if start == "warm" else None)
             if i > 0:
@@ -280,10 +307,20 @@ def solver_needs(name: str, G, d: int, bn: str) -> list[dict]:
         for t in SOLVER_TOLS:
             it = torch.cat(reached_all[t])
             done = it <= POWER_CAP
-            rows.append({"generator": name, "solver": "power", "start": start, "tol": t,
-                         "median_iterations": float(it.median()), "max_iterations": float(it.max()),
-                         "reached": float(done.double().mean()), "median_products": float(it.median()) * K,
-                         "seconds_per_iteration": sec, "seconds_per_call": float(it.max()) * sec})
+            rows.append(
+                {
+                    "generator": name,
+                    "solver": "power",
+                    "start": start,
+                    "tol": t,
+                    "median_iterations": float(it.median()),
+                    "max_iterations": float(it.max()),
+                    "reached": float(done.double().mean()),
+                    "median_products": float(it.median()) * K,
+                    "seconds_per_iteration": sec,
+                    "seconds_per_call": float(it.max()) * sec,
+                }
+            )
             print(rows[-1], flush=True)
     return rows
 
@@ -304,57 +341,82 @@ def _fmt(xs, f="{:.3f}"):
 
 
 def markdown(blob) -> str:
-    lines = ["### convergence of the vectors the loss sees, at realistic latent sizes", "",
-             f"`python bench/bench_convergence.py`: {CALLS} calls of SpectralRegularizer(d, every=1, **setting) at a "
-             f"fixed G, {B} new N(0, I) latents a call (8 regularized: batch_fraction 0.25), each followed by the "
-             f"penalty's backward; statistics over the last {KEEP} calls ({KEEP * 8} samples) against the exact "
-             "eigenpairs of J^T J (float64 J by forward-mode autodiff, eigh).  One torch thread.", "",
-             "Columns: worst residual = median over samples of max_i `last_residuals` (p90 in brackets); |cos| v_i = "
-             "median |cos| to the exact v_i (10th percentile in brackets); sigma ratio = median sigma_{i+1}/sigma_i of "
-             "the exact spectrum, i = 1..4 (near 1: v_i is barely defined); value error = median "
-             "|sigma_i - exact| / exact; span = median ||V_exact^T V||_F^2 / k (p10); active = `last_active` (median / "
-             "max) where the regularizer has it; s/call = median seconds of a call plus its backward.", "",
-             "Generators: " + "; ".join(f"{k}: {v}" for k, v in GENERATOR_NOTES.items()) + ".", "",
-             "| generator | setting | worst residual | |cos| v1 | v2 | v3 | v4 | sigma ratio | value error | span | "
-             "active | s/call |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "### convergence of the vectors the loss sees, at realistic latent sizes",
+        "",
+        f"`python bench/bench_convergence.py`: {CALLS} calls of SpectralRegularizer(d, every=1, **setting) at a "
+        f"fixed G, {B} new N(0, I) latents a call (8 regularized: batch_fraction 0.25), each followed by the "
+        f"penalty's backward; statistics over the last {KEEP} calls ({KEEP * 8} samples) against the exact "
+        "eigenpairs of J^T J (float64 J by forward-mode autodiff, eigh).  One torch thread.",
+        "",
+        "Columns: worst residual = median over samples of max_i `last_residuals` (p90 in brackets); |cos| v_i = "
+        "median |cos| to the exact v_i (10th percentile in brackets); sigma ratio = median sigma_{i+1}/sigma_i of "
+        "the exact spectrum, i = 1..4 (near 1: v_i is barely defined); value error = median "
+        "|sigma_i - exact| / exact; span = median ||V_exact^T V||_F^2 / k (p10); active = `last_active` (median / "
+        "max) where the regularizer has it; s/call = median seconds of a call plus its backward.",
+        "",
+        "Generators: " + "; ".join(f"{k}: {v}" for k, v in GENERATOR_NOTES.items()) + ".",
+        "",
+        "| generator | setting | worst residual | |cos| v1 | v2 | v3 | v4 | sigma ratio | value error | span | "
+        "active | s/call |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     order = {n: i for i, n in enumerate(GENERATOR_NOTES)}
     for r in sorted(blob["rows"], key=lambda r: (order.get(r["generator"], 99), r["setting"] != next(iter(BUILTIN)))):
         cells = [f"{m:.3f} ({p:.3f})" for m, p in zip(r["median_cos"], r["p10_cos"])]
         act = "-" if r["median_active"] is None else f"{r['median_active']:.0f} / {r['max_active']:.0f}"
-        lines.append(f"| {r['generator']} | {r['setting']} `{json.dumps(r['config'])}` | "
-                     f"{r['median_worst_residual']:.3g} ({r['p90_worst_residual']:.3g}) | " + " | ".join(cells)
-                     + f" | {_fmt(r['median_sigma_ratio'], '{:.2f}')} | {_fmt(r['median_value_error'], '{:.3f}')} | "
-                     f"{r['median_span_overlap']:.3f} ({r['p10_span_overlap']:.3f}) | {act} | "
-                     f"{r['seconds_per_call']:.3f} |")
+        lines.append(
+            f"| {r['generator']} | {r['setting']} `{json.dumps(r['config'])}` | "
+            f"{r['median_worst_residual']:.3g} ({r['p90_worst_residual']:.3g}) | "
+            + " | ".join(cells)
+            + f" | {_fmt(r['median_sigma_ratio'], '{:.2f}')} | {_fmt(r['median_value_error'], '{:.3f}')} | "
+            f"{r['median_span_overlap']:.3f} ({r['p10_span_overlap']:.3f}) | {act} | "
+            f"{r['seconds_per_call']:.3f} |"
+        )
     if blob.get("solver"):
-        lines += ["", "### what the inner solver needs", "",
-                  f"`python bench/bench_convergence.py --solver`: the untrained generators above, B = {SOLVER_B} rows, "
-                  f"k = {K}, {SOLVER_CALLS} calls on new latents; statistics over calls 2..{SOLVER_CALLS} "
-                  f"({(SOLVER_CALLS - 1) * SOLVER_B} samples).  cold: the fixed random start; warm: init = the previous "
-                  "call's vectors [B, k, d] (other latents).  krylov: jacobian_topk(method='krylov', tol=t, "
-                  f"iters={KRYLOV_CAP}) (its own steps, to read the products per sample, M applied to that many "
-                  "vectors, start included); stop rule: all k residuals of the sample below t.  power: block power "
-                  "iteration with Rayleigh-Ritz (the regularizer's), k products per sample per iteration, until the "
-                  f"sample's worst residual is below t (cap {POWER_CAP}; 'reached' = fraction of samples below t by then); "
-                  "its s/call = the slowest sample's iterations x seconds per iteration (the batch runs until all are "
-                  "done).  span / |cos| = overlap with the exact top-k at the krylov stop.", "",
-                  "| generator | start | t | krylov products/sample median (max) | passes | s/call | span | |cos| v1..v4 "
-                  "| power iterations median (max) | products | reached | s/call |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "### what the inner solver needs",
+            "",
+            f"`python bench/bench_convergence.py --solver`: the untrained generators above, B = {SOLVER_B} rows, "
+            f"k = {K}, {SOLVER_CALLS} calls on new latents; statistics over calls 2..{SOLVER_CALLS} "
+            f"({(SOLVER_CALLS - 1) * SOLVER_B} samples).  cold: the fixed random start; warm: init = the previous "
+            "call's vectors [B, k, d] (other latents).  krylov: jacobian_topk(method='krylov', tol=t, "
+            f"iters={KRYLOV_CAP}) (its own steps, to read the products per sample, M applied to that many "
+            "vectors, start included); stop rule: all k residuals of the sample below t.  power: block power "
+            "iteration with Rayleigh-Ritz (the regularizer's), k products per sample per iteration, until the "
+            f"sample's worst residual is below t (cap {POWER_CAP}; 'reached' = fraction of samples below t by then); "
+            "its s/call = the slowest sample's iterations x seconds per iteration (the batch runs until all are "
+            "done).  span / |cos| = overlap with the exact top-k at the krylov stop.",
+            "",
+            "| generator | start | t | krylov products/sample median (max) | passes | s/call | span | |cos| v1..v4 "
+            "| power iterations median (max) | products | reached | s/call |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         sol = blob["solver"]
         for r in sol:
             if r["solver"] != "krylov":
                 continue
-            p = next(x for x in sol if x["solver"] == "power" and x["generator"] == r["generator"]
-                     and x["start"] == r["start"] and x["tol"] == r["tol"])
+            p = next(
+                x
+                for x in sol
+                if x["solver"] == "power"
+                and x["generator"] == r["generator"]
+                and x["start"] == r["start"]
+                and x["tol"] == r["tol"]
+            )
             it_max = ">" + str(POWER_CAP) if p["max_iterations"] > POWER_CAP else f"{p['max_iterations']:.0f}"
             it_med = ">" + str(POWER_CAP) if p["median_iterations"] > POWER_CAP else f"{p['median_iterations']:.0f}"
-            lines.append(f"| {r['generator']} | {r['start']} | {r['tol']:g} | {r['median_products']:.0f} "
-                         f"({r['max_products']:.0f}) | {r['median_passes']:.0f} | {r['seconds_per_call']:.3f} | "
-                         f"{r['median_span_overlap']:.3f} | {_fmt(r['median_cos'])} | {it_med} ({it_max}) | "
-                         f"{p['median_products']:.0f} | {p['reached']:.2f} | {p['seconds_per_call']:.2f} |")
-    lines += ["", f"- torch {torch.__version__}, {torch.get_num_threads()} thread; RegularizerConfig has `solver`: "
-              f"{HAS_SOLVER}"]
+            lines.append(
+                f"| {r['generator']} | {r['start']} | {r['tol']:g} | {r['median_products']:.0f} "
+                f"({r['max_products']:.0f}) | {r['median_passes']:.0f} | {r['seconds_per_call']:.3f} | "
+                f"{r['median_span_overlap']:.3f} | {_fmt(r['median_cos'])} | {it_med} ({it_max}) | "
+                f"{p['median_products']:.0f} | {p['reached']:.2f} | {p['seconds_per_call']:.2f} |"
+            )
+    lines += [
+        "",
+        f"- torch {torch.__version__}, {torch.get_num_threads()} thread; RegularizerConfig has `solver`: {HAS_SOLVER}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -377,9 +439,14 @@ def save(rows=(), solver=()) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--setting", action="append", default=[], metavar="NAME=JSON",
-                    help="a regularizer setting (default: the built-in 'before (power, iters=2)' and 'defaults'); "
-                         "a built-in name alone selects it")
+    ap.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a regularizer setting (default: the built-in 'before (power, iters=2)' and 'defaults'); "
+        "a built-in name alone selects it",
+    )
     ap.add_argument("--generators", default="DCGAN,MLP,style,trained")
     ap.add_argument("--solver", action="store_true", help="also measure the inner solver's needs")
     ap.add_argument("--solver-only", action="store_true")
@@ -403,8 +470,14 @@ def main(argv=None):
             for sname, setting in settings.items():
                 r = measure(gname, G, d, bn, setting)
                 blob = save(rows=[dict(generator=gname, setting=sname, **r)])
-                print(gname, sname, "worst res %.3g" % r["median_worst_residual"], _fmt(r["median_cos"]),
-                      "s/call %.3f" % r["seconds_per_call"], flush=True)
+                print(
+                    gname,
+                    sname,
+                    "worst res %.3g" % r["median_worst_residual"],
+                    _fmt(r["median_cos"]),
+                    "s/call %.3f" % r["seconds_per_call"],
+                    flush=True,
+                )
     if args.solver or args.solver_only:
         for gname, G, d, bn in generators([n for n in names if n != "trained"], False):
             blob = save(solver=solver_needs(gname, G, d, bn))

@@ -14,6 +14,7 @@ eigh's eigenvector, and its relative gap min(lam_{i-1} - lam_i, lam_i - lam_{i+1
 direction is only defined where that gap is clear of the residual); the largest principal angle
 between the two k-dimensional subspaces; value errors; the time ratio.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,19 +32,21 @@ TABLE = RatioTable("directions")
 N, K, TOL, BATCH = 64, 8, 1e-4, 16  # BATCH: samples per vmap'ed Jacobian in the LowRankGAN way
 GAP = 0.01  # relative gap above which a direction counts as determined (residual tol 1e-4: |cos| >= 1 - 5e-5)
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-SPECTRA = {"flat": lambda d: None, "gapped": lambda d: gapped_scales(d, n_gapped=32, ratio=0.85, floor=0.85 ** 32)}
+SPECTRA = {"flat": lambda d: None, "gapped": lambda d: gapped_scales(d, n_gapped=32, ratio=0.85, floor=0.85**32)}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _report():
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
     yield
-    TABLE.note(f"N={N} latents (the same for both), k={K}, tol={TOL}, global_directions(batch_size=64, "
-               "jvp='double_backward', trace_probes=8); LowRankGAN's way forms the Jacobians "
-               f"{BATCH} samples at a time; 1 - |cos| and relative gaps per direction v1..v{K} (1 - |cos| "
-               "~ angle^2 / 2); max_one_minus_cos_gapped: over the directions with "
-               f"relative gap >= {GAP}; angle_deg: largest principal angle between the two top-k subspaces; "
-               "subspace_gap: (lam_k - lam_k+1) / lam_1; medians of interleaved rounds")
+    TABLE.note(
+        f"N={N} latents (the same for both), k={K}, tol={TOL}, global_directions(batch_size=64, "
+        "jvp='double_backward', trace_probes=8); LowRankGAN's way forms the Jacobians "
+        f"{BATCH} samples at a time; 1 - |cos| and relative gaps per direction v1..v{K} (1 - |cos| "
+        "~ angle^2 / 2); max_one_minus_cos_gapped: over the directions with "
+        f"relative gap >= {GAP}; angle_deg: largest principal angle between the two top-k subspaces; "
+        "subspace_gap: (lam_k - lam_k+1) / lam_1; medians of interleaved rounds"
+    )
     TABLE.report()
 
 
@@ -88,17 +91,24 @@ def test_directions(benchmark, d, size, spectrum):
     cos = ((V / V.norm(dim=-1, keepdim=True)) * U[:K]).sum(-1).abs().clamp(max=1.0)
     Q = torch.linalg.qr(V.T).Q.T  # float64-orthonormal rows spanning the directions
     sin = torch.linalg.matrix_norm(Q - (Q @ U[:K].T) @ U[:K], ord=2)  # sine of the largest principal angle
-    above = torch.cat([lam[:1] + float("inf"), lam[:K - 1]])
-    gap = torch.minimum(above - lam[:K], lam[:K] - lam[1:K + 1]) / lam[0]
+    above = torch.cat([lam[:1] + float("inf"), lam[: K - 1]])
+    gap = torch.minimum(above - lam[:K], lam[:K] - lam[1 : K + 1]) / lam[0]
     gapped = gap >= GAP
     group = f"{spectrum} DCGAN {size}x{size} (m={size * size}), d={d}, N={N}, k={K}"
     TABLE.add(group, baseline, medians[baseline], baseline=True)
-    TABLE.add(group, "global_directions", medians["global_directions"],
-              products=found.products, converged=bool(found.converged.all()), one_minus_cos=_fmt(1 - cos, '.0e'),
-              gap=_fmt(gap, '.3f'),
-              max_one_minus_cos_gapped=f"{float((1 - cos[gapped]).max()):.0e} ({int(gapped.sum())}/{K} gapped)"
-              if gapped.any() else "-",
-              angle_deg=f"{math.degrees(math.asin(min(1.0, float(sin)))):.1e}",
-              subspace_gap=f"{float((lam[K - 1] - lam[K]) / lam[0]):.3f}",
-              max_value_err=f"{float((found.values.double() / lam[:K] - 1).abs().max()):.1e}",
-              speedup=f"{medians[baseline] / medians['global_directions']:.2f}x")
+    TABLE.add(
+        group,
+        "global_directions",
+        medians["global_directions"],
+        products=found.products,
+        converged=bool(found.converged.all()),
+        one_minus_cos=_fmt(1 - cos, ".0e"),
+        gap=_fmt(gap, ".3f"),
+        max_one_minus_cos_gapped=f"{float((1 - cos[gapped]).max()):.0e} ({int(gapped.sum())}/{K} gapped)"
+        if gapped.any()
+        else "-",
+        angle_deg=f"{math.degrees(math.asin(min(1.0, float(sin)))):.1e}",
+        subspace_gap=f"{float((lam[K - 1] - lam[K]) / lam[0]):.3f}",
+        max_value_err=f"{float((found.values.double() / lam[:K] - 1).abs().max()):.1e}",
+        speedup=f"{medians[baseline] / medians['global_directions']:.2f}x",
+    )

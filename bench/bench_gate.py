@@ -26,6 +26,7 @@ started at random; Adam (lr 0.05, batch 16) on the regularizer alone.  Axes of t
 Alignment of factor f = max_j R_fj^2; a cell passes when every used factor reaches >= 0.95 on a
 distinct axis, on every seed (a rotation R0 and a latent stream per seed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,10 +39,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from spectral_ops import SpectralRegularizer, spectral_penalty  # noqa: E402
-from spectral_ops.lab.io import atomic_write_text  # noqa: E402
-from spectral_ops.lab.known_answer import GATE_PROFILES, GATE_RANKS, oracle_penalty, run_gate  # noqa: E402
-from spectral_ops.regularizer import GRADS, LOSSES, WEIGHTS  # noqa: E402
+from spectral_ops import SpectralRegularizer, spectral_penalty
+from spectral_ops.lab.io import atomic_write_text
+from spectral_ops.lab.known_answer import GATE_PROFILES, GATE_RANKS, oracle_penalty, run_gate
+from spectral_ops.regularizer import GRADS, LOSSES, WEIGHTS
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 GATE = 0.95
@@ -52,17 +53,23 @@ PAIR_STEPS, DEFAULT_CALLS = 200, 1600
 
 def settings():
     """[(name, make_reg(d) -> callable, calls)] in table order."""
-    out = [("floor: no regularizer", lambda d: (lambda G, z: 0.0 * G(z).sum()), PAIR_STEPS),
-           ("ceiling: offdiag on the true vectors", lambda d: oracle_penalty, PAIR_STEPS),
-           ("defaults: SpectralRegularizer(d)", lambda d: SpectralRegularizer(d), DEFAULT_CALLS)]
+    out = [
+        ("floor: no regularizer", lambda d: lambda G, z: 0.0 * G(z).sum(), PAIR_STEPS),
+        ("ceiling: offdiag on the true vectors", lambda d: oracle_penalty, PAIR_STEPS),
+        ("defaults: SpectralRegularizer(d)", lambda d: SpectralRegularizer(d), DEFAULT_CALLS),
+    ]
     for loss in LOSSES:
         for grad in GRADS:
             for weights in WEIGHTS:
-                out.append((f"penalty {loss} {grad} {weights}",
-                            lambda d, loss=loss, grad=grad, weights=weights: (
-                                lambda G, z: spectral_penalty(G, z, k=4, iters=20, loss=loss, grad=grad,
-                                                              weights=weights)),
-                            PAIR_STEPS))
+                out.append(
+                    (
+                        f"penalty {loss} {grad} {weights}",
+                        lambda d, loss=loss, grad=grad, weights=weights: (
+                            lambda G, z: spectral_penalty(G, z, k=4, iters=20, loss=loss, grad=grad, weights=weights)
+                        ),
+                        PAIR_STEPS,
+                    )
+                )
     return out
 
 
@@ -80,14 +87,28 @@ def run_cell(d: int, rank: str, profile: str, make_reg, calls: int, seeds) -> di
         except Exception as exc:  # a setting that raises is a failing cell, recorded with its error
             runs.append(dict(seed=seed, error=f"{type(exc).__name__}: {exc}"[:300]))
             continue
-        runs.append(dict(seed=seed, min_alignment=r.min_alignment, alignment=r.alignment, distinct=r.distinct_axes,
-                         calls=r.calls, computed_calls=r.computed_calls, seconds=r.seconds))
+        runs.append(
+            dict(
+                seed=seed,
+                min_alignment=r.min_alignment,
+                alignment=r.alignment,
+                distinct=r.distinct_axes,
+                calls=r.calls,
+                computed_calls=r.computed_calls,
+                seconds=r.seconds,
+            )
+        )
     ok = [x for x in runs if "error" not in x]
     mins = [x["min_alignment"] for x in ok]
-    return dict(seeds=list(seeds), runs=runs, min_alignment=min(mins) if len(ok) == len(runs) else None,
-                passes=len(ok) == len(runs) and min(mins) >= GATE and all(x["distinct"] for x in ok),
-                calls=ok[0]["calls"] if ok else None, computed_calls=ok[0]["computed_calls"] if ok else None,
-                seconds=sum(x["seconds"] for x in ok) / len(ok) if ok else None)
+    return dict(
+        seeds=list(seeds),
+        runs=runs,
+        min_alignment=min(mins) if len(ok) == len(runs) else None,
+        passes=len(ok) == len(runs) and min(mins) >= GATE and all(x["distinct"] for x in ok),
+        calls=ok[0]["calls"] if ok else None,
+        computed_calls=ok[0]["computed_calls"] if ok else None,
+        seconds=sum(x["seconds"] for x in ok) / len(ok) if ok else None,
+    )
 
 
 def load(path: str) -> dict:
@@ -117,15 +138,19 @@ def markdown(data: dict) -> str:
     labels = sorted({k.split(" | ")[0] for k in cells}, key=lambda s: (s != "before", s))
     names = [n for n, _, _ in settings()]
     cols = [(rank, profile) for rank in RANKS for profile in PROFILES]
-    lines = ["### known-answer gate: where users are", "",
-             "`python bench/bench_gate.py` (module docstring: the generators, the grid and the settings), one "
-             "CPU thread per run.  Each entry is the minimum over seeds of the weakest used factor's "
-             "alignment max_j R_fj^2; **x** marks a cell that fails the gate (< 0.95 on some seed, or two "
-             "factors on one axis); `.` a cell not run.  rank: k=F (4 factors, k = 4), unused (3 factors, "
-             "the other d - 3 directions exactly unused), weak (3 factors, the other directions at "
-             "singular value 0.01).  profile: constant, or varying (s_f (1 + 0.75 cos(2 u_f + c_f))).  "
-             "penalty rows: spectral_penalty(k=4, iters=20, loss, grad, weights), 200 calls; defaults: "
-             "SpectralRegularizer(d), 1600 calls (200 computed).", ""]
+    lines = [
+        "### known-answer gate: where users are",
+        "",
+        "`python bench/bench_gate.py` (module docstring: the generators, the grid and the settings), one "
+        "CPU thread per run.  Each entry is the minimum over seeds of the weakest used factor's "
+        "alignment max_j R_fj^2; **x** marks a cell that fails the gate (< 0.95 on some seed, or two "
+        "factors on one axis); `.` a cell not run.  rank: k=F (4 factors, k = 4), unused (3 factors, "
+        "the other d - 3 directions exactly unused), weak (3 factors, the other directions at "
+        "singular value 0.01).  profile: constant, or varying (s_f (1 + 0.75 cos(2 u_f + c_f))).  "
+        "penalty rows: spectral_penalty(k=4, iters=20, loss, grad, weights), 200 calls; defaults: "
+        "SpectralRegularizer(d), 1600 calls (200 computed).",
+        "",
+    ]
     for label in labels:
         if label in data.get("labels", {}):
             lines += [f"**{label}**: {data['labels'][label]}", ""]
@@ -134,9 +159,12 @@ def markdown(data: dict) -> str:
             if not any(k[0] == f"d={d}" for k in keyed):
                 continue
             seeds = sorted({len(v["seeds"]) for k, v in keyed.items() if k[0] == f"d={d}"})
-            lines += [f"#### {label}: d = {d} ({'/'.join(map(str, seeds))} seeds per cell)", "",
-                      "| setting | " + " | ".join(f"{r}, {p}" for r, p in cols) + " | s per run |",
-                      "|---|" + "---|" * (len(cols) + 1)]
+            lines += [
+                f"#### {label}: d = {d} ({'/'.join(map(str, seeds))} seeds per cell)",
+                "",
+                "| setting | " + " | ".join(f"{r}, {p}" for r, p in cols) + " | s per run |",
+                "|---|" + "---|" * (len(cols) + 1),
+            ]
             for name in names:
                 row = [keyed.get((f"d={d}", r, p, name)) for r, p in cols]
                 secs = [c["seconds"] for c in row if c and c["seconds"] is not None]
@@ -145,8 +173,7 @@ def markdown(data: dict) -> str:
             lines.append("")
     errors = [(k, x["error"]) for k, v in cells.items() for x in v["runs"] if "error" in x]
     if errors:
-        lines += ["Errors:", ""] + [f"- {k}, seed {e}" for k, e in
-                                    sorted({(k, e) for k, e in errors})[:20]] + [""]
+        lines += ["Errors:", ""] + [f"- {k}, seed {e}" for k, e in sorted({(k, e) for k, e in errors})[:20]] + [""]
     total = sum((v["seconds"] or 0) * len(v["seeds"]) for v in cells.values())
     lines.append(f"Total run time of the cells: {total / 60:.0f} min.")
     return "\n".join(lines) + "\n"
@@ -183,8 +210,11 @@ def main(argv=None) -> None:
                     cell = run_cell(d, rank, profile, make_reg, calls, seeds)
                     data["cells"][key] = cell
                     save(data, path)
-                    print(f"{key:90s} {_fmt(cell):10s} {cell['seconds'] or 0:6.1f} s/run  "
-                          f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+                    print(
+                        f"{key:90s} {_fmt(cell):10s} {cell['seconds'] or 0:6.1f} s/run  "
+                        f"[{time.perf_counter() - t0:.0f} s]",
+                        flush=True,
+                    )
     atomic_write_text(markdown(data), os.path.join(args.results, "gate.md"))
     print(markdown(data))
 

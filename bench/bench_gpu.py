@@ -20,6 +20,7 @@ cut short keeps what it measured.
      tol=1e-4 at B=16/64, d=128/512 (bench_topk.py section 5 has B=16, d=128), gapped DCGAN
      32x32: ARPACK timed on its first samples and scaled to B (each sample is its own solve).
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,8 +41,10 @@ DEVICE = torch.device(os.environ.get("BENCH_DEVICE", "cuda" if torch.cuda.is_ava
 TINY = os.environ.get("BENCH_TINY") == "1"
 CUDA = DEVICE.type == "cuda"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-TABLE = RatioTable(os.environ.get("BENCH_GPU_TABLE")  # gpu_check.sh writes its two parts apart
-                   or ("gpu" if CUDA and not TINY else f"gpu_{'tiny_' if TINY else ''}{DEVICE.type}"))
+TABLE = RatioTable(
+    os.environ.get("BENCH_GPU_TABLE")  # gpu_check.sh writes its two parts apart
+    or ("gpu" if CUDA and not TINY else f"gpu_{'tiny_' if TINY else ''}{DEVICE.type}")
+)
 if CUDA and not torch.cuda.is_available():
     raise RuntimeError("BENCH_DEVICE=cuda but torch.cuda.is_available() is False")
 
@@ -55,8 +58,10 @@ def _sync() -> None:
 def _setup():
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     if CUDA:
-        TABLE.note(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-                   f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, cudnn TF32 {torch.backends.cudnn.allow_tf32}")
+        TABLE.note(
+            f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+            f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, cudnn TF32 {torch.backends.cudnn.allow_tf32}"
+        )
     yield
     TABLE.report()
 
@@ -77,7 +82,7 @@ def measure(benchmark, cases: dict, rounds: int = ROUNDS) -> dict:
             _sync()
             times[name].append(time.perf_counter() - t0)
             if CUDA:
-                peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+                peak = (torch.cuda.max_memory_allocated() - base) / 2**20
                 peaks[name] = max(peaks[name] or 0.0, peak)
 
     benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=1, iterations=1)
@@ -86,8 +91,14 @@ def measure(benchmark, cases: dict, rounds: int = ROUNDS) -> dict:
 
 def _add(group: str, results: dict, baseline: str, **extra) -> None:
     for case, (median, peak) in results.items():
-        TABLE.add(group, case, median, baseline=case == baseline,
-                  peak_mb="-" if peak is None else f"{peak:.0f}", **extra.get(case, {}))
+        TABLE.add(
+            group,
+            case,
+            median,
+            baseline=case == baseline,
+            peak_mb="-" if peak is None else f"{peak:.0f}",
+            **extra.get(case, {}),
+        )
     TABLE.report()  # after every test: a run cut short keeps its rows
 
 
@@ -129,6 +140,7 @@ def _fwd_bwd(G: nn.Module, z: torch.Tensor, k: int):
     def step():
         y = G(z_rep)
         torch.autograd.grad(y, inputs, torch.ones_like(y))
+
     return step
 
 
@@ -145,22 +157,34 @@ def test_iteration_cost(benchmark, arch):
         def run():
             top = jacobian_topk(G, z, k, iters=SOLVE_ITERS, tol=0.0, method=method, jvp="double_backward")
             passes[method] = top.iterations
+
         return run
 
-    results = measure(benchmark, {f"fwd+bwd ({B * k} rows)": _fwd_bwd(G, z, k), "power solve": solve("power"),
-                                  "krylov solve": solve("krylov")})
+    results = measure(
+        benchmark,
+        {f"fwd+bwd ({B * k} rows)": _fwd_bwd(G, z, k), "power solve": solve("power"), "krylov solve": solve("krylov")},
+    )
     base = results[f"fwd+bwd ({B * k} rows)"]
-    per_step = {"power iteration": (results["power solve"][0] / passes["power"], results["power solve"][1]),
-                "krylov step": (results["krylov solve"][0] / passes["krylov"], results["krylov solve"][1])}
-    _add(f"a. one step, {label}, B={B}, k={k}, d={d}", {f"fwd+bwd ({B * k} rows)": base, **per_step},
-         f"fwd+bwd ({B * k} rows)",
-         **{"power iteration": dict(per=f"{passes['power']} iterations/call"),
-            "krylov step": dict(per=f"{passes['krylov']} passes/call of {B} rows")})
+    per_step = {
+        "power iteration": (results["power solve"][0] / passes["power"], results["power solve"][1]),
+        "krylov step": (results["krylov solve"][0] / passes["krylov"], results["krylov solve"][1]),
+    }
+    _add(
+        f"a. one step, {label}, B={B}, k={k}, d={d}",
+        {f"fwd+bwd ({B * k} rows)": base, **per_step},
+        f"fwd+bwd ({B * k} rows)",
+        **{
+            "power iteration": dict(per=f"{passes['power']} iterations/call"),
+            "krylov step": dict(per=f"{passes['krylov']} passes/call of {B} rows"),
+        },
+    )
     if arch == "dcgan64":
-        TABLE.note("a: a step's time is the mean over one jacobian_topk call with tol=0 (call time / generator "
-                   "passes: the forward graph, the probe and the Rayleigh-Ritz work included); power folds k "
-                   "vectors per pass (B*k rows), krylov one (B rows, krylov_block); jvp=double_backward; peak_mb "
-                   "is over the whole call")
+        TABLE.note(
+            "a: a step's time is the mean over one jacobian_topk call with tol=0 (call time / generator "
+            "passes: the forward graph, the probe and the Rayleigh-Ritz work included); power folds k "
+            "vectors per pass (B*k rows), krylov one (B rows, krylov_block); jvp=double_backward; peak_mb "
+            "is over the whole call"
+        )
 
 
 # ---------------------------------------------------------------- b. regularized generator step vs plain
@@ -192,13 +216,15 @@ def test_generator_step(benchmark, latent):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+
         cases[name] = steps
     results = {name: (median / STEPS, peak) for name, (median, peak) in measure(benchmark, cases).items()}
     ratio = results["spectral, defaults"][0] / results["plain"][0]
-    _add(f"b. generator step, DCGAN 32x32 + D, latent {latent}, B={STEP_B} ({STEPS} steps per round)",
-         results, "plain")
-    TABLE.note(f"b: latent {latent}: default regularized step / plain step = {ratio:.2f}x; target <= 1.2x: "
-               + ("met" if ratio <= 1.2 else "MISSED"))
+    _add(f"b. generator step, DCGAN 32x32 + D, latent {latent}, B={STEP_B} ({STEPS} steps per round)", results, "plain")
+    TABLE.note(
+        f"b: latent {latent}: default regularized step / plain step = {ratio:.2f}x; target <= 1.2x: "
+        + ("met" if ratio <= 1.2 else "MISSED")
+    )
 
 
 # ---------------------------------------------------------------- c. computed and skipped calls
@@ -209,7 +235,7 @@ def test_regularizer_calls(benchmark):
     G, _, _ = _gan(CALL_LATENT)
     z = _latents(STEP_B, CALL_LATENT)
     computed = SpectralRegularizer(CALL_LATENT, every=1).to(DEVICE)
-    skipping = SpectralRegularizer(CALL_LATENT, every=10 ** 9).to(DEVICE)
+    skipping = SpectralRegularizer(CALL_LATENT, every=10**9).to(DEVICE)
     skipping(G, z)  # its first call computes; every later one is skipped
 
     def fwd_bwd():
@@ -218,11 +244,20 @@ def test_regularizer_calls(benchmark):
     def value_and_backward():
         computed(G, z).backward()
 
-    results = measure(benchmark, {"G fwd+bwd": fwd_bwd, "computed call + backward": value_and_backward,
-                                  "computed call (value only)": lambda: computed(G, z),
-                                  "skipped call": lambda: skipping(G, z)})
-    _add(f"c. SpectralRegularizer call (defaults but every), DCGAN 32x32, latent {CALL_LATENT}, B={STEP_B}",
-         results, "G fwd+bwd")
+    results = measure(
+        benchmark,
+        {
+            "G fwd+bwd": fwd_bwd,
+            "computed call + backward": value_and_backward,
+            "computed call (value only)": lambda: computed(G, z),
+            "skipped call": lambda: skipping(G, z),
+        },
+    )
+    _add(
+        f"c. SpectralRegularizer call (defaults but every), DCGAN 32x32, latent {CALL_LATENT}, B={STEP_B}",
+        results,
+        "G fwd+bwd",
+    )
 
 
 # ---------------------------------------------------------------- d. krylov vs per-sample ARPACK, larger B and d
@@ -236,8 +271,12 @@ def test_krylov_vs_arpack(benchmark, B, d):
     from bench_topk import CONV_MODE, _arpack_per_sample, full_jacobian
 
     torch.manual_seed(0)
-    G = DCGAN(d, size=16 if TINY else 32, width=16,
-              latent_scales=gapped_scales(d, n_gapped=min(32, d), ratio=0.85, floor=0.85 ** min(32, d))).to(DEVICE)
+    G = DCGAN(
+        d,
+        size=16 if TINY else 32,
+        width=16,
+        latent_scales=gapped_scales(d, n_gapped=min(32, d), ratio=0.85, floor=0.85 ** min(32, d)),
+    ).to(DEVICE)
     z = _latents(B, d)
     G64 = copy.deepcopy(G).double()
     M = []
@@ -263,10 +302,23 @@ def test_krylov_vs_arpack(benchmark, B, d):
     results["arpack per sample"] = (results["arpack per sample"][0] * B / n, results["arpack per sample"][1])
     err_k = float((out["krylov"][0].to(lam_ref).sqrt() / lam_ref.sqrt() - 1).abs().max())
     err_a = float((out["arpack"][0].to(lam_ref)[:n].sqrt() / lam_ref[:n].sqrt() - 1).abs().max())
-    _add(f"d. to tol=1e-4, gapped DCGAN, B={B}, d={d}, k={ARPACK_K}", results, "krylov",
-         krylov=dict(passes=out["krylov"][1], converged=out["krylov"][2], max_value_err=f"{err_k:.1e}"),
-         **{"arpack per sample": dict(matvecs_per_sample=f"{out['arpack'][1]:.0f}", converged=out["arpack"][2],
-                                      max_value_err=f"{err_a:.1e}", timed=f"{n} samples, scaled to {B}")})
+    _add(
+        f"d. to tol=1e-4, gapped DCGAN, B={B}, d={d}, k={ARPACK_K}",
+        results,
+        "krylov",
+        krylov=dict(passes=out["krylov"][1], converged=out["krylov"][2], max_value_err=f"{err_k:.1e}"),
+        **{
+            "arpack per sample": dict(
+                matvecs_per_sample=f"{out['arpack'][1]:.0f}",
+                converged=out["arpack"][2],
+                max_value_err=f"{err_a:.1e}",
+                timed=f"{n} samples, scaled to {B}",
+            )
+        },
+    )
     speedup = results["arpack per sample"][0] / results["krylov"][0]
-    TABLE.note(f"d: B={B}, d={d}: per-sample ARPACK / krylov time = {speedup:.1f}x (target >= 10x: "
-               + ("met" if speedup >= 10 else "MISSED") + "); ARPACK's time is its first samples' scaled to B")
+    TABLE.note(
+        f"d: B={B}, d={d}: per-sample ARPACK / krylov time = {speedup:.1f}x (target >= 10x: "
+        + ("met" if speedup >= 10 else "MISSED")
+        + "); ARPACK's time is its first samples' scaled to B"
+    )

@@ -16,6 +16,7 @@ Ratios (speedup vs reference, and triton/cuda on GPUs) are printed at the end of
 bench/conftest.py (the session RatioTable of bench/ratios.py).  Benchmarks report figures; they assert
 nothing about speed.
 """
+
 from __future__ import annotations
 
 import os
@@ -104,8 +105,14 @@ def test_orthonormalize_forward_backward(benchmark, ratio_report, backend, shape
     W.requires_grad_()
     grad = torch.ones_like(W)
     benchmark.group = f"orthonormalize+backward {shape}"
-    _run(benchmark, ratio_report, benchmark.group, backend,
-         lambda: torch.autograd.grad(ops.orthonormalize(W), W, grad), device)
+    _run(
+        benchmark,
+        ratio_report,
+        benchmark.group,
+        backend,
+        lambda: torch.autograd.grad(ops.orthonormalize(W), W, grad),
+        device,
+    )
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -144,8 +151,14 @@ def test_jacobian_topk(benchmark, ratio_report, backend, device):
     G, z = _generator(device)
     benchmark.group = f"jacobian_topk DCGAN16 (B={E2E_B},k={E2E_K},d={E2E_LATENT}), 10 iters"
     # tol=0: always 10 power steps, so both backends do the same work.
-    _run(benchmark, ratio_report, benchmark.group, backend,
-         lambda: jacobian_topk(G, z, E2E_K, iters=10, tol=0.0, method="power", jvp="double_backward"), device)
+    _run(
+        benchmark,
+        ratio_report,
+        benchmark.group,
+        backend,
+        lambda: jacobian_topk(G, z, E2E_K, iters=10, tol=0.0, method="power", jvp="double_backward"),
+        device,
+    )
 
 
 @pytest.mark.parametrize("loss", ["l1", "offdiag"])

@@ -11,6 +11,7 @@ by the plain step's in the same group.  Groups: latent 10 (every case below), an
 the krylov solver: dict(solver="power", iters=2, tol=1e-4) ("solver" only where RegularizerConfig
 has that field).  Printed, and written to bench/results/regularizer.md/json.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,13 +36,18 @@ OLD_DEFAULTS = dict(solver="power", iters=2, tol=1e-4) if HAS_SOLVER else dict(i
 def _describe(config: RegularizerConfig) -> str:
     """'solver=krylov, iters=8, tol=0.001, every=8, batch_fraction=0.25, warm, grad=fast'."""
     head = f"solver={config.solver}, " if HAS_SOLVER else ""
-    return (head + f"iters={config.iters}, tol={config.tol:g}, every={config.every}, "
-            f"batch_fraction={config.batch_fraction}, {'warm' if config.warm_start else 'cold'}, grad={config.grad}")
+    return (
+        head + f"iters={config.iters}, tol={config.tol:g}, every={config.every}, "
+        f"batch_fraction={config.batch_fraction}, {'warm' if config.warm_start else 'cold'}, grad={config.grad}"
+    )
 
 
 DEFAULTS = f"spectral, defaults ({_describe(RegularizerConfig())})"
-OLD = "spectral, old defaults (" + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                             for k, v in OLD_DEFAULTS.items()) + ")"
+OLD = (
+    "spectral, old defaults ("
+    + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in OLD_DEFAULTS.items())
+    + ")"
+)
 IMPLICIT = "spectral, defaults, implicit (cg_iters=8)"
 
 CASES = {
@@ -54,8 +60,9 @@ CASES = {
     "spectral, defaults, every=4 (the trainer's setting)": dict(every=4),
     "spectral, defaults, every=1, batch_fraction=1, warm": dict(every=1, batch_fraction=1.0),
     "spectral, defaults, every=1, batch_fraction=1, cold": dict(every=1, batch_fraction=1.0, warm_start=False),
-    "spectral, defaults, every=1, batch_fraction=1, implicit (cg_iters=8)": dict(every=1, batch_fraction=1.0,
-                                                                                 grad="implicit"),
+    "spectral, defaults, every=1, batch_fraction=1, implicit (cg_iters=8)": dict(
+        every=1, batch_fraction=1.0, grad="implicit"
+    ),
     "hessian_penalty (k=2, every step)": "hessian",
     "orojar (k=2, every step)": "orojar",
     "path_length (every step)": "pl1",
@@ -73,9 +80,11 @@ def group(latent: int) -> str:
 def _report():
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))  # 1: stable ratios on a shared CPU
     yield
-    TABLE.note("ratio = time per generator step / plain generator step, same run; the spectral rows use "
-               "k=4, loss='offdiag' (rank weights), jvp='auto' (double_backward here); RegularizerConfig "
-               f"has `solver`: {HAS_SOLVER}")
+    TABLE.note(
+        "ratio = time per generator step / plain generator step, same run; the spectral rows use "
+        "k=4, loss='offdiag' (rank weights), jvp='auto' (double_backward here); RegularizerConfig "
+        f"has `solver`: {HAS_SOLVER}"
+    )
     TABLE.report()
 
 
@@ -87,9 +96,9 @@ def _setup(latent, case):
     if spec is None:
         reg = None
     elif spec == "hessian":
-        reg = lambda G, z: hessian_penalty(G, z, k=2)  # noqa: E731
+        reg = lambda G, z: hessian_penalty(G, z, k=2)
     elif spec == "orojar":
-        reg = lambda G, z: orojar(G, z, k=2)  # noqa: E731
+        reg = lambda G, z: orojar(G, z, k=2)
     elif spec in ("pl1", "pl4"):
         reg = PathLengthRegularizer(every=1 if spec == "pl1" else 4)
     else:

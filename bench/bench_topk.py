@@ -19,6 +19,7 @@ A run of a subset (-k) replaces only the scenarios it measured in bench/results/
 others are kept from the earlier run and named in a note.  BENCH_POWER_CAP (default 3000) caps
 power iteration in 5.
 """
+
 from __future__ import annotations
 
 import copy
@@ -66,7 +67,7 @@ class MergedTable(RatioTable):
         old_rows = old.get("rows", {})
         kept = [group for group in old_rows if group not in self.rows]
         rows = {group: self.rows.get(group, old_rows.get(group)) for group in [*old_rows, *self.rows]}
-        key = lambda note: note.split(": ", 1)[0]  # noqa: E731
+        key = lambda note: note.split(": ", 1)[0]
         new_keys = {key(n) for n in self.notes}
         notes = [n for n in old.get("notes", []) if key(n) not in new_keys and key(n) != self.CARRIED]
         notes += self.notes
@@ -121,10 +122,14 @@ FOLDED = f"B={ITER_B}, k={ITER_K}, d={ITER_D} (folded batch {ITER_B * ITER_K})"
 # compute the same G(z).
 ITER_GENERATORS = {
     "dcgan": (f"one iteration, DCGAN 32x32, {FOLDED}", lambda: DCGAN(ITER_D, size=32)),
-    "style": (f"one iteration, StyleGAN2-like 32x32x3 (mapping 4x128, fused modconv), {FOLDED}",
-              lambda: StyleGenerator(ITER_D, size=32).eval()),
-    "style_unfused": (f"one iteration, StyleGAN2-like 32x32x3, unfused modconv (same function), {FOLDED}",
-                      lambda: StyleGenerator(ITER_D, size=32, fused_modconv=False).eval()),
+    "style": (
+        f"one iteration, StyleGAN2-like 32x32x3 (mapping 4x128, fused modconv), {FOLDED}",
+        lambda: StyleGenerator(ITER_D, size=32).eval(),
+    ),
+    "style_unfused": (
+        f"one iteration, StyleGAN2-like 32x32x3, unfused modconv (same function), {FOLDED}",
+        lambda: StyleGenerator(ITER_D, size=32, fused_modconv=False).eval(),
+    ),
 }
 
 
@@ -190,11 +195,13 @@ def test_iteration_cost(benchmark, arch):
     for case, median in medians.items():
         TABLE.add(ITER_GENERATORS[arch][0], case, median, baseline=case == "fwd+bwd")
     if arch == "style":
-        TABLE.note("StyleGAN2-like G: mapping (pixel norm, 4 x 128 leaky ReLU), learned 4x4 constant, modulated "
-                   "3x3 convolutions with demodulation as grouped convolutions (channels 64/64/32/16 at 4/8/16/32), "
-                   "upsampling by grouped transposed convolution + blur, constant noise buffers, skip toRGB, tanh; "
-                   "eval mode.  Why its ratio is higher and what the library could change: bench/style_profile.py "
-                   "(results/style_profile.md)")
+        TABLE.note(
+            "StyleGAN2-like G: mapping (pixel norm, 4 x 128 leaky ReLU), learned 4x4 constant, modulated "
+            "3x3 convolutions with demodulation as grouped convolutions (channels 64/64/32/16 at 4/8/16/32), "
+            "upsampling by grouped transposed convolution + blur, constant noise buffers, skip toRGB, tanh; "
+            "eval mode.  Why its ratio is higher and what the library could change: bench/style_profile.py "
+            "(results/style_profile.md)"
+        )
 
 
 # ---------------------------------------------------------------- 2. power vs vmap(jacfwd) + SVD
@@ -211,7 +218,7 @@ def _head_setup():
 def full_jacobian(G, z, reverse: bool = False) -> torch.Tensor:
     """[B, m, d]: every sample's full Jacobian by vmap(jacfwd) (d tangents per sample), or by
     vmap(jacrev) (m cotangents per sample)."""
-    f = lambda x: G(x[None]).reshape(-1)  # noqa: E731
+    f = lambda x: G(x[None]).reshape(-1)
     jac = torch.func.jacrev if reverse else torch.func.jacfwd
     return torch.func.vmap(jac(f))(z).detach()
 
@@ -237,17 +244,23 @@ def test_power_vs_dense(benchmark):
     (S, Vh), top = out["dense"], out["power"]
     group = "B=16, d=512, 64x64 output, k=4, tol=1e-3 (gapped G)"
     TABLE.add(group, "jacfwd+svd", medians["jacfwd+svd"], baseline=True)
-    TABLE.add(group, "power", medians["power"], iterations=top.iterations,
-              min_abs_cos=f"{float((top.vectors * Vh).sum(-1).abs().min()):.5f}",
-              max_rel_value_err=f"{float(((top.values - S) / S).abs().max()):.1e}")
+    TABLE.add(
+        group,
+        "power",
+        medians["power"],
+        iterations=top.iterations,
+        min_abs_cos=f"{float((top.vectors * Vh).sum(-1).abs().min()):.5f}",
+        max_rel_value_err=f"{float(((top.values - S) / S).abs().max()):.1e}",
+    )
 
 
 # ---------------------------------------------------------------- 3. sweep over d: auto vs the better
 SWEEP_B, SWEEP_K = 16, 4
 
 
-SWEEP_CASES = ([("dcgan", SWEEP_B, d) for d in (8, 16, 32, 64, 128, 512)]
-               + [("dcgan", B, d) for B in (1, 4) for d in (8, 32)])
+SWEEP_CASES = [("dcgan", SWEEP_B, d) for d in (8, 16, 32, 64, 128, 512)] + [
+    ("dcgan", B, d) for B in (1, 4) for d in (8, 32)
+]
 # a style-based G with 3 latents: per-row costs dominate (per-sample modulated convolutions), where
 # the constants fitted on the DCGAN picked dense at 3.2x krylov's time
 SWEEP_CASES += [("style", 3, 64)]
@@ -272,6 +285,7 @@ def test_sweep_d(benchmark, family, B, d):
         def fn():
             top = jacobian_topk(G, z, SWEEP_K, iters=20, tol=1e-3, method=method)
             ran[method], modes[method] = top.method, top.jvp
+
         return fn
 
     with warnings.catch_warnings():
@@ -304,7 +318,7 @@ def peak_allocated_mb(fn) -> float:
     if not events:
         return 0.0
     before = events[0]["Total Allocated"] - events[0]["Bytes"]
-    return (max(e["Total Allocated"] for e in events) - before) / 2 ** 20
+    return (max(e["Total Allocated"] for e in events) - before) / 2**20
 
 
 def test_peak_memory():
@@ -314,22 +328,25 @@ def test_peak_memory():
     z = torch.randn(B, d)
     peaks = {
         "fwd+bwd": peak_allocated_mb(_fwd_bwd_k(G, z, k)),
-        "power": peak_allocated_mb(lambda: jacobian_topk(G, z, k, iters=5, tol=0.0, method="power",
-                                                         jvp="double_backward")),
+        "power": peak_allocated_mb(
+            lambda: jacobian_topk(G, z, k, iters=5, tol=0.0, method="power", jvp="double_backward")
+        ),
         "dense": peak_allocated_mb(lambda: jacobian_topk(G, z, k, method="dense", jvp="forward", chunk_size=8)),
     }
-    TABLE.note("peak memory allocated by torch (profiler), DCGAN 64x64, B=32, k=4, d=64: "
-               + ", ".join(f"{c} {v:.0f} MB" for c, v in peaks.items())
-               + f"; power / fwd+bwd = {peaks['power'] / peaks['fwd+bwd']:.2f}x, "
-               f"dense (chunk_size=8) / fwd+bwd = {peaks['dense'] / peaks['fwd+bwd']:.2f}x")
+    TABLE.note(
+        "peak memory allocated by torch (profiler), DCGAN 64x64, B=32, k=4, d=64: "
+        + ", ".join(f"{c} {v:.0f} MB" for c, v in peaks.items())
+        + f"; power / fwd+bwd = {peaks['power'] / peaks['fwd+bwd']:.2f}x, "
+        f"dense (chunk_size=8) / fwd+bwd = {peaks['dense'] / peaks['fwd+bwd']:.2f}x"
+    )
 
 
-# ---------------------------------------------------------------- 5. to convergence: power, krylov, dense, ARPACK, LOBPCG
+# ------------------------------------------------------- 5. to convergence: power, krylov, dense, ARPACK, LOBPCG
 CONV = dict(B=16, d=128, size=32, width=16, tol=1e-4)
 POWER_CAP = int(os.environ.get("BENCH_POWER_CAP", "3000"))
 # flat: an untrained DCGAN (sigma_4 / sigma_1 >= 0.89 on every sample, sigma_17 / sigma_16 ~ 0.99);
 # gapped: its first 32 latent axes scaled by 0.85^i, so sigma_{k+1} / sigma_k ~ 0.8 at k=4 and k=16.
-CONV_SPECTRA = {"flat": None, "gapped": gapped_scales(CONV["d"], n_gapped=32, ratio=0.85, floor=0.85 ** 32)}
+CONV_SPECTRA = {"flat": None, "gapped": gapped_scales(CONV["d"], n_gapped=32, ratio=0.85, floor=0.85**32)}
 CONV_MODE = "double_backward"  # what jvp="auto" picks for this DCGAN; pinned so every method runs the same products
 
 
@@ -351,10 +368,17 @@ def _library(G, z, k, method):
         products = f"{z.shape[1]} J columns/sample (folded JVPs)"
     else:
         width = krylov_block(z.shape[0], k) if method == "krylov" else k
-        products = f"{top.iterations} passes of {z.shape[0]}x{width} rows (or fewer: converged samples leave)" \
-            if method == "krylov" else f"{top.iterations} passes of {z.shape[0]}x{width} rows"
-    return top.values.double().cpu() ** 2, top.vectors.cpu(), top.iterations, dict(products=products,
-                                                                      converged=bool(top.converged.all()))
+        products = (
+            f"{top.iterations} passes of {z.shape[0]}x{width} rows (or fewer: converged samples leave)"
+            if method == "krylov"
+            else f"{top.iterations} passes of {z.shape[0]}x{width} rows"
+        )
+    return (
+        top.values.double().cpu() ** 2,
+        top.vectors.cpu(),
+        top.iterations,
+        dict(products=products, converged=bool(top.converged.all())),
+    )
 
 
 def _arpack_per_sample(G, z, k):
@@ -366,7 +390,7 @@ def _arpack_per_sample(G, z, k):
     V = torch.zeros(B, k, d, dtype=torch.float64)
     counts, failures = [], 0
     for b in range(B):
-        op = JacobianOperator(G, z[b:b + 1], 1, CONV_MODE)
+        op = JacobianOperator(G, z[b : b + 1], 1, CONV_MODE)
         count = [0]
 
         def matvec(x, op=op, count=count):
@@ -375,19 +399,25 @@ def _arpack_per_sample(G, z, k):
             return op.matvec(v).detach().reshape(-1).double().cpu().numpy()
 
         try:
-            w, U = eigsh(LinearOperator((d, d), matvec=matvec, dtype=np.float64), k=k, which="LM",
-                         tol=CONV["tol"], v0=rng.standard_normal(d))
+            w, U = eigsh(
+                LinearOperator((d, d), matvec=matvec, dtype=np.float64),
+                k=k,
+                which="LM",
+                tol=CONV["tol"],
+                v0=rng.standard_normal(d),
+            )
         except ArpackNoConvergence as e:
             failures += 1
             w, U = e.eigenvalues, e.eigenvectors
         order = np.argsort(w)[::-1]
-        lam[b, :len(w)] = torch.from_numpy(w[order].copy())
-        V[b, :len(w)] = torch.from_numpy(U[:, order].T.copy())
+        lam[b, : len(w)] = torch.from_numpy(w[order].copy())
+        V[b, : len(w)] = torch.from_numpy(U[:, order].T.copy())
         counts.append(count[0])
-    products = (f"matvecs/sample median {statistics.median(counts):.0f} (min {min(counts)}, max {max(counts)}); "
-                f"{sum(counts)} passes of 1 row")
-    return lam, V, statistics.median(counts), dict(products=products, converged=failures == 0,
-                                                   arpack_failures=failures)
+    products = (
+        f"matvecs/sample median {statistics.median(counts):.0f} (min {min(counts)}, max {max(counts)}); "
+        f"{sum(counts)} passes of 1 row"
+    )
+    return lam, V, statistics.median(counts), dict(products=products, converged=failures == 0, arpack_failures=failures)
 
 
 def _lobpcg_explicit(G, z, k):
@@ -399,13 +429,21 @@ def _lobpcg_explicit(G, z, k):
     lam, V, steps = [], [], []
     for b in range(z.shape[0]):
         step = [0]
-        E, X = torch.lobpcg(M[b], k=k, X=X0[b], largest=True, tol=CONV["tol"],
-                            tracker=lambda w, step=step: step.__setitem__(0, w.ivars["istep"]))
+        E, X = torch.lobpcg(
+            M[b],
+            k=k,
+            X=X0[b],
+            largest=True,
+            tol=CONV["tol"],
+            tracker=lambda w, step=step: step.__setitem__(0, w.ivars["istep"]),
+        )
         lam.append(E)
         V.append(X.T)
         steps.append(step[0])
-    products = (f"{z.shape[1]} J columns/sample (vmap jacfwd); lobpcg steps median {statistics.median(steps):.0f} "
-                f"(max {max(steps)}) on the explicit d x d")
+    products = (
+        f"{z.shape[1]} J columns/sample (vmap jacfwd); lobpcg steps median {statistics.median(steps):.0f} "
+        f"(max {max(steps)}) on the explicit d x d"
+    )
     return torch.stack(lam).double().cpu(), torch.stack(V).cpu(), statistics.median(steps), dict(products=products)
 
 
@@ -424,13 +462,18 @@ def _accuracy(lam, V, M, lam_ref):
 def test_to_convergence(benchmark, spectrum, k):
     G, z, M, lam_ref = _conv_setup(spectrum)
     out = {}
-    solvers = {"power": lambda: _library(G, z, k, "power"), "krylov": lambda: _library(G, z, k, "krylov"),
-               "dense": lambda: _library(G, z, k, "dense"), "arpack per sample": lambda: _arpack_per_sample(G, z, k),
-               "lobpcg explicit": lambda: _lobpcg_explicit(G, z, k)}
+    solvers = {
+        "power": lambda: _library(G, z, k, "power"),
+        "krylov": lambda: _library(G, z, k, "krylov"),
+        "dense": lambda: _library(G, z, k, "dense"),
+        "arpack per sample": lambda: _arpack_per_sample(G, z, k),
+        "lobpcg explicit": lambda: _lobpcg_explicit(G, z, k),
+    }
 
     def case(name):
         def fn():
             out[name] = solvers[name]()
+
         return fn
 
     once = {"power"} if spectrum == "flat" else set()  # thousands of passes: one timed run
@@ -444,31 +487,49 @@ def test_to_convergence(benchmark, spectrum, k):
     for name in solvers:
         lam, V, count, extra = out[name]
         res, err = _accuracy(lam, V, M, lam_ref)
-        TABLE.add(group, name, medians[name], baseline=name == "krylov", **extra, max_res=f"{res:.1e}",
-                  max_value_err=f"{err:.1e}", rounds=1 if name in once else ROUNDS)
-    TABLE.note("to tol=1e-4: krylov is the baseline; max_res = max ||M v - lam v|| / lam_1 and max_value_err = "
-               "max |sigma / sigma_ref - 1| over the B samples and k vectors, both against a float64 eigh of the "
-               "float64 J^T J; passes = generator calls on the folded batch; ARPACK (float64 eigsh, ncv default) "
-               "and lobpcg run per sample; lobpcg's time includes forming J by vmap(jacfwd); jvp=double_backward "
-               f"for power, krylov, dense and ARPACK; power capped at {POWER_CAP} iterations and timed once on "
-               "the flat spectrum (rounds=1); medians of the other rounds are interleaved")
-    sigma = lam_ref[:, :k + 1].sqrt()
-    ratio = lambda i, j: f"{float((sigma[:, i] / sigma[:, j]).mean()):.3f}"  # noqa: E731
-    TABLE.note(f"spectrum ({spectrum}, k={k}): mean sigma_2/sigma_1 {ratio(1, 0)}, sigma_k/sigma_1 {ratio(k - 1, 0)}, "
-               f"sigma_k+1/sigma_k {ratio(k, k - 1)}")
+        TABLE.add(
+            group,
+            name,
+            medians[name],
+            baseline=name == "krylov",
+            **extra,
+            max_res=f"{res:.1e}",
+            max_value_err=f"{err:.1e}",
+            rounds=1 if name in once else ROUNDS,
+        )
+    TABLE.note(
+        "to tol=1e-4: krylov is the baseline; max_res = max ||M v - lam v|| / lam_1 and max_value_err = "
+        "max |sigma / sigma_ref - 1| over the B samples and k vectors, both against a float64 eigh of the "
+        "float64 J^T J; passes = generator calls on the folded batch; ARPACK (float64 eigsh, ncv default) "
+        "and lobpcg run per sample; lobpcg's time includes forming J by vmap(jacfwd); jvp=double_backward "
+        f"for power, krylov, dense and ARPACK; power capped at {POWER_CAP} iterations and timed once on "
+        "the flat spectrum (rounds=1); medians of the other rounds are interleaved"
+    )
+    sigma = lam_ref[:, : k + 1].sqrt()
+    ratio = lambda i, j: f"{float((sigma[:, i] / sigma[:, j]).mean()):.3f}"
+    TABLE.note(
+        f"spectrum ({spectrum}, k={k}): mean sigma_2/sigma_1 {ratio(1, 0)}, sigma_k/sigma_1 {ratio(k - 1, 0)}, "
+        f"sigma_k+1/sigma_k {ratio(k, k - 1)}"
+    )
     krylov, power, arpack = out["krylov"], out["power"], out["arpack per sample"]
     if spectrum == "flat":
         met = 3 * krylov[2] <= power[2]  # where power stopped at the cap, its count is a lower bound
         capped = "" if power[3]["converged"] else f" (power did NOT reach tol within the cap of {POWER_CAP})"
-        TABLE.note(f"target 1 ({spectrum}, k={k}): krylov {krylov[2]} passes against power {power[2]}{capped}: "
-                   f"{krylov[2] / power[2]:.3f} of power's, max_res {_accuracy(*krylov[:2], M, lam_ref)[0]:.1e} "
-                   f"against {_accuracy(*power[:2], M, lam_ref)[0]:.1e}; target <= 1/3: {'met' if met else 'MISSED'}")
+        TABLE.note(
+            f"target 1 ({spectrum}, k={k}): krylov {krylov[2]} passes against power {power[2]}{capped}: "
+            f"{krylov[2] / power[2]:.3f} of power's, max_res {_accuracy(*krylov[:2], M, lam_ref)[0]:.1e} "
+            f"against {_accuracy(*power[:2], M, lam_ref)[0]:.1e}; target <= 1/3: {'met' if met else 'MISSED'}"
+        )
     per_sample = krylov[2] * krylov_block(CONV["B"], k)  # vectors per sample, at most (samples that converge leave)
-    TABLE.note(f"products ({spectrum}, k={k}): krylov at most {per_sample} J^T J v per sample, ARPACK median {arpack[2]:.0f}")
+    TABLE.note(
+        f"products ({spectrum}, k={k}): krylov at most {per_sample} J^T J v per sample, ARPACK median {arpack[2]:.0f}"
+    )
     speedup = medians["arpack per sample"] / medians["krylov"]
-    TABLE.note(f"target 2 ({spectrum}, k={k}): per-sample ARPACK / krylov time = {speedup:.2f}x; target >= 10x: "
-               + ("met" if speedup >= 10 else f"MISSED by {10 / speedup:.1f}x")
-               + ("" if arpack[3]["converged"] else f"; ARPACK failed to converge on {arpack[3]['arpack_failures']} samples"))
+    TABLE.note(
+        f"target 2 ({spectrum}, k={k}): per-sample ARPACK / krylov time = {speedup:.2f}x; target >= 10x: "
+        + ("met" if speedup >= 10 else f"MISSED by {10 / speedup:.1f}x")
+        + ("" if arpack[3]["converged"] else f"; ARPACK failed to converge on {arpack[3]['arpack_failures']} samples")
+    )
 
 
 def test_batching_ceiling(benchmark):
@@ -482,23 +543,32 @@ def test_batching_ceiling(benchmark):
     gen = torch.Generator().manual_seed(0)
     v1, vB = torch.randn(1, 1, d, generator=gen).to(DEVICE), torch.randn(B, 1, d, generator=gen).to(DEVICE)
     reps = 20
-    medians = interleaved(benchmark, {"1 row": lambda: [one.matvec(v1) for _ in range(reps)],
-                                      f"{B} rows": lambda: [batch.matvec(vB) for _ in range(reps)]})
+    medians = interleaved(
+        benchmark,
+        {
+            "1 row": lambda: [one.matvec(v1) for _ in range(reps)],
+            f"{B} rows": lambda: [batch.matvec(vB) for _ in range(reps)],
+        },
+    )
     group = f"batching ceiling: one J^T J v product, flat DCGAN 32x32, d={d}, {reps} products per round"
     TABLE.add(group, "1 row", medians["1 row"], baseline=True)
     TABLE.add(group, f"{B} rows", medians[f"{B} rows"])
     per_row = medians[f"{B} rows"] / B
-    TABLE.note(f"batching ceiling: a product costs {medians['1 row'] / reps * 1e3:.2f} ms on 1 row and "
-               f"{per_row / reps * 1e3:.3f} ms per row on {B} rows, {medians['1 row'] / per_row:.1f}x less: at equal "
-               "products per sample, the most a batched solver can gain over per-sample ARPACK on this machine")
+    TABLE.note(
+        f"batching ceiling: a product costs {medians['1 row'] / reps * 1e3:.2f} ms on 1 row and "
+        f"{per_row / reps * 1e3:.3f} ms per row on {B} rows, {medians['1 row'] / per_row:.1f}x less: at equal "
+        "products per sample, the most a batched solver can gain over per-sample ARPACK on this machine"
+    )
 
 
 # ---------------------------------------------------------------- 7. krylov's check against a second start
 # Run: pytest bench/bench_topk.py -k second_start -s; writes bench/results/topk_krylov_check.md.
 CHECK_TABLE = RatioTable("topk_krylov_check")
 CHECK_SETTINGS = (0, 2, 3, 4)  # power.KRYLOV_SECOND_START: 0 is the solver without the check
-CHECK_CASES = ([("sweep", d, 1e-3) for d in (32, 128, 512)]  # the sweep's setting: B=16, k=4, iters<=20
-               + [("flat", 128, 1e-4), ("gapped", 128, 1e-4)])  # section 5's DCGANs, to tol=1e-4
+CHECK_CASES = (
+    [("sweep", d, 1e-3) for d in (32, 128, 512)]  # the sweep's setting: B=16, k=4, iters<=20
+    + [("flat", 128, 1e-4), ("gapped", 128, 1e-4)]
+)  # section 5's DCGANs, to tol=1e-4
 
 
 @pytest.fixture(scope="module")
@@ -506,10 +576,12 @@ def _check_report():
     from spectral_ops import power
 
     yield
-    CHECK_TABLE.note(f"chosen: power.KRYLOV_SECOND_START = {power.KRYLOV_SECOND_START} (the smallest setting with "
-                     "no silent miss below); over_no_check: the median time over the solver without the check "
-                     "(second_start=0, the previous main's), interleaved in one run; passes: the batch's (its "
-                     "slowest sample's)")
+    CHECK_TABLE.note(
+        f"chosen: power.KRYLOV_SECOND_START = {power.KRYLOV_SECOND_START} (the smallest setting with "
+        "no silent miss below); over_no_check: the median time over the solver without the check "
+        "(second_start=0, the previous main's), interleaved in one run; passes: the batch's (its "
+        "slowest sample's)"
+    )
     CHECK_TABLE.report()
 
 
@@ -535,8 +607,10 @@ def test_second_start_cost(benchmark, _check_report, monkeypatch, case, d, tol):
     def case_fn(setting):
         def fn():
             monkeypatch.setattr(power, "KRYLOV_SECOND_START", setting)
-            out[setting] = jacobian_topk(G, z, k, iters=20 if case == "sweep" else POWER_CAP, tol=tol,
-                                         method="krylov", jvp="double_backward")
+            out[setting] = jacobian_topk(
+                G, z, k, iters=20 if case == "sweep" else POWER_CAP, tol=tol, method="krylov", jvp="double_backward"
+            )
+
         return fn
 
     with warnings.catch_warnings():
@@ -545,9 +619,16 @@ def test_second_start_cost(benchmark, _check_report, monkeypatch, case, d, tol):
     for s in CHECK_SETTINGS:
         top = out[s]
         err = float(((top.values.double().cpu() - ref.cpu()).abs() / ref[:, :1].cpu()).max())
-        CHECK_TABLE.add(kind, f"second_start={s}", medians[s], baseline=s == 0, passes=top.iterations,
-                        converged=f"{int(top.converged.all(1).sum())}/{z.shape[0]}", max_value_err=f"{err:.1e}",
-                        over_no_check=f"{medians[s] / medians[0]:.3f}x")
+        CHECK_TABLE.add(
+            kind,
+            f"second_start={s}",
+            medians[s],
+            baseline=s == 0,
+            passes=top.iterations,
+            converged=f"{int(top.converged.all(1).sum())}/{z.shape[0]}",
+            max_value_err=f"{err:.1e}",
+            over_no_check=f"{medians[s] / medians[0]:.3f}x",
+        )
 
 
 def test_second_start_misses(_check_report):
@@ -577,6 +658,7 @@ def test_second_start_misses(_check_report):
                     counts[s][1] += top.iterations
     finally:
         power.KRYLOV_SECOND_START = saved
-    CHECK_TABLE.note("silent misses over 36 untrained DCGANs (d=16, 32, 64; 12 seeds; B=16, k=4, tol=1e-3): "
-                     + "; ".join(f"second_start={s}: {c[0]}/{samples} samples, {c[1]} passes in all"
-                                 for s, c in counts.items()))
+    CHECK_TABLE.note(
+        "silent misses over 36 untrained DCGANs (d=16, 32, 64; 12 seeds; B=16, k=4, tol=1e-3): "
+        + "; ".join(f"second_start={s}: {c[0]}/{samples} samples, {c[1]} passes in all" for s, c in counts.items())
+    )

@@ -8,6 +8,7 @@ the previous step's vectors (warm) or a fresh random basis (cold).  Prints, and 
 bench/results/trajectory.md, the per-step time ratio measured in one run, with the power
 iterations used per evaluation and the largest distance between the two paths.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,15 +48,33 @@ def test_trajectory_step_cost(benchmark, case):
     out = {}
 
     def fn():
-        out["tr"] = trace_trajectory(G, z0, 1, steps=CFG["steps"], step_size=CFG["step_size"], method="rk4",
-                                     k=CFG["k"], topk_method="power", jvp="double_backward", iters=CFG["iters"],
-                                     tol=CFG["tol"], warm_start=case == "warm")
+        out["tr"] = trace_trajectory(
+            G,
+            z0,
+            1,
+            steps=CFG["steps"],
+            step_size=CFG["step_size"],
+            method="rk4",
+            k=CFG["k"],
+            topk_method="power",
+            jvp="double_backward",
+            iters=CFG["iters"],
+            tol=CFG["tol"],
+            warm_start=case == "warm",
+        )
 
     benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=1, iterations=1)
     tr = out["tr"]
     _paths[case] = tr.z
     per_step = benchmark.stats.stats.median / CFG["steps"]
-    group = (f"one RK4 step, DCGAN 32x32, B={CFG['B']}, d={CFG['d']}, k={CFG['k']}, tol={CFG['tol']} "
-             f"(median over {ROUNDS} rounds of {CFG['steps']} steps)")
-    TABLE.add(group, f"{case} start", per_step, baseline=case == "warm",
-              iters_per_eval=round(tr.iterations / tr.evaluations, 2))
+    group = (
+        f"one RK4 step, DCGAN 32x32, B={CFG['B']}, d={CFG['d']}, k={CFG['k']}, tol={CFG['tol']} "
+        f"(median over {ROUNDS} rounds of {CFG['steps']} steps)"
+    )
+    TABLE.add(
+        group,
+        f"{case} start",
+        per_step,
+        baseline=case == "warm",
+        iters_per_eval=round(tr.iterations / tr.evaluations, 2),
+    )

@@ -3,6 +3,7 @@
 The session fixture `ratio_report` is a RatioTable; what the bench files add to it is printed at
 the end of the session as speedups against each group's baseline (see ratios.py for usage).
 """
+
 from __future__ import annotations
 
 import pytest

@@ -19,6 +19,7 @@ in MIG and counts in its mean).
     --shard 0/2 and --shard 1/2 in two processes split the runs (2 cores); --summarise only
     rebuilds the tables from runs.jsonl.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,22 +34,37 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spectral_ops.lab.evaluate import evaluate_generator  # noqa: E402
-from spectral_ops.lab.metrics import PredictorConfig, load_or_fit_predictor  # noqa: E402
-from spectral_ops.lab.train import TRAIN_REGULARIZER, TrainConfig, train  # noqa: E402
+from spectral_ops.lab.evaluate import evaluate_generator
+from spectral_ops.lab.metrics import PredictorConfig, load_or_fit_predictor
+from spectral_ops.lab.train import TRAIN_REGULARIZER, TrainConfig, train
 
 VARIANTS = {
     "baseline": dict(reg="none"),
-    **{f"{loss}/{grad}": dict(reg="spectral", reg_config=TRAIN_REGULARIZER.replace(loss=loss, grad=grad))
-       for loss in ("l1", "assigned", "offdiag") for grad in ("fast", "implicit")},
+    **{
+        f"{loss}/{grad}": dict(reg="spectral", reg_config=TRAIN_REGULARIZER.replace(loss=loss, grad=grad))
+        for loss in ("l1", "assigned", "offdiag")
+        for grad in ("fast", "implicit")
+    },
     "hessian": dict(reg="hessian"),
     "orojar": dict(reg="orojar"),
     "path_length": dict(reg="path_length"),
 }
 DEFAULT = ["baseline", "l1/fast", "assigned/fast", "offdiag/fast", "hessian", "orojar"]
-METRICS = ("mig", "mig_sup", "distinct_winners", "dci_disentanglement", "dci_completeness",
-           "dci_informativeness", "frechet_distance", "frechet_ratio", "varying_factors", "alignment_mean",
-           "sigma_ratio_min", "effective_dims", "train_seconds")
+METRICS = (
+    "mig",
+    "mig_sup",
+    "distinct_winners",
+    "dci_disentanglement",
+    "dci_completeness",
+    "dci_informativeness",
+    "frechet_distance",
+    "frechet_ratio",
+    "varying_factors",
+    "alignment_mean",
+    "sigma_ratio_min",
+    "effective_dims",
+    "train_seconds",
+)
 
 
 def parse_variant(text: str, default_weight: float) -> tuple[str, dict, float]:
@@ -92,16 +108,25 @@ def record_of(ev: dict) -> dict:
     align = ev.get("axis_alignment") if isinstance(ev.get("axis_alignment"), dict) else {}
     per_index = align.get("per_index") or []
     ratios = align.get("sigma_ratios") or []
-    return {"mig": ev["mig"], "mig_per_factor": ev["mig_per_factor"], "mig_sup": ev.get("mig_sup", nan),
-            "distinct_winners": float(ev["mig_distinct_winners"]) if "mig_distinct_winners" in ev else nan,
-            "winner_per_factor": ev.get("mig_winner_per_factor"),
-            "varying_factors": ev["varying_factors"],
-            "dci_disentanglement": ev["dci_disentanglement"], "dci_completeness": ev["dci_completeness"],
-            "dci_informativeness": ev["dci_informativeness"], "frechet_distance": ev["frechet_distance"],
-            "frechet_real": ev.get("frechet_real", nan), "frechet_ratio": ev.get("frechet_ratio", nan),
-            "alignment_per_index": per_index, "alignment_mean": (sum(per_index) / len(per_index)) if per_index else nan,
-            "sigma_ratios": ratios, "sigma_ratio_min": min(ratios) if ratios else nan,
-            "effective_dims": ev["activeness"]["effective_dims"] if isinstance(ev.get("activeness"), dict) else nan}
+    return {
+        "mig": ev["mig"],
+        "mig_per_factor": ev["mig_per_factor"],
+        "mig_sup": ev.get("mig_sup", nan),
+        "distinct_winners": float(ev["mig_distinct_winners"]) if "mig_distinct_winners" in ev else nan,
+        "winner_per_factor": ev.get("mig_winner_per_factor"),
+        "varying_factors": ev["varying_factors"],
+        "dci_disentanglement": ev["dci_disentanglement"],
+        "dci_completeness": ev["dci_completeness"],
+        "dci_informativeness": ev["dci_informativeness"],
+        "frechet_distance": ev["frechet_distance"],
+        "frechet_real": ev.get("frechet_real", nan),
+        "frechet_ratio": ev.get("frechet_ratio", nan),
+        "alignment_per_index": per_index,
+        "alignment_mean": (sum(per_index) / len(per_index)) if per_index else nan,
+        "sigma_ratios": ratios,
+        "sigma_ratio_min": min(ratios) if ratios else nan,
+        "effective_dims": ev["activeness"]["effective_dims"] if isinstance(ev.get("activeness"), dict) else nan,
+    }
 
 
 def summarise(records: list[dict], variants: list[str]) -> tuple[dict, str]:
@@ -109,14 +134,28 @@ def summarise(records: list[dict], variants: list[str]) -> tuple[dict, str]:
     for v in variants:
         rs = [r for r in records if r["variant"] == v]
         if rs:
-            summary[v] = {"seeds": [r["seed"] for r in rs],
-                          "reg_weight": _weight_of(rs[0]),
-                          **{m: _mean_std([r.get(m) for r in rs]) for m in METRICS}}
-    head = ("| variant | seeds | MIG | MIG-sup | distinct winners | DCI disent. | DCI compl. | DCI inform. "
-            "| Frechet / real-vs-real | varying factors | axis alignment v1..vk | min sigma_i+1/sigma_i | train s |")
+            summary[v] = {
+                "seeds": [r["seed"] for r in rs],
+                "reg_weight": _weight_of(rs[0]),
+                **{m: _mean_std([r.get(m) for r in rs]) for m in METRICS},
+            }
+    head = (
+        "| variant | seeds | MIG | MIG-sup | distinct winners | DCI disent. | DCI compl. | DCI inform. "
+        "| Frechet / real-vs-real | varying factors | axis alignment v1..vk | min sigma_i+1/sigma_i | train s |"
+    )
     lines = [head, "|" + "---|" * 13]
-    shown = ("mig", "mig_sup", "distinct_winners", "dci_disentanglement", "dci_completeness", "dci_informativeness",
-             "frechet_ratio", "varying_factors", "alignment_mean", "sigma_ratio_min")
+    shown = (
+        "mig",
+        "mig_sup",
+        "distinct_winners",
+        "dci_disentanglement",
+        "dci_completeness",
+        "dci_informativeness",
+        "frechet_ratio",
+        "varying_factors",
+        "alignment_mean",
+        "sigma_ratio_min",
+    )
     for v, s in summary.items():
         cells = [("n/a" if math.isnan(s[m][0]) else f"{s[m][0]:.3f} ± {s[m][1]:.3f}") for m in shown]
         t = s["train_seconds"][0]
@@ -127,15 +166,25 @@ def summarise(records: list[dict], variants: list[str]) -> tuple[dict, str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--variants", nargs="+", default=DEFAULT, type=_variant_arg, metavar="VARIANT[@WEIGHT]",
-                   help=f"runs to compare (default: {' '.join(DEFAULT)}; also: "
-                        + " ".join(v for v in VARIANTS if v not in DEFAULT)
-                        + "); '@W' sets that variant's regularizer weight")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=DEFAULT,
+        type=_variant_arg,
+        metavar="VARIANT[@WEIGHT]",
+        help=f"runs to compare (default: {' '.join(DEFAULT)}; also: "
+        + " ".join(v for v in VARIANTS if v not in DEFAULT)
+        + "); '@W' sets that variant's regularizer weight",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default: 0 1 2)")
     p.add_argument("--steps", type=int, default=400, help="GAN steps per run (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: %(default)s)")
-    p.add_argument("--reg-weight", type=float, default=1.0,
-                   help="regularizer weight of variants without '@W' (default: %(default)s)")
+    p.add_argument(
+        "--reg-weight",
+        type=float,
+        default=1.0,
+        help="regularizer weight of variants without '@W' (default: %(default)s)",
+    )
     p.add_argument("--n-eval", type=int, default=2000, help="latent samples per evaluation (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     p.add_argument("--cache-dir", default=None, help="factor-predictor cache")
@@ -157,8 +206,9 @@ def main(argv=None) -> int:
     records = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
     done = {(r["variant"], r["seed"], r["steps"], _weight_of(r)) for r in records}
     weight = {v: parse_variant(v, args.reg_weight)[2] for v in args.variants}
-    predictor, pinfo = load_or_fit_predictor(PredictorConfig(dataset=args.dataset), cache_dir=args.cache_dir,
-                                             progress=args.progress)
+    predictor, pinfo = load_or_fit_predictor(
+        PredictorConfig(dataset=args.dataset), cache_dir=args.cache_dir, progress=args.progress
+    )
     t0 = time.perf_counter()
     shard, n_shards = (int(x) for x in args.shard.split("/"))
     todo = [(v, s) for s in args.seeds for v in args.variants][shard::n_shards]  # shards fixed by the full list
@@ -166,21 +216,41 @@ def main(argv=None) -> int:
     extra = {} if args.latent_dim is None else {"latent_dim": args.latent_dim}
     for i, (v, seed) in enumerate(todo):
         _, opts, w = parse_variant(v, args.reg_weight)
-        cfg = TrainConfig(dataset=args.dataset, steps=args.steps, batch_size=args.batch_size, seed=seed, reg_weight=w, **extra,
-                          out=str(out / v.replace("/", "-").replace("@", "_w") / f"seed{seed}"),
-                          ckpt_every=args.steps, log_every=50, **opts)
+        cfg = TrainConfig(
+            dataset=args.dataset,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            seed=seed,
+            reg_weight=w,
+            **extra,
+            out=str(out / v.replace("/", "-").replace("@", "_w") / f"seed{seed}"),
+            ckpt_every=args.steps,
+            log_every=50,
+            **opts,
+        )
         res = train(cfg, overwrite=True, progress=args.progress, desc=f"{v} seed {seed}")
-        ev = evaluate_generator(res.G, dataset=cfg.dataset, size=cfg.size, predictor=predictor, n=args.n_eval, seed=seed)
-        rec = {"variant": v, "seed": seed, "steps": args.steps, "reg_weight": w, "train_seconds": res.seconds,
-               **record_of(ev), "config": dataclasses.asdict(cfg)}
+        ev = evaluate_generator(
+            res.G, dataset=cfg.dataset, size=cfg.size, predictor=predictor, n=args.n_eval, seed=seed
+        )
+        rec = {
+            "variant": v,
+            "seed": seed,
+            "steps": args.steps,
+            "reg_weight": w,
+            "train_seconds": res.seconds,
+            **record_of(ev),
+            "config": dataclasses.asdict(cfg),
+        }
         records.append(rec)
         with open(log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
-        print(f"[{i + 1}/{len(todo)}] {v} seed {seed}: MIG {rec['mig']:.3f} DCI-D {rec['dci_disentanglement']:.3f} "
-              f"FD {rec['frechet_distance']:.2f} (x{rec['frechet_ratio']:.1f} real) varying {rec['varying_factors']} "
-              f"align {rec['alignment_mean']:.2f} "
-              f"({res.seconds:.0f} s train, {time.perf_counter() - t0:.0f} s total)",
-              flush=True)
+        print(
+            f"[{i + 1}/{len(todo)}] {v} seed {seed}: MIG {rec['mig']:.3f} DCI-D {rec['dci_disentanglement']:.3f} "
+            f"FD {rec['frechet_distance']:.2f} (x{rec['frechet_ratio']:.1f} real) varying {rec['varying_factors']} "
+            f"align {rec['alignment_mean']:.2f} "
+            f"({res.seconds:.0f} s train, {time.perf_counter() - t0:.0f} s total)",
+            flush=True,
+        )
     records = [r for r in records if r["steps"] == args.steps and _weight_of(r) == weight.get(r["variant"])]
     # the pipeline's own ceiling and floor, per seed, through the same evaluation
     from spectral_ops.lab.evaluate import reference_rows
@@ -191,9 +261,18 @@ def main(argv=None) -> int:
         for name, ev in refs.items():
             records.append({"variant": name, "seed": seed, "train_seconds": float("nan"), **record_of(ev)})
     summary, table = summarise(records, list(refs) + args.variants)
-    (out / "summary.json").write_text(json.dumps({"steps": args.steps, "seeds": args.seeds, "summary": summary,
-                                                  "predictor_validation": pinfo["validation"],
-                                                  "experiment_seconds": time.perf_counter() - t0}, indent=2))
+    (out / "summary.json").write_text(
+        json.dumps(
+            {
+                "steps": args.steps,
+                "seeds": args.seeds,
+                "summary": summary,
+                "predictor_validation": pinfo["validation"],
+                "experiment_seconds": time.perf_counter() - t0,
+            },
+            indent=2,
+        )
+    )
     cmd = "python bench/experiment_disentangle.py " + " ".join(sys.argv[1:] if argv is None else argv)
     (out / "summary.md").write_text(f"{table}\n\nCommand: `{cmd}`\n")
     print(table)

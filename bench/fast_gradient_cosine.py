@@ -7,6 +7,7 @@ Float64 tanh MLPs with latent 64 and 128 (untrained), 4 latents, k = 4, converge
 autograd through torch.linalg.eigh of the explicit J^T J (tests/test_regularizer.oracle), for
 grad="fast" and grad="implicit" (CG to 1e-12), losses offdiag and l1 with uniform weights.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,8 @@ from torch import nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from spectral_ops import spectral_penalty  # noqa: E402
-from test_regularizer import oracle  # noqa: E402
+from spectral_ops import spectral_penalty
+from test_regularizer import oracle
 
 CASES = [("MLP 64-128-256 tanh", 64), ("MLP 128-128-256 tanh", 128)]
 
@@ -35,8 +36,9 @@ def main() -> None:
             _, g_true = oracle(G, z, 4, loss, "uniform")
             row = []
             for grad in ("fast", "implicit"):
-                value = spectral_penalty(G, z, k=4, loss=loss, grad=grad, iters=100, tol=1e-12, cg_iters=100,
-                                         cg_tol=1e-12)
+                value = spectral_penalty(
+                    G, z, k=4, loss=loss, grad=grad, iters=100, tol=1e-12, cg_iters=100, cg_tol=1e-12
+                )
                 grads = torch.autograd.grad(value, params, allow_unused=True)
                 g = torch.cat([(torch.zeros_like(p) if x is None else x).reshape(-1) for x, p in zip(grads, params)])
                 cos = float(g @ g_true / (g.norm() * g_true.norm()))

@@ -20,6 +20,7 @@ but cli (its train runs are subprocesses, ~30 s); tests/test_fuzz.py runs it and
 and 0 state.  Seeds are fixed: a
 rerun gives the same table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,9 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import spectral_ops  # noqa: E402
-from spectral_ops import ops  # noqa: E402
-from spectral_ops.baselines import hessian_penalty, orojar, path_length  # noqa: E402
+import spectral_ops
+from spectral_ops import ops
+from spectral_ops.baselines import hessian_penalty, orojar, path_length
 
 PACKAGE_DIR = str(Path(spectral_ops.__file__).resolve().parent)
 OUTCOMES = ("right", "clear-error", "silent", "state", "crash")
@@ -58,6 +59,7 @@ CLASSES = ("scale", "batch", "dtypes", "generators", "holders", "arguments", "cl
 
 
 # ---- outcomes ---------------------------------------------------------------------------------
+
 
 class Silent(AssertionError):
     """A wrong number returned with no error."""
@@ -72,7 +74,7 @@ class Case:
     cls: str
     name: str
     fn: Callable[[], None]
-    names: tuple[str, ...]   # words one of which a clear error's message must contain ("" none: must work)
+    names: tuple[str, ...]  # words one of which a clear error's message must contain ("" none: must work)
 
 
 @dataclass
@@ -94,6 +96,7 @@ def case(cls: str, name: str, *, names: tuple[str, ...] = ()):
     def register(fn):
         CASES.append(Case(cls, name, fn, names))
         return fn
+
     return register
 
 
@@ -132,13 +135,17 @@ def classify(c: Case) -> Result:
             message = text + f"  [raised at {Path(where.filename).name}:{where.lineno}]"
     except Exception as exc:  # noqa: BLE001 - anything else is a crash by definition
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        outcome, message = "crash", f"{type(exc).__name__}: {exc}  [raised at {Path(where.filename).name}:{where.lineno}]"
+        outcome, message = (
+            "crash",
+            f"{type(exc).__name__}: {exc}  [raised at {Path(where.filename).name}:{where.lineno}]",
+        )
     # a path of this machine (a temporary folder, the interpreter's) is shown by its last part
     message = re.sub(r"(?<![\w.])/(?:[\w.+-]+/)+([\w.+-]+)", r"\1", " ".join(message.split()))
     return Result(c, outcome, message[:400], time.perf_counter() - start)
 
 
 # ---- state guard ------------------------------------------------------------------------------
+
 
 def _files(path: Path) -> dict | None:
     """{name: bytes} of a folder's files, or of one file; None where nothing is there."""
@@ -221,6 +228,7 @@ def unchanged(*objs, rng: bool = True):
 
 
 # ---- generators -------------------------------------------------------------------------------
+
 
 def mlp(d: int, hidden: int, m: int, seed: int, act=nn.Tanh, dtype=torch.float32) -> nn.Module:
     """A d -> hidden -> m MLP with the given activation, seeded."""
@@ -314,6 +322,7 @@ def style_pair(d=6, w=8, m=10, batchnorm=False, seed=0, train=True):
 
 # ---- oracle -----------------------------------------------------------------------------------
 
+
 def as_float64(G: Callable, modules) -> Callable:
     """A float64 copy of G: deep copies of its modules (so the oracle changes nothing of the
     caller's) in float64, called through the same holder shape."""
@@ -336,9 +345,9 @@ def jacobian64(f: Callable, z: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Oracle:
-    lam: torch.Tensor     # [B, d] eigenvalues of J^T J, descending
-    V: torch.Tensor       # [B, d, d] rows: eigenvectors
-    M: torch.Tensor       # [B, d, d] J^T J
+    lam: torch.Tensor  # [B, d] eigenvalues of J^T J, descending
+    V: torch.Tensor  # [B, d, d] rows: eigenvectors
+    M: torch.Tensor  # [B, d, d] J^T J
 
 
 def oracle(f64: Callable, z: torch.Tensor, scale: float = 1.0) -> Oracle:
@@ -352,8 +361,9 @@ def eps_of(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps
 
 
-def check_topk(top, orc: Oracle, k: int, tol: float, dtype: torch.dtype, what: str = "",
-               must_converge: bool = False) -> None:
+def check_topk(
+    top, orc: Oracle, k: int, tol: float, dtype: torch.dtype, what: str = "", must_converge: bool = False
+) -> None:
     """Raise Silent where the result contradicts the oracle: a non-finite entry, vectors that are
     not orthonormal, or a vector marked converged whose residual against the exact M exceeds tol
     (with a slack of 16 eps of the dtype for rounding the vectors), or whose value is not the
@@ -372,30 +382,36 @@ def check_topk(top, orc: Oracle, k: int, tol: float, dtype: torch.dtype, what: s
     lam1 = orc.lam[:, :1]
     conv = top.converged.detach().cpu().bool()
     if must_converge and not bool(conv.all()):
-        raise RuntimeError(f"{what}unconverged: {int((~conv).any(-1).sum())} of {conv.shape[0]} rows flagged "
-                           f"unconverged within the budget (no error raised)")
+        raise RuntimeError(
+            f"{what}unconverged: {int((~conv).any(-1).sum())} of {conv.shape[0]} rows flagged "
+            f"unconverged within the budget (no error raised)"
+        )
     if tol == 0 and bool(conv.any()):
         raise Silent(f"{what}tol=0 and {int(conv.sum())} vectors reported converged (residual < 0 is impossible)")
     lam_ret = s * s
-    MV = (V @ orc.M)  # rows of V times symmetric M
+    MV = V @ orc.M  # rows of V times symmetric M
     res = (MV - lam_ret[..., None] * V).norm(dim=-1) / lam1.clamp_min(1e-300)
     res = torch.where(lam1 > 0, res, torch.zeros_like(res))
     limit = 1.1 * tol + slack
     bad_res = conv & (res > limit)
     if bool(bad_res.any()):
         b, i = bad_res.nonzero()[0].tolist()
-        raise Silent(f"{what}row {b} vector {i} reported converged with residual {res[b, i]:.3g} against the exact "
-                     f"operator (tol {tol:g}); {int(bad_res.sum())} such vectors")
+        raise Silent(
+            f"{what}row {b} vector {i} reported converged with residual {res[b, i]:.3g} against the exact "
+            f"operator (tol {tol:g}); {int(bad_res.sum())} such vectors"
+        )
     # values: the i-th returned eigenvalue is the oracle's i-th within the residual bound
     verr = (lam_ret - orc.lam[:, :k]).abs() / lam1.clamp_min(1e-300)
     verr = torch.where(lam1 > 0, verr, lam_ret.abs())
     bad_val = conv & (verr > torch.maximum(res, torch.full_like(res, tol)) * 1.1 + slack)
     if bool(bad_val.any()):
         b, i = bad_val.nonzero()[0].tolist()
-        raise Silent(f"{what}row {b}: sigma^2 {[round(x, 6) for x in lam_ret[b].tolist()]} where the oracle's "
-                     f"top-{k + 1} are {[round(x, 6) for x in orc.lam[b, :k + 1].tolist()]} (vector {i} converged, "
-                     f"error {verr[b, i]:.3g} of lambda_1); "
-                     f"{int(bad_val.any(-1).sum())} rows")
+        raise Silent(
+            f"{what}row {b}: sigma^2 {[round(x, 6) for x in lam_ret[b].tolist()]} where the oracle's "
+            f"top-{k + 1} are {[round(x, 6) for x in orc.lam[b, : k + 1].tolist()]} (vector {i} converged, "
+            f"error {verr[b, i]:.3g} of lambda_1); "
+            f"{int(bad_val.any(-1).sum())} rows"
+        )
 
 
 def check_finite(x, what: str) -> None:
@@ -404,6 +420,7 @@ def check_finite(x, what: str) -> None:
 
 
 # The alignment loss, written from its definition (README, "The regularizer"), in float64.
+
 
 def loss_oracle(V: torch.Tensor, S: torch.Tensor, kind: str, weights: str) -> torch.Tensor:
     """Per-sample alignment loss [B] of rows V [B, k, d] with singular values S [B, k]."""
@@ -427,8 +444,9 @@ def loss_oracle(V: torch.Tensor, S: torch.Tensor, kind: str, weights: str) -> to
     return (w * per).sum(-1)
 
 
-def penalty_oracle(orc: Oracle, k: int, loss: str = "offdiag", weights: str = "uniform",
-                   null_tol: float = 1e-3, tol: float = 1e-4) -> tuple[float, float]:
+def penalty_oracle(
+    orc: Oracle, k: int, loss: str = "offdiag", weights: str = "uniform", null_tol: float = 1e-3, tol: float = 1e-4
+) -> tuple[float, float]:
     """(the penalty spectral_penalty defines, a tolerance): the batch mean of the alignment loss of
     the oracle's top-k eigenvectors; vectors with sigma_i <= null_tol sigma_1 weigh zero; offdiag
     with uniform weights uses the fixed rank weights sqrt((k - i + 1) / k).  The tolerance is what a
@@ -443,8 +461,8 @@ def penalty_oracle(orc: Oracle, k: int, loss: str = "offdiag", weights: str = "u
         S = (sig if weights == "singular" else torch.ones_like(sig)) * active
         w = "singular"
     value = loss_oracle(V, S, loss, w).mean().item()
-    gaps = (lam[:, :k] - lam[:, 1:k + 1]) if lam.shape[1] > k else (lam[:, :k - 1] - lam[:, 1:k])
-    gap = gaps[:, :max(1, int(active.sum(-1).min()))].min().item() if gaps.numel() else lam[:, 0].min().item()
+    gaps = (lam[:, :k] - lam[:, 1 : k + 1]) if lam.shape[1] > k else (lam[:, : k - 1] - lam[:, 1:k])
+    gap = gaps[:, : max(1, int(active.sum(-1).min()))].min().item() if gaps.numel() else lam[:, 0].min().item()
     return value, 8 * tol * lam[:, 0].max().item() / max(gap, 1e-300) + 64 * eps_of(torch.float32)
 
 
@@ -472,7 +490,7 @@ def _scale_topk(method: str, c: float, tol: float = 1e-4):
     net = mlp(6, 10, 12, seed=0)
     z = latents(8, 6, seed=2)
     orc = oracle(as_float64(net, [net])[id(net)], z, scale=c)
-    G = lambda x: c * net(x)  # noqa: E731
+    G = lambda x: c * net(x)
     with unchanged(net, z):
         top = spectral_ops.jacobian_topk(G, z, 3, method=method, tol=tol, iters=500 if method == "power" else 60)
     # float32 output c*y is subnormal below ~1e-38 / |y|: its spacing is the smallest subnormal,
@@ -500,8 +518,17 @@ def _penalty_scaled(c: float, weights: str, regularizer: bool, loss: str = "offd
     def run(scale):
         G = (lambda x: scale * net(x)) if scale != 1.0 else net
         if regularizer:
-            reg = spectral_ops.SpectralRegularizer(6, k=3, loss=loss, weights=weights, every=1, batch_fraction=1.0,
-                                                   warm_start=False, tol=PENALTY_TOL, iters=20)
+            reg = spectral_ops.SpectralRegularizer(
+                6,
+                k=3,
+                loss=loss,
+                weights=weights,
+                every=1,
+                batch_fraction=1.0,
+                warm_start=False,
+                tol=PENALTY_TOL,
+                iters=20,
+            )
             return reg(G, z), reg
         return spectral_ops.spectral_penalty(G, z, k=3, loss=loss, weights=weights, tol=PENALTY_TOL, iters=20), None
 
@@ -521,7 +548,9 @@ def _penalty_scaled(c: float, weights: str, regularizer: bool, loss: str = "offd
     g_unit = grads(params, run(1.0)[0])
     # the loss is scale-free, so is its gradient w.r.t. theta; both are solved to PENALTY_TOL
     if rel_diff(g_scaled, g_unit) > 10 * tol_value:
-        raise Silent(f"gradient at scale {c:g} differs from the unscaled one by {rel_diff(g_scaled, g_unit):.3g} (relative)")
+        raise Silent(
+            f"gradient at scale {c:g} differs from the unscaled one by {rel_diff(g_scaled, g_unit):.3g} (relative)"
+        )
 
 
 # Below float32's smallest normal number the gradient's cotangent at G's output, O(1 / scale),
@@ -531,13 +560,16 @@ for _c in SCALES_PENALTY:
     _names = _SUBNORMAL_NAMES if _c < torch.finfo(torch.float32).tiny else ()
     for _w in ("uniform", "singular"):
         case("scale", f"spectral_penalty weights={_w} G scaled by {_c:g}", names=_names)(
-            functools.partial(_penalty_scaled, _c, _w, False))
+            functools.partial(_penalty_scaled, _c, _w, False)
+        )
     case("scale", f"SpectralRegularizer G scaled by {_c:g}", names=_names)(
-        functools.partial(_penalty_scaled, _c, "uniform", True))
+        functools.partial(_penalty_scaled, _c, "uniform", True)
+    )
 for _c in (1e-25, 1.0, 1e20):
     for _loss in ("l1", "assigned"):
         case("scale", f"spectral_penalty loss={_loss} G scaled by {_c:g}")(
-            functools.partial(_penalty_scaled, _c, "uniform", False, _loss))
+            functools.partial(_penalty_scaled, _c, "uniform", False, _loss)
+        )
 
 
 def penalty_grad_oracle(net: nn.Module, z: torch.Tensor, k: int, loss: str, weights: str) -> torch.Tensor:
@@ -546,8 +578,9 @@ def penalty_grad_oracle(net: nn.Module, z: torch.Tensor, k: int, loss: str, weig
     net64 = copy.deepcopy(net).double()
     params = list(net64.parameters())
     B = z.shape[0]
-    J = torch.autograd.functional.jacobian(lambda x: net64(x).reshape(B, -1).sum(0), z.detach().double(),
-                                           create_graph=True, vectorize=True).permute(1, 0, 2)
+    J = torch.autograd.functional.jacobian(
+        lambda x: net64(x).reshape(B, -1).sum(0), z.detach().double(), create_graph=True, vectorize=True
+    ).permute(1, 0, 2)
     lam, vec = torch.linalg.eigh(J.transpose(1, 2) @ J)
     V, sig = vec.flip(-1).transpose(1, 2)[:, :k], lam.flip(-1)[:, :k].clamp_min(0).sqrt()
     if loss == "offdiag":
@@ -575,14 +608,17 @@ def _penalty_grad_exact(c: float, loss: str):
     gap = (orc.lam[:, 2] - orc.lam[:, 3]).min().item() / orc.lam[:, 0].max().item()
     bound = 8 * (PENALTY_TOL + 16 * eps_of(torch.float32)) / gap
     if rel_diff(got, want) > bound:
-        raise Silent(f"implicit gradient at scale {c:g} off the float64 eigh gradient by {rel_diff(got, want):.3g} "
-                     f"(relative; bound {bound:.2g})")
+        raise Silent(
+            f"implicit gradient at scale {c:g} off the float64 eigh gradient by {rel_diff(got, want):.3g} "
+            f"(relative; bound {bound:.2g})"
+        )
 
 
 for _c in (1e-25, 1.0, 1e20):
     for _loss in ("offdiag", "l1"):
         case("scale", f"spectral_penalty grad=implicit loss={_loss} gradient vs eigh oracle, G scaled by {_c:g}")(
-            functools.partial(_penalty_grad_exact, _c, _loss))
+            functools.partial(_penalty_grad_exact, _c, _loss)
+        )
 
 
 def _alignment_scaled(backend: str, kind: str, c: float):
@@ -609,7 +645,9 @@ def _alignment_scaled(backend: str, kind: str, c: float):
 for _b in ops.available_backends("cpu"):
     for _k in ("offdiag", "l1"):
         for _c in SCALES_S:
-            case("scale", f"ops.alignment_loss backend={_b} kind={_k} S scaled by {_c:g}")(functools.partial(_alignment_scaled, _b, _k, _c))
+            case("scale", f"ops.alignment_loss backend={_b} kind={_k} S scaled by {_c:g}")(
+                functools.partial(_alignment_scaled, _b, _k, _c)
+            )
 
 
 def _orthonormalize_scaled(backend: str, c: float):
@@ -630,14 +668,15 @@ def _orthonormalize_scaled(backend: str, c: float):
 for _b in ops.available_backends("cpu"):
     for _c in (1e-30, 1e-20, 1.0, 1e20, 1e30):
         case("scale", f"ops.orthonormalize backend={_b} W scaled by {_c:g}")(
-            functools.partial(_orthonormalize_scaled, _b, _c))
+            functools.partial(_orthonormalize_scaled, _b, _c)
+        )
 
 
 def _scaled_entry(entry: str, c: float):
     net = mlp(6, 10, 12, seed=7)
     z = latents(16, 6, seed=8)
     f64 = as_float64(net, [net])[id(net)]
-    G = lambda x: c * net(x)  # noqa: E731
+    G = lambda x: c * net(x)
     with unchanged(net, z):
         if entry == "global_directions":
             out = spectral_ops.global_directions(G, None, 3, latents=z, trace_probes=None)
@@ -646,8 +685,10 @@ def _scaled_entry(entry: str, c: float):
     if entry == "global_directions":
         lam = torch.linalg.eigvalsh(oracle(f64, z, scale=c).M.mean(0)).flip(0)
         # the values are c^2 sigma^2: below float32's smallest subnormal they can only be 0
-        err = ((out.values.double() - lam[:3]).abs().max().item() - torch.finfo(torch.float32).smallest_normal
-               * eps_of(torch.float32)) / lam[0].item()
+        err = (
+            (out.values.double() - lam[:3]).abs().max().item()
+            - torch.finfo(torch.float32).smallest_normal * eps_of(torch.float32)
+        ) / lam[0].item()
         if not err <= 1.1e-4 + 16 * eps_of(torch.float32):
             raise Silent(f"global_directions values {out.values.tolist()} for G * {c:g}, oracle {lam[:3].tolist()}")
         ex = out.explained.double()
@@ -657,7 +698,7 @@ def _scaled_entry(entry: str, c: float):
     else:
         orc = oracle(f64, z[:3], scale=c)
         s0 = out.values[out.origin].double()
-        err = ((s0 * s0 - orc.lam[:, :s0.shape[1]]).abs() / orc.lam[:, :1]).max().item()
+        err = ((s0 * s0 - orc.lam[:, : s0.shape[1]]).abs() / orc.lam[:, :1]).max().item()
         check_finite(out.z, "trajectory")
         if not err <= 1.1e-5 + 16 * eps_of(torch.float32):  # trace_trajectory's tol is 1e-5
             raise Silent(f"trajectory values at z0 for G * {c:g} off the oracle by {err:.3g} of lambda_1")
@@ -673,6 +714,7 @@ for _entry in ("global_directions", "trace_trajectory"):
 
 # ---- class: batch (krylov against the oracle, large batches) ----------------------------------
 
+
 def _batch(B: int, d: int, k: int, seed: int, method: str = "krylov", G=None, hidden=10, m=12):
     net = G if G is not None else mlp(d, hidden, m, seed=seed)
     z = latents(B, d, seed=seed + 100)
@@ -684,18 +726,23 @@ def _batch(B: int, d: int, k: int, seed: int, method: str = "krylov", G=None, hi
 
 for _s in range(5):
     case("batch", f"krylov 6-10-12 tanh, B=3000, k=3, seed {_s}" + (" (the issue's case)" if _s == 0 else ""))(
-        functools.partial(_batch, 3000, 6, 3, _s))
+        functools.partial(_batch, 3000, 6, 3, _s)
+    )
 case("batch", "krylov 6-10-12 tanh, B=16, k=3, seed 0")(functools.partial(_batch, 16, 6, 3, 0))
 case("batch", "auto 6-10-12 tanh, B=512, k=3, seed 0")(functools.partial(_batch, 512, 6, 3, 0, "auto"))
 # 40 seeds of 64 latents (2560 samples), d 6..16, k from 3 to d - 1
 for _s in range(40):
     _d = (6, 8, 10, 13, 16)[_s % 5]
     _k = (3, _d - 1, _d // 2, 4)[(_s // 5) % 4]
-    case("batch", f"krylov d={_d} k={_k} B=64 seed {_s}")(functools.partial(_batch, 64, _d, _k, _s, hidden=_d + 4, m=_d + 6))
+    case("batch", f"krylov d={_d} k={_k} B=64 seed {_s}")(
+        functools.partial(_batch, 64, _d, _k, _s, hidden=_d + 4, m=_d + 6)
+    )
 for _s in range(1, 9):
     _d = (6, 8, 10, 12, 16)[_s % 5]
     case("batch", f"krylov d={_d} k={_d - 1} B=256 seed {_s}")(functools.partial(_batch, 256, _d, _d - 1, _s))
     case("batch", f"krylov d={_d} k=3 B=1024 seed {_s}")(functools.partial(_batch, 1024, _d, 3, _s))
+
+
 def _skipping_init(B: int, method: str, noise: float):
     """A warm start that spans (up to `noise`) an invariant subspace skipping the third eigenvector,
     [v1, v2, v4]: what a previous step's basis can be after lambda_3 and lambda_4 crossed.  The
@@ -714,7 +761,8 @@ for _m in ("krylov", "power", "dense", "auto"):
     for _B in (1, 16):
         for _noise in (0.0, 1e-3):
             case("batch", f"{_m} B={_B} from a warm start spanning [v1, v2, v4] (noise {_noise:g})")(
-                functools.partial(_skipping_init, _B, _m, _noise))
+                functools.partial(_skipping_init, _B, _m, _noise)
+            )
 
 
 def _skipping_init_penalty(solver: str, noise: float):
@@ -729,14 +777,16 @@ def _skipping_init_penalty(solver: str, noise: float):
     with unchanged(net, z, init):
         value = spectral_ops.spectral_penalty(net, z, k=3, init=init, solver=solver, iters=40)
     if not abs(value.item() - want) <= tol:
-        raise Silent(f"penalty {value.item():.6g} from init [v1, v2, v4] + {noise:g} noise, oracle {want:.6g} "
-                     f"(tol {tol:.2g})")
+        raise Silent(
+            f"penalty {value.item():.6g} from init [v1, v2, v4] + {noise:g} noise, oracle {want:.6g} (tol {tol:.2g})"
+        )
 
 
 for _solver in ("krylov", "power"):
     for _noise in (0.0, 1e-6):
         case("batch", f"spectral_penalty solver={_solver} from init spanning [v1, v2, v4] (noise {_noise:g})")(
-            functools.partial(_skipping_init_penalty, _solver, _noise))
+            functools.partial(_skipping_init_penalty, _solver, _noise)
+        )
 
 
 def _skipping_running_basis(noise: float):
@@ -754,13 +804,16 @@ def _skipping_running_basis(noise: float):
     with unchanged(net, z):
         value = reg(net, z)
     if not abs(value.item() - want) <= tol:
-        raise Silent(f"penalty {value.item():.6g} from a running basis [v1, v2, v4] + {noise:g} noise, oracle "
-                     f"{want:.6g} (tol {tol:.2g})")
+        raise Silent(
+            f"penalty {value.item():.6g} from a running basis [v1, v2, v4] + {noise:g} noise, oracle "
+            f"{want:.6g} (tol {tol:.2g})"
+        )
 
 
 for _noise in (0.0, 1e-6, 1e-3):
     case("batch", f"SpectralRegularizer with a running basis spanning [v1, v2, v4] (noise {_noise:g})")(
-        functools.partial(_skipping_running_basis, _noise))
+        functools.partial(_skipping_running_basis, _noise)
+    )
 
 
 def _skipping_init_trajectory(method: str):
@@ -774,29 +827,38 @@ def _skipping_init_trajectory(method: str):
     s0 = tr.values[tr.origin].double()
     err = ((s0 * s0 - orc.lam[:, :3]).abs() / orc.lam[:, :1]).max().item()
     if err > 1.1e-5 + 16 * eps_of(torch.float32):  # trace_trajectory's tol is 1e-5
-        raise Silent(f"trajectory sigma^2 at z0 {(s0 * s0)[0].tolist()} from init [v1, v2, v4], oracle "
-                     f"{orc.lam[0, :4].tolist()} (error {err:.3g} of lambda_1)")
+        raise Silent(
+            f"trajectory sigma^2 at z0 {(s0 * s0)[0].tolist()} from init [v1, v2, v4], oracle "
+            f"{orc.lam[0, :4].tolist()} (error {err:.3g} of lambda_1)"
+        )
 
 
 for _m in ("krylov", "power", "dense"):
     case("batch", f"trace_trajectory topk_method={_m} from init spanning [v1, v2, v4]")(
-        functools.partial(_skipping_init_trajectory, _m))
+        functools.partial(_skipping_init_trajectory, _m)
+    )
 
 
-_REPEATED = (3, 3, 2, 2, 2, 1, 1, 1, 1, .5, .5, .5, .25)
+_REPEATED = (3, 3, 2, 2, 2, 1, 1, 1, 1, 0.5, 0.5, 0.5, 0.25)
 case("batch", "krylov d=13 k=12 B=16, exactly repeated singular values")(
-    functools.partial(_batch, 16, 13, 12, 7, G=LinearG(_REPEATED, 20, 7)))
+    functools.partial(_batch, 16, 13, 12, 7, G=LinearG(_REPEATED, 20, 7))
+)
 case("batch", "krylov d=13 k=12 B=16, near-repeated singular values")(
-    functools.partial(_batch, 16, 13, 12, 8, G=LinearG(_REPEATED, 20, 8, eps=1e-3)))
+    functools.partial(_batch, 16, 13, 12, 8, G=LinearG(_REPEATED, 20, 8, eps=1e-3))
+)
 case("batch", "krylov d=13 k=5 B=2000, near-repeated singular values")(
-    functools.partial(_batch, 2000, 13, 5, 9, G=LinearG(_REPEATED, 20, 9, eps=1e-2)))
+    functools.partial(_batch, 2000, 13, 5, 9, G=LinearG(_REPEATED, 20, 9, eps=1e-2))
+)
 case("batch", "dense d=13 k=12 B=16, exactly repeated singular values")(
-    functools.partial(_batch, 16, 13, 12, 7, "dense", G=LinearG(_REPEATED, 20, 7)))
+    functools.partial(_batch, 16, 13, 12, 7, "dense", G=LinearG(_REPEATED, 20, 7))
+)
 case("batch", "power d=13 k=2 B=64, near-repeated singular values")(
-    functools.partial(_batch, 64, 13, 2, 10, "power", G=LinearG(_REPEATED, 20, 10, eps=1e-2)))
+    functools.partial(_batch, 64, 13, 2, 10, "power", G=LinearG(_REPEATED, 20, 10, eps=1e-2))
+)
 
 
 # ---- class: dtypes ----------------------------------------------------------------------------
+
 
 def _dtype(dtype: torch.dtype, method: str):
     net = mlp(6, 10, 12, seed=11, dtype=dtype)
@@ -832,22 +894,24 @@ def _autocast(entry: str, method: str):
     else:
         check_finite(tr.z, "trajectory")
         s0 = tr.values[tr.origin].double()
-        err = ((s0 * s0 - orc.lam[:4, :s0.shape[1]]).abs() / orc.lam[:4, :1]).max().item()
+        err = ((s0 * s0 - orc.lam[:4, : s0.shape[1]]).abs() / orc.lam[:4, :1]).max().item()
         if err > 2 * bf:
             raise Silent(f"trajectory values at z0 off the oracle by {err:.3g} under autocast")
 
 
 for _dt in (torch.float16, torch.bfloat16, torch.float64):
     for _m in ("power", "krylov", "dense"):
-        case("dtypes", f"jacobian_topk {str(_dt)[6:]} method={_m}")(
-            functools.partial(_dtype, _dt, _m))
+        case("dtypes", f"jacobian_topk {str(_dt)[6:]} method={_m}")(functools.partial(_dtype, _dt, _m))
 for _m in ("power", "krylov", "dense"):
-    case("dtypes", f"jacobian_topk under autocast(bf16) method={_m}",
-         names=("autocast",))(functools.partial(_autocast, "topk", _m))
+    case("dtypes", f"jacobian_topk under autocast(bf16) method={_m}", names=("autocast",))(
+        functools.partial(_autocast, "topk", _m)
+    )
 case("dtypes", "global_directions under autocast(bf16)", names=("autocast",))(
-    functools.partial(_autocast, "directions", None))
+    functools.partial(_autocast, "directions", None)
+)
 case("dtypes", "trace_trajectory krylov under autocast(bf16)", names=("autocast",))(
-    functools.partial(_autocast, "trajectory", "krylov"))
+    functools.partial(_autocast, "trajectory", "krylov")
+)
 
 
 def _penalty_dtype(dtype):
@@ -869,6 +933,7 @@ for _dt in (torch.float16, torch.bfloat16, torch.float64):
 
 # ---- class: generators ------------------------------------------------------------------------
 
+
 def _odd(kind: str, method: str = "auto"):
     """One odd generator through jacobian_topk.  ref: the float64 function the result must match
     (None: the call must be refused, naming the argument or rows)."""
@@ -878,13 +943,14 @@ def _odd(kind: str, method: str = "auto"):
     f64 = as_float64(net, [net])[id(net)]
     state, ref = [net], None
     if kind == "inplace":
-        G = lambda x: net(x.clamp_(-3, 3))  # noqa: E731
-        ref = lambda x: f64(x.clamp(-3, 3))  # noqa: E731
+        G = lambda x: net(x.clamp_(-3, 3))
+        ref = lambda x: f64(x.clamp(-3, 3))
     elif kind == "nonfinite":
-        G = lambda x: net(x) / (x[:, :1] > 0).to(x.dtype)  # noqa: E731 - Inf on the rows with z_0 <= 0
+        G = lambda x: net(x) / (x[:, :1] > 0).to(x.dtype)  # Inf on the rows with z_0 <= 0
     elif kind == "zero_d":
-        G = lambda x: net(x).sum()  # noqa: E731
+        G = lambda x: net(x).sum()
     elif kind == "mutating":
+
         class Drift(nn.Module):
             """Scales its first weight by 1.01 on every forward."""
 
@@ -896,11 +962,12 @@ def _odd(kind: str, method: str = "auto"):
                 with torch.no_grad():
                     self.net[0].weight.mul_(1.01)
                 return self.net(x)
+
         G = Drift()
     elif kind == "labels":
         c = torch.arange(B) % 3
         emb = nn.Embedding(3, d)
-        G = lambda x: net(x + emb(c))  # noqa: E731 - per-row labels captured in a lambda
+        G = lambda x: net(x + emb(c))  # per-row labels captured in a lambda
         state.append(emb)
     elif kind == "batchnorm":
         torch.manual_seed(21)
@@ -925,22 +992,30 @@ def _odd(kind: str, method: str = "auto"):
     check_topk(top, oracle(ref, z), k, 1e-4, torch.float32, must_converge=True)
 
 
-_GEN_NAMES = {"inplace": ("in-place", "inplace"), "nonfinite": ("rows",), "zero_d": ("0-d",),
-              "mutating": ("parameter", "parameters"), "labels": ("conditioned",), "batchnorm": ("batchnorm",),
-              "rank": (), "d1": (), "kd": (), "B1": ()}
+_GEN_NAMES = {
+    "inplace": ("in-place", "inplace"),
+    "nonfinite": ("rows",),
+    "zero_d": ("0-d",),
+    "mutating": ("parameter", "parameters"),
+    "labels": ("conditioned",),
+    "batchnorm": ("batchnorm",),
+    "rank": (),
+    "d1": (),
+    "kd": (),
+    "B1": (),
+}
 for _kind, _names in _GEN_NAMES.items():
     for _m in ("power", "krylov", "dense"):
-        case("generators", f"G {_kind} method={_m}", names=_names)(
-            functools.partial(_odd, _kind, _m))
+        case("generators", f"G {_kind} method={_m}", names=_names)(functools.partial(_odd, _kind, _m))
 
 
 def _odd_penalty(kind: str):
     net = mlp(6, 10, 12, seed=26)
     z = latents(4, 6, seed=27)
     if kind == "nonfinite":
-        G = lambda x: net(x) / (x[:, :1] > 0).to(x.dtype)  # noqa: E731
+        G = lambda x: net(x) / (x[:, :1] > 0).to(x.dtype)
     elif kind == "inplace":
-        G = lambda x: net(x.clamp_(-3, 3))  # noqa: E731
+        G = lambda x: net(x.clamp_(-3, 3))
     else:
         G = nn.Sequential(nn.Linear(6, 10), nn.BatchNorm1d(10), nn.Tanh(), nn.Linear(10, 12)).train()
     mods = [net] if not isinstance(G, nn.Module) else [G]
@@ -957,8 +1032,12 @@ def _odd_penalty(kind: str):
 def _odd_output(kind: str, method: str):
     net = mlp(6, 10, 12, seed=28)
     z = latents(4, 6, seed=29)
-    G = {"tuple": lambda x: (net(x),), "detached": lambda x: net(x).detach(),
-         "int": lambda x: (net(x) * 100).long(), "rows": lambda x: net(x)[:1]}.get(kind, net)
+    G = {
+        "tuple": lambda x: (net(x),),
+        "detached": lambda x: net(x).detach(),
+        "int": lambda x: (net(x) * 100).long(),
+        "rows": lambda x: net(x)[:1],
+    }.get(kind, net)
     ctx = torch.inference_mode() if kind == "inference_mode" else contextlib.nullcontext()
     zc = z.clone()
     with unchanged(net, zc), ctx:
@@ -966,11 +1045,19 @@ def _odd_output(kind: str, method: str):
     raise Silent(f"returned values {top.values[:1].tolist()} where an error was due")
 
 
-for _kind, _names in (("tuple", ("tensor",)), ("detached", ("autograd", "detach")), ("int", ("dtype", "autograd")),
-                      ("rows", ("batch size", "rows")), ("inference_mode", ("inference_mode",))):
+for _kind, _names in (
+    ("tuple", ("tensor",)),
+    ("detached", ("autograd", "detach")),
+    ("int", ("dtype", "autograd")),
+    ("rows", ("batch size", "rows")),
+    ("inference_mode", ("inference_mode",)),
+):
     for _m in ("krylov", "dense"):
-        case("generators", f"G {_kind} output method={_m}" if _kind != "inference_mode" else f"under {_kind} method={_m}",
-             names=_names)(functools.partial(_odd_output, _kind, _m))
+        case(
+            "generators",
+            f"G {_kind} output method={_m}" if _kind != "inference_mode" else f"under {_kind} method={_m}",
+            names=_names,
+        )(functools.partial(_odd_output, _kind, _m))
 
 
 for _kind, _names in (("nonfinite", ("rows",)), ("inplace", ("in-place", "inplace")), ("batchnorm", ("batchnorm",))):
@@ -978,6 +1065,7 @@ for _kind, _names in (("nonfinite", ("rows",)), ("inplace", ("in-place", "inplac
 
 
 # ---- class: holders ---------------------------------------------------------------------------
+
 
 def _holder(how: str, mapping, synthesis):
     both = Both(mapping, synthesis)
@@ -1009,7 +1097,7 @@ def _holder_case(how: str, entry: str, refused: bool):
     G = _holder(how, mapping, synthesis)
     z = latents(4, 6, seed=32)
     f64 = as_float64(None, [mapping, synthesis])
-    ref = lambda x: f64[id(synthesis)](f64[id(mapping)](x))  # noqa: E731
+    ref = lambda x: f64[id(synthesis)](f64[id(mapping)](x))
     with unchanged(mapping, synthesis, z):
         if entry == "jacobian_topk":
             out = spectral_ops.jacobian_topk(G, z, 3, method="krylov", iters=60)
@@ -1034,18 +1122,22 @@ def _holder_case(how: str, entry: str, refused: bool):
     else:  # the trajectory's values at z0 are the top singular values there (dense: tol 1e-4)
         orc = oracle(ref, z[:2])
         s0 = out.values[out.origin].double()
-        err = ((s0 * s0 - orc.lam[:, :s0.shape[1]]).abs() / orc.lam[:, :1]).max().item()
+        err = ((s0 * s0 - orc.lam[:, : s0.shape[1]]).abs() / orc.lam[:, :1]).max().item()
         if err > 1.1e-4 + 16 * eps_of(torch.float32):
             raise Silent(f"trajectory values at z0 off the oracle by {err:.3g} of lambda_1")
 
 
 for _how in HOLDERS:
     for _entry in ENTRIES:
-        case("holders", f"{_entry} through a {_how}, train-mode mapping with w_avg")(functools.partial(_holder_case, _how, _entry, False))
+        case("holders", f"{_entry} through a {_how}, train-mode mapping with w_avg")(
+            functools.partial(_holder_case, _how, _entry, False)
+        )
     case("holders", f"refused: train-mode BatchNorm behind a {_how}", names=("batchnorm", "couples"))(
-        functools.partial(_holder_case, _how, "jacobian_topk", True))
+        functools.partial(_holder_case, _how, "jacobian_topk", True)
+    )
     case("holders", f"refused penalty: train-mode BatchNorm behind a {_how}", names=("batchnorm", "couples"))(
-        functools.partial(_holder_case, _how, "spectral_penalty", True))
+        functools.partial(_holder_case, _how, "spectral_penalty", True)
+    )
 
 
 def _holder_eval(how: str):
@@ -1054,18 +1146,18 @@ def _holder_eval(how: str):
     G = _holder(how, mapping, synthesis)
     z = latents(4, 6, seed=34)
     f64 = as_float64(None, [mapping, synthesis])  # its BatchNorm in eval mode
-    ref = lambda x: f64[id(synthesis)](f64[id(mapping)](x))  # noqa: E731
+    ref = lambda x: f64[id(synthesis)](f64[id(mapping)](x))
     with unchanged(mapping, synthesis, z):
         top = spectral_ops.jacobian_topk(G, z, 3, method="dense", batchnorm="eval")
     check_topk(top, oracle(ref, z), 3, 1e-4, torch.float32)
 
 
 for _how in HOLDERS:
-    case("holders", f"batchnorm='eval' behind a {_how}",
-         names=("batchnorm",))(functools.partial(_holder_eval, _how))
+    case("holders", f"batchnorm='eval' behind a {_how}", names=("batchnorm",))(functools.partial(_holder_eval, _how))
 
 
 # ---- class: arguments -------------------------------------------------------------------------
+
 
 def _small():
     return mlp(6, 10, 12, seed=41), latents(3, 6, seed=42)
@@ -1075,8 +1167,8 @@ def _args_cases(net, z):
     """(name, words a clear error must contain, the call, its check).  check None: the call must be
     refused; a callable: the call must work and its result pass the oracle check."""
     f64 = as_float64(net, [net])[id(net)]
-    top_ok = lambda top: check_topk(top, oracle(f64, z), 2, 1e-4, torch.float32)  # noqa: E731
-    huge, over = 2 ** 63 + 5, 2 ** 70
+    top_ok = lambda top: check_topk(top, oracle(f64, z), 2, 1e-4, torch.float32)
+    huge, over = 2**63 + 5, 2**70
     tt, gd, topk = spectral_ops.trace_trajectory, spectral_ops.global_directions, spectral_ops.jacobian_topk
     lat = {n: latents(n, 6, seed=43 + n) for n in (1, 32, 64)}
     return [
@@ -1085,66 +1177,151 @@ def _args_cases(net, z):
         ("trace_trajectory progress='no'", ("progress",), lambda: tt(net, z, steps=1, progress="no"), None),
         ("global_directions stability='no'", ("stability",), lambda: gd(net, None, 2, latents=z, stability="no"), None),
         ("global_directions progress='no'", ("progress",), lambda: gd(net, None, 2, latents=z, progress="no"), None),
-        ("SpectralRegularizer warm_start='no'", ("warm_start",),
-         lambda: spectral_ops.SpectralRegularizer(6, warm_start="no"), None),
-        ("jacobian_topk seed=2**63+5 (a torch seed)", ("seed",), lambda: topk(net, z, 2, seed=huge, method="krylov"),
-         top_ok),
+        (
+            "SpectralRegularizer warm_start='no'",
+            ("warm_start",),
+            lambda: spectral_ops.SpectralRegularizer(6, warm_start="no"),
+            None,
+        ),
+        (
+            "jacobian_topk seed=2**63+5 (a torch seed)",
+            ("seed",),
+            lambda: topk(net, z, 2, seed=huge, method="krylov"),
+            top_ok,
+        ),
         ("jacobian_topk seed=2**70", ("seed",), lambda: topk(net, z, 2, seed=over), None),
-        ("trace_trajectory seed=2**63+5", ("seed",), lambda: tt(net, z, steps=1, seed=huge, topk_method="krylov"),
-         lambda tr: check_finite(tr.z, "trajectory")),
+        (
+            "trace_trajectory seed=2**63+5",
+            ("seed",),
+            lambda: tt(net, z, steps=1, seed=huge, topk_method="krylov"),
+            lambda tr: check_finite(tr.z, "trajectory"),
+        ),
         ("trace_trajectory seed=2**70", ("seed",), lambda: tt(net, z, steps=1, seed=over), None),
-        ("global_directions seed=2**63+5", ("seed",), lambda: gd(net, 8, 2, latent_dim=6, seed=huge),
-         lambda r: check_finite(r.values, "values")),
+        (
+            "global_directions seed=2**63+5",
+            ("seed",),
+            lambda: gd(net, 8, 2, latent_dim=6, seed=huge),
+            lambda r: check_finite(r.values, "values"),
+        ),
         ("global_directions seed=2**70", ("seed",), lambda: gd(net, 8, 2, latent_dim=6, seed=over), None),
-        ("RegularizerConfig seed=2**70", ("seed",), lambda: spectral_ops.RegularizerConfig(seed=over).validate(6), None),
+        (
+            "RegularizerConfig seed=2**70",
+            ("seed",),
+            lambda: spectral_ops.RegularizerConfig(seed=over).validate(6),
+            None,
+        ),
         ("SpectralRegularizer seed=2**70", ("seed",), lambda: spectral_ops.SpectralRegularizer(6, seed=over), None),
-        ("SpectralRegularizer seed=2**63+5", ("seed",),
-         lambda: spectral_ops.SpectralRegularizer(6, k=2, seed=huge, batch_fraction=0.5)(net, z),
-         lambda v: check_finite(v, "penalty")),
+        (
+            "SpectralRegularizer seed=2**63+5",
+            ("seed",),
+            lambda: spectral_ops.SpectralRegularizer(6, k=2, seed=huge, batch_fraction=0.5)(net, z),
+            lambda v: check_finite(v, "penalty"),
+        ),
         ("jacobian_topk z on meta", ("meta",), lambda: topk(net, z.to("meta"), 2), None),
-        ("trace_trajectory init on meta", ("meta", "init"),
-         lambda: tt(net, z, steps=1, init=torch.empty(2, 6, device="meta")), None),
-        ("ops.orthonormalize on meta, reference backend", ("meta",),
-         lambda: _with_backend("reference", ops.orthonormalize, torch.empty(2, 2, 6, device="meta")), _meta_result),
-        ("ops.orthonormalize on meta, default backend", ("meta",),
-         lambda: ops.orthonormalize(torch.empty(2, 2, 6, device="meta")), _meta_result),
-        ("ops.alignment_loss V on meta", ("meta",),
-         lambda: ops.alignment_loss(torch.empty(2, 2, 6, device="meta"), torch.ones(2, 2)), None),
-        ("conditioned(G, c) with c on meta", ("meta", "row argument"),
-         lambda: topk(spectral_ops.conditioned(lambda x, c: net(x), torch.zeros(3, device="meta")), z, 2), None),
-        ("SpectralRegularizer(6, config={'k': 2})", ("config",),
-         lambda: spectral_ops.SpectralRegularizer(6, config={"k": 2}), _k_is_2),
+        (
+            "trace_trajectory init on meta",
+            ("meta", "init"),
+            lambda: tt(net, z, steps=1, init=torch.empty(2, 6, device="meta")),
+            None,
+        ),
+        (
+            "ops.orthonormalize on meta, reference backend",
+            ("meta",),
+            lambda: _with_backend("reference", ops.orthonormalize, torch.empty(2, 2, 6, device="meta")),
+            _meta_result,
+        ),
+        (
+            "ops.orthonormalize on meta, default backend",
+            ("meta",),
+            lambda: ops.orthonormalize(torch.empty(2, 2, 6, device="meta")),
+            _meta_result,
+        ),
+        (
+            "ops.alignment_loss V on meta",
+            ("meta",),
+            lambda: ops.alignment_loss(torch.empty(2, 2, 6, device="meta"), torch.ones(2, 2)),
+            None,
+        ),
+        (
+            "conditioned(G, c) with c on meta",
+            ("meta", "row argument"),
+            lambda: topk(spectral_ops.conditioned(lambda x, c: net(x), torch.zeros(3, device="meta")), z, 2),
+            None,
+        ),
+        (
+            "SpectralRegularizer(6, config={'k': 2})",
+            ("config",),
+            lambda: spectral_ops.SpectralRegularizer(6, config={"k": 2}),
+            _k_is_2,
+        ),
         ("jacobian_topk z 1-d", ("z",), lambda: topk(net, z[0], 2), None),
         ("jacobian_topk k=0", ("k",), lambda: topk(net, z, 0), None),
         ("jacobian_topk k=d+1", ("k",), lambda: topk(net, z, 7), None),
         ("jacobian_topk k=2.0", ("k",), lambda: topk(net, z, 2.0), None),
         ("jacobian_topk k=True", ("k",), lambda: topk(net, z, True), None),
         ("jacobian_topk init wrong shape", ("init",), lambda: topk(net, z, 2, init=torch.ones(3, 5)), None),
-        ("jacobian_topk z with a NaN row", ("rows", "z"),
-         lambda: topk(net, torch.cat([z[:2], torch.full((1, 6), math.nan)]), 2), None),
+        (
+            "jacobian_topk z with a NaN row",
+            ("rows", "z"),
+            lambda: topk(net, torch.cat([z[:2], torch.full((1, 6), math.nan)]), 2),
+            None,
+        ),
         ("jacobian_topk tol=-1", ("tol",), lambda: topk(net, z, 2, tol=-1.0), None),
         ("jacobian_topk iters=0", ("iters",), lambda: topk(net, z, 2, iters=0), None),
         ("jacobian_topk method='fast'", ("method",), lambda: topk(net, z, 2, method="fast"), None),
         ("jacobian_topk G not callable", ("G",), lambda: topk("G", z, 2), None),
         ("jacobian_topk z float64, G float32", ("z", "dtype"), lambda: topk(net, z.double(), 2), None),
-        ("spectral_penalty z int", ("z",), lambda: spectral_ops.spectral_penalty(net, torch.ones(3, 6, dtype=torch.long)),
-         None),
-        ("spectral_penalty init wrong shape", ("init",),
-         lambda: spectral_ops.spectral_penalty(net, z, k=2, init=torch.ones(2, 5)), None),
+        (
+            "spectral_penalty z int",
+            ("z",),
+            lambda: spectral_ops.spectral_penalty(net, torch.ones(3, 6, dtype=torch.long)),
+            None,
+        ),
+        (
+            "spectral_penalty init wrong shape",
+            ("init",),
+            lambda: spectral_ops.spectral_penalty(net, z, k=2, init=torch.ones(2, 5)),
+            None,
+        ),
         ("spectral_penalty loss='l2'", ("loss",), lambda: spectral_ops.spectral_penalty(net, z, loss="l2"), None),
-        ("SpectralRegularizer z wrong latent size", ("z", "latent_dim"),
-         lambda: spectral_ops.SpectralRegularizer(5)(net, z), None),
-        ("jacobian_topk dense tol=0 (converged must be False)", (),
-         lambda: topk(net, z, 2, method="dense", tol=0.0), _tol0(f64, z)),
+        (
+            "SpectralRegularizer z wrong latent size",
+            ("z", "latent_dim"),
+            lambda: spectral_ops.SpectralRegularizer(5)(net, z),
+            None,
+        ),
+        (
+            "jacobian_topk dense tol=0 (converged must be False)",
+            (),
+            lambda: topk(net, z, 2, method="dense", tol=0.0),
+            _tol0(f64, z),
+        ),
         ("jacobian_topk auto tol=0 B=1", (), lambda: topk(net, z[:1], 2, tol=0.0), _tol0(f64, z[:1])),
         ("jacobian_topk krylov tol=0", (), lambda: topk(net, z, 2, method="krylov", tol=0.0, iters=5), _tol0(f64, z)),
-        ("global_directions explained at k=d", (), lambda: gd(net, None, 6, latents=lat[32]), _explained(f64, lat[32], 6)),
-        ("global_directions explained n_samples=1", (), lambda: gd(net, None, 3, latents=lat[1]),
-         _explained(f64, lat[1], 3)),
-        ("global_directions explained k=2, 64 samples", (), lambda: gd(net, None, 2, latents=lat[64]),
-         _explained(f64, lat[64], 2)),
-        ("global_directions values k=3 against E[J^T J]", (), lambda: gd(net, None, 3, latents=lat[64]),
-         _gd_values(f64, lat[64], 3)),
+        (
+            "global_directions explained at k=d",
+            (),
+            lambda: gd(net, None, 6, latents=lat[32]),
+            _explained(f64, lat[32], 6),
+        ),
+        (
+            "global_directions explained n_samples=1",
+            (),
+            lambda: gd(net, None, 3, latents=lat[1]),
+            _explained(f64, lat[1], 3),
+        ),
+        (
+            "global_directions explained k=2, 64 samples",
+            (),
+            lambda: gd(net, None, 2, latents=lat[64]),
+            _explained(f64, lat[64], 2),
+        ),
+        (
+            "global_directions values k=3 against E[J^T J]",
+            (),
+            lambda: gd(net, None, 3, latents=lat[64]),
+            _gd_values(f64, lat[64], 3),
+        ),
     ]
 
 
@@ -1160,8 +1337,10 @@ def _k_is_2(reg):
 
 def _tol0(f64, z):
     """converged = residual < tol cannot hold for tol = 0: every flag must be False."""
+
     def check(top):
         check_topk(top, oracle(f64, z), top.vectors.shape[1], 0.0, torch.float32)
+
     return check
 
 
@@ -1172,6 +1351,7 @@ def _gd_values(f64, lat, k):
         err = ((r.values.double() - lam[:k]).abs() / lam[0]).max().item()
         if r.converged.all() and err > 1.1e-4 + 16 * eps_of(torch.float32):
             raise Silent(f"global_directions values {r.values.tolist()} vs oracle {lam[:k].tolist()}")
+
     return check
 
 
@@ -1197,6 +1377,7 @@ def _explained(f64, lat, k):
             raise Silent(f"explained {ex.tolist()}, oracle {want.tolist()} (trace_exact=True)")
         if not gd.trace_exact and err > 0.05:
             raise Silent(f"explained {ex.tolist()}, oracle {want.tolist()} (a Hutchinson estimate off by {err:.3g})")
+
     return check
 
 
@@ -1221,9 +1402,9 @@ def _peer(which: str, kind: str):
     kwargs = {}
     G = net
     if kind == "nonfinite":
-        G = lambda x: net(x) / (x[:, :1] > 0).to(x.dtype)  # noqa: E731
+        G = lambda x: net(x) / (x[:, :1] > 0).to(x.dtype)
     elif kind == "zero_d":
-        G = lambda x: net(x).sum()  # noqa: E731
+        G = lambda x: net(x).sum()
     elif kind == "G_z shape":
         kwargs = {"G_z": torch.randn(3, 12)}
     elif kind == "noise list":
@@ -1239,8 +1420,12 @@ def _peer(which: str, kind: str):
 
 
 for _which in ("hessian_penalty", "orojar", "path_length"):
-    for _kind, _names in (("nonfinite", ("rows",)), ("zero_d", ("0-d", "G")), ("z nan", ("rows", "z")),
-                          ("G_z shape", ("G_z",))):
+    for _kind, _names in (
+        ("nonfinite", ("rows",)),
+        ("zero_d", ("0-d", "G")),
+        ("z nan", ("rows", "z")),
+        ("G_z shape", ("G_z",)),
+    ):
         if _kind == "G_z shape" and _which == "path_length":
             continue
         case("arguments", f"{_which} {_kind}", names=_names)(functools.partial(_peer, _which, _kind))
@@ -1285,8 +1470,24 @@ def _fdopen(fd, mode="r", *args, **kwargs):
     return io.BufferedWriter(_Disk(fd, "wb"))
 os.fdopen = _fdopen
 """
-TRAIN = ["train", "--dataset", "dots", "--n-train", "64", "--batch-size", "8", "--width", "8", "--latent-dim", "4",
-         "--ema", "0", "--no-progress", "--threads", "1"]
+TRAIN = [
+    "train",
+    "--dataset",
+    "dots",
+    "--n-train",
+    "64",
+    "--batch-size",
+    "8",
+    "--width",
+    "8",
+    "--latent-dim",
+    "4",
+    "--ema",
+    "0",
+    "--no-progress",
+    "--threads",
+    "1",
+]
 
 
 def _cli(args, cwd: Path, hook: bool = False, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -1295,8 +1496,14 @@ def _cli(args, cwd: Path, hook: bool = False, timeout: int = 240) -> subprocess.
         (cwd / "hook").mkdir(exist_ok=True)
         (cwd / "hook" / "sitecustomize.py").write_text(ENOSPC_HOOK)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(paths))
-    return subprocess.run([sys.executable, "-m", "spectral_ops.lab.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "spectral_ops.lab.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _one_line(proc, code: int, words: tuple[str, ...], what: str):
@@ -1306,8 +1513,13 @@ def _one_line(proc, code: int, words: tuple[str, ...], what: str):
     err = proc.stderr.strip()
     lines = [line for line in err.splitlines() if line.strip()]
     errors = [line for line in lines if ": error:" in line]
-    if (proc.returncode != code or "Traceback" in err or len(errors) != 1 or errors[0] != lines[-1]
-            or not any(w in errors[0].lower() for w in words)):
+    if (
+        proc.returncode != code
+        or "Traceback" in err
+        or len(errors) != 1
+        or errors[0] != lines[-1]
+        or not any(w in errors[0].lower() for w in words)
+    ):
         raise RuntimeError(f"{what}: exit {proc.returncode} (want {code}), stderr {err[-300:]!r}")
     return "clear-error", f"exit {code}: {lines[-1]}"
 
@@ -1317,15 +1529,19 @@ def _cli_case(kind: str):
         tmp = Path(tmp)
         topk = ["topk", "--latent-dim", "8", "--batch", "2", "--size", "16", "--iters", "5"]
         if kind == "topk huge seed":
-            return _one_line(_cli(topk + ["--seed", str(2 ** 70)], tmp), 2, ("seed",), "topk --seed 2**70")
+            return _one_line(_cli(topk + ["--seed", str(2**70)], tmp), 2, ("seed",), "topk --seed 2**70")
         if kind == "topk torch seed":
-            proc = _cli(topk + ["--seed", str(2 ** 63 + 5)], tmp)
+            proc = _cli(topk + ["--seed", str(2**63 + 5)], tmp)
             if proc.returncode != 0:
                 raise RuntimeError(f"topk --seed 2**63+5: exit {proc.returncode}: {proc.stderr.strip()[-300:]!r}")
             return None
         if kind == "full disk":
-            return _one_line(_cli(TRAIN + ["--steps", "2", "--out", str(tmp / "run")], tmp, hook=True), 2,
-                             ("space", "disk"), "train on a full disk")
+            return _one_line(
+                _cli(TRAIN + ["--steps", "2", "--out", str(tmp / "run")], tmp, hook=True),
+                2,
+                ("space", "disk"),
+                "train on a full disk",
+            )
         out = tmp / "run"
         first = _cli(TRAIN + ["--steps", "2", "--out", str(out)], tmp)
         if first.returncode != 0:
@@ -1336,8 +1552,23 @@ def _cli_case(kind: str):
                 if value.is_floating_point():
                     value.fill_(math.nan)
             torch.save(ckpt, tmp / "nan.pt")
-            proc = _cli(["eval", "--ckpt", str(tmp / "nan.pt"), "--n-samples", "100", "--out", str(tmp / "eval"),
-                         "--cache-dir", str(tmp / "cache"), "--threads", "1", "--no-progress"], tmp)
+            proc = _cli(
+                [
+                    "eval",
+                    "--ckpt",
+                    str(tmp / "nan.pt"),
+                    "--n-samples",
+                    "100",
+                    "--out",
+                    str(tmp / "eval"),
+                    "--cache-dir",
+                    str(tmp / "cache"),
+                    "--threads",
+                    "1",
+                    "--no-progress",
+                ],
+                tmp,
+            )
             return _one_line(proc, 2, ("g(z)",), "eval on NaN weights")
         if kind == "resume at final step":
             with unchanged(out, rng=False):
@@ -1351,12 +1582,19 @@ def _cli_case(kind: str):
         return _one_line(proc, 2, ("space", "disk"), "train --resume on a full disk")
 
 
-for _kind in ("topk huge seed", "topk torch seed", "resume at final step", "full disk", "resume full disk",
-              "eval on NaN weights"):
+for _kind in (
+    "topk huge seed",
+    "topk torch seed",
+    "resume at final step",
+    "full disk",
+    "resume full disk",
+    "eval on NaN weights",
+):
     case("cli", f"spectral-ops {_kind}")(functools.partial(_cli_case, _kind))
 
 
 # ---- runner -----------------------------------------------------------------------------------
+
 
 def run(quick: bool, only: set[str] | None = None, progress: bool = True) -> list[Result]:
     results = []
@@ -1402,8 +1640,9 @@ def main(argv=None) -> int:
     only = set(args.only.split(",")) if args.only else None
     results = run(args.quick, only)
     seconds = time.perf_counter() - start
-    title = (args.title or f"{'quick' if args.quick else 'full'} run") + \
-        f" ({len(results)} cases, {seconds:.0f} s, torch {torch.__version__})"
+    title = (
+        args.title or f"{'quick' if args.quick else 'full'} run"
+    ) + f" ({len(results)} cases, {seconds:.0f} s, torch {torch.__version__})"
     text = report(results, title)
     print(text)
     if args.out:

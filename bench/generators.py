@@ -1,5 +1,6 @@
 """Generators used by the benchmarks (no batch coupling, tanh output): the library's DCGAN
 generator with optional latent scales, and a small StyleGAN2-like generator."""
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,9 @@ class ScaledLatent(nn.Module):
         return self.G(z * self.latent_scales)
 
 
-def DCGAN(latent_dim: int = 64, size: int = 32, width: int = 32, channels: int = 1,
-          latent_scales: torch.Tensor | None = None) -> nn.Module:
+def DCGAN(
+    latent_dim: int = 64, size: int = 32, width: int = 32, channels: int = 1, latent_scales: torch.Tensor | None = None
+) -> nn.Module:
     """An untrained DCGAN (N, latent_dim) -> (N, channels, size, size) in [-1, 1], size in {16, 32, 64}:
     spectral_ops.lab.models.Generator with norm="none" and a tanh output, wrapped in ScaledLatent
     when `latent_scales` ([latent_dim]) is given."""
@@ -40,7 +42,7 @@ def gapped_scales(d: int, n_gapped: int = 8, ratio: float = 0.75, floor: float =
 # ---------------------------------------------------------------- a small StyleGAN2-like generator
 def _lrelu(x: torch.Tensor) -> torch.Tensor:
     """StyleGAN2's bias-free activation: leaky ReLU(0.2) with gain sqrt(2)."""
-    return nn.functional.leaky_relu(x, 0.2) * 2 ** 0.5
+    return nn.functional.leaky_relu(x, 0.2) * 2**0.5
 
 
 class PixelNorm(nn.Module):
@@ -51,12 +53,11 @@ class PixelNorm(nn.Module):
 class EqualLinear(nn.Module):
     """Linear layer with equalized learning rate (weight scaled at run time), optional lrelu."""
 
-    def __init__(self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0,
-                 activate: bool = False):
+    def __init__(self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0, activate: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
         self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
-        self.scale, self.lr_mul, self.activate = lr_mul / in_dim ** 0.5, lr_mul, activate
+        self.scale, self.lr_mul, self.activate = lr_mul / in_dim**0.5, lr_mul, activate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
@@ -66,8 +67,7 @@ class EqualLinear(nn.Module):
 class MappingNetwork(nn.Module):
     """z -> w: optional pixel norm of z, then `layers` equalized linear + lrelu layers (lr_mul 0.01)."""
 
-    def __init__(self, latent_dim: int, w_dim: int, layers: int = 4, pixel_norm: bool = True,
-                 lr_mul: float = 0.01):
+    def __init__(self, latent_dim: int, w_dim: int, layers: int = 4, pixel_norm: bool = True, lr_mul: float = 0.01):
         super().__init__()
         dims = [latent_dim] + [w_dim] * layers
         self.norm = PixelNorm() if pixel_norm else nn.Identity()
@@ -94,25 +94,33 @@ class ModulatedConv2d(nn.Module):
     channels by s, convolve with the shared weight, scale the output channels by the demodulation
     coefficients (computed from s^2 and the squared weight, without per-sample weight tensors)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, w_dim: int, demodulate: bool = True, up: bool = False,
-                 fused: bool = True):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        w_dim: int,
+        demodulate: bool = True,
+        up: bool = False,
+        fused: bool = True,
+    ):
         super().__init__()
         self.in_ch, self.out_ch, self.kernel, self.demodulate, self.up = in_ch, out_ch, kernel, demodulate, up
         self.fused = fused
         self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel, kernel))
-        self.scale = 1 / (in_ch * kernel ** 2) ** 0.5
+        self.scale = 1 / (in_ch * kernel**2) ** 0.5
         self.affine = EqualLinear(w_dim, in_ch, bias_init=1.0)
         if up:
             self.register_buffer("blur", _blur_kernel(out_ch, gain=4.0))  # up=2: gain factor**2
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         N, C, H, W = x.shape
-        s = self.affine(w)                                                   # [N, in]
+        s = self.affine(w)  # [N, in]
         if not self.fused:
             return self._unfused(x, s)
-        weight = self.scale * self.weight * s[:, None, :, None, None]        # [N, out, in, k, k]
+        weight = self.scale * self.weight * s[:, None, :, None, None]  # [N, out, in, k, k]
         if self.demodulate:
-            d = torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + 1e-8)             # [N, out]
+            d = torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + 1e-8)  # [N, out]
             weight = weight * d[:, :, None, None, None]
         x = x.reshape(1, N * C, H, W)
         if self.up:
@@ -125,7 +133,7 @@ class ModulatedConv2d(nn.Module):
         return x.reshape(N, self.out_ch, *x.shape[2:])
 
     def _unfused(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        weight = self.scale * self.weight[0]                                 # [out, in, k, k], shared
+        weight = self.scale * self.weight[0]  # [out, in, k, k], shared
         x = x * s[:, :, None, None]
         if self.up:
             x = nn.functional.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
@@ -178,9 +186,19 @@ class StyleGenerator(nn.Module):
     `fused_modconv=False`: the same function without per-sample weights (see ModulatedConv2d).
     """
 
-    def __init__(self, latent_dim: int = 64, size: int = 32, w_dim: int = 128, channels: int = 3,
-                 channels_at: dict[int, int] | None = None, mapping_layers: int = 4, pixel_norm: bool = True,
-                 w_avg_beta: float = 0.995, truncation_psi: float = 1.0, fused_modconv: bool = True):
+    def __init__(
+        self,
+        latent_dim: int = 64,
+        size: int = 32,
+        w_dim: int = 128,
+        channels: int = 3,
+        channels_at: dict[int, int] | None = None,
+        mapping_layers: int = 4,
+        pixel_norm: bool = True,
+        w_avg_beta: float = 0.995,
+        truncation_psi: float = 1.0,
+        fused_modconv: bool = True,
+    ):
         super().__init__()
         if size not in (8, 16, 32, 64):
             raise ValueError(f"size must be 8, 16, 32 or 64, got {size}")
@@ -240,7 +258,7 @@ class BatchNormDCGAN(nn.Module):
         if size not in (16, 32, 64):
             raise ValueError(f"size must be 16, 32 or 64, got {size}")
         self.latent_dim = nz
-        n_up = {16: 2, 32: 3, 64: 4}[size]                       # 4x4 -> size in n_up doublings
+        n_up = {16: 2, 32: 3, 64: 4}[size]  # 4x4 -> size in n_up doublings
         ch = width * 2 ** (n_up - 1)
         layers = [nn.ConvTranspose2d(nz, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
         for _ in range(n_up - 1):
@@ -275,8 +293,9 @@ class MLPGenerator(nn.Module):
     Linear-ReLU layers of `hidden` widths, then a Linear to channels*size*size and tanh (no
     normalisation layers: the rows never interact)."""
 
-    def __init__(self, latent_dim: int = 100, size: int = 28, channels: int = 1,
-                 hidden: tuple[int, ...] = (256, 512, 1024)):
+    def __init__(
+        self, latent_dim: int = 100, size: int = 28, channels: int = 1, hidden: tuple[int, ...] = (256, 512, 1024)
+    ):
         super().__init__()
         self.latent_dim, self.size, self.channels = latent_dim, size, channels
         dims = [latent_dim, *hidden]

@@ -8,6 +8,7 @@ defaults: the first call (computed, with the generator probe), the second (skipp
 says how many synchronizing CUDA operations ran, and the library lines that caused them (the
 warning's Python frame), most frequent first.  A skipped call should need none.
 """
+
 from __future__ import annotations
 
 import collections
@@ -19,9 +20,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository, uninstalled
-from generators import DCGAN  # noqa: E402
+from generators import DCGAN
 
-from spectral_ops import SpectralRegularizer, jacobian_topk  # noqa: E402
+from spectral_ops import SpectralRegularizer, jacobian_topk
 
 CUDA = torch.cuda.is_available()
 B, D, SIZE = (8, 16, 16) if os.environ.get("BENCH_TINY") == "1" else (32, 64, 32)  # BENCH_TINY=1: a dry run
@@ -60,8 +61,10 @@ def main() -> int:
     value = counted("SpectralRegularizer computed call, steady", lambda: reg(G, z))
     counted("backward of the computed value", lambda: value.backward())
     counted("SpectralRegularizer skipped call, steady", lambda: reg(G, z))
-    counted("jacobian_topk(method='krylov', k=4, iters=8), steady",
-            lambda: jacobian_topk(G, z, 4, iters=8, tol=1e-3, method="krylov"))
+    counted(
+        "jacobian_topk(method='krylov', k=4, iters=8), steady",
+        lambda: jacobian_topk(G, z, 4, iters=8, tol=1e-3, method="krylov"),
+    )
     return 0
 
 

@@ -21,6 +21,7 @@ what the README quotes.  Every bench file uses `RatioTable`, in one of two ways:
 
 `add` takes seconds or a pytest-benchmark fixture (its median; nothing under --benchmark-disable).
 """
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,12 @@ class RatioTable:
 
     def markdown(self) -> str:
         """The bench/results/<name>.md table: one line per row, ratio = median / baseline median."""
-        lines = [f"### {self.name}", "", "| scenario | case | median (ms) | ratio to baseline | notes |",
-                 "|---|---|---|---|---|"]
+        lines = [
+            f"### {self.name}",
+            "",
+            "| scenario | case | median (ms) | ratio to baseline | notes |",
+            "|---|---|---|---|---|",
+        ]
         for group, rows in self.rows.items():
             base = self._baseline(rows)
             for r in rows:
@@ -92,8 +97,9 @@ class RatioTable:
             row = f"{group:<{g}}"
             row += "".join(f"{med[n] * 1e3:>{w}.3f}" if n in med else f"{'':>{w}}" for n in names)
             row += "".join(f"{base / med[n]:>{w}.2f}" if n in med and base else f"{'':>{w}}" for n in names)
-            row += "".join(f"{med[a] / med[b]:>{p}.2f}" if a in med and b in med else f"{'':>{p}}"
-                           for a, b in self.pairs)
+            row += "".join(
+                f"{med[a] / med[b]:>{p}.2f}" if a in med and b in med else f"{'':>{p}}" for a, b in self.pairs
+            )
             out.append(row)
         out.append("x = speedup against the group's baseline (baseline median / median), one run.")
         return out

@@ -16,19 +16,20 @@ For each of --n-starts random latents z0 (seeded) and each path kind:
 - line i: z0 + t v_i(z0), the straight line along the same initial vector;
 - axis j (every latent coordinate j): z0 + t e_j;
 
-every path gets the same latent budget (--steps x --step-size, sampled at --steps + 1 points),
-is cut where its *output-space* path length sum ||G(z_{t+1}) - G(z_t)|| reaches L, and is
-resampled at --points points evenly spaced in output arc length.  L is the --length-quantile
-(default 0.25) quantile of the output lengths of all paths of all kinds within the budget (or,
-with --length-frac, that fraction of the median distance ||G(z) - G(z')|| between generated
-images), so all kinds change the image by the same amount.  Paths too short to reach L within the budget are excluded from
-the means and counted.  The factor predictor (spectral_ops.lab.metrics, fitted on labelled sprites,
-cached) reads the factors of every resampled image, and trajectory_purity gives, per path, the
-share of the total factor change taken by the most-changed factor (1 = one factor at a time).
+every path gets the same latent budget (--steps x --step-size, sampled at --steps + 1 points), is
+cut where its *output-space* path length sum ||G(z_{t+1}) - G(z_t)|| reaches L, and is resampled at
+--points points evenly spaced in output arc length.  L is the --length-quantile (default 0.25)
+quantile of the output lengths of all paths of all kinds within the budget (or, with --length-frac,
+that fraction of the median distance ||G(z) - G(z')|| between generated images), so all kinds
+change the image by the same amount.  Paths too short to reach L within the budget are excluded
+from the means and counted.  The factor predictor (spectral_ops.lab.metrics, fitted on labelled
+sprites, cached) reads the factors of every resampled image, and trajectory_purity gives, per path,
+the share of the total factor change taken by the most-changed factor (1 = one factor at a time).
 
 Writes report.json, report.md and PNG grids (one per shown start: curve rows, line rows, axis
 rows, all at equal output length) into --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,12 @@ from tqdm.auto import tqdm
 
 from spectral_ops import trace_trajectory
 from spectral_ops.lab.metrics import PredictorConfig, load_or_fit_predictor
-from spectral_ops.lab.metrics.trajectory import factor_changes, output_arc_length, purity_from_changes, resample_by_output_length
+from spectral_ops.lab.metrics.trajectory import (
+    factor_changes,
+    output_arc_length,
+    purity_from_changes,
+    resample_by_output_length,
+)
 from spectral_ops.lab.cli.trace import load_generator_from_spec
 from spectral_ops.lab import viz
 from spectral_ops.lab.io import atomic_write_text
@@ -54,7 +60,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", nargs="+", help="one or more training checkpoints (GAN seeds)")
-    src.add_argument("--generator", help="module:attr (e.g. spectral_ops.lab.models:Generator for an untrained control)")
+    src.add_argument(
+        "--generator", help="module:attr (e.g. spectral_ops.lab.models:Generator for an untrained control)"
+    )
     p.add_argument("--latent-dim", type=int, default=None)
     p.add_argument("--label", default=None, help="name of the generator in the report")
     p.add_argument("--n-starts", type=int, default=128)
@@ -63,14 +71,25 @@ def parse_args(argv=None):
     p.add_argument("--step-size", type=float, default=0.25)
     p.add_argument("--method", default="heun", choices=["euler", "heun", "rk4"])
     p.add_argument("--points", type=int, default=12)
-    p.add_argument("--length-quantile", type=float, default=0.25,
-                   help="L = this quantile of all paths' output lengths within the latent budget (default 0.25)")
-    p.add_argument("--length-frac", type=float, default=None,
-                   help="instead: L = this fraction of the median distance between generated images")
+    p.add_argument(
+        "--length-quantile",
+        type=float,
+        default=0.25,
+        help="L = this quantile of all paths' output lengths within the latent budget (default 0.25)",
+    )
+    p.add_argument(
+        "--length-frac",
+        type=float,
+        default=None,
+        help="instead: L = this fraction of the median distance between generated images",
+    )
     p.add_argument("--batch", type=int, default=64, help="starting points traced together")
     p.add_argument("--show", type=int, default=3, help="starts drawn as PNG grids")
-    p.add_argument("--ignore-factors", default="",
-                   help="comma-separated factor names left out of purity (e.g. shape when the predictor cannot read it)")
+    p.add_argument(
+        "--ignore-factors",
+        default="",
+        help="comma-separated factor names left out of purity (e.g. shape when the predictor cannot read it)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="docs/trajectories")
     return p.parse_args(argv)
@@ -99,8 +118,14 @@ def summarize(purity: torch.Tensor, reached: torch.Tensor) -> dict:
     if n == 0:
         return {"n": 0, "reached": 0.0}
     sem = float(p.std() / math.sqrt(n)) if n > 1 else float("nan")
-    return {"n": n, "reached": float(reached.double().mean()), "mean": float(p.mean()), "sem": sem,
-            "median": float(p.median()), "frac_above_0.8": float((p > 0.8).double().mean())}
+    return {
+        "n": n,
+        "reached": float(reached.double().mean()),
+        "mean": float(p.mean()),
+        "sem": sem,
+        "median": float(p.median()),
+        "frac_above_0.8": float((p > 0.8).double().mean()),
+    }
 
 
 def turning_degrees(Z: torch.Tensor) -> torch.Tensor:
@@ -135,22 +160,34 @@ def main_many(args, argv) -> int:
         sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
         return f"{m:.3f} ± {sd:.3f}"
 
-    md = ["## Trajectory purity across GAN seeds", "",
-          "| GAN | curves | straight lines | axes | curve − line (paired) | curve turning (deg) | starts |",
-          "|---|---|---|---|---|---|---|"]
+    md = [
+        "## Trajectory purity across GAN seeds",
+        "",
+        "| GAN | curves | straight lines | axes | curve − line (paired) | curve turning (deg) | starts |",
+        "|---|---|---|---|---|---|---|",
+    ]
     cols = {"c": [], "l": [], "a": [], "d": [], "t": []}
     for label, r in per_seed:
-        c, l, a = (r["pooled"][k]["mean"] for k in ("curves (all v_i)", "lines (all v_i)", "axes (all z_j)"))
+        c, line, a = (r["pooled"][k]["mean"] for k in ("curves (all v_i)", "lines (all v_i)", "axes (all z_j)"))
         diffs = [v["mean_curve_minus_line"] for v in r["paired_curve_vs_line"].values()]
         dmean = sum(diffs) / len(diffs)
         turn = r["curve_turning_degrees_mean"]
-        for key, v in zip("cladt", (c, l, a, dmean, turn)):
+        for key, v in zip("cladt", (c, line, a, dmean, turn)):
             cols[key].append(v)
-        md.append(f"| {label} | {c:.3f} | {l:.3f} | {a:.3f} | {dmean:+.3f} | {turn:.1f} | {r['settings']['n_starts']} |")
-    md.append(f"| mean ± std over {len(per_seed)} seeds | {ms(cols['c'])} | {ms(cols['l'])} | {ms(cols['a'])} | "
-              f"{ms(cols['d'])} | {ms(cols['t'])} | |")
-    md += ["", "Command: `PYTHONPATH=. python bench/report_trajectories.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)) + "`", ""]
+        md.append(
+            f"| {label} | {c:.3f} | {line:.3f} | {a:.3f} | {dmean:+.3f} | {turn:.1f} | {r['settings']['n_starts']} |"
+        )
+    md.append(
+        f"| mean ± std over {len(per_seed)} seeds | {ms(cols['c'])} | {ms(cols['l'])} | {ms(cols['a'])} | "
+        f"{ms(cols['d'])} | {ms(cols['t'])} | |"
+    )
+    md += [
+        "",
+        "Command: `PYTHONPATH=. python bench/report_trajectories.py "
+        + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+        + "`",
+        "",
+    ]
     (out / "report.md").write_text("\n".join(md))
     (out / "report.json").write_text(json.dumps({label: r for label, r in per_seed}, indent=1) + "\n")
     print("\n".join(md))
@@ -176,8 +213,11 @@ def _load(args, ckpt):
 
 def _scored_factors(args, predictor, pinfo):
     """(names of the factors scored, their columns, the ignored names) after --ignore-factors."""
-    names = list(getattr(predictor, "factor_names", None) or pinfo.get("factor_names")
-                 or [f"f{j}" for j in range(len(predictor.categorical))])
+    names = list(
+        getattr(predictor, "factor_names", None)
+        or pinfo.get("factor_names")
+        or [f"f{j}" for j in range(len(predictor.categorical))]
+    )
     ignored = [f.strip() for f in args.ignore_factors.split(",") if f.strip()]
     unknown = [f for f in ignored if f not in names]
     if unknown:
@@ -196,10 +236,11 @@ def _trace_paths(args, G, Z0, d: int, K: int, kinds):
     eye = torch.eye(d)
     bar = tqdm(total=len(batches) * (2 * K + d), desc="trace paths")
     for b0 in batches:
-        z0 = Z0[b0:b0 + args.batch]
+        z0 = Z0[b0 : b0 + args.batch]
         for i in range(K):
-            tr = trace_trajectory(G, z0, i, steps=args.steps, step_size=args.step_size, method=args.method,
-                                  topk_method="auto")
+            tr = trace_trajectory(
+                G, z0, i, steps=args.steps, step_size=args.step_size, method=args.method, topk_method="auto"
+            )
             n_eval += tr.evaluations
             n_iter += tr.iterations
             paths[f"curve v{i}"].append(tr.z)
@@ -218,8 +259,9 @@ def _output_length(args, G, d, gen, arcs, kinds):
     if args.length_quantile is not None:
         L = float(torch.quantile(totals.double(), args.length_quantile))
         return L, f"the {args.length_quantile:g} quantile of the output lengths of all paths within the budget"
-    return args.length_frac * typical_distance(G, d, gen), \
-        f"{args.length_frac:g} x the median distance between generated images"
+    return args.length_frac * typical_distance(
+        G, d, gen
+    ), f"{args.length_frac:g} x the median distance between generated images"
 
 
 def _score(args, G, predictor, paths, arcs, L, keep, kinds, factor_names):
@@ -230,12 +272,16 @@ def _score(args, G, predictor, paths, arcs, L, keep, kinds, factor_names):
     for k in tqdm(kinds, desc="purity"):
         for bi, (Z, arc) in enumerate(zip(paths[k], arcs[k])):
             pur, ch, reached, _, imgs = measure(G, predictor, Z, L, args.points, arc, keep)
-            res[k]["purity"].append(pur); res[k]["changes"].append(ch); res[k]["reached"].append(reached)
+            res[k]["purity"].append(pur)
+            res[k]["changes"].append(ch)
+            res[k]["reached"].append(reached)
             if bi == 0:
                 shown[k] = imgs[:, : args.show]
     rows, scored = {}, {}
     for name in kinds:
-        pur = torch.cat(res[name]["purity"]); reached = torch.cat(res[name]["reached"]); ch = torch.cat(res[name]["changes"])
+        pur = torch.cat(res[name]["purity"])
+        reached = torch.cat(res[name]["reached"])
+        ch = torch.cat(res[name]["changes"])
         s = summarize(pur, reached)
         if s["n"]:
             dom = ch[reached].argmax(-1)
@@ -249,43 +295,73 @@ def _score(args, G, predictor, paths, arcs, L, keep, kinds, factor_names):
 def _pooled_and_paired(scored, kinds, K):
     """Pooled summaries per family of paths, and the paired curve-minus-line comparison for the
     same start and vector (both reached)."""
+
     def pooled(prefix):
         names = [k for k in kinds if k.startswith(prefix)]
-        pur = torch.cat([scored[k][0] for k in names]); reached = torch.cat([scored[k][1] for k in names])
+        pur = torch.cat([scored[k][0] for k in names])
+        reached = torch.cat([scored[k][1] for k in names])
         return summarize(pur, reached)
 
-    pooled_rows = {"curves (all v_i)": pooled("curve"), "lines (all v_i)": pooled("line"), "axes (all z_j)": pooled("axis")}
+    pooled_rows = {
+        "curves (all v_i)": pooled("curve"),
+        "lines (all v_i)": pooled("line"),
+        "axes (all z_j)": pooled("axis"),
+    }
     paired = {}
     for i in range(K):
-        pc, rc = scored[f"curve v{i}"]; pl, rl = scored[f"line v{i}"]
+        pc, rc = scored[f"curve v{i}"]
+        pl, rl = scored[f"line v{i}"]
         both = rc & rl
         diff = (pc - pl)[both].double()
-        paired[f"v{i}"] = {"n": int(both.sum()), "mean_curve_minus_line": float(diff.mean()) if diff.numel() else float("nan"),
-                           "sem": float(diff.std() / math.sqrt(diff.numel())) if diff.numel() > 1 else float("nan"),
-                           "curve_better_frac": float((diff > 0).double().mean()) if diff.numel() else float("nan")}
+        paired[f"v{i}"] = {
+            "n": int(both.sum()),
+            "mean_curve_minus_line": float(diff.mean()) if diff.numel() else float("nan"),
+            "sem": float(diff.std() / math.sqrt(diff.numel())) if diff.numel() > 1 else float("nan"),
+            "curve_better_frac": float((diff > 0).double().mean()) if diff.numel() else float("nan"),
+        }
     return pooled_rows, paired
 
 
 def _markdown(args, report, factor_names, turning) -> str:
     label, L, how = report["generator"], report["output_length_L"], report["output_length_rule"]
     pooled_rows, rows, paired = report["pooled"], report["per_path"], report["paired_curve_vs_line"]
-    md = [f"## Trajectory purity: {label}", "",
-          f"{args.n_starts} starting points, output path length L = {L:.3f} "
-          f"({how}), {args.points} points per path, factors scored: {', '.join(factor_names)}, "
-          f"latent budget {args.steps * args.step_size:g}, integrator {args.method}; curves turn by "
-          f"{float(turning.mean()):.1f} degrees on average (median {float(turning.median()):.1f}) over the budget.", "",
-          "| paths | n reached | reached | mean purity | sem | median | share > 0.8 |", "|---|---|---|---|---|---|---|"]
+    md = [
+        f"## Trajectory purity: {label}",
+        "",
+        f"{args.n_starts} starting points, output path length L = {L:.3f} "
+        f"({how}), {args.points} points per path, factors scored: {', '.join(factor_names)}, "
+        f"latent budget {args.steps * args.step_size:g}, integrator {args.method}; curves turn by "
+        f"{float(turning.mean()):.1f} degrees on average (median {float(turning.median()):.1f}) over the budget.",
+        "",
+        "| paths | n reached | reached | mean purity | sem | median | share > 0.8 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, s in list(pooled_rows.items()) + list(rows.items()):
         if s["n"]:
-            md.append(f"| {name} | {s['n']} | {s['reached']:.2f} | {s['mean']:.3f} | {s['sem']:.3f} | {s['median']:.3f} | {s['frac_above_0.8']:.2f} |")
+            md.append(
+                f"| {name} | {s['n']} | {s['reached']:.2f} | {s['mean']:.3f} | {s['sem']:.3f} | {s['median']:.3f} "
+                f"| {s['frac_above_0.8']:.2f} |"
+            )
         else:
             md.append(f"| {name} | 0 | 0.00 | - | - | - | - |")
-    md += ["", "Paired, same start and vector (curve minus line):", "",
-           "| vector | n | mean difference | sem | curve better |", "|---|---|---|---|---|"]
+    md += [
+        "",
+        "Paired, same start and vector (curve minus line):",
+        "",
+        "| vector | n | mean difference | sem | curve better |",
+        "|---|---|---|---|---|",
+    ]
     for k, s in paired.items():
-        md.append(f"| {k} | {s['n']} | {s['mean_curve_minus_line']:+.3f} | {s['sem']:.3f} | {s['curve_better_frac']:.2f} |")
-    md += ["", "Dominant factor (share of reached paths):", "", "| paths | " + " | ".join(factor_names) + " |",
-           "|---|" + "---|" * len(factor_names)]
+        md.append(
+            f"| {k} | {s['n']} | {s['mean_curve_minus_line']:+.3f} | {s['sem']:.3f} | {s['curve_better_frac']:.2f} |"
+        )
+    md += [
+        "",
+        "Dominant factor (share of reached paths):",
+        "",
+        "| paths | " + " | ".join(factor_names) + " |",
+        "|---|" + "---|" * len(factor_names),
+    ]
     for name, s in rows.items():
         if s["n"]:
             md.append(f"| {name} | " + " | ".join(f"{s['dominant_factor'][f]:.2f}" for f in factor_names) + " |")
@@ -316,22 +392,37 @@ def report_one(args, ckpt, out: Path, argv, label=None) -> int:
     pooled_rows, paired = _pooled_and_paired(scored, kinds, K)
     label = label or args.label or (Path(ckpt).parent.name if ckpt else args.generator)
     turning = torch.cat([turning_degrees(Z) for k in kinds if k.startswith("curve") for Z in paths[k]])
-    report = {"generator": label, "source": ckpt or args.generator, "latent_dim": d, "dataset": dataset,
-              "curve_turning_degrees_mean": float(turning.mean()),
-              "curve_turning_degrees_median": float(turning.median()),
-              "settings": {k: v for k, v in vars(args).items()}, "output_length_L": L, "output_length_rule": how,
-              "predictor": {"validation": pinfo.get("validation"), "cached": pinfo.get("cached")},
-              "factors_scored": factor_names, "factors_ignored": ignored,
-              "pooled": pooled_rows, "per_path": rows, "paired_curve_vs_line": paired,
-              "topk_evaluations": n_eval, "power_iterations": n_iter, "seconds": time.time() - t_start,
-              "command": "PYTHONPATH=. python bench/report_trajectories.py " + " ".join(
-                  shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))}
+    report = {
+        "generator": label,
+        "source": ckpt or args.generator,
+        "latent_dim": d,
+        "dataset": dataset,
+        "curve_turning_degrees_mean": float(turning.mean()),
+        "curve_turning_degrees_median": float(turning.median()),
+        "settings": {k: v for k, v in vars(args).items()},
+        "output_length_L": L,
+        "output_length_rule": how,
+        "predictor": {"validation": pinfo.get("validation"), "cached": pinfo.get("cached")},
+        "factors_scored": factor_names,
+        "factors_ignored": ignored,
+        "pooled": pooled_rows,
+        "per_path": rows,
+        "paired_curve_vs_line": paired,
+        "topk_evaluations": n_eval,
+        "power_iterations": n_iter,
+        "seconds": time.time() - t_start,
+        "command": "PYTHONPATH=. python bench/report_trajectories.py "
+        + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+    }
     atomic_write_text(json.dumps(report, indent=1) + "\n", out / "report.json")
     md = _markdown(args, report, factor_names, turning)
     atomic_write_text(md, out / "report.md")
     print(md)
-    names = [k for k in kinds if k.startswith("curve")] + [k for k in kinds if k.startswith("line")] + \
-        [k for k in kinds if k.startswith("axis")][:max(K, 4)]
+    names = (
+        [k for k in kinds if k.startswith("curve")]
+        + [k for k in kinds if k.startswith("line")]
+        + [k for k in kinds if k.startswith("axis")][: max(K, 4)]
+    )
     for s in range(min(args.show, Z0.shape[0])):
         viz.save_grid(torch.stack([shown[k][:, s] for k in names]), out / f"start{s}.png", row_labels=names, scale=2)
     return 0

@@ -14,6 +14,7 @@ and, with torch.profiler, how much of each part goes to per-sample weight tensor
 ([N, out, in, kh, kw]) and to convolution double-backward.  Prints markdown tables and writes them
 to bench/results/style_profile.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,6 +93,7 @@ def cases_for(G, z):
         def step():
             y = G(z_rep)
             torch.autograd.grad(y, inputs, torch.ones_like(y))
+
         return step
 
     cases = {"fwd+bwd": fwd_bwd([z_rep] + params), "fwd+bwd (input grad only)": fwd_bwd([z_rep])}
@@ -99,12 +101,14 @@ def cases_for(G, z):
     def forward(x):
         def run():
             G(x)
+
         return run
 
     def no_grad(fn):
         def run():
             with torch.no_grad():
                 fn()
+
         return run
 
     cases["forward (graph kept)"] = forward(z_rep)
@@ -116,14 +120,15 @@ def cases_for(G, z):
         op = _operator(G, z, mode)
         op.matvec(Q)  # builds the double-backward graph once
         JQ = op.jvp(Q).detach()
-        cases[f"J v: {mode}"] = (lambda op=op: op.jvp(Q))
+        cases[f"J v: {mode}"] = lambda op=op: op.jvp(Q)
         if mode == "double_backward":
-            cases["J^T u (kept graph)"] = (lambda op=op: op.vjp(JQ))
+            cases["J^T u (kept graph)"] = lambda op=op: op.vjp(JQ)
             _, vjp_fn = torch.func.vjp(G, z.detach())  # primal graph on B rows, cotangents vmapped over k
             U = JQ.reshape(B, K, *op.y.shape[1:])
-            cases["J^T u: shared primal (vmap over k cotangents)"] = (
-                lambda: torch.func.vmap(lambda u: vjp_fn(u)[0], in_dims=1, out_dims=1)(U))
-        cases[f"iteration: {mode}"] = (lambda op=op: ops.ritz_step(Q, op.matvec(Q).detach(), None))
+            cases["J^T u: shared primal (vmap over k cotangents)"] = lambda: torch.func.vmap(
+                lambda u: vjp_fn(u)[0], in_dims=1, out_dims=1
+            )(U)
+        cases[f"iteration: {mode}"] = lambda op=op: ops.ritz_step(Q, op.matvec(Q).detach(), None)
     return cases
 
 
@@ -158,8 +163,9 @@ def profile_shares(fn) -> dict:
         fn()
     events = prof.events()
     total = sum(e.self_cpu_time_total for e in events)
-    weights = sum(e.self_cpu_time_total for e in events
-                  if e.input_shapes and e.input_shapes[0] and len(e.input_shapes[0]) == 5)
+    weights = sum(
+        e.self_cpu_time_total for e in events if e.input_shapes and e.input_shapes[0] and len(e.input_shapes[0]) == 5
+    )
     dbl = next((e.cpu_time_total for e in prof.key_averages() if e.key == "aten::_convolution_double_backward"), 0)
     convs = sum(1 for e in events if e.name == "aten::_convolution")
     return dict(total=total / 1e3, weights=weights / 1e3, conv_double_backward=dbl / 1e3, conv_calls=convs)
@@ -171,8 +177,11 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
-    out = [f"### style_profile (B={B}, k={K}, d={D}, folded batch {B * K}; median of {args.rounds} interleaved "
-           f"rounds; ratio = median / fwd+bwd median of the same generator)", ""]
+    out = [
+        f"### style_profile (B={B}, k={K}, d={D}, folded batch {B * K}; median of {args.rounds} interleaved "
+        f"rounds; ratio = median / fwd+bwd median of the same generator)",
+        "",
+    ]
     for name, make in GENERATORS.items():
         torch.manual_seed(0)
         G, z = make(), torch.randn(B, D)
@@ -186,12 +195,17 @@ def main() -> None:
         out.append("relative error against double_backward: " + ", ".join(f"{c} {e:.1e}" for c, e in errs.items()))
         out.append("")
         if not args.no_profile:
-            out += ["| part (profiled once; compare shares, not times) | self CPU ms | on per-sample weight tensors "
-                    "| in conv double-backward | aten::_convolution calls |", "|---|---|---|---|---|"]
+            out += [
+                "| part (profiled once; compare shares, not times) | self CPU ms | on per-sample weight tensors "
+                "| in conv double-backward | aten::_convolution calls |",
+                "|---|---|---|---|---|",
+            ]
             for case in ("fwd+bwd", "J v: double_backward", "J v: forward", f"J v: {PROPOSED}", "J^T u (kept graph)"):
                 p = profile_shares(cases[case])
-                out.append(f"| {case} | {p['total']:.1f} | {p['weights']:.1f} ({p['weights'] / p['total']:.0%}) "
-                           f"| {p['conv_double_backward']:.1f} | {p['conv_calls']} |")
+                out.append(
+                    f"| {case} | {p['total']:.1f} | {p['weights']:.1f} ({p['weights'] / p['total']:.0%}) "
+                    f"| {p['conv_double_backward']:.1f} | {p['conv_calls']} |"
+                )
             out.append("")
         print("\n".join(out[start:]), flush=True)
     text = "\n".join(out)

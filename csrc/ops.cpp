@@ -20,8 +20,9 @@ TORCH_LIBRARY(spectral_ops, m) {
   m.def("alignment_loss(Tensor V, Tensor S, str kind, str weights) -> Tensor");
   // The loss and the per-sample statistics its backward reuses (common/alignment.h: saved_width).
   m.def("alignment_loss_forward(Tensor V, Tensor S, str kind, str weights) -> (Tensor, Tensor)");
-  m.def("alignment_loss_backward(Tensor grad, Tensor V, Tensor S, Tensor saved, str kind, str weights) -> "
-        "(Tensor, Tensor)");
+  m.def(
+      "alignment_loss_backward(Tensor grad, Tensor V, Tensor S, Tensor saved, str kind, str weights) -> "
+      "(Tensor, Tensor)");
 }
 
 namespace spectral_ops {
@@ -65,11 +66,11 @@ std::tuple<at::Tensor, at::Tensor> call_alignment_loss_forward(const at::Tensor&
 std::tuple<at::Tensor, at::Tensor> call_alignment_loss_backward(const at::Tensor& grad, const at::Tensor& V,
                                                                 const at::Tensor& S, const at::Tensor& saved,
                                                                 c10::string_view kind, c10::string_view weights) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("spectral_ops::alignment_loss_backward", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                       const at::Tensor&, const at::Tensor&,
-                                                                       c10::string_view, c10::string_view)>();
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("spectral_ops::alignment_loss_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                    const at::Tensor&, c10::string_view, c10::string_view)>();
   return op.call(grad, V, S, saved, kind, weights);
 }
 
@@ -104,9 +105,9 @@ struct AlignmentLoss : public torch::autograd::Function<AlignmentLoss> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    auto [grad_V, grad_S] = call_alignment_loss_backward(grads[0], saved[0], saved[1], saved[2],
-                                                         ctx->saved_data["kind"].toStringRef(),
-                                                         ctx->saved_data["weights"].toStringRef());
+    auto [grad_V, grad_S] =
+        call_alignment_loss_backward(grads[0], saved[0], saved[1], saved[2], ctx->saved_data["kind"].toStringRef(),
+                                     ctx->saved_data["weights"].toStringRef());
     return {grad_V, grad_S, at::Tensor(), at::Tensor()};
   }
 };

@@ -67,8 +67,7 @@ PyMethodDef methods[] = {
 
 extern "C" {
 PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "spectral_ops compiled kernels", -1,
-                                          methods};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "spectral_ops compiled kernels", -1, methods};
   return PyModule_Create(&module_def);
 }
 }

@@ -7,6 +7,7 @@
 instead of repeating them.  The loss and weight kinds come from the ops layer
 (`spectral_ops.ops.LOSS_KINDS`, `WEIGHT_KINDS`), their single definition.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,10 @@ from .validation import check_bool, check_choice, check_int, check_k, check_numb
 GRADS = ("fast", "implicit")
 SOLVERS = ("krylov", "power")
 BATCHNORM = ("error", "eval")
-REMOVED_GRADS = {"last_step": "grad='last_step' was removed: its gradient has the wrong sign inside the top-k "
-                              "block (see the regularizer docs); use grad='fast' (same cost) or 'implicit'"}
+REMOVED_GRADS = {
+    "last_step": "grad='last_step' was removed: its gradient has the wrong sign inside the top-k "
+    "block (see the regularizer docs); use grad='fast' (same cost) or 'implicit'"
+}
 
 
 def option(default, help: str, choices: tuple | None = None):
@@ -33,8 +36,12 @@ class RegularizerConfig:
     """Settings of the spectral regularizer (defaults pass the known-answer gate)."""
 
     k: int = option(4, "singular vectors aligned per sample (1 <= k <= latent_dim)")
-    solver: str = option("krylov", "inner solver for the vectors: batched Lanczos from the warm-start block "
-                                   "(krylov) or block power iteration (power)", SOLVERS)
+    solver: str = option(
+        "krylov",
+        "inner solver for the vectors: batched Lanczos from the warm-start block "
+        "(krylov) or block power iteration (power)",
+        SOLVERS,
+    )
     iters: int = option(6, "cap per computed call: power iterations, or krylov products of k vectors per sample")
     loss: str = option("offdiag", "alignment loss variant", LOSS_KINDS)
     grad: str = option("fast", "eigenvector gradient: in-block exact + first order (fast) or CG (implicit)", GRADS)
@@ -42,13 +49,13 @@ class RegularizerConfig:
     batch_fraction: float = option(0.25, "fraction of the batch regularized, in (0, 1]")
     warm_start: bool = option(True, "start from a running sign-aligned mean basis")
     jvp: str = option("auto", "Jacobian-vector product mode", JVP_MODES)
-    weights: str = option("uniform", "per-vector weights: spectrum-free rank weights or singular values",
-                          WEIGHT_KINDS)
+    weights: str = option("uniform", "per-vector weights: spectrum-free rank weights or singular values", WEIGHT_KINDS)
     batchnorm: str = option("error", "train-mode BatchNorm in G: refuse, or use running statistics", BATCHNORM)
     momentum: float = option(0.2, "weight of the new batch mean in the running basis, in (0, 1]")
     tol: float = option(1e-4, "residual ||Mv - lam v|| / lam_1 the inner solver stops at (every vector)")
-    null_tol: float = option(1e-3, "vectors with sigma_i <= null_tol * sigma_1 (directions G ignores) "
-                                   "drop out of the loss, in [0, 1)")
+    null_tol: float = option(
+        1e-3, "vectors with sigma_i <= null_tol * sigma_1 (directions G ignores) drop out of the loss, in [0, 1)"
+    )
     cg_iters: int = option(8, "conjugate-gradient steps for grad='implicit'")
     cg_tol: float = option(1e-6, "relative CG tolerance for grad='implicit'")
     seed: int = option(0, "seeds the initial basis and the regularized row subsets")
@@ -86,8 +93,9 @@ class RegularizerConfig:
         """A copy with `changes` applied (unknown names raise TypeError naming them)."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
-            raise TypeError(f"unknown regularizer option(s) {unknown}; valid: "
-                            f"{[f.name for f in dataclasses.fields(self)]}")
+            raise TypeError(
+                f"unknown regularizer option(s) {unknown}; valid: {[f.name for f in dataclasses.fields(self)]}"
+            )
         return dataclasses.replace(self, **changes)
 
 
@@ -100,7 +108,7 @@ def from_flat(cls, values: dict, base=None):
         current = getattr(base, f.name)
         if dataclasses.is_dataclass(current):
             prefix = f.name + "."
-            inner = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+            inner = {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
             if inner:
                 try:
                     changes[f.name] = from_flat(type(current), inner, current)

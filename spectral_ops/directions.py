@@ -13,6 +13,7 @@ a Hutchinson estimate with Rademacher probes, reported with its standard error; 
 positive semi-definite its trace is at least the sum of the top-k eigenvalues, so the estimate is
 raised to that sum and the explained shares always lie in [0, 1].
 """
+
 from __future__ import annotations
 
 import math
@@ -76,6 +77,7 @@ def subspace_angle_deg(A: torch.Tensor, B: torch.Tensor) -> float:
 
 def _mean_product(G, batches, mode, batchnorm, cdtype, c, bar):
     """X [1, p, d] -> mean_n J_n^T J_n X / c^2, streaming over the latent batches."""
+
     def product(X: torch.Tensor) -> torch.Tensor:
         total, n = torch.zeros_like(X), 0
         for zb in batches:
@@ -87,6 +89,7 @@ def _mean_product(G, batches, mode, batchnorm, cdtype, c, bar):
             if bar is not None:
                 bar.update(1)
         return total / n
+
     return product
 
 
@@ -135,28 +138,45 @@ def _fill_missing(V, lam, res, missing, product):
     `_mean_product`.  The found rows span an invariant subspace of the symmetric metric (to their
     residuals), so its orthogonal complement Q [d - f, d] is one too: one product with Q and
     Rayleigh-Ritz over it give the missing pairs.  Returns (V, lam, res) sorted by lam, descending."""
-    found = V[0][~missing]                                   # [f, d] orthonormal
+    found = V[0][~missing]  # [f, d] orthonormal
     d, m = V.shape[-1], int(missing.sum())
     P = torch.eye(d, dtype=V.dtype, device=V.device) - found.T @ found
-    Q = torch.linalg.eigh(P)[1][:, found.shape[0]:].T       # eigenvalue 1 of the projector: the complement
+    Q = torch.linalg.eigh(P)[1][:, found.shape[0] :].T  # eigenvalue 1 of the projector: the complement
     MQ = product(Q[None])[0]
     theta, C = torch.linalg.eigh(0.5 * (Q @ MQ.T + MQ @ Q.T))
-    theta, C = theta.flip(0)[:m], C.flip(1)[:, :m].T        # the top m over the complement
+    theta, C = theta.flip(0)[:m], C.flip(1)[:, :m].T  # the top m over the complement
     X, MX = C @ Q, C @ MQ
     lam_all = torch.cat([lam[0][~missing], theta])
     top = lam_all.max().clamp_min(torch.finfo(lam.dtype).tiny)
-    res_all = torch.cat([res[0][~missing] * lam[0].max().clamp_min(torch.finfo(lam.dtype).tiny) / top,
-                         (MX - theta[:, None] * X).norm(dim=-1) / top])
+    res_all = torch.cat(
+        [
+            res[0][~missing] * lam[0].max().clamp_min(torch.finfo(lam.dtype).tiny) / top,
+            (MX - theta[:, None] * X).norm(dim=-1) / top,
+        ]
+    )
     order = lam_all.argsort(descending=True)
     return torch.cat([found, X])[order][None], lam_all[order][None], res_all[order][None]
 
 
-def global_directions(G: Callable, n_samples: int, k: int, *, latent_dim: int | tuple | None = None,
-                      latents: torch.Tensor | None = None, batch_size: int = 64, iters: int = 50,
-                      tol: float = 1e-4, jvp: str = "auto", batchnorm: str = "error", seed: int = 0,
-                      trace_probes: int | None = 8, stability: bool = False,
-                      dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                      progress: bool = False) -> GlobalDirections:
+def global_directions(
+    G: Callable,
+    n_samples: int,
+    k: int,
+    *,
+    latent_dim: int | tuple | None = None,
+    latents: torch.Tensor | None = None,
+    batch_size: int = 64,
+    iters: int = 50,
+    tol: float = 1e-4,
+    jvp: str = "auto",
+    batchnorm: str = "error",
+    seed: int = 0,
+    trace_probes: int | None = 8,
+    stability: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> GlobalDirections:
     """Top-k eigenvectors of E_z[J(z)^T J(z)] over z ~ N(0, I), matrix-free, streaming.
 
     Args:
@@ -202,8 +222,9 @@ def global_directions(G: Callable, n_samples: int, k: int, *, latent_dim: int | 
     d = flat.shape[1]
     k = check_k(k, d)
     exact = trace_probes is None or k == d or d <= max(EXACT_TRACE_DIM, trace_probes)
-    result = _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, None if exact else trace_probes,
-                    progress)
+    result = _solve(
+        G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, None if exact else trace_probes, progress
+    )
     if stability:
         twin_seed = derived_seed(seed, 1)  # seed + 1, kept in the range a torch generator takes
         gen = torch.Generator().manual_seed(twin_seed)
@@ -223,15 +244,16 @@ def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_pr
         pass  # probe once, resolve jvp="auto"
     gen = torch.Generator().manual_seed(seed)
     p = krylov_block(len(batches[0]), k)  # a product streams over every sample: one vector each suffices
-    X = ops.orthonormalize(torch.randn(1, k, d, generator=gen, dtype=torch.float64).to(device=latents.device, dtype=cdtype))[:, :p]
+    X = ops.orthonormalize(
+        torch.randn(1, k, d, generator=gen, dtype=torch.float64).to(device=latents.device, dtype=cdtype)
+    )[:, :p]
     bar = None
     if progress:
         bar = progress_bar(-(-iters * k // p) * len(batches), "global directions")
     c = _scale(G, batches[0], X, mode, batchnorm)  # units where M_bar / c^2 is O(1)
     product = _mean_product(G, batches, mode, batchnorm, cdtype, c, bar)
     # converged pairs are checked against a second, random start (as jacobian_topk's krylov does)
-    r = block_lanczos(lambda Q, rows: product(Q), X, product(X), k, p, iters * k, tol,
-                      second_start=KRYLOV_SECOND_START)
+    r = block_lanczos(lambda Q, rows: product(Q), X, product(X), k, p, iters * k, tol, second_start=KRYLOV_SECOND_START)
     V, lam, res, products = r.V, r.lam, r.res, r.passes + 1
     if bar is not None:
         bar.close()
@@ -252,10 +274,19 @@ def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_pr
             explained_stderr = explained * (stderr / max(trace, torch.finfo(cdtype).tiny))
             stderr *= c * c
         trace *= c * c
-    return GlobalDirections(directions=V[0] * ops.reference.sign_align(V, None)[0, :, None], values=values,
-                            trace=trace, trace_exact=trace_probes is None, explained=explained,
-                            residuals=res[0], converged=(res[0] < tol) & r.settled[0], products=products, n_samples=N,
-                            trace_stderr=stderr, explained_stderr=explained_stderr)
+    return GlobalDirections(
+        directions=V[0] * ops.reference.sign_align(V, None)[0, :, None],
+        values=values,
+        trace=trace,
+        trace_exact=trace_probes is None,
+        explained=explained,
+        residuals=res[0],
+        converged=(res[0] < tol) & r.settled[0],
+        products=products,
+        n_samples=N,
+        trace_stderr=stderr,
+        explained_stderr=explained_stderr,
+    )
 
 
 __all__ = ["global_directions", "GlobalDirections", "subspace_angle_deg"]

@@ -29,6 +29,7 @@ Every public entry point (`jacobian_topk`, `spectral_penalty`, `SpectralRegulari
   JVP mode agrees with a central difference.  `measured` keeps other per-generator measurements
   (the product costs `jacobian_topk(method="auto")` times) in the same cache.
 """
+
 from __future__ import annotations
 
 import collections
@@ -44,8 +45,16 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .jacobian import (JVP_MODES, PER_ROW_HINT, JacobianOperator, module_call, name_rows, raise_per_row_hint,
-                       supports_forward_ad, unwrap)
+from .jacobian import (
+    JVP_MODES,
+    PER_ROW_HINT,
+    JacobianOperator,
+    module_call,
+    name_rows,
+    raise_per_row_hint,
+    supports_forward_ad,
+    unwrap,
+)
 
 _EXACT_MODES = ("double_backward", "forward")
 _PROBE_SEED = 1234
@@ -59,8 +68,10 @@ _probe_cache: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDiction
 def check_autograd_available() -> None:
     """spectral_ops differentiates G: refuse torch.inference_mode() with the reason."""
     if torch.is_inference_mode_enabled():
-        raise RuntimeError("spectral_ops differentiates G and cannot run inside torch.inference_mode(); "
-                           "call it outside that block (torch.no_grad() is fine: it turns grad on itself)")
+        raise RuntimeError(
+            "spectral_ops differentiates G and cannot run inside torch.inference_mode(); "
+            "call it outside that block (torch.no_grad() is fine: it turns grad on itself)"
+        )
 
 
 def flatten_latents(z: object, name: str = "z") -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -96,8 +107,13 @@ class FlatGenerator:
     `conditioned`; latent_shape None passes z as the library holds it.
     """
 
-    def __init__(self, G: Callable, latent_shape: tuple[int, ...] | None = None,
-                 row_args: tuple[torch.Tensor, ...] = (), kwargs: dict | None = None):
+    def __init__(
+        self,
+        G: Callable,
+        latent_shape: tuple[int, ...] | None = None,
+        row_args: tuple[torch.Tensor, ...] = (),
+        kwargs: dict | None = None,
+    ):
         self.G, self.latent_shape = G, (None if latent_shape is None else tuple(latent_shape))
         self.row_args, self.kwargs = tuple(row_args), dict(kwargs or {})
 
@@ -112,9 +128,11 @@ class FlatGenerator:
         """This call for torch.func transforms (see jacobian.functional_view)."""
         if not isinstance(self.G, nn.Module):
             return self
+
         def f(z: torch.Tensor) -> torch.Tensor:
             x = z if self.latent_shape is None else z.reshape(z.shape[0], *self.latent_shape)
             return module_call(self.G, *self.row_args, **self.kwargs)(x)
+
         return f
 
     def _with(self, **changes) -> "FlatGenerator":
@@ -148,16 +166,22 @@ def conditioned(G: Callable, *row_args: torch.Tensor, **kwargs) -> FlatGenerator
         raise TypeError(f"G must be callable, got {type(G).__name__}")
     for i, a in enumerate(row_args):
         if not isinstance(a, torch.Tensor) or a.dim() == 0:
-            raise TypeError(f"row argument {i} must be a tensor with one row per latent row, got "
-                            f"{type(a).__name__ if not isinstance(a, torch.Tensor) else 'a 0-d tensor'} "
-                            "(pass per-call constants as keyword arguments)")
+            raise TypeError(
+                f"row argument {i} must be a tensor with one row per latent row, got "
+                f"{type(a).__name__ if not isinstance(a, torch.Tensor) else 'a 0-d tensor'} "
+                "(pass per-call constants as keyword arguments)"
+            )
         if a.device.type == "meta":
-            raise ValueError(f"row argument {i} is on the meta device: spectral_ops needs its values (move it to "
-                             f"the device of z), got a meta tensor of shape {tuple(a.shape)}")
+            raise ValueError(
+                f"row argument {i} is on the meta device: spectral_ops needs its values (move it to "
+                f"the device of z), got a meta tensor of shape {tuple(a.shape)}"
+            )
     for key, value in kwargs.items():
         if isinstance(value, torch.Tensor) and value.device.type == "meta":
-            raise ValueError(f"keyword argument {key!r} is on the meta device: spectral_ops needs its values (move "
-                             f"it to the device of z), got a meta tensor of shape {tuple(value.shape)}")
+            raise ValueError(
+                f"keyword argument {key!r} is on the meta device: spectral_ops needs its values (move "
+                f"it to the device of z), got a meta tensor of shape {tuple(value.shape)}"
+            )
     return FlatGenerator(unwrap(G), None, row_args, kwargs)
 
 
@@ -208,13 +232,33 @@ def _parts(G: object) -> tuple[object | None, list[object]]:
     return None, []
 
 
-SCAN_DEPTH = 5         # links followed from G: lambda -> closure cell -> trainer object -> dict -> module
-SCAN_OBJECTS = 1000    # objects looked at per scan (a trainer's attributes, not the whole program)
-SCAN_ITEMS = 256       # items looked at per container
+SCAN_DEPTH = 5  # links followed from G: lambda -> closure cell -> trainer object -> dict -> module
+SCAN_OBJECTS = 1000  # objects looked at per scan (a trainer's attributes, not the whole program)
+SCAN_ITEMS = 256  # items looked at per container
 # objects that hold no module and are not looked into
-_LEAVES = (torch.Tensor, str, bytes, bytearray, int, float, complex, bool, type(None), types.ModuleType, type,
-           types.BuiltinFunctionType, types.BuiltinMethodType, types.CodeType, torch.dtype, torch.device,
-           torch.Generator, range, slice, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
+_LEAVES = (
+    torch.Tensor,
+    str,
+    bytes,
+    bytearray,
+    int,
+    float,
+    complex,
+    bool,
+    type(None),
+    types.ModuleType,
+    type,
+    types.BuiltinFunctionType,
+    types.BuiltinMethodType,
+    types.CodeType,
+    torch.dtype,
+    torch.device,
+    torch.Generator,
+    range,
+    slice,
+    torch.optim.Optimizer,
+    torch.optim.lr_scheduler.LRScheduler,
+)
 
 
 # packages whose functions and objects hold no user module: not looked into (a G that calls
@@ -309,7 +353,7 @@ def modules_of(G: object, depth: int = SCAN_DEPTH) -> list[nn.Module]:
 def generator_identity(G: object, modules: list[nn.Module] | None = None) -> tuple[object, tuple]:
     """(anchor, extra): the same code on the same modules gives the same identity, also for a
     lambda or partial created anew on every call.  anchor is weakly referenceable."""
-    G, shape, options = unwrap(G), (), ()
+    G, options = unwrap(G), ()
     while isinstance(G, FlatGenerator):
         options += (G.latent_shape, _simple(G.kwargs.items()))
         G = unwrap(G.G)
@@ -337,8 +381,9 @@ def _inner(G: object) -> object:
 def _simple(values) -> tuple:
     """The plain constants (str, int, float, bool, None) among values: part of G's identity."""
     plain = (str, int, float, bool, type(None))
-    return tuple(v for v in values if isinstance(v, plain)
-                 or (isinstance(v, tuple) and len(v) == 2 and isinstance(v[1], plain)))
+    return tuple(
+        v for v in values if isinstance(v, plain) or (isinstance(v, tuple) and len(v) == 2 and isinstance(v[1], plain))
+    )
 
 
 def _param_dtype(modules: list[nn.Module]) -> torch.dtype | None:
@@ -350,8 +395,10 @@ def check_dtype(modules: list[nn.Module], z: torch.Tensor, name: str = "z") -> N
     """z's dtype must be the dtype of G's floating parameters (when they share one)."""
     dtype = _param_dtype(modules)
     if dtype is not None and z.dtype != dtype:
-        raise TypeError(f"{name} has dtype {z.dtype} but G's parameters are {dtype}: pass {name}.to({dtype}) "
-                        f"(or convert G with .to({z.dtype}))")
+        raise TypeError(
+            f"{name} has dtype {z.dtype} but G's parameters are {dtype}: pass {name}.to({dtype}) "
+            f"(or convert G with .to({z.dtype}))"
+        )
 
 
 # ---- the state of G -----------------------------------------------------------------------------
@@ -365,9 +412,11 @@ def _train_mode_batchnorms(modules: list[nn.Module]) -> list[tuple[str, nn.Modul
 
 
 def _batchnorm_refusal(coupled: list[tuple[str, nn.Module]]) -> str:
-    return (f"G has batch-coupled layers in training mode ({', '.join(n for n, _ in coupled[:4])}): per-sample "
-            "Jacobians are undefined when rows of a batch interact.  Pass batchnorm='eval' to use "
-            "their running statistics during the extra passes, or put G in eval mode.")
+    return (
+        f"G has batch-coupled layers in training mode ({', '.join(n for n, _ in coupled[:4])}): per-sample "
+        "Jacobians are undefined when rows of a batch interact.  Pass batchnorm='eval' to use "
+        "their running statistics during the extra passes, or put G in eval mode."
+    )
 
 
 @contextlib.contextmanager
@@ -414,9 +463,12 @@ def preserved_buffers(G: Callable, modules: list[nn.Module] | None = None) -> It
                     b.copy_(value)
         changed = [n for i, (n, b, version) in watched.items() if i not in saved and b._version != version]
         if changed:
-            warnings.warn(f"G changed buffers of modules in eval mode during spectral_ops' extra passes "
-                          f"({', '.join(changed[:4])}); only training-mode modules' buffers are restored",
-                          UserWarning, stacklevel=3)
+            warnings.warn(
+                f"G changed buffers of modules in eval mode during spectral_ops' extra passes "
+                f"({', '.join(changed[:4])}); only training-mode modules' buffers are restored",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 # ---- the probe ----------------------------------------------------------------------------------
@@ -437,11 +489,15 @@ def _output(G: Callable, x: torch.Tensor, B: int) -> torch.Tensor:
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"G must return a Tensor, got {type(y).__name__}")
     if y.dim() == 0:
-        raise ValueError("G must return one output row per latent row (shape [N, ...]), but it returned a "
-                         "0-d tensor: return G's per-sample outputs, not a reduced scalar")
+        raise ValueError(
+            "G must return one output row per latent row (shape [N, ...]), but it returned a "
+            "0-d tensor: return G's per-sample outputs, not a reduced scalar"
+        )
     if y.shape[0] != x.shape[0]:
-        raise ValueError(f"G changed the batch size: it must return one row per latent row, but for "
-                         f"{x.shape[0]} rows of z (z has {B}) it returned {y.shape[0]}.  {PER_ROW_HINT}")
+        raise ValueError(
+            f"G changed the batch size: it must return one row per latent row, but for "
+            f"{x.shape[0]} rows of z (z has {B}) it returned {y.shape[0]}.  {PER_ROW_HINT}"
+        )
     return y.reshape(x.shape[0], -1)
 
 
@@ -464,8 +520,10 @@ def check_function_of_z(G: Callable, z: torch.Tensor) -> None:
         raise_per_row_hint(e, first.shape[0], B)
         raise
     if y1.device.type == "meta":
-        raise ValueError("G(z) is on the meta device: spectral_ops needs its values (G's parameters or a "
-                         "tensor it uses are on 'meta')")
+        raise ValueError(
+            "G(z) is on the meta device: spectral_ops needs its values (G's parameters or a "
+            "tensor it uses are on 'meta')"
+        )
     if not bool(torch.isfinite(y1).all()):  # name every bad row of z, not the probe's
         name_rows(~torch.isfinite(_output(full, z.detach(), B)).all(dim=1), "G(z) has non-finite values (NaN or Inf)")
     y1_again, y2 = _output(G, first, B), _output(G, second, B)
@@ -475,13 +533,15 @@ def check_function_of_z(G: Callable, z: torch.Tensor) -> None:
             "noise inputs, train-mode Dropout, or another source of randomness).  Jacobians of a random "
             "map are undefined.  Fix the randomness for the regularizer's passes: constant noise "
             "(e.g. noise_mode='const' in a style generator, wrapped as lambda z: G(z, noise_mode='const')), "
-            "G.eval() for Dropout, or a generator state seeded inside G's call.")
+            "G.eval() for Dropout, or a generator state seeded inside G's call."
+        )
     if _differ(y1[0], y2[0]):
         raise ValueError(
             "G couples the rows of a batch: the output for a latent changed when its batch-mate changed "
             "(BatchNorm in training mode, or another batch statistic, possibly behind a function spectral_ops "
             "cannot look into).  Per-sample Jacobians are undefined then.  Put such layers in eval mode, "
-            "or pass the module itself (or a lambda that refers to it) with batchnorm='eval'.")
+            "or pass the module itself (or a lambda that refers to it) with batchnorm='eval'."
+        )
 
 
 def _central_difference(G: Callable, z: torch.Tensor, v: torch.Tensor, h: float) -> torch.Tensor:
@@ -628,8 +688,14 @@ def probe(G: Callable, z: torch.Tensor, jvp: str, modules: list[nn.Module] | Non
     return probe_modules(G, z, jvp, modules)[0]
 
 
-def probe_modules(G: Callable, z: torch.Tensor, jvp: str, modules: list[nn.Module] | None = None,
-                  batchnorm: str = "error", missed: bool = False) -> tuple[str, list[nn.Module]]:
+def probe_modules(
+    G: Callable,
+    z: torch.Tensor,
+    jvp: str,
+    modules: list[nn.Module] | None = None,
+    batchnorm: str = "error",
+    missed: bool = False,
+) -> tuple[str, list[nn.Module]]:
     """`probe`, and the modules G runs: those of `modules` (the scan's) it ran a submodule of, and
     those it ran that no module of `modules` holds (cached with the probe, as weak references).
 
@@ -655,8 +721,10 @@ def probe_modules(G: Callable, z: torch.Tensor, jvp: str, modules: list[nn.Modul
     try:
         check_function_of_z(G, z)
         if jvp == "forward" and not supports_forward_ad(select_rows(G, slice(0, 1)), z):
-            raise ValueError("jvp='forward' needs forward-mode AD, which G does not support; "
-                             "use jvp='double_backward' or 'finite_difference'")
+            raise ValueError(
+                "jvp='forward' needs forward-mode AD, which G does not support; "
+                "use jvp='double_backward' or 'finite_difference'"
+            )
         mode = _verify_auto(G, z) if jvp == "auto" else jvp
     except Exception as e:  # noqa: BLE001  re-raised below, after G's state is put back
         error = e
@@ -667,30 +735,42 @@ def probe_modules(G: Callable, z: torch.Tensor, jvp: str, modules: list[nn.Modul
         raise ValueError(
             f"G changed its own parameters when called ({', '.join(changed[:4])}): spectral_ops put them back as "
             "it found them, but a G whose forward changes its parameters is not a function of z.  Move "
-            "that update out of G's forward (into the training step).") from error
+            "that update out of G's forward (into the training step)."
+        ) from error
     if error is not None:
         raise error
     new, ran = guard.extra, guard.ran()
     anchor, extra = generator_identity(G, modules)
     if new:
-        _warn_once(anchor, extra, (
-            f"G runs modules spectral_ops did not find among the objects G holds "
-            f"({', '.join(sorted({type(m).__name__ for m in new})[:4])}): their buffers are kept and the "
-            "BatchNorm policy applies as found by running G once, but the dtype check does not, and "
-            "another module behind the same G would go unseen; hold G's modules in attributes, closures, "
-            "dicts or lists (or pass the module)"))
+        _warn_once(
+            anchor,
+            extra,
+            (
+                f"G runs modules spectral_ops did not find among the objects G holds "
+                f"({', '.join(sorted({type(m).__name__ for m in new})[:4])}): their buffers are kept and the "
+                "BatchNorm policy applies as found by running G once, but the dtype check does not, and "
+                "another module behind the same G would go unseen; hold G's modules in attributes, closures, "
+                "dicts or lists (or pass the module)"
+            ),
+        )
     elif not modules and missed:
-        _warn_once(anchor, extra, (
-            f"spectral_ops found no nn.Module behind G (a {type(_inner(G)).__name__}) and could not look into "
-            "everything it holds: the guarantee that the extra passes leave G's buffers as found does not "
-            "apply to state it cannot see"))
+        _warn_once(
+            anchor,
+            extra,
+            (
+                f"spectral_ops found no nn.Module behind G (a {type(_inner(G)).__name__}) and could not look into "
+                "everything it holds: the guarantee that the extra passes leave G's buffers as found does not "
+                "apply to state it cannot see"
+            ),
+        )
     slot[key] = mode
     slot[("ran", key)] = [weakref.ref(m) for m in ran]
     return mode, ran
 
 
-def measured(G: Callable, z: torch.Tensor, name: tuple, measure: Callable[[], object],
-             modules: list[nn.Module] | None = None) -> object:
+def measured(
+    G: Callable, z: torch.Tensor, name: tuple, measure: Callable[[], object], modules: list[nn.Module] | None = None
+) -> object:
     """measure() once per generator, stored with the JVP-mode probe: the same cache key (G's
     identity, z's dtype and device type, the modes of G's modules) plus `name` (a tuple saying
     what is measured, e.g. ("costs", mode, d)).  z is [B, d]; G is the callable `prepared` yields."""
@@ -702,8 +782,9 @@ def measured(G: Callable, z: torch.Tensor, name: tuple, measure: Callable[[], ob
 
 
 @contextlib.contextmanager
-def prepared(G: Callable, z: torch.Tensor, *, jvp: str, batchnorm: str, name: str = "z"
-             ) -> Iterator[tuple[Callable, torch.Tensor, str]]:
+def prepared(
+    G: Callable, z: torch.Tensor, *, jvp: str, batchnorm: str, name: str = "z"
+) -> Iterator[tuple[Callable, torch.Tensor, str]]:
     """Everything `jacobian_topk` and the regularizer do around their passes (module docstring).
 
     z: [B, ...] latents.  Yields (G on flat latents, z as [B, d], the JVP mode to use); on exit
@@ -726,7 +807,24 @@ def prepared(G: Callable, z: torch.Tensor, *, jvp: str, batchnorm: str, name: st
             yield call, flat, mode
 
 
-__all__ = ["prepared", "probe", "measured", "conditioned", "flatten_latents", "flat_generator", "FlatGenerator",
-           "select_rows", "modules_of", "scan", "probe_modules",
-           "generator_identity", "batch_policy", "preserved_buffers", "check_function_of_z", "validate_latents",
-           "check_dtype", "check_autograd_available", "name_rows"]
+__all__ = [
+    "prepared",
+    "probe",
+    "measured",
+    "conditioned",
+    "flatten_latents",
+    "flat_generator",
+    "FlatGenerator",
+    "select_rows",
+    "modules_of",
+    "scan",
+    "probe_modules",
+    "generator_identity",
+    "batch_policy",
+    "preserved_buffers",
+    "check_function_of_z",
+    "validate_latents",
+    "check_dtype",
+    "check_autograd_available",
+    "name_rows",
+]

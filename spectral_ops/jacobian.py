@@ -11,6 +11,7 @@ products.  Three ways to get J v:
 
 J^T u is always one backward pass through the kept forward graph.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,9 +39,11 @@ def name_rows(bad: torch.Tensor, message: str, rows: torch.Tensor | None = None)
 
 
 _SHAPE_WORDS = ("size", "shape", "dimension")
-PER_ROW_HINT = ("spectral_ops calls G on other row counts than z's (2-row probes, k vectors per latent folded into "
-                "B*k rows): if G takes per-row arguments (class labels c with one row per latent), pass "
-                "spectral_ops.conditioned(G, c) instead of closing over them (lambda x: G(x, c))")
+PER_ROW_HINT = (
+    "spectral_ops calls G on other row counts than z's (2-row probes, k vectors per latent folded into "
+    "B*k rows): if G takes per-row arguments (class labels c with one row per latent), pass "
+    "spectral_ops.conditioned(G, c) instead of closing over them (lambda x: G(x, c))"
+)
 
 
 def raise_per_row_hint(error: RuntimeError, rows: int, B: int) -> None:
@@ -50,8 +53,10 @@ def raise_per_row_hint(error: RuntimeError, rows: int, B: int) -> None:
     message = str(error)
     if rows == B or isinstance(error, torch.OutOfMemoryError) or not any(w in message.lower() for w in _SHAPE_WORDS):
         return
-    raise ValueError(f"G failed on {rows} rows of latents (z has {B}) with a shape error: "
-                     f"{message.splitlines()[0][:200]}.  {PER_ROW_HINT}") from error
+    raise ValueError(
+        f"G failed on {rows} rows of latents (z has {B}) with a shape error: "
+        f"{message.splitlines()[0][:200]}.  {PER_ROW_HINT}"
+    ) from error
 
 
 def _flat(y: torch.Tensor, n: int) -> torch.Tensor:
@@ -77,6 +82,7 @@ def module_call(G: torch.nn.Module, *args, **kwargs) -> Callable:
     def f(x):
         local = {name: b.clone() for name, b in buffers.items()}
         return torch.func.functional_call(G, {**params, **local}, (x, *args), kwargs)
+
     return f
 
 
@@ -123,16 +129,21 @@ class JacobianOperator:
         if not isinstance(self.y, torch.Tensor):
             raise TypeError(f"G must return a Tensor, got {type(self.y).__name__}")
         if self.y.dim() == 0:
-            raise ValueError("G must return one output row per latent row (shape [N, ...]), but it returned a "
-                             "0-d tensor: return G's per-sample outputs, not a reduced scalar")
+            raise ValueError(
+                "G must return one output row per latent row (shape [N, ...]), but it returned a "
+                "0-d tensor: return G's per-sample outputs, not a reduced scalar"
+            )
         if self.y.shape[0] != self.z_rep.shape[0]:
-            raise ValueError(f"G changed the batch size: z has {self.B} rows (folded to {self.z_rep.shape[0]}), "
-                             f"G(z) has {self.y.shape[0]}.  {PER_ROW_HINT}")
+            raise ValueError(
+                f"G changed the batch size: z has {self.B} rows (folded to {self.z_rep.shape[0]}), "
+                f"G(z) has {self.y.shape[0]}.  {PER_ROW_HINT}"
+            )
         if not self.y.requires_grad:
             raise ValueError("G's output does not depend on z through autograd (did G detach or run under no_grad?)")
         self.m = self.y[0].numel()
-        name_rows(~torch.isfinite(self.y.detach().reshape(self.B, -1)).all(dim=1),
-                  "G(z) has non-finite values (NaN or Inf)")
+        name_rows(
+            ~torch.isfinite(self.y.detach().reshape(self.B, -1)).all(dim=1), "G(z) has non-finite values (NaN or Inf)"
+        )
         self._u = None  # dummy cotangent for the double-backward trick, created lazily
 
     # ---- shapes -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ space) and is finished only when its top k pass again after that start's product
 The solver's dense algebra runs in X's dtype with autocast off; `product` runs under the
 caller's autocast setting (`caller_autocast`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,9 +60,18 @@ def krylov_block(B: int, k: int) -> int:
     return min(k, max(1, -(-KRYLOV_ROWS // B)))
 
 
-def block_lanczos(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], X: torch.Tensor, MX: torch.Tensor,
-                  k: int, block: int, max_vectors: int, tol: float, max_basis: int | None = None,
-                  relative_floor: float | None = None, second_start: int = 0) -> KrylovResult:
+def block_lanczos(
+    product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    X: torch.Tensor,
+    MX: torch.Tensor,
+    k: int,
+    block: int,
+    max_vectors: int,
+    tol: float,
+    max_basis: int | None = None,
+    relative_floor: float | None = None,
+    second_start: int = 0,
+) -> KrylovResult:
     """Top-k eigenpairs of M_b by restarted block Lanczos, batched over b.
 
     product(Q, rows): M Q for the samples `rows` (a LongTensor [b] of indices into 0..B-1, the
@@ -88,8 +98,18 @@ def block_lanczos(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     """
     device = X.device.type
     with caller_autocast(device) as run_product:
-        return _block_lanczos(lambda Q, rows: run_product(product, Q, rows).to(X.dtype), X, MX, k, block,
-                              max_vectors, tol, max_basis, relative_floor, second_start)
+        return _block_lanczos(
+            lambda Q, rows: run_product(product, Q, rows).to(X.dtype),
+            X,
+            MX,
+            k,
+            block,
+            max_vectors,
+            tol,
+            max_basis,
+            relative_floor,
+            second_start,
+        )
 
 
 @contextlib.contextmanager
@@ -107,6 +127,7 @@ def caller_autocast(device_type: str) -> Iterator[Callable]:
     def run(fn, *args):
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             return fn(*args)
+
     with torch.autocast(device_type, enabled=False):
         yield run
 
@@ -168,7 +189,8 @@ def _block_lanczos(product, X, MX, k, block, max_vectors, tol, max_basis, relati
                     return KrylovResult(V_out, lam_out, res_out, passes, vectors, settled_out)
                 live = ~done
                 rows, K, MK, H, last, X_r, MX_r, taken, new = (
-                    t[live] for t in (rows, K, MK, H, last, X_r, MX_r, taken, new))
+                    t[live] for t in (rows, K, MK, H, last, X_r, MX_r, taken, new)
+                )
             next_check = n + max(1, n // CHECK_SPACING)
         Q = _new_directions(last, K, block)
         if restart:  # keep the top Ritz vectors (M X follows by the same combination); Q is orthogonal to them
@@ -199,8 +221,12 @@ def _lock_and_restart(K, MK, H, Q, X, MX, new, R):
     K_lock, MK_lock = torch.cat([X, pad], 1), torch.cat([MX, pad], 1)
     H_lock = _sym(K_lock @ MK_lock.transpose(-1, -2))
     at = new[:, None, None]
-    return (torch.where(at, K_lock, K), torch.where(at, MK_lock, MK), torch.where(at, H_lock, H),
-            torch.where(at, _orthonormal_block(R, X), Q))
+    return (
+        torch.where(at, K_lock, K),
+        torch.where(at, MK_lock, MK),
+        torch.where(at, H_lock, H),
+        torch.where(at, _orthonormal_block(R, X), Q),
+    )
 
 
 def _new_directions(MQ: torch.Tensor, K: torch.Tensor, block: int) -> torch.Tensor:
@@ -272,7 +298,7 @@ def _rayleigh_ritz(K: torch.Tensor, MK: torch.Tensor, H: torch.Tensor, k: int):
     """Top-k Ritz pairs over the orthonormal (or zero) rows of K [B, n, d], with MK = M K and
     H = K M K^T: (X [B, k, d], M X, lam [B, k] descending, residuals / lam_1 [B, k])."""
     tiny = torch.finfo(K.dtype).tiny
-    dead = (K.abs().amax(-1) == 0).to(K.dtype)                      # zero rows: below any eigenvalue of M
+    dead = (K.abs().amax(-1) == 0).to(K.dtype)  # zero rows: below any eigenvalue of M
     theta, C = _small_eigh(H - torch.diag_embed(dead))
     lam, C = theta.flip(-1)[:, :k], C.flip(-1)[..., :k].transpose(-1, -2)
     X, MX = C @ K, C @ MK

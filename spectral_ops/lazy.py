@@ -2,6 +2,7 @@
 and scale it by `every` (StyleGAN2's schedule), so its average over calls is unchanged while
 its cost falls by `every`.  Skipped calls return a zero leaf that backward() accepts.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -35,8 +36,8 @@ class LazyPenalty(nn.Module):
         super().__init__()
         self.every = check_int("every", every, 1)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self._count = 0          # host copy of `step`
-        self._idle_reads = 0     # will_compute reads of False with no call or due() since
+        self._count = 0  # host copy of `step`
+        self._idle_reads = 0  # will_compute reads of False with no call or due() since
 
     @property
     def will_compute(self) -> bool:
@@ -45,11 +46,14 @@ class LazyPenalty(nn.Module):
         due = self._count % self.every == 0
         self._idle_reads = 0 if due else self._idle_reads + 1
         if self._idle_reads == 2 * self.every:
-            warnings.warn(f"{type(self).__name__}.will_compute has read False {2 * self.every} times with no call in "
-                          "between: the schedule counts calls, so a loop that calls only when will_compute is "
-                          "True stalls after its first computed call.  In a separate regularization phase write "
-                          "`if reg.due(): reg(G, z).backward()`: due() counts the skipped iterations.",
-                          UserWarning, stacklevel=2)
+            warnings.warn(
+                f"{type(self).__name__}.will_compute has read False {2 * self.every} times with no call in "
+                "between: the schedule counts calls, so a loop that calls only when will_compute is "
+                "True stalls after its first computed call.  In a separate regularization phase write "
+                "`if reg.due(): reg(G, z).backward()`: due() counts the skipped iterations.",
+                UserWarning,
+                stacklevel=2,
+            )
         return due
 
     def due(self) -> bool:

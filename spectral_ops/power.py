@@ -11,6 +11,7 @@ estimates the differences' error on M v and adds it to the residual (`TopK.appro
 An unconverged power or krylov result, or finite differences too inaccurate for tol, warns once
 per process and kind (a UserWarning naming the residual and the setting to change).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,19 +30,19 @@ from .krylov import block_lanczos, default_max_basis, folded_start, krylov_block
 
 METHODS = ("auto", "power", "krylov", "dense")
 
-# Fallback cost model (estimated_cost without measured costs), in units of one generator forward
-# on one row, fitted to bench/bench_topk.py (a DCGAN on a CPU); method="auto" uses the costs
-# timed on the caller's G instead (`measure_costs`).  One power iteration folds k vectors and costs about POWER_PAIR_COST forwards
-# per vector (a double-backward and a backward); the dense method costs about DENSE_JVP_COST
-# forwards per latent axis (each column J e_j is a JVP on a batch folded d times: the forward
-# graph, then the double-backward), plus the d x d products and eigh.  Krylov takes the same
-# products as power (iters*k vectors per sample at most, krylov_block(B, k) per pass), but once
-# its space may fill R^d it needs at most d + p - 1 of them, and each pass adds about
-# KRYLOV_PASS_COST forwards of fixed cost (Rayleigh-Ritz, orthogonalization, the pass's own
-# overhead).  Fitted to the sweep of bench/bench_topk.py (a DCGAN, B=1, 4, 16, d=8-512): auto
-# runs within 3% of the fastest method in 9 of its 10 cases; at B=4, d=32, where the model
-# puts krylov and dense within 0.3%, it ran krylov, 1.17x slower than dense.  Power only runs
-# when asked for: at the same budget krylov never costs more.
+# Fallback cost model (estimated_cost without measured costs), in units of one generator forward on
+# one row, fitted to bench/bench_topk.py (a DCGAN on a CPU); method="auto" uses the costs timed on
+# the caller's G instead (`measure_costs`).  One power iteration folds k vectors and costs about
+# POWER_PAIR_COST forwards per vector (a double-backward and a backward); the dense method costs
+# about DENSE_JVP_COST forwards per latent axis (each column J e_j is a JVP on a batch folded d
+# times: the forward graph, then the double-backward), plus the d x d products and eigh.  Krylov
+# takes the same products as power (iters*k vectors per sample at most, krylov_block(B, k) per
+# pass), but once its space may fill R^d it needs at most d + p - 1 of them, and each pass adds
+# about KRYLOV_PASS_COST forwards of fixed cost (Rayleigh-Ritz, orthogonalization, the pass's own
+# overhead).  Fitted to the sweep of bench/bench_topk.py (a DCGAN, B=1, 4, 16, d=8-512): auto runs
+# within 3% of the fastest method in 9 of its 10 cases; at B=4, d=32, where the model puts krylov
+# and dense within 0.3%, it ran krylov, 1.17x slower than dense.  Power only runs when asked for:
+# at the same budget krylov never costs more.
 KRYLOV_PASS_COST = 30.0
 POWER_PAIR_COST = 3.0
 POWER_SETUP_COST = 3.0
@@ -121,6 +122,8 @@ class ProductCosts:
     @staticmethod
     def line(pair: tuple[float, float], rows: int) -> float:
         return pair[0] + pair[1] * rows
+
+
 def _initial_basis(init, B: int, k: int, d: int, dtype, device, seed) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Orthonormal starting basis [B, k, d], and the previous V used for sign continuity."""
     if init is None:
@@ -137,8 +140,9 @@ def _krylov_vectors(B: int, k: int, d: int, iters: int) -> tuple[int, int]:
     return p, (iters * k if d > default_max_basis(d, k) else min(iters * k, d + p - 1))
 
 
-def estimated_cost(method: str, B: int, k: int, d: int, m: int, iters: int, costs: ProductCosts | None = None,
-                   chunk: int | None = None) -> float:
+def estimated_cost(
+    method: str, B: int, k: int, d: int, m: int, iters: int, costs: ProductCosts | None = None, chunk: int | None = None
+) -> float:
     """Cost model used by method="auto"; `iters` is the iteration budget.  With `costs` (timed on
     the caller's G, `measure_costs`): seconds, from the passes each method makes (rows per pass:
     power B*k for iters passes, krylov B*krylov_block(B, k) for the products it is expected to
@@ -153,11 +157,15 @@ def estimated_cost(method: str, B: int, k: int, d: int, m: int, iters: int, cost
             return line(costs.build, rows) + line(costs.first_jvp, rows) + iters * line(costs.product, rows)
         if method == "krylov":
             p, bound = _krylov_vectors(B, k, d, iters)
-            expected = (KRYLOV_EXPECTED_PER_K * k + KRYLOV_EXPECTED_PER_SQRT_D * math.sqrt(d)
-                        + KRYLOV_SECOND_START)  # the vectors of the check against a second start
+            expected = (
+                KRYLOV_EXPECTED_PER_K * k + KRYLOV_EXPECTED_PER_SQRT_D * math.sqrt(d) + KRYLOV_SECOND_START
+            )  # the vectors of the check against a second start
             rows, passes = B * p, -(-min(bound, math.ceil(expected)) // p)
-            return (line(costs.build, rows) + line(costs.first_jvp, rows)
-                    + passes * (line(costs.product, rows) + costs.step))
+            return (
+                line(costs.build, rows)
+                + line(costs.first_jvp, rows)
+                + passes * (line(costs.product, rows) + costs.step)
+            )
         c = _dense_chunk(B, d, m, 4, None) if chunk is None else min(chunk, d)
         passes = [c] * (d // c) + ([d % c] if d % c else [])
         products = sum(line(costs.build, B * n) + line(costs.first_jvp, B * n) for n in passes)
@@ -168,13 +176,24 @@ def estimated_cost(method: str, B: int, k: int, d: int, m: int, iters: int, cost
         p, vectors = _krylov_vectors(B, k, d, iters)
         passes = 1 + -(-vectors // p)
         return KRYLOV_PASS_COST * passes + B * (POWER_SETUP_COST * p + POWER_PAIR_COST * vectors)
-    flops = B * (2.0 * m * d * d + 10.0 * d ** 3)
+    flops = B * (2.0 * m * d * d + 10.0 * d**3)
     return B * d * DENSE_JVP_COST + DENSE_FLOP_COST * flops
 
 
-def jacobian_topk(G: Callable, z: torch.Tensor, k: int, *, iters: int = 20, tol: float = 1e-4,
-                  method: str = "auto", jvp: str = "auto", init: torch.Tensor | None = None,
-                  seed: int | None = None, batchnorm: str = "error", chunk_size: int | None = None) -> TopK:
+def jacobian_topk(
+    G: Callable,
+    z: torch.Tensor,
+    k: int,
+    *,
+    iters: int = 20,
+    tol: float = 1e-4,
+    method: str = "auto",
+    jvp: str = "auto",
+    init: torch.Tensor | None = None,
+    seed: int | None = None,
+    batchnorm: str = "error",
+    chunk_size: int | None = None,
+) -> TopK:
     """Top-k right-singular vectors and values of J(z_b) = dG/dz at every row z_b of z.
 
     Args:
@@ -221,8 +240,9 @@ def jacobian_topk(G: Callable, z: torch.Tensor, k: int, *, iters: int = 20, tol:
                 m = select_rows(G, slice(0, 1))(z[:1].detach()).numel()
             costs = measured(G, z, ("costs", mode, d), lambda: measure_costs(G, z, mode))
             chunk = _dense_chunk(B, d, m, z.element_size(), chunk_size)
-            cheaper = (DENSE_MARGIN * estimated_cost("dense", B, k, d, m, iters, costs, chunk)
-                       < estimated_cost("krylov", B, k, d, m, iters, costs))
+            cheaper = DENSE_MARGIN * estimated_cost("dense", B, k, d, m, iters, costs, chunk) < estimated_cost(
+                "krylov", B, k, d, m, iters, costs
+            )
             method = "dense" if cheaper else "krylov"
         if method == "dense":
             return _dense_topk(G, z, k, mode, chunk_size, init, tol)
@@ -283,12 +303,14 @@ def measure_costs(G: Callable, z: torch.Tensor, mode: str) -> ProductCosts:
 
         def run():
             return block_lanczos(lambda Q, rows: Q * scale, X, X * scale, min(4, d), 1, passes + 1, 0.0).passes
+
         t_step = min(timed(run)[0] for _ in range(3)) / passes if passes > 0 else 0.0
     return ProductCosts(*lines, matmul_flop=t_mm / (2.0 * m * d * d), eigh=t_eigh, step=t_step)
 
 
-def scaled_product(op: JacobianOperator, JQ: torch.Tensor, cdtype, c: torch.Tensor | None = None,
-                   rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def scaled_product(
+    op: JacobianOperator, JQ: torch.Tensor, cdtype, c: torch.Tensor | None = None, rows: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(M Q / c^2 [B, k, d], c [B]) with c = max |J Q| per sample (unless given): M Q in units
     that neither overflow nor underflow for any scale of G (the Gram of J^T J squares it).
     Raises naming the rows of z where the products are not finite (`rows`: the rows of z that
@@ -298,8 +320,11 @@ def scaled_product(op: JacobianOperator, JQ: torch.Tensor, cdtype, c: torch.Tens
         c = torch.where(c > 0, c, torch.ones_like(c))  # a non-finite c makes MQ non-finite: caught below
     MQ = op.vjp(JQ.detach() / c.to(JQ.dtype)[:, None, None]).detach().to(cdtype) / c[:, None, None]
     # one host read-back per product (the rows must be named before the solver uses them)
-    name_rows(~torch.isfinite(MQ).flatten(1).all(1), "J(z) v or J(z)^T J(z) v is not finite (G's derivative is "
-              "infinite or NaN)", rows)
+    name_rows(
+        ~torch.isfinite(MQ).flatten(1).all(1),
+        "J(z) v or J(z)^T J(z) v is not finite (G's derivative is infinite or NaN)",
+        rows,
+    )
     return MQ, c
 
 
@@ -322,8 +347,15 @@ class PowerResult:
     graph_kept: bool
 
 
-def power_iteration(op: JacobianOperator, Q: torch.Tensor, V_prev: torch.Tensor | None, iters: int, tol: float,
-                    cdtype, keep_last_graph: bool = False) -> PowerResult:
+def power_iteration(
+    op: JacobianOperator,
+    Q: torch.Tensor,
+    V_prev: torch.Tensor | None,
+    iters: int,
+    tol: float,
+    cdtype,
+    keep_last_graph: bool = False,
+) -> PowerResult:
     """Block power iteration with Rayleigh-Ritz (`ops.ritz_step`) on scaled products, stopping
     once every residual is below tol.  Q: [B, k, d] orthonormal start; V_prev: signs to follow.
     keep_last_graph: the last iteration's J Q keeps G's parameter graph (the regularizer's)."""
@@ -335,8 +367,9 @@ def power_iteration(op: JacobianOperator, Q: torch.Tensor, V_prev: torch.Tensor 
         if last or bool((res < tol).all()):
             break
         Q = Q_next
-    return PowerResult(V=V, lam=lam, c=c, res=res, Q=Q, Q_next=Q_next, JQ=JQ, iterations=it,
-                       graph_kept=keep_last_graph and last)
+    return PowerResult(
+        V=V, lam=lam, c=c, res=res, Q=Q, Q_next=Q_next, JQ=JQ, iterations=it, graph_kept=keep_last_graph and last
+    )
 
 
 def zero_jacobian_axes(lam: torch.Tensor, *blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -362,8 +395,19 @@ def _power_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
     return _finish(G, z, V, lam, r.c, res, tol, r.iterations + passes, "power", mode, iters, settled)
 
 
-def checked_warm_start(G, z, V: torch.Tensor, lam: torch.Tensor, res: torch.Tensor, c: torch.Tensor,
-                       max_vectors: int, tol: float, mode: str, cdtype, relative_floor: float | None = None):
+def checked_warm_start(
+    G,
+    z,
+    V: torch.Tensor,
+    lam: torch.Tensor,
+    res: torch.Tensor,
+    c: torch.Tensor,
+    max_vectors: int,
+    tol: float,
+    mode: str,
+    cdtype,
+    relative_floor: float | None = None,
+):
     """The pairs of a power iteration from a warm start that pass tol, checked as the top k.
 
     A warm start that spans an invariant subspace skipping an eigenvector of the top k (the
@@ -385,8 +429,17 @@ def checked_warm_start(G, z, V: torch.Tensor, lam: torch.Tensor, res: torch.Tens
     products.c = c[rows].to(cdtype)  # the power iteration's units, so that its values carry over
     X = V[rows].to(cdtype)
     MX = products(X, torch.arange(len(rows), device=z.device))
-    s = block_lanczos(products, X, MX, k, p, max(max_vectors, k + KRYLOV_SECOND_START), tol,
-                      relative_floor=relative_floor, second_start=KRYLOV_SECOND_START)
+    s = block_lanczos(
+        products,
+        X,
+        MX,
+        k,
+        p,
+        max(max_vectors, k + KRYLOV_SECOND_START),
+        tol,
+        relative_floor=relative_floor,
+        second_start=KRYLOV_SECOND_START,
+    )
     V, lam, res = V.clone(), lam.clone(), res.clone()
     V[rows] = (s.V * ops.reference.sign_align(s.V, X)[..., None]).to(V.dtype)
     lam[rows], res[rows], settled[rows] = s.lam.to(lam.dtype), s.res.to(res.dtype), s.settled
@@ -416,14 +469,14 @@ class _ShrinkingProducts:
         at = torch.searchsorted(self.rows, rows)
         out = []
         for start in range(0, Q.shape[1], self.p):
-            part = Q[:, start:start + self.p]
+            part = Q[:, start : start + self.p]
             W = Q.new_zeros(len(self.rows), self.p, Q.shape[2])
-            W[at, :part.shape[1]] = part
+            W[at, : part.shape[1]] = part
             c = None if self.c is None else self.c[self.rows]
             MW, c = scaled_product(self.op, self.op.jvp(W), self.cdtype, c, self.rows)
             if self.c is None:
                 self.c = c
-            out.append(MW[at, :part.shape[1]])
+            out.append(MW[at, : part.shape[1]])
         return torch.cat(out, 1)
 
 
@@ -433,7 +486,9 @@ def _krylov_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
     cdtype = ops.reference.compute_dtype(z.dtype)
     p = krylov_block(B, k)
     X, V_prev = _initial_basis(init, B, k, d, cdtype, z.device, seed)
-    X = ops.orthonormalize(folded_start(X, p)) if init is not None else X[:, :p]  # p start vectors (krylov.folded_start)
+    X = (
+        ops.orthonormalize(folded_start(X, p)) if init is not None else X[:, :p]
+    )  # p start vectors (krylov.folded_start)
     products = _ShrinkingProducts(G, z, p, mode, cdtype)
     MX = products(X, torch.arange(B, device=z.device))
     r = block_lanczos(products, X, MX, k, p, max(iters * k, X.shape[1]), tol, second_start=KRYLOV_SECOND_START)
@@ -457,8 +512,16 @@ def _finish(G, z, V, lam, c, res, tol, iterations, method, mode, iters=None, set
         fd_err = fd_err.to(res.dtype)
     residuals = res if fd_err is None else res + fd_err
     converged = residuals < tol if settled is None else (residuals < tol) & settled[:, None]
-    top = TopK(vectors=V, values=values, residuals=residuals, converged=converged,
-               iterations=iterations, method=method, jvp=mode, approximate=fd_err is not None)
+    top = TopK(
+        vectors=V,
+        values=values,
+        residuals=residuals,
+        converged=converged,
+        iterations=iterations,
+        method=method,
+        jvp=mode,
+        approximate=fd_err is not None,
+    )
     _warn_unconverged(top, res, fd_err, tol, iters)
     return top
 
@@ -476,8 +539,10 @@ def _fd_residuals(G, z, V, values) -> tuple[torch.Tensor, torch.Tensor]:
     h, z0 = op._fd_step(), op.z_rep.detach()
     v = V.reshape(B * k, d).to(z.dtype)
     with torch.no_grad():
+
         def jv(step):
             return ((op.G(z0 + step * v) - op.G(z0 - step * v)) / (2 * step)).reshape(B, k, -1)
+
         JhV = jv(h)
         delta = JhV - jv(h / 2)
     sigma = values[:, :1].detach().to(torch.float64)
@@ -485,14 +550,18 @@ def _fd_residuals(G, z, V, values) -> tuple[torch.Tensor, torch.Tensor]:
     scale = torch.where(live, sigma, torch.ones_like(sigma))
 
     def JT(U):  # J^T (U / scale) / scale, in float64
-        return op.vjp((U.to(torch.float64) / scale[..., None]).to(U.dtype)).detach().to(torch.float64) / scale[..., None]
+        return (
+            op.vjp((U.to(torch.float64) / scale[..., None]).to(U.dtype)).detach().to(torch.float64) / scale[..., None]
+        )
 
     lam = (values.detach().to(torch.float64) / scale) ** 2
     res = (JT(JhV) - lam[..., None] * V.detach().to(torch.float64)).norm(dim=-1)
     err = (4.0 / 3.0) * JT(delta).norm(dim=-1)
     zero = torch.zeros_like(err)
-    return (torch.where(live, res, zero).nan_to_num(posinf=math.inf),
-            torch.where(live, err, zero).nan_to_num(posinf=math.inf))
+    return (
+        torch.where(live, res, zero).nan_to_num(posinf=math.inf),
+        torch.where(live, err, zero).nan_to_num(posinf=math.inf),
+    )
 
 
 def _warn_once(kind: str, message: str) -> None:
@@ -500,8 +569,9 @@ def _warn_once(kind: str, message: str) -> None:
     Python's registry would not dedupe it)."""
     if kind not in _warned:
         _warned.add(kind)
-        warnings.warn(message + " (warned once per process; TopK.converged reports every call)",
-                      UserWarning, stacklevel=6)
+        warnings.warn(
+            message + " (warned once per process; TopK.converged reports every call)", UserWarning, stacklevel=6
+        )
 
 
 def _warn_unconverged(top: TopK, res: torch.Tensor, fd_err: torch.Tensor | None, tol: float, iters) -> None:
@@ -510,30 +580,47 @@ def _warn_unconverged(top: TopK, res: torch.Tensor, fd_err: torch.Tensor | None,
     worst, missed = float(top.residuals.max()), int((~top.converged).sum())
     what = f"{missed} of {top.converged.numel()} vectors"
     if fd_err is not None and float(fd_err.max()) >= tol:
-        _warn_once("finite_difference", (
-            f"jacobian_topk(jvp='finite_difference', method={top.method!r}): the finite differences' estimated "
-            f"error reaches {float(fd_err.max()):.1e} of lambda_1 (largest residual {worst:.1e}), above tol={tol:g} "
-            f"on {what}: the result is approximate; use an exact jvp ('double_backward' or 'forward') or a larger tol"))
+        _warn_once(
+            "finite_difference",
+            (
+                f"jacobian_topk(jvp='finite_difference', method={top.method!r}): the finite differences' estimated "
+                f"error reaches {float(fd_err.max()):.1e} of lambda_1 (largest residual {worst:.1e}), above "
+                f"tol={tol:g} on {what}: the result is approximate; use an exact jvp ('double_backward' or "
+                "'forward') or a larger tol"
+            ),
+        )
     elif top.method == "power":
-        _warn_once("power", (
-            f"jacobian_topk(method='power') did not converge in iters={iters}: largest residual {worst:.1e} > "
-            f"tol={tol:g} on {what}; raise iters, or use method='krylov' (Lanczos: far fewer products on a "
-            "flat spectrum)"))
+        _warn_once(
+            "power",
+            (
+                f"jacobian_topk(method='power') did not converge in iters={iters}: largest residual {worst:.1e} > "
+                f"tol={tol:g} on {what}; raise iters, or use method='krylov' (Lanczos: far fewer products on a "
+                "flat spectrum)"
+            ),
+        )
     elif top.method == "krylov":
-        _warn_once("krylov", (
-            f"jacobian_topk(method='krylov') spent its budget (iters={iters}: {iters}*k products per sample) "
-            f"unconverged: largest residual {worst:.1e} (tol={tol:g}) on {what}, or pairs that passed tol "
-            "before their check against a second start; raise iters"))
+        _warn_once(
+            "krylov",
+            (
+                f"jacobian_topk(method='krylov') spent its budget (iters={iters}: {iters}*k products per sample) "
+                f"unconverged: largest residual {worst:.1e} (tol={tol:g}) on {what}, or pairs that passed tol "
+                "before their check against a second start; raise iters"
+            ),
+        )
     elif top.method == "dense":
-        _warn_once("dense", (
-            f"jacobian_topk(method='dense'): the eigendecomposition's residuals reach {worst:.1e} > tol={tol:g} on "
-            f"{what}: tol is below the rounding of J^T J in {top.values.dtype}; raise tol or use float64 latents"))
+        _warn_once(
+            "dense",
+            (
+                f"jacobian_topk(method='dense'): the eigendecomposition's residuals reach {worst:.1e} > tol={tol:g} on "
+                f"{what}: tol is below the rounding of J^T J in {top.values.dtype}; raise tol or use float64 latents"
+            ),
+        )
 
 
 def _dense_chunk(B: int, d: int, m: int, itemsize: int, chunk_size: int | None) -> int:
     if chunk_size is not None:
         return min(check_int("chunk_size", chunk_size, 1), d)
-    budget = 256 * 2 ** 20  # bytes of output tangents per chunk; activations scale alike
+    budget = 256 * 2**20  # bytes of output tangents per chunk; activations scale alike
     return max(1, min(d, budget // max(1, B * m * itemsize)))
 
 

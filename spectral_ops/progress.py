@@ -1,5 +1,6 @@
 """Progress bars for the library's long calls (`progress=True`): tqdm's where it is installed (the
 library depends on torch alone), else a plain count on stderr at every tenth of the work."""
+
 from __future__ import annotations
 
 import sys

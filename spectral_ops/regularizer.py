@@ -63,6 +63,7 @@ and one more JVP), against one generator forward/backward for a plain step.  `Sp
 amortises it with ``every`` (lazy regularization), ``batch_fraction`` (a random subset of the rows)
 and a warm-start basis; see its docstring for the measured overhead.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -79,12 +80,18 @@ from .jacobian import JacobianOperator, name_rows
 from .lazy import LazyPenalty
 from .ops.reference import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
 from .krylov import block_lanczos, folded_start, krylov_block
-from .power import (KRYLOV_SECOND_START, _ShrinkingProducts, checked_warm_start, power_iteration,
-                    zero_jacobian_axes)
+from .power import KRYLOV_SECOND_START, _ShrinkingProducts, checked_warm_start, power_iteration, zero_jacobian_axes
 from .validation import check_callable, check_init, check_int, derived_seed
 
-__all__ = ["spectral_penalty", "SpectralRegularizer", "RegularizerConfig", "LOSSES", "GRADS", "WEIGHTS",
-           "default_basis"]
+__all__ = [
+    "spectral_penalty",
+    "SpectralRegularizer",
+    "RegularizerConfig",
+    "LOSSES",
+    "GRADS",
+    "WEIGHTS",
+    "default_basis",
+]
 
 LOSSES, WEIGHTS = LOSS_KINDS, WEIGHT_KINDS
 # A computed call whose vectors end with a median worst residual above this warns (once).
@@ -94,8 +101,9 @@ IMPLICIT_TOL_EPS = 1000.0
 _CONFIG_FIELDS = frozenset(RegularizerConfig.__dataclass_fields__)
 
 
-def default_basis(k: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64,
-                  device: torch.device | str | None = None) -> torch.Tensor:
+def default_basis(
+    k: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+) -> torch.Tensor:
     """A fixed random orthonormal basis [k, d] (the shared starting point of the power iteration).
 
     Every row of a batch starts from the same basis, so the result for a row does not depend on
@@ -136,8 +144,9 @@ def _power(op: JacobianOperator, Q0: torch.Tensor, V_prev, iters: int, tol: floa
     return V, lam.clamp_min(0), r.c.to(cdtype), res, Q_next, JV
 
 
-def _krylov(G, z: torch.Tensor, Q0: torch.Tensor, V_prev, max_vectors: int, tol: float, null_tol: float, mode: str,
-            cdtype):
+def _krylov(
+    G, z: torch.Tensor, Q0: torch.Tensor, V_prev, max_vectors: int, tol: float, null_tol: float, mode: str, cdtype
+):
     """The top-k of J^T J by the batched Lanczos (`krylov.block_lanczos`) started from the block
     Q0 [B, k, d] (the warm-start basis, folded into krylov_block(B, k) start vectors).
 
@@ -153,8 +162,17 @@ def _krylov(G, z: torch.Tensor, Q0: torch.Tensor, V_prev, max_vectors: int, tol:
     # block_lanczos runs its dense algebra outside autocast and G's passes under the caller's setting
     # pairs that pass are checked as the top k against a second, random start: the warm start can
     # span an invariant subspace that skips an eigenvector (two values crossed since the last call)
-    r = block_lanczos(products, X, MX, k, p, max(max_vectors, p + KRYLOV_SECOND_START), tol,
-                      relative_floor=null_tol * null_tol, second_start=KRYLOV_SECOND_START)
+    r = block_lanczos(
+        products,
+        X,
+        MX,
+        k,
+        p,
+        max(max_vectors, p + KRYLOV_SECOND_START),
+        tol,
+        relative_floor=null_tol * null_tol,
+        second_start=KRYLOV_SECOND_START,
+    )
     V = r.V * ops.reference.sign_align(r.V, V_prev)[..., None]
     (V,) = zero_jacobian_axes(r.lam, V)
     return V, r.lam.clamp_min(0), products.c, r.res
@@ -174,12 +192,13 @@ def in_block_solve(V: torch.Tensor, lam: torch.Tensor, g: torch.Tensor) -> torch
     """
     cdtype = V.dtype
     eps = torch.finfo(cdtype).eps
-    delta = (eps ** 0.5) * lam[:, :1, None]                          # [B, 1, 1]
-    diff = lam[:, :, None] - lam[:, None, :]                          # lambda_i - lambda_j
+    delta = (eps**0.5) * lam[:, :1, None]  # [B, 1, 1]
+    diff = lam[:, :, None] - lam[:, None, :]  # lambda_i - lambda_j
     k = V.shape[1]
     off = ~torch.eye(k, dtype=torch.bool, device=V.device)
-    coef = torch.where(off, diff / (diff * diff + delta * delta).clamp_min(torch.finfo(cdtype).tiny),
-                       torch.zeros_like(diff))
+    coef = torch.where(
+        off, diff / (diff * diff + delta * delta).clamp_min(torch.finfo(cdtype).tiny), torch.zeros_like(diff)
+    )
     return (coef * (g @ V.transpose(-1, -2))) @ V
 
 
@@ -196,8 +215,15 @@ def scaled_matvec(op: JacobianOperator, X: torch.Tensor, c: torch.Tensor, cdtype
     return op.vjp(op.jvp(X).detach().to(cdtype) / cc).detach().to(cdtype) / cc
 
 
-def implicit_solve(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, c: torch.Tensor, g: torch.Tensor,
-                   cg_iters: int, cg_tol: float) -> torch.Tensor:
+def implicit_solve(
+    op: JacobianOperator,
+    V: torch.Tensor,
+    lam: torch.Tensor,
+    c: torch.Tensor,
+    g: torch.Tensor,
+    cg_iters: int,
+    cg_tol: float,
+) -> torch.Tensor:
     """a_i = (lambda_i I - M)^+ (I - v_i v_i^T) g_i for all samples and i at once, in the units
     of M / c^2.
 
@@ -215,7 +241,7 @@ def implicit_solve(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, c: 
     r = b.clone()
     p = r.clone()
     rr = (r * r).sum(-1)
-    stop = (cg_tol ** 2) * rr
+    stop = (cg_tol**2) * rr
     # a curvature p^T (lam_i I - M) p below delta |p|^2 (delta = sqrt(eps) lam_1, the in-block rule's)
     # means no gap below lam_i: a tie with the spectrum outside the block (a cluster of weakly used
     # directions), where the eigenvector derivative is undefined and CG would divide by rounding
@@ -277,9 +303,20 @@ def masked_loss_inputs(S: torch.Tensor, active: torch.Tensor, loss: str, weights
     return S * mask, "singular"
 
 
-def _eigvec_gradient(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, c: torch.Tensor, active: torch.Tensor,
-                     loss: str, weights: str, grad: str, cg_iters: int, cg_tol: float, cdtype,
-                     JV: torch.Tensor | None = None) -> torch.Tensor:
+def _eigvec_gradient(
+    op: JacobianOperator,
+    V: torch.Tensor,
+    lam: torch.Tensor,
+    c: torch.Tensor,
+    active: torch.Tensor,
+    loss: str,
+    weights: str,
+    grad: str,
+    cg_iters: int,
+    cg_tol: float,
+    cdtype,
+    JV: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The loss at V, with the eigenvector derivative (grad "fast" or "implicit") on its backward.
 
     lam [B, k]: eigenvalues of M / c^2, with c [B] the per-sample scale of J (detached).  The
@@ -290,9 +327,9 @@ def _eigvec_gradient(op: JacobianOperator, V: torch.Tensor, lam: torch.Tensor, c
     JV: J V with a theta graph, if the power iteration already has it."""
     cc = c.detach()[:, None, None]
     if JV is None:
-        JV = op.jvp(V, create_graph=True)            # differentiable in theta
+        JV = op.jvp(V, create_graph=True)  # differentiable in theta
     JV = JV.to(cdtype) / cc
-    S = _safe_norm(JV)                               # Hellmann-Feynman path for the values
+    S = _safe_norm(JV)  # Hellmann-Feynman path for the values
     V_leaf = V.detach().requires_grad_(True)
     S_op, weights_op = masked_loss_inputs(S, active, loss, weights)
     value = ops.alignment_loss(V_leaf, S_op, loss, weights_op).to(cdtype).mean()
@@ -355,21 +392,32 @@ def _penalty(G, z, config: RegularizerConfig, init) -> PenaltyResult:
             V, lam, scale, res, Q_next, JV = _power(op, Q0, V_prev, c.iters, solver_tolerance(c, cdtype), cdtype)
             if V_prev is not None:  # a warm start: the pairs that pass are checked as the top k
                 V_checked, lam, res, passes, _ = checked_warm_start(
-                    G, z, V, lam, res, scale, c.iters * c.k, solver_tolerance(c, cdtype), mode, cdtype,
-                    relative_floor=c.null_tol * c.null_tol)
+                    G,
+                    z,
+                    V,
+                    lam,
+                    res,
+                    scale,
+                    c.iters * c.k,
+                    solver_tolerance(c, cdtype),
+                    mode,
+                    cdtype,
+                    relative_floor=c.null_tol * c.null_tol,
+                )
                 if passes:  # the check moved some rows: J V is computed anew
                     (V,) = zero_jacobian_axes(lam, V_checked)
                     lam, JV, Q_next = lam.clamp_min(0), None, V
         else:
-            V, lam, scale, res = _krylov(G, z, Q0, V_prev, c.iters * c.k, solver_tolerance(c, cdtype), c.null_tol, mode,
-                                  cdtype)
+            V, lam, scale, res = _krylov(
+                G, z, Q0, V_prev, c.iters * c.k, solver_tolerance(c, cdtype), c.null_tol, mode, cdtype
+            )
             op, JV, Q_next = JacobianOperator(G, z, c.k, mode), None, V  # the graph for J V and J a
         active = active_vectors(lam, c.null_tol)
-        value = _eigvec_gradient(op, V, lam, scale, active, c.loss, c.weights, c.grad, c.cg_iters, c.cg_tol, cdtype,
-                                 JV)
+        value = _eigvec_gradient(op, V, lam, scale, active, c.loss, c.weights, c.grad, c.cg_iters, c.cg_tol, cdtype, JV)
         subnormal = scale < torch.finfo(op.y.dtype).tiny
-    return PenaltyResult(value, V.detach(), lam.sqrt() * scale[:, None], res.detach(), active, Q_next.detach(),
-                         subnormal)
+    return PenaltyResult(
+        value, V.detach(), lam.sqrt() * scale[:, None], res.detach(), active, Q_next.detach(), subnormal
+    )
 
 
 def read_back(result: PenaltyResult, config: RegularizerConfig, warned: set, where: str) -> float:
@@ -379,14 +427,17 @@ def read_back(result: PenaltyResult, config: RegularizerConfig, warned: set, whe
     `spectral_penalty`) when the vectors the loss saw are far from converged.  Returns that median."""
     worst = result.residuals.max(-1).values.median()
     finite = torch.isfinite(result.value) & torch.isfinite(result.next_basis).all()
-    ok, subnormal, worst = torch.stack([finite.to(worst.dtype), result.subnormal.any().to(worst.dtype),
-                                        worst.to(worst.dtype)]).tolist()
+    ok, subnormal, worst = torch.stack(
+        [finite.to(worst.dtype), result.subnormal.any().to(worst.dtype), worst.to(worst.dtype)]
+    ).tolist()
     if subnormal:
         try:
             name_rows(result.subnormal, "J(z) is below the smallest normal number of G's output dtype")
         except ValueError as exc:
-            raise ValueError(f"{exc}: the penalty's gradient (about 1 / |J| at G's output) cannot be represented "
-                             f"there; rescale G's output or compute in float64") from None
+            raise ValueError(
+                f"{exc}: the penalty's gradient (about 1 / |J| at G's output) cannot be represented "
+                f"there; rescale G's output or compute in float64"
+            ) from None
     if not ok:
         name_rows(~torch.isfinite(result.next_basis).flatten(1).all(1), "the next warm-start basis is not finite")
         raise ValueError(f"the spectral penalty is not finite ({float(result.value)}): check G's outputs and scale")
@@ -398,10 +449,14 @@ def read_back(result: PenaltyResult, config: RegularizerConfig, warned: set, whe
     key = (where, config.grad)
     if worst > limit and key not in warned:
         warned.add(key)
-        warnings.warn(f"{where}: the median worst residual ||Mv - lam v|| / lam_1 of the vectors the loss saw is "
-                      f"{worst:.3g} > {limit:.3g} ({why}); raise iters (now {config.iters}, a cap of "
-                      f"{config.iters}*k products per sample for solver='krylov')"
-                      + (" or use solver='krylov'" if config.solver == "power" else ""), UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{where}: the median worst residual ||Mv - lam v|| / lam_1 of the vectors the loss saw is "
+            f"{worst:.3g} > {limit:.3g} ({why}); raise iters (now {config.iters}, a cap of "
+            f"{config.iters}*k products per sample for solver='krylov')"
+            + (" or use solver='krylov'" if config.solver == "power" else ""),
+            UserWarning,
+            stacklevel=3,
+        )
     return worst
 
 
@@ -411,12 +466,24 @@ _PENALTY_WARNED: set = set()
 _DEFAULTS = RegularizerConfig()
 
 
-def spectral_penalty(G: Callable, z: torch.Tensor, *, k: int = _DEFAULTS.k, iters: int = _DEFAULTS.iters,
-                     loss: str = _DEFAULTS.loss, grad: str = _DEFAULTS.grad, jvp: str = _DEFAULTS.jvp,
-                     init: torch.Tensor | None = None, weights: str = _DEFAULTS.weights,
-                     batchnorm: str = _DEFAULTS.batchnorm, tol: float = _DEFAULTS.tol,
-                     cg_iters: int = _DEFAULTS.cg_iters, cg_tol: float = _DEFAULTS.cg_tol,
-                     solver: str = _DEFAULTS.solver, null_tol: float = _DEFAULTS.null_tol) -> torch.Tensor:
+def spectral_penalty(
+    G: Callable,
+    z: torch.Tensor,
+    *,
+    k: int = _DEFAULTS.k,
+    iters: int = _DEFAULTS.iters,
+    loss: str = _DEFAULTS.loss,
+    grad: str = _DEFAULTS.grad,
+    jvp: str = _DEFAULTS.jvp,
+    init: torch.Tensor | None = None,
+    weights: str = _DEFAULTS.weights,
+    batchnorm: str = _DEFAULTS.batchnorm,
+    tol: float = _DEFAULTS.tol,
+    cg_iters: int = _DEFAULTS.cg_iters,
+    cg_tol: float = _DEFAULTS.cg_tol,
+    solver: str = _DEFAULTS.solver,
+    null_tol: float = _DEFAULTS.null_tol,
+) -> torch.Tensor:
     """Axis-alignment penalty of the top-k right-singular vectors of J(z) = dG/dz, batch mean.
 
     Args:
@@ -451,9 +518,20 @@ def spectral_penalty(G: Callable, z: torch.Tensor, *, k: int = _DEFAULTS.k, iter
     """
     check_callable("G", G)
     B, d = flatten_latents(z)[0].shape
-    config = RegularizerConfig(k=k, iters=iters, loss=loss, grad=grad, jvp=jvp, weights=weights,
-                               batchnorm=batchnorm, tol=tol, cg_iters=cg_iters, cg_tol=cg_tol, solver=solver,
-                               null_tol=null_tol).validate(d)
+    config = RegularizerConfig(
+        k=k,
+        iters=iters,
+        loss=loss,
+        grad=grad,
+        jvp=jvp,
+        weights=weights,
+        batchnorm=batchnorm,
+        tol=tol,
+        cg_iters=cg_iters,
+        cg_tol=cg_tol,
+        solver=solver,
+        null_tol=null_tol,
+    ).validate(d)
     if init is not None:
         init = check_init(init, B, k, d)
     result = _penalty(G, z, config, init)
@@ -473,8 +551,9 @@ def _as_config(config: object) -> RegularizerConfig:
         if names:
             raise TypeError(f"config's keys must be field names (str), got {names[0]!r}")
         return RegularizerConfig().replace(**config)
-    raise TypeError(f"config must be a RegularizerConfig, a mapping of its fields, or None, got "
-                    f"{type(config).__name__}")
+    raise TypeError(
+        f"config must be a RegularizerConfig, a mapping of its fields, or None, got {type(config).__name__}"
+    )
 
 
 class SpectralRegularizer(LazyPenalty):
@@ -540,9 +619,11 @@ class SpectralRegularizer(LazyPenalty):
         return super().__getattr__(name)
 
     def extra_repr(self) -> str:
-        return (f"latent_dim={self.latent_dim}, k={self.k}, iters={self.iters}, loss={self.loss!r}, "
-                f"grad={self.grad!r}, every={self.every}, batch_fraction={self.batch_fraction}, "
-                f"warm_start={self.warm_start}, solver={self.solver!r}")
+        return (
+            f"latent_dim={self.latent_dim}, k={self.k}, iters={self.iters}, loss={self.loss!r}, "
+            f"grad={self.grad!r}, every={self.every}, batch_fraction={self.batch_fraction}, "
+            f"warm_start={self.warm_start}, solver={self.solver!r}"
+        )
 
     def _rows(self, B: int, step: int, device) -> torch.Tensor | None:
         n = max(1, int(round(self.batch_fraction * B)))
@@ -563,8 +644,10 @@ class SpectralRegularizer(LazyPenalty):
         if not z.dtype.is_floating_point:
             raise TypeError(f"z must be a floating-point tensor, got {z.dtype}")
         if z.dim() < 2 or z.shape[0] == 0 or z[0].numel() != self.latent_dim:
-            raise ValueError(f"z must be [batch, latent_dim={self.latent_dim}] (or [batch, ...] with "
-                             f"{self.latent_dim} values per row), got shape {tuple(z.shape)}")
+            raise ValueError(
+                f"z must be [batch, latent_dim={self.latent_dim}] (or [batch, ...] with "
+                f"{self.latent_dim} values per row), got shape {tuple(z.shape)}"
+            )
 
     def penalty(self, G: Callable, z: torch.Tensor, step: int) -> torch.Tensor:
         """The unscaled penalty on this step's rows (`forward` scales it by `every`).
@@ -589,13 +672,16 @@ class SpectralRegularizer(LazyPenalty):
         V [n, k, d] sign-aligned with the basis, the mean over the samples where vector i is
         active [n, k] (a vector G ignores is arbitrary); a row no sample has active keeps its value."""
         weight = active.to(torch.float64)
-        sums = (weight[..., None] * V.to(torch.float64)).sum(0)                    # [k, d]
+        sums = (weight[..., None] * V.to(torch.float64)).sum(0)  # [k, d]
         total = torch.cat([sums.flatten(), weight.sum(0)])
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
+        if (
+            torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1
+        ):
             torch.distributed.all_reduce(total)
-        count = total[-self.k:, None]
-        mean = (total[:-self.k].reshape(self.k, self.latent_dim) / count.clamp_min(1)).to(self.basis.device)
+        count = total[-self.k :, None]
+        mean = (total[: -self.k].reshape(self.k, self.latent_dim) / count.clamp_min(1)).to(self.basis.device)
         old = self.basis.to(torch.float64)
         new = torch.where(count.to(old.device) > 0, (1 - self.momentum) * old + self.momentum * mean, old)
         self.basis.copy_(ops.orthonormalize(new[None])[0].to(self.basis.dtype))

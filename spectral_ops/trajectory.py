@@ -32,6 +32,7 @@ used so that a z0 on any shell stays there).  The field is replaced by its tange
 v - (v . z_hat) z_hat, which moves at speed <= 1, and z is rescaled to the radius after every
 step (a retraction).  Without projection the trajectory moves freely in R^d.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,16 @@ from . import ops
 from .generator import check_autograd_available, flat_generator, flatten_latents
 from .power import jacobian_topk
 from .progress import progress_bar
-from .validation import (check_bool, check_callable, check_choice, check_int, check_iters_tol, check_k, check_number,
-                         check_seed)
+from .validation import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_int,
+    check_iters_tol,
+    check_k,
+    check_number,
+    check_seed,
+)
 
 INTEGRATORS = ("euler", "heun", "rk4")
 PROJECTIONS = (None, "sphere")
@@ -109,9 +118,18 @@ class _Field:
         self.evaluations += 1
         if not self.warm_start and self.evaluations > 1:
             init = None
-        top = jacobian_topk(self.G, z.detach(), self.k, iters=self.iters, tol=self.tol,
-                            method=self.topk_method, jvp=self.jvp, init=init, seed=self.seed,
-                            batchnorm=self.batchnorm)
+        top = jacobian_topk(
+            self.G,
+            z.detach(),
+            self.k,
+            iters=self.iters,
+            tol=self.tol,
+            method=self.topk_method,
+            jvp=self.jvp,
+            init=init,
+            seed=self.seed,
+            batchnorm=self.batchnorm,
+        )
         self.iterations += top.iterations
         if init is not None:  # the dense method ignores init: align every row's sign here
             top.vectors = top.vectors * ops.reference.sign_align(top.vectors, init.to(top.vectors.dtype))[..., None]
@@ -171,7 +189,11 @@ def _walk(field: _Field, z0, v0, V0, top0, idx0, steps, h, method, progress_desc
         z_next = field.retract(z_next)
         _, v, idx, V, top = field(z_next, v, V)
         z = z_next
-        zs.append(z); Vs.append(V); vals.append(top.values); ress.append(top.residuals); idxs.append(idx)
+        zs.append(z)
+        Vs.append(V)
+        vals.append(top.values)
+        ress.append(top.residuals)
+        idxs.append(idx)
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -187,8 +209,9 @@ def _complete_init(init, B: int, k: int, d: int, z0: torch.Tensor, seed) -> torc
     if init.dim() == 2:
         init = init.expand(B, *init.shape)
     if init.dim() != 3 or init.shape[0] != B or init.shape[2] != d or not 1 <= init.shape[1] <= k:
-        raise ValueError(f"init must have shape (j, {d}) or ({B}, j, {d}) with 1 <= j <= k={k}, "
-                         f"got {tuple(init.shape)}")
+        raise ValueError(
+            f"init must have shape (j, {d}) or ({B}, j, {d}) with 1 <= j <= k={k}, got {tuple(init.shape)}"
+        )
     if init.device.type == "meta":
         raise ValueError("init is on the meta device: spectral_ops needs its values")
     if not init.dtype.is_floating_point:
@@ -204,8 +227,7 @@ def _complete_init(init, B: int, k: int, d: int, z0: torch.Tensor, seed) -> torc
     return ops.orthonormalize(init)
 
 
-def _checked_arguments(G, z0, direction, steps, step_size, method, k, project, iters, tol, topk_method, seed,
-                       flags):
+def _checked_arguments(G, z0, direction, steps, step_size, method, k, project, iters, tol, topk_method, seed, flags):
     """trace_trajectory's argument checks: (G on flat latents, z0 [B, d] detached, k, the
     sphere radius [B, 1] or None); flags: {name: value} of the bool arguments.  Raises naming the
     first bad argument."""
@@ -252,12 +274,27 @@ def _reversed(walk, B: int):
     return zs[::-1][:-1], flipped[::-1][:-1], vals[::-1][:-1], ress[::-1][:-1], idxs[::-1][:-1]
 
 
-def trace_trajectory(G: Callable, z0: torch.Tensor, direction: int = 0, *, steps: int = 32,
-                     step_size: float = 0.1, method: str = "rk4", k: int | None = None,
-                     project: str | None = None, both_ways: bool = False, iters: int = 10,
-                     tol: float = 1e-5, topk_method: str = "auto", jvp: str = "auto",
-                     init: torch.Tensor | None = None, seed: int | None = None,
-                     batchnorm: str = "error", warm_start: bool = True, progress: bool = False) -> Trajectory:
+def trace_trajectory(
+    G: Callable,
+    z0: torch.Tensor,
+    direction: int = 0,
+    *,
+    steps: int = 32,
+    step_size: float = 0.1,
+    method: str = "rk4",
+    k: int | None = None,
+    project: str | None = None,
+    both_ways: bool = False,
+    iters: int = 10,
+    tol: float = 1e-5,
+    topk_method: str = "auto",
+    jvp: str = "auto",
+    init: torch.Tensor | None = None,
+    seed: int | None = None,
+    batchnorm: str = "error",
+    warm_start: bool = True,
+    progress: bool = False,
+) -> Trajectory:
     """Follow the `direction`-th right-singular vector field of J(z) = dG/dz from every row of z0.
 
     Args:
@@ -290,9 +327,21 @@ def trace_trajectory(G: Callable, z0: torch.Tensor, direction: int = 0, *, steps
         Trajectory with z (T+1, B, d), values (T+1, B, k), vectors (T+1, B, k, d),
         residuals (T+1, B, k), tracked (T+1, B).
     """
-    G, z0, k, radius = _checked_arguments(G, z0, direction, steps, step_size, method, k, project, iters, tol,
-                                          topk_method, seed,
-                                          dict(both_ways=both_ways, warm_start=warm_start, progress=progress))
+    G, z0, k, radius = _checked_arguments(
+        G,
+        z0,
+        direction,
+        steps,
+        step_size,
+        method,
+        k,
+        project,
+        iters,
+        tol,
+        topk_method,
+        seed,
+        dict(both_ways=both_ways, warm_start=warm_start, progress=progress),
+    )
     B, d = z0.shape
     if init is not None:
         init = _complete_init(init, B, k, d, z0, seed)
@@ -301,15 +350,24 @@ def trace_trajectory(G: Callable, z0: torch.Tensor, direction: int = 0, *, steps
     V0 = top0.vectors
     idx0 = torch.full((B,), direction, dtype=torch.long, device=z0.device)
     v0 = V0[:, direction]
-    fwd = _walk(field, z0, v0, V0, top0, idx0, steps, float(step_size), method,
-                "trajectory" if progress else None)
+    fwd = _walk(field, z0, v0, V0, top0, idx0, steps, float(step_size), method, "trajectory" if progress else None)
     parts = [fwd]
     origin = 0
     if both_ways:
         V0b = V0.clone()
         V0b[:, direction] = -v0
-        bwd = _walk(field, z0, -v0, V0b, top0, idx0, steps, float(step_size), method,
-                    "trajectory (backward)" if progress else None)
+        bwd = _walk(
+            field,
+            z0,
+            -v0,
+            V0b,
+            top0,
+            idx0,
+            steps,
+            float(step_size),
+            method,
+            "trajectory (backward)" if progress else None,
+        )
         back = _reversed(bwd, B)
         parts = [back, fwd]
         origin = steps
@@ -317,9 +375,20 @@ def trace_trajectory(G: Callable, z0: torch.Tensor, direction: int = 0, *, steps
     def cat(i):
         return torch.stack([x for part in parts for x in part[i]], dim=0)
 
-    return Trajectory(z=cat(0), vectors=cat(1), values=cat(2), residuals=cat(3), tracked=cat(4),
-                      direction=direction, origin=origin, method=method, step_size=float(step_size),
-                      project=project, evaluations=field.evaluations, iterations=field.iterations)
+    return Trajectory(
+        z=cat(0),
+        vectors=cat(1),
+        values=cat(2),
+        residuals=cat(3),
+        tracked=cat(4),
+        direction=direction,
+        origin=origin,
+        method=method,
+        step_size=float(step_size),
+        project=project,
+        evaluations=field.evaluations,
+        iterations=field.iterations,
+    )
 
 
 __all__ = ["Trajectory", "trace_trajectory", "INTEGRATORS"]

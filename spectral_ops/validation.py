@@ -5,6 +5,7 @@ A value of the wrong type (a float for an int, a str for a bool) raises TypeErro
 right type outside its range, or not among the allowed choices, raises ValueError.  Tensor
 arguments (latents, warm starts) are checked where they are prepared (generator.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,28 +27,38 @@ def check_callable(name: str, value: object) -> None:
         raise TypeError(f"{name} must be callable, got {type(value).__name__}")
 
 
-def check_int(name: str, value: object, minimum: int | None = None, maximum: int | None = None, *,
-              allow_none: bool = False) -> int | None:
+def check_int(
+    name: str, value: object, minimum: int | None = None, maximum: int | None = None, *, allow_none: bool = False
+) -> int | None:
     """An int (not a bool) in [minimum, maximum]; None passes when allow_none."""
     if value is None and allow_none:
         return None
     if not _is_int(value):
         raise TypeError(f"{name} must be an int{' or None' if allow_none else ''}, got {type(value).__name__}")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        bounds = (f">= {minimum}" if maximum is None else f"<= {maximum}" if minimum is None
-                  else f"in [{minimum}, {maximum}]")
+        bounds = (
+            f">= {minimum}" if maximum is None else f"<= {maximum}" if minimum is None else f"in [{minimum}, {maximum}]"
+        )
         raise ValueError(f"{name} must be an int {bounds}, got {value!r}")
     return value
 
 
-def check_number(name: str, value: object, low: float | None = None, high: float | None = None, *,
-                 low_open: bool = False, high_open: bool = False) -> float:
+def check_number(
+    name: str,
+    value: object,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
     """A finite real number in the interval given by low/high (closed unless *_open): TypeError
     for anything that is not an int or a float (a str, a bool, None, a tensor), ValueError for a
     non-finite or out-of-range one."""
     if not _is_real(value):
-        raise TypeError(f"{name} must be a finite number{_interval(low, high, low_open, high_open)}, got "
-                        f"{type(value).__name__}")
+        raise TypeError(
+            f"{name} must be a finite number{_interval(low, high, low_open, high_open)}, got {type(value).__name__}"
+        )
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number{_interval(low, high, low_open, high_open)}, got {value!r}")
     below = low is not None and (value <= low if low_open else value < low)
@@ -81,7 +92,7 @@ def check_bool(name: str, value: object) -> bool:
     return value
 
 
-SEED_MIN, SEED_MAX = -2 ** 63, 2 ** 64 - 1  # what torch.Generator.manual_seed takes (negatives wrap mod 2**64)
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes (negatives wrap mod 2**64)
 
 
 def check_seed(seed: object, allow_none: bool = True, name: str = "seed") -> None:
@@ -101,7 +112,7 @@ def derived_seed(seed: int, *parts: int) -> int:
     wrapped into [0, 2**64).  torch reads a negative seed modulo 2**64, so every sum that it
     already accepted gives the same numbers as before; sums past its range wrap instead of
     raising deep inside torch."""
-    return (seed + sum(parts)) % 2 ** 64
+    return (seed + sum(parts)) % 2**64
 
 
 def check_k(k: object, d: int) -> int:

@@ -4,6 +4,7 @@ Each family maps (N, d) -> (N, ...) with no coupling between rows.  `gapped` var
 latent axes by a geometric sequence so J^T J has a clear spectral gap; the untrained DCGAN is
 the flat case of DESIGN.md section 2.
 """
+
 from __future__ import annotations
 
 import torch
@@ -105,8 +106,8 @@ class StyleLike(nn.Module):
         if self.training:
             self.w_avg.copy_(w.detach().mean(0).lerp(self.w_avg, 0.995))
         N, C = w.shape[0], self.const.shape[0]
-        s = self.affine(w) + 1                                            # [N, C] styles
-        weight = self.weight[None] * s[:, None, :, None, None]            # [N, C, C, 3, 3]
+        s = self.affine(w) + 1  # [N, C] styles
+        weight = self.weight[None] * s[:, None, :, None, None]  # [N, C, C, 3, 3]
         weight = weight * (weight.square().sum(dim=(2, 3, 4), keepdim=True) + 1e-8).rsqrt()
         x = self.const[None].expand(N, -1, -1, -1).reshape(1, N * C, 8, 8)
         x = nn.functional.conv2d(x, weight.reshape(N * C, C, 3, 3), padding=1, groups=N).reshape(N, C, 8, 8)
@@ -129,8 +130,12 @@ class DCGAN4D(nn.Module):
     def __init__(self, nz: int = 6, ngf: int = 4):
         super().__init__()
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(nz, 2 * ngf, 4, 1, 0), nn.BatchNorm2d(2 * ngf), nn.ReLU(),
-            nn.ConvTranspose2d(2 * ngf, 1, 4, 2, 1), nn.Tanh())
+            nn.ConvTranspose2d(nz, 2 * ngf, 4, 1, 0),
+            nn.BatchNorm2d(2 * ngf),
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * ngf, 1, 4, 2, 1),
+            nn.Tanh(),
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() != 4:

@@ -1,6 +1,7 @@
 """Argument rules shared by every public entry point (spectral_ops.validation): a bool argument
 takes only a bool, and a seed only an int that a torch generator takes, each refused naming the
 argument before any work."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +11,14 @@ import pytest
 import torch
 
 import spectral_ops
-from spectral_ops import (RegularizerConfig, SpectralRegularizer, global_directions, jacobian_topk, spectral_penalty,
-                          trace_trajectory)
+from spectral_ops import (
+    RegularizerConfig,
+    SpectralRegularizer,
+    global_directions,
+    jacobian_topk,
+    spectral_penalty,
+    trace_trajectory,
+)
 from spectral_ops.validation import SEED_MAX, SEED_MIN, derived_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,7 +76,7 @@ def test_a_non_bool_where_a_bool_is_expected_is_a_type_error(entry, arg, value):
 SEEDED = ["jacobian_topk", "trace_trajectory", "global_directions", "RegularizerConfig", "SpectralRegularizer"]
 
 
-@pytest.mark.parametrize("seed", [SEED_MAX + 1, SEED_MIN - 1, 2 ** 70, -2 ** 70])
+@pytest.mark.parametrize("seed", [SEED_MAX + 1, SEED_MIN - 1, 2**70, -(2**70)])
 @pytest.mark.parametrize("entry", SEEDED)
 def test_a_seed_beyond_what_torch_takes_is_refused_by_every_entry_point(entry, seed):
     """Before: "Overflow when unpacking long long" from inside torch (or, where the seed was not
@@ -87,8 +94,17 @@ def test_the_range_ends_are_accepted(entry):
         CALLS[entry](seed=seed)
 
 
-@pytest.mark.parametrize("seed, parts", [(0, (1,)), (-1, (0,)), (SEED_MIN, (5, 7)), (SEED_MAX - 3, (2,)),
-                                         (-5, (1_000_003 * 3,)), (12345 * 1_000_003, (17,))])
+@pytest.mark.parametrize(
+    "seed, parts",
+    [
+        (0, (1,)),
+        (-1, (0,)),
+        (SEED_MIN, (5, 7)),
+        (SEED_MAX - 3, (2,)),
+        (-5, (1_000_003 * 3,)),
+        (12345 * 1_000_003, (17,)),
+    ],
+)
 def test_derived_seed_draws_what_torch_draws_for_the_plain_sum(seed, parts):
     """Where seed + sum(parts) is a seed torch takes, derived_seed gives the same numbers (so every
     seed that worked before draws the same); the result is always in [0, 2**64)."""
@@ -99,11 +115,12 @@ def test_derived_seed_draws_what_torch_draws_for_the_plain_sum(seed, parts):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("seed, parts", [(SEED_MAX, (1,)), (SEED_MAX, (1_000_003,)), (SEED_MIN, (-1,)),
-                                         (SEED_MAX * 1_000_003, (99,))])
+@pytest.mark.parametrize(
+    "seed, parts", [(SEED_MAX, (1,)), (SEED_MAX, (1_000_003,)), (SEED_MIN, (-1,)), (SEED_MAX * 1_000_003, (99,))]
+)
 def test_derived_seed_wraps_sums_beyond_the_range(seed, parts):
     """The sums that used to overflow inside torch (a regularizer step past a large seed, the
     independent set's seed + 1) wrap into [0, 2**64) and are taken."""
     s = derived_seed(seed, *parts)
-    assert 0 <= s <= SEED_MAX and s == (seed + sum(parts)) % 2 ** 64
+    assert 0 <= s <= SEED_MAX and s == (seed + sum(parts)) % 2**64
     torch.Generator().manual_seed(s)

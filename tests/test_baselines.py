@@ -1,4 +1,5 @@
 """Peer regularizers: zero where the maths says so, positive otherwise, differentiable, bad input."""
+
 from __future__ import annotations
 
 import pytest
@@ -41,7 +42,7 @@ def test_hessian_penalty_zero_for_additive_generator_positive_otherwise():
 
 def test_hessian_penalty_estimates_off_diagonal_hessian():
     """E Var_v(v^T H v) = 2 sum_{i!=j} H_ij^2 for G(z) = z0 * z1 (H_01 = 1): 2 * 2 = 4."""
-    G = lambda z: (z[:, 0] * z[:, 1])[:, None]  # noqa: E731
+    G = lambda z: (z[:, 0] * z[:, 1])[:, None]
     z = torch.randn(2000, 2, dtype=torch.float64, generator=_gen(3))
     value = hessian_penalty(G, z, k=2, reduction="mean", generator=_gen(4))
     assert abs(float(value) - 4.0) < 0.4  # 2000 samples of a (0 or 8) variable: sd ~ 0.09
@@ -66,7 +67,7 @@ def test_orojar_zero_for_orthogonal_columns_positive_otherwise():
 def test_orojar_estimates_off_diagonal_of_jtj():
     """Linear G: Var_v(v^T A v) with population variance over k=2 draws has mean sum_{i!=j} A_ij^2."""
     W = torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)  # A = W^T W = [[1, 1], [1, 2]]
-    G = lambda z: z @ W.T  # noqa: E731
+    G = lambda z: z @ W.T
     z = torch.zeros(4000, 2, dtype=torch.float64)
     value = orojar(G, z, k=2, reduction="mean", generator=_gen(5))
     assert abs(float(value) - 2.0) < 0.2  # sum_{i!=j} A_ij^2 = 2
@@ -100,10 +101,16 @@ def test_path_length_module_running_mean_and_state():
 
 
 @pytest.mark.parametrize("fn", [hessian_penalty, orojar])
-@pytest.mark.parametrize("kwargs, exc, word", [
-    (dict(k=1), ValueError, "k"), (dict(k=2.0), TypeError, "k"), (dict(epsilon=0), ValueError, "epsilon"),
-    (dict(reduction="sum"), ValueError, "reduction"), (dict(batchnorm="x"), ValueError, "batchnorm"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, word",
+    [
+        (dict(k=1), ValueError, "k"),
+        (dict(k=2.0), TypeError, "k"),
+        (dict(epsilon=0), ValueError, "epsilon"),
+        (dict(reduction="sum"), ValueError, "reduction"),
+        (dict(batchnorm="x"), ValueError, "batchnorm"),
+    ],
+)
 def test_bad_arguments(fn, kwargs, exc, word):
     with pytest.raises(exc, match=word):
         fn(nn.Linear(4, 3), torch.randn(2, 4), **kwargs)
@@ -162,7 +169,9 @@ def test_an_epsilon_lost_in_z_dtype_is_refused():
     z = torch.randn(3, 4, generator=_gen(1))
     G = _mixing().float()
     for fn in (hessian_penalty, orojar):
-        with pytest.raises(ValueError, match=r"epsilon=1e-10 is below the resolution of z's torch.float32 .*rows \[0, 1, 2\]"):
+        with pytest.raises(
+            ValueError, match=r"epsilon=1e-10 is below the resolution of z's torch.float32 .*rows \[0, 1, 2\]"
+        ):
             fn(G, z, epsilon=1e-10)
     # at float64 resolution the same epsilon is a step
     assert float(orojar(G.double(), z.double(), epsilon=1e-10)) > 0
@@ -172,26 +181,48 @@ def _G43(z):
     return torch.tanh(z @ torch.ones(4, 3, dtype=z.dtype))
 
 
-@pytest.mark.parametrize("fn, kwargs, exc, match", [
-    (hessian_penalty, dict(G_z=torch.zeros(2, 4)), ValueError, r"G_z must be G\(z\), shaped \(2, 3\), got \(2, 4\)"),
-    (orojar, dict(G_z=torch.zeros(3)), ValueError, r"G_z must be G\(z\), shaped \(2, 3\), got \(3,\)"),
-    (orojar, dict(G_z=[[0.0] * 3] * 2), TypeError, "G_z must be a torch.Tensor"),
-    (hessian_penalty, dict(G_z=torch.full((2, 3), float("nan"))), ValueError, r"G_z has non-finite .*rows \[0, 1\]"),
-    (hessian_penalty, dict(epsilon="0.1"), TypeError, "epsilon must be a real number"),
-    (orojar, dict(epsilon=True), TypeError, "epsilon must be a real number"),
-    (orojar, dict(generator=5), TypeError, "generator must be a torch.Generator or None, got int"),
-    (path_length, dict(generator="seed"), TypeError, "generator must be a torch.Generator or None, got str"),
-    (path_length, dict(noise=[1.0]), TypeError, "noise must be a torch.Tensor shaped like G"),
-    (path_length, dict(noise=torch.ones(2, 3, dtype=torch.long)), TypeError, "noise must be a floating-point"),
-    (path_length, dict(noise=torch.tensor([[1.0, float("inf"), 0.0], [0.0, 1.0, 0.0]])), ValueError,
-     r"noise has non-finite values in rows \[0\]"),
-    (path_length, dict(mean="a"), TypeError, "mean must be a 0-d tensor, a real number or None, got str"),
-    (path_length, dict(mean=True), TypeError, "mean must be a 0-d tensor, a real number or None, got bool"),
-    (path_length, dict(mean=float("nan")), ValueError, "mean must be a finite number >= 0, got nan"),
-    (path_length, dict(mean=torch.zeros(3)), ValueError, r"mean must be a 0-d floating-point tensor .*got shape \(3,\)"),
-    (path_length, dict(mean=torch.tensor(float("inf"))), ValueError, "mean must hold a finite value >= 0"),
-    (path_length, dict(decay="0.1"), TypeError, "decay must be a real number"),
-])
+@pytest.mark.parametrize(
+    "fn, kwargs, exc, match",
+    [
+        (
+            hessian_penalty,
+            dict(G_z=torch.zeros(2, 4)),
+            ValueError,
+            r"G_z must be G\(z\), shaped \(2, 3\), got \(2, 4\)",
+        ),
+        (orojar, dict(G_z=torch.zeros(3)), ValueError, r"G_z must be G\(z\), shaped \(2, 3\), got \(3,\)"),
+        (orojar, dict(G_z=[[0.0] * 3] * 2), TypeError, "G_z must be a torch.Tensor"),
+        (
+            hessian_penalty,
+            dict(G_z=torch.full((2, 3), float("nan"))),
+            ValueError,
+            r"G_z has non-finite .*rows \[0, 1\]",
+        ),
+        (hessian_penalty, dict(epsilon="0.1"), TypeError, "epsilon must be a real number"),
+        (orojar, dict(epsilon=True), TypeError, "epsilon must be a real number"),
+        (orojar, dict(generator=5), TypeError, "generator must be a torch.Generator or None, got int"),
+        (path_length, dict(generator="seed"), TypeError, "generator must be a torch.Generator or None, got str"),
+        (path_length, dict(noise=[1.0]), TypeError, "noise must be a torch.Tensor shaped like G"),
+        (path_length, dict(noise=torch.ones(2, 3, dtype=torch.long)), TypeError, "noise must be a floating-point"),
+        (
+            path_length,
+            dict(noise=torch.tensor([[1.0, float("inf"), 0.0], [0.0, 1.0, 0.0]])),
+            ValueError,
+            r"noise has non-finite values in rows \[0\]",
+        ),
+        (path_length, dict(mean="a"), TypeError, "mean must be a 0-d tensor, a real number or None, got str"),
+        (path_length, dict(mean=True), TypeError, "mean must be a 0-d tensor, a real number or None, got bool"),
+        (path_length, dict(mean=float("nan")), ValueError, "mean must be a finite number >= 0, got nan"),
+        (
+            path_length,
+            dict(mean=torch.zeros(3)),
+            ValueError,
+            r"mean must be a 0-d floating-point tensor .*got shape \(3,\)",
+        ),
+        (path_length, dict(mean=torch.tensor(float("inf"))), ValueError, "mean must hold a finite value >= 0"),
+        (path_length, dict(decay="0.1"), TypeError, "decay must be a real number"),
+    ],
+)
 def test_bad_peer_arguments_are_named(fn, kwargs, exc, match):
     """Before: each ended in a deep torch error (G_z: a broadcast RuntimeError; noise=[1.0]: an
     AttributeError; mean=zeros(3): 'Boolean value of Tensor with more than one value'), in

@@ -1,5 +1,6 @@
 """CLI faults: bad arguments and bad checkpoints are one-line errors with exit 2, Ctrl-C is exit 130;
 never a traceback."""
+
 import json
 
 import pytest
@@ -18,13 +19,16 @@ def _one_line(err: str, word: str) -> None:
     assert len(lines) == 1 and "Traceback" not in err and word in lines[0], err
 
 
-@pytest.mark.parametrize("argv, word", [
-    (["--tol", "-1"], "--tol"),
-    (["--tol", "nan"], "--tol"),
-    (["--iters", "0"], "--iters"),
-    (["--batch", "0"], "--batch"),
-    (["-k", "9", "--latent-dim", "4"], "-k (9)"),
-])
+@pytest.mark.parametrize(
+    "argv, word",
+    [
+        (["--tol", "-1"], "--tol"),
+        (["--tol", "nan"], "--tol"),
+        (["--iters", "0"], "--iters"),
+        (["--batch", "0"], "--batch"),
+        (["-k", "9", "--latent-dim", "4"], "-k (9)"),
+    ],
+)
 def test_topk_bad_arguments(capsys, argv, word):
     """Before: --tol -1 ended in power.py's ValueError traceback; --iters 0 and friends raised
     SystemExit with exit status 1."""
@@ -94,13 +98,15 @@ def test_the_demo_trains_again_into_its_own_folders(tmp_path):
 
 # ---------------------------------------------------------------- seeds (topk, trace, directions)
 
-@pytest.mark.parametrize("seed", [str(2 ** 64), str(-2 ** 70)])
+
+@pytest.mark.parametrize("seed", [str(2**64), str(-(2**70))])
 @pytest.mark.parametrize("command", ["topk", "trace", "directions"])
 def test_a_seed_a_generator_cannot_take_is_one_line_naming_seed(tmp_path, capsys, command, seed):
     """Seeds outside [-2**63, 2**64 - 1]: exit 2 and one line naming --seed.  Before: topk and
     directions printed torch's "Overflow when unpacking long long"; trace raised it as a traceback."""
-    source = [] if command == "topk" else ["--generator", "spectral_ops.lab.models:Generator", "--out",
-                                            str(tmp_path / "o")]
+    source = (
+        [] if command == "topk" else ["--generator", "spectral_ops.lab.models:Generator", "--out", str(tmp_path / "o")]
+    )
     assert main([command, *source, f"--seed={seed}"]) == 2
     err = capsys.readouterr().err
     _one_line(err, "--seed must be an int in [-2**63, 2**64 - 1]")
@@ -109,7 +115,7 @@ def test_a_seed_a_generator_cannot_take_is_one_line_naming_seed(tmp_path, capsys
 
 def test_topk_takes_the_largest_seed(capsys):
     """2**64 - 1 is a seed torch takes: the command runs."""
-    assert main(["topk", "--batch", "2", "--latent-dim", "4", "--iters", "2", f"--seed={2 ** 64 - 1}"]) == 0
+    assert main(["topk", "--batch", "2", "--latent-dim", "4", "--iters", "2", f"--seed={2**64 - 1}"]) == 0
 
 
 # ---- train and eval: a generator with NaN weights in eval ---------------------------------------
@@ -135,7 +141,9 @@ def test_eval_on_nan_weights_says_g_of_z_is_not_finite(tmp_path, capsys, checkpo
     monkeypatch.setattr(eval_cli, "load_or_fit_predictor", no_predictor)
     bad = _nan_weights(checkpoint, tmp_path / "nan.pt")
     assert main(["eval", "--ckpt", str(bad), "--out", str(tmp_path / "o"), "--n-samples", "100", "--no-progress"]) == 2
-    _one_line(capsys.readouterr().err, "G(z) has non-finite values (NaN or Inf) in rows [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...]")
+    _one_line(
+        capsys.readouterr().err, "G(z) has non-finite values (NaN or Inf) in rows [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...]"
+    )
 
 
 def test_evaluate_generator_names_non_finite_rows_before_measuring():
@@ -145,6 +153,7 @@ def test_evaluate_generator_names_non_finite_rows_before_measuring():
 
     class Holes(torch.nn.Module):
         """Images [N, 1, 4, 4] of 0.5, NaN in the rows whose latent's first entry is below -1."""
+
         latent_dim = 3
 
         def forward(self, z):

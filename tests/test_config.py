@@ -1,5 +1,6 @@
 """RegularizerConfig (the library's typed settings), the dataclass helpers and the CLI flags
 generated from them."""
+
 import argparse
 import dataclasses
 
@@ -12,15 +13,26 @@ from spectral_ops.lab.train import TRAIN_REGULARIZER, TrainConfig
 from spectral_ops.ops import LOSS_KINDS
 
 
-@pytest.mark.parametrize("field, value, exc", [
-    ("loss", "l2", ValueError), ("grad", "last_step", ValueError), ("iters", 0, ValueError),
-    ("iters", 1.5, TypeError), ("batch_fraction", 0.0, ValueError), ("momentum", 1.5, ValueError),
-    ("warm_start", 1, TypeError), ("tol", float("nan"), ValueError), ("seed", None, TypeError),
-    # a value of the wrong type for a number is a TypeError, as for every other field (previous
-    # main: ValueError from check_number)
-    ("tol", "1e-4", TypeError), ("momentum", True, TypeError), ("null_tol", None, TypeError),
-    ("batch_fraction", "half", TypeError),
-])
+@pytest.mark.parametrize(
+    "field, value, exc",
+    [
+        ("loss", "l2", ValueError),
+        ("grad", "last_step", ValueError),
+        ("iters", 0, ValueError),
+        ("iters", 1.5, TypeError),
+        ("batch_fraction", 0.0, ValueError),
+        ("momentum", 1.5, ValueError),
+        ("warm_start", 1, TypeError),
+        ("tol", float("nan"), ValueError),
+        ("seed", None, TypeError),
+        # a value of the wrong type for a number is a TypeError, as for every other field (previous
+        # main: ValueError from check_number)
+        ("tol", "1e-4", TypeError),
+        ("momentum", True, TypeError),
+        ("null_tol", None, TypeError),
+        ("batch_fraction", "half", TypeError),
+    ],
+)
 def test_a_bad_field_fails_where_it_is_written_naming_it(field, value, exc):
     with pytest.raises(exc, match=field if field != "grad" else "grad='fast'"):
         RegularizerConfig(**{field: value})
@@ -66,7 +78,7 @@ def test_generated_flags_take_choices_and_defaults_from_the_dataclass():
         parser.parse_args(["--reg-loss", "l2"])
 
 
-@pytest.mark.parametrize("seed", [2 ** 64, -2 ** 63 - 1, -2 ** 70])
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, -(2**70)])
 def test_a_seed_a_generator_cannot_take_is_refused_where_it_is_written(seed):
     """RegularizerConfig and SpectralRegularizer refuse a seed outside [-2**63, 2**64 - 1] naming
     it.  Before: the config took it and the regularizer's first call raised "Overflow when

@@ -6,6 +6,7 @@
   codes are their positions, in C++ (csrc/common/checks.h, alignment.h) and in the Triton kernels;
 - the backend table of spectral_ops.ops: every backend provides every public op.
 """
+
 from __future__ import annotations
 
 import ast
@@ -45,7 +46,9 @@ def test_constants_def_is_parsed():
 
 def test_constants_parser_refuses_what_it_cannot_read():
     assert constants.parse("// note\n\nSPECTRAL_CONSTANT(A, 3)  // three\nSPECTRAL_CONSTANT(B_2, -1.5e-3)\n") == {
-        "A": 3, "B_2": -1.5e-3}
+        "A": 3,
+        "B_2": -1.5e-3,
+    }
     for bad in ("SPECTRAL_CONSTANT(A 3)", "#define A 3", "SPECTRAL_CONSTANT(A, 1)\nSPECTRAL_CONSTANT(A, 2)"):
         with pytest.raises(ValueError, match="constants.def:"):
             constants.parse(bad)
@@ -124,8 +127,7 @@ def test_triton_fake_kernels_are_the_native_ones():
         pytest.skip(triton_backend.UNAVAILABLE_REASON)
     from spectral_ops.ops.backends.triton import ops as triton_ops
 
-    for name in ("orthonormalize", "orthonormalize_backward", "ritz_step", "alignment_loss",
-                 "alignment_loss_backward"):
+    for name in ("orthonormalize", "orthonormalize_backward", "ritz_step", "alignment_loss", "alignment_loss_backward"):
         fake = _native.FAKE_KERNELS[name]
         # CustomOpDef keeps its fake kernel in _abstract_fn (private: skipped if a torch renames it).
         assert getattr(getattr(triton_ops, f"_{name}"), "_abstract_fn", fake) is fake, name

@@ -1,4 +1,5 @@
 """Procedural datasets render the factors they claim, deterministically."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """`spectral-ops demo` end to end on a tiny configuration; CLI errors of demo and eval."""
+
 import json
 import math
 
@@ -40,14 +41,18 @@ def test_quick_demo_runs_end_to_end(quick_demo, capsys):
     # the predictor was cached
     assert any(p.name.startswith("predictor-spot-32") for p in (root / "cache").iterdir())
     # the regularizer ran in the spectral run (and only there): its logged penalty is positive
-    logs = {name: [json.loads(line) for line in (out / name / "log.jsonl").read_text().splitlines()]
-            for name in ("baseline", "spectral")}
+    logs = {
+        name: [json.loads(line) for line in (out / name / "log.jsonl").read_text().splitlines()]
+        for name in ("baseline", "spectral")
+    }
     assert logs["spectral"] and all(row["reg"] > 0 for row in logs["spectral"])
     assert all(row["reg"] == 0 for row in logs["baseline"])
     # ... and its gradient reached the generator: both runs start from the same seed and see the
     # same batches, so without it the two generators come out equal
-    G = {name: torch.load(out / name / "checkpoint.pt", map_location="cpu", weights_only=False)["G"]
-         for name in ("baseline", "spectral")}
+    G = {
+        name: torch.load(out / name / "checkpoint.pt", map_location="cpu", weights_only=False)["G"]
+        for name in ("baseline", "spectral")
+    }
     assert G["baseline"].keys() == G["spectral"].keys()
     assert any(not torch.equal(G["baseline"][key], G["spectral"][key]) for key in G["baseline"])
 
@@ -67,8 +72,22 @@ def test_eval_on_demo_checkpoint_bad_and_good_arguments(quick_demo, capsys, tmp_
     # run here on the loaded checkpoint.
     ckpt = root / "out" / "spectral" / "checkpoint.pt"
     dest = tmp_path / "eval"
-    rc = main(["eval", "--ckpt", str(ckpt), "--n-samples", "300", "--seed", "0", "--out", str(dest),
-               "--cache-dir", str(root / "cache"), "--no-progress"])
+    rc = main(
+        [
+            "eval",
+            "--ckpt",
+            str(ckpt),
+            "--n-samples",
+            "300",
+            "--seed",
+            "0",
+            "--out",
+            str(dest),
+            "--cache-dir",
+            str(root / "cache"),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "MIG" in out, out
     res = json.loads((dest / "eval.json").read_text())
@@ -84,8 +103,9 @@ def test_eval_on_demo_checkpoint_bad_and_good_arguments(quick_demo, capsys, tmp_
     from spectral_ops.lab.train import load_generator
 
     G, config = load_generator(ckpt)
-    predictor, info = load_or_fit_predictor(PredictorConfig(dataset=config.dataset, size=config.size),
-                                            cache_dir=root / "cache", progress=False)
+    predictor, info = load_or_fit_predictor(
+        PredictorConfig(dataset=config.dataset, size=config.size), cache_dir=root / "cache", progress=False
+    )
     assert info["cached"]  # the one eval fitted
     direct = evaluate_generator(G, dataset=config.dataset, size=config.size, predictor=predictor, n=300, seed=0)
     for key in ("mig", "dci_disentanglement", "frechet_distance", "frechet_ratio"):
@@ -101,13 +121,27 @@ def test_eval_on_a_full_disk_is_a_one_line_error(quick_demo, capsys, tmp_path, m
     import errno
 
     import spectral_ops.lab.cli.eval as eval_cli
+
     rc, root = quick_demo
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(eval_cli, "atomic_write_text", full)
-    rc = main(["eval", "--ckpt", str(root / "out" / "spectral" / "checkpoint.pt"), "--n-samples", "100",
-               "--out", str(tmp_path / "full"), "--cache-dir", str(root / "cache"), "--no-progress"])
+    rc = main(
+        [
+            "eval",
+            "--ckpt",
+            str(root / "out" / "spectral" / "checkpoint.pt"),
+            "--n-samples",
+            "100",
+            "--out",
+            str(tmp_path / "full"),
+            "--cache-dir",
+            str(root / "cache"),
+            "--no-progress",
+        ]
+    )
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert rc == 2 and len(err) == 1 and "No space left on device" in err[0] and "Traceback" not in err[0], err
 
@@ -130,8 +164,11 @@ def test_demo_names_a_missing_dependency_before_it_trains(tmp_path, capsys, monk
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a, **kw: None if name == "sklearn" else real_find_spec(name, *a, **kw))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a, **kw: None if name == "sklearn" else real_find_spec(name, *a, **kw),
+    )
     out = tmp_path / "out"
     rc = main(["demo", "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
     assert rc == 2

@@ -12,6 +12,7 @@ device-less index tensor is bound to a name, indexing with it or into it is repo
 The deliberate CPU tensors are in `ALLOWED`, each with its reason; an entry that matches
 nothing fails too, so the list stays exact.
 """
+
 from __future__ import annotations
 
 import ast
@@ -22,34 +23,88 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "spectral_ops"
-FACTORIES = frozenset({"arange", "zeros", "ones", "full", "empty", "eye", "tensor", "as_tensor", "randn", "rand",
-                       "randint", "randperm", "linspace", "logspace", "Generator"})
+FACTORIES = frozenset(
+    {
+        "arange",
+        "zeros",
+        "ones",
+        "full",
+        "empty",
+        "eye",
+        "tensor",
+        "as_tensor",
+        "randn",
+        "rand",
+        "randint",
+        "randperm",
+        "linspace",
+        "logspace",
+        "Generator",
+    }
+)
 # Calls that put a tensor argument on the right device themselves.
 MOVING_CALLS = {
     "register_buffer": "a module buffer follows Module.to(device) with its module",
     "select_rows": "generator.select_rows moves its index to the device of the row arguments it subsets",
 }
-DTYPE_NAMES = frozenset({"float16", "float32", "float64", "bfloat16", "half", "float", "double", "int8", "int16",
-                         "int32", "int64", "long", "int", "bool", "uint8", "complex64", "complex128"})
+DTYPE_NAMES = frozenset(
+    {
+        "float16",
+        "float32",
+        "float64",
+        "bfloat16",
+        "half",
+        "float",
+        "double",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "long",
+        "int",
+        "bool",
+        "uint8",
+        "complex64",
+        "complex128",
+    }
+)
 # (file relative to the repository, enclosing function, factory) -> why a CPU tensor is right there.
 ALLOWED = {
-    ("spectral_ops/regularizer.py", "default_basis", "randn"):
-        "draws from a CPU torch.Generator so the basis is the same on every device; orthonormalized in "
-        "float64 and moved with .to(device=device) in the return statement",
-    ("spectral_ops/regularizer.py", "_rows", "randperm"):
-        "the regularized rows are drawn from a seeded CPU generator (the same rows on every device and "
-        "process), then copied to the device without a read-back (pinned, non_blocking)",
-    ("spectral_ops/baselines/peers.py", "_rademacher", "randint"):
-        "drawn on the CPU so a user's CPU torch.Generator works for latents on any device; moved with "
-        ".to(device=z.device) on the next line",
-    ("spectral_ops/directions.py", "global_directions", "Generator"):
-        "a CPU generator for reproducible latents on every device; its draws are moved with "
-        ".to(dtype=dtype, device=device) / .to(latents)",
-    ("spectral_ops/directions.py", "_solve", "Generator"):
-        "a CPU generator for the start basis and the Hutchinson probes; the draws are moved with "
-        ".to(device=latents.device, ...) and .to(zf)",
-    ("spectral_ops/trajectory.py", "_complete_init", "Generator"):
-        "a CPU generator for the rows completing a warm start; the draws are moved with .to(init)",
+    (
+        "spectral_ops/regularizer.py",
+        "default_basis",
+        "randn",
+    ): "draws from a CPU torch.Generator so the basis is the same on every device; orthonormalized in "
+    "float64 and moved with .to(device=device) in the return statement",
+    (
+        "spectral_ops/regularizer.py",
+        "_rows",
+        "randperm",
+    ): "the regularized rows are drawn from a seeded CPU generator (the same rows on every device and "
+    "process), then copied to the device without a read-back (pinned, non_blocking)",
+    (
+        "spectral_ops/baselines/peers.py",
+        "_rademacher",
+        "randint",
+    ): "drawn on the CPU so a user's CPU torch.Generator works for latents on any device; moved with "
+    ".to(device=z.device) on the next line",
+    (
+        "spectral_ops/directions.py",
+        "global_directions",
+        "Generator",
+    ): "a CPU generator for reproducible latents on every device; its draws are moved with "
+    ".to(dtype=dtype, device=device) / .to(latents)",
+    (
+        "spectral_ops/directions.py",
+        "_solve",
+        "Generator",
+    ): "a CPU generator for the start basis and the Hutchinson probes; the draws are moved with "
+    ".to(device=latents.device, ...) and .to(zf)",
+    (
+        "spectral_ops/trajectory.py",
+        "_complete_init",
+        "Generator",
+    ): "a CPU generator for the rows completing a warm start; the draws are moved with .to(init)",
 }
 
 
@@ -81,8 +136,9 @@ def _factory_name(node: ast.AST) -> str | None:
 def _is_dtype(arg: ast.AST) -> bool:
     """An expression that names a dtype: torch.float64, x.dtype, a name like cdtype or dtype."""
     if isinstance(arg, ast.Attribute):
-        return arg.attr == "dtype" or (isinstance(arg.value, ast.Name) and arg.value.id == "torch"
-                                       and arg.attr in DTYPE_NAMES)
+        return arg.attr == "dtype" or (
+            isinstance(arg.value, ast.Name) and arg.value.id == "torch" and arg.attr in DTYPE_NAMES
+        )
     return isinstance(arg, ast.Name) and "dtype" in arg.id.lower()
 
 
@@ -148,8 +204,9 @@ def scan_source(source: str, path: str) -> list[Finding]:
         if name is None or any(kw.arg == "device" for kw in node.keywords) or _moved(node, parents):
             continue
         function = owner.get(node, "<module>")
-        findings.append(Finding(path, node.lineno, function, name,
-                                f"torch.{name}(...) without device= and not moved to a device"))
+        findings.append(
+            Finding(path, node.lineno, function, name, f"torch.{name}(...) without device= and not moved to a device")
+        )
         target = parents.get(node)
         if isinstance(target, ast.Assign) and name != "Generator":
             for t in target.targets:
@@ -161,9 +218,16 @@ def scan_source(source: str, path: str) -> list[Finding]:
         function = owner.get(node, "<module>")
         for part, role in ((node.value, "indexed"), (node.slice, "used as an index")):
             if isinstance(part, ast.Name) and (function, part.id) in unplaced:
-                findings.append(Finding(path, node.lineno, function, unplaced[(function, part.id)],
-                                        f"'{part.id}' (made without a device) is {role}: a device mask or "
-                                        "tensor meets a CPU index tensor"))
+                findings.append(
+                    Finding(
+                        path,
+                        node.lineno,
+                        function,
+                        unplaced[(function, part.id)],
+                        f"'{part.id}' (made without a device) is {role}: a device mask or "
+                        "tensor meets a CPU index tensor",
+                    )
+                )
     return findings
 
 
@@ -181,15 +245,21 @@ def scan_library() -> list[Finding]:
 # ---- the library ------------------------------------------------------------------------------------
 def test_scans_the_whole_library():
     files = {p.relative_to(ROOT).as_posix() for p in library_files()}
-    assert {"spectral_ops/krylov.py", "spectral_ops/power.py", "spectral_ops/baselines/peers.py",
-            "spectral_ops/ops/reference.py"} <= files
+    assert {
+        "spectral_ops/krylov.py",
+        "spectral_ops/power.py",
+        "spectral_ops/baselines/peers.py",
+        "spectral_ops/ops/reference.py",
+    } <= files
     assert not any(f.startswith("spectral_ops/lab/") for f in files)
 
 
 def test_library_makes_no_tensor_off_the_inputs_device():
     bad = [f for f in scan_library() if f.key not in ALLOWED]
-    assert not bad, ("tensors created on the CPU (add device=..., or move them at once; a deliberate CPU tensor "
-                     "goes into ALLOWED with its reason):\n" + "\n".join(map(str, bad)))
+    assert not bad, (
+        "tensors created on the CPU (add device=..., or move them at once; a deliberate CPU tensor "
+        "goes into ALLOWED with its reason):\n" + "\n".join(map(str, bad))
+    )
 
 
 def test_every_allowed_cpu_tensor_still_exists():
@@ -204,7 +274,7 @@ def test_allowed_cpu_tensors_are_never_indexed_raw():
 
 
 # ---- the scanner finds what it must ---------------------------------------------------------------
-BEFORE_THE_FIX = '''
+BEFORE_THE_FIX = """
 import torch
 def block_lanczos(X, B, k, d):
     vectors = torch.full((B,), 1, dtype=torch.long)
@@ -212,7 +282,7 @@ def block_lanczos(X, B, k, d):
     done = X.abs().amax(-1) > 0
     idx = rows[done]
     return idx, vectors
-'''
+"""
 
 
 def test_flags_a_cpu_arange_indexed_by_a_mask():
@@ -222,23 +292,29 @@ def test_flags_a_cpu_arange_indexed_by_a_mask():
     assert any(f.line == 7 and "'rows'" in f.what and "indexed" in f.what for f in findings), findings
 
 
-@pytest.mark.parametrize("source, flagged", [
-    ("X = ops.orthonormalize(torch.randn(1, k, d, generator=gen).to(cdtype))", True),   # dtype only: still CPU
-    ("X = ops.orthonormalize(torch.randn(1, k, d, generator=gen).to(dtype=cdtype))", True),
-    ("X = torch.randn(1, k, d).to(torch.float32)", True),
-    ("products(X, torch.arange(B))", True),                                              # passed on, unmoved
-    ("rows = torch.arange(B, device=z.device)", False),
-    ("X = torch.randn(1, k, d).to(device=z.device, dtype=cdtype)", False),
-    ("X = torch.randn(1, k, d).to(z)", False),
-    ("rows = torch.randperm(B, generator=gen)[:n].sort().values.to(device)", False),     # chained, then moved
-    ("V = (torch.randint(0, 2, (B, p, d), generator=gen) * 2 - 1).to(zf)", False),       # arithmetic, then moved
-    ("self.register_buffer('step', torch.zeros((), dtype=torch.long))", False),
-    ("gen = torch.Generator(device='cpu')", False),
-    ("gen = torch.Generator()", True),
-    ("x = other.arange(3)", False),
-    ("H = select_rows(G, slice(0, 2) if B > 1 else torch.tensor([0, 0]))", False),        # a moving call
-    ("H = pick(G, slice(0, 2) if B > 1 else torch.tensor([0, 0]))", True),                                                        # not torch's
-])
+@pytest.mark.parametrize(
+    "source, flagged",
+    [
+        ("X = ops.orthonormalize(torch.randn(1, k, d, generator=gen).to(cdtype))", True),  # dtype only: still CPU
+        ("X = ops.orthonormalize(torch.randn(1, k, d, generator=gen).to(dtype=cdtype))", True),
+        ("X = torch.randn(1, k, d).to(torch.float32)", True),
+        ("products(X, torch.arange(B))", True),  # passed on, unmoved
+        ("rows = torch.arange(B, device=z.device)", False),
+        ("X = torch.randn(1, k, d).to(device=z.device, dtype=cdtype)", False),
+        ("X = torch.randn(1, k, d).to(z)", False),
+        ("rows = torch.randperm(B, generator=gen)[:n].sort().values.to(device)", False),  # chained, then moved
+        ("V = (torch.randint(0, 2, (B, p, d), generator=gen) * 2 - 1).to(zf)", False),  # arithmetic, then moved
+        ("self.register_buffer('step', torch.zeros((), dtype=torch.long))", False),
+        ("gen = torch.Generator(device='cpu')", False),
+        ("gen = torch.Generator()", True),
+        ("x = other.arange(3)", False),
+        ("H = select_rows(G, slice(0, 2) if B > 1 else torch.tensor([0, 0]))", False),  # a moving call
+        ("H = pick(G, slice(0, 2) if B > 1 else torch.tensor([0, 0]))", True),  # not torch's
+    ],
+)
 def test_scanner_rules(source, flagged):
-    src = "import torch\ndef f(B, k, d, n, z, gen, zf, p, products, device, cdtype, ops, self, other, G, pick):\n    " + source
+    src = (
+        "import torch\ndef f(B, k, d, n, z, gen, zf, p, products, device, cdtype, ops, self, other, G, pick):\n    "
+        + source
+    )
     assert bool(scan_source(src, "x.py")) == flagged, scan_source(src, "x.py")

@@ -9,6 +9,7 @@ metric for the global directions; where the exact answer is a random estimate (t
 regularizers, Hutchinson traces) the oracle is the same call on the CPU in float64, with the same
 CPU-seeded draws.  The generators are tiny, so the CPU half runs in seconds.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,8 +21,14 @@ from torch import nn
 
 import spectral_ops
 from gen_families import families, latent_scales, ScaledInput, dcgan, mlp, oracle_svd
-from spectral_ops import (SpectralRegularizer, conditioned, global_directions, jacobian_topk, spectral_penalty,
-                          trace_trajectory)
+from spectral_ops import (
+    SpectralRegularizer,
+    conditioned,
+    global_directions,
+    jacobian_topk,
+    spectral_penalty,
+    trace_trajectory,
+)
 from spectral_ops.baselines import PathLengthRegularizer, hessian_penalty, orojar, path_length
 from test_directions import _oracle as mean_metric_oracle
 from test_regularizer import CONVERGED, GENERATORS, _grads, fast_formula, make_mlp, oracle, rel
@@ -100,8 +107,9 @@ def _penalty_against_oracle(device, gen, loss, grad, **options):
     G = make()
     z = _z(3, d)
     Gd = _to(device, G)
-    value = spectral_penalty(Gd, z.to(device), k=2, loss=loss, grad=grad, **{"jvp": "double_backward", **CONVERGED,
-                                                                           **options})
+    value = spectral_penalty(
+        Gd, z.to(device), k=2, loss=loss, grad=grad, **{"jvp": "double_backward", **CONVERGED, **options}
+    )
     _on(device, value)
     value_ref, g_ref = oracle(G, z, 2, loss, "uniform")
     assert abs(float(value.detach()) - float(value_ref.detach())) <= 1e-9
@@ -196,8 +204,16 @@ def test_trace_trajectory(device, topk_method):
     """Both ways, on the sphere, rk4: the same path as on the CPU, and at the last point the
     tracked vectors are the explicit Jacobian's singular vectors."""
     G, z0 = families(D)["mlp_tanh"], _z(2)
-    options = dict(steps=3, step_size=0.05, method="rk4", both_ways=True, project="sphere", iters=400, tol=1e-10,
-                   topk_method=topk_method)
+    options = dict(
+        steps=3,
+        step_size=0.05,
+        method="rk4",
+        both_ways=True,
+        project="sphere",
+        iters=400,
+        tol=1e-10,
+        topk_method=topk_method,
+    )
     ref = trace_trajectory(G, z0, 0, **options)
     tr = trace_trajectory(_to(device, G), z0.to(device), 0, **options)
     _on(device, tr.z, tr.values, tr.vectors, tr.residuals, tr.tracked, tr.tangent, tr.tracked_values)
@@ -217,8 +233,9 @@ def test_global_directions_against_the_mean_metric(device):
     G = families(12)["dcgan_convtranspose"]
     z = _z(40, 12, seed=0)
     lam, U, M = mean_metric_oracle(G, z)
-    out = global_directions(_to(device, G), None, 3, latents=z.to(device), batch_size=16, iters=200, tol=1e-9,
-                            trace_probes=None)
+    out = global_directions(
+        _to(device, G), None, 3, latents=z.to(device), batch_size=16, iters=200, tol=1e-9, trace_probes=None
+    )
     _on(device, out.directions, out.values, out.explained, out.residuals, out.converged)
     assert bool(out.converged.all())
     assert (out.directions.cpu() * U[:3]).sum(-1).abs().min() >= 1 - 1e-9
@@ -231,8 +248,9 @@ def test_global_directions_sampled_on_the_device(device):
     """latent_dim + device=: the latents, the start and the probes come from CPU generators, so the
     estimate (Hutchinson trace, stability angle) is the CPU run's."""
     G = families(12)["mlp_tanh"]
-    options = dict(latent_dim=12, dtype=torch.float64, iters=100, tol=1e-9, trace_probes=4, stability=True,
-                   batch_size=16)
+    options = dict(
+        latent_dim=12, dtype=torch.float64, iters=100, tol=1e-9, trace_probes=4, stability=True, batch_size=16
+    )
     ref = global_directions(G, 48, 2, **options)
     out = global_directions(_to(device, G), 48, 2, device=device, **options)
     _on(device, out.directions, out.values, out.explained)
@@ -255,9 +273,11 @@ def _seeded(seed):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["hessian_penalty", "orojar", "path_length"])
 def test_peer_penalties_against_their_cpu_twin(device, name):
-    fn = {"hessian_penalty": lambda G, z, g: hessian_penalty(G, z, k=4, generator=g),
-          "orojar": lambda G, z, g: orojar(G, z, k=4, generator=g),
-          "path_length": lambda G, z, g: path_length(G, z, generator=g)}[name]
+    fn = {
+        "hessian_penalty": lambda G, z, g: hessian_penalty(G, z, k=4, generator=g),
+        "orojar": lambda G, z, g: orojar(G, z, k=4, generator=g),
+        "path_length": lambda G, z, g: path_length(G, z, generator=g),
+    }[name]
     G, z = _mixing(), _z(5, 4)
     Gd = _to(device, G)
     ref, value = fn(G, z, _seeded(2)), fn(Gd, z.to(device), _seeded(2))
@@ -310,8 +330,7 @@ def test_conditioned_topk(device, method):
     G = ClassConditional().double()
     z, c = _z(4, 5), torch.tensor([0, 1, 2, 1])
     S, Vh = _conditional_oracle(G, z, c)
-    top = jacobian_topk(conditioned(_to(device, G), c.to(device)), z.to(device), 2, iters=200, tol=1e-10,
-                        method=method)
+    top = jacobian_topk(conditioned(_to(device, G), c.to(device)), z.to(device), 2, iters=200, tol=1e-10, method=method)
     _on(device, top.vectors, top.values)
     assert (top.vectors.cpu() * Vh[:, :2]).sum(-1).abs().min() >= 1 - 1e-8
     assert torch.allclose(top.values.cpu(), S[:, :2], rtol=1e-7)
@@ -337,8 +356,7 @@ def test_conditioned_regularizer_on_a_subset(device):
 def test_cli_topk_on_the_device(device, capsys):
     from spectral_ops.lab.cli import main
 
-    assert main(["topk", "--batch", "2", "--latent-dim", "4", "--iters", "20", "--size", "16",
-                 "--device", device]) == 0
+    assert main(["topk", "--batch", "2", "--latent-dim", "4", "--iters", "20", "--size", "16", "--device", device]) == 0
     out = capsys.readouterr().out
     assert f"on {device}" in out and "converged 8/8" in out, out
 
@@ -348,9 +366,30 @@ def test_cli_directions_on_the_device(device, tmp_path, capsys):
     from spectral_ops.lab.cli import main
 
     out = tmp_path / "dirs"
-    assert main(["directions", "--generator", "spectral_ops.lab.models:Generator", "--out", str(out),
-                 "--samples", "16", "--batch-size", "8", "--k", "2", "--columns", "3", "--iters", "10",
-                 "--device", device]) == 0
+    assert (
+        main(
+            [
+                "directions",
+                "--generator",
+                "spectral_ops.lab.models:Generator",
+                "--out",
+                str(out),
+                "--samples",
+                "16",
+                "--batch-size",
+                "8",
+                "--k",
+                "2",
+                "--columns",
+                "3",
+                "--iters",
+                "10",
+                "--device",
+                device,
+            ]
+        )
+        == 0
+    )
     saved = torch.load(out / "directions.pt")
     V = saved["directions"]
     assert V.device.type == "cpu" and V.shape == (2, 10)  # written for any machine to read
@@ -359,8 +398,10 @@ def test_cli_directions_on_the_device(device, tmp_path, capsys):
     assert (out / "directions.png").stat().st_size > 0 and "directions explain" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", [["topk", "--batch", "2", "--latent-dim", "4"],
-                                     ["directions", "--generator", "spectral_ops.lab.models:Generator"]])
+@pytest.mark.parametrize(
+    "command",
+    [["topk", "--batch", "2", "--latent-dim", "4"], ["directions", "--generator", "spectral_ops.lab.models:Generator"]],
+)
 def test_cli_device_cuda_without_a_gpu_exits_2(command, monkeypatch, tmp_path, capsys):
     from spectral_ops.lab.cli import main
 

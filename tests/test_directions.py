@@ -1,4 +1,5 @@
 """global_directions against the dense oracle: the mean of explicit J^T J over the same latents."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _oracle(G, z):
-    J = explicit_jacobian(G, z)                      # [N, m, d]
+    J = explicit_jacobian(G, z)  # [N, m, d]
     M = (J.transpose(1, 2) @ J).mean(0)
     lam, U = torch.linalg.eigh(M)
     return lam.flip(0), U.flip(1).T, M
@@ -24,7 +25,7 @@ def test_matches_the_mean_metric_oracle(name):
     z = torch.randn(40, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     lam, U, M = _oracle(G, z)
     k = 3
-    assert (lam[1:k + 1] / lam[:k]).max() < 0.95  # a gap: the directions are well defined
+    assert (lam[1 : k + 1] / lam[:k]).max() < 0.95  # a gap: the directions are well defined
     out = global_directions(G, None, k, latents=z, batch_size=16, iters=200, tol=1e-9, trace_probes=None)
     assert bool(out.converged.all())
     cos = (out.directions * U[:k]).sum(-1).abs()
@@ -40,8 +41,9 @@ def test_hutchinson_trace_and_stability():
     lam, U, M = _oracle(G, z)
     out = global_directions(G, None, 2, latents=z, iters=100, tol=1e-8, trace_probes=8)
     assert abs(out.trace / float(M.trace()) - 1) < 0.1
-    sampled = global_directions(G, 256, 2, latent_dim=12, iters=100, tol=1e-8, dtype=torch.float64,
-                                stability=True, progress=True)
+    sampled = global_directions(
+        G, 256, 2, latent_dim=12, iters=100, tol=1e-8, dtype=torch.float64, stability=True, progress=True
+    )
     assert sampled.stability_deg is not None and sampled.stability_deg < 10  # two sample sets agree
     assert subspace_angle_deg(sampled.directions, U[:2]) < 10
 
@@ -166,7 +168,7 @@ def test_a_non_bool_flag_is_a_type_error(name, value):
         global_directions(G, 4, 2, latent_dim=6, dtype=torch.float64, **{name: value})
 
 
-@pytest.mark.parametrize("seed", [2 ** 64, -2 ** 63 - 1, -2 ** 70])
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, -(2**70)])
 def test_a_seed_a_generator_cannot_take_is_refused_naming_it(seed):
     """Before: "Overflow when unpacking long long" from inside torch."""
     G = families(6)["plain_function"]
@@ -178,7 +180,7 @@ def test_the_largest_seed_works_with_stability():
     """seed = 2**64 - 1 is a valid torch seed; the independent set's seed + 1 wraps to 0.
     Before: "Overflow when unpacking long long" for the second sample set."""
     G = families(6)["plain_function"]
-    out = global_directions(G, 8, 2, latent_dim=6, dtype=torch.float64, seed=2 ** 64 - 1, stability=True)
+    out = global_directions(G, 8, 2, latent_dim=6, dtype=torch.float64, seed=2**64 - 1, stability=True)
     assert out.stability_deg is not None and 0 <= out.stability_deg <= 90
 
 

@@ -1,4 +1,5 @@
 """`spectral-ops directions`: end to end on a small generator, and one-line errors."""
+
 import json
 
 import pytest
@@ -12,8 +13,23 @@ SPEC = ["--generator", "spectral_ops.lab.models:Generator"]
 
 def test_writes_the_traversals_and_the_figures(tmp_path, capsys):
     out = tmp_path / "dirs"
-    rc = main(["directions", *SPEC, "--out", str(out), "--samples", "32", "--batch-size", "16", "--k", "3",
-               "--columns", "5", "--stability"])
+    rc = main(
+        [
+            "directions",
+            *SPEC,
+            "--out",
+            str(out),
+            "--samples",
+            "32",
+            "--batch-size",
+            "16",
+            "--k",
+            "3",
+            "--columns",
+            "5",
+            "--stability",
+        ]
+    )
     assert rc == 0
     for name in ("directions.png", "axes.png", "directions.pt", "directions.json"):
         assert (out / name).stat().st_size > 0
@@ -25,10 +41,17 @@ def test_writes_the_traversals_and_the_figures(tmp_path, capsys):
     assert report["stability_deg"] is not None and "directions explain" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, word", [
-    (["--k", "0"], "--k"), (["--k", "11"], "--k must be <= latent dim 10"), (["--samples", "0"], "--samples"),
-    (["--span", "-1"], "--span"), (["--columns", "1"], "--columns"), (["--tol", "nan"], "--tol"),
-])
+@pytest.mark.parametrize(
+    "argv, word",
+    [
+        (["--k", "0"], "--k"),
+        (["--k", "11"], "--k must be <= latent dim 10"),
+        (["--samples", "0"], "--samples"),
+        (["--span", "-1"], "--span"),
+        (["--columns", "1"], "--columns"),
+        (["--tol", "nan"], "--tol"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, word):
     rc = main(["directions", *SPEC, "--out", str(tmp_path / "x"), *argv])
     err = capsys.readouterr().err

@@ -3,6 +3,7 @@ float64 explicit-Jacobian oracle.  No case may return a wrong number with no err
 change state it must leave alone (G's parameters and buffers, the caller's tensors, the global
 RNG, files), refused calls included.  Fails on the previous main (8037337): 64 silent and 35
 state cases in this quick set there (bench/results/fuzz.md, "Before")."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -12,14 +12,21 @@ cell): the defaults at every (d in 8, 64, 256) x (rank: k = F, exactly unused, w
 on one rotation, plus the floor there.  Cut for CI time, and left to the bench: the other seeds,
 and the per-pair settings at the other 17 points of the grid.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from spectral_ops import SpectralRegularizer, spectral_penalty
-from spectral_ops.lab.known_answer import (GATE_PROFILES, GATE_RANKS, GateGenerator, RotatedRenderer,
-                                           factor_alignment, run_gate)
+from spectral_ops.lab.known_answer import (
+    GATE_PROFILES,
+    GATE_RANKS,
+    GateGenerator,
+    RotatedRenderer,
+    factor_alignment,
+    run_gate,
+)
 from spectral_ops.regularizer import GRADS, LOSSES, WEIGHTS
 
 SEEDS = (0, 1, 2)
@@ -64,8 +71,9 @@ def test_every_pair_aligns_k4(loss, grad, seed):
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("loss", LOSSES)
 def test_fast_aligns_the_top_two_with_k2(loss, seed):
-    r = run_gate(lambda G, z: spectral_penalty(G, z, k=2, iters=20, loss=loss, grad="fast"), seed=seed,
-                 steps=200, judged=2)
+    r = run_gate(
+        lambda G, z: spectral_penalty(G, z, k=2, iters=20, loss=loss, grad="fast"), seed=seed, steps=200, judged=2
+    )
     assert r.min_alignment >= GATE and r.distinct_axes, r
 
 
@@ -81,24 +89,31 @@ def test_the_defaults_align(loss, seed):
 @pytest.mark.parametrize("loss,steps", [("l1", 200), ("assigned", 200), ("offdiag", 600)])
 def test_singular_weights_align(loss, steps, seed):
     """weights="singular" passes too; offdiag's s^2 weights need 3x the budget (below)."""
-    r = run_gate(lambda G, z: spectral_penalty(G, z, k=4, iters=20, loss=loss, weights="singular"),
-                 seed=seed, steps=steps)
+    r = run_gate(
+        lambda G, z: spectral_penalty(G, z, k=4, iters=20, loss=loss, weights="singular"), seed=seed, steps=steps
+    )
     assert r.min_alignment >= GATE and r.distinct_axes, r
 
 
 def test_singular_weighting_of_offdiag_is_slow():
     """offdiag with A = sum s_i^2 v_i v_i^T barely moves the weak factors in the standard budget:
     the reason its default weighting is spectrum-free."""
-    r = run_gate(lambda G, z: spectral_penalty(G, z, k=4, iters=20, loss="offdiag", weights="singular"),
-                 seed=2, steps=200)
+    r = run_gate(
+        lambda G, z: spectral_penalty(G, z, k=4, iters=20, loss="offdiag", weights="singular"), seed=2, steps=200
+    )
     assert r.min_alignment < 0.9, r
 
 
-@pytest.mark.parametrize("kwargs,word", [
-    (dict(latent_dim=3), "latent_dim"), (dict(latent_dim=8.0), "latent_dim"),
-    (dict(sensitivities=()), "sensitivities"), (dict(sensitivities=(1.0, -1.0)), "sensitivities"),
-    (dict(pixels=8), "pixels"),
-])
+@pytest.mark.parametrize(
+    "kwargs,word",
+    [
+        (dict(latent_dim=3), "latent_dim"),
+        (dict(latent_dim=8.0), "latent_dim"),
+        (dict(sensitivities=()), "sensitivities"),
+        (dict(sensitivities=(1.0, -1.0)), "sensitivities"),
+        (dict(pixels=8), "pixels"),
+    ],
+)
 def test_renderer_bad_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word):
         RotatedRenderer(**kwargs)
@@ -128,8 +143,8 @@ def test_gate_generator_has_the_known_spectrum(shape, d):
     used factors' s_f (1 + a cos(w u_f + c_f)), then `weak` (or exactly 0) for the rest."""
     G = _moved(GateGenerator(d, **shape, seed=3, dtype=torch.float64))
     z = 2 * torch.randn(4, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    J = torch.func.vmap(torch.func.jacrev(lambda x: G(x[None])[0]))(z)           # [4, m, d]
-    R, s = G.rotation(), G.spectrum(z)                                            # [d, d], [4, d]
+    J = torch.func.vmap(torch.func.jacrev(lambda x: G(x[None])[0]))(z)  # [4, m, d]
+    R, s = G.rotation(), G.spectrum(z)  # [d, d], [4, d]
     assert torch.allclose(J.transpose(1, 2) @ J, (R.T[None] * s[:, None, :] ** 2) @ R, rtol=0, atol=1e-13)
     assert torch.allclose(R @ R.T, torch.eye(d, dtype=torch.float64), rtol=0, atol=1e-13)
     F = G.num_factors
@@ -161,11 +176,19 @@ def test_varying_profile_reorders_the_factors():
         assert abs(float((order != torch.arange(4)).any(1).double().mean()) - reordered) < 0.005
 
 
-@pytest.mark.parametrize("kwargs,word", [
-    (dict(weak=-0.1), "weak"), (dict(weak=0.5), "weak"), (dict(wobble=1.0), "wobble"), (dict(wobble=-0.1), "wobble"),
-    (dict(frequency=0.0), "frequency"), (dict(latent_dim=3), "latent_dim"), (dict(pixels=8), "pixels"),
-    (dict(sensitivities=(1.0, 0.0)), "sensitivities"),
-])
+@pytest.mark.parametrize(
+    "kwargs,word",
+    [
+        (dict(weak=-0.1), "weak"),
+        (dict(weak=0.5), "weak"),
+        (dict(wobble=1.0), "wobble"),
+        (dict(wobble=-0.1), "wobble"),
+        (dict(frequency=0.0), "frequency"),
+        (dict(latent_dim=3), "latent_dim"),
+        (dict(pixels=8), "pixels"),
+        (dict(sensitivities=(1.0, 0.0)), "sensitivities"),
+    ],
+)
 def test_gate_generator_bad_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word):
         GateGenerator(**{"latent_dim": 8, "sensitivities": (2.0, 1.0, 0.5, 0.25), **kwargs})
@@ -183,8 +206,12 @@ def test_the_defaults_align_where_users_are(d, rank, profile):
     at d = 8, 0.08 / 0.08 at d = 64, 0.03 / 0.05 at d = 256 (constant / varying profile), a
     random rotation's level (bench/results/gate.md, "before")."""
     seed = GRID.index((d, rank, profile)) % 3
-    r = run_gate(SpectralRegularizer(d), generator=dict(latent_dim=d, **GATE_RANKS[rank], **GATE_PROFILES[profile]),
-                 seed=seed, steps=1600)
+    r = run_gate(
+        SpectralRegularizer(d),
+        generator=dict(latent_dim=d, **GATE_RANKS[rank], **GATE_PROFILES[profile]),
+        seed=seed,
+        steps=1600,
+    )
     assert r.computed_calls == 200
     assert r.min_alignment >= GATE and r.distinct_axes, r
 
@@ -204,11 +231,16 @@ def test_the_gate_can_fail_at_the_hard_point():
 # the order of the factors changes across z, so the per-sample targets disagree.  In the bench it
 # fails only where the factors reorder (d = 64 varying: 0.80-0.86 with k = F too) and passes with
 # the constant profile.  Strict: the suite fails once it aligns, so the mark is removed then.
-_ASSIGNED_SINGULAR = pytest.mark.xfail(strict=True, reason="assigned + singular weights: per-sample axis targets "
-                                                             "disagree when the factors reorder across z")
-HARD_SETTINGS = [pytest.param(loss, grad, weights,
-                              marks=_ASSIGNED_SINGULAR if (loss, weights) == ("assigned", "singular") else ())
-                 for loss in LOSSES for grad in GRADS for weights in WEIGHTS]
+_ASSIGNED_SINGULAR = pytest.mark.xfail(
+    strict=True,
+    reason="assigned + singular weights: per-sample axis targets disagree when the factors reorder across z",
+)
+HARD_SETTINGS = [
+    pytest.param(loss, grad, weights, marks=_ASSIGNED_SINGULAR if (loss, weights) == ("assigned", "singular") else ())
+    for loss in LOSSES
+    for grad in GRADS
+    for weights in WEIGHTS
+]
 
 
 @pytest.mark.parametrize("loss,grad,weights", HARD_SETTINGS)
@@ -217,8 +249,12 @@ def test_every_setting_aligns_at_the_hard_point(loss, grad, weights):
     reorder across z.  Fails on main before 667108d (tree at 4be4901) for 10 of the 12 settings
     (weakest factor 0.06-0.54, mostly a random rotation's 0.09): the null vector's loss pushed the
     rotation around.  offdiag with singular weights passed there already (its null vector weighs s^2 = 0)."""
-    r = run_gate(lambda G, z: spectral_penalty(G, z, k=4, iters=20, loss=loss, grad=grad, weights=weights),
-                 generator=HARD, seed=0, steps=200)
+    r = run_gate(
+        lambda G, z: spectral_penalty(G, z, k=4, iters=20, loss=loss, grad=grad, weights=weights),
+        generator=HARD,
+        seed=0,
+        steps=200,
+    )
     assert r.min_alignment >= GATE and r.distinct_axes, r
 
 
@@ -228,6 +264,10 @@ def test_implicit_aligns_with_weakly_used_directions(loss):
     cluster of weak directions, where the eigenvector derivative is undefined.  grad="implicit"
     ended at 0.22-0.42 here (every loss, uniform weights) while its conjugate gradients divided by
     the rounding of a zero curvature; with the curvature floor of the in-block rule it aligns."""
-    r = run_gate(lambda G, z: spectral_penalty(G, z, k=4, iters=20, loss=loss, grad="implicit"),
-                 generator=dict(latent_dim=8, **GATE_RANKS["weak"]), seed=0, steps=200)
+    r = run_gate(
+        lambda G, z: spectral_penalty(G, z, k=4, iters=20, loss=loss, grad="implicit"),
+        generator=dict(latent_dim=8, **GATE_RANKS["weak"]),
+        seed=0,
+        steps=200,
+    )
     assert r.min_alignment >= GATE and r.distinct_axes, r

@@ -7,6 +7,7 @@ parameter and buffer of G as it found it, also when it refuses G, and must run t
 as on the module itself.  Each test says, in its docstring, what the library did before the fix.
 The oracle is the explicit float64 Jacobian of the same holder with its modules in eval mode.
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,8 +28,6 @@ from spectral_ops import SpectralRegularizer, global_directions, jacobian_topk, 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 EPS = torch.finfo(torch.float64).eps
-
-
 
 
 def _state(*modules: nn.Module) -> list[torch.Tensor]:
@@ -157,7 +156,7 @@ def test_every_holder_of_G_leaves_its_state_as_found(holder):
     ref = _oracle_values(G, z, 3, mapping, synthesis)
     for method in ("power", "krylov", "dense"):
         top = jacobian_topk(G, z, 3, method=method, iters=300, tol=1e-12, batchnorm="eval")
-        assert torch.allclose(top.values, ref, rtol=1e3 * EPS ** 0.5), method  # tol 1e-12 on residuals
+        assert torch.allclose(top.values, ref, rtol=1e3 * EPS**0.5), method  # tol 1e-12 on residuals
     spectral_penalty(G, z, k=2, batchnorm="eval").backward()
     reg = SpectralRegularizer(6, k=2, every=1, batch_fraction=1.0, batchnorm="eval")
     reg(G, z).backward()
@@ -205,8 +204,11 @@ def test_new_modules_at_the_ids_of_dead_ones_are_probed_again(monkeypatch):
 
     from spectral_ops import generator as generator_module
 
-    monkeypatch.setattr(generator_module, "generator_identity",
-                        lambda G, modules=None: (Loss.run_G.__code__, ("one identity for both",)))
+    monkeypatch.setattr(
+        generator_module,
+        "generator_identity",
+        lambda G, modules=None: (Loss.run_G.__code__, ("one identity for both",)),
+    )
     z = _z(4, 6)
     mapping, synthesis = _nets()
     spectral_penalty(Loss(mapping, synthesis.eval()).run_G, z, k=2)
@@ -228,7 +230,7 @@ def test_a_refused_probe_leaves_modules_the_scan_cannot_reach_as_found():
     run, refused or put in eval mode, and named in a warning once per generator."""
     net = _bn_net()
     ref = weakref.ref(net)
-    G = lambda x: ref()(x)  # noqa: E731
+    G = lambda x: ref()(x)
     z = _z(4, 6)
     before = _state(net)
     with pytest.raises(ValueError, match=r"batch-coupled layers in training mode \(1\)"):
@@ -334,7 +336,7 @@ def test_a_generator_that_writes_to_its_input_matches_the_oracle():
     for method in ("power", "krylov", "dense"):
         for jvp in ("auto", "double_backward", "forward", "finite_difference"):
             top = jacobian_topk(G, z, 3, method=method, jvp=jvp, iters=300, tol=1e-12)
-            rtol = 1e-5 if jvp == "finite_difference" else 1e3 * EPS ** 0.5  # differences: eps^(2/3) steps
+            rtol = 1e-5 if jvp == "finite_difference" else 1e3 * EPS**0.5  # differences: eps^(2/3) steps
             assert torch.allclose(top.values, S, rtol=rtol), (method, jvp)
     assert torch.equal(z, z_before)  # G never wrote to the caller's z
     value = spectral_penalty(G, z, k=2)
@@ -343,14 +345,14 @@ def test_a_generator_that_writes_to_its_input_matches_the_oracle():
     grads = torch.autograd.grad(value, list(net.parameters()), allow_unused=True)  # J ignores the last bias
     ref_grads = torch.autograd.grad(ref_value, list(net.parameters()), allow_unused=True)
     for g, r in zip(grads, ref_grads):
-        assert (g is None) == (r is None) and (g is None or torch.allclose(g, r, rtol=1e3 * EPS ** 0.5, atol=EPS))
+        assert (g is None) == (r is None) and (g is None or torch.allclose(g, r, rtol=1e3 * EPS**0.5, atol=EPS))
     SpectralRegularizer(6, k=2, every=1)(G, z).backward()
     traj = trace_trajectory(G, z[:2], steps=2, k=2, step_size=0.05)
     ref_traj = trace_trajectory(out_of_place, z[:2], steps=2, k=2, step_size=0.05)
-    assert torch.allclose(traj.z, ref_traj.z, atol=1e3 * EPS ** 0.5)
+    assert torch.allclose(traj.z, ref_traj.z, atol=1e3 * EPS**0.5)
     dirs = global_directions(G, 8, 2, latent_dim=6, batch_size=4, dtype=torch.float64)
     ref_dirs = global_directions(out_of_place, 8, 2, latent_dim=6, batch_size=4, dtype=torch.float64)
-    assert torch.allclose(dirs.values, ref_dirs.values, rtol=1e3 * EPS ** 0.5)
+    assert torch.allclose(dirs.values, ref_dirs.values, rtol=1e3 * EPS**0.5)
     assert torch.equal(z, z_before)
 
 
@@ -387,10 +389,14 @@ def test_a_generator_whose_output_is_on_meta_is_refused_by_name():
     """G(z) on the meta device (a module left on 'meta', or a tensor G uses): every entry point says
     so (previous main: "Tensor.item() cannot be called on meta tensors" from inside the probe)."""
     lin = nn.Linear(4, 6, device="meta")
-    G = lambda x: lin(x.to("meta"))  # noqa: E731
+    G = lambda x: lin(x.to("meta"))
     z = torch.randn(3, 4)
-    for call in (lambda: jacobian_topk(G, z, 2), lambda: spectral_penalty(G, z, k=2),
-                 lambda: trace_trajectory(G, z, steps=2), lambda: SpectralRegularizer(4, k=2)(G, z),
-                 lambda: global_directions(G, 8, 2, latent_dim=4)):
+    for call in (
+        lambda: jacobian_topk(G, z, 2),
+        lambda: spectral_penalty(G, z, k=2),
+        lambda: trace_trajectory(G, z, steps=2),
+        lambda: SpectralRegularizer(4, k=2)(G, z),
+        lambda: global_directions(G, 8, 2, latent_dim=4),
+    ):
         with pytest.raises(ValueError, match=r"^G\(z\) is on the meta device"):
             call()

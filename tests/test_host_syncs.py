@@ -15,6 +15,7 @@ The ones left are named where they happen:
 - the alignment op's argument check (`ops._check_alignment_values`: four numbers);
 - `regularizer.read_back`: the penalty's finiteness and the median worst residual, together.
 """
+
 from __future__ import annotations
 
 import collections
@@ -42,7 +43,9 @@ def counted_reads():
         def read(self, *args, **kwargs):
             counts[name] += 1
             return original(self, *args, **kwargs)
+
         return read
+
     for name in READS:
         setattr(torch.Tensor, name, wrap(name))
     try:
@@ -61,6 +64,7 @@ def counted_calls(module, name):
     def counting(*args, **kwargs):
         calls[0] += 1
         return original(*args, **kwargs)
+
     setattr(module, name, counting)
     try:
         yield calls
@@ -90,7 +94,7 @@ def test_a_computed_power_call_reads_the_named_few():
     iteration (1), the alignment op's check (1), read_back (1)."""
     G = _generator()
     reg = SpectralRegularizer(16, every=1, solver="power", iters=2, tol=0.0, batch_fraction=1.0)
-    reg(G, torch.randn(8, 16))                            # the probe of G runs once, first
+    reg(G, torch.randn(8, 16))  # the probe of G runs once, first
     with counted_reads() as counts:
         reg(G, torch.randn(8, 16)).backward()
     assert sum(counts.values()) == 7, counts
@@ -101,8 +105,12 @@ def test_a_computed_krylov_call_reads_one_per_product_and_check(d):
     G = _generator(d)
     reg = SpectralRegularizer(d, every=1, batch_fraction=1.0)
     reg(G, torch.randn(8, d))
-    with counted_reads() as counts, counted_calls(power, "scaled_product") as products, \
-            counted_calls(krylov, "_rayleigh_ritz") as checks, counted_calls(JacobianOperator, "__init__") as graphs:
+    with (
+        counted_reads() as counts,
+        counted_calls(power, "scaled_product") as products,
+        counted_calls(krylov, "_rayleigh_ritz") as checks,
+        counted_calls(JacobianOperator, "__init__") as graphs,
+    ):
         reg(G, torch.randn(8, d)).backward()
     assert products[0] >= 2 and checks[0] >= 1 and graphs[0] >= 2
     # z, the alignment op and read_back (3); G(z) on every forward graph: the solver's (rebuilt on

@@ -1,6 +1,7 @@
 """krylov.block_lanczos against eigh of explicit matrices with known spectra, and
 jacobian_topk(method="krylov") on its single-vector path (batches of 16) against the explicit
 Jacobian SVD; its check against a second start (converged means the top k) and autocast."""
+
 from __future__ import annotations
 
 import copy
@@ -15,8 +16,10 @@ from spectral_ops import conditioned, jacobian_topk, power
 from spectral_ops.krylov import block_lanczos, krylov_block
 
 MODES = ["double_backward", "forward", "finite_difference"]
-SPECTRA = {"gapped": lambda d: 0.7 ** torch.arange(d, dtype=torch.float64),
-           "flat": lambda d: 1 - 0.01 * torch.arange(d, dtype=torch.float64)}  # sigma ratios 0.99
+SPECTRA = {
+    "gapped": lambda d: 0.7 ** torch.arange(d, dtype=torch.float64),
+    "flat": lambda d: 1 - 0.01 * torch.arange(d, dtype=torch.float64),
+}  # sigma ratios 0.99
 
 
 def _operators(B, d, spectrum, seed=0):
@@ -37,6 +40,7 @@ def _run(M, k, p, max_vectors=4000, tol=1e-10, max_basis=None, calls=None):
         if calls is not None:
             calls.append(rows.clone())
         return Q @ M[rows]  # M symmetric: rows of Q M are M q
+
     X = _start(M.shape[0], p, M.shape[1])
     return block_lanczos(product, X, product(X, torch.arange(M.shape[0])), k, p, max_vectors, tol, max_basis)
 
@@ -54,7 +58,7 @@ def test_block_lanczos_matches_eigh(spectrum, p, max_basis):
     # residual 1e-10 with gaps of 0.01 or more: values off by <= res^2 / gap, vectors by res / gap
     assert torch.allclose(r.lam, s[:k].expand(B, k), rtol=1e-13, atol=0)
     cos = (r.V * U[..., :k].transpose(1, 2)).sum(-1).abs()
-    assert (1 - cos).max() < 1e-15 / 0.01 ** 2
+    assert (1 - cos).max() < 1e-15 / 0.01**2
     gram = r.V @ r.V.transpose(1, 2)
     assert torch.allclose(gram, torch.eye(k, dtype=gram.dtype).expand_as(gram), atol=1e-13)
     assert int(r.vectors.max()) == p * (r.passes + 1)
@@ -74,7 +78,9 @@ def test_a_converged_sample_leaves_the_batch():
     assert bool((r.res < 1e-10).all())
     assert int(r.vectors[0]) < int(r.vectors[1]) == int(r.vectors[2])
     assert [c.tolist() for c in calls].count([1, 2]) == int(r.vectors[1]) - int(r.vectors[0])
-    assert torch.allclose(r.lam[0], s_fast[:k], rtol=1e-13) and torch.allclose(r.lam[1:], s_flat[:k].expand(2, k), rtol=1e-13)
+    assert torch.allclose(r.lam[0], s_fast[:k], rtol=1e-13) and torch.allclose(
+        r.lam[1:], s_flat[:k].expand(2, k), rtol=1e-13
+    )
 
 
 def test_budget_stops_with_interlaced_values():
@@ -148,7 +154,7 @@ def test_krylov_rebuilds_its_graph_on_the_samples_still_running():
     s[:12] = 0.3 ** torch.arange(d, dtype=torch.float64)
     top = jacobian_topk(conditioned(G, s), z, k, iters=500, tol=1e-8, method="krylov", jvp="double_backward")
     assert bool(top.converged.all())
-    assert 4 in G.calls[G.calls.index(16) + 1:]  # a graph on the 4 running samples alone
+    assert 4 in G.calls[G.calls.index(16) + 1 :]  # a graph on the 4 running samples alone
     J = explicit_jacobian(lambda x: G.net(x), z * s) * s[:, None, :]  # d(net(z s))/dz = J_net(z s) diag(s)
     _, S, Vh = torch.linalg.svd(J, full_matrices=False)
     assert torch.allclose(top.values, S[:, :k], rtol=1e-9, atol=0)
@@ -180,6 +186,7 @@ def test_errors_name_the_rows_of_z_after_the_batch_shrank():
     """Once the graph is rebuilt on samples 3, 7 and 9, a bad product of its second sample names
     row 7 of z, not row 1."""
     from spectral_ops.jacobian import name_rows
+
     with pytest.raises(ValueError, match=r"in rows \[7\]"):
         name_rows(torch.tensor([False, True, False]), "bad", torch.tensor([3, 7, 9]))
     with pytest.raises(ValueError, match=r"in rows \[1\]"):
@@ -192,21 +199,27 @@ def test_relative_floor_resolves_weak_vectors():
     relative to each vector's own value (relative_floor, the regularizer's rule) it is resolved
     to the Davis-Kahan bound res / gap."""
     d, k = 40, 4
-    s = torch.cat([torch.tensor([1.0, 0.5, 0.25, 1e-4], dtype=torch.float64),
-                   5e-5 * (1 - 0.01 * torch.arange(d - 4, dtype=torch.float64))])
+    s = torch.cat(
+        [
+            torch.tensor([1.0, 0.5, 0.25, 1e-4], dtype=torch.float64),
+            5e-5 * (1 - 0.01 * torch.arange(d - 4, dtype=torch.float64)),
+        ]
+    )
     M, s, U = _operators(8, d, s)
 
     def error_of_v4(**options):
         def product(Q, rows):
             return Q @ M[rows]
+
         X = _start(8, 1, d)
         r = block_lanczos(product, X, product(X, torch.arange(8)), k, 1, 4000, 1e-4, **options)
         return float((1 - (r.V[:, 3] * U[:, :, 3]).sum(-1).abs()).max()), r
+
     loose, _ = error_of_v4()
     tight, r = error_of_v4(relative_floor=1e-6)
     gap = float(s[3] - s[4])
     bound = float((r.res[:, 3] * s[0]).max()) / gap  # sin(angle) <= res / gap: 1 - |cos| <= that squared
-    assert tight <= bound ** 2 + 1e-12 and tight < 1e-6 < loose, (tight, loose, bound)
+    assert tight <= bound**2 + 1e-12 and tight < 1e-6 < loose, (tight, loose, bound)
 
 
 # ---------------------------------------------------------------- converged means the top k
@@ -276,6 +289,7 @@ def test_a_start_orthogonal_to_a_top_eigenvector_is_caught(missed):
     setting) the k values are the true top k.  Fails on the previous main (block_lanczos had no
     second_start)."""
     from spectral_ops.power import KRYLOV_SECOND_START
+
     d, k = 48, 4
     M, s, U = _operators(5, d, "gapped")
     x = _start(5, 1, d)[:, 0]
@@ -286,6 +300,7 @@ def test_a_start_orthogonal_to_a_top_eigenvector_is_caught(missed):
 
     def product(Q, rows):
         return Q @ M[rows]
+
     alone = block_lanczos(product, X, product(X, torch.arange(5)), k, 1, 4000, 1e-8)
     assert bool((alone.res < 1e-8).all()) and not torch.allclose(alone.lam, s[:k].expand(5, k), rtol=1e-6)
     r = block_lanczos(product, X, product(X, torch.arange(5)), k, 1, 4000, 1e-8, second_start=KRYLOV_SECOND_START)
@@ -303,9 +318,11 @@ def test_a_budget_spent_before_the_check_is_not_converged(monkeypatch):
 
     def product(Q, rows):
         return Q @ M[rows]
+
     free = block_lanczos(product, X, product(X, torch.arange(2)), 2, 1, 4000, 1e-4, second_start=4)
-    short = block_lanczos(product, X, product(X, torch.arange(2)), 2, 1, int(free.vectors.max()) - 2, 1e-4,
-                          second_start=4)
+    short = block_lanczos(
+        product, X, product(X, torch.arange(2)), 2, 1, int(free.vectors.max()) - 2, 1e-4, second_start=4
+    )
     assert bool(free.settled.all()) and not bool(short.settled.any()) and bool((short.res < 1e-4).all())
     G = _tanh_mlp().double()
     z = torch.randn(16, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -339,7 +356,7 @@ def test_krylov_under_autocast_matches_float32():
         ref = plain[m]
         assert top.values.dtype == top.vectors.dtype == torch.float32
         assert float(((top.values - ref.values).abs() / ref.values[:, :1]).max()) < 2 * eps
-        lam = ref.values ** 2 / ref.values[:, :1] ** 2
+        lam = ref.values**2 / ref.values[:, :1] ** 2
         gap = (lam[:, :, None] - lam[:, None, :]).abs() + torch.eye(3) * 2  # the gap to the other values
         sin = (1 - (top.vectors * ref.vectors).sum(-1) ** 2).clamp_min(0).sqrt()
         assert bool((sin <= 4 * eps / gap.min(-1).values).all())

@@ -3,6 +3,7 @@
 Checked two ways, so that a lazy import inside a function is caught too: an AST scan of every
 library file, and importing every library module in a fresh interpreter.
 """
+
 import ast
 import importlib.metadata
 import pathlib
@@ -38,8 +39,9 @@ def _imports(path: pathlib.Path, source: str | None = None) -> list[str]:
 
 def test_the_library_files_never_import_the_application():
     assert len(LIBRARY_FILES) > 10
-    offenders = {str(p.relative_to(ROOT)): [n for n in _imports(p) if n.startswith("spectral_ops.lab")]
-                 for p in LIBRARY_FILES}
+    offenders = {
+        str(p.relative_to(ROOT)): [n for n in _imports(p) if n.startswith("spectral_ops.lab")] for p in LIBRARY_FILES
+    }
     assert not {k: v for k, v in offenders.items() if v}
 
 
@@ -54,9 +56,11 @@ def test_the_scan_sees_relative_and_lazy_imports():
 
 def test_importing_every_library_module_loads_nothing_of_the_application():
     modules = [_module_name(p) for p in LIBRARY_FILES if "triton" not in p.parts]
-    code = ("import importlib, sys\n"
-            f"for m in {modules!r}:\n    importlib.import_module(m)\n"
-            "print(sorted(m for m in sys.modules if m.startswith('spectral_ops.lab')))")
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}:\n    importlib.import_module(m)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('spectral_ops.lab')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -92,16 +96,18 @@ def test_the_installed_library_requires_torch_alone_and_imports_nothing_else():
 def test_the_library_imports_and_shows_progress_without_its_optional_modules():
     """In an interpreter where tqdm, numpy and PIL cannot be imported, the library imports and a
     progress bar falls back to plain lines."""
-    code = ("import sys\n"
-            "for m in ('tqdm', 'numpy', 'PIL'):\n    sys.modules[m] = None\n"
-            "import torch, spectral_ops\n"
-            "from spectral_ops.progress import progress_bar\n"
-            "bar = progress_bar(3, 'work')\n"
-            "for _ in range(3):\n    bar.update(1)\n"
-            "bar.close()\n"
-            "G = torch.nn.Linear(4, 6)\n"
-            "t = spectral_ops.trace_trajectory(G, torch.randn(2, 4), steps=2, progress=True)\n"
-            "print(type(bar).__name__, tuple(t.z.shape))\n")
+    code = (
+        "import sys\n"
+        "for m in ('tqdm', 'numpy', 'PIL'):\n    sys.modules[m] = None\n"
+        "import torch, spectral_ops\n"
+        "from spectral_ops.progress import progress_bar\n"
+        "bar = progress_bar(3, 'work')\n"
+        "for _ in range(3):\n    bar.update(1)\n"
+        "bar.close()\n"
+        "G = torch.nn.Linear(4, 6)\n"
+        "t = spectral_ops.trace_trajectory(G, torch.randn(2, 4), steps=2, progress=True)\n"
+        "print(type(bar).__name__, tuple(t.z.shape))\n"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["_PlainBar", "(3,", "2,", "4)"], run.stdout

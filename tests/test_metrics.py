@@ -1,13 +1,26 @@
 """MIG / DCI against codes with a known answer; activeness, Frechet distance, factor predictor."""
+
 import re
 
 import numpy as np
 import pytest
 import torch
 
-from spectral_ops.lab.metrics import (PredictorConfig, activeness, activeness_summary, axis_alignment,
-                                  chance_alignment, dci, discretize, frechet_distance, load_or_fit_predictor,
-                                  mig, mig_sup, oracle_generator, varying_mask)
+from spectral_ops.lab.metrics import (
+    PredictorConfig,
+    activeness,
+    activeness_summary,
+    axis_alignment,
+    chance_alignment,
+    dci,
+    discretize,
+    frechet_distance,
+    load_or_fit_predictor,
+    mig,
+    mig_sup,
+    oracle_generator,
+    varying_mask,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,7 +89,7 @@ def test_discretize_and_bad_input():
 
 def test_activeness_of_a_linear_map():
     A = torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 4.0]]).T  # (d=3, m=4)
-    G = lambda z: z @ A  # noqa: E731  z (N, 3) -> (N, 4)
+    G = lambda z: z @ A  # z (N, 3) -> (N, 4)
     a = activeness(G, torch.randn(7, 3))
     torch.testing.assert_close(a, A.norm(dim=1), rtol=1e-4, atol=1e-5)
     s = activeness_summary(torch.tensor([1.0, 1.0, 1.0, 1.0]))
@@ -89,7 +102,10 @@ def test_frechet_distance_matches_scipy():
     linalg = pytest.importorskip("scipy.linalg")
     g = torch.Generator().manual_seed(0)
     a = torch.randn(500, 5, generator=g, dtype=torch.float64)
-    b = torch.randn(400, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 5, generator=g, dtype=torch.float64) + 1.0
+    b = (
+        torch.randn(400, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 5, generator=g, dtype=torch.float64)
+        + 1.0
+    )
     fd = frechet_distance(a, b)
     ca, cb = np.cov(a.numpy().T), np.cov(b.numpy().T)
     ref = ((a.mean(0) - b.mean(0)) ** 2).sum().item() + np.trace(ca + cb - 2 * linalg.sqrtm(ca @ cb).real)
@@ -130,15 +146,21 @@ def test_mig_counts_a_constant_factor_as_zero():
 # ---------------------------------------------------------------------------------------------
 # DCI over varying factors, MIG winners, MIG-sup, varying_mask
 
+
 def test_varying_mask_rule():
     rng = np.random.default_rng(0)
     N = 2000
-    f = np.stack([rng.integers(0, 4, N),                     # varies
-                  np.full(N, 2),                              # constant
-                  np.where(np.arange(N) < 5, 1, 0),           # 5 strays of 2000 (< 1%): constant
-                  np.where(np.arange(N) < 20, 1, 0),          # exactly 1%: varies
-                  np.full(N, 0.3) + np.where(np.arange(N) < 40, 1e-3, 0.0),  # continuous, 2% off: varies
-                  np.full(N, 0.3) + 1e-9 * rng.normal(size=N)], 1)           # continuous, negligible
+    f = np.stack(
+        [
+            rng.integers(0, 4, N),  # varies
+            np.full(N, 2),  # constant
+            np.where(np.arange(N) < 5, 1, 0),  # 5 strays of 2000 (< 1%): constant
+            np.where(np.arange(N) < 20, 1, 0),  # exactly 1%: varies
+            np.full(N, 0.3) + np.where(np.arange(N) < 40, 1e-3, 0.0),  # continuous, 2% off: varies
+            np.full(N, 0.3) + 1e-9 * rng.normal(size=N),
+        ],
+        1,
+    )  # continuous, negligible
     assert varying_mask(f).tolist() == [True, False, False, True, True, False]
     assert varying_mask(f, min_share=0.0).tolist()[2] is True
     with pytest.raises(ValueError, match="min_share"):
@@ -249,6 +271,7 @@ def test_mig_sup_known_values():
 # ---------------------------------------------------------------------------------------------
 # axis alignment
 
+
 def _linear(A: torch.Tensor):
     return lambda z: z.to(A.dtype) @ A.T  # (N, d) -> (N, m)
 
@@ -320,6 +343,7 @@ def test_axis_alignment_bad_input():
 # ---------------------------------------------------------------------------------------------
 # reference generators (ceiling and floor), evaluate_generator's new keys, format_table
 
+
 def test_oracle_generator_maps_z_i_to_factor_i():
     from spectral_ops.lab.data import Dots, Sprites
 
@@ -340,7 +364,7 @@ def test_oracle_generator_maps_z_i_to_factor_i():
     # with z ~ N(0, I) the levels are uniform, like the dataset's
     lv = oracle_generator("dots", 4).factors(torch.randn(16000, 4, generator=torch.Generator().manual_seed(0)))
     counts = torch.stack([torch.bincount(lv[:, j], minlength=16) for j in range(4)]).double()
-    assert ((counts - 1000).abs() < 5 * 1000 ** 0.5).all()
+    assert ((counts - 1000).abs() < 5 * 1000**0.5).all()
     assert Dots.factor_sizes == (16,) * 4
 
 
@@ -445,6 +469,7 @@ class _Blank(torch.nn.Module):
 
 class _Linear(torch.nn.Module):
     """A smooth generator whose image depends on z0 and z1 only (a ramp and a brightness)."""
+
     latent_dim = 5
 
     def forward(self, z):
@@ -461,8 +486,9 @@ def test_evaluate_generator_new_keys_on_smooth_and_blank_generators(dots_predict
     assert blank["varying_factors"] == 0 and blank["constant_factors"] == ["x1", "y1", "x2", "y2"]
     assert blank["dci_disentanglement"] == 0.0 and blank["dci_informativeness"] == 0.0
     assert blank["mig"] == 0.0 and blank["mig_winner_per_factor"] == dict.fromkeys(["x1", "y1", "x2", "y2"])
-    lin = evaluate_generator(_Linear(), dataset="dots", size=32, predictor=dots_predictor, n=300, seed=0,
-                             n_align=8, align_k=2)
+    lin = evaluate_generator(
+        _Linear(), dataset="dots", size=32, predictor=dots_predictor, n=300, seed=0, n_align=8, align_k=2
+    )
     a = lin["axis_alignment"]
     # rank-2 Jacobian spanned by e0 and e1 (columns 0.1 u and 0.05 * ones: not orthogonal, so the
     # singular vectors mix the two axes by a known amount)
@@ -471,10 +497,27 @@ def test_evaluate_generator_new_keys_on_smooth_and_blank_generators(dots_predict
     assert a["per_index"] == pytest.approx(Vt.pow(2).max(1).values.tolist(), abs=1e-5)
     assert a["sigma_ratios"] == pytest.approx([float(sv[1] / sv[0])], abs=1e-5)
     assert sorted(a["axis"]) == [0, 1]
-    for key in ("mig", "mig_per_factor", "varying_factors", "dci_disentanglement", "dci_completeness",
-                "dci_informativeness", "dci_informativeness_per_factor", "activeness", "frechet_distance",
-                "factor_names", "n", "seconds", "mig_sup", "mig_winner_per_factor", "mig_distinct_winners",
-                "frechet_real", "frechet_ratio", "axis_alignment", "constant_factors"):
+    for key in (
+        "mig",
+        "mig_per_factor",
+        "varying_factors",
+        "dci_disentanglement",
+        "dci_completeness",
+        "dci_informativeness",
+        "dci_informativeness_per_factor",
+        "activeness",
+        "frechet_distance",
+        "factor_names",
+        "n",
+        "seconds",
+        "mig_sup",
+        "mig_winner_per_factor",
+        "mig_distinct_winners",
+        "frechet_real",
+        "frechet_ratio",
+        "axis_alignment",
+        "constant_factors",
+    ):
         assert key in lin
     with pytest.raises(ValueError, match="n_align"):
         evaluate_generator(_Linear(), dataset="dots", size=32, predictor=dots_predictor, n=300, n_align=-1)
@@ -486,8 +529,15 @@ def test_format_table_any_columns_and_na(dots_reference):
     from spectral_ops.lab.evaluate import format_table
 
     model = dict(dots_reference["ceiling (oracle)"])
-    model["axis_alignment"] = {"per_index": [0.9, 0.5], "axis": [3, 1], "mean": 0.7, "distinct_axes": True,
-                               "chance": 0.4, "sigma_ratios": [0.25], "k": 2}
+    model["axis_alignment"] = {
+        "per_index": [0.9, 0.5],
+        "axis": [3, 1],
+        "mean": 0.7,
+        "distinct_axes": True,
+        "chance": 0.4,
+        "sigma_ratios": [0.25],
+        "k": 2,
+    }
     model["train_seconds"] = 12.0
     old_style = {"mig": 0.1, "mig_per_factor": {"x1": 0.2}, "factor_names": ["x1"]}  # an older result
     table = format_table({"spectral": model, **dots_reference, "old": old_style})

@@ -1,4 +1,5 @@
 """DCGAN-style models: shapes, per-sample independence (no batch coupling), bad arguments."""
+
 import pytest
 import torch
 from torch import nn
@@ -39,7 +40,7 @@ def test_generator_has_no_batch_coupling():
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in G.modules())
     z = torch.randn(5, 10)
     full = G(z)
-    single = torch.cat([G(z[i:i + 1]) for i in range(5)])
+    single = torch.cat([G(z[i : i + 1]) for i in range(5)])
     torch.testing.assert_close(full, single, rtol=1e-5, atol=1e-6)
 
 

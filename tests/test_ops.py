@@ -3,6 +3,7 @@
 The checks are functions of (backend, device) so that test_ops_triton.py reuses them.  Here they
 run on the compiled CPU backend ("cpp"), and on "cuda"/"triton" when a GPU is present.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,14 @@ needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="spectral_ops._C not built")
 BACKEND_DEVICES = [
     pytest.param("cpp", "cpu", marks=needs_cpp, id="cpp"),
     pytest.param("cpp-baseline", "cpu", marks=needs_cpp, id="cpp-baseline"),
-    pytest.param("cuda", "cuda", id="cuda", marks=pytest.mark.skipif(
-        not (HAS_GPU and "cuda" in ops.available_backends()), reason="no GPU, or built without FORCE_CUDA=1")),
+    pytest.param(
+        "cuda",
+        "cuda",
+        id="cuda",
+        marks=pytest.mark.skipif(
+            not (HAS_GPU and "cuda" in ops.available_backends()), reason="no GPU, or built without FORCE_CUDA=1"
+        ),
+    ),
 ]
 
 # (B, k, d): k=1, k=d, d=1, d not a multiple of any block size, B=1, k at the CUDA limit.
@@ -43,25 +50,25 @@ LARGE_SHAPES = [(2, 5, 1024), (2, 33, 70)]  # d at the CUDA target; k above the 
 F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 HALF_FLOOR = 2.4e-7
 TOL = {
-    "Q": {F64: (1e-15, 0), F32: (7e-7, 0), F16: (HALF_FLOOR, 2 ** -10), BF16: (HALF_FLOOR, 2 ** -7)},
+    "Q": {F64: (1e-15, 0), F32: (7e-7, 0), F16: (HALF_FLOOR, 2**-10), BF16: (HALF_FLOOR, 2**-7)},
     # measured 2.6e-16, 1.8e-7; half: 3.1e-5 / 6.1e-5, nothing beyond one ulp
     "orth": {F64: (4e-15, 0), F32: (1e-6, 0), F16: (2e-3, 0), BF16: (1.1e-2, 0)},
     # measured 8.9e-16, 2.5e-7, 4.9e-4, 2.6e-3
     "Q vs qr": {F64: (1.5e-15, 0), F32: (2e-7, 0)},  # measured 3.3e-16, 4.4e-8
     "grad_W": {F64: (3e-14, 0), F32: (9e-6, 0)},  # measured 7.4e-15, 2.2e-6
-    "V": {F64: (1.6e-13, 0), F32: (3.3e-4, 0), F16: (5e-5, 2 ** -10)},
+    "V": {F64: (1.6e-13, 0), F32: (3.3e-4, 0), F16: (5e-5, 2**-10)},
     # measured 3.9e-14, 8.2e-5; float16 2.4e-4, 1.2e-5 beyond one ulp
-    "lam": {F64: (5e-14, 0), F32: (3.5e-5, 0), F16: (HALF_FLOOR, 2 ** -10)},
+    "lam": {F64: (5e-14, 0), F32: (3.5e-5, 0), F16: (HALF_FLOOR, 2**-10)},
     # measured 1.2e-14, 8.6e-6 (values up to 10); float16 0; lam vs eigvalsh 1.1e-14, 4.9e-6, 3.8e-3 (one ulp)
-    "res": {F64: (2e-15, 0), F32: (1.2e-6, 0), F16: (2.6e-7, 2 ** -10)},
+    "res": {F64: (2e-15, 0), F32: (1.2e-6, 0), F16: (2.6e-7, 2**-10)},
     # measured 4.4e-16, 3.0e-7; float16 2.4e-7, 6.5e-8 beyond one ulp
-    "Q_next": {F64: (1e-13, 0), F32: (2.6e-4, 0), F16: (2.3e-5, 2 ** -10)},
+    "Q_next": {F64: (1e-13, 0), F32: (2.6e-4, 0), F16: (2.3e-5, 2**-10)},
     # measured 2.3e-14, 6.5e-5; float16 2.4e-4, 5.6e-6 beyond one ulp
-    "loss": {F64: (2e-15, 0), F32: (6.5e-7, 0), F16: (HALF_FLOOR, 2 ** -10)},
+    "loss": {F64: (2e-15, 0), F32: (6.5e-7, 0), F16: (HALF_FLOOR, 2**-10)},
     # measured 4.4e-16, 1.6e-7; float16 2.4e-4, nothing beyond one ulp
-    "grad_V": {F64: (3e-15, 0), F32: (2e-6, 0), F16: (HALF_FLOOR, 2 ** -10)},
+    "grad_V": {F64: (3e-15, 0), F32: (2e-6, 0), F16: (HALF_FLOOR, 2**-10)},
     # measured 7.8e-16, 4.8e-7; float16 2.7e-4, 2.8e-8 beyond one ulp
-    "grad_S": {F64: (7e-15, 0), F32: (3.5e-6, 0), F16: (1.2e-6, 2 ** -10)},
+    "grad_S": {F64: (7e-15, 0), F32: (3.5e-6, 0), F16: (1.2e-6, 2**-10)},
     # measured 1.6e-15, 8.5e-7; float16 6.0e-5, 3.0e-7 beyond one ulp
 }
 
@@ -103,8 +110,8 @@ def make_ritz_inputs(B, k, d, dtype, device, seed=0, with_prev=False):
     mix, _ = torch.linalg.qr(torch.randn(B, k, k, generator=g, dtype=torch.float64))
     Q = reference.orthonormalize(mix @ top + 0.05 * torch.randn(B, k, d, generator=g, dtype=torch.float64))
     MQ = Q @ M
-    V_prev = (torch.randn(B, k, d, generator=g, dtype=torch.float64) if with_prev else None)
-    cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+    V_prev = torch.randn(B, k, d, generator=g, dtype=torch.float64) if with_prev else None
+    cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)
     return cast(Q), cast(MQ), cast(V_prev)
 
 
@@ -126,9 +133,11 @@ def assert_close(actual, expected, tol, what=""):
     a, e = actual.double(), expected.double().to(actual.device)
     excess = (a - e).abs() - (atol + rtol * e.abs())
     worst = int(excess.flatten().argmax())
-    assert excess.max().item() <= 0, (f"{what}: |{a.flatten()[worst].item():.9g} - {e.flatten()[worst].item():.9g}| > "
-                                      f"{atol:.3g} + {rtol:.3g} * |expected| (max abs error "
-                                      f"{(a - e).abs().max().item():.3g})")
+    assert excess.max().item() <= 0, (
+        f"{what}: |{a.flatten()[worst].item():.9g} - {e.flatten()[worst].item():.9g}| > "
+        f"{atol:.3g} + {rtol:.3g} * |expected| (max abs error "
+        f"{(a - e).abs().max().item():.3g})"
+    )
 
 
 def assert_orthonormal(Q, tol):
@@ -142,6 +151,7 @@ def assert_orthonormal(Q, tol):
 # ---------------------------------------------------------------------------------------------
 # Checks shared with test_ops_triton.py
 # ---------------------------------------------------------------------------------------------
+
 
 def check_orthonormalize_forward(backend, device, shape, dtype):
     W = make_W(*shape, dtype, device)
@@ -188,8 +198,9 @@ def check_alignment_loss(backend, device, shape, dtype, kind, weights):
     V_ref = V.detach().cpu().double().requires_grad_()
     S_ref = S.detach().cpu().double().requires_grad_()
     expected = reference.alignment_loss(V_ref, S_ref, kind, weights)
-    exp_V, exp_S = torch.autograd.grad(expected, (V_ref, S_ref), grad.cpu().double(), allow_unused=True,
-                                       materialize_grads=True)
+    exp_V, exp_S = torch.autograd.grad(
+        expected, (V_ref, S_ref), grad.cpu().double(), allow_unused=True, materialize_grads=True
+    )
     assert loss.shape == (shape[0],) and loss.dtype == dtype
     assert_close(loss.double().cpu(), expected.detach(), tolerance("loss", dtype), "loss")
     assert_close(grad_V.double().cpu(), exp_V, tolerance("grad_V", dtype), "grad_V")
@@ -200,13 +211,13 @@ def rank_deficient_W(scale=1.0):
     """[4, 3, 6] float64: an all-zero sample, then repeated, zero and dependent rows (times scale)."""
     d = 6
     W = torch.zeros(4, 3, d, dtype=torch.float64)
-    W[1, 0] = torch.arange(1.0, d + 1)          # row 1 = 2 * row 0, row 2 zero
+    W[1, 0] = torch.arange(1.0, d + 1)  # row 1 = 2 * row 0, row 2 zero
     W[1, 1] = 2 * W[1, 0]
-    W[2, 0, 0] = 1.0                            # e0, then a dependent row, then e2
+    W[2, 0, 0] = 1.0  # e0, then a dependent row, then e2
     W[2, 1, 0] = -3.0
     W[2, 2, 2] = 1.0
     W[3] = torch.randn(3, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    W[3, 2] = W[3, 0] - 0.5 * W[3, 1]           # in the span of the first two
+    W[3, 2] = W[3, 0] - 0.5 * W[3, 1]  # in the span of the first two
     return scale * W
 
 
@@ -243,8 +254,10 @@ def check_zero_inputs(backend, device, dtype):
 
 
 # Input scales the ops must be invariant to: float32 spans about 1e+-38, float64 about 1e+-308.
-SCALES = {torch.float32: (1e-30, 1e-20, 1.0, 1e20, 1e30),
-          torch.float64: (1e-300, 1e-150, 1e-20, 1.0, 1e20, 1e150, 1e300)}
+SCALES = {
+    torch.float32: (1e-30, 1e-20, 1.0, 1e20, 1e30),
+    torch.float64: (1e-300, 1e-150, 1e-20, 1.0, 1e20, 1e150, 1e300),
+}
 
 
 def check_orthonormalize_scale_invariant(backend, device, dtype):
@@ -268,8 +281,9 @@ def check_orthonormalize_scale_invariant(backend, device, dtype):
             Q_deficient = ops.orthonormalize((c * deficient).to(device, dtype))
         assert_close(Q.detach().double().cpu(), expected, tolerance("Q", dtype), f"Q at scale {c:g}")
         assert_close(c * grad_W.double().cpu(), expected_grad, tolerance("grad_W", dtype), f"c * grad_W at scale {c:g}")
-        assert_close(Q_deficient.double().cpu(), expected_deficient, tolerance("Q", dtype),
-                     f"rank-deficient Q at scale {c:g}")
+        assert_close(
+            Q_deficient.double().cpu(), expected_deficient, tolerance("Q", dtype), f"rank-deficient Q at scale {c:g}"
+        )
 
 
 def check_ritz_step_scale_invariant(backend, device, dtype):
@@ -282,8 +296,9 @@ def check_ritz_step_scale_invariant(backend, device, dtype):
     V0, lam0, res0, Q0 = reference.ritz_step(Q, MQ, V_prev)
     for c in SCALES[dtype]:
         with backend_context(backend):
-            V, lam, res, Q_next = ops.ritz_step(Q.to(device, dtype), (c * MQ).to(device, dtype),
-                                                V_prev.to(device, dtype))
+            V, lam, res, Q_next = ops.ritz_step(
+                Q.to(device, dtype), (c * MQ).to(device, dtype), V_prev.to(device, dtype)
+            )
         assert_close(V.double().cpu(), V0, tolerance("V", dtype), f"V at scale {c:g}")
         assert_close(lam.double().cpu() / c, lam0, tolerance("lam", dtype), f"lam / c at scale {c:g}")
         assert_close(res.double().cpu(), res0, tolerance("res", dtype), f"res at scale {c:g}")
@@ -309,8 +324,7 @@ def check_alignment_loss_scale_invariant(backend, device, dtype):
                 Sc = (c * S).to(device, dtype).requires_grad_()
                 with backend_context(backend):
                     loss = ops.alignment_loss(Vc, Sc, kind, weights)
-                    grad_V, grad_S = torch.autograd.grad(loss, (Vc, Sc), grad.to(device, dtype),
-                                                         materialize_grads=True)
+                    grad_V, grad_S = torch.autograd.grad(loss, (Vc, Sc), grad.to(device, dtype), materialize_grads=True)
                 what = f"{kind}/{weights} at scale {c:g}"
                 assert_close(loss.detach().double().cpu(), expected.detach(), tolerance("loss", dtype), "loss " + what)
                 assert_close(grad_V.double().cpu(), exp_V, tolerance("grad_V", dtype), "grad_V " + what)
@@ -356,7 +370,7 @@ def check_ritz_step_non_finite(backend, device, dtype, with_prev=False):
     if V_prev is not None:  # a NaN in V_prev: that vector takes the sign rule without V_prev
         V_prev = V_prev.clone()
         V_prev[0, 1] = float("nan")
-    cast = lambda t: None if t is None else t.to(device, dtype)  # noqa: E731
+    cast = lambda t: None if t is None else t.to(device, dtype)
     with backend_context(backend):
         out = ops.ritz_step(cast(Q_bad), cast(MQ_bad), cast(V_prev))
     expected = reference.ritz_step(Q[:1], MQ[:1], None if V_prev is None else V_prev[:1])
@@ -417,6 +431,7 @@ def check_compile(backend, device):
 # ---------------------------------------------------------------------------------------------
 # Tests
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
@@ -566,10 +581,14 @@ def test_meta_tensors_are_refused_by_name(backend):
     meta = torch.empty(2, 3, 5, device="meta")
     V, S = unit_rows(2, 3, 5, torch.float32, "cpu")
     with ops.use_backend(backend):
-        for call, name in [(lambda: ops.orthonormalize(meta), "W"), (lambda: ops.ritz_step(meta, meta), "Q"),
-                           (lambda: ops.ritz_step(V, meta), "MQ"), (lambda: ops.ritz_step(V, V, meta), "V_prev"),
-                           (lambda: ops.alignment_loss(meta, S), "V"),
-                           (lambda: ops.alignment_loss(V, torch.empty(2, 3, device="meta")), "S")]:
+        for call, name in [
+            (lambda: ops.orthonormalize(meta), "W"),
+            (lambda: ops.ritz_step(meta, meta), "Q"),
+            (lambda: ops.ritz_step(V, meta), "MQ"),
+            (lambda: ops.ritz_step(V, V, meta), "V_prev"),
+            (lambda: ops.alignment_loss(meta, S), "V"),
+            (lambda: ops.alignment_loss(V, torch.empty(2, 3, device="meta")), "S"),
+        ]:
             with pytest.raises(ValueError, match=f"^{name} is on the meta device"):
                 call()
 
@@ -589,11 +608,16 @@ def test_opcheck(backend, device):
     for kind in reference.LOSS_KINDS:
         _, saved = lib.alignment_loss_forward(V, S, kind, "singular")
         cases.append((lib.alignment_loss_forward.default, (V, S, kind, "singular")))
-        cases.append((lib.alignment_loss_backward.default,
-                      (torch.rand(2, dtype=torch.float64, device=device), V, S, saved, kind, "singular")))
+        cases.append(
+            (
+                lib.alignment_loss_backward.default,
+                (torch.rand(2, dtype=torch.float64, device=device), V, S, saved, kind, "singular"),
+            )
+        )
     for kind in reference.LOSS_KINDS:
-        cases.append((lib.alignment_loss.default, (V.clone().requires_grad_(), S.clone().requires_grad_(), kind,
-                                                   "singular")))
+        cases.append(
+            (lib.alignment_loss.default, (V.clone().requires_grad_(), S.clone().requires_grad_(), kind, "singular"))
+        )
     with backend_context(backend):
         for op, args in cases:
             torch.library.opcheck(op, args)
@@ -673,10 +697,17 @@ def test_alignment_loss_forward_saves_what_the_backward_needs(kind):
         s2 = (S / S.amax(-1, keepdim=True)) ** 2
         gram = V @ V.transpose(-1, -2)
         diag = (s2[:, :, None] * V * V).sum(1)
-        expected = torch.cat([(s2[:, :, None] * s2[:, None, :] * gram * gram).sum((-1, -2))[:, None],
-                              (diag * diag).sum(-1)[:, None], gram.flatten(1), diag], dim=1)
+        expected = torch.cat(
+            [
+                (s2[:, :, None] * s2[:, None, :] * gram * gram).sum((-1, -2))[:, None],
+                (diag * diag).sum(-1)[:, None],
+                gram.flatten(1),
+                diag,
+            ],
+            dim=1,
+        )
     elif kind == "l1":
-        expected = (V.abs().sum(-1) - 1.0) / (9 ** 0.5 - 1.0)
+        expected = (V.abs().sum(-1) - 1.0) / (9**0.5 - 1.0)
     else:
         expected = 1.0 - torch.diagonal(V, dim1=-2, dim2=-1) ** 2
     torch.testing.assert_close(saved, expected, rtol=0, atol=1e-13)
@@ -686,8 +717,11 @@ def test_backend_selection():
     assert "reference" in ops.available_backends()
     # An unknown name: ValueError on entering the context, naming the name and the valid ones, and
     # the previous choice kept.
-    with pytest.raises(ValueError, match=r"^backend must be one of \('auto', 'cpp', 'cuda', 'triton', "
-                                         r"'reference'\), got 'numba'$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^backend must be one of \('auto', 'cpp', 'cuda', 'triton', "
+        r"'reference'\), got 'numba'$",
+    ):
         with ops.use_backend("numba"):
             pytest.fail("use_backend('numba') ran its block")
     assert ops._active() == "auto"
@@ -696,6 +730,7 @@ def test_backend_selection():
         with ops.use_backend("cuda"), pytest.raises(RuntimeError, match="FORCE_CUDA=1"):
             ops.orthonormalize(W)
     from spectral_ops.ops.backends import triton as triton_kernels
+
     if not triton_kernels.INTERPRET:
         with ops.use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1|pip install triton"):
             ops.orthonormalize(W)

@@ -5,6 +5,7 @@ triton is first imported: `test_triton_under_interpreter` runs this file in a fr
 subprocess with it set, so the plain `pytest tests` covers them.  With a GPU they run directly.
 Shapes are kept small (the interpreter is slow) and bf16 is skipped (the interpreter lacks it).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,10 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 RUNNABLE = "triton" in ops.available_backends(DEVICE)
 pytestmark = pytest.mark.triton
 needs_triton = pytest.mark.skipif(
-    not RUNNABLE, reason="no triton here, or no GPU and TRITON_INTERPRET unset "
-    "(test_triton_under_interpreter runs these in a subprocess)")
+    not RUNNABLE,
+    reason="no triton here, or no GPU and TRITON_INTERPRET unset "
+    "(test_triton_under_interpreter runs these in a subprocess)",
+)
 
 SHAPES = [(1, 1, 1), (3, 1, 6), (2, 4, 4), (2, 3, 37), (1, 8, 20)]
 DTYPES = [torch.float64, torch.float32]
@@ -37,9 +40,23 @@ def test_triton_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     here = os.path.dirname(os.path.abspath(__file__))
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-         os.path.join(here, "test_ops_triton.py")],
-        env=env, cwd=os.path.dirname(here), capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            os.path.join(here, "test_ops_triton.py"),
+        ],
+        env=env,
+        cwd=os.path.dirname(here),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     tail = (result.stdout + result.stderr)[-4000:]
     assert result.returncode == 0, tail
     assert " passed" in result.stdout and " failed" not in result.stdout, tail
@@ -137,20 +154,26 @@ def test_gradcheck_and_opcheck():
         (triton_ops._ritz_step, (Q, 3.0 * Q + 0.1 * W.detach(), V.detach())),
         (triton_ops._alignment_loss, (V, S, "offdiag", "singular")),
         (triton_ops._alignment_loss, (V, S, "l1", "uniform")),
-        (triton_ops._alignment_loss_backward, (torch.rand(2, dtype=torch.float64, device=DEVICE), V.detach(),
-                                               S.detach(), "assigned", "singular")),
+        (
+            triton_ops._alignment_loss_backward,
+            (torch.rand(2, dtype=torch.float64, device=DEVICE), V.detach(), S.detach(), "assigned", "singular"),
+        ),
     ]
     # Under the interpreter, AOT dispatch traces into the triton_op body with fake tensors, which the
     # interpreter cannot launch on: that check runs on GPUs only.
     checks = ("test_schema", "test_autograd_registration", "test_faketensor") + (
-        () if INTERPRET else ("test_aot_dispatch_dynamic",))
+        () if INTERPRET else ("test_aot_dispatch_dynamic",)
+    )
     for op, args in cases:
         torch.library.opcheck(op, args, test_utils=checks)
 
 
 @needs_triton
-@pytest.mark.skipif(INTERPRET, reason="torch.compile traces into the triton_op body, which the interpreter cannot "
-                                      "run on fake tensors; runs on GPUs (bench/gpu_check.sh)")
+@pytest.mark.skipif(
+    INTERPRET,
+    reason="torch.compile traces into the triton_op body, which the interpreter cannot "
+    "run on fake tensors; runs on GPUs (bench/gpu_check.sh)",
+)
 def test_torch_compile_fullgraph():
     common.check_compile("triton", DEVICE)
 

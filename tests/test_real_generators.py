@@ -4,6 +4,7 @@ Each test names, in its docstring, what the library did before the fix.  The ora
 generator seen in a form the library handled before (flat latents, eval mode, a module instead
 of a lambda) and explicit Jacobians.
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,12 +49,14 @@ def test_4d_latents_match_the_flat_generator():
     torch.manual_seed(0)
     G = DCGAN4D(nz=6).double().eval()
     z = _z(3, 6, 1, 1)
-    flat = lambda x: G(x.reshape(-1, 6, 1, 1))  # noqa: E731  the form that worked before
+    flat = lambda x: G(x.reshape(-1, 6, 1, 1))  # the form that worked before
     for method in ("power", "dense"):
         top = jacobian_topk(G, z, 3, method=method, iters=200, tol=1e-10)
         ref = jacobian_topk(flat, z.reshape(3, 6), 3, method=method, iters=200, tol=1e-10)
         assert top.vectors.shape == (3, 3, 6)
-        assert torch.allclose(top.values, ref.values, rtol=1e-10) and torch.allclose(top.vectors, ref.vectors, atol=1e-8)
+        assert torch.allclose(top.values, ref.values, rtol=1e-10) and torch.allclose(
+            top.vectors, ref.vectors, atol=1e-8
+        )
     S = torch.linalg.svdvals(explicit_jacobian(flat, z.reshape(3, 6)))[:, :3]
     assert torch.allclose(top.values, S, rtol=1e-8)
     value = spectral_penalty(G, z, k=2)
@@ -137,13 +140,16 @@ def test_per_row_conditioning_with_conditioned():
     for method in ("power", "dense"):
         top = jacobian_topk(Gc, z, 2, method=method, iters=200, tol=1e-10)
         for b in range(4):
-            ref = torch.linalg.svdvals(explicit_jacobian(lambda x: G(x, c[b:b + 1].expand(x.shape[0])), z[b:b + 1]))
+            ref = torch.linalg.svdvals(explicit_jacobian(lambda x: G(x, c[b : b + 1].expand(x.shape[0])), z[b : b + 1]))
             assert torch.allclose(top.values[b], ref[0, :2], rtol=1e-8)
     reg = SpectralRegularizer(6, k=2, every=1, batch_fraction=0.5, iters=200, tol=1e-10)
     reg(Gc, z).backward()
     rows = reg._rows(4, 0, z.device)
-    assert torch.allclose(reg.last_values, jacobian_topk(spectral_ops.conditioned(G, c[rows]), z[rows], 2,
-                                                         method="dense").values, rtol=1e-6)
+    assert torch.allclose(
+        reg.last_values,
+        jacobian_topk(spectral_ops.conditioned(G, c[rows]), z[rows], 2, method="dense").values,
+        rtol=1e-6,
+    )
     trace_trajectory(Gc, z, steps=1, k=2)
     with pytest.raises(ValueError, match="row argument 0 of the conditioned G has 3 rows, z has 4"):
         jacobian_topk(spectral_ops.conditioned(G, c[:3]), z, 2)
@@ -182,9 +188,11 @@ def test_hidden_batch_coupling_is_detected_empirically():
     def centred(x):
         return net(x - x.mean(0, keepdim=True))
 
-    for call in (lambda: jacobian_topk(centred, _z(4, 6), 2),
-                 lambda: spectral_penalty(centred, _z(4, 6), k=2),
-                 lambda: trace_trajectory(centred, _z(4, 6), steps=1)):
+    for call in (
+        lambda: jacobian_topk(centred, _z(4, 6), 2),
+        lambda: spectral_penalty(centred, _z(4, 6), k=2),
+        lambda: trace_trajectory(centred, _z(4, 6), steps=1),
+    ):
         with pytest.raises(ValueError, match="couples the rows"):
             call()
 
@@ -204,10 +212,14 @@ def test_random_noise_inputs_and_dropout_are_refused():
     dropout = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.5), nn.Linear(16, 4)).double().train()
     with pytest.raises(ValueError, match="Dropout"):
         jacobian_topk(dropout, z, 2)
-    const = lambda x: G(x, noise_mode="const")  # noqa: E731  the documented fix
+    const = lambda x: G(x, noise_mode="const")  # the documented fix
     top = jacobian_topk(const, z, 2, method="power", iters=300, tol=1e-10)
-    assert torch.equal(top.values, jacobian_topk(spectral_ops.conditioned(G, noise_mode="const"), z, 2,
-                                                 method="power", iters=300, tol=1e-10).values)
+    assert torch.equal(
+        top.values,
+        jacobian_topk(
+            spectral_ops.conditioned(G, noise_mode="const"), z, 2, method="power", iters=300, tol=1e-10
+        ).values,
+    )
     S = torch.linalg.svdvals(explicit_jacobian(const, z))[:, :2]
     assert top.jvp == "double_backward" and torch.allclose(top.values, S, rtol=1e-8)
 
@@ -218,7 +230,7 @@ def test_extra_passes_leave_every_buffer_of_G_unchanged():
     call) and train-mode BatchNorm statistics were updated by passes hidden behind a function."""
     torch.manual_seed(0)
     G = StyleLike().double().train()
-    const = lambda x: G(x, noise_mode="const")  # noqa: E731
+    const = lambda x: G(x, noise_mode="const")
     z = _z(4, 8)
     with torch.no_grad():
         const(_z(16, 8, seed=9))
@@ -261,6 +273,7 @@ def _nan_rows(net, rows):
         mask = torch.zeros(x.shape[0], 1, dtype=torch.bool)
         mask[[r for r in rows if r < x.shape[0]]] = True  # rows of the batch as the caller numbers them
         return torch.where(mask, torch.full_like(y, math.nan), y)
+
     return G
 
 

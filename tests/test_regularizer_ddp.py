@@ -4,6 +4,7 @@ The extra passes go through G.module, but in the same backward() they reach the 
 gradient accumulators as the DDP forward, whose hooks DDP uses to all-reduce: the gradients are
 averaged across processes, and the per-process batch mean becomes the global batch mean.
 """
+
 from __future__ import annotations
 
 import gc

@@ -3,6 +3,7 @@
 Each test here failed on the code before the krylov solver, the null-vector rule and the
 iteration-counting schedule (its docstring says how).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -28,7 +29,7 @@ class IgnoresLatents(nn.Module):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         Q, _ = torch.linalg.qr(torch.randn(d, r, generator=gen, dtype=torch.float64))
-        self.register_buffer("P", Q.T.contiguous())                    # [r, d]
+        self.register_buffer("P", Q.T.contiguous())  # [r, d]
         torch.manual_seed(seed)
         self.H = nn.Sequential(nn.Linear(r, 16), nn.Tanh(), nn.Linear(16, m)).double()
 
@@ -41,26 +42,30 @@ def restricted_oracle(G: IgnoresLatents, z: torch.Tensor, k: int, loss: str, wei
     eigh of the explicit r x r J_H^T J_H (distinct eigenvalues: eigh's backward is defined).
     The losses are written out here, with k's rank weights for offdiag, not taken from the library."""
     params = dict(G.H.named_parameters())
-    u = z @ G.P.T                                                      # [B, r]
+    u = z @ G.P.T  # [B, r]
 
     def one(x):
         return functional_call(G.H, params, (x[None],)).reshape(-1)
-    J = vmap(jacrev(one))(u)                                           # [B, m, r]
+
+    J = vmap(jacrev(one))(u)  # [B, m, r]
     lam, U = torch.linalg.eigh(J.transpose(1, 2) @ J)
-    lam, U = lam.flip(-1), U.flip(-1)                                  # descending
-    V = (G.P.T @ U).transpose(1, 2)                                    # [B, r, d]: rows P^T u_i
+    lam, U = lam.flip(-1), U.flip(-1)  # descending
+    V = (G.P.T @ U).transpose(1, 2)  # [B, r, d]: rows P^T u_i
     r, d = V.shape[1], V.shape[2]
     s = lam.clamp_min(0).sqrt()
     if loss == "offdiag":
         w = torch.tensor([(k - i) / k for i in range(r)], dtype=V.dtype) if weights == "uniform" else s * s
-        A = (w[..., None, None] * V[..., :, None] * V[..., None, :]).sum(-3) if w.dim() == 2 else \
-            (w[:, None, None] * V[..., :, None] * V[..., None, :]).sum(-3)
+        A = (
+            (w[..., None, None] * V[..., :, None] * V[..., None, :]).sum(-3)
+            if w.dim() == 2
+            else (w[:, None, None] * V[..., :, None] * V[..., None, :]).sum(-3)
+        )
         fro2 = (A * A).sum((-1, -2))
         diag2 = (torch.diagonal(A, dim1=-2, dim2=-1) ** 2).sum(-1)
         per_sample = (fro2 - diag2) / fro2
     else:
         if loss == "l1":
-            per_vector = (V.abs().sum(-1) - 1) / (d ** 0.5 - 1)
+            per_vector = (V.abs().sum(-1) - 1) / (d**0.5 - 1)
         else:
             per_vector = 1 - torch.stack([V[:, i, i] ** 2 for i in range(r)], 1)
         wv = torch.full_like(s, 1 / r) if weights == "uniform" else s / s.sum(-1, keepdim=True)
@@ -114,7 +119,7 @@ def test_separate_phase_regularizes_every_every_th_iteration():
     computed = []
     for it in range(24):
         z = torch.randn(8, 5)
-        G(z).square().mean().backward()          # the main step: no regularizer call
+        G(z).square().mean().backward()  # the main step: no regularizer call
         if reg.due():
             loss = reg(G, z)
             assert loss.grad_fn is not None
@@ -150,6 +155,7 @@ def test_state_dict_restores_the_schedule():
 
 def _small_dcgan_float64():
     from gen_families import dcgan
+
     torch.manual_seed(0)
     return dcgan(d=16).double()
 
@@ -159,6 +165,7 @@ def test_implicit_at_its_defaults_is_the_exact_gradient():
     small float64 DCGAN: cosine to autograd through eigh of the explicit J^T J.  With the old
     defaults (2 power iterations) the cosine was 0.17 and the norm 12.9x."""
     from test_regularizer import oracle
+
     G = _small_dcgan_float64()
     z = torch.randn(3, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     _, g_true = oracle(G, z, 4, "offdiag", "uniform")

@@ -1,4 +1,5 @@
 """jacobian_topk against an explicit Jacobian SVD, plus its contracts and bad inputs."""
+
 from __future__ import annotations
 
 import math
@@ -82,7 +83,7 @@ def test_flat_spectrum_untrained_dcgan_subspace_and_ritz_values():
     S, Vh = oracle_svd(G, z)
     assert (S[:, 3] / S[:, 0]).min() > 0.5  # flat indeed
     top = jacobian_topk(G, z, 4, iters=60, tol=0.0, method="power")
-    lam, lam_true = top.values ** 2, S ** 2
+    lam, lam_true = top.values**2, S**2
     assert (lam <= lam_true[:, :4] * (1 + 1e-10)).all()
     # Bauer-Fike for symmetric M: some eigenvalue within ||r|| = residual * lambda_1
     dist = (lam[..., None] - lam_true[:, None, :]).abs().min(-1).values
@@ -204,9 +205,9 @@ def test_krylov_on_a_flat_spectrum_needs_a_fraction_of_the_power_products(k, mod
     krylov = jacobian_topk(G, z, k, iters=3000, tol=1e-4, method="krylov", jvp=mode)
     assert bool(power.converged.all()) and bool(krylov.converged.all())
     assert 3 * krylov.iterations <= power.iterations, (krylov.iterations, power.iterations)
-    err = lambda t: float((t.values / S[:, :k] - 1).abs().max())  # noqa: E731
+    err = lambda t: float((t.values / S[:, :k] - 1).abs().max())
     assert err(krylov) <= max(err(power), 1e-7), (err(krylov), err(power))
-    lam, lam_true = krylov.values ** 2, S ** 2  # Bauer-Fike, as for power
+    lam, lam_true = krylov.values**2, S**2  # Bauer-Fike, as for power
     dist = (lam[..., None] - lam_true[:, None, :]).abs().min(-1).values
     assert (dist <= krylov.residuals * lam[:, :1] * (1 + 1e-8) + 1e-12).all()
 
@@ -233,15 +234,18 @@ def test_low_precision_generators(dtype, method, seed):
     eps = torch.finfo(dtype).eps
     # Stop where the residual's own error term (about tol^2 in the values) is below the rounding
     # bound checked next; tol=1e-3 left float32 values 3.7e-6 off, at the 30-eps bound itself.
-    tol = min(1e-3, eps ** 0.5 / 10)
+    tol = min(1e-3, eps**0.5 / 10)
     top = jacobian_topk(G, z.to(dtype), K, iters=200, tol=tol, method=method)
     assert top.vectors.dtype == torch.float32  # the small dense work runs in float32
     # Measured, max over the 8 seeds and both methods (power / krylov): values within 0.71 / 0.61
     # eps (float16), 0.43 / 0.33 eps (bfloat16), 3.4 / 9.6 eps (float32); 1 - |cos| 2.1e-4 / 1.0e-5
     # (float16), 1.4e-4 / 2.1e-4 (bfloat16), 1.5e-7 / 1.1e-6 (float32).  One seed alone varies 20x
     # in 1 - |cos| (float16 power: 6e-6 to 2.1e-4), hence the seeds.  The bounds leave 2.8-3.5x.
-    value_rtol, cos_gap = {torch.float16: (2 * eps, 6e-4), torch.bfloat16: (1.5 * eps, 6e-4),
-                           torch.float32: (30 * eps, 3.5e-6)}[dtype]
+    value_rtol, cos_gap = {
+        torch.float16: (2 * eps, 6e-4),
+        torch.bfloat16: (1.5 * eps, 6e-4),
+        torch.float32: (30 * eps, 3.5e-6),
+    }[dtype]
     assert torch.allclose(top.values.double(), S[:, :K], rtol=value_rtol, atol=0)
     cos = (top.vectors.double() * Vh[:, :K]).sum(-1).abs()
     assert (1 - cos).max() <= cos_gap
@@ -252,8 +256,15 @@ def test_auto_method_follows_cost_model(monkeypatch):
     # in float64 stand in for them, so that the choice does not follow the machine's load (at
     # B=16, d=8 krylov and dense tie: 40 ms each)
     from spectral_ops import power
-    costs = power.ProductCosts(build=(1.24e-4, 3.8e-5), first_jvp=(2.0e-4, 6.9e-5), product=(1.28e-4, 6.4e-5),
-                               matmul_flop=2.5e-10, eigh=1.3e-5, step=3.7e-4)
+
+    costs = power.ProductCosts(
+        build=(1.24e-4, 3.8e-5),
+        first_jvp=(2.0e-4, 6.9e-5),
+        product=(1.28e-4, 6.4e-5),
+        matmul_flop=2.5e-10,
+        eigh=1.3e-5,
+        step=3.7e-4,
+    )
     monkeypatch.setattr(power, "measure_costs", lambda G, z, mode: costs)
     G = families(D)["mlp_tanh"]
     assert jacobian_topk(G, _z(), K, method="auto").method == "dense"  # d=8: dense is cheaper
@@ -290,7 +301,7 @@ class _NoDoubleBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
-        return g.detach() * (1 - y ** 2) + 0 * g
+        return g.detach() * (1 - y**2) + 0 * g
 
 
 class _NoForwardAD(torch.autograd.Function):
@@ -442,6 +453,7 @@ def test_a_warm_start_spanning_an_invariant_subspace_that_skips_v3(method, noise
     init = V[[0, 1, 3]] + noise * torch.randn(3, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     top = jacobian_topk(G, z, 3, method=method, init=init, iters=60, tol=1e-10)
     assert bool(top.converged.all())
-    torch.testing.assert_close(top.values, torch.tensor(values[:3], dtype=torch.float64).expand(5, 3),
-                               rtol=1e-9, atol=0)
+    torch.testing.assert_close(
+        top.values, torch.tensor(values[:3], dtype=torch.float64).expand(5, 3), rtol=1e-9, atol=0
+    )
     assert float((top.vectors @ V[:3].T).abs().amax(-1).min()) >= 1 - 1e-9

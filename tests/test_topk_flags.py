@@ -2,6 +2,7 @@
 reported as approximate, their error folded into the residuals), a warning for an unconverged
 power or krylov result, and method="auto" deciding with the product costs timed on the
 caller's G.  Oracles: the explicit Jacobian (torch.func.jacrev in float64)."""
+
 from __future__ import annotations
 
 import copy
@@ -124,10 +125,12 @@ def test_krylov_out_of_budget_warns():
 # Costs in seconds as measure_costs found them on a CPU (rounded): a StyleGAN2-like generator
 # (bench/generators.StyleGenerator, 32x32x3, d=64), whose cost is mostly per row, and a
 # launch-bound generator whose cost is mostly fixed per pass (per-row cost ~0).
-STYLE_COSTS = dict(build=(0.004, 0.0024), first_jvp=(0.01, 0.0075), product=(0.01, 0.0062),
-                   matmul_flop=2e-11, eigh=2e-4, step=4e-4)
-FIXED_COSTS = dict(build=(0.005, 1e-7), first_jvp=(0.01, 1e-7), product=(0.01, 1e-7),
-                   matmul_flop=1e-12, eigh=2e-4, step=4e-4)
+STYLE_COSTS = dict(
+    build=(0.004, 0.0024), first_jvp=(0.01, 0.0075), product=(0.01, 0.0062), matmul_flop=2e-11, eigh=2e-4, step=4e-4
+)
+FIXED_COSTS = dict(
+    build=(0.005, 1e-7), first_jvp=(0.01, 1e-7), product=(0.01, 1e-7), matmul_flop=1e-12, eigh=2e-4, step=4e-4
+)
 
 
 def _auto_with(monkeypatch, costs, G, z):
@@ -213,4 +216,6 @@ def test_dense_converged_follows_tol(monkeypatch, method):
     assert bool(top.converged.all())
     middle = float(none.residuals.flatten().median())
     some = run(middle)
-    assert torch.equal(some.converged, some.residuals < middle) and 0 < int(some.converged.sum()) < some.converged.numel()
+    assert (
+        torch.equal(some.converged, some.residuals < middle) and 0 < int(some.converged.sum()) < some.converged.numel()
+    )

@@ -1,5 +1,6 @@
 """Trainer: bit-exact resume on CPU, atomic checkpoints and logs, 2-process DDP, CLI errors, faults
 (a reused folder, a changed resume, bad checkpoints, a full disk, SIGINT, kill -9, divergence)."""
+
 import contextlib
 import dataclasses
 import errno
@@ -35,8 +36,11 @@ def test_resume_is_bit_exact(tmp_path, reg):
     extra = dict(reg=reg, reg_config=TRAIN_REGULARIZER.replace(every=2, k=2)) if reg != "none" else {}
     straight = train(TrainConfig(steps=8, out=str(tmp_path / "a"), **TINY, **extra), progress=False)
     train(TrainConfig(steps=4, out=str(tmp_path / "b"), **TINY, **extra), progress=False)
-    resumed = train(TrainConfig(steps=8, out=str(tmp_path / "b"), **TINY, **extra),
-                    resume=tmp_path / "b" / "checkpoint.pt", progress=False)
+    resumed = train(
+        TrainConfig(steps=8, out=str(tmp_path / "b"), **TINY, **extra),
+        resume=tmp_path / "b" / "checkpoint.pt",
+        progress=False,
+    )
     assert _same(straight.G.state_dict(), resumed.G.state_dict())
     assert _same(straight.D.state_dict(), resumed.D.state_dict())
     assert _same(straight.G_train.state_dict(), resumed.G_train.state_dict())  # default: G is the EMA copy
@@ -59,8 +63,9 @@ def test_ema_generator_is_returned_checkpointed_and_resumed_exactly(tmp_path, em
     cfg = dict(TINY, ema=ema)
     straight = train(TrainConfig(steps=8, out=str(tmp_path / "a"), **cfg), progress=False)
     train(TrainConfig(steps=4, out=str(tmp_path / "b"), **cfg), progress=False)
-    resumed = train(TrainConfig(steps=8, out=str(tmp_path / "b"), **cfg), resume=tmp_path / "b" / "checkpoint.pt",
-                    progress=False)
+    resumed = train(
+        TrainConfig(steps=8, out=str(tmp_path / "b"), **cfg), resume=tmp_path / "b" / "checkpoint.pt", progress=False
+    )
     blob = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
     G, _ = load_generator(tmp_path / "a" / "checkpoint.pt")
     assert _same(G.state_dict(), straight.G.state_dict()) and not G.training
@@ -124,9 +129,21 @@ _DDP_SCRIPT = textwrap.dedent("""
 def test_ddp_two_processes_agree(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(_DDP_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), str(tmp_path)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for reg in ("none", "spectral"):
@@ -166,9 +183,9 @@ def test_seeds_torch_cannot_take_are_refused_and_the_largest_trains(tmp_path, ca
     field (previous main: "Overflow when unpacking long long" from the row sampler, or numpy's
     "Seed must be between 0 and 2**32 - 1"); the largest seed torch takes trains."""
     for flag in ("--seed", "--data-seed"):
-        assert main(["train", "--steps", "1", flag, str(2 ** 64), "--out", str(tmp_path / "x")]) == 2
+        assert main(["train", "--steps", "1", flag, str(2**64), "--out", str(tmp_path / "x")]) == 2
         _one_line_error(capsys.readouterr().err, flag[2:].replace("-", "_") + " must be an int in")
-    res = train(TrainConfig(steps=1, out=str(tmp_path / "big"), **{**TINY, "seed": 2 ** 64 - 1}), progress=False)
+    res = train(TrainConfig(steps=1, out=str(tmp_path / "big"), **{**TINY, "seed": 2**64 - 1}), progress=False)
     assert res.steps == 1
 
 
@@ -222,7 +239,9 @@ def test_resume_refuses_changed_settings_and_applies_the_resumable_ones(tmp_path
     assert main(["train", "--out", str(out), "--steps", "4", *_cli(TINY), "--no-progress"]) == 0
     before = (out / "checkpoint.pt").read_bytes()
     capsys.readouterr()
-    assert main(["train", "--out", str(out), "--resume", "--latent-dim", "8", "--reg", "spectral", "--no-progress"]) == 2
+    assert (
+        main(["train", "--out", str(out), "--resume", "--latent-dim", "8", "--reg", "spectral", "--no-progress"]) == 2
+    )
     err = capsys.readouterr().err
     _one_line_error(err, "latent_dim: 6 -> 8")
     assert "reg: 'none' -> 'spectral'" in err and "steps" in err
@@ -230,8 +249,9 @@ def test_resume_refuses_changed_settings_and_applies_the_resumable_ones(tmp_path
     assert main(["train", "--out", str(out), "--resume", "--width", "32", "--no-progress"]) == 2
     _one_line_error(capsys.readouterr().err, "width: 8 -> 32")
     with pytest.raises(ValueError, match="r1_every: 2 -> 4"):
-        train(TrainConfig(steps=8, out=str(out), **{**TINY, "r1_every": 4}), resume=out / "checkpoint.pt",
-              progress=False)
+        train(
+            TrainConfig(steps=8, out=str(out), **{**TINY, "r1_every": 4}), resume=out / "checkpoint.pt", progress=False
+        )
     assert (out / "checkpoint.pt").read_bytes() == before
     # steps (the total), log_every, ckpt_every may change: applied and reported; the rest comes from
     # the checkpoint without repeating it
@@ -245,13 +265,27 @@ def test_resume_refuses_changed_settings_and_applies_the_resumable_ones(tmp_path
     from spectral_ops.lab.train import resumed_config
 
     saved = TrainConfig(**TINY)
-    assert resumed_config(saved, dataclasses.replace(saved, device="cpu", ckpt_every=3), 0) == \
-        dataclasses.replace(saved, device="cpu", ckpt_every=3)
+    assert resumed_config(saved, dataclasses.replace(saved, device="cpu", ckpt_every=3), 0) == dataclasses.replace(
+        saved, device="cpu", ckpt_every=3
+    )
     # a total below the checkpoint's step, or resuming into another run's folder, is refused
     assert main(["train", "--out", str(out), "--resume", "--steps", "6", "--no-progress"]) == 2
     _one_line_error(capsys.readouterr().err, "past steps=6")
-    assert main(["train", "--resume", str(out / "checkpoint.pt"), "--out", str(tmp_path / "a"), "--steps", "9",
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                str(out / "checkpoint.pt"),
+                "--out",
+                str(tmp_path / "a"),
+                "--steps",
+                "9",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys.readouterr().err, "already holds a run")
 
 
@@ -293,7 +327,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, capsys
     def save(obj, f, *a, **kw):
         calls.append(1)
         if len(calls) >= 2:  # the first checkpoint fits, the second does not
-            with (open(f, "wb") if isinstance(f, (str, os.PathLike)) else contextlib.nullcontext(f)) as fh:
+            with open(f, "wb") if isinstance(f, (str, os.PathLike)) else contextlib.nullcontext(f) as fh:
                 fh.write(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *a, **kw)
@@ -313,8 +347,11 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, capsys
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def _wait_for_log(proc, log: Path, n: int, timeout: float = 60.0) -> None:
@@ -334,8 +371,20 @@ def test_sigint_saves_the_current_step_and_resumes_exactly(tmp_path):
     checkpoint (here: all of them, there was none)."""
     out = tmp_path / "run"
     cfg = {**TINY, "log_every": 1}
-    cmd = [sys.executable, "-m", "spectral_ops.lab.cli", "train", "--out", str(out), "--steps", "100000", *_cli(cfg),
-           "--threads", "1", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spectral_ops.lab.cli",
+        "train",
+        "--out",
+        str(out),
+        "--steps",
+        "100000",
+        *_cli(cfg),
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_log(proc, out / "log.jsonl", 3)
     proc.send_signal(signal.SIGINT)
@@ -407,8 +456,14 @@ def test_after_kill_9_the_resumed_log_has_every_step_once(tmp_path):
     out = tmp_path / "run"
     script = tmp_path / "hang.py"
     script.write_text(_HANG_AT_STEP_7)
-    proc = subprocess.Popen([sys.executable, str(script), str(out)], env=_env(), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out)],
+        env=_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_log(proc, out / "log.jsonl", 7)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -423,8 +478,9 @@ def test_after_kill_9_the_resumed_log_has_every_step_once(tmp_path):
 
 
 @pytest.mark.parametrize("poison_at, caught_at, what", [(5, 6, "loss_D = nan"), (8, 8, "is not finite")])
-def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys,
-                                                                  poison_at, caught_at, what):
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch, capsys, poison_at, caught_at, what
+):
     """NaN weights after step 5 (caught by the losses of step 6) or after the last step (caught
     before the final save). Before: the run went on, saved NaN checkpoints and exited 0."""
     import spectral_ops.lab.train as T
@@ -453,8 +509,21 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 def test_a_huge_learning_rate_diverges_with_exit_1(tmp_path, capsys):
     """Before: NaN losses were logged and a NaN checkpoint saved, exit 0."""
-    rc = main(["train", "--out", str(tmp_path / "r"), "--steps", "20", *_cli(TINY), "--lr-g", "1e30",
-               "--lr-d", "1e30", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--out",
+            str(tmp_path / "r"),
+            "--steps",
+            "20",
+            *_cli(TINY),
+            "--lr-g",
+            "1e30",
+            "--lr-d",
+            "1e30",
+            "--no-progress",
+        ]
+    )
     assert rc == 1
     _one_line_error(capsys.readouterr().err, "training diverged at step")
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
@@ -552,8 +621,23 @@ def test_a_diverging_regularized_run_is_exit_1_not_a_regularizer_error(tmp_path,
 
     monkeypatch.setattr(T, "_ema_update", ema_then_poison)
     out = tmp_path / "run"
-    rc = main(["train", "--out", str(out), "--steps", "6", *_cli({**TINY, "ckpt_every": 2}), "--reg", reg,
-               "--reg-every", "1", "--reg-k", "2", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--out",
+            str(out),
+            "--steps",
+            "6",
+            *_cli({**TINY, "ckpt_every": 2}),
+            "--reg",
+            reg,
+            "--reg-every",
+            "1",
+            "--reg-k",
+            "2",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     _one_line_error(err, "training diverged at step 4")

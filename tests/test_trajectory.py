@@ -21,6 +21,7 @@ The right-singular vectors are R^T e_theta (value s/r), R^T e_r (value a) and R^
   the two top singular values cross at r = s/a, and the tracked vector, constant along the
   line, moves from index 1 to index 0.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,6 +31,12 @@ import pytest
 import torch
 
 from spectral_ops import jacobian_topk
+from spectral_ops.lab.metrics.trajectory import (
+    factor_changes,
+    output_arc_length,
+    resample_by_output_length,
+    trajectory_purity,
+)
 from spectral_ops.trajectory import Trajectory, trace_trajectory
 
 A, S, C = 1.0, 3.0, 0.5
@@ -92,6 +99,7 @@ def exact_circle(z0: torch.Tensor, v0: torch.Tensor, t: float) -> torch.Tensor:
 
 # ---------------------------------------------------------------- the analytic field itself
 
+
 def test_analytic_field_matches_jacobian_topk():
     """The closed form above is what jacobian_topk computes (guards the derivation)."""
     z = start_points([0.7, 1.0, 2.0])
@@ -99,7 +107,9 @@ def test_analytic_field_matches_jacobian_topk():
     r, _, _ = polar(z)
     assert torch.allclose(top.values[:, 0], S / r, rtol=1e-12)
     assert torch.allclose(top.values[:, 1], torch.full_like(r, A), rtol=1e-12)
-    assert torch.allclose((top.vectors[:, 0] * e_theta(z)).sum(-1).abs(), torch.ones(3, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(
+        (top.vectors[:, 0] * e_theta(z)).sum(-1).abs(), torch.ones(3, dtype=torch.float64), atol=1e-12
+    )
     assert torch.allclose((top.vectors[:, 1] * e_r(z)).sum(-1).abs(), torch.ones(3, dtype=torch.float64), atol=1e-12)
 
 
@@ -114,8 +124,9 @@ def convergence(method: str, project=None):
     z0 = start_points([1.0, 1.3, 0.8])
     errors = []
     for h in STEP_SIZES:
-        tr = trace_trajectory(G_polar, z0, 0, steps=round(T_TOTAL / h), step_size=h, method=method,
-                              topk_method="dense", project=project)
+        tr = trace_trajectory(
+            G_polar, z0, 0, steps=round(T_TOTAL / h), step_size=h, method=method, topk_method="dense", project=project
+        )
         exact = exact_circle(z0, tr.tangent[0], T_TOTAL)
         errors.append((tr.z[-1] - exact).norm(dim=-1).max().item())
     slope = np.polyfit(np.log(STEP_SIZES), np.log(errors), 1)[0]
@@ -139,8 +150,7 @@ def test_sphere_projection_keeps_norm_and_converges():
     slope, errors = convergence("rk4", project="sphere")
     assert abs(slope - 4.0) < 0.5, (slope, errors)
     z0 = start_points([1.0, 1.3, 0.8])
-    tr = trace_trajectory(G_polar, z0, 0, steps=6, step_size=0.2, method="euler", project="sphere",
-                          topk_method="dense")
+    tr = trace_trajectory(G_polar, z0, 0, steps=6, step_size=0.2, method="euler", project="sphere", topk_method="dense")
     norms = tr.z.norm(dim=-1)
     assert torch.allclose(norms, norms[:1].expand_as(norms), rtol=1e-13)
 
@@ -150,17 +160,29 @@ def test_power_iteration_warm_start_matches_dense():
     iterations than a cold start would need per evaluation."""
     z0 = start_points([1.0, 1.3, 0.8])
     dense = trace_trajectory(G_polar, z0, 0, steps=8, step_size=0.15, method="rk4", topk_method="dense")
-    power = trace_trajectory(G_polar, z0, 0, steps=8, step_size=0.15, method="rk4", topk_method="power",
-                             iters=50, tol=1e-10)
+    power = trace_trajectory(
+        G_polar, z0, 0, steps=8, step_size=0.15, method="rk4", topk_method="power", iters=50, tol=1e-10
+    )
     assert (power.z - dense.z).abs().max().item() < 1e-8
-    cold = trace_trajectory(G_polar, z0, 0, steps=8, step_size=0.15, method="rk4", topk_method="power",
-                            iters=50, tol=1e-10, warm_start=False)
+    cold = trace_trajectory(
+        G_polar,
+        z0,
+        0,
+        steps=8,
+        step_size=0.15,
+        method="rk4",
+        topk_method="power",
+        iters=50,
+        tol=1e-10,
+        warm_start=False,
+    )
     assert (cold.z - dense.z).abs().max().item() < 1e-8
     assert power.evaluations == cold.evaluations == 1 + 4 * 8
     assert power.iterations < cold.iterations / 2, (power.iterations, cold.iterations)
 
 
 # ---------------------------------------------------------------- sign continuity
+
 
 @pytest.mark.parametrize("method", ["euler", "rk4"])
 def test_sign_continuity_around_the_circle(method):
@@ -186,14 +208,26 @@ def test_sign_continuity_around_the_circle(method):
 
 # ---------------------------------------------------------------- crossings
 
+
 @pytest.mark.parametrize("topk_method", ["dense", "power"])
 def test_tracking_through_a_singular_value_crossing(topk_method):
     """Follow R^T e_r from r=2 outward: s/r = 1.5 > a = 1 first, then < a after r = 3.  The
     tracked vector stays R^T e_r (the same smooth field) while its index moves from 1 to 0."""
     z0 = start_points([2.05, 2.2])  # no evaluation lands exactly on r = 3, where e_r, e_theta are not unique
     init = torch.stack([e_theta(z0), e_r(z0)], dim=1)  # orients the walk outward
-    tr = trace_trajectory(G_polar, z0, 1, steps=9, step_size=0.25, method="rk4", k=3,
-                          topk_method=topk_method, init=init, iters=30, tol=1e-10)
+    tr = trace_trajectory(
+        G_polar,
+        z0,
+        1,
+        steps=9,
+        step_size=0.25,
+        method="rk4",
+        k=3,
+        topk_method=topk_method,
+        init=init,
+        iters=30,
+        tol=1e-10,
+    )
     assert tr.vectors.shape == (10, 2, 3, D)
     assert (tr.tracked[0] == 1).all() and (tr.tracked[-1] == 0).all()
     er = e_r(z0)
@@ -215,10 +249,10 @@ def test_crossing_needs_the_margin_vector():
     turns onto the circle field (the reason for the default margin)."""
     z0 = start_points([3.95])
     init = -torch.stack([e_r(z0), e_theta(z0)], dim=1)  # orients the walk inward
-    kept = trace_trajectory(G_polar, z0, 0, steps=6, step_size=0.25, method="rk4",
-                            topk_method="dense", init=init)
-    lost = trace_trajectory(G_polar, z0, 0, steps=6, step_size=0.25, method="rk4", k=1,
-                            topk_method="dense", init=init[:, :1])
+    kept = trace_trajectory(G_polar, z0, 0, steps=6, step_size=0.25, method="rk4", topk_method="dense", init=init)
+    lost = trace_trajectory(
+        G_polar, z0, 0, steps=6, step_size=0.25, method="rk4", k=1, topk_method="dense", init=init[:, :1]
+    )
     assert kept.tracked[0, 0] == 0 and kept.tracked[-1, 0] == 1
     r_kept, _, _ = polar(kept.z[-1])
     assert abs(r_kept.item() - 2.45) < 1e-8
@@ -229,6 +263,7 @@ def test_crossing_needs_the_margin_vector():
 
 
 # ---------------------------------------------------------------- both ways, shapes, dtypes
+
 
 def test_both_ways_is_the_backward_walk_reversed():
     z0 = start_points([1.0, 1.5])
@@ -260,19 +295,23 @@ def test_neural_generator_float32_shapes_and_finite():
 
 # ---------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("kwargs, word", [
-    (dict(method="midpoint"), "method"),
-    (dict(direction=3), "direction"),        # >= k (k=3 given below)
-    (dict(direction=4), "direction"),        # >= d
-    (dict(direction=-1), "direction"),
-    (dict(steps=0), "steps"),
-    (dict(step_size=0.0), "step_size"),
-    (dict(step_size=-0.1), "step_size"),
-    (dict(step_size=float("nan")), "step_size"),
-    (dict(project="ball"), "project"),
-    (dict(topk_method="svd"), "topk_method"),
-    (dict(iters=0), "iters"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(method="midpoint"), "method"),
+        (dict(direction=3), "direction"),  # >= k (k=3 given below)
+        (dict(direction=4), "direction"),  # >= d
+        (dict(direction=-1), "direction"),
+        (dict(steps=0), "steps"),
+        (dict(step_size=0.0), "step_size"),
+        (dict(step_size=-0.1), "step_size"),
+        (dict(step_size=float("nan")), "step_size"),
+        (dict(project="ball"), "project"),
+        (dict(topk_method="svd"), "topk_method"),
+        (dict(iters=0), "iters"),
+    ],
+)
 def test_bad_arguments_name_the_argument(kwargs, word):
     z0 = start_points([1.0])
     base = dict(k=3) if kwargs.get("direction") == 3 else {}
@@ -301,9 +340,10 @@ def test_bad_latents():
         trace_trajectory(None, start_points([1.0]))
 
 
-
-@pytest.mark.parametrize("name, value", [("both_ways", "no"), ("warm_start", "no"), ("progress", "no"),
-                                         ("warm_start", 0), ("both_ways", None)])
+@pytest.mark.parametrize(
+    "name, value",
+    [("both_ways", "no"), ("warm_start", "no"), ("progress", "no"), ("warm_start", 0), ("both_ways", None)],
+)
 def test_a_non_bool_flag_is_a_type_error(name, value):
     """A str (or any non-bool) where a bool is expected is refused naming the argument.  Before:
     both_ways="no" walked both ways and warm_start="no" warm-started (any non-empty str is true)."""
@@ -311,7 +351,7 @@ def test_a_non_bool_flag_is_a_type_error(name, value):
         trace_trajectory(G_polar, start_points([1.0]), steps=1, **{name: value})
 
 
-@pytest.mark.parametrize("seed", [2 ** 64, -2 ** 63 - 1, 10 ** 30])
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, 10**30])
 def test_a_seed_a_generator_cannot_take_is_refused_naming_it(seed):
     """Before: "Overflow when unpacking long long" from torch.Generator.manual_seed."""
     with pytest.raises(ValueError, match=r"seed must be an int in \[-2\*\*63, 2\*\*64 - 1\], got "):
@@ -323,8 +363,10 @@ def test_the_extreme_seeds_work_and_negative_ones_wrap_as_torch_does():
     so the same path bit for bit; -2**63 works too."""
     z0 = start_points([1.0, 1.3])
     init = e_theta(z0)[:, None]  # [B, 1, d]: one given row, the others drawn from the seed
-    runs = [trace_trajectory(G_polar, z0, 0, k=3, steps=2, topk_method="power", iters=3, tol=0.0, init=init,
-                             seed=seed) for seed in (-1, 2 ** 64 - 1, -2 ** 63)]
+    runs = [
+        trace_trajectory(G_polar, z0, 0, k=3, steps=2, topk_method="power", iters=3, tol=0.0, init=init, seed=seed)
+        for seed in (-1, 2**64 - 1, -(2**63))
+    ]
     assert torch.equal(runs[0].z, runs[1].z) and torch.equal(runs[0].vectors, runs[1].vectors)
     assert bool(torch.isfinite(runs[2].z).all())
 
@@ -340,9 +382,11 @@ def test_a_meta_or_integer_init_is_refused_naming_it():
     with pytest.raises(TypeError, match="init must be a floating-point tensor, got torch.int64"):
         trace_trajectory(G_polar, z0, steps=1, init=torch.ones(1, D, dtype=torch.long))
 
+
 def test_match_picks_largest_abs_cos_and_its_sign():
     """The matching rule on its own: rows permuted and negated are found by |cos|, signed to agree."""
     from spectral_ops.trajectory import _Field
+
     V = torch.eye(3, dtype=torch.float64)[None].repeat(2, 1, 1)
     V[0] = V[0][[2, 0, 1]] * torch.tensor([[-1.0], [1.0], [1.0]], dtype=torch.float64)  # e2 at index 0, negated
     ref = torch.tensor([[0.1, 0.2, 0.97], [0.9, 0.3, 0.1]], dtype=torch.float64)
@@ -353,9 +397,6 @@ def test_match_picks_largest_abs_cos_and_its_sign():
 
 
 # ---------------------------------------------------------------- trajectory purity
-
-from spectral_ops.lab.metrics.trajectory import (factor_changes, output_arc_length,  # noqa: E402
-                                             resample_by_output_length, trajectory_purity)
 
 
 def test_purity_single_factor_mixed_and_total_variation():
@@ -379,6 +420,7 @@ def test_purity_single_factor_mixed_and_total_variation():
 
 class _StubPredictor(torch.nn.Module):
     """Factor 0 ordinal = mean brightness; factor 1 categorical with logits (10 x left-half mean, 0)."""
+
     categorical = [False, True]
 
     def forward(self, x):
@@ -391,7 +433,7 @@ def test_purity_with_a_predictor_uses_values_and_probabilities():
     imgs = torch.zeros(T1, 2, 1, 4, 4)
     b = torch.linspace(0, 0.8, T1)
     imgs[:, 0, :, :, 2:] = b[:, None, None, None]  # right half brightens: ordinal only
-    imgs[:, 1] = b[:, None, None, None]            # everything brightens: both factors
+    imgs[:, 1] = b[:, None, None, None]  # everything brightens: both factors
     p, c = trajectory_purity(imgs, predictor=_StubPredictor(), return_changes=True)
     assert c.shape == (2, 2)
     assert c[0, 0].item() == pytest.approx(0.4, abs=1e-6) and c[0, 1].item() == 0.0
@@ -403,9 +445,10 @@ def test_purity_with_a_predictor_uses_values_and_probabilities():
 def test_resample_by_output_length_equalizes_output_change():
     def G(z):
         return 2.0 * z
+
     Z = torch.zeros(21, 2, 3, dtype=torch.float64)
     Z[:, 0, 0] = torch.linspace(0, 2, 21, dtype=torch.float64) ** 2  # uneven spacing, length 4
-    Z[:, 1, 1] = torch.linspace(0, 0.5, 21, dtype=torch.float64)      # latent length 0.5 only
+    Z[:, 1, 1] = torch.linspace(0, 0.5, 21, dtype=torch.float64)  # latent length 0.5 only
     arc = output_arc_length(G, Z)
     assert torch.allclose(arc[-1], torch.tensor([8.0, 1.0], dtype=torch.float64))
     Zs, reached = resample_by_output_length(G, Z, 3.0, 4)

@@ -1,4 +1,5 @@
 """Traversal pictures: pixel values, grid layout, the latents behind every row, bad input."""
+
 from __future__ import annotations
 
 
@@ -61,8 +62,8 @@ def test_grid_layout_places_tiles():
     assert img.size == (3 * (8 + 2) + 2, 2 * (8 + 2) + 2)
     a = np.asarray(img)[:, :, 0]
     assert a[2 + 10 + 3, 2 + 20 + 3] == 255  # inside row 1, column 2
-    assert a[2 + 3, 2 + 20 + 3] == 0          # inside row 0, column 2
-    assert a[0, 0] == 255                      # padding is white
+    assert a[2 + 3, 2 + 20 + 3] == 0  # inside row 0, column 2
+    assert a[0, 0] == 255  # padding is white
     labelled = viz.make_grid(rows, row_labels=["a", "bb"])
     assert labelled.size[0] > viz.make_grid(rows).size[0]
 
@@ -90,9 +91,11 @@ def test_line_traversal_follows_singular_vectors():
 def test_trajectory_traversal_on_the_analytic_circle():
     """On G = (r, 3 u / r) in 2-D the top trajectory is the circle through z0 (see
     test_trajectory.py): every column lies on it, z0 in the middle, arc length span each way."""
+
     def G(z):
         r = z.norm(dim=-1, keepdim=True)
         return torch.cat([r, 3 * z / r], dim=-1)
+
     z0 = torch.tensor([0.6, 0.8], dtype=torch.float64)
     out, Z, trajs = viz.trajectory_traversal(G, z0, [0], span=1.0, n=5, steps=20, topk_method="dense")
     assert out.shape == (1, 5, 3) and len(trajs) == 1
@@ -108,25 +111,27 @@ def test_image_generator_end_to_end_png(tmp_path):
     img = viz.save_grid(rows, tmp_path / "sub" / "coords.png", row_labels=["z0", "z1", "z2"], scale=3)
     back = Image.open(tmp_path / "sub" / "coords.png")
     assert back.size == img.size and back.format == "PNG"
-    _, _, trajs = viz.trajectory_traversal(image_G, z0, [0, 1], span=0.5, n=3, steps=2,
-                                           topk_method="power", iters=5)
+    _, _, trajs = viz.trajectory_traversal(image_G, z0, [0, 1], span=0.5, n=3, steps=2, topk_method="power", iters=5)
     p = viz.plot_singular_values(trajs[1], tmp_path / "sv.png")
     assert Image.open(p).format == "PNG"
 
 
-@pytest.mark.parametrize("call, word", [
-    (lambda G: viz.coordinate_traversal(G, torch.zeros(5), [5]), "dims"),
-    (lambda G: viz.coordinate_traversal(G, torch.zeros(5), []), "dims"),
-    (lambda G: viz.coordinate_traversal(G, torch.zeros(2, 5), [0]), "z0"),
-    (lambda G: viz.coordinate_traversal(G, torch.zeros(5), [0], n=1), "n"),
-    (lambda G: viz.coordinate_traversal(G, torch.zeros(5), [0], span=-1.0), "span"),
-    (lambda G: viz.line_traversal(G, torch.zeros(5), [7]), "directions"),
-    (lambda G: viz.trajectory_traversal(G, torch.ones(5), [0], steps=0), "steps"),
-    (lambda G: viz.make_grid(torch.zeros(2, 2, 4), row_labels=["a"]), "row_labels"),
-    (lambda G: viz.make_grid(torch.zeros(2, 2, 4), scale=0), "scale"),
-    (lambda G: viz.to_images(torch.zeros(1, 1, 1, 2), value_range=(1, 1)), "value_range"),
-    (lambda G: viz.to_images(torch.zeros(2)), "outputs"),
-])
+@pytest.mark.parametrize(
+    "call, word",
+    [
+        (lambda G: viz.coordinate_traversal(G, torch.zeros(5), [5]), "dims"),
+        (lambda G: viz.coordinate_traversal(G, torch.zeros(5), []), "dims"),
+        (lambda G: viz.coordinate_traversal(G, torch.zeros(2, 5), [0]), "z0"),
+        (lambda G: viz.coordinate_traversal(G, torch.zeros(5), [0], n=1), "n"),
+        (lambda G: viz.coordinate_traversal(G, torch.zeros(5), [0], span=-1.0), "span"),
+        (lambda G: viz.line_traversal(G, torch.zeros(5), [7]), "directions"),
+        (lambda G: viz.trajectory_traversal(G, torch.ones(5), [0], steps=0), "steps"),
+        (lambda G: viz.make_grid(torch.zeros(2, 2, 4), row_labels=["a"]), "row_labels"),
+        (lambda G: viz.make_grid(torch.zeros(2, 2, 4), scale=0), "scale"),
+        (lambda G: viz.to_images(torch.zeros(1, 1, 1, 2), value_range=(1, 1)), "value_range"),
+        (lambda G: viz.to_images(torch.zeros(2)), "outputs"),
+    ],
+)
 def test_bad_input(call, word):
     G, _ = linear_G()
     with pytest.raises(ValueError, match=word):
@@ -136,7 +141,7 @@ def test_bad_input(call, word):
 def test_typical_latent_is_seeded_and_has_the_typical_norm():
     z = viz.typical_latent(10, seed=3)
     assert z.shape == (1, 10) and z.dtype == torch.float32
-    assert abs(float(z.norm()) - 10 ** 0.5) < 1e-5
+    assert abs(float(z.norm()) - 10**0.5) < 1e-5
     assert torch.equal(z, viz.typical_latent(10, seed=3))
     assert not torch.equal(z, viz.typical_latent(10, seed=4))
     assert viz.typical_latent(4, dtype=torch.float64).dtype == torch.float64
@@ -163,7 +168,7 @@ def test_traversal_grid_defaults_to_a_typical_latent():
     Z = torch.cat(seen).reshape(6, 5, 6)
     mid = Z[:, 2]
     assert torch.allclose(mid, viz.typical_latent(6).expand(6, 6))
-    assert abs(float(mid[0].norm()) - 6 ** 0.5) < 1e-5
+    assert abs(float(mid[0].norm()) - 6**0.5) < 1e-5
     assert img.size[1] == 6 * (4 + 2) + 2
     seen.clear()
     traversal_grid(G(), n=5, scale=1, seed=1)

@@ -79,7 +79,10 @@ SPECTRAL_HD void offdiag_terms(const Ctx& ctx, const T* V, const SV& S, int k, i
   // the plain forward at (256, 8, 128)).
   const auto term = [&](int i, int j) { return S[i] * S[i] * V[(long)i * d + j] * V[(long)i * d + j]; };
   if (diag != nullptr) {
-    diag2 = ctx.template sum_row_sums<T>(d, k, term, [&](int j, T dj) { diag[j] = dj; return dj * dj; });
+    diag2 = ctx.template sum_row_sums<T>(d, k, term, [&](int j, T dj) {
+      diag[j] = dj;
+      return dj * dj;
+    });
   } else {
     diag2 = ctx.template sum_row_sums<T>(d, k, term, [&](int, T dj) { return dj * dj; });
   }
@@ -95,7 +98,10 @@ SPECTRAL_HD T alignment_loss_sample(const Ctx& ctx, const T* V, const T* S_raw, 
   if (kind == kLossOffdiag) {
     T fro2, diag2;
     offdiag_terms(ctx, V, S, k, d, saved ? saved + 2 : nullptr, saved ? saved + 2 + k * k : nullptr, fro2, diag2);
-    if (saved != nullptr && ctx.leader()) { saved[0] = fro2; saved[1] = diag2; }
+    if (saved != nullptr && ctx.leader()) {
+      saved[0] = fro2;
+      saved[1] = diag2;
+    }
     return fro2 > T(0) ? (fro2 - diag2) / fro2 : T(0);
   }
   const T total = total_of<T>(S, k);
@@ -130,8 +136,7 @@ SPECTRAL_HD T alignment_loss_sample(const Ctx& ctx, const T* V, const T* S_raw, 
 // dL/dS = (dL/dS') / max S (`UnitScaled`).  mix: per-thread scratch of k entries.
 template <typename T, typename Ctx>
 SPECTRAL_HD void alignment_loss_backward_sample(const Ctx& ctx, T grad, const T* V, const T* S_raw, const T* saved,
-                                                T* grad_V, T* grad_S, int k, int d, int kind, int weights,
-                                                T* mix) {
+                                                T* grad_V, T* grad_S, int k, int d, int kind, int weights, T* mix) {
   const UnitScaled<T> S = unit_scaled(S_raw, k);
   if (kind == kLossOffdiag) {
     const T fro2 = saved[0], diag2 = saved[1];

@@ -24,7 +24,10 @@ struct TriangleCursor {
   int i = 0, l = 0;
 
   SPECTRAL_HD void advance() {
-    if (++l > i) { ++i; l = 0; }
+    if (++l > i) {
+      ++i;
+      l = 0;
+    }
   }
 };
 

@@ -38,9 +38,9 @@ SPECTRAL_HD T scaled_norm(const Ctx& ctx, const T* w, int d) {
   const T top = ctx.template max_abs<T>(d, [&](int j) { return w[j]; });
   const T scale = top > T(0) ? top : T(1);
   return scale * sqrt_(ctx.template sum<T>(d, [&](int j) {
-    const T x = w[j] / scale;
-    return x * x;
-  }));
+           const T x = w[j] / scale;
+           return x * x;
+         }));
 }
 
 // Q = orthonormalize(W) for one sample: CGS2 in row order, q_i . w_i > 0.  Each row is first
@@ -96,8 +96,8 @@ SPECTRAL_HD void orthonormalize_rows(const Ctx& ctx, const T* W, T* Q, int k, in
 // (its Q is NaN, so no L_ii passes the test).  All row blocks are [k, d]; L and M are k x k scratch visible to all
 // threads (written by the leader).
 template <typename T, typename Ctx>
-SPECTRAL_HD void orthonormalize_backward_rows(const Ctx& ctx, const T* grad_Q, const T* Q, const T* W,
-                                              T* grad_W, int k, int d, T* L, T* M) {
+SPECTRAL_HD void orthonormalize_backward_rows(const Ctx& ctx, const T* grad_Q, const T* Q, const T* W, T* grad_W, int k,
+                                              int d, T* L, T* M) {
   const T tol = rank_tolerance<T>();
   // Only the lower triangles are used: M_il = -g_i . q_l and L_il = w_i . q_l for l <= i, two
   // sums per entry, batched over the triangle; the leader writes M symmetrically (sym(M)).

@@ -30,13 +30,22 @@ SPECTRAL_HD double abs_(double x) { return fabs(x); }
 
 // Branch-free, so that it vectorizes (and does not mispredict on random signs).
 template <typename T>
-SPECTRAL_HD T sign_(T x) { return T(x > T(0)) - T(x < T(0)); }
+SPECTRAL_HD T sign_(T x) {
+  return T(x > T(0)) - T(x < T(0));
+}
 
 // Relative norm below which a Gram-Schmidt residual counts as linearly dependent
 // (constants.def; reference.rank_tolerance reads the same values).
-template <typename T> SPECTRAL_HD T rank_tolerance();
-template <> SPECTRAL_HD float rank_tolerance<float>() { return static_cast<float>(constants::RANK_TOLERANCE_FLOAT32); }
-template <> SPECTRAL_HD double rank_tolerance<double>() { return constants::RANK_TOLERANCE_FLOAT64; }
+template <typename T>
+SPECTRAL_HD T rank_tolerance();
+template <>
+SPECTRAL_HD float rank_tolerance<float>() {
+  return static_cast<float>(constants::RANK_TOLERANCE_FLOAT32);
+}
+template <>
+SPECTRAL_HD double rank_tolerance<double>() {
+  return constants::RANK_TOLERANCE_FLOAT64;
+}
 
 // order[0..k) = the indices of the diagonal of the row-major k x k A, sorted by value descending
 // (stable: ties keep the lower index first).  The eigensolvers' output order.
@@ -47,23 +56,42 @@ SPECTRAL_HD void order_diagonal_descending(const T* A, int* order, int k) {
     const int idx = order[i];
     const T value = A[idx * (k + 1)];
     int pos = i;
-    while (pos > 0 && A[order[pos - 1] * (k + 1)] < value) { order[pos] = order[pos - 1]; --pos; }
+    while (pos > 0 && A[order[pos - 1] * (k + 1)] < value) {
+      order[pos] = order[pos - 1];
+      --pos;
+    }
     order[pos] = idx;
   }
 }
 
 // A quiet NaN: the outputs of a sample whose input holds NaN or Inf.
-template <typename T> SPECTRAL_HD T quiet_nan();
-template <> SPECTRAL_HD float quiet_nan<float>() { return nanf(""); }
-template <> SPECTRAL_HD double quiet_nan<double>() { return nan(""); }
+template <typename T>
+SPECTRAL_HD T quiet_nan();
+template <>
+SPECTRAL_HD float quiet_nan<float>() {
+  return nanf("");
+}
+template <>
+SPECTRAL_HD double quiet_nan<double>() {
+  return nan("");
+}
 
 // 0 for a finite x, NaN for +-Inf and NaN (IEEE arithmetic: the kernels are built without
 // -ffast-math).  Summed over an array, it tests the whole array for finiteness in one reduction.
 template <typename T>
-SPECTRAL_HD T nonfinite_probe(T x) { return x - x; }
+SPECTRAL_HD T nonfinite_probe(T x) {
+  return x - x;
+}
 
-template <typename T> SPECTRAL_HD T machine_eps();
-template <> SPECTRAL_HD float machine_eps<float>() { return 1.1920929e-07f; }
-template <> SPECTRAL_HD double machine_eps<double>() { return 2.220446049250313e-16; }
+template <typename T>
+SPECTRAL_HD T machine_eps();
+template <>
+SPECTRAL_HD float machine_eps<float>() {
+  return 1.1920929e-07f;
+}
+template <>
+SPECTRAL_HD double machine_eps<double>() {
+  return 2.220446049250313e-16;
+}
 
 }  // namespace spectral_ops

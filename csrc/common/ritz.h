@@ -39,14 +39,20 @@ SPECTRAL_HD void small_eigh(const Ctx& ctx, T* A, T* U, int* order, T* work, int
 // A sample whose Q or MQ holds NaN or Inf gets NaN in all four outputs.  V must not alias the
 // inputs: it holds MQ / s until the Ritz vectors are formed.
 template <typename T, typename Ctx>
-SPECTRAL_HD void ritz_step_sample(const Ctx& ctx, const T* Q, const T* MQ, const T* V_prev, T* V, T* lam,
-                                  T* res, T* Q_next, int k, int d, RitzScratch<T> scratch) {
+SPECTRAL_HD void ritz_step_sample(const Ctx& ctx, const T* Q, const T* MQ, const T* V_prev, T* V, T* lam, T* res,
+                                  T* Q_next, int k, int d, RitzScratch<T> scratch) {
   const int n = k * d;
   const T probe = ctx.template sum<T>(n, [&](int idx) { return nonfinite_probe(Q[idx]) + nonfinite_probe(MQ[idx]); });
   if (!(probe == T(0))) {  // the same branch on every thread
     const T nan = quiet_nan<T>();
-    ctx.for_each(n, [&](int idx) { V[idx] = nan; Q_next[idx] = nan; });
-    ctx.for_each(k, [&](int i) { lam[i] = nan; res[i] = nan; });
+    ctx.for_each(n, [&](int idx) {
+      V[idx] = nan;
+      Q_next[idx] = nan;
+    });
+    ctx.for_each(k, [&](int i) {
+      lam[i] = nan;
+      res[i] = nan;
+    });
     ctx.sync();
     return;
   }
@@ -138,7 +144,10 @@ SPECTRAL_HD void ritz_step_sample(const Ctx& ctx, const T* Q, const T* MQ, const
     if (sign[i] < T(0)) {
       T* vi = V + (long)i * d;
       T* mvi = Q_next + (long)i * d;
-      ctx.for_each(d, [&](int j) { vi[j] = -vi[j]; mvi[j] = -mvi[j]; });
+      ctx.for_each(d, [&](int j) {
+        vi[j] = -vi[j];
+        mvi[j] = -mvi[j];
+      });
     }
   }
   orthonormalize_rows(ctx, Q_next, Q_next, k, d, scratch.coef);

@@ -104,7 +104,10 @@ struct SerialContext {
     T best_value = T(-1);
     for (int j = 0; j < n; ++j) {
       T a = abs_(f(j));
-      if (a > best_value) { best_value = a; best = j; }
+      if (a > best_value) {
+        best_value = a;
+        best = j;
+      }
     }
     return best;
   }

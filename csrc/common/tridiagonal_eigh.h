@@ -12,7 +12,11 @@ template <typename T>
 SPECTRAL_HD T hypot_(T a, T b) {
   a = abs_(a);
   b = abs_(b);
-  if (a < b) { const T t = a; a = b; b = t; }
+  if (a < b) {
+    const T t = a;
+    a = b;
+    b = t;
+  }
   if (a == T(0)) return T(0);
   const T ratio = b / a;
   return a * sqrt_(T(1) + ratio * ratio);
@@ -24,8 +28,8 @@ SPECTRAL_HD T hypot_(T a, T b) {
 // descending (ties keep the lower index first).  work: 2k entries.  Serial (one thread).
 template <typename T>
 SPECTRAL_HD void tridiagonal_eigh(T* A, T* U, int* order, T* work, int k) {
-  T* diag = work;       // d: the tridiagonal's diagonal, then the eigenvalues
-  T* off = work + k;    // e: its sub-diagonal
+  T* diag = work;     // d: the tridiagonal's diagonal, then the eigenvalues
+  T* off = work + k;  // e: its sub-diagonal
   // 1. Householder, last row first: A <- Z (the accumulated reflections), diag/off <- T.
   //    Row i is reduced against columns [0, i); its Householder vector is kept in row i and,
   //    scaled by 1/h, in column i, until the reflections are accumulated below.

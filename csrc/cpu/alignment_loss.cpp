@@ -15,9 +15,8 @@ namespace spectral_ops {
 namespace {
 
 // loss [B] and, if with_saved, the statistics the backward needs ([B, saved_width]).
-std::tuple<at::Tensor, at::Tensor> alignment_loss_impl(const at::Tensor& V, const at::Tensor& S,
-                                                       c10::string_view kind, c10::string_view weights,
-                                                       bool with_saved) {
+std::tuple<at::Tensor, at::Tensor> alignment_loss_impl(const at::Tensor& V, const at::Tensor& S, c10::string_view kind,
+                                                       c10::string_view weights, bool with_saved) {
   const AlignmentInputs in = alignment_inputs(check_rows(V, "V"), V, S, kind, weights);
   at::Tensor loss = at::empty({in.s.B}, in.V.options());
   at::Tensor saved = with_saved ? at::empty({in.s.B, in.width}, in.V.options()) : at::Tensor();
@@ -62,8 +61,8 @@ std::tuple<at::Tensor, at::Tensor> alignment_loss_backward_cpu(const at::Tensor&
     scalar_t* gv = grad_V.data_ptr<scalar_t>();
     scalar_t* gs = grad_S.data_ptr<scalar_t>();
     for_each_sample<scalar_t>(in.s.B, 2 * k * k * d, k, [&](const SerialContext& ctx, int64_t b, scalar_t* mix) {
-      alignment_loss_backward_sample(ctx, g[b], v + b * k * d, sv + b * k, st + b * width, gv + b * k * d,
-                                     gs + b * k, (int)k, (int)d, in.kind, in.weights, mix);
+      alignment_loss_backward_sample(ctx, g[b], v + b * k * d, sv + b * k, st + b * width, gv + b * k * d, gs + b * k,
+                                     (int)k, (int)d, in.kind, in.weights, mix);
     });
   });
   return {grad_V.to(V.scalar_type()), grad_S.to(S.scalar_type())};

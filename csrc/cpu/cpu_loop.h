@@ -30,7 +30,7 @@ SPECTRAL_OPS_FLATTEN void run_samples_baseline(int64_t begin, int64_t end, T* sc
 #if SPECTRAL_OPS_AVX2_CLONES
 template <typename T, typename Body>
 __attribute__((target("avx2,fma"), flatten)) void run_samples_avx2(int64_t begin, int64_t end, T* scratch,
-                                                                    const Body& body) {
+                                                                   const Body& body) {
   SerialContext ctx;
   for (int64_t b = begin; b < end; ++b) body(ctx, b, scratch);
 }

@@ -4,7 +4,6 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-
 #include "common/checks.h"
 #include "common/gram_schmidt.h"
 #include "cpu/cpu_loop.h"
@@ -43,9 +42,9 @@ at::Tensor orthonormalize_backward_cpu(const at::Tensor& grad_Q, const at::Tenso
     // scratch: L and M, k * k each
     for_each_sample<scalar_t>(s.B, 4 * k * k * d, 2 * k * k,
                               [&](const SerialContext& ctx, int64_t b, scalar_t* scratch) {
-      orthonormalize_backward_rows(ctx, g + b * n, q + b * n, w + b * n, gw + b * n, (int)k, (int)d, scratch,
-                                   scratch + k * k);
-    });
+                                orthonormalize_backward_rows(ctx, g + b * n, q + b * n, w + b * n, gw + b * n, (int)k,
+                                                             (int)d, scratch, scratch + k * k);
+                              });
   });
   return grad_W.to(grad_Q.scalar_type());
 }

@@ -38,13 +38,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ritz_step_cpu(const a
     static_assert(sizeof(int) <= sizeof(scalar_t) && alignof(int) <= alignof(scalar_t));
     for_each_sample<scalar_t>(s.B, 8 * k * k * d, 2 * k * k + 4 * k + 1,
                               [&](const SerialContext& ctx, int64_t b, scalar_t* buffer) {
-      scalar_t* eig_work = buffer + 2 * k * k;
-      scalar_t* coef = eig_work + 2 * k + 1;
-      int* order = reinterpret_cast<int*>(coef + k);
-      RitzScratch<scalar_t> scratch{buffer, buffer + k * k, order, eig_work, coef};
-      ritz_step_sample(ctx, q + b * n, mq + b * n, prev ? prev + b * n : nullptr, v + b * n, lp + b * k, rp + b * k,
-                       qn + b * n, (int)k, (int)d, scratch);
-    });
+                                scalar_t* eig_work = buffer + 2 * k * k;
+                                scalar_t* coef = eig_work + 2 * k + 1;
+                                int* order = reinterpret_cast<int*>(coef + k);
+                                RitzScratch<scalar_t> scratch{buffer, buffer + k * k, order, eig_work, coef};
+                                ritz_step_sample(ctx, q + b * n, mq + b * n, prev ? prev + b * n : nullptr, v + b * n,
+                                                 lp + b * k, rp + b * k, qn + b * n, (int)k, (int)d, scratch);
+                              });
   });
   const at::ScalarType out = Q.scalar_type();
   return {V.to(out), lam.to(out), res.to(out), Q_next.to(out)};

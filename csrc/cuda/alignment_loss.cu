@@ -15,12 +15,12 @@ namespace {
 
 // saved: [B, width] or nullptr (no statistics wanted).
 template <typename T>
-__global__ void alignment_loss_kernel(const T* V, const T* S, T* loss, T* saved, int k, int d, int kind,
-                                      int weights, int width) {
+__global__ void alignment_loss_kernel(const T* V, const T* S, T* loss, T* saved, int k, int d, int kind, int weights,
+                                      int width) {
   SharedCarver carver{dynamic_shared()};
   SPECTRAL_BLOCK_CONTEXT(T, carver, k);
-  const T value = alignment_loss_sample(ctx, V + (int64_t)blockIdx.x * k * d, S + (int64_t)blockIdx.x * k, k, d,
-                                        kind, weights, saved ? saved + (int64_t)blockIdx.x * width : nullptr);
+  const T value = alignment_loss_sample(ctx, V + (int64_t)blockIdx.x * k * d, S + (int64_t)blockIdx.x * k, k, d, kind,
+                                        weights, saved ? saved + (int64_t)blockIdx.x * width : nullptr);
   if (ctx.leader()) loss[blockIdx.x] = value;
 }
 
@@ -32,13 +32,12 @@ __global__ void alignment_loss_backward_kernel(const T* grad, const T* V, const 
   T mix[kMaxCudaK];  // per-thread: row i of diag(S^2) G
   const int64_t offset = (int64_t)blockIdx.x * k * d;
   alignment_loss_backward_sample(ctx, grad[blockIdx.x], V + offset, S + (int64_t)blockIdx.x * k,
-                                 saved + (int64_t)blockIdx.x * width, grad_V + offset,
-                                 grad_S + (int64_t)blockIdx.x * k, k, d, kind, weights, mix);
+                                 saved + (int64_t)blockIdx.x * width, grad_V + offset, grad_S + (int64_t)blockIdx.x * k,
+                                 k, d, kind, weights, mix);
 }
 
-std::tuple<at::Tensor, at::Tensor> alignment_loss_impl(const at::Tensor& V, const at::Tensor& S,
-                                                       c10::string_view kind, c10::string_view weights,
-                                                       bool with_saved) {
+std::tuple<at::Tensor, at::Tensor> alignment_loss_impl(const at::Tensor& V, const at::Tensor& S, c10::string_view kind,
+                                                       c10::string_view weights, bool with_saved) {
   const AlignmentInputs in = alignment_inputs(check_cuda_rows(V, "V"), V, S, kind, weights);
   const c10::cuda::CUDAGuard guard(V.device());
   at::Tensor loss = at::empty({in.s.B}, in.V.options());
@@ -50,9 +49,9 @@ std::tuple<at::Tensor, at::Tensor> alignment_loss_impl(const at::Tensor& V, cons
       take_batch_buffer<scalar_t>(carver, (int)in.s.k, threads);
       alignment_loss_kernel<scalar_t>
           <<<in.s.B, threads, checked_shared_bytes(carver), c10::cuda::getCurrentCUDAStream()>>>(
-          in.V.const_data_ptr<scalar_t>(), in.S.const_data_ptr<scalar_t>(), loss.data_ptr<scalar_t>(),
-          with_saved ? saved.data_ptr<scalar_t>() : nullptr, (int)in.s.k, (int)in.s.d, in.kind, in.weights,
-          (int)in.width);
+              in.V.const_data_ptr<scalar_t>(), in.S.const_data_ptr<scalar_t>(), loss.data_ptr<scalar_t>(),
+              with_saved ? saved.data_ptr<scalar_t>() : nullptr, (int)in.s.k, (int)in.s.d, in.kind, in.weights,
+              (int)in.width);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

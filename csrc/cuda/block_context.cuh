@@ -19,9 +19,9 @@ template <typename T>
 struct BlockContext {
   static constexpr bool kSerial = false;
 
-  T* value_buffer;   // __shared__ [32]
-  int* index_buffer; // __shared__ [32]
-  T* batch_buffer;   // __shared__ [batched_sums_width(k) * warps]: sums(), value c of warp w at c * warps + w
+  T* value_buffer;    // __shared__ [32]
+  int* index_buffer;  // __shared__ [32]
+  T* batch_buffer;    // __shared__ [batched_sums_width(k) * warps]: sums(), value c of warp w at c * warps + w
 
   template <typename F>
   __host__ __device__ void for_each(int n, F f) const {
@@ -97,7 +97,10 @@ struct BlockContext {
 #ifdef __CUDA_ARCH__
     int found = n;
     for (int j = threadIdx.x; j < n; j += blockDim.x)
-      if (pred(j)) { found = j; break; }
+      if (pred(j)) {
+        found = j;
+        break;
+      }
     for (int offset = 16; offset > 0; offset >>= 1) found = min(found, __shfl_down_sync(0xffffffffu, found, offset));
     __syncthreads();
     if ((threadIdx.x & 31) == 0) index_buffer[threadIdx.x >> 5] = found;
@@ -117,7 +120,10 @@ struct BlockContext {
     int best = n;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
       const T a = abs_(T(f(j)));
-      if (a > best_value) { best_value = a; best = j; }
+      if (a > best_value) {
+        best_value = a;
+        best = j;
+      }
     }
     for (int offset = 16; offset > 0; offset >>= 1) {
       const T other_value = __shfl_down_sync(0xffffffffu, best_value, offset);
@@ -128,7 +134,10 @@ struct BlockContext {
       }
     }
     __syncthreads();
-    if ((threadIdx.x & 31) == 0) { value_buffer[threadIdx.x >> 5] = best_value; index_buffer[threadIdx.x >> 5] = best; }
+    if ((threadIdx.x & 31) == 0) {
+      value_buffer[threadIdx.x >> 5] = best_value;
+      index_buffer[threadIdx.x >> 5] = best;
+    }
     __syncthreads();
     best_value = T(-1);
     best = n;
@@ -212,10 +221,12 @@ __host__ __device__ T* take_batch_buffer(SharedCarver& carver, int k, int thread
 
 // Declares the shared reduction buffers and a BlockContext<T> named `ctx` inside a kernel; its
 // batch buffer comes first out of `carver` (see take_batch_buffer).
-#define SPECTRAL_BLOCK_CONTEXT(T, carver, k)      \
-  __shared__ T spectral_value_buffer[32];         \
-  __shared__ int spectral_index_buffer[32];       \
-  const BlockContext<T> ctx{spectral_value_buffer, spectral_index_buffer, take_batch_buffer<T>(carver, k, (int)blockDim.x)}
+#define SPECTRAL_BLOCK_CONTEXT(T, carver, k)                                                       \
+  __shared__ T spectral_value_buffer[32];                                                          \
+  __shared__ int spectral_index_buffer[32];                                                        \
+  const BlockContext<T> ctx {                                                                      \
+    spectral_value_buffer, spectral_index_buffer, take_batch_buffer<T>(carver, k, (int)blockDim.x) \
+  }
 
 // Checks a carve's byte count against the default per-block limit of dynamic shared memory.
 inline size_t checked_shared_bytes(const SharedCarver& carver) {

@@ -68,8 +68,8 @@ at::Tensor orthonormalize_backward_cuda(const at::Tensor& grad_Q, const at::Tens
     carve_backward_scratch<scalar_t>(carver, (int)s.k);
     orthonormalize_backward_kernel<scalar_t>
         <<<s.B, threads, checked_shared_bytes(carver), c10::cuda::getCurrentCUDAStream()>>>(
-        gc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(),
-        grad_W.data_ptr<scalar_t>(), (int)s.k, (int)s.d);
+            gc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(),
+            grad_W.data_ptr<scalar_t>(), (int)s.k, (int)s.d);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_W.to(grad_Q.scalar_type());

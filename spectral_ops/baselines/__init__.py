@@ -12,6 +12,7 @@ passes use G.module) and follows the same BatchNorm policy as the spectral regul
 arguments raise TypeError / ValueError naming them (spectral_ops.validation's style); a G(z) that
 is not finite, or a penalty that overflows, raises ValueError naming the rows of z.
 """
+
 from .peers import PathLengthRegularizer, hessian_penalty, orojar, path_length
 
 __all__ = ["hessian_penalty", "orojar", "path_length", "PathLengthRegularizer"]

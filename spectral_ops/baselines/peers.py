@@ -5,6 +5,7 @@ Every argument is checked as in spectral_ops.validation (the message names the a
 type raises TypeError, a value out of range ValueError), and a non-finite G(z), or a penalty that
 overflows, raises ValueError naming the rows of z: never a silent NaN.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,9 @@ from ..generator import validate_latents
 _REDUCTIONS = ("max", "mean")
 
 
-def _check_real(name: str, value: object, low: float | None = None, high: float | None = None, *,
-                low_open: bool = False) -> float:
+def _check_real(
+    name: str, value: object, low: float | None = None, high: float | None = None, *, low_open: bool = False
+) -> float:
     """check_number, with TypeError for a value that is not a real number (a str, a bool, a tensor)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a real number (int or float), got {type(value).__name__}")
@@ -36,8 +38,10 @@ def _check_generator(generator: object) -> None:
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if generator.device.type != "cpu":
-        raise ValueError(f"generator must be a CPU torch.Generator (the draws are made on the CPU and moved to "
-                         f"z's device), got one on {generator.device}")
+        raise ValueError(
+            f"generator must be a CPU torch.Generator (the draws are made on the CPU and moved to "
+            f"z's device), got one on {generator.device}"
+        )
 
 
 def _check(G, z, k, epsilon, reduction, generator):
@@ -75,8 +79,10 @@ def _forward_rows(G: Callable, z: torch.Tensor, B: int | None = None, what: str 
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"G must return a Tensor, got {type(y).__name__}")
     if y.dim() == 0:
-        raise ValueError("G must return one output row per latent row (shape [N, ...]), but it returned a "
-                         "0-d tensor: return G's per-sample outputs, not a reduced scalar")
+        raise ValueError(
+            "G must return one output row per latent row (shape [N, ...]), but it returned a "
+            "0-d tensor: return G's per-sample outputs, not a reduced scalar"
+        )
     if y.shape[0] != z.shape[0]:
         raise ValueError(f"G changed the batch size: z has {z.shape[0]} rows, G(z) has {y.shape[0]}")
     if y[0].numel() == 0:
@@ -84,9 +90,9 @@ def _forward_rows(G: Callable, z: torch.Tensor, B: int | None = None, what: str 
     if not y.dtype.is_floating_point:
         raise TypeError(f"G must return a floating-point tensor, got {y.dtype}")
     flat = y.reshape(z.shape[0], -1)
-    bad = ~torch.isfinite(flat.detach()).all(dim=1)                       # [N]
+    bad = ~torch.isfinite(flat.detach()).all(dim=1)  # [N]
     if B is not None:
-        bad = bad.reshape(-1, B).any(dim=0)                               # [B]: any copy of the row
+        bad = bad.reshape(-1, B).any(dim=0)  # [B]: any copy of the row
     name_rows(bad, f"{what} has non-finite values (NaN or Inf)")
     return y
 
@@ -108,13 +114,23 @@ def _given_output(G_z: object, y: torch.Tensor, B: int) -> torch.Tensor:
 
 def _finite_penalty(per_row: torch.Tensor, dtype: torch.dtype) -> None:
     """ValueError naming the rows whose penalty terms ([B, ...]) overflowed although G(z) is finite."""
-    name_rows(~torch.isfinite(per_row.detach().reshape(per_row.shape[0], -1)).all(dim=1),
-              f"the penalty is not finite ({dtype} overflow: G's outputs are too large for this epsilon)")
+    name_rows(
+        ~torch.isfinite(per_row.detach().reshape(per_row.shape[0], -1)).all(dim=1),
+        f"the penalty is not finite ({dtype} overflow: G's outputs are too large for this epsilon)",
+    )
 
 
-def hessian_penalty(G: Callable, z: torch.Tensor, *, k: int = 2, epsilon: float = 0.1, reduction: str = "max",
-                    G_z: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                    batchnorm: str = "error") -> torch.Tensor:
+def hessian_penalty(
+    G: Callable,
+    z: torch.Tensor,
+    *,
+    k: int = 2,
+    epsilon: float = 0.1,
+    reduction: str = "max",
+    G_z: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    batchnorm: str = "error",
+) -> torch.Tensor:
     """Hessian Penalty (Peebles et al. 2020).
 
     For Rademacher v (entries +-1), the second directional derivative
@@ -136,21 +152,29 @@ def hessian_penalty(G: Callable, z: torch.Tensor, *, k: int = 2, epsilon: float 
     G = unwrap(G)
     B = z.shape[0]
     with batch_policy(G, batchnorm):
-        x = epsilon * _rademacher(k, z, generator)                       # [k, B, d]
+        x = epsilon * _rademacher(k, z, generator)  # [k, B, d]
         plus, minus = _steps(z, x, epsilon, (1, -1))
         zz = torch.cat([plus.reshape(k * B, -1), minus.reshape(k * B, -1)])
         y = _forward_rows(G, zz, B, "G(z +- epsilon v)")
         y0 = _forward_rows(G, z) if G_z is None else _given_output(G_z, y, B)
         y = y.reshape(2, k, B, -1)
-        second = (y[0] - 2 * y0.reshape(B, -1) + y[1]) / (epsilon ** 2)  # [k, B, m]
-        var = second.var(dim=0, unbiased=True)                            # [B, m]
+        second = (y[0] - 2 * y0.reshape(B, -1) + y[1]) / (epsilon**2)  # [k, B, m]
+        var = second.var(dim=0, unbiased=True)  # [B, m]
         _finite_penalty(var, y.dtype)
     return var.max() if reduction == "max" else var.mean()
 
 
-def orojar(G: Callable, z: torch.Tensor, *, k: int = 2, epsilon: float = 0.1, reduction: str = "max",
-           G_z: torch.Tensor | None = None, generator: torch.Generator | None = None,
-           batchnorm: str = "error") -> torch.Tensor:
+def orojar(
+    G: Callable,
+    z: torch.Tensor,
+    *,
+    k: int = 2,
+    epsilon: float = 0.1,
+    reduction: str = "max",
+    G_z: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    batchnorm: str = "error",
+) -> torch.Tensor:
     """Orthogonal Jacobian Regularization (Wei et al. 2021).
 
     For Rademacher v, ||J v||^2 = v^T (J^T J) v and Var_v(v^T A v) = 2 sum_{i != j} A_ij^2, so the
@@ -170,9 +194,9 @@ def orojar(G: Callable, z: torch.Tensor, *, k: int = 2, epsilon: float = 0.1, re
         y = _forward_rows(G, plus.reshape(k * B, -1), B, "G(z + epsilon v)")
         y0 = _forward_rows(G, z) if G_z is None else _given_output(G_z, y, B)
         y = y.reshape(k, B, -1)
-        jv = (y - y0.reshape(B, -1)) / epsilon                            # [k, B, m]
-        quad = (jv * jv).sum(-1)                                          # [k, B]
-        var = quad.var(dim=0, unbiased=False)                             # [B]
+        jv = (y - y0.reshape(B, -1)) / epsilon  # [k, B, m]
+        quad = (jv * jv).sum(-1)  # [k, B]
+        var = quad.var(dim=0, unbiased=False)  # [B]
         _finite_penalty(var, y.dtype)
     return var.max() if reduction == "max" else var.mean()
 
@@ -184,8 +208,10 @@ def _check_mean(mean: object, z: torch.Tensor) -> None:
         return
     if isinstance(mean, torch.Tensor):
         if mean.dim() != 0 or not mean.dtype.is_floating_point:
-            raise ValueError(f"mean must be a 0-d floating-point tensor (the running mean, updated in place), "
-                             f"got shape {tuple(mean.shape)} {mean.dtype}")
+            raise ValueError(
+                f"mean must be a 0-d floating-point tensor (the running mean, updated in place), "
+                f"got shape {tuple(mean.shape)} {mean.dtype}"
+            )
         if mean.device != z.device:
             raise ValueError(f"mean must be on z's device {z.device}, got {mean.device}")
         value = float(mean)
@@ -214,9 +240,16 @@ def _check_noise(noise: object, y: torch.Tensor) -> torch.Tensor | None:
     return noise
 
 
-def path_length(G: Callable, z: torch.Tensor, *, mean: torch.Tensor | float | None = None, decay: float = 0.01,
-                noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                batchnorm: str = "error") -> torch.Tensor:
+def path_length(
+    G: Callable,
+    z: torch.Tensor,
+    *,
+    mean: torch.Tensor | float | None = None,
+    decay: float = 0.01,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    batchnorm: str = "error",
+) -> torch.Tensor:
     """StyleGAN2 path-length penalty in z-space.
 
     With y ~ N(0, I) / sqrt(H W) (images [B, C, H, W]; / sqrt(m) for other outputs, our choice),
@@ -254,7 +287,7 @@ def path_length(G: Callable, z: torch.Tensor, *, mean: torch.Tensor | float | No
         (g,) = torch.autograd.grad((y * noise).sum(), zg, create_graph=True, allow_unused=True)
         if g is None:
             raise ValueError("G's output does not depend on z through autograd (did G detach z?)")
-        lengths = g.float().pow(2).sum(-1).sqrt()                        # [B]
+        lengths = g.float().pow(2).sum(-1).sqrt()  # [B]
         _finite_penalty(lengths[:, None], lengths.dtype)
     batch_mean = lengths.detach().mean()
     if mean is None:

@@ -10,6 +10,7 @@ distance on the same features. `reference_rows` runs the same evaluation on the 
 ceiling (an oracle generator z_i -> factor i) and floor (the rotated oracle). Also draws a
 traversal grid: one row per latent dimension.
 """
+
 from __future__ import annotations
 
 import time
@@ -19,13 +20,29 @@ from PIL import Image, ImageDraw
 
 from spectral_ops.lab.data import DATASETS, make_dataset
 from spectral_ops.lab.viz import generate
-from spectral_ops.lab.metrics import (activeness, activeness_summary, axis_alignment, dci, frechet_distance, mig,
-                                      oracle_generator, varying_mask)
+from spectral_ops.lab.metrics import (
+    activeness,
+    activeness_summary,
+    axis_alignment,
+    dci,
+    frechet_distance,
+    mig,
+    oracle_generator,
+    varying_mask,
+)
 from spectral_ops.jacobian import name_rows
 from spectral_ops.validation import check_int
 
-__all__ = ["evaluate_generator", "check_outputs", "reference_rows", "traversal_grid", "format_table",
-           "side_by_side", "CEILING", "FLOOR"]
+__all__ = [
+    "evaluate_generator",
+    "check_outputs",
+    "reference_rows",
+    "traversal_grid",
+    "format_table",
+    "side_by_side",
+    "CEILING",
+    "FLOOR",
+]
 
 #: column names of the reference rows
 CEILING = "ceiling (oracle)"
@@ -34,9 +51,19 @@ FLOOR = "floor (rotated oracle)"
 PIECEWISE_NA = "n/a: piecewise constant in z (zero Jacobian almost everywhere)"
 
 
-def evaluate_generator(G, *, dataset: str, size: int, predictor, n: int = 2000, seed: int = 0,
-                       n_active: int = 200, real_images: torch.Tensor | None = None,
-                       n_align: int = 64, align_k: int | None = None) -> dict:
+def evaluate_generator(
+    G,
+    *,
+    dataset: str,
+    size: int,
+    predictor,
+    n: int = 2000,
+    seed: int = 0,
+    n_active: int = 200,
+    real_images: torch.Tensor | None = None,
+    n_align: int = 64,
+    align_k: int | None = None,
+) -> dict:
     """Disentanglement and sample statistics of G: (N, d) -> (N, 1, size, size) in [0, 1].
 
     Args:
@@ -89,20 +116,30 @@ def evaluate_generator(G, *, dataset: str, size: int, predictor, n: int = 2000, 
     act = activeness_summary(activeness(G, z[:n_active]))
     align = _alignment(G, z[:n_align], min(d, len(names)) if align_k is None else align_k)
     fd, fd_real = _frechet(predictor, feats, dataset, size, n, seed, real_images)
-    return {"mig": m["mig"], "mig_per_factor": dict(zip(names, m["per_factor"])),
-            "mig_winner_per_factor": dict(zip(names, m["winner_per_factor"])),
-            "mig_distinct_winners": m["distinct_winners"],
-            "mig_sup": m["mig_sup"], "mig_sup_per_latent": m["mig_sup_per_latent"],
-            "varying_factors": m["varying_factors"],
-            "constant_factors": [nm for nm, v in zip(names, vary) if not v], "num_factors": len(names),
-            "dci_disentanglement": dc["disentanglement"], "dci_completeness": dc["completeness"],
-            "dci_informativeness": dc["informativeness"],
-            "dci_informativeness_per_factor": dict(zip(names, dc["informativeness_per_factor"])),
-            "dci_varying_factors": dc["varying_factors"],
-            "activeness": act, "axis_alignment": align,
-            "frechet_distance": fd, "frechet_real": fd_real,
-            "frechet_ratio": fd / fd_real if fd_real > 0 else float("inf"),
-            "factor_names": names, "n": n, "seconds": time.perf_counter() - t0}
+    return {
+        "mig": m["mig"],
+        "mig_per_factor": dict(zip(names, m["per_factor"])),
+        "mig_winner_per_factor": dict(zip(names, m["winner_per_factor"])),
+        "mig_distinct_winners": m["distinct_winners"],
+        "mig_sup": m["mig_sup"],
+        "mig_sup_per_latent": m["mig_sup_per_latent"],
+        "varying_factors": m["varying_factors"],
+        "constant_factors": [nm for nm, v in zip(names, vary) if not v],
+        "num_factors": len(names),
+        "dci_disentanglement": dc["disentanglement"],
+        "dci_completeness": dc["completeness"],
+        "dci_informativeness": dc["informativeness"],
+        "dci_informativeness_per_factor": dict(zip(names, dc["informativeness_per_factor"])),
+        "dci_varying_factors": dc["varying_factors"],
+        "activeness": act,
+        "axis_alignment": align,
+        "frechet_distance": fd,
+        "frechet_real": fd_real,
+        "frechet_ratio": fd / fd_real if fd_real > 0 else float("inf"),
+        "factor_names": names,
+        "n": n,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _latents(G, n: int, seed: int) -> torch.Tensor:
@@ -112,7 +149,9 @@ def _latents(G, n: int, seed: int) -> torch.Tensor:
 
 def _finite_images(images: torch.Tensor) -> torch.Tensor:
     """images [N, ...] as they are; ValueError naming the rows (the latents' rows) that are not finite."""
-    name_rows(~torch.isfinite(images.reshape(images.shape[0], -1)).all(dim=1), "G(z) has non-finite values (NaN or Inf)")
+    name_rows(
+        ~torch.isfinite(images.reshape(images.shape[0], -1)).all(dim=1), "G(z) has non-finite values (NaN or Inf)"
+    )
     return images
 
 
@@ -154,13 +193,23 @@ def reference_rows(dataset: str, size: int, latent_dim: int, predictor, n: int =
     oracles are piecewise constant in z)."""
     ceiling = oracle_generator(dataset, latent_dim, size, rotated=False, seed=seed)
     floor = oracle_generator(dataset, latent_dim, size, rotated=True, seed=seed)
-    return {CEILING: evaluate_generator(ceiling, dataset=dataset, size=size, predictor=predictor, n=n, seed=seed),
-            FLOOR: evaluate_generator(floor, dataset=dataset, size=size, predictor=predictor, n=n, seed=seed)}
+    return {
+        CEILING: evaluate_generator(ceiling, dataset=dataset, size=size, predictor=predictor, n=n, seed=seed),
+        FLOOR: evaluate_generator(floor, dataset=dataset, size=size, predictor=predictor, n=n, seed=seed),
+    }
 
 
 @torch.no_grad()
-def traversal_grid(G, *, z0: torch.Tensor | None = None, span: float = 2.5, n: int = 9, scale: int = 2,
-                   title: str | None = None, seed: int = 0) -> Image.Image:
+def traversal_grid(
+    G,
+    *,
+    z0: torch.Tensor | None = None,
+    span: float = 2.5,
+    n: int = 9,
+    scale: int = 2,
+    title: str | None = None,
+    seed: int = 0,
+) -> Image.Image:
     """One row per latent dimension i: G(z0 + t e_i), t in linspace(-span, span, n). z0: (1, d)
     (default: `viz.typical_latent(d, seed=seed)`, a seeded N(0, I) draw rescaled to the typical
     norm sqrt(d); z = 0 is far from where a Gaussian latent's mass lies and often renders
@@ -199,6 +248,7 @@ NA = "n/a"
 def _num(fmt: str):
     def f(v):
         return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else NA
+
     return f
 
 
@@ -244,16 +294,22 @@ def format_table(results: dict[str, dict]) -> str:
 
     rows = [("MIG (higher better)", lambda r: f3(r["mig"]))]
     for f in factors:
-        rows.append((f"  MIG {f} (winning latent)", lambda r, f=f: winner(r, f) if "mig_winner_per_factor" in r
-                     else f3(r["mig_per_factor"][f])))
-    rows += [("  distinct latents", lambda r: "yes" if r["mig_distinct_winners"] else "no"),
-             ("MIG-sup (higher better)", lambda r: f3(r["mig_sup"])),
-             ("varying factors", lambda r: f"{r['varying_factors']}/{r.get('num_factors', len(r['factor_names']))}"),
-             ("DCI disentanglement", lambda r: f3(r["dci_disentanglement"])),
-             ("DCI completeness", lambda r: f3(r["dci_completeness"])),
-             ("DCI informativeness", lambda r: f3(r["dci_informativeness"])),
-             ("active dims (>10% of max)", lambda r: f"{r['activeness']['active_dims']}/{len(r['activeness']['per_dim'])}"),
-             ("effective dims", lambda r: f2(r["activeness"]["effective_dims"]))]
+        rows.append(
+            (
+                f"  MIG {f} (winning latent)",
+                lambda r, f=f: winner(r, f) if "mig_winner_per_factor" in r else f3(r["mig_per_factor"][f]),
+            )
+        )
+    rows += [
+        ("  distinct latents", lambda r: "yes" if r["mig_distinct_winners"] else "no"),
+        ("MIG-sup (higher better)", lambda r: f3(r["mig_sup"])),
+        ("varying factors", lambda r: f"{r['varying_factors']}/{r.get('num_factors', len(r['factor_names']))}"),
+        ("DCI disentanglement", lambda r: f3(r["dci_disentanglement"])),
+        ("DCI completeness", lambda r: f3(r["dci_completeness"])),
+        ("DCI informativeness", lambda r: f3(r["dci_informativeness"])),
+        ("active dims (>10% of max)", lambda r: f"{r['activeness']['active_dims']}/{len(r['activeness']['per_dim'])}"),
+        ("effective dims", lambda r: f2(r["activeness"]["effective_dims"])),
+    ]
     if k:
         rows.append(("axis alignment (1 = on an axis)", lambda r: f3(_align(r)["mean"])))
         for i in range(k):
@@ -262,10 +318,12 @@ def format_table(results: dict[str, dict]) -> str:
         rows.append(("  random direction", lambda r: f3(_align(r)["chance"])))
         for i in range(k - 1):
             rows.append((f"  sigma{i + 2}/sigma{i + 1}", lambda r, i=i: f3(_align(r)["sigma_ratios"][i])))
-    rows += [("Frechet dist. (lower better)", lambda r: f2(r["frechet_distance"])),
-             ("Frechet real vs real", lambda r: f2(r["frechet_real"])),
-             ("Frechet ratio (x real-vs-real)", lambda r: f2(r["frechet_ratio"])),
-             ("train time (s)", lambda r: f"{r['train_seconds']:.1f}")]
+    rows += [
+        ("Frechet dist. (lower better)", lambda r: f2(r["frechet_distance"])),
+        ("Frechet real vs real", lambda r: f2(r["frechet_real"])),
+        ("Frechet ratio (x real-vs-real)", lambda r: f2(r["frechet_ratio"])),
+        ("train time (s)", lambda r: f"{r['train_seconds']:.1f}"),
+    ]
     w0 = max(len(r[0]) for r in rows) + 2
     cells = [[_cell(fn, results[n]) for n in names] for _, fn in rows]
     cols = [max([len(n), 9] + [len(c[j]) for c in cells]) + 2 for j, n in enumerate(names)]

@@ -3,6 +3,7 @@
 Every file the application writes goes through one of the atomic writers (a temporary file in
 the same folder, flushed, then renamed), so a crash or a full disk never leaves half a file.
 """
+
 from __future__ import annotations
 
 import os
@@ -90,8 +91,10 @@ def require_modules(command: str, modules: dict[str, str], extra: str = "lab") -
 
     missing = [pip for name, pip in modules.items() if importlib.util.find_spec(name) is None]
     if missing:
-        raise ValueError(f"{command} needs {', '.join(missing)}: pip install 'spectral_ops[{extra}]' "
-                         f"(or pip install {' '.join(missing)})")
+        raise ValueError(
+            f"{command} needs {', '.join(missing)}: pip install 'spectral_ops[{extra}]' "
+            f"(or pip install {' '.join(missing)})"
+        )
 
 
 #: what every command of the application imports beyond torch (the `lab` extra)

@@ -32,6 +32,7 @@ takes 5 ms, but Adam's lr 0.05 pushed it to where the map saturates: the ceiling
 R stays exactly orthogonal and the distribution of G(z) independent of R.  `run_gate(...)`
 optimises the rotation with Adam against a regularizer and reports the alignment reached.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,17 +42,28 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["RotatedRenderer", "GateGenerator", "GateResult", "run_gate", "factor_alignment", "oracle_penalty",
-           "DEFAULT_SENSITIVITIES", "GATE_RANKS", "GATE_PROFILES"]
+__all__ = [
+    "RotatedRenderer",
+    "GateGenerator",
+    "GateResult",
+    "run_gate",
+    "factor_alignment",
+    "oracle_penalty",
+    "DEFAULT_SENSITIVITIES",
+    "GATE_RANKS",
+    "GATE_PROFILES",
+]
 
 DEFAULT_SENSITIVITIES = (2.0, 1.0, 0.5, 0.25)
 
 # The gate's generator shapes (bench/bench_gate.py, tests/test_gate.py): GateGenerator keyword
 # arguments by rank (how the latent directions beyond the factors are used; k = 4 throughout) and
 # by sensitivity profile.
-GATE_RANKS = {"k=F": dict(sensitivities=DEFAULT_SENSITIVITIES),            # 4 factors, k = 4
-              "unused": dict(sensitivities=(2.0, 1.0, 0.5)),                # rank J = 3 < k
-              "weak": dict(sensitivities=(2.0, 1.0, 0.5), weak=0.01)}       # the rest at sigma 0.01
+GATE_RANKS = {
+    "k=F": dict(sensitivities=DEFAULT_SENSITIVITIES),  # 4 factors, k = 4
+    "unused": dict(sensitivities=(2.0, 1.0, 0.5)),  # rank J = 3 < k
+    "weak": dict(sensitivities=(2.0, 1.0, 0.5), weak=0.01),
+}  # the rest at sigma 0.01
 GATE_PROFILES = {"constant": {}, "varying": dict(wobble=0.75, frequency=2.0)}
 
 
@@ -89,8 +101,16 @@ class RotatedRenderer(nn.Module):
     Parameters: `skew` [d, d] (R = expm(skew - skew^T) R0; zero at the start).
     """
 
-    def __init__(self, latent_dim: int = 8, sensitivities=DEFAULT_SENSITIVITIES, *, pixels: int = 48,
-                 kappa: float = 4.0, seed: int = 0, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        latent_dim: int = 8,
+        sensitivities=DEFAULT_SENSITIVITIES,
+        *,
+        pixels: int = 48,
+        kappa: float = 4.0,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         s = _checked_renderer(latent_dim, sensitivities, pixels)
         self.latent_dim, self.num_factors = latent_dim, s.numel()
@@ -110,9 +130,9 @@ class RotatedRenderer(nn.Module):
         return torch.linalg.matrix_exp(self.skew - self.skew.T) @ self.R0
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        u = z @ self.rotation().T                                 # [N, d]; row f drives factor f
-        u = u[:, : self.num_factors, None]                        # [N, F, 1]
-        bump = torch.exp(self.kappa * (torch.cos(self.theta - u) - 1))   # [N, F, P]
+        u = z @ self.rotation().T  # [N, d]; row f drives factor f
+        u = u[:, : self.num_factors, None]  # [N, F, 1]
+        bump = torch.exp(self.kappa * (torch.cos(self.theta - u) - 1))  # [N, F, P]
         return self.scale[None, :, None] * bump
 
 
@@ -166,9 +186,19 @@ class GateGenerator(nn.Module):
     Phases: c_f = 2 pi f / F, so the factors' sensitivities peak at different u.
     """
 
-    def __init__(self, latent_dim: int = 8, sensitivities=DEFAULT_SENSITIVITIES, *, weak: float = 0.0,
-                 wobble: float = 0.0, frequency: float = 2.0, pixels: int = 48, kappa: float = 4.0,
-                 seed: int = 0, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        latent_dim: int = 8,
+        sensitivities=DEFAULT_SENSITIVITIES,
+        *,
+        weak: float = 0.0,
+        wobble: float = 0.0,
+        frequency: float = 2.0,
+        pixels: int = 48,
+        kappa: float = 4.0,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         s = _checked_renderer(latent_dim, sensitivities, pixels)
         if not isinstance(weak, (int, float)) or isinstance(weak, bool) or not 0 <= weak < float(s.min()):
@@ -188,8 +218,7 @@ class GateGenerator(nn.Module):
         self.skew = nn.Parameter(torch.zeros(s.numel(), latent_dim, dtype=dtype))
 
     def extra_repr(self) -> str:
-        return (f"latent_dim={self.latent_dim}, factors={self.num_factors}, weak={self.weak}, "
-                f"wobble={self.wobble}")
+        return f"latent_dim={self.latent_dim}, factors={self.num_factors}, weak={self.weak}, wobble={self.wobble}"
 
     def _expm_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """expm(A) = I + W M W^T: W [d, 2F], M [2F, 2F] (`_low_rank_expm`)."""
@@ -225,12 +254,12 @@ class GateGenerator(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z [N, d] -> [N, F * P] (weak = 0) or [N, F * P + d - F]."""
         F = self.num_factors
-        u = self._rotate(z)                                        # [N, d]; row f drives factor f
+        u = self._rotate(z)  # [N, d]; row f drives factor f
         used = u[:, :F]
         if self.wobble:
             w = self.frequency
             used = used + (self.wobble / w) * (torch.sin(w * used + self.phase) - torch.sin(self.phase))
-        bump = torch.exp(self.kappa * (torch.cos(self.theta - used[:, :, None]) - 1))   # [N, F, P]
+        bump = torch.exp(self.kappa * (torch.cos(self.theta - used[:, :, None]) - 1))  # [N, F, P]
         out = (self.scale[None, :, None] * bump).flatten(1)
         if self.weak and self.latent_dim > F:
             out = torch.cat([out, self.weak * u[:, F:]], 1)
@@ -245,29 +274,41 @@ def factor_alignment(G: "RotatedRenderer | GateGenerator") -> torch.Tensor:
 
 @dataclass
 class GateResult:
-    alignment: list[float]          # per factor, at the end
-    min_alignment: float            # over the judged factors
-    axes: list[int]                 # the latent axis driving each factor at the end
-    distinct_axes: bool             # the judged factors' axes are distinct
-    calls: int                      # regularizer calls (optimizer steps)
-    computed_calls: int             # calls that ran the power iteration (every= skips the rest)
+    alignment: list[float]  # per factor, at the end
+    min_alignment: float  # over the judged factors
+    axes: list[int]  # the latent axis driving each factor at the end
+    distinct_axes: bool  # the judged factors' axes are distinct
+    calls: int  # regularizer calls (optimizer steps)
+    computed_calls: int  # calls that ran the power iteration (every= skips the rest)
     seconds: float
-    history: list[float] = field(default_factory=list)   # min alignment every 10 calls
+    history: list[float] = field(default_factory=list)  # min alignment every 10 calls
 
 
 def oracle_penalty(G: "RotatedRenderer | GateGenerator", z: torch.Tensor) -> torch.Tensor:
     """The ceiling: the offdiag alignment loss (uniform rank weights) on the known singular
     vectors, the used rows of R, with no estimation at all.  A scalar, differentiable in R."""
     from spectral_ops.ops import alignment_loss
+
     F = G.num_factors
     V = G.rotation()[:F][None]
     S = (torch.arange(F, 0, -1, dtype=V.dtype) / F).sqrt()[None]
     return alignment_loss(V, S, "offdiag", "uniform").mean()
 
 
-def run_gate(reg, *, latent_dim: int = 8, sensitivities=DEFAULT_SENSITIVITIES, seed: int = 0,
-             steps: int = 200, batch_size: int = 16, lr: float = 0.05, dtype: torch.dtype = torch.float32,
-             target: float | None = None, judged: int | None = None, generator: dict | None = None) -> GateResult:
+def run_gate(
+    reg,
+    *,
+    latent_dim: int = 8,
+    sensitivities=DEFAULT_SENSITIVITIES,
+    seed: int = 0,
+    steps: int = 200,
+    batch_size: int = 16,
+    lr: float = 0.05,
+    dtype: torch.dtype = torch.float32,
+    target: float | None = None,
+    judged: int | None = None,
+    generator: dict | None = None,
+) -> GateResult:
     """Optimise a generator's rotation with Adam on `reg(G, z)` alone.
 
     Args:
@@ -285,8 +326,9 @@ def run_gate(reg, *, latent_dim: int = 8, sensitivities=DEFAULT_SENSITIVITIES, s
     if generator is None:
         G = RotatedRenderer(latent_dim, sensitivities, seed=seed, dtype=dtype)
     else:
-        G = GateGenerator(**{"latent_dim": latent_dim, "sensitivities": sensitivities, **generator},
-                          seed=seed, dtype=dtype)
+        G = GateGenerator(
+            **{"latent_dim": latent_dim, "sensitivities": sensitivities, **generator}, seed=seed, dtype=dtype
+        )
     latent_dim = G.latent_dim
     judged = G.num_factors if judged is None else int(judged)
     if not 1 <= judged <= G.num_factors:
@@ -312,8 +354,15 @@ def run_gate(reg, *, latent_dim: int = 8, sensitivities=DEFAULT_SENSITIVITIES, s
     seconds = time.perf_counter() - t0
     with torch.no_grad():
         R = G.rotation()[: G.num_factors]
-    a = (R ** 2).max(dim=1)
+    a = (R**2).max(dim=1)
     axes = [int(i) for i in a.indices]
-    return GateResult([float(x) for x in a.values], float(a.values[:judged].min()), axes,
-                      len(set(axes[:judged])) == judged,
-                      step, computed, seconds, history)
+    return GateResult(
+        [float(x) for x in a.values],
+        float(a.values[:judged].min()),
+        axes,
+        len(set(axes[:judged])) == judged,
+        step,
+        computed,
+        seconds,
+        history,
+    )

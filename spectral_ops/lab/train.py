@@ -24,6 +24,7 @@
 
 Python use: `train(TrainConfig(...)) -> TrainResult` (the demo and the experiment call it).
 """
+
 from __future__ import annotations
 
 import copy
@@ -50,9 +51,21 @@ from spectral_ops.lab.io import atomic_save, atomic_write_text
 from spectral_ops.lab.models import Discriminator, Generator
 from spectral_ops.validation import check_int, check_number, check_seed, derived_seed
 
-__all__ = ["TrainConfig", "TrainResult", "train", "build_models", "build_regularizer", "load_checkpoint",
-           "load_generator", "REGULARIZERS", "RESUMABLE", "RUN_FILES", "TRAIN_REGULARIZER",
-           "TrainingInterrupted", "TrainingDiverged"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "train",
+    "build_models",
+    "build_regularizer",
+    "load_checkpoint",
+    "load_generator",
+    "REGULARIZERS",
+    "RESUMABLE",
+    "RUN_FILES",
+    "TRAIN_REGULARIZER",
+    "TrainingInterrupted",
+    "TrainingDiverged",
+]
 
 REGULARIZERS = ("none", "spectral", "hessian", "orojar", "path_length")
 NORMS = ("pixel", "layer", "none")
@@ -94,15 +107,22 @@ class TrainConfig:
     beta2: float = _option(0.99, "Adam beta2, in [0, 1)", "optimisation")
     r1_gamma: float = _option(1.0, "R1 penalty weight on real images, 0 disables", "optimisation")
     r1_every: int = _option(4, "apply R1 every N steps, scaled by N", "optimisation")
-    ema: float = _option(0.99, "decay of an exponential moving average of G's weights, evaluated and "
-                               "checkpointed; 0 disables", "optimisation")
+    ema: float = _option(
+        0.99,
+        "decay of an exponential moving average of G's weights, evaluated and checkpointed; 0 disables",
+        "optimisation",
+    )
     seed: int = _option(0, "seed of initialisation and sampling", "optimisation")
     reg: str = _option("none", "generator regularizer", "regularizer", REGULARIZERS)
     reg_weight: float = _option(1.0, "weight of the regularizer", "regularizer")
     #: the spectral regularizer's settings; `every` (lazy regularization) applies to every --reg
     reg_config: RegularizerConfig = _option(
-        TRAIN_REGULARIZER, "spectral regularizer settings", "regularizer", prefix="reg-",
-        only=("k", "iters", "loss", "grad", "every", "batch_fraction"))
+        TRAIN_REGULARIZER,
+        "spectral regularizer settings",
+        "regularizer",
+        prefix="reg-",
+        only=("k", "iters", "loss", "grad", "every", "batch_fraction"),
+    )
     out: str = _option("runs/train", "output folder: checkpoint.pt, log.jsonl, train.json", "output")
     ckpt_every: int = _option(500, "checkpoint every N steps", "output")
     log_every: int = _option(50, "log every N steps", "output")
@@ -224,10 +244,18 @@ def _ema_update(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
 
 def _rng_state(gen: torch.Generator) -> dict:
     np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "sampler": gen.get_state(),
-             "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                       "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
-             "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "sampler": gen.get_state(),
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -260,14 +288,18 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, random bytes, a pickle of other classes, ...
-        raise ValueError(f"{str(path)!r} is not a readable spectral-ops training checkpoint (truncated or "
-                         f"another kind of file: {_first_line(exc)})") from None
+        raise ValueError(
+            f"{str(path)!r} is not a readable spectral-ops training checkpoint (truncated or "
+            f"another kind of file: {_first_line(exc)})"
+        ) from None
     if not isinstance(blob, dict) or blob.get("format") != Checkpointer.FORMAT:
         raise ValueError(f"{str(path)!r} is not a spectral-ops training checkpoint")
     missing = [k for k in Checkpointer.KEYS if k not in blob]
     if missing or not isinstance(blob["config"], dict):
-        raise ValueError(f"{str(path)!r} is an incomplete spectral-ops training checkpoint "
-                         f"(missing {', '.join(missing) or 'config'})")
+        raise ValueError(
+            f"{str(path)!r} is an incomplete spectral-ops training checkpoint "
+            f"(missing {', '.join(missing) or 'config'})"
+        )
     return blob
 
 
@@ -309,12 +341,15 @@ def resumed_config(saved: TrainConfig, requested: TrainConfig, step: int) -> Tra
     ValueError listing any other difference, or a total of steps below the checkpoint's."""
     refused = {k: v for k, v in config_changes(saved, requested).items() if k not in RESUMABLE}
     if refused:
-        raise ValueError(f"resume: the checkpoint's settings differ from the requested ones ({format_changes(refused)});"
-                         f" only {', '.join(RESUMABLE)} may change on resume: start a new run for the others")
+        raise ValueError(
+            f"resume: the checkpoint's settings differ from the requested ones ({format_changes(refused)});"
+            f" only {', '.join(RESUMABLE)} may change on resume: start a new run for the others"
+        )
     config = dataclasses.replace(saved, **{k: getattr(requested, k) for k in RESUMABLE})
     if config.steps < step:
-        raise ValueError(f"resume: the checkpoint is at step {step}, past steps={config.steps} "
-                         f"(steps is the total to reach)")
+        raise ValueError(
+            f"resume: the checkpoint is at step {step}, past steps={config.steps} (steps is the total to reach)"
+        )
     return config
 
 
@@ -342,8 +377,10 @@ def folder_problem(out: Path, resume, overwrite: bool) -> str | None:
     """Why a run may not write into `out` (it holds another run), or None."""
     found = [] if (overwrite or _own_folder(out, resume)) else _existing_run(out)
     if found:
-        return (f"output folder {str(out)!r} already holds a run ({', '.join(found)}): continue it with --resume, "
-                f"replace it with --overwrite (overwrite=True), or choose another --out")
+        return (
+            f"output folder {str(out)!r} already holds a run ({', '.join(found)}): continue it with --resume, "
+            f"replace it with --overwrite (overwrite=True), or choose another --out"
+        )
     return None
 
 
@@ -360,7 +397,7 @@ def _remove_stale_tmp(out: Path) -> None:
 
 
 def _nonfinite_weight(modules: dict[str, nn.Module | None]) -> str | None:
-    """"the generator's weight fc.weight" for the first parameter or buffer that is not finite
+    """ "the generator's weight fc.weight" for the first parameter or buffer that is not finite
     ({description: module}), else None."""
     for name, m in modules.items():
         if m is None:
@@ -465,11 +502,26 @@ class RunState:
         """The TrainResult of the finished run (its generators in eval mode)."""
         self.G.eval()
         if self.G_ema is None:
-            return TrainResult(G=self.G, D=self.D, config=self.config, seconds=seconds, steps=steps,
-                               history=history, checkpoint=checkpoint)
+            return TrainResult(
+                G=self.G,
+                D=self.D,
+                config=self.config,
+                seconds=seconds,
+                steps=steps,
+                history=history,
+                checkpoint=checkpoint,
+            )
         self.G_ema.eval()
-        return TrainResult(G=self.G_ema, D=self.D, config=self.config, seconds=seconds, steps=steps,
-                           history=history, checkpoint=checkpoint, G_train=self.G)
+        return TrainResult(
+            G=self.G_ema,
+            D=self.D,
+            config=self.config,
+            seconds=seconds,
+            steps=steps,
+            history=history,
+            checkpoint=checkpoint,
+            G_train=self.G,
+        )
 
 
 def _setup(config: TrainConfig, rank: int, world: int, device: torch.device) -> RunState:
@@ -479,7 +531,7 @@ def _setup(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
     data = make_dataset(config.dataset, config.n_train, size=config.size, seed=config.data_seed).images.to(device)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    np.random.seed(config.seed % 2 ** 32)  # numpy takes [0, 2**32); torch and random take the whole seed
+    np.random.seed(config.seed % 2**32)  # numpy takes [0, 2**32); torch and random take the whole seed
     G, D = build_models(config)
     G, D = G.to(device), D.to(device)
     reg = build_regularizer(config)
@@ -513,7 +565,9 @@ class TrainLog:
         self.counts = torch.zeros(4, dtype=torch.float64)  # the steps that computed each
         self.history: list[dict] = []
         self.file = self.bar = None
-        self.solver: list[tuple[float, float]] = []  # the spectral regularizer's (worst residual, active) per computed call
+        self.solver: list[
+            tuple[float, float]
+        ] = []  # the spectral regularizer's (worst residual, active) per computed call
 
     def cut(self, step: int) -> None:
         """Keep the log lines up to `step` (a resumed run continues the log from its checkpoint:
@@ -527,21 +581,34 @@ class TrainLog:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if (isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step
-                    and line.endswith("\n")):
+            if (
+                isinstance(rec, dict)
+                and isinstance(rec.get("step"), int)
+                and rec["step"] <= step
+                and line.endswith("\n")
+            ):
                 keep.append(line)
         if keep != lines:
             try:
                 atomic_write_text("".join(keep), self.path)
             except OSError as exc:
-                raise OSError(exc.errno, f"cannot cut the log {str(self.path)!r} back to step {step} "
-                                         f"({exc.strerror or exc}); it is unchanged") from exc
+                raise OSError(
+                    exc.errno,
+                    f"cannot cut the log {str(self.path)!r} back to step {step} "
+                    f"({exc.strerror or exc}); it is unchanged",
+                ) from exc
 
     def open(self, config: TrainConfig, start: int, show: bool, desc: str | None) -> None:
         """Append to the log file (when writing); a progress bar from `start` (hidden unless `show`)."""
         self.file = open(self.path, "a") if self.writes else None
-        self.bar = tqdm(total=config.steps, initial=min(start, config.steps), disable=not show,
-                        desc=desc or f"train {config.reg}", leave=False, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=config.steps,
+            initial=min(start, config.steps),
+            disable=not show,
+            desc=desc or f"train {config.reg}",
+            leave=False,
+            dynamic_ncols=True,
+        )
 
     def add(self, values: torch.Tensor, did_r1: bool, did_reg: bool) -> None:
         """Add one step's (4,) float64 values of NAMES (r1, reg: counted on the steps that computed them)."""
@@ -557,8 +624,14 @@ class TrainLog:
         """Log the means since the last line (r1 and reg: over the steps that computed them)."""
         mean = (self.sums / self.counts.clamp_min(1)).tolist()
         self.sums.zero_(), self.counts.zero_()
-        rec = {"step": step, "loss_D": mean[0], "loss_G": mean[1], "r1": mean[2], "reg": mean[3],
-               "seconds": round(seconds, 3)}
+        rec = {
+            "step": step,
+            "loss_D": mean[0],
+            "loss_G": mean[1],
+            "r1": mean[2],
+            "reg": mean[3],
+            "seconds": round(seconds, 3),
+        }
         if self.solver:  # what the spectral regularizer's loss saw since the last line
             rec["reg_residual"] = max(r for r, _ in self.solver)
             rec["reg_active"] = sum(a for _, a in self.solver) / len(self.solver)
@@ -569,8 +642,9 @@ class TrainLog:
                 self.file.write(json.dumps(rec) + "\n")
                 self.file.flush()
             except OSError as exc:
-                raise OSError(exc.errno, f"cannot write the log {str(self.path)!r} at step {step} "
-                                         f"({exc.strerror or exc})") from exc
+                raise OSError(
+                    exc.errno, f"cannot write the log {str(self.path)!r} at step {step} ({exc.strerror or exc})"
+                ) from exc
         self.bar.set_postfix(D=f"{rec['loss_D']:.2f}", G=f"{rec['loss_G']:.2f}", reg=f"{rec['reg']:.3f}")
 
     def close(self, *, quiet: bool = False) -> None:
@@ -625,8 +699,9 @@ class Checkpointer:
         _load_state(run.G, blob["G"], "the generator", source)
         _load_state(run.D, blob["D"], "the discriminator", source)
         if run.G_ema is not None:
-            _load_state(run.G_ema, blob["G_ema"] if blob.get("G_ema") is not None else blob["G"],
-                        "the EMA generator", source)
+            _load_state(
+                run.G_ema, blob["G_ema"] if blob.get("G_ema") is not None else blob["G"], "the EMA generator", source
+            )
         _load_state(run.opt_G, blob["opt_G"], "the generator's optimizer", source)
         _load_state(run.opt_D, blob["opt_D"], "the discriminator's optimizer", source)
         if run.reg is not None and blob.get("reg") is not None:
@@ -645,8 +720,9 @@ class Checkpointer:
         A non-finite weight raises TrainingDiverged instead; an OSError keeps the previous file."""
         bad = _nonfinite_weight({"generator": run.G, "discriminator": run.D, "EMA generator": run.G_ema})
         if bad:
-            raise TrainingDiverged(f"training diverged by step {step}: {bad} is not finite; not saved, "
-                                   f"{self.last_good()}", step, self.last)
+            raise TrainingDiverged(
+                f"training diverged by step {step}: {bad} is not finite; not saved, {self.last_good()}", step, self.last
+            )
         rng = _rng_state(run.sampler)
         if run.world > 1:
             import torch.distributed as dist
@@ -657,16 +733,30 @@ class Checkpointer:
         if not self.writes:
             return
         try:
-            atomic_save({"format": self.FORMAT, "config": asdict(run.config), "step": step, "world": run.world,
-                         "elapsed": run.elapsed + (time.perf_counter() - run.t0),
-                         "G": run.G.state_dict(), "G_ema": None if run.G_ema is None else run.G_ema.state_dict(),
-                         "D": run.D.state_dict(), "opt_G": run.opt_G.state_dict(),
-                         "opt_D": run.opt_D.state_dict(), "reg": None if run.reg is None else run.reg.state_dict(),
-                         "rng": rng, "log_acc": torch.stack([log.sums, log.counts])}, self.path)
+            atomic_save(
+                {
+                    "format": self.FORMAT,
+                    "config": asdict(run.config),
+                    "step": step,
+                    "world": run.world,
+                    "elapsed": run.elapsed + (time.perf_counter() - run.t0),
+                    "G": run.G.state_dict(),
+                    "G_ema": None if run.G_ema is None else run.G_ema.state_dict(),
+                    "D": run.D.state_dict(),
+                    "opt_G": run.opt_G.state_dict(),
+                    "opt_D": run.opt_D.state_dict(),
+                    "reg": None if run.reg is None else run.reg.state_dict(),
+                    "rng": rng,
+                    "log_acc": torch.stack([log.sums, log.counts]),
+                },
+                self.path,
+            )
         except OSError as exc:
             kept = f"the previous one (step {self.last_step}) is unchanged" if self.last else "none was saved before"
-            raise OSError(exc.errno, f"cannot save the checkpoint {str(self.path)!r} at step {step} "
-                                     f"({exc.strerror or exc}); {kept}") from exc
+            raise OSError(
+                exc.errno,
+                f"cannot save the checkpoint {str(self.path)!r} at step {step} ({exc.strerror or exc}); {kept}",
+            ) from exc
         self.last, self.last_step = str(self.path), step
 
     def last_good(self) -> str:
@@ -725,8 +815,12 @@ def _generator_step(run: RunState) -> tuple[torch.Tensor, torch.Tensor]:
     return loss_adv, reg_val
 
 
-_LOSS_SOURCES = {"loss_D": "discriminator", "loss_G": "generator", "r1": "discriminator's R1 penalty",
-                 "reg": "generator's regularizer"}
+_LOSS_SOURCES = {
+    "loss_D": "discriminator",
+    "loss_G": "generator",
+    "r1": "discriminator's R1 penalty",
+    "reg": "generator's regularizer",
+}
 
 
 def _should_stop(run: RunState, ckpt: Checkpointer, stop: _StopSignals, values: torch.Tensor, done: int) -> bool:
@@ -742,10 +836,14 @@ def _should_stop(run: RunState, ckpt: Checkpointer, stop: _StopSignals, values: 
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         flags = t.tolist()
     if flags[1]:
-        what = (", ".join(f"{k} = {float(values[names.index(k)])} ({_LOSS_SOURCES[k]})" for k in bad)
-                if bad else "a loss on another process")
-        raise TrainingDiverged(f"training diverged at step {done}: {what}; stopped without saving, "
-                               f"{ckpt.last_good()}", done, ckpt.last)
+        what = (
+            ", ".join(f"{k} = {float(values[names.index(k)])} ({_LOSS_SOURCES[k]})" for k in bad)
+            if bad
+            else "a loss on another process"
+        )
+        raise TrainingDiverged(
+            f"training diverged at step {done}: {what}; stopped without saving, {ckpt.last_good()}", done, ckpt.last
+        )
     return bool(flags[0])
 
 
@@ -777,20 +875,30 @@ def _run_steps(run: RunState, ckpt: Checkpointer, log: TrainLog, stop: _StopSign
     return None
 
 
-def _write_summary(path: Path, run: RunState, steps: int, seconds: float, checkpoint: str | None,
-                   history: list[dict]) -> None:
+def _write_summary(
+    path: Path, run: RunState, steps: int, seconds: float, checkpoint: str | None, history: list[dict]
+) -> None:
     """train.json: the config, how far the run went, its checkpoint and last log line."""
-    summary = {"config": asdict(run.config), "steps": steps, "seconds": round(seconds, 2),
-               "world": run.world, "checkpoint": checkpoint, "last": history[-1] if history else None}
+    summary = {
+        "config": asdict(run.config),
+        "steps": steps,
+        "seconds": round(seconds, 2),
+        "world": run.world,
+        "checkpoint": checkpoint,
+        "last": history[-1] if history else None,
+    }
     try:
         atomic_write_text(json.dumps(summary, indent=2), path)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot write the summary {str(path)!r} ({exc.strerror or exc}); the "
-                                 f"finished run is in {checkpoint}") from exc
+        raise OSError(
+            exc.errno,
+            f"cannot write the summary {str(path)!r} ({exc.strerror or exc}); the finished run is in {checkpoint}",
+        ) from exc
 
 
-def _finish(run: RunState, ckpt: Checkpointer, log: TrainLog, stop: _StopSignals,
-            interrupted: int | None) -> tuple[int, float]:
+def _finish(
+    run: RunState, ckpt: Checkpointer, log: TrainLog, stop: _StopSignals, interrupted: int | None
+) -> tuple[int, float]:
     """After the steps: TrainingInterrupted if a signal stopped them (their state is saved), else
     the final checkpoint and train.json: (the final step, the run's seconds)."""
     log.bar.close()
@@ -810,8 +918,15 @@ def _finish(run: RunState, ckpt: Checkpointer, log: TrainLog, stop: _StopSignals
     return final_step, seconds
 
 
-def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, overwrite: bool = False,
-          progress: bool = True, write: bool = True, desc: str | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    resume: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    write: bool = True,
+    desc: str | None = None,
+) -> TrainResult:
     """Train a GAN as described by `config`.
 
     Args:

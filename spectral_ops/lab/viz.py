@@ -22,6 +22,7 @@ How outputs are drawn (`to_images`):
   there, [-1, 1] when every value lies there (tanh outputs), else the grid's min..max; or give
   an explicit (lo, hi).
 """
+
 from __future__ import annotations
 
 import math
@@ -61,7 +62,7 @@ def typical_latent(d: int, *, seed: int = 0, dtype: torch.dtype = torch.float32)
 @torch.no_grad()
 def generate(G: Callable, z: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """G applied to z [N, d] in chunks without a graph; returns the stacked outputs [N, ...]."""
-    outs = [G(z[i:i + chunk]).detach() for i in range(0, z.shape[0], chunk)]
+    outs = [G(z[i : i + chunk]).detach() for i in range(0, z.shape[0], chunk)]
     return torch.cat(outs, dim=0)
 
 
@@ -127,8 +128,15 @@ def _line_plots(x: torch.Tensor, value_range) -> list[Image.Image]:
     return images
 
 
-def make_grid(rows: torch.Tensor, *, row_labels: Sequence[str] | None = None, value_range="auto",
-              pad: int = 2, scale: int = 1, label_width: int | None = None) -> Image.Image:
+def make_grid(
+    rows: torch.Tensor,
+    *,
+    row_labels: Sequence[str] | None = None,
+    value_range="auto",
+    pad: int = 2,
+    scale: int = 1,
+    label_width: int | None = None,
+) -> Image.Image:
     """A grid image from outputs [R, N, ...] (R rows of N columns), one value range for all.
 
     row_labels: optional R strings drawn left of the rows.  scale: integer pixel upscaling.
@@ -175,8 +183,9 @@ def _check_dims(dims, d: int, name: str) -> list[int]:
     return dims
 
 
-def coordinate_traversal(G: Callable, z0: torch.Tensor, dims: Sequence[int], *, span: float = 2.0,
-                         n: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
+def coordinate_traversal(
+    G: Callable, z0: torch.Tensor, dims: Sequence[int], *, span: float = 2.0, n: int = 9
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs along z0 + t e_i, t in linspace(-span, span, n), for i in dims.
 
     Returns (outputs [len(dims), n, ...], latents [len(dims), n, d])."""
@@ -190,21 +199,22 @@ def coordinate_traversal(G: Callable, z0: torch.Tensor, dims: Sequence[int], *, 
     return out.reshape(len(dims), n, *out.shape[1:]), Z
 
 
-def line_traversal(G: Callable, z0: torch.Tensor, directions: Sequence[int], *, span: float = 2.0,
-                   n: int = 9, **topk_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+def line_traversal(
+    G: Callable, z0: torch.Tensor, directions: Sequence[int], *, span: float = 2.0, n: int = 9, **topk_kwargs
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs along the straight lines z0 + t v_i(z0) (the i-th right-singular vector at z0).
 
     Returns (outputs [len(directions), n, ...], latents [len(directions), n, d])."""
     z0 = _single_latent(z0)
     d = z0.shape[1]
     directions = _check_dims(directions, d, "directions")
-    t = _offsets(span, n).to(z0.dtype)
     top = jacobian_topk(G, z0, max(directions) + 1, **topk_kwargs)
     return vector_traversal(G, z0, top.vectors[0, directions], span=span, n=n)
 
 
-def vector_traversal(G: Callable, z0: torch.Tensor, V: torch.Tensor, *, span: float = 2.0,
-                     n: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
+def vector_traversal(
+    G: Callable, z0: torch.Tensor, V: torch.Tensor, *, span: float = 2.0, n: int = 9
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs along the straight lines z0 + t v for each row v of V [r, d] (e.g. global directions).
 
     Returns (outputs [r, n, ...], latents [r, n, d])."""
@@ -219,9 +229,18 @@ def vector_traversal(G: Callable, z0: torch.Tensor, V: torch.Tensor, *, span: fl
     return out.reshape(V.shape[0], n, *out.shape[1:]), Z
 
 
-def trajectory_traversal(G: Callable, z0: torch.Tensor, directions: Sequence[int], *, span: float = 2.0,
-                         n: int = 9, steps: int = 16, method: str = "rk4", project=None,
-                         **trace_kwargs) -> tuple[torch.Tensor, torch.Tensor, list[Trajectory]]:
+def trajectory_traversal(
+    G: Callable,
+    z0: torch.Tensor,
+    directions: Sequence[int],
+    *,
+    span: float = 2.0,
+    n: int = 9,
+    steps: int = 16,
+    method: str = "rk4",
+    project=None,
+    **trace_kwargs,
+) -> tuple[torch.Tensor, torch.Tensor, list[Trajectory]]:
     """Outputs along the curved trajectories of v_i, both ways from z0, arc length `span` each way.
 
     Each trajectory takes `steps` steps each way (step size span/steps); n points are picked at
@@ -237,8 +256,17 @@ def trajectory_traversal(G: Callable, z0: torch.Tensor, directions: Sequence[int
     cols = torch.linspace(0, 2 * steps, n).round().long()
     trajs, Z = [], []
     for i in directions:
-        tr = trace_trajectory(G, z0, i, steps=steps, step_size=span / steps, method=method,
-                              project=project, both_ways=True, **trace_kwargs)
+        tr = trace_trajectory(
+            G,
+            z0,
+            i,
+            steps=steps,
+            step_size=span / steps,
+            method=method,
+            project=project,
+            both_ways=True,
+            **trace_kwargs,
+        )
         trajs.append(tr)
         Z.append(tr.z[cols, 0])
     Z = torch.stack(Z)
@@ -257,6 +285,7 @@ def plot_singular_values(traj: Trajectory, path, *, sample: int = 0, title: str 
     """Plot the top-k singular values along a trajectory (x = signed arc length from z0), marking
     the tracked one; saved as a PNG at path.  Uses matplotlib (imported here, Agg backend)."""
     import matplotlib
+
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from pathlib import Path
@@ -270,8 +299,9 @@ def plot_singular_values(traj: Trajectory, path, *, sample: int = 0, title: str 
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
     for i in range(k):
         ax.plot(s, vals[:, i], lw=1, label=f"s{i + 1}")
-    ax.plot(s, traj.tracked_values[:, sample].double().cpu(), "k--", lw=1.5,
-            label=f"tracked (start: s{traj.direction + 1})")
+    ax.plot(
+        s, traj.tracked_values[:, sample].double().cpu(), "k--", lw=1.5, label=f"tracked (start: s{traj.direction + 1})"
+    )
     ax.set_xlabel("latent arc length from z0")
     ax.set_ylabel("singular value")
     ax.set_title(title or f"singular values along trajectory ({traj.method})")
@@ -283,5 +313,14 @@ def plot_singular_values(traj: Trajectory, path, *, sample: int = 0, title: str 
     return path
 
 
-__all__ = ["to_images", "make_grid", "save_grid", "coordinate_traversal", "line_traversal",
-           "trajectory_traversal", "plot_singular_values", "generate", "typical_latent"]
+__all__ = [
+    "to_images",
+    "make_grid",
+    "save_grid",
+    "coordinate_traversal",
+    "line_traversal",
+    "trajectory_traversal",
+    "plot_singular_values",
+    "generate",
+    "typical_latent",
+]

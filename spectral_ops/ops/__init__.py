@@ -27,6 +27,7 @@ with how to get it, or None), `auto_devices` (the device types "auto" tries it o
 order) and `max_k` if it has a limit; its row in the README's backend table; its tests.
 Shared numeric limits (MAX_CUDA_K, the rank tolerances) live in constants.def only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,9 +43,23 @@ from ._native import cpu_isa, cpu_isas, use_cpu_isa
 from .constants import MAX_CUDA_K
 from .reference import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
 
-__all__ = ["orthonormalize", "ritz_step", "alignment_loss", "use_backend", "available_backends", "reference",
-           "cpu_isa", "cpu_isas", "use_cpu_isa", "BACKENDS", "LOSS_KINDS", "WEIGHT_KINDS", "compute_dtype",
-           "MAX_CUDA_K", "unit_norm_tolerance"]
+__all__ = [
+    "orthonormalize",
+    "ritz_step",
+    "alignment_loss",
+    "use_backend",
+    "available_backends",
+    "reference",
+    "cpu_isa",
+    "cpu_isas",
+    "use_cpu_isa",
+    "BACKENDS",
+    "LOSS_KINDS",
+    "WEIGHT_KINDS",
+    "compute_dtype",
+    "MAX_CUDA_K",
+    "unit_norm_tolerance",
+]
 
 OPS = ("orthonormalize", "ritz_step", "alignment_loss")  # what every backend's implementation() provides
 
@@ -72,8 +87,10 @@ def _compiled_ops():
 
 def _cpp_unavailable(device: torch.device) -> str | None:
     if not _native.LOADED:
-        return ("the compiled extension spectral_ops._C is not available "
-                f"({_native.LOAD_ERROR}); build it with `pip install --no-build-isolation -e .`")
+        return (
+            "the compiled extension spectral_ops._C is not available "
+            f"({_native.LOAD_ERROR}); build it with `pip install --no-build-isolation -e .`"
+        )
     if device.type != "cpu":
         return f"backend 'cpp' runs on CPU tensors, got a {device.type} tensor"
     return None
@@ -81,8 +98,10 @@ def _cpp_unavailable(device: torch.device) -> str | None:
 
 def _cuda_unavailable(device: torch.device) -> str | None:
     if not _native.has_cuda_kernels():
-        return ("spectral_ops._C has no CUDA kernels; rebuild with "
-                "`FORCE_CUDA=1 pip install --no-build-isolation -e .` (needs nvcc and a CUDA build of torch)")
+        return (
+            "spectral_ops._C has no CUDA kernels; rebuild with "
+            "`FORCE_CUDA=1 pip install --no-build-isolation -e .` (needs nvcc and a CUDA build of torch)"
+        )
     if device.type != "cuda":
         return f"backend 'cuda' runs on CUDA tensors, got a {device.type} tensor"
     return None
@@ -93,20 +112,24 @@ def _triton_unavailable(device: torch.device) -> str | None:
     if not triton_kernels.AVAILABLE:
         return f"triton is not available ({triton_kernels.UNAVAILABLE_REASON}); `pip install triton`"
     if device.type == "cpu" and not triton_kernels.INTERPRET:
-        return ("backend 'triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set "
-                "before triton is imported")
+        return (
+            "backend 'triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before triton is imported"
+        )
     if device.type not in ("cpu", "cuda"):
         return f"backend 'triton' runs on CUDA tensors, got a {device.type} tensor"
     return None
 
 
 # The backends, in the order "auto" tries them and available_backends lists them.
-_BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("cpp", _compiled_ops, _cpp_unavailable, auto_devices=("cpu",)),
-    Backend("cuda", _compiled_ops, _cuda_unavailable, auto_devices=("cuda",), max_k=MAX_CUDA_K),
-    Backend("triton", _triton_module, _triton_unavailable, auto_devices=("cuda",)),
-    Backend("reference", lambda: reference, lambda device: None, auto_devices=("cpu", "cuda")),
-)}
+_BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("cpp", _compiled_ops, _cpp_unavailable, auto_devices=("cpu",)),
+        Backend("cuda", _compiled_ops, _cuda_unavailable, auto_devices=("cuda",), max_k=MAX_CUDA_K),
+        Backend("triton", _triton_module, _triton_unavailable, auto_devices=("cuda",)),
+        Backend("reference", lambda: reference, lambda device: None, auto_devices=("cpu", "cuda")),
+    )
+}
 BACKENDS = ("auto",) + tuple(_BACKENDS)
 _state = threading.local()
 
@@ -129,8 +152,11 @@ def _backend_usable(name: str, device: torch.device) -> str | None:
 
 def available_backends(device: str | torch.device | None = None) -> list[str]:
     """Backends usable in this process, for `device` ("cpu", "cuda") or for any device if None."""
-    devices = [torch.device(device)] if device is not None else [torch.device("cpu")] + (
-        [torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = (
+        [torch.device(device)]
+        if device is not None
+        else [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    )
     return [name for name, backend in _BACKENDS.items() if any(backend.unavailable(dev) is None for dev in devices)]
 
 
@@ -162,8 +188,11 @@ def _resolve(device: torch.device, k: int) -> str:
     if name == "auto":
         device_type = "cuda" if device.type == "cuda" else "cpu"
         for backend in _BACKENDS.values():
-            if (device_type in backend.auto_devices and (backend.max_k is None or k <= backend.max_k)
-                    and backend.unavailable(device) is None):
+            if (
+                device_type in backend.auto_devices
+                and (backend.max_k is None or k <= backend.max_k)
+                and backend.unavailable(device) is None
+            ):
                 return backend.name
         return "reference"
     backend = _backend(name)
@@ -171,8 +200,9 @@ def _resolve(device: torch.device, k: int) -> str:
     if reason is not None:
         raise RuntimeError(f"spectral_ops backend {name!r} is unavailable: {reason}")
     if backend.max_k is not None and k > backend.max_k:
-        raise ValueError(f"the {name} backend supports k <= {backend.max_k}, got k={k}; use backend 'triton', "
-                         "'reference' or 'auto'")
+        raise ValueError(
+            f"the {name} backend supports k <= {backend.max_k}, got k={k}; use backend 'triton', 'reference' or 'auto'"
+        )
     return name
 
 
@@ -244,8 +274,10 @@ def _check_alignment_values(V: torch.Tensor, S: torch.Tensor) -> None:
                 rows = (~finite).nonzero().flatten().tolist()
                 raise ValueError(f"V must be finite, got NaN or Inf in samples {rows[:10]}")
             b, i = ((norms - 1).abs() > tol).nonzero()[0].tolist()
-            raise ValueError(f"V must have unit-norm rows (| ||v|| - 1 | <= {tol:g} for {V.dtype}), got "
-                             f"||V[{b}, {i}]|| = {norms[b, i].item():.6g}")
+            raise ValueError(
+                f"V must have unit-norm rows (| ||v|| - 1 | <= {tol:g} for {V.dtype}), got "
+                f"||V[{b}, {i}]|| = {norms[b, i].item():.6g}"
+            )
 
 
 def orthonormalize(W: torch.Tensor) -> torch.Tensor:
@@ -265,7 +297,8 @@ def ritz_step(Q: torch.Tensor, MQ: torch.Tensor, V_prev: torch.Tensor | None = N
     """Rayleigh-Ritz epilogue; returns (V [B,k,d], lam [B,k], res [B,k], Q_next [B,k,d]).
 
     Q: [B, k, d] orthonormal rows; MQ = M Q; V_prev: optional [B, k, d] for sign continuity
-    (a vector whose v . v_prev is NaN takes the sign rule without V_prev).  See reference.ritz_step.  Not differentiable (used without a graph).
+    (a vector whose v . v_prev is NaN takes the sign rule without V_prev).  See reference.ritz_step.
+    Not differentiable (used without a graph).
     Scale: ritz_step(Q, c MQ) gives c lam and the same V, res and Q_next for c > 0, as long as
     c MQ and c lam are finite.  Non-finite input: a sample whose Q or MQ holds NaN or Inf gets NaN
     in V, lam, res and Q_next (never a small residual, never an error); other samples are

@@ -7,6 +7,7 @@ loss with the statistics its backward reuses; registered in C++ because a
 Python autograd registration costs about 100 us per call).  This module adds, in Python, the fake
 (meta) kernels, so the ops trace under torch.compile and pass opcheck.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,14 @@ except ImportError as error:  # not built, or built against another torch
     LOADED = False
     LOAD_ERROR = str(error)
 
-OP_NAMES = ("orthonormalize", "orthonormalize_backward", "ritz_step", "alignment_loss", "alignment_loss_forward",
-            "alignment_loss_backward")
+OP_NAMES = (
+    "orthonormalize",
+    "orthonormalize_backward",
+    "ritz_step",
+    "alignment_loss",
+    "alignment_loss_forward",
+    "alignment_loss_backward",
+)
 
 
 _HAS_CUDA_KERNELS: bool | None = None
@@ -38,7 +45,8 @@ def has_cuda_kernels() -> bool:
     global _HAS_CUDA_KERNELS
     if _HAS_CUDA_KERNELS is None:
         _HAS_CUDA_KERNELS = LOADED and all(
-            torch._C._dispatch_has_kernel_for_dispatch_key(f"spectral_ops::{name}", "CUDA") for name in OP_NAMES)
+            torch._C._dispatch_has_kernel_for_dispatch_key(f"spectral_ops::{name}", "CUDA") for name in OP_NAMES
+        )
     return _HAS_CUDA_KERNELS
 
 
@@ -54,8 +62,10 @@ def saved_width(kind: str, k: int, d: int) -> int:
 
 def _require_loaded(what: str) -> None:
     if not LOADED:
-        raise RuntimeError(f"{what} needs the compiled extension spectral_ops._C, which failed to load "
-                           f"({LOAD_ERROR}); rebuild with `pip install --no-build-isolation -e .`")
+        raise RuntimeError(
+            f"{what} needs the compiled extension spectral_ops._C, which failed to load "
+            f"({LOAD_ERROR}); rebuild with `pip install --no-build-isolation -e .`"
+        )
 
 
 def cpu_isa() -> str:

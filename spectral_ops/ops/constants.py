@@ -4,6 +4,7 @@ constants.def (next to this file) is the only definition: C++ includes it as an 
 (csrc/common/macros.h), this module parses its SPECTRAL_CONSTANT(NAME, value) lines with a regex.
 VALUES maps every name to its int or float; the names used in Python are also module attributes.
 """
+
 from __future__ import annotations
 
 import re

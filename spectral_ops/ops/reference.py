@@ -5,6 +5,7 @@ clarity, batched over the leading dimension B, and are differentiable by plain a
 
 Shapes: B samples, k vectors, d latent dimensions.  Vectors are stored as rows: V[b, i, :].
 """
+
 from __future__ import annotations
 
 import torch
@@ -104,8 +105,9 @@ def _project_out(w: torch.Tensor, rows: list[torch.Tensor]) -> torch.Tensor:
 def _first_free_axis(rows: list[torch.Tensor], eye: torch.Tensor, B: int) -> torch.Tensor:
     """For each sample, the residual of the lowest-index axis e_j with residual norm > 1/2."""
     d = eye.shape[0]
-    candidates = _project_out(eye.expand(B, d, d).reshape(B * d, d),
-                              [r.repeat_interleave(d, dim=0) for r in rows]).reshape(B, d, d)
+    candidates = _project_out(
+        eye.expand(B, d, d).reshape(B * d, d), [r.repeat_interleave(d, dim=0) for r in rows]
+    ).reshape(B, d, d)
     good = candidates.norm(dim=-1) > 0.5  # [B, d]; at least d - len(rows) axes qualify
     j = torch.argmax(good.to(torch.int8), dim=-1)  # first True
     return candidates[torch.arange(B, device=eye.device), j]
@@ -252,7 +254,7 @@ def alignment_loss(V: torch.Tensor, S: torch.Tensor, kind: str = "l1", weights: 
         return torch.where(fro2 > 0, (fro2 - diag2) / safe, torch.zeros_like(fro2)).to(out_dtype)
     if kind == "l1":
         # d == 1: every unit vector is an axis; keep the graph so backward gives zero, not an error.
-        per_vector = (V.abs().sum(-1) - 1.0) / (d ** 0.5 - 1.0) if d > 1 else 0.0 * V.sum(-1)
+        per_vector = (V.abs().sum(-1) - 1.0) / (d**0.5 - 1.0) if d > 1 else 0.0 * V.sum(-1)
     elif kind == "assigned":
         idx = torch.arange(k, device=V.device)
         per_vector = 1.0 - V[:, idx, idx] ** 2

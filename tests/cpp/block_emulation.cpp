@@ -34,8 +34,8 @@ struct BlockShared {
   long barriers = 0;  // barrier phases, counted by thread 0
   std::vector<double> values;
   std::vector<int> indices;
-  std::vector<double> batch;  // sums(): value c of thread t at c * threads + t
-  int capacity;               // the most values one sums() may reduce (the kernels' buffer size)
+  std::vector<double> batch;             // sums(): value c of thread t at c * threads + t
+  int capacity;                          // the most values one sums() may reduce (the kernels' buffer size)
   long sums_calls = 0, sums_values = 0;  // counted by thread 0
 };
 
@@ -69,7 +69,10 @@ struct EmulatedBlockContext {
       std::fprintf(stderr, "sums: m = %d outside [0, %d]\n", m, shared->capacity);
       std::abort();
     }
-    if (tid == 0) { ++shared->sums_calls; shared->sums_values += m; }
+    if (tid == 0) {
+      ++shared->sums_calls;
+      shared->sums_values += m;
+    }
     shared->wait(tid);  // earlier readers of the buffer are done
     for (int c = 0; c < m; ++c) {
       const auto term = term_of(c);
@@ -107,7 +110,10 @@ struct EmulatedBlockContext {
   int first_index(int n, P pred) const {
     int found = n;
     for (int j = tid; j < n; j += threads)
-      if (pred(j)) { found = j; break; }
+      if (pred(j)) {
+        found = j;
+        break;
+      }
     shared->wait(tid);
     shared->indices[tid] = found;
     shared->wait(tid);
@@ -122,7 +128,10 @@ struct EmulatedBlockContext {
     int best = n;
     for (int j = tid; j < n; j += threads) {
       const double a = std::fabs(double(f(j)));
-      if (a > best_value) { best_value = a; best = j; }
+      if (a > best_value) {
+        best_value = a;
+        best = j;
+      }
     }
     shared->wait(tid);
     shared->values[tid] = best_value;
@@ -164,8 +173,7 @@ long last_barriers = 0, last_sums_calls = 0, last_sums_values = 0;
 void run_block(int threads, int k, const std::function<void(const EmulatedBlockContext&)>& body) {
   BlockShared shared(threads, spectral_ops::batched_sums_width(k));
   std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t)
-    pool.emplace_back([&, t] { body(EmulatedBlockContext{t, threads, &shared}); });
+  for (int t = 0; t < threads; ++t) pool.emplace_back([&, t] { body(EmulatedBlockContext{t, threads, &shared}); });
   for (auto& thread : pool) thread.join();
   last_barriers = shared.barriers;
   last_sums_calls = shared.sums_calls;
@@ -180,8 +188,8 @@ void expect_close(const std::vector<double>& block, const std::vector<double>& s
   for (size_t i = 0; i < block.size(); ++i) err = std::max(err, std::fabs(block[i] - serial[i]));
   const bool ok = err <= tol && std::isfinite(err);
   if (!ok) ++failures;
-  std::printf("%s: %-34s threads=%-2d k=%-2d d=%-3d max |block - serial| = %.1e\n", ok ? "ok  " : "FAIL", what,
-              threads, k, d, err);
+  std::printf("%s: %-34s threads=%-2d k=%-2d d=%-3d max |block - serial| = %.1e\n", ok ? "ok  " : "FAIL", what, threads,
+              k, d, err);
 }
 
 std::vector<double> random_rows(int k, int d, unsigned seed) {
@@ -253,10 +261,9 @@ RitzOut run_ritz(int threads, const std::vector<double>& Q, const std::vector<do
   std::vector<int> order(k);
   auto body = [&](const auto& ctx) {
     std::vector<double> local(k);  // per-thread
-    spectral_ops::ritz_step_sample(ctx, Q.data(), MQ.data(), V_prev, out.V.data(), out.lam.data(), out.res.data(),
-                                   out.Q_next.data(), k, d,
-                                   spectral_ops::RitzScratch<double>{H.data(), U.data(), order.data(), work.data(),
-                                                                     local.data()});
+    spectral_ops::ritz_step_sample(
+        ctx, Q.data(), MQ.data(), V_prev, out.V.data(), out.lam.data(), out.res.data(), out.Q_next.data(), k, d,
+        spectral_ops::RitzScratch<double>{H.data(), U.data(), order.data(), work.data(), local.data()});
   };
   if (threads == 0) {
     body(spectral_ops::SerialContext{});
@@ -297,8 +304,8 @@ void check_extreme_inputs(int threads, int k, int d) {
   const std::vector<double> G = random_rows(k, d, 19u + k);
   std::vector<double> Q1(k * d), g1(k * d), coef(k), L(k * k), M(k * k);
   spectral_ops::orthonormalize_rows(spectral_ops::SerialContext{}, W.data(), Q1.data(), k, d, coef.data());
-  spectral_ops::orthonormalize_backward_rows(spectral_ops::SerialContext{}, G.data(), Q1.data(), W.data(), g1.data(),
-                                             k, d, L.data(), M.data());
+  spectral_ops::orthonormalize_backward_rows(spectral_ops::SerialContext{}, G.data(), Q1.data(), W.data(), g1.data(), k,
+                                             d, L.data(), M.data());
   std::vector<double> Q0, MQ;
   make_ritz_inputs(k, d, Q0, MQ);
   const RitzOut r1 = run_ritz(0, Q0, MQ, nullptr, k, d);
@@ -315,8 +322,8 @@ void check_extreme_inputs(int threads, int k, int d) {
                  d);
     expect_close(scaled(gc, c), g1, 1e-10, "  c * backward at c = at 1", threads, k, d);
     const RitzOut rc = run_ritz(threads, Q0, scaled(MQ, c), nullptr, k, d);
-    expect_close(scaled(rc.lam, 1 / c), r1.lam, kTol, c < 1 ? "ritz_step(Q, tiny MQ) values / c" : "ritz_step(Q, huge MQ) values / c",
-                 threads, k, d);
+    expect_close(scaled(rc.lam, 1 / c), r1.lam, kTol,
+                 c < 1 ? "ritz_step(Q, tiny MQ) values / c" : "ritz_step(Q, huge MQ) values / c", threads, k, d);
     expect_close(rc.V, r1.V, kTol, "  vectors", threads, k, d);
     expect_close(rc.res, r1.res, kTol, "  residuals", threads, k, d);
     expect_close(rc.Q_next, r1.Q_next, kTol, "  next basis", threads, k, d);
@@ -329,8 +336,8 @@ void check_extreme_inputs(int threads, int k, int d) {
     const RitzOut block = run_ritz(threads, Q0, MQ, prev.data(), k, d);
     expect_close(block.V, serial.V, kTol, "ritz_step(NaN in V_prev) vectors", threads, k, d);
     expect_close(std::vector<double>(block.V.begin(), block.V.begin() + d),
-                 std::vector<double>(r1.V.begin(), r1.V.begin() + d), kTol, "  vector 0 = without V_prev", threads,
-                 k, d);
+                 std::vector<double>(r1.V.begin(), r1.V.begin() + d), kTol, "  vector 0 = without V_prev", threads, k,
+                 d);
   }
   for (double bad : {nan, inf, -inf}) {
     std::vector<double> Wb = W, Qb(k * d);
@@ -407,8 +414,8 @@ void check_sums(int threads, int k, int d) {
   expect_close(block, every, kTight, "sums (every thread, full batch)", threads, k, d);
   const bool ordered = std::all_of(order_ok.begin(), order_ok.end(), [](int ok) { return ok != 0; });
   if (!ordered) ++failures;
-  std::printf("%s: %-34s threads=%-2d k=%-2d d=%-3d m=%d\n", ordered ? "ok  " : "FAIL", "  finish(c) once each, in order",
-              threads, k, d, m);
+  std::printf("%s: %-34s threads=%-2d k=%-2d d=%-3d m=%d\n", ordered ? "ok  " : "FAIL",
+              "  finish(c) once each, in order", threads, k, d, m);
 }
 
 // The parallel-order Jacobi on an emulated block against the same solver on one thread (the same
@@ -466,7 +473,8 @@ void report_barriers() {
     });
     const long orth = last_barriers;
     run_block(threads, k, [&](const EmulatedBlockContext& ctx) {
-      spectral_ops::orthonormalize_backward_rows(ctx, G.data(), out.data(), W.data(), gw.data(), k, d, L.data(), M.data());
+      spectral_ops::orthonormalize_backward_rows(ctx, G.data(), out.data(), W.data(), gw.data(), k, d, L.data(),
+                                                 M.data());
     });
     const long back = last_barriers;
     std::vector<double> S(k, 1.0), saved(spectral_ops::saved_width(spectral_ops::kLossOffdiag, k, d));
@@ -483,8 +491,10 @@ void report_barriers() {
       spectral_ops::jacobi_eigh(ctx, A.data(), U.data(), order.data(), work.data(), k);
     });
     const long jac = last_barriers;
-    std::printf("barriers k=%-2d d=%d: ritz_step %ld (with V_prev %ld), orthonormalize %ld, backward %ld, "
-                "offdiag loss %ld, jacobi (random A) %ld\n", k, d, ritz0, ritz1, orth, back, align, jac);
+    std::printf(
+        "barriers k=%-2d d=%d: ritz_step %ld (with V_prev %ld), orthonormalize %ld, backward %ld, "
+        "offdiag loss %ld, jacobi (random A) %ld\n",
+        k, d, ritz0, ritz1, orth, back, align, jac);
   }
 }
 
@@ -493,8 +503,24 @@ int main() {
   // Block sizes: one thread, fewer threads than d, non-powers of two (not dividing k), more
   // threads than d.
   for (int threads : {1, 4, 7, 40}) {
-    for (auto [k, d] : {std::pair{1, 1}, {1, 3}, {2, 2}, {2, 5}, {3, 3}, {3, 7}, {4, 4}, {4, 9}, {5, 5}, {5, 11},
-                        {8, 8}, {8, 33}, {16, 16}, {16, 40}, {31, 31}, {31, 45}, {32, 32}, {32, 64}}) {
+    for (auto [k, d] : {std::pair{1, 1},
+                        {1, 3},
+                        {2, 2},
+                        {2, 5},
+                        {3, 3},
+                        {3, 7},
+                        {4, 4},
+                        {4, 9},
+                        {5, 5},
+                        {5, 11},
+                        {8, 8},
+                        {8, 33},
+                        {16, 16},
+                        {16, 40},
+                        {31, 31},
+                        {31, 45},
+                        {32, 32},
+                        {32, 64}}) {
       check_sums(threads, k, d);
       check_orthonormalize(threads, k, d, /*dependent=*/false);
       check_ritz_step(threads, k, d, /*with_prev=*/threads % 2 == 0);

@@ -29,7 +29,10 @@ static bool eigh_contract_holds(int k, Solve solve) {
   std::vector<T> A0(k * k), A(k * k), U(k * k);
   std::vector<int> order(k);
   unsigned state = 12345u + k;
-  auto uniform = [&] { state = state * 1664525u + 1013904223u; return T((state >> 8) / double(1 << 24) - 0.5); };
+  auto uniform = [&] {
+    state = state * 1664525u + 1013904223u;
+    return T((state >> 8) / double(1 << 24) - 0.5);
+  };
   for (int i = 0; i < k; ++i)
     for (int j = 0; j <= i; ++j) A0[i * k + j] = A0[j * k + i] = uniform();
   A = A0;
@@ -57,9 +60,8 @@ static void check_eigensolvers(const char* precision) {
     jacobi_ok &= eigh_contract_holds<T>(k, [&](T* a, T* u, int* o) {
       spectral_ops::jacobi_eigh(spectral_ops::SerialContext{}, a, u, o, scratch.data(), k);
     });
-    tridiagonal_ok &= eigh_contract_holds<T>(k, [&](T* a, T* u, int* o) {
-      spectral_ops::tridiagonal_eigh(a, u, o, scratch.data(), k);
-    });
+    tridiagonal_ok &= eigh_contract_holds<T>(
+        k, [&](T* a, T* u, int* o) { spectral_ops::tridiagonal_eigh(a, u, o, scratch.data(), k); });
   }
   std::printf("%s: %s: jacobi_eigh (the CUDA solver): A = U^T diag U, orthonormal U, sorted, k = 1..32\n",
               jacobi_ok ? "ok  " : "FAIL", precision);
@@ -83,14 +85,14 @@ int main() {
 
   // 2. The ops through the dispatcher.
   auto& dispatcher = c10::Dispatcher::singleton();
-  auto orthonormalize = dispatcher.findSchemaOrThrow("spectral_ops::orthonormalize", "")
-                            .typed<at::Tensor(const at::Tensor&)>();
+  auto orthonormalize =
+      dispatcher.findSchemaOrThrow("spectral_ops::orthonormalize", "").typed<at::Tensor(const at::Tensor&)>();
   auto ritz_step = dispatcher.findSchemaOrThrow("spectral_ops::ritz_step", "")
                        .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
                            const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>();
-  auto alignment_loss = dispatcher.findSchemaOrThrow("spectral_ops::alignment_loss", "")
-                            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view,
-                                              c10::string_view)>();
+  auto alignment_loss =
+      dispatcher.findSchemaOrThrow("spectral_ops::alignment_loss", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view, c10::string_view)>();
   at::manual_seed(0);
   const at::Tensor W = at::randn({4, 3, 17}, at::kDouble);
   const at::Tensor Q = orthonormalize.call(W);

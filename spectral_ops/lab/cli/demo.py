@@ -3,6 +3,7 @@
 The training options are generated from `TrainConfig` (defaults: the demo's setting, `DEMO`);
 the rest are the demo's own.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,16 +24,31 @@ DEMO_OPTIONS = ("steps", "batch_size", "seed", "latent_dim", "dataset", "reg_wei
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/demo",
-                        help="output folder; a rerun replaces the demo's previous output there (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        default="runs/demo",
+        help="output folder; a rerun replaces the demo's previous output there (default: %(default)s)",
+    )
     add_options(parser, TrainConfig, DEMO_DEFAULTS, only=DEMO_OPTIONS)
-    parser.add_argument("--n-eval", type=int, default=2000, help="latent samples for the metrics (default: %(default)s)")
-    parser.add_argument("--cache-dir", default=None, help="factor-predictor cache (default: $SPECTRAL_OPS_CACHE or ~/.cache/spectral_ops)")
+    parser.add_argument(
+        "--n-eval", type=int, default=2000, help="latent samples for the metrics (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="factor-predictor cache (default: $SPECTRAL_OPS_CACHE or ~/.cache/spectral_ops)",
+    )
     add_threads_option(parser)
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="train the two GANs in this many processes, one thread each (default: 2 when the "
-                             "machine has 2 or more cores, else 1)")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke-test configuration (seconds, meaningless numbers)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="train the two GANs in this many processes, one thread each (default: 2 when the "
+        "machine has 2 or more cores, else 1)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny smoke-test configuration (seconds, meaningless numbers)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -58,15 +74,28 @@ def run(args: argparse.Namespace) -> int:
         cfg.reg_config.validate(cfg.latent_dim)
         if not cfg.reg_weight >= 0:
             raise ValueError(f"--reg-weight must be >= 0, got {cfg.reg_weight}")
-        blob = demo(out=args.out, steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, dataset=cfg.dataset,
-                    latent_dim=cfg.latent_dim, reg_weight=cfg.reg_weight, reg_config=cfg.reg_config,
-                    n_eval=args.n_eval, cache_dir=args.cache_dir, quick=args.quick, progress=not args.no_progress,
-                    jobs=jobs)
+        blob = demo(
+            out=args.out,
+            steps=cfg.steps,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            dataset=cfg.dataset,
+            latent_dim=cfg.latent_dim,
+            reg_weight=cfg.reg_weight,
+            reg_config=cfg.reg_config,
+            n_eval=args.n_eval,
+            cache_dir=args.cache_dir,
+            quick=args.quick,
+            progress=not args.no_progress,
+            jobs=jobs,
+        )
     except ValueError as exc:
         print(f"spectral-ops demo: error: {exc}", file=sys.stderr)
         return 2
     print()
     print(blob["table"])
-    print(f"\ntotal {blob['total_seconds']:.0f} s; wrote {Path(args.out) / 'metrics.json'} and "
-          + ", ".join(str(Path(args.out) / p) for p in blob["pictures"]))
+    print(
+        f"\ntotal {blob['total_seconds']:.0f} s; wrote {Path(args.out) / 'metrics.json'} and "
+        + ", ".join(str(Path(args.out) / p) for p in blob["pictures"])
+    )
     return 0

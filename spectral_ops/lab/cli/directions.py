@@ -13,6 +13,7 @@ into `--out`:
 The generator comes from a checkpoint (`--ckpt`) or an importable object (`--generator`), by the
 rule of `spectral-ops trace`.  Bad arguments or a generator that cannot be used: one line, exit 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="latents per generator pass (default 64)")
     p.add_argument("--iters", type=int, default=60, help="most work, in averaged products of k vectors (default 60)")
     p.add_argument("--tol", type=float, default=1e-4, help="residual tolerance (default 1e-4)")
-    p.add_argument("--stability", action="store_true",
-                   help="also compute the directions on an independent sample set and report the subspace angle")
+    p.add_argument(
+        "--stability",
+        action="store_true",
+        help="also compute the directions on an independent sample set and report the subspace angle",
+    )
     p.add_argument("--span", type=float, default=2.5, help="latent distance each way (default 2.5)")
     p.add_argument("--columns", type=int, default=9, help="images per row (default 9)")
     p.add_argument("--scale", type=int, default=2, help="pixel upscaling of the PNGs (default 2)")
@@ -67,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         require_modules("spectral-ops directions", {"PIL": "pillow"})
         from spectral_ops.lab import viz
+
         _check(args)
         check_seed(args.seed, allow_none=False, name="--seed")
         device = device_from_args(args)
@@ -78,35 +83,65 @@ def run(args: argparse.Namespace) -> int:
             G.eval().to(device)
         with torch.no_grad():
             _check_output(G(torch.zeros(1, d, device=device)), d)
-        found = global_directions(G, args.samples, args.k, latent_dim=d, batch_size=args.batch_size,
-                                  iters=args.iters, tol=args.tol, seed=args.seed, stability=args.stability,
-                                  progress=True, device=device)  # the trace is exact where that is cheap
-        found.directions, found.values, found.explained = (t.cpu() for t in (found.directions, found.values,
-                                                                            found.explained))
+        found = global_directions(
+            G,
+            args.samples,
+            args.k,
+            latent_dim=d,
+            batch_size=args.batch_size,
+            iters=args.iters,
+            tol=args.tol,
+            seed=args.seed,
+            stability=args.stability,
+            progress=True,
+            device=device,
+        )  # the trace is exact where that is cheap
+        found.directions, found.values, found.explained = (
+            t.cpu() for t in (found.directions, found.values, found.explained)
+        )
         draw = G if device.type == "cpu" else (lambda x: G(x.to(device)).cpu())  # the figures take CPU latents
-        labels = [f"v{i} {100 * float(e):.0f}%" for i, e in
-                  enumerate(torch.diff(found.explained, prepend=found.explained.new_zeros(1)))]
+        labels = [
+            f"v{i} {100 * float(e):.0f}%"
+            for i, e in enumerate(torch.diff(found.explained, prepend=found.explained.new_zeros(1)))
+        ]
         rows, axes = [], []
         for s in range(args.n):
             z0 = viz.typical_latent(d, seed=derived_seed(args.seed, s))
             rows.append(viz.vector_traversal(draw, z0, found.directions, span=args.span, n=args.columns)[0])
             axes.append(viz.coordinate_traversal(draw, z0, list(range(args.k)), span=args.span, n=args.columns)[0])
         viz.save_grid(torch.cat(rows), out / "directions.png", row_labels=labels * args.n, scale=args.scale)
-        viz.save_grid(torch.cat(axes), out / "axes.png", row_labels=[f"z{i}" for i in range(args.k)] * args.n,
-                      scale=args.scale)
+        viz.save_grid(
+            torch.cat(axes), out / "axes.png", row_labels=[f"z{i}" for i in range(args.k)] * args.n, scale=args.scale
+        )
     except (ValueError, TypeError) as exc:
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return _fail(line)
     except OSError as exc:
         return _fail(f"--out: cannot write ({exc.strerror or exc})")
-    atomic_save({"directions": found.directions, "values": found.values, "explained": found.explained}, out / "directions.pt")
-    report = {"values": found.values.tolist(), "explained": found.explained.tolist(), "trace": found.trace,
-              "trace_exact": found.trace_exact, "trace_stderr": found.trace_stderr, "residuals": found.residuals.tolist(),
-              "converged": bool(found.converged.all()), "products": found.products, "stability_deg": found.stability_deg,
-              "settings": {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}}
+    atomic_save(
+        {"directions": found.directions, "values": found.values, "explained": found.explained}, out / "directions.pt"
+    )
+    report = {
+        "values": found.values.tolist(),
+        "explained": found.explained.tolist(),
+        "trace": found.trace,
+        "trace_exact": found.trace_exact,
+        "trace_stderr": found.trace_stderr,
+        "residuals": found.residuals.tolist(),
+        "converged": bool(found.converged.all()),
+        "products": found.products,
+        "stability_deg": found.stability_deg,
+        "settings": {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"},
+    }
     atomic_write_text(json.dumps(report, indent=1, default=str) + "\n", out / "directions.json")
     angle = "" if found.stability_deg is None else f", {found.stability_deg:.1f} deg from an independent sample set"
-    error = "" if found.explained_stderr is None else f" (+- {100 * float(found.explained_stderr[-1]):.1f}%, estimated trace)"
-    print(f"{args.k} directions explain {100 * float(found.explained[-1]):.1f}%{error} of E||J||_F^2"
-          f" ({found.products} products{angle}); wrote directions.png, axes.png, directions.pt, directions.json to {out}")
+    error = (
+        ""
+        if found.explained_stderr is None
+        else f" (+- {100 * float(found.explained_stderr[-1]):.1f}%, estimated trace)"
+    )
+    print(
+        f"{args.k} directions explain {100 * float(found.explained[-1]):.1f}%{error} of E||J||_F^2"
+        f" ({found.products} products{angle}); wrote directions.png, axes.png, directions.pt, directions.json to {out}"
+    )
     return 0

@@ -1,5 +1,6 @@
 """`spectral-ops eval`: measure the disentanglement of a trained checkpoint (eval.json and a
 traversal picture beside it, or in --out)."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,11 +17,24 @@ from spectral_ops.lab.train import load_generator
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, metavar="PATH", help="checkpoint written by `spectral-ops train` or `demo`")
-    parser.add_argument("--n-samples", type=int, default=2000, help="latent samples for MIG / DCI / Frechet distance (default: %(default)s)")
+    parser.add_argument(
+        "--ckpt", required=True, metavar="PATH", help="checkpoint written by `spectral-ops train` or `demo`"
+    )
+    parser.add_argument(
+        "--n-samples",
+        type=int,
+        default=2000,
+        help="latent samples for MIG / DCI / Frechet distance (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent samples (default: %(default)s)")
-    parser.add_argument("--out", default=None, help="folder for eval.json and traversal.png (default: the checkpoint's folder)")
-    parser.add_argument("--cache-dir", default=None, help="factor-predictor cache (default: $SPECTRAL_OPS_CACHE or ~/.cache/spectral_ops)")
+    parser.add_argument(
+        "--out", default=None, help="folder for eval.json and traversal.png (default: the checkpoint's folder)"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="factor-predictor cache (default: $SPECTRAL_OPS_CACHE or ~/.cache/spectral_ops)",
+    )
     add_threads_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -42,10 +56,14 @@ def run(args: argparse.Namespace) -> int:
         msg = writable_dir(out)
         if msg:
             raise ValueError(msg)
-        predictor, pinfo = load_or_fit_predictor(PredictorConfig(dataset=config.dataset, size=config.size),
-                                                 cache_dir=args.cache_dir, progress=not args.no_progress)
-        res = evaluate_generator(G, dataset=config.dataset, size=config.size, predictor=predictor,
-                                 n=args.n_samples, seed=args.seed)
+        predictor, pinfo = load_or_fit_predictor(
+            PredictorConfig(dataset=config.dataset, size=config.size),
+            cache_dir=args.cache_dir,
+            progress=not args.no_progress,
+        )
+        res = evaluate_generator(
+            G, dataset=config.dataset, size=config.size, predictor=predictor, n=args.n_samples, seed=args.seed
+        )
     except ValueError as exc:
         print(f"spectral-ops eval: error: {exc}", file=sys.stderr)
         return 2
@@ -56,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(json.dumps(res, indent=2), out / "eval.json")
         atomic_save_image(traversal_grid(G, title=f"{args.ckpt}: rows = latent dims"), out / "traversal.png")
     except OSError as exc:  # a full disk, a vanished folder, ...
-        print(f"spectral-ops eval: error: --out: cannot write to {str(out)!r} ({exc.strerror or exc})",
-              file=sys.stderr)
+        print(f"spectral-ops eval: error: --out: cannot write to {str(out)!r} ({exc.strerror or exc})", file=sys.stderr)
         return 2
     print(f"wrote {out / 'eval.json'} and {out / 'traversal.png'}")
     return 0

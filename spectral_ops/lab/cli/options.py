@@ -6,6 +6,7 @@ metadata, its default from the instance given.  The argparse dest is the field's
 (``reg_config.k``), and `spectral_ops.config.from_flat` turns a parsed namespace back into the
 (nested) dataclass.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,17 @@ def fields_of(cls) -> Iterable[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.metadata.get("help")]
 
 
-def add_options(parser, cls, defaults=None, *, prefix: str = "", path: str = "", only: Iterable[str] | None = None,
-                groups: dict | None = None, group: str | None = None) -> None:
+def add_options(
+    parser,
+    cls,
+    defaults=None,
+    *,
+    prefix: str = "",
+    path: str = "",
+    only: Iterable[str] | None = None,
+    groups: dict | None = None,
+    group: str | None = None,
+) -> None:
     """Add one option per documented field of the dataclass `cls` (nested dataclass fields
     recurse with their own `prefix` from the metadata).  defaults: an instance of cls.
     only: the field names to expose (default: all).  groups: metadata "group" -> argparse group."""
@@ -32,8 +42,16 @@ def add_options(parser, cls, defaults=None, *, prefix: str = "", path: str = "",
         value = getattr(defaults, f.name)
         dest = f"{path}{f.name}"
         if dataclasses.is_dataclass(value):
-            add_options(parser, type(value), value, prefix=f.metadata.get("prefix", prefix), path=dest + ".",
-                        only=f.metadata.get("only"), groups=groups, group=f.metadata.get("group", group))
+            add_options(
+                parser,
+                type(value),
+                value,
+                prefix=f.metadata.get("prefix", prefix),
+                path=dest + ".",
+                only=f.metadata.get("only"),
+                groups=groups,
+                group=f.metadata.get("group", group),
+            )
             continue
         target = (groups or {}).get(f.metadata.get("group", group), parser)
         flag = "--" + prefix + f.name.replace("_", "-")
@@ -43,9 +61,15 @@ def add_options(parser, cls, defaults=None, *, prefix: str = "", path: str = "",
             target.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=value, help=help_text)
             continue
         choices = f.metadata.get("choices")
-        target.add_argument(flag, dest=dest, type=_TYPES.get(kind, str), default=value, help=help_text,
-                            choices=tuple(choices) if choices is not None else None,
-                            metavar=None if choices is not None else f.name.upper())
+        target.add_argument(
+            flag,
+            dest=dest,
+            type=_TYPES.get(kind, str),
+            default=value,
+            help=help_text,
+            choices=tuple(choices) if choices is not None else None,
+            metavar=None if choices is not None else f.name.upper(),
+        )
 
 
 def add_threads_option(parser) -> None:

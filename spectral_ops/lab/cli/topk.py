@@ -1,5 +1,6 @@
 """`spectral-ops topk`: top-k Jacobian singular values of a small DCGAN-like generator, timed
 against the explicit Jacobian (vmap(jacfwd)) + SVD, with the agreement between the two."""
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,9 @@ def _fail(msg: str) -> int:
 def run(args: argparse.Namespace) -> int:
     for name in ("batch", "latent_dim", "k", "iters"):
         if getattr(args, name) < 1:
-            return _fail(f"{'-k' if name == 'k' else '--' + name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            return _fail(
+                f"{'-k' if name == 'k' else '--' + name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+            )
     if args.k > args.latent_dim:
         return _fail(f"-k ({args.k}) must not exceed --latent-dim ({args.latent_dim})")
     if not (math.isfinite(args.tol) and args.tol >= 0):
@@ -80,16 +83,22 @@ def _run(args: argparse.Namespace) -> int:
 
     cos = (top.vectors * Vh[:, : args.k]).sum(-1).abs()
     rel = ((top.values - S[:, : args.k]) / S[:, : args.k]).abs()
-    print(f"generator: untrained DCGAN, d={args.latent_dim}, output 1x{args.size}x{args.size}, batch {args.batch}, "
-          f"on {device.type}")
-    print(f"power iteration ({top.jvp}): {top.iterations} iterations, {t_power:.3f} s; "
-          f"full Jacobian + SVD: {t_dense:.3f} s ({t_dense / t_power:.1f}x slower)")
+    print(
+        f"generator: untrained DCGAN, d={args.latent_dim}, output 1x{args.size}x{args.size}, batch {args.batch}, "
+        f"on {device.type}"
+    )
+    print(
+        f"power iteration ({top.jvp}): {top.iterations} iterations, {t_power:.3f} s; "
+        f"full Jacobian + SVD: {t_dense:.3f} s ({t_dense / t_power:.1f}x slower)"
+    )
     print("top-k singular values of the first codes (power | exact):")
     for b in range(min(4, args.batch)):
         ours = " ".join(f"{v:8.4f}" for v in top.values[b].tolist())
         exact = " ".join(f"{v:8.4f}" for v in S[b, : args.k].tolist())
         print(f"  z[{b}]: {ours} | {exact}")
-    print(f"max relative value error {float(rel.max()):.2e}; min |cos| to exact vectors {float(cos.min()):.4f} "
-          f"(an untrained generator has a flat spectrum, so individual vectors converge slowly); "
-          f"converged {int(top.converged.sum())}/{top.converged.numel()}")
+    print(
+        f"max relative value error {float(rel.max()):.2e}; min |cos| to exact vectors {float(cos.min()):.4f} "
+        f"(an untrained generator has a flat spectrum, so individual vectors converge slowly); "
+        f"converged {int(top.converged.sum())}/{top.converged.numel()}"
+    )
     return 0

@@ -23,6 +23,7 @@ an importable object (`--generator`), by this rule (`GENERATOR_RULE`):
 Its latent size comes from a `latent_dim` attribute or `--latent-dim`. Bad arguments, a generator
 that cannot be built, or one that does not return an (N, ...) tensor: a one-line error, exit 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,11 @@ from spectral_ops.validation import check_seed
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_generator_arguments(p)
     p.add_argument("--out", default="runs/trace", help="output folder (created; default runs/trace)")
-    p.add_argument("--directions", default="0,1,2",
-                   help="singular-vector / axis indices, comma-separated (e.g. 0,1,2) or a count N for 0..N-1")
+    p.add_argument(
+        "--directions",
+        default="0,1,2",
+        help="singular-vector / axis indices, comma-separated (e.g. 0,1,2) or a count N for 0..N-1",
+    )
     p.add_argument("--steps", type=int, default=12, help="integration steps each way (default 12)")
     p.add_argument("--step-size", type=float, default=0.25, help="latent distance per step (default 0.25)")
     p.add_argument("--method", default="rk4", choices=INTEGRATORS, help="integrator (default rk4)")
@@ -98,9 +102,11 @@ def parse_directions(text: str) -> list[int]:
     return vals
 
 
-GENERATOR_RULE = ("importable generator: MODULE:ATTR is used as the generator, called on (N, d) latents "
-                  "(an nn.Module, callable object or function; a class is built with no arguments); "
-                  "MODULE:ATTR() calls a factory with no arguments and uses what it returns")
+GENERATOR_RULE = (
+    "importable generator: MODULE:ATTR is used as the generator, called on (N, d) latents "
+    "(an nn.Module, callable object or function; a class is built with no arguments); "
+    "MODULE:ATTR() calls a factory with no arguments and uses what it returns"
+)
 
 
 def load_generator_from_spec(spec: str):
@@ -123,8 +129,9 @@ def load_generator_from_spec(spec: str):
             raise
         raise ValueError(f"--generator: module {mod_name!r} has no attribute {attr!r}") from None
     except ValueError:  # a module name resolve_name cannot parse ("my-pkg:G", "1st:G")
-        raise ValueError(f"--generator must look like package.module:attr or package.module:factory(), "
-                         f"got {spec!r}") from None
+        raise ValueError(
+            f"--generator must look like package.module:attr or package.module:factory(), got {spec!r}"
+        ) from None
     if factory or inspect.isclass(obj):
         what = "factory" if factory else "class"
         if not callable(obj):
@@ -133,17 +140,23 @@ def load_generator_from_spec(spec: str):
             obj = obj()
         except Exception as exc:  # e.g. a class whose constructor needs arguments
             line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"--generator: {what} {mod_name}:{attr} could not be called with no arguments "
-                             f"({type(exc).__name__}: {line})") from None
+            raise ValueError(
+                f"--generator: {what} {mod_name}:{attr} could not be called with no arguments "
+                f"({type(exc).__name__}: {line})"
+            ) from None
     if not callable(obj):
-        raise ValueError(f"--generator: {spec!r} {'returned' if factory else 'is'} {reprlib.repr(obj)} "
-                         f"({type(obj).__name__}), not a generator (an nn.Module or a function of the latents)")
+        raise ValueError(
+            f"--generator: {spec!r} {'returned' if factory else 'is'} {reprlib.repr(obj)} "
+            f"({type(obj).__name__}), not a generator (an nn.Module or a function of the latents)"
+        )
     try:
         inspect.signature(obj).bind(None)
     except TypeError:
         hint = f"; to use it as a factory, write {mod_name}:{attr}()" if not factory else ""
-        raise ValueError(f"--generator: {spec!r} cannot be called with a latent batch (its signature is "
-                         f"{inspect.signature(obj)}){hint}") from None
+        raise ValueError(
+            f"--generator: {spec!r} cannot be called with a latent batch (its signature is "
+            f"{inspect.signature(obj)}){hint}"
+        ) from None
     except ValueError:  # no signature to read (a builtin): the probe call below decides
         pass
     return obj
@@ -154,8 +167,10 @@ def _check_output(y, d: int) -> None:
     if not isinstance(y, torch.Tensor):
         raise ValueError(f"the generator must return a tensor for a (1, {d}) latent batch, got a {type(y).__name__}")
     if y.ndim < 2 or y.shape[0] != 1 or not y.is_floating_point():
-        raise ValueError(f"the generator must return a (1, ...) floating tensor for a (1, {d}) latent batch, got "
-                         f"{y.dtype} of shape {tuple(y.shape)}")
+        raise ValueError(
+            f"the generator must return a (1, ...) floating tensor for a (1, {d}) latent batch, got "
+            f"{y.dtype} of shape {tuple(y.shape)}"
+        )
 
 
 def load_generator_from_checkpoint(path: str):
@@ -187,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         require_modules("spectral-ops trace", {"matplotlib": "matplotlib"})
         from spectral_ops.lab import viz
+
         directions = parse_directions(args.directions)
         for name in ("steps", "n", "columns", "scale"):
             if getattr(args, name) < 1:
@@ -229,20 +245,31 @@ def _trace(args, G, Z0, d: int, directions: list[int], out: Path, viz) -> int:
     labels = [f"{i}" for i in directions]
     record = {"z0": Z0, "directions": directions, "trajectories": []}
     from tqdm.auto import tqdm
+
     for s in tqdm(range(args.n), desc="trace", disable=args.n < 2):
         z0 = Z0[s]
         axes, _ = viz.coordinate_traversal(G, z0, directions, span=span, n=args.columns)
         viz.save_grid(axes, out / f"sample{s}_axes.png", row_labels=[f"z{i}" for i in directions], scale=args.scale)
         lines, _ = viz.line_traversal(G, z0, directions, span=span, n=args.columns)
         viz.save_grid(lines, out / f"sample{s}_lines.png", row_labels=[f"v{i}" for i in labels], scale=args.scale)
-        curves, Z, trajs = viz.trajectory_traversal(G, z0, directions, span=span, n=args.columns,
-                                                    steps=args.steps, method=args.method, project=args.project)
+        curves, Z, trajs = viz.trajectory_traversal(
+            G, z0, directions, span=span, n=args.columns, steps=args.steps, method=args.method, project=args.project
+        )
         viz.save_grid(curves, out / f"sample{s}_curves.png", row_labels=[f"c{i}" for i in labels], scale=args.scale)
         for j, tr in zip(directions, trajs):
-            viz.plot_singular_values(tr, out / f"sample{s}_values_dir{j}.png",
-                                     title=f"sample {s}, trajectory of v{j} ({args.method})")
-            record["trajectories"].append({"sample": s, "direction": j, "z": tr.z[:, 0], "values": tr.values[:, 0],
-                                           "tracked": tr.tracked[:, 0], "origin": tr.origin})
+            viz.plot_singular_values(
+                tr, out / f"sample{s}_values_dir{j}.png", title=f"sample {s}, trajectory of v{j} ({args.method})"
+            )
+            record["trajectories"].append(
+                {
+                    "sample": s,
+                    "direction": j,
+                    "z": tr.z[:, 0],
+                    "values": tr.values[:, 0],
+                    "tracked": tr.tracked[:, 0],
+                    "origin": tr.origin,
+                }
+            )
     atomic_save(record, out / "trajectories.pt")
     settings = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
     settings.update(latent_dim=d, directions=directions, span=span)

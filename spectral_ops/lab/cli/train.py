@@ -4,6 +4,7 @@ The options are generated from `TrainConfig` (and its nested `RegularizerConfig`
 `options.add_options`; only the flags that are not settings of the run (--resume, --overwrite,
 --threads, --no-progress) are written here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,17 @@ from pathlib import Path
 from spectral_ops.config import from_flat
 from spectral_ops.lab.cli.options import add_options, add_threads_option, apply_threads
 from spectral_ops.lab.io import writable_dir
-from spectral_ops.lab.train import (TrainConfig, TrainingDiverged, TrainingInterrupted, config_changes, folder_problem,
-                                    format_changes, read_resume, resumed_config, train)
+from spectral_ops.lab.train import (
+    TrainConfig,
+    TrainingDiverged,
+    TrainingInterrupted,
+    config_changes,
+    folder_problem,
+    format_changes,
+    read_resume,
+    resumed_config,
+    train,
+)
 
 GROUPS = ("data and model", "optimisation", "regularizer", "output")
 
@@ -38,21 +48,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     groups = {name: parser.add_argument_group(name) for name in GROUPS}
     add_options(parser, TrainConfig, groups=groups)
     g = groups["output"]
-    g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                   help="continue the run in CKPT (without CKPT: OUT/checkpoint.pt; with it, OUT defaults to its "
-                        "folder) with its settings: only --steps (the total to reach), --log-every, --ckpt-every, "
-                        "--out and --device may change; any other option given that differs is refused. A run "
-                        "already at --steps is left as it is: one line says so, exit 0")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace a run already in OUT (checkpoint, log, summary); without it a fresh run into a "
-                        "folder holding one is refused")
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="CKPT",
+        help="continue the run in CKPT (without CKPT: OUT/checkpoint.pt; with it, OUT defaults to its "
+        "folder) with its settings: only --steps (the total to reach), --log-every, --ckpt-every, "
+        "--out and --device may change; any other option given that differs is refused. A run "
+        "already at --steps is left as it is: one line says so, exit 0",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in OUT (checkpoint, log, summary); without it a fresh run into a "
+        "folder holding one is refused",
+    )
     add_threads_option(g)
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.epilog = ("Several processes: torchrun --nproc_per_node 2 -m spectral_ops.lab.cli train ... "
-                     "(gloo on CPU, nccl on GPU). Exit status: 0 done (also a --resume already at --steps: nothing "
-                     "is written), 2 bad arguments, checkpoint or output folder (also a full disk, on a fresh "
-                     "run or a --resume: one line), 1 the run diverged (NaN / Inf), 130 (143) stopped by SIGINT "
-                     "(SIGTERM) after saving a checkpoint at the current step.")
+    parser.epilog = (
+        "Several processes: torchrun --nproc_per_node 2 -m spectral_ops.lab.cli train ... "
+        "(gloo on CPU, nccl on GPU). Exit status: 0 done (also a --resume already at --steps: nothing "
+        "is written), 2 bad arguments, checkpoint or output folder (also a full disk, on a fresh "
+        "run or a --resume: one line), 1 the run diverged (NaN / Inf), 130 (143) stopped by SIGINT "
+        "(SIGTERM) after saving a checkpoint at the current step."
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -107,8 +128,10 @@ def run(args: argparse.Namespace) -> int:
         config, resume, start = _configure(args)
         if resume is not None and start >= config.steps:
             if rank0:
-                print(f"{prog}: {resume} is already at step {start} of --steps {config.steps}: nothing to do, "
-                      f"nothing written (give a larger --steps to continue the run)")
+                print(
+                    f"{prog}: {resume} is already at step {start} of --steps {config.steps}: nothing to do, "
+                    f"nothing written (give a larger --steps to continue the run)"
+                )
             return 0
         result = train(config, resume=resume, overwrite=args.overwrite, progress=not args.no_progress)
     except ValueError as exc:
@@ -126,17 +149,24 @@ def run(args: argparse.Namespace) -> int:
         if rank0:
             name = signal.Signals(exc.signum).name
             where = f"saved {exc.checkpoint}" if exc.checkpoint else "nothing saved (write=False)"
-            print(f"{prog}: {name} at step {exc.step}: {where}; continue with: spectral-ops train --out "
-                  f"{shlex.quote(config.out)} --resume", file=sys.stderr)
+            print(
+                f"{prog}: {name} at step {exc.step}: {where}; continue with: spectral-ops train --out "
+                f"{shlex.quote(config.out)} --resume",
+                file=sys.stderr,
+            )
         return 128 + int(exc.signum)
     except KeyboardInterrupt:  # before the first step, or a second signal
         if rank0:
             out = config.out if config is not None else args.out
-            print(f"{prog}: interrupted before it could save; the last checkpoint in {out}, if any, is intact",
-                  file=sys.stderr)
+            print(
+                f"{prog}: interrupted before it could save; the last checkpoint in {out}, if any, is intact",
+                file=sys.stderr,
+            )
         return 130
     if rank0:
         last = result.history[-1] if result.history else {}
-        print(f"trained {result.steps} steps in {result.seconds:.1f} s; checkpoint: {result.checkpoint}; "
-              f"last: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "step"))
+        print(
+            f"trained {result.steps} steps in {result.seconds:.1f} s; checkpoint: {result.checkpoint}; "
+            f"last: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "step")
+        )
     return 0

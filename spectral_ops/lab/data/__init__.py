@@ -9,6 +9,7 @@ a seed, and returns the factors alongside the images:
 
 `make_dataset(name, n, ...)` builds one by name; `DATASETS` lists the names.
 """
+
 from spectral_ops.lab.data.procedural import DATASETS, Dots, ProceduralDataset, Spot, Sprites, make_dataset
 
 __all__ = ["DATASETS", "Dots", "ProceduralDataset", "Spot", "Sprites", "make_dataset"]

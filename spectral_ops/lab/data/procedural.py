@@ -9,6 +9,7 @@ take a few seconds on one core.
 Conventions: factors are integer levels, a LongTensor (N, F); `factor_values` maps them to [0, 1].
 Images are float32 (N, 1, S, S) in [0, 1], row index = y (downwards), column index = x.
 """
+
 from __future__ import annotations
 
 import math
@@ -87,14 +88,18 @@ class ProceduralDataset(Dataset):
 
     def check_factors(self, factors: Tensor) -> Tensor:
         if not isinstance(factors, Tensor) or factors.dim() != 2 or factors.shape[1] != self.num_factors:
-            raise ValueError(f"factors must be a (N, {self.num_factors}) integer tensor, got "
-                             f"{getattr(factors, 'shape', type(factors))}")
+            raise ValueError(
+                f"factors must be a (N, {self.num_factors}) integer tensor, got "
+                f"{getattr(factors, 'shape', type(factors))}"
+            )
         factors = factors.long()
         hi = torch.tensor(self.factor_sizes)
         bad = (factors < 0) | (factors >= hi)
         if bad.any():
             rows = bad.any(1).nonzero().flatten()[:5].tolist()
-            raise ValueError(f"factors out of range in rows {rows}; sizes are {dict(zip(self.factor_names, self.factor_sizes))}")
+            raise ValueError(
+                f"factors out of range in rows {rows}; sizes are {dict(zip(self.factor_names, self.factor_sizes))}"
+            )
         return factors
 
     @torch.no_grad()

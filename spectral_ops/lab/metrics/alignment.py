@@ -7,6 +7,7 @@ scores about 2 ln(d) / d for large d (`chance_alignment(d)` gives the exact expe
 Carlo). The singular-value ratios sigma_{i+1} / sigma_i show a spectrum collapse (ratios near
 0: only the first direction moves the output).
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,8 +32,9 @@ def chance_alignment(d: int, *, samples: int = 200_000, seed: int = 0) -> float:
     return float((v2.max(1).values / v2.sum(1)).mean())
 
 
-def axis_alignment(G: Callable[[Tensor], Tensor], z: Tensor, k: int, *, method: str = "dense",
-                   iters: int = 200, tol: float = 1e-6) -> dict:
+def axis_alignment(
+    G: Callable[[Tensor], Tensor], z: Tensor, k: int, *, method: str = "dense", iters: int = 200, tol: float = 1e-6
+) -> dict:
     """How well the top-k right-singular vectors of dG/dz lie on coordinate axes.
 
     Args:
@@ -58,10 +60,10 @@ def axis_alignment(G: Callable[[Tensor], Tensor], z: Tensor, k: int, *, method: 
     if method not in ("dense", "power"):
         raise ValueError(f"method must be 'dense' or 'power', got {method!r}")
     top = jacobian_topk(G, z, k, method=method, iters=iters, tol=tol)
-    V = top.vectors.detach().double().cpu()          # (B, k, d)
-    S = top.values.detach().double().cpu()           # (B, k)
+    V = top.vectors.detach().double().cpu()  # (B, k, d)
+    S = top.values.detach().double().cpu()  # (B, k)
     sq = V.pow(2)
-    best, arg = sq.max(dim=2)                        # (B, k)
+    best, arg = sq.max(dim=2)  # (B, k)
     axes, shares = [], []
     for i in range(k):
         counts = torch.bincount(arg[:, i], minlength=d)
@@ -74,7 +76,16 @@ def axis_alignment(G: Callable[[Tensor], Tensor], z: Tensor, k: int, *, method: 
     else:
         ratios = []
     per = [float(v) for v in best.mean(0)]
-    return {"per_index": per, "mean": float(sum(per) / k), "axis": axes, "axis_share": shares,
-            "distinct_axes": len(set(axes)) == k, "sigma_ratios": ratios,
-            "sigma": [float(v) for v in S.mean(0)], "chance": chance_alignment(d),
-            "k": k, "d": d, "samples": int(V.shape[0])}
+    return {
+        "per_index": per,
+        "mean": float(sum(per) / k),
+        "axis": axes,
+        "axis_share": shares,
+        "distinct_axes": len(set(axes)) == k,
+        "sigma_ratios": ratios,
+        "sigma": [float(v) for v in S.mean(0)],
+        "chance": chance_alignment(d),
+        "k": k,
+        "d": d,
+        "samples": int(V.shape[0]),
+    }

@@ -14,6 +14,7 @@
 
 scikit-learn (the `eval` extra) is imported lazily by `mig` and `dci`.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["mig", "mig_sup", "dci", "varying_mask", "activeness", "activeness_summary", "frechet_distance",
-           "discretize"]
+__all__ = [
+    "mig",
+    "mig_sup",
+    "dci",
+    "varying_mask",
+    "activeness",
+    "activeness_summary",
+    "frechet_distance",
+    "discretize",
+]
 
 #: A factor column "varies" when at least this share of the rows differ from its most common
 #: value (integer columns) or from its median by more than VARYING_ATOL (other columns).
@@ -34,10 +43,12 @@ VARYING_ATOL = 1e-6
 
 def _sklearn():
     try:
-        import sklearn  # noqa: F401
+        import sklearn  # noqa: F401 - imported only to learn whether scikit-learn is installed
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("spectral_ops.lab.metrics needs scikit-learn for MIG and DCI: "
-                          "pip install 'spectral_ops[lab]' (or pip install scikit-learn)") from exc
+        raise ImportError(
+            "spectral_ops.lab.metrics needs scikit-learn for MIG and DCI: "
+            "pip install 'spectral_ops[lab]' (or pip install scikit-learn)"
+        ) from exc
     return sklearn
 
 
@@ -56,7 +67,9 @@ def _check_pair(codes, factors) -> tuple[np.ndarray, np.ndarray]:
     codes = _as_2d_numpy("codes", codes)
     factors = _as_2d_numpy("factors", factors)
     if codes.shape[0] != factors.shape[0]:
-        raise ValueError(f"codes and factors must have the same number of rows, got {codes.shape[0]} and {factors.shape[0]}")
+        raise ValueError(
+            f"codes and factors must have the same number of rows, got {codes.shape[0]} and {factors.shape[0]}"
+        )
     return codes, factors
 
 
@@ -183,10 +196,18 @@ def mig(codes, factors, *, n_bins: int = 20, varying=None) -> dict:
         winners.append(int(order[0]))
     won = [w for w in winners if w is not None]
     sup, sup_per = _mig_sup_from(mi, ent, use)
-    return {"mig": float(np.mean(per)), "per_factor": per, "mi": mi.tolist(), "entropy": ent.tolist(),
-            "varying_factors": int(use.sum()), "varying": [bool(v) for v in use],
-            "winner_per_factor": winners, "distinct_winners": len(set(won)) == len(won),
-            "mig_sup": sup, "mig_sup_per_latent": sup_per}
+    return {
+        "mig": float(np.mean(per)),
+        "per_factor": per,
+        "mi": mi.tolist(),
+        "entropy": ent.tolist(),
+        "varying_factors": int(use.sum()),
+        "varying": [bool(v) for v in use],
+        "winner_per_factor": winners,
+        "distinct_winners": len(set(won)) == len(won),
+        "mig_sup": sup,
+        "mig_sup_per_latent": sup_per,
+    }
 
 
 def mig_sup(codes, factors, *, n_bins: int = 20, varying=None) -> dict:
@@ -218,8 +239,16 @@ def _entropy_rows(p: np.ndarray, base: int) -> np.ndarray:
     return h / math.log(base) if base > 1 else np.zeros(p.shape[0])
 
 
-def dci(codes, factors, *, categorical: Sequence[bool] | None = None, model: str = "gbt",
-        train_fraction: float = 0.8, seed: int = 0, varying=None) -> dict:
+def dci(
+    codes,
+    factors,
+    *,
+    categorical: Sequence[bool] | None = None,
+    model: str = "gbt",
+    train_fraction: float = 0.8,
+    seed: int = 0,
+    varying=None,
+) -> dict:
     """Disentanglement, Completeness and Informativeness, over the VARYING factors only.
 
     One predictor per varying factor maps codes (N, d) to the factor; its feature importances
@@ -260,8 +289,10 @@ def dci(codes, factors, *, categorical: Sequence[bool] | None = None, model: str
     N, d = codes.shape
     K = factors.shape[1]
     if categorical is None:
-        categorical = [bool(np.all(factors[:, j] == np.round(factors[:, j])) and len(np.unique(factors[:, j])) <= 20)
-                       for j in range(K)]
+        categorical = [
+            bool(np.all(factors[:, j] == np.round(factors[:, j])) and len(np.unique(factors[:, j])) <= 20)
+            for j in range(K)
+        ]
     if len(categorical) != K:
         raise ValueError(f"categorical must have one flag per factor ({K}), got {len(categorical)}")
     vary = _check_varying(varying, K, factors).copy()
@@ -281,11 +312,16 @@ def dci(codes, factors, *, categorical: Sequence[bool] | None = None, model: str
     cols = np.flatnonzero(vary)
     dis, comp = _dci_scores(R[:, cols], d)
     used = [info[j] for j in cols if info[j] is not None]
-    return {"disentanglement": dis, "completeness": comp,
-            "informativeness": float(np.nanmean(used)) if used else 0.0,
-            "importance": R.tolist(), "informativeness_per_factor": info,
-            "varying": [bool(v) for v in vary], "varying_factors": int(len(cols)),
-            "constant_factors": [int(j) for j in np.flatnonzero(~vary)]}
+    return {
+        "disentanglement": dis,
+        "completeness": comp,
+        "informativeness": float(np.nanmean(used)) if used else 0.0,
+        "importance": R.tolist(),
+        "informativeness_per_factor": info,
+        "varying": [bool(v) for v in vary],
+        "varying_factors": int(len(cols)),
+        "constant_factors": [int(j) for j in np.flatnonzero(~vary)],
+    }
 
 
 def _dci_model(model: str, categorical: bool, seed: int):
@@ -298,7 +334,9 @@ def _dci_model(model: str, categorical: bool, seed: int):
     if model == "forest":
         kind = ensemble.RandomForestClassifier if categorical else ensemble.RandomForestRegressor
         return kind(n_estimators=50, max_depth=8, random_state=seed, n_jobs=1)
-    return linear_model.LogisticRegression(max_iter=500) if categorical else linear_model.LassoCV(cv=3, random_state=seed)
+    return (
+        linear_model.LogisticRegression(max_iter=500) if categorical else linear_model.LassoCV(cv=3, random_state=seed)
+    )
 
 
 def _fit_factor(x: np.ndarray, y: np.ndarray, tr, te, categorical: bool, model: str, seed: int):
@@ -352,7 +390,7 @@ def activeness(G: Callable[[Tensor], Tensor], z: Tensor, *, eps: float = 0.05, c
     total = torch.zeros(d, dtype=torch.float64)
     eye = torch.eye(d, dtype=z.dtype, device=z.device) * eps
     for start in range(0, B, chunk):
-        zc = z[start:start + chunk]
+        zc = z[start : start + chunk]
         n = zc.shape[0]
         zp = (zc[:, None, :] + eye[None]).reshape(n * d, d)
         zm = (zc[:, None, :] - eye[None]).reshape(n * d, d)
@@ -372,8 +410,11 @@ def activeness_summary(a: Tensor, *, threshold: float = 0.1) -> dict:
         return {"per_dim": a.tolist(), "active_dims": 0, "effective_dims": 0.0}
     p = a / s
     ent = -(p[p > 0] * p[p > 0].log()).sum()
-    return {"per_dim": [round(float(v), 5) for v in a], "active_dims": int((a > threshold * a.max()).sum()),
-            "effective_dims": float(ent.exp())}
+    return {
+        "per_dim": [round(float(v), 5) for v in a],
+        "active_dims": int((a > threshold * a.max()).sum()),
+        "effective_dims": float(ent.exp()),
+    }
 
 
 def frechet_distance(a: Tensor, b: Tensor) -> float:
@@ -382,7 +423,9 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
     a = torch.as_tensor(a).double()
     b = torch.as_tensor(b).double()
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1] or min(a.shape[0], b.shape[0]) < 2:
-        raise ValueError(f"features must be (N, F) and (M, F) with N, M >= 2, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"features must be (N, F) and (M, F) with N, M >= 2, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     mu_a, mu_b = a.mean(0), b.mean(0)
     sa, sb = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
     ev, U = torch.linalg.eigh(sa)

@@ -5,6 +5,7 @@ Categorical factors get a softmax head (prediction = class index); ordinal facto
 regression head on the factor value in [0, 1]. The penultimate features (128-D) feed the
 FID-like sample-quality statistic. Fitted predictors are cached on disk, keyed by their config.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,12 +47,13 @@ class FactorPredictor(nn.Module):
         feature_dim: width of the feature layer.
     """
 
-    def __init__(self, factor_sizes, categorical, *, size: int = 32, feature_dim: int = 128,
-                 factor_names=None):
+    def __init__(self, factor_sizes, categorical, *, size: int = 32, feature_dim: int = 128, factor_names=None):
         super().__init__()
         if len(factor_sizes) != len(categorical):
             raise ValueError("factor_sizes and categorical must have the same length")
-        self.factor_names = list(factor_names) if factor_names is not None else [f"f{j}" for j in range(len(factor_sizes))]
+        self.factor_names = (
+            list(factor_names) if factor_names is not None else [f"f{j}" for j in range(len(factor_sizes))]
+        )
         if size not in (32, 64):
             raise ValueError(f"size must be 32 or 64, got {size!r}")
         self.factor_sizes = [int(s) for s in factor_sizes]
@@ -68,8 +70,9 @@ class FactorPredictor(nn.Module):
                 layers += [nn.Conv2d(c_in, c, 3, 1, 1), nn.ReLU()]
                 c_in = c
         self.body = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * 16, feature_dim), nn.ReLU())
-        self.heads = nn.ModuleList(nn.Linear(feature_dim, n if cat else 1)
-                                   for n, cat in zip(self.factor_sizes, self.categorical))
+        self.heads = nn.ModuleList(
+            nn.Linear(feature_dim, n if cat else 1) for n, cat in zip(self.factor_sizes, self.categorical)
+        )
 
     def features(self, x: Tensor) -> Tensor:
         """(N, 1, S, S) -> (N, feature_dim)."""
@@ -88,7 +91,7 @@ class FactorPredictor(nn.Module):
         self.eval()
         preds, feats = [], []
         for start in range(0, x.shape[0], batch_size):
-            xb = x[start:start + batch_size]
+            xb = x[start : start + batch_size]
             h = self.features(xb)
             cols = []
             for head, cat in zip(self.heads, self.categorical):
@@ -150,7 +153,9 @@ def _validate(model: FactorPredictor, ds) -> dict:
     return out
 
 
-def fit_predictor(config: PredictorConfig = PredictorConfig(), *, progress: bool = True) -> tuple[FactorPredictor, dict]:
+def fit_predictor(
+    config: PredictorConfig = PredictorConfig(), *, progress: bool = True
+) -> tuple[FactorPredictor, dict]:
     """Render labelled images and fit a FactorPredictor. Returns (model in eval mode, info dict
     with per-factor validation accuracy / R^2 and the fit time)."""
     if config.dataset not in DATASETS:
@@ -162,8 +167,12 @@ def fit_predictor(config: PredictorConfig = PredictorConfig(), *, progress: bool
     gen = torch.Generator().manual_seed(config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = FactorPredictor([ds.factor_sizes[c] for c in cols], [ds.categorical[c] for c in cols],
-                                size=config.size, factor_names=ds.measured())
+        model = FactorPredictor(
+            [ds.factor_sizes[c] for c in cols],
+            [ds.categorical[c] for c in cols],
+            size=config.size,
+            factor_names=ds.measured(),
+        )
     targets = ds.factors[:, cols]
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     steps_per_epoch = max(1, config.n_train // config.batch_size)
@@ -174,7 +183,7 @@ def fit_predictor(config: PredictorConfig = PredictorConfig(), *, progress: bool
         for _ in range(config.epochs):
             perm = torch.randperm(config.n_train, generator=gen)
             for s in range(steps_per_epoch):
-                idx = perm[s * config.batch_size:(s + 1) * config.batch_size]
+                idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
                 loss = _loss(model, model(ds.images[idx]), targets[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -184,13 +193,18 @@ def fit_predictor(config: PredictorConfig = PredictorConfig(), *, progress: bool
                 if s % 20 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
-    info = {"validation": _validate(model, val), "fit_seconds": time.perf_counter() - t0,
-            "config": asdict(config), "factor_names": list(model.factor_names)}
+    info = {
+        "validation": _validate(model, val),
+        "fit_seconds": time.perf_counter() - t0,
+        "config": asdict(config),
+        "factor_names": list(model.factor_names),
+    }
     return model, info
 
 
-def load_or_fit_predictor(config: PredictorConfig = PredictorConfig(), *, cache_dir: str | os.PathLike | None = None,
-                          progress: bool = True) -> tuple[FactorPredictor, dict]:
+def load_or_fit_predictor(
+    config: PredictorConfig = PredictorConfig(), *, cache_dir: str | os.PathLike | None = None, progress: bool = True
+) -> tuple[FactorPredictor, dict]:
     """Load the predictor for `config` from the cache dir, or fit it and store it (atomically).
     An unwritable cache dir is not fatal: the fitted model is returned without being stored.
     info["cached"] says whether it came from disk."""
@@ -199,8 +213,9 @@ def load_or_fit_predictor(config: PredictorConfig = PredictorConfig(), *, cache_
     if path.is_file():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            model = FactorPredictor(blob["factor_sizes"], blob["categorical"], size=config.size,
-                                    factor_names=blob["factor_names"])
+            model = FactorPredictor(
+                blob["factor_sizes"], blob["categorical"], size=config.size, factor_names=blob["factor_names"]
+            )
             model.load_state_dict(blob["state_dict"])
             model.eval()
             info = json.loads(blob["info"])
@@ -210,9 +225,13 @@ def load_or_fit_predictor(config: PredictorConfig = PredictorConfig(), *, cache_
         except Exception:  # corrupt or stale cache entry: refit below
             pass
     model, info = fit_predictor(config, progress=progress)
-    blob = {"state_dict": model.state_dict(), "factor_sizes": model.factor_sizes,
-            "categorical": model.categorical,
-            "factor_names": model.factor_names, "info": json.dumps(info)}
+    blob = {
+        "state_dict": model.state_dict(),
+        "factor_sizes": model.factor_sizes,
+        "categorical": model.categorical,
+        "factor_names": model.factor_names,
+        "info": json.dumps(info),
+    }
     try:
         atomic_save(blob, path)
         info["path"] = str(path)

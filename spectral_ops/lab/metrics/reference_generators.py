@@ -7,13 +7,15 @@
   best any generator can score through the same predictor and metrics (the ceiling).
 - The ROTATED oracle is the same map applied to R z, R a fixed random orthogonal d x d matrix
   (`entangling_rotation`: of 64 random draws from the seed, the one whose factor rows are the
-  most spread over the latent axes, so that no factor stays close to one axis). R z ~ N(0, I) too, so the images have the same distribution, but every factor now depends on
-  every latent coordinate: fully entangled (the floor).
+  most spread over the latent axes, so that no factor stays close to one axis). R z ~ N(0, I)
+  too, so the images have the same distribution, but every factor now depends on every latent
+  coordinate: fully entangled (the floor).
 
 Latent dimensions beyond the number of factors are ignored by the oracle (and mixed in by R for
 the rotated one). Both are piecewise constant in z (integer levels), so Jacobian-based measures
 (axis alignment) mean nothing for them; `piecewise_constant = True` tells evaluators so.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,8 +59,9 @@ class OracleGenerator(nn.Module):
         cls = DATASETS[dataset]
         K = len(cls.factor_sizes)
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < K:
-            raise ValueError(f"latent_dim must be an int >= the number of factors of {dataset!r} ({K}), "
-                             f"got {latent_dim!r}")
+            raise ValueError(
+                f"latent_dim must be an int >= the number of factors of {dataset!r} ({K}), got {latent_dim!r}"
+            )
         if size not in (32, 64):
             raise ValueError(f"size must be 32 or 64, got {size!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -94,7 +97,9 @@ class OracleGenerator(nn.Module):
         return f"dataset={self.dataset!r}, latent_dim={self.latent_dim}, size={self.size}, rotated={self.rotated}"
 
 
-def oracle_generator(dataset: str, latent_dim: int, size: int = 32, rotated: bool = False, seed: int = 0) -> OracleGenerator:
+def oracle_generator(
+    dataset: str, latent_dim: int, size: int = 32, rotated: bool = False, seed: int = 0
+) -> OracleGenerator:
     """The oracle generator z_i -> factor i of `dataset` (see the module docstring); with
     rotated=True, the same oracle applied to R z, R a fixed random orthogonal matrix drawn from
     `seed` (`entangling_rotation`). Returns an nn.Module with a `latent_dim` attribute."""

@@ -25,6 +25,7 @@ arc length reaches L and resamples it at n points evenly spaced in output arc le
 interpolation in z between the traced points).  So every path changes the image by the same
 amount, and purity only measures how that change is shared among factors.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -51,8 +52,14 @@ def purity_from_changes(changes: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def factor_changes(path: Tensor, *, predictor=None, categorical: Sequence[bool] | None = None,
-                   scale: Sequence[float] | Tensor | None = None, batch_size: int = 512) -> Tensor:
+def factor_changes(
+    path: Tensor,
+    *,
+    predictor=None,
+    categorical: Sequence[bool] | None = None,
+    scale: Sequence[float] | Tensor | None = None,
+    batch_size: int = 512,
+) -> Tensor:
     """Total change of every factor along each path: [B, F] (or [F] for a single path).
 
     Without a predictor, `path` holds factors (T+1, F) or (T+1, B, F): ordinal columns already in
@@ -93,7 +100,7 @@ def factor_changes(path: Tensor, *, predictor=None, categorical: Sequence[bool] 
     predictor.eval()
     per_factor: list[list[Tensor]] = [[] for _ in predictor.categorical]
     for start in range(0, flat.shape[0], batch_size):
-        outs = predictor(flat[start:start + batch_size])
+        outs = predictor(flat[start : start + batch_size])
         for j, (o, cat) in enumerate(zip(outs, predictor.categorical)):
             per_factor[j].append(o.softmax(-1) if cat else o.clamp(0, 1)[:, None])
     predictor.train(was_training)
@@ -106,8 +113,9 @@ def factor_changes(path: Tensor, *, predictor=None, categorical: Sequence[bool] 
     return out[0] if single else out
 
 
-def trajectory_purity(path: Tensor, *, predictor=None, categorical: Sequence[bool] | None = None,
-                      scale=None, return_changes: bool = False):
+def trajectory_purity(
+    path: Tensor, *, predictor=None, categorical: Sequence[bool] | None = None, scale=None, return_changes: bool = False
+):
     """Purity of each path (see module docstring): [B] in [1/F, 1] (0-d for a single path).
 
     path: factors (T+1, [B,] F) or, with `predictor`, images (T+1, [B,] C, H, W).
@@ -123,15 +131,18 @@ def output_arc_length(G: Callable, Z: Tensor, chunk: int = 512) -> Tensor:
     """Cumulative output arc length along paths Z (T+1, B, d): (T+1, B), starting at 0."""
     T1, B, d = Z.shape
     flat = Z.reshape(T1 * B, d)
-    Y = torch.cat([G(flat[i:i + chunk]).reshape(min(chunk, flat.shape[0] - i), -1) for i in range(0, flat.shape[0], chunk)])
+    Y = torch.cat(
+        [G(flat[i : i + chunk]).reshape(min(chunk, flat.shape[0] - i), -1) for i in range(0, flat.shape[0], chunk)]
+    )
     Y = Y.reshape(T1, B, -1).double()
     seg = (Y[1:] - Y[:-1]).norm(dim=-1)
     return torch.cat([torch.zeros(1, B, dtype=seg.dtype, device=seg.device), seg.cumsum(0)])
 
 
 @torch.no_grad()
-def resample_by_output_length(G: Callable, Z: Tensor, length: float, n: int,
-                              arc: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def resample_by_output_length(
+    G: Callable, Z: Tensor, length: float, n: int, arc: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Cut each path Z (T+1, B, d) at output arc length `length` and resample it at n points
     evenly spaced in output arc length (linear interpolation in z between traced points).
 
@@ -158,5 +169,10 @@ def resample_by_output_length(G: Callable, Z: Tensor, length: float, n: int,
     return out, reached
 
 
-__all__ = ["trajectory_purity", "factor_changes", "purity_from_changes", "output_arc_length",
-           "resample_by_output_length"]
+__all__ = [
+    "trajectory_purity",
+    "factor_changes",
+    "purity_from_changes",
+    "output_arc_length",
+    "resample_by_output_length",
+]

@@ -1,4 +1,5 @@
 """Small DCGAN-style generator (8x8 to 64x64) and discriminator (32x32 / 64x64 images)."""
+
 from spectral_ops.lab.models.dcgan import Discriminator, Generator, PixelNorm
 
 __all__ = ["Discriminator", "Generator", "PixelNorm"]

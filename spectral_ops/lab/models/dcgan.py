@@ -6,6 +6,7 @@ independently, which per-sample Jacobians, folding k into the batch and the spec
 require (DESIGN.md section 6). Its optional normalisation is per sample ("pixel": PixelNorm over
 channels at each position, "layer": GroupNorm with one group) or absent ("none").
 """
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,16 @@ class Generator(nn.Module):
     With latent_dim=10, width=32, size=32 it has about 0.19 M parameters.
     """
 
-    def __init__(self, latent_dim: int = 10, *, size: int = 32, channels: int = 1, width: int = 32,
-                 norm: str = "pixel", output: str = "sigmoid"):
+    def __init__(
+        self,
+        latent_dim: int = 10,
+        *,
+        size: int = 32,
+        channels: int = 1,
+        width: int = 32,
+        norm: str = "pixel",
+        output: str = "sigmoid",
+    ):
         super().__init__()
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")

@@ -3,6 +3,7 @@
 Inputs arrive contiguous in the compute dtype (float32 or float64).  BLOCK_K and BLOCK_D are
 k and d rounded up to powers of two; padded rows and columns are masked to zero.
 """
+
 import triton
 import triton.language as tl
 
@@ -96,9 +97,9 @@ def orthonormalize_backward_kernel(G, Q, W, GW, k, d, tol, BLOCK_K: tl.constexpr
         g_i = _row(Gt, rows, i)
         q_i = _row(Qt, rows, i)
         w_i = _row(Wt, rows, i)
-        L_col = tl.sum(Wt * q_i[None, :], axis=1)        # L[l, i] = w_l . q_i
-        M_row = -tl.sum(Qt * g_i[None, :], axis=1)       # M[i, l] = -g_i . q_l
-        M_col = -tl.sum(Gt * q_i[None, :], axis=1)       # M[l, i] = -g_l . q_i
+        L_col = tl.sum(Wt * q_i[None, :], axis=1)  # L[l, i] = w_l . q_i
+        M_row = -tl.sum(Qt * g_i[None, :], axis=1)  # M[i, l] = -g_i . q_l
+        M_col = -tl.sum(Gt * q_i[None, :], axis=1)  # M[l, i] = -g_l . q_i
         sym = tl.where(rows < i, M_row, M_col)
         rhs = g_i + tl.sum(sym[:, None] * Qt, axis=0)
         rhs = rhs - tl.sum(tl.where(rows > i, L_col, 0.0)[:, None] * X, axis=0)
@@ -110,8 +111,22 @@ def orthonormalize_backward_kernel(G, Q, W, GW, k, d, tol, BLOCK_K: tl.constexpr
 
 
 @triton.jit
-def ritz_rotate_kernel(Q, MQ, U, evals, V_prev, V, res, Q_next, k, d, tol,
-                       HAS_PREV: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+def ritz_rotate_kernel(
+    Q,
+    MQ,
+    U,
+    evals,
+    V_prev,
+    V,
+    res,
+    Q_next,
+    k,
+    d,
+    tol,
+    HAS_PREV: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """Given the k x k eigenvectors U (columns, sorted descending) of sym(Q MQ^T): rotate, fix
     signs, residuals, and Q_next = orthonormalize(M V)."""
     sample = tl.program_id(0).to(tl.int64)
@@ -186,8 +201,9 @@ def _offdiag_fro2(Vt, s2, rows, k):
 
 
 @triton.jit
-def alignment_loss_kernel(V, S, loss, k, d, KIND: tl.constexpr, WEIGHTS: tl.constexpr,
-                          BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+def alignment_loss_kernel(
+    V, S, loss, k, d, KIND: tl.constexpr, WEIGHTS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr
+):
     sample = tl.program_id(0).to(tl.int64)
     rows = tl.arange(0, BLOCK_K)
     cols = tl.arange(0, BLOCK_D)
@@ -213,8 +229,19 @@ def alignment_loss_kernel(V, S, loss, k, d, KIND: tl.constexpr, WEIGHTS: tl.cons
 
 
 @triton.jit
-def alignment_loss_backward_kernel(grad, V, S, grad_V, grad_S, k, d, KIND: tl.constexpr,
-                                   WEIGHTS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+def alignment_loss_backward_kernel(
+    grad,
+    V,
+    S,
+    grad_V,
+    grad_S,
+    k,
+    d,
+    KIND: tl.constexpr,
+    WEIGHTS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     sample = tl.program_id(0).to(tl.int64)
     rows = tl.arange(0, BLOCK_K)
     cols = tl.arange(0, BLOCK_D)

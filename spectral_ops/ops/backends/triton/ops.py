@@ -6,6 +6,7 @@ outside the kernel, on the inputs of reference.ritz_inputs (non-finite samples z
 the projection before it and the rotation, signs, residuals and orthonormalization after it run
 in Triton.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,9 @@ def _orthonormalize(W: torch.Tensor) -> torch.Tensor:
     B, k, d = Wc.shape
     block_k, block_d, warps = _launch_shape(k, d)
     if B:
-        wrap_triton(kernels.orthonormalize_kernel)[(B,)](Wc, Q, k, d, rank_tolerance(ct), BLOCK_K=block_k,
-                                                         BLOCK_D=block_d, num_warps=warps)
+        wrap_triton(kernels.orthonormalize_kernel)[(B,)](
+            Wc, Q, k, d, rank_tolerance(ct), BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps
+        )
     return Q.to(W.dtype)
 
 
@@ -48,13 +50,15 @@ def _orthonormalize_backward(grad_Q: torch.Tensor, Q: torch.Tensor, W: torch.Ten
     block_k, block_d, warps = _launch_shape(k, d)
     if B:
         wrap_triton(kernels.orthonormalize_backward_kernel)[(B,)](
-            G, Qc, Wc, grad_W, k, d, rank_tolerance(ct), BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps)
+            G, Qc, Wc, grad_W, k, d, rank_tolerance(ct), BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps
+        )
     return grad_W.to(grad_Q.dtype)
 
 
 @triton_op(f"{_NAMESPACE}::ritz_step", mutates_args=())
-def _ritz_step(Q: torch.Tensor, MQ: torch.Tensor,
-               V_prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _ritz_step(
+    Q: torch.Tensor, MQ: torch.Tensor, V_prev: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     ct = compute_dtype(Q.dtype)
     # Non-finite samples zeroed (their outputs become NaN), MQ divided by max |MQ[b]| (values
     # scaled back after): the same inputs as the reference.
@@ -70,8 +74,22 @@ def _ritz_step(Q: torch.Tensor, MQ: torch.Tensor,
     block_k, block_d, warps = _launch_shape(k, d)
     if B:
         wrap_triton(kernels.ritz_rotate_kernel)[(B,)](
-            Qc, MQc, U, evals, prev, V, res, Q_next, k, d, rank_tolerance(ct), HAS_PREV=V_prev is not None,
-            BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps)
+            Qc,
+            MQc,
+            U,
+            evals,
+            prev,
+            V,
+            res,
+            Q_next,
+            k,
+            d,
+            rank_tolerance(ct),
+            HAS_PREV=V_prev is not None,
+            BLOCK_K=block_k,
+            BLOCK_D=block_d,
+            num_warps=warps,
+        )
     return ritz_outputs(finite, scale, V, evals, res, Q_next, Q.dtype)
 
 
@@ -84,14 +102,24 @@ def _alignment_loss(V: torch.Tensor, S: torch.Tensor, kind: str, weights: str) -
     block_k, block_d, warps = _launch_shape(k, d)
     if B:
         wrap_triton(kernels.alignment_loss_kernel)[(B,)](
-            Vc, Sc, loss, k, d, KIND=kernels.LOSS_CODES[kind], WEIGHTS=kernels.WEIGHT_CODES[weights],
-            BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps)
+            Vc,
+            Sc,
+            loss,
+            k,
+            d,
+            KIND=kernels.LOSS_CODES[kind],
+            WEIGHTS=kernels.WEIGHT_CODES[weights],
+            BLOCK_K=block_k,
+            BLOCK_D=block_d,
+            num_warps=warps,
+        )
     return loss.to(V.dtype)
 
 
 @triton_op(f"{_NAMESPACE}::alignment_loss_backward", mutates_args=())
-def _alignment_loss_backward(grad: torch.Tensor, V: torch.Tensor, S: torch.Tensor, kind: str,
-                             weights: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _alignment_loss_backward(
+    grad: torch.Tensor, V: torch.Tensor, S: torch.Tensor, kind: str, weights: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     ct = compute_dtype(V.dtype)
     g, Vc, Sc = grad.to(ct).contiguous(), V.to(ct).contiguous(), S.to(ct).contiguous()
     B, k, d = Vc.shape
@@ -99,8 +127,19 @@ def _alignment_loss_backward(grad: torch.Tensor, V: torch.Tensor, S: torch.Tenso
     block_k, block_d, warps = _launch_shape(k, d)
     if B:
         wrap_triton(kernels.alignment_loss_backward_kernel)[(B,)](
-            g, Vc, Sc, grad_V, grad_S, k, d, KIND=kernels.LOSS_CODES[kind],
-            WEIGHTS=kernels.WEIGHT_CODES[weights], BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps)
+            g,
+            Vc,
+            Sc,
+            grad_V,
+            grad_S,
+            k,
+            d,
+            KIND=kernels.LOSS_CODES[kind],
+            WEIGHTS=kernels.WEIGHT_CODES[weights],
+            BLOCK_K=block_k,
+            BLOCK_D=block_d,
+            num_warps=warps,
+        )
     return grad_V.to(V.dtype), grad_S.to(S.dtype)
 
 
@@ -127,9 +166,13 @@ def _alignment_grad(ctx, grad):
 
 # Explicit fake kernels, the compiled ops' own (_native.FAKE_KERNELS): shapes only, so tracing
 # never launches a kernel (the interpreter could not run one on fake tensors).
-for _op, _name in ((_orthonormalize, "orthonormalize"), (_orthonormalize_backward, "orthonormalize_backward"),
-                   (_ritz_step, "ritz_step"), (_alignment_loss, "alignment_loss"),
-                   (_alignment_loss_backward, "alignment_loss_backward")):
+for _op, _name in (
+    (_orthonormalize, "orthonormalize"),
+    (_orthonormalize_backward, "orthonormalize_backward"),
+    (_ritz_step, "ritz_step"),
+    (_alignment_loss, "alignment_loss"),
+    (_alignment_loss_backward, "alignment_loss_backward"),
+):
     _op.register_fake(_native.FAKE_KERNELS[_name])
 del _op, _name
 
