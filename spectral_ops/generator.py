@@ -421,7 +421,7 @@ def _batchnorm_refusal(coupled: list[tuple[str, nn.Module]]) -> str:
 
 @contextlib.contextmanager
 def batch_policy(G: Callable, batchnorm: str, modules: list[nn.Module] | None = None) -> Iterator[None]:
-    """DESIGN section 6: refuse G's train-mode BatchNorm layers, or run them in eval mode meanwhile.
+    """Refuse G's train-mode BatchNorm layers, or run them in eval mode meanwhile.
     modules: G's modules, if the caller already has them (`modules_of`)."""
     if batchnorm not in ("error", "eval"):
         raise ValueError(f"batchnorm must be 'error' or 'eval', got {batchnorm!r}")

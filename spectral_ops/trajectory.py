@@ -131,7 +131,7 @@ class _Field:
             batchnorm=self.batchnorm,
         )
         self.iterations += top.iterations
-        if init is not None:  # the dense method ignores init: align every row's sign here
+        if init is not None:  # signs follow init, whatever the method and its checks did
             top.vectors = top.vectors * ops.reference.sign_align(top.vectors, init.to(top.vectors.dtype))[..., None]
         return top
 

@@ -2,7 +2,7 @@
 
 Each family maps (N, d) -> (N, ...) with no coupling between rows.  `gapped` variants scale the
 latent axes by a geometric sequence so J^T J has a clear spectral gap; the untrained DCGAN is
-the flat case of DESIGN.md section 2.
+the flat case (sigma_2 / sigma_1 near 1) that krylov is for.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def _grads(value, G):
 
 def _loss_inputs(lam, loss, weights):
     """The singular values the loss sees: sqrt(lambda), or for offdiag with uniform weights the
-    fixed rank weights w_i = (k - i + 1)/k (DESIGN.md 2.1, spectrum-free), written out here."""
+    fixed rank weights w_i = (k - i + 1)/k (regularizer.loss_values, spectrum-free), written out here."""
     S = lam.clamp_min(0).sqrt()
     if loss == "offdiag" and weights == "uniform":
         k = S.shape[-1]

@@ -3,7 +3,7 @@ benchmarks and the `topk` command build (`norm="none"`, `output="tanh"`, a chose
 
 The generator has no batch-coupled layers (no BatchNorm): every row of the batch is mapped
 independently, which per-sample Jacobians, folding k into the batch and the spectral regularizer
-require (DESIGN.md section 6). Its optional normalisation is per sample ("pixel": PixelNorm over
+require (`spectral_ops.generator.batch_policy`). Its optional normalisation is per sample ("pixel": PixelNorm over
 channels at each position, "layer": GroupNorm with one group) or absent ("none").
 """
 
@@ -62,7 +62,7 @@ class Generator(nn.Module):
 
     Parameters are created (and drawn from torch's RNG) in layer order: fc, then the transposed
     convolutions; the norms draw nothing.  With norm="none" and output="tanh" this is the plain
-    untrained DCGAN of the tests and benchmarks (a flat Jacobian spectrum, DESIGN.md section 2).
+    untrained DCGAN of the tests and benchmarks (a flat Jacobian spectrum, the case krylov is for).
     With latent_dim=10, width=32, size=32 it has about 0.19 M parameters.
     """
 
