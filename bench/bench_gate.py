@@ -10,7 +10,7 @@ Writes bench/results/gate.json after every cell and gate.md at the end.  Resumab
 rerun finishes an interrupted grid.  --label keeps runs of different library versions apart
 ("before" / "after" a regularizer change); the table shows every label.
 
-Generator (spectral_ops.lab.known_answer.GateGenerator): G(z) = f(Rz), R a learnable rotation
+Generator (spectral_ops.testing.known_answer.GateGenerator): G(z) = f(Rz), R a learnable rotation
 started at random; Adam (lr 0.05, batch 16) on the regularizer alone.  Axes of the grid:
 - d: 8, 64, 256;
 - rank: "k=F" (4 factors, sensitivities 2, 1, 0.5, 0.25, k = 4), "unused" (3 factors 2, 1, 0.5,
@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from spectral_ops import SpectralRegularizer, spectral_penalty
 from spectral_ops.lab.io import atomic_write_text
-from spectral_ops.lab.known_answer import GATE_PROFILES, GATE_RANKS, oracle_penalty, run_gate
+from spectral_ops.testing.known_answer import GATE_PROFILES, GATE_RANKS, oracle_penalty, run_gate
 from spectral_ops.regularizer import GRADS, LOSSES, WEIGHTS
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")

@@ -589,7 +589,7 @@ class SpectralRegularizer(LazyPenalty):
 
     Defaults (solver="krylov" from the warm-start basis to tol=1e-4, at most iters*k = 24
     products per sample; loss="offdiag" with spectrum-free rank weights, grad="fast", every=8,
-    batch_fraction=0.25) pass the known-answer grid (spectral_ops.lab.known_answer,
+    batch_fraction=0.25) pass the known-answer grid (spectral_ops.testing.known_answer,
     bench/bench_gate.py, tests/test_gate.py) and converge where users run it
     (bench/bench_convergence.py); the cost of a generator step against a plain one is in
     bench/bench_regularizer.py and the README.

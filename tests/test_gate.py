@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from spectral_ops import SpectralRegularizer, spectral_penalty
-from spectral_ops.lab.known_answer import (
+from spectral_ops.testing.known_answer import (
     GATE_PROFILES,
     GATE_RANKS,
     GateGenerator,

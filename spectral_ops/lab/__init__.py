@@ -7,8 +7,8 @@
   trained generator and the results table;
 - `data/`: procedural datasets; `models/`: the DCGAN generator and discriminator;
   `metrics/`: disentanglement metrics, factor predictor, reference generators;
-- `viz.py`: traversal pictures; `io.py`: atomic writers; `known_answer.py`: the rotated-axes
-  generator of the known-answer gate.
+- `viz.py`: traversal pictures; `io.py`: atomic writers.  The known-answer gate's generators
+  live in the library wing, `spectral_ops.testing.known_answer`.
 
 Checklists:
 - a CLI command: a module in `cli/` with `add_arguments` and `run`, one line in
