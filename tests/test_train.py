@@ -405,7 +405,7 @@ def test_sigint_saves_the_current_step_and_resumes_exactly(tmp_path):
 def test_an_interrupt_between_log_lines_resumes_the_log_exactly(tmp_path, monkeypatch):
     """An interrupt at step 5 with --log-every 2: the checkpoint keeps the half-filled log means,
     so the resumed log equals a straight run's. Before: there was no interrupt checkpoint."""
-    import spectral_ops.lab.train as T
+    import spectral_ops.lab.train.loop as T
 
     real, calls = T._ema_update, []
 
@@ -433,7 +433,7 @@ def test_an_interrupt_between_log_lines_resumes_the_log_exactly(tmp_path, monkey
 _HANG_AT_STEP_7 = textwrap.dedent("""
     import sys, time, torch
     torch.set_num_threads(1)
-    import spectral_ops.lab.train as T
+    import spectral_ops.lab.train.loop as T
 
     class Bar(T.tqdm):
         done = 0
@@ -483,7 +483,7 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(
 ):
     """NaN weights after step 5 (caught by the losses of step 6) or after the last step (caught
     before the final save). Before: the run went on, saved NaN checkpoints and exited 0."""
-    import spectral_ops.lab.train as T
+    import spectral_ops.lab.train.loop as T
 
     real, calls = T._ema_update, []
 
@@ -608,7 +608,7 @@ def test_a_diverging_regularized_run_is_exit_1_not_a_regularizer_error(tmp_path,
     NaN G(z) ('G(z) has non-finite values ...') ended the run with exit 2, the status --help gives to
     bad arguments, instead of the divergence report and exit 1 (spectral on the previous main; the
     peers since they name non-finite rows instead of returning NaN)."""
-    import spectral_ops.lab.train as T
+    import spectral_ops.lab.train.loop as T
 
     real, calls = T._ema_update, []
 

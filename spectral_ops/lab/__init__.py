@@ -2,9 +2,11 @@
 
 - `cli/`: the `spectral-ops` command, one module per subcommand (`add_arguments(parser)` and
   `run(args) -> int`; options generated from config dataclasses by `cli/options.py`);
-- `train.py`: the GAN training loop (`TrainConfig`, which nests the library's
-  `RegularizerConfig`; checkpoints; DDP); `demo.py`: the main job; `evaluate.py`: metrics of a
-  trained generator and the results table;
+- `train/`: the GAN trainer, one module per job: `config.py` (`TrainConfig`, which nests the
+  library's `RegularizerConfig`; validation), `losses.py` (adversarial losses, R1, the
+  regularizer), `checkpoint.py` (checkpoints, `load_generator`, train.json), `loop.py` (`train`:
+  the loop, DDP, signals, the log); `demo.py`: the main job; `evaluate.py`: metrics of a trained
+  generator and the results table;
 - `data/`: procedural datasets; `models/`: the DCGAN generator and discriminator;
   `metrics/`: disentanglement metrics, factor predictor, reference generators;
 - `viz.py`: traversal pictures; `io.py`: atomic writers.  The known-answer gate's generators

@@ -1,0 +1,82 @@
+"""The trainer's losses: one D update (non-saturating loss, lazy R1 on the real images), one G
+update (non-saturating loss plus the regularizer on its own lazy schedule), and how that
+regularizer (`--reg`: spectral or a peer) is built from the config."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spectral_ops.lab.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from spectral_ops.lab.train.loop import RunState
+
+
+def build_regularizer(config: TrainConfig) -> nn.Module | None:
+    """The regularizer module for config.reg (None for "none"), every one on the lazy schedule
+    of config.reg_config.every (spectral_ops.lazy)."""
+    if config.reg == "none":
+        return None
+    from spectral_ops import baselines
+    from spectral_ops.lazy import LazyFunction
+    from spectral_ops.regularizer import SpectralRegularizer
+
+    every = config.reg_config.every
+    if config.reg == "spectral":
+        return SpectralRegularizer(config.latent_dim, config.reg_config.replace(seed=config.seed))
+    if config.reg == "path_length":
+        return baselines.PathLengthRegularizer(every=every)
+    return LazyFunction({"hessian": baselines.hessian_penalty, "orojar": baselines.orojar}[config.reg], every)
+
+
+def _discriminator_step(run: RunState, step: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """One D update on B real and B generated images (each (B, 1, size, size)), with the R1
+    penalty on the reals every r1_every steps (scaled by r1_every): (loss_D, r1, whether R1 ran)."""
+    config, B = run.config, run.batch
+    idx = torch.randint(0, run.data.shape[0], (B,), generator=run.sampler).to(run.device)
+    z = torch.randn(B, config.latent_dim, generator=run.sampler).to(run.device)
+    real = run.data[idx]
+    with torch.no_grad():
+        fake = run.G(z)
+    do_r1 = config.r1_gamma > 0 and step % config.r1_every == 0
+    if do_r1:
+        real = real.detach().requires_grad_(True)
+    logits = run.D_run(torch.cat([real, fake]))
+    l_real, l_fake = logits[:B], logits[B:]
+    loss_D = F.softplus(-l_real).mean() + F.softplus(l_fake).mean()
+    r1 = torch.zeros((), device=run.device)
+    if do_r1:
+        (g,) = torch.autograd.grad(l_real.sum(), real, create_graph=True)
+        r1 = g.pow(2).flatten(1).sum(1).mean()
+        loss_D = loss_D + 0.5 * config.r1_gamma * config.r1_every * r1
+    run.opt_D.zero_grad(set_to_none=True)
+    loss_D.backward()
+    run.opt_D.step()
+    return loss_D, r1, do_r1
+
+
+def _generator_step(run: RunState) -> tuple[torch.Tensor, torch.Tensor]:
+    """One G update on B latents (B, latent_dim): the non-saturating loss plus reg_weight times
+    the regularizer (on its own lazy schedule): (adversarial loss, regularizer value)."""
+    config = run.config
+    z = torch.randn(run.batch, config.latent_dim, generator=run.sampler).to(run.device)
+    run.D.requires_grad_(False)
+    fake = run.G_run(z)
+    loss_adv = F.softplus(-run.D(fake)).mean()
+    loss_G = loss_adv
+    reg_val = torch.zeros((), device=run.device)
+    if run.reg is not None and config.reg_weight > 0:
+        if bool(torch.isfinite(fake.detach()).all()):
+            reg_val = run.reg(run.G_run, z)
+        else:  # a diverged G: the regularizers refuse its G(z) (ValueError); reported as divergence, exit 1
+            reg_val = torch.full((), float("nan"), device=run.device)
+        loss_G = loss_G + config.reg_weight * reg_val
+    run.opt_G.zero_grad(set_to_none=True)
+    loss_G.backward()
+    run.opt_G.step()
+    run.D.requires_grad_(True)
+    return loss_adv, reg_val
