@@ -254,6 +254,7 @@ def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_pr
     product = _mean_product(G, batches, mode, batchnorm, cdtype, c, bar)
     # converged pairs are checked against a second, random start (as jacobian_topk's krylov does)
     r = block_lanczos(lambda Q, rows: product(Q), X, product(X), k, p, iters * k, tol, second_start=KRYLOV_SECOND_START)
+    assert r.settled is not None  # block_lanczos always reports it
     V, lam, res, products = r.V, r.lam, r.res, r.passes + 1
     if bar is not None:
         bar.close()

@@ -40,7 +40,7 @@ import math
 import types
 import warnings
 import weakref
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar, cast
 
 import torch
 from torch import nn
@@ -131,7 +131,7 @@ class FlatGenerator:
 
         def f(z: torch.Tensor) -> torch.Tensor:
             x = z if self.latent_shape is None else z.reshape(z.shape[0], *self.latent_shape)
-            return module_call(self.G, *self.row_args, **self.kwargs)(x)
+            return module_call(cast(nn.Module, self.G), *self.row_args, **self.kwargs)(x)  # checked above
 
         return f
 
@@ -353,6 +353,7 @@ def modules_of(G: object, depth: int = SCAN_DEPTH) -> list[nn.Module]:
 def generator_identity(G: object, modules: list[nn.Module] | None = None) -> tuple[object, tuple]:
     """(anchor, extra): the same code on the same modules gives the same identity, also for a
     lambda or partial created anew on every call.  anchor is weakly referenceable."""
+    options: tuple
     G, options = unwrap(G), ()
     while isinstance(G, FlatGenerator):
         options += (G.latent_shape, _simple(G.kwargs.items()))
@@ -446,6 +447,8 @@ def preserved_buffers(G: Callable, modules: list[nn.Module] | None = None) -> It
     that changes a buffer anyway is named in a warning on exit, since it cannot be restored.
     """
     roots = modules_of(G) if modules is None else modules
+    saved: dict[int, tuple[torch.Tensor, int, torch.Tensor]]  # id -> (buffer, version, copy)
+    watched: dict[int, tuple[str, torch.Tensor, int]]  # id -> (name, buffer, version)
     saved, watched = {}, {}
     for root in roots:
         for name, m in root.named_modules():
@@ -583,7 +586,7 @@ def _verify_auto(G: Callable, z: torch.Tensor) -> str:
     return "finite_difference"
 
 
-def _cache_slot(G: Callable, modules: list[nn.Module], z: torch.Tensor, jvp: str):
+def _cache_slot(G: Callable, modules: list[nn.Module], z: torch.Tensor, jvp: str | tuple):
     anchor, extra = generator_identity(G, modules)
     modes = tuple(m.training for root in modules for m in root.modules())
     key = (extra, z.dtype, z.device.type, modes, jvp)
@@ -768,9 +771,12 @@ def probe_modules(
     return mode, ran
 
 
+_T = TypeVar("_T")
+
+
 def measured(
-    G: Callable, z: torch.Tensor, name: tuple, measure: Callable[[], object], modules: list[nn.Module] | None = None
-) -> object:
+    G: Callable, z: torch.Tensor, name: tuple, measure: Callable[[], _T], modules: list[nn.Module] | None = None
+) -> _T:
     """measure() once per generator, stored with the JVP-mode probe: the same cache key (G's
     identity, z's dtype and device type, the modes of G's modules) plus `name` (a tuple saying
     what is measured, e.g. ("costs", mode, d)).  z is [B, d]; G is the callable `prepared` yields."""

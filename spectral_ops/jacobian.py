@@ -15,14 +15,26 @@ J^T u is always one backward pass through the kept forward graph.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Any, Callable, cast, overload
 
 import torch
 
 JVP_MODES = ("auto", "double_backward", "forward", "finite_difference")
 
 
-def unwrap(G: Callable) -> Callable:
+@overload
+def unwrap(G: torch.nn.Module) -> torch.nn.Module: ...
+
+
+@overload
+def unwrap(G: Callable) -> Callable: ...
+
+
+@overload
+def unwrap(G: object) -> object: ...
+
+
+def unwrap(G: object) -> object:
     """The module inside DistributedDataParallel / DataParallel wrappers (extra passes use it)."""
     while isinstance(G, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
         G = G.module
@@ -33,8 +45,8 @@ def name_rows(bad: torch.Tensor, message: str, rows: torch.Tensor | None = None)
     """Raise ValueError(message + " in rows [...]") if any entry of the bool vector `bad` is set;
     `rows` [len(bad)]: the rows of z that bad's entries stand for (default: 0, 1, ...)."""
     if bool(bad.any()):
-        rows = (bad.nonzero().flatten() if rows is None else rows[bad.cpu()]).tolist()
-        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        listed = (bad.nonzero().flatten() if rows is None else rows[bad.cpu()]).tolist()
+        shown = ", ".join(map(str, listed[:10])) + (", ..." if len(listed) > 10 else "")
         raise ValueError(f"{message} in rows [{shown}]")
 
 
@@ -112,6 +124,8 @@ class JacobianOperator:
     (the regularizer's last products), False (the default) builds no parameter graph.
     """
 
+    _functional: Callable | None  # functional_view(G_rows), built on the first shared-primal product
+
     def __init__(self, G: Callable, z: torch.Tensor, k: int, mode: str):
         if mode not in JVP_MODES[1:]:
             raise ValueError(f"jvp must be one of {JVP_MODES[1:]} here, got {mode!r}")
@@ -144,7 +158,7 @@ class JacobianOperator:
         name_rows(
             ~torch.isfinite(self.y.detach().reshape(self.B, -1)).all(dim=1), "G(z) has non-finite values (NaN or Inf)"
         )
-        self._u = None  # dummy cotangent for the double-backward trick, created lazily
+        self._u: torch.Tensor | None = None  # dummy cotangent for the double-backward trick, created lazily
 
     # ---- shapes -------------------------------------------------------------------------------
     def _fold(self, V: torch.Tensor) -> torch.Tensor:
@@ -168,7 +182,10 @@ class JacobianOperator:
                 if shared is not None:
                     return shared
             with torch.enable_grad():
-                _, jv = torch.func.jvp(functional_view(self.G), (self.z_rep.detach().clone(),), (v,))
+                # cast: without has_aux, jvp returns a pair (torch's stub also allows a triple)
+                _, jv = cast(
+                    "tuple[Any, Any]", torch.func.jvp(functional_view(self.G), (self.z_rep.detach().clone(),), (v,))
+                )
         else:
             eps = self._fd_step()
             ctx = contextlib.nullcontext() if create_graph else torch.no_grad()

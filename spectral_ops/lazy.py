@@ -32,6 +32,8 @@ class LazyPenalty(nn.Module):
     when it is True would compute once and stall, so that pattern warns.
     """
 
+    step: torch.Tensor  # buffer, registered in __init__
+
     def __init__(self, every: int):
         super().__init__()
         self.every = check_int("every", every, 1)

@@ -167,8 +167,8 @@ def estimated_cost(
                 + passes * (line(costs.product, rows) + costs.step)
             )
         c = _dense_chunk(B, d, m, 4, None) if chunk is None else min(chunk, d)
-        passes = [c] * (d // c) + ([d % c] if d % c else [])
-        products = sum(line(costs.build, B * n) + line(costs.first_jvp, B * n) for n in passes)
+        widths = [c] * (d // c) + ([d % c] if d % c else [])  # latent axes per pass
+        products = sum(line(costs.build, B * n) + line(costs.first_jvp, B * n) for n in widths)
         return products + B * (costs.matmul_flop * 2.0 * m * d * d + costs.eigh)
     if method == "power":
         return B * k * (POWER_SETUP_COST + POWER_PAIR_COST * iters)
@@ -305,7 +305,8 @@ def measure_costs(G: Callable, z: torch.Tensor, mode: str) -> ProductCosts:
             return block_lanczos(lambda Q, rows: Q * scale, X, X * scale, min(4, d), 1, passes + 1, 0.0).passes
 
         t_step = min(timed(run)[0] for _ in range(3)) / passes if passes > 0 else 0.0
-    return ProductCosts(*lines, matmul_flop=t_mm / (2.0 * m * d * d), eigh=t_eigh, step=t_step)
+    build, first_jvp, product = lines  # one line per probed product
+    return ProductCosts(build, first_jvp, product, matmul_flop=t_mm / (2.0 * m * d * d), eigh=t_eigh, step=t_step)
 
 
 def scaled_product(
@@ -440,6 +441,7 @@ def checked_warm_start(
         relative_floor=relative_floor,
         second_start=KRYLOV_SECOND_START,
     )
+    assert s.settled is not None  # block_lanczos always reports it
     V, lam, res = V.clone(), lam.clone(), res.clone()
     V[rows] = (s.V * ops.reference.sign_align(s.V, X)[..., None]).to(V.dtype)
     lam[rows], res[rows], settled[rows] = s.lam.to(lam.dtype), s.res.to(res.dtype), s.settled

@@ -9,22 +9,39 @@ arguments (latents, warm starts) are checked where they are prepared (generator.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Literal, Sequence, TypeGuard, overload
 
 import torch
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_real(value: object) -> bool:
+def _is_real(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_callable(name: str, value: object) -> None:
     if not callable(value):
         raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+
+
+@overload
+def check_int(
+    name: str,
+    value: object,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    *,
+    allow_none: Literal[False] = False,
+) -> int: ...
+
+
+@overload
+def check_int(
+    name: str, value: object, minimum: int | None = None, maximum: int | None = None, *, allow_none: bool
+) -> int | None: ...
 
 
 def check_int(

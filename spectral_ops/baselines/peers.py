@@ -311,6 +311,8 @@ class PathLengthRegularizer(LazyPenalty):
     `every`; a graph-free zero on skipped calls; spectral_ops.lazy).  decay in [0, 1].
     """
 
+    mean: torch.Tensor  # buffer, registered in __init__
+
     def __init__(self, *, decay: float = 0.01, every: int = 1):
         super().__init__(every)
         self.decay = _check_real("decay", decay, 0, 1)

@@ -17,7 +17,7 @@ import torch
 from .reference import compute_dtype
 
 try:
-    from .. import _C  # runs the TORCH_LIBRARY registrations
+    from .. import _C  # type: ignore[attr-defined]  # compiled extension, no stubs; runs the TORCH_LIBRARY registrations
 
     LOADED = True
     LOAD_ERROR = ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from importlib import resources
+from typing import cast
 
 _LINE = re.compile(r"^\s*SPECTRAL_CONSTANT\(\s*([A-Z][A-Z0-9_]*)\s*,\s*([^)\s]+)\s*\)\s*(?://.*)?$")
 _INT = re.compile(r"^[+-]?\d+$")
@@ -33,6 +34,6 @@ def parse(text: str) -> dict[str, int | float]:
 
 VALUES = parse(resources.files(__package__).joinpath("constants.def").read_text(encoding="utf-8"))
 
-MAX_CUDA_K: int = VALUES["MAX_CUDA_K"]
+MAX_CUDA_K: int = cast(int, VALUES["MAX_CUDA_K"])  # an int literal in constants.def
 RANK_TOLERANCE_FLOAT32: float = VALUES["RANK_TOLERANCE_FLOAT32"]
 RANK_TOLERANCE_FLOAT64: float = VALUES["RANK_TOLERANCE_FLOAT64"]
