@@ -601,6 +601,13 @@ class SpectralRegularizer(LazyPenalty):
     all-reduced so every process keeps the same one.
     """
 
+    # the last computed call's rows (None before the first)
+    last_latents: torch.Tensor | None
+    last_vectors: torch.Tensor | None
+    last_values: torch.Tensor | None
+    last_residuals: torch.Tensor | None
+    last_active: torch.Tensor | None
+
     def __init__(self, latent_dim: int, config: RegularizerConfig | None = None, **options):
         super().__init__(every=1)  # the real `every` comes from the validated config below
         check_int("latent_dim", latent_dim, 1)

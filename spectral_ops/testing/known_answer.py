@@ -101,6 +101,10 @@ class RotatedRenderer(nn.Module):
     Parameters: `skew` [d, d] (R = expm(skew - skew^T) R0; zero at the start).
     """
 
+    theta: torch.Tensor  # buffers, registered in __init__
+    scale: torch.Tensor
+    R0: torch.Tensor
+
     def __init__(
         self,
         latent_dim: int = 8,
@@ -185,6 +189,12 @@ class GateGenerator(nn.Module):
     Parameters: `skew` [F, d]; R = expm(P - P^T) R0 with P = [skew; 0] [d, d] (zero at the start).
     Phases: c_f = 2 pi f / F, so the factors' sensitivities peak at different u.
     """
+
+    theta: torch.Tensor  # buffers, registered in __init__
+    sens: torch.Tensor
+    scale: torch.Tensor
+    phase: torch.Tensor
+    R0: torch.Tensor
 
     def __init__(
         self,
@@ -323,6 +333,7 @@ def run_gate(
         judged: how many leading (most sensitive) factors the result judges (default: all); a
             regularizer with k vectors can only align the top k.
     """
+    G: RotatedRenderer | GateGenerator
     if generator is None:
         G = RotatedRenderer(latent_dim, sensitivities, seed=seed, dtype=dtype)
     else:
@@ -354,11 +365,11 @@ def run_gate(
     seconds = time.perf_counter() - t0
     with torch.no_grad():
         R = G.rotation()[: G.num_factors]
-    a = (R**2).max(dim=1)
-    axes = [int(i) for i in a.indices]
+    best = (R**2).max(dim=1)
+    axes = [int(i) for i in best.indices]
     return GateResult(
-        [float(x) for x in a.values],
-        float(a.values[:judged].min()),
+        [float(x) for x in best.values],
+        float(best.values[:judged].min()),
         axes,
         len(set(axes[:judged])) == judged,
         step,
