@@ -497,7 +497,7 @@ def spectral_penalty(
             B >= 16); it stops earlier once every residual is below tol.
         solver: "krylov" (batched Lanczos from init; the default: at latent sizes 64-512 and flat
             spectra it reaches tol where power iteration does not) or "power".
-        loss: "l1", "assigned" or "offdiag" (README, "The regularizer"); values in [0, 1].
+        loss: "l1", "assigned" or "offdiag" (docs/regularizer.md); values in [0, 1].
         grad: "fast" (in-block exact, out-of-block first order) or "implicit" (exact at
             convergence); module docstring.
         jvp: "auto", "double_backward", "forward" or "finite_difference".
@@ -592,7 +592,7 @@ class SpectralRegularizer(LazyPenalty):
     batch_fraction=0.25) pass the known-answer grid (spectral_ops.testing.known_answer,
     bench/bench_gate.py, tests/test_gate.py) and converge where users run it
     (bench/bench_convergence.py); the cost of a generator step against a plain one is in
-    bench/bench_regularizer.py and the README.
+    bench/bench_regularizer.py and docs/regularizer.md.
 
     Under DDP: call it with the DDP-wrapped G (the extra passes use G.module) and add it to the
     loss that the same backward() reduces: the penalty's parameter gradients reach the same

@@ -1,4 +1,4 @@
-"""The known-answer gate (README, "The known-answer gate"): every (loss, grad) pair the library offers, and
+"""The known-answer gate (docs/regularizer.md, "The known-answer gate"): every (loss, grad) pair the library offers, and
 SpectralRegularizer's defaults, turn a randomly rotated G(z) = f(Rz) back to the axes.
 
 Alignment of factor f = max_j R_fj^2 (1 on an axis, about 0.5 for a random rotation at d = 8).

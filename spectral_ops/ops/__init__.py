@@ -24,7 +24,7 @@ Adding a backend, in order: its kernels (a module or namespace with one function
 `OPS`, taking the public op's positional arguments); one `Backend` entry in `_BACKENDS` below:
 its name, `implementation` (imported lazily), `unavailable` (the reason it cannot run on a device,
 with how to get it, or None), `auto_devices` (the device types "auto" tries it on, in table
-order) and `max_k` if it has a limit; its row in the README's backend table; its tests.
+order) and `max_k` if it has a limit; its row in docs/kernels.md's backend table; its tests.
 Shared numeric limits (MAX_CUDA_K, the rank tolerances) live in constants.def only.
 """
 

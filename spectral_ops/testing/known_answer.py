@@ -1,4 +1,5 @@
-"""The known-answer gate (README, "The known-answer gate"): a generator whose disentangled axes are known, then
+"""The known-answer gate (docs/regularizer.md, "The known-answer gate"):
+a generator whose disentangled axes are known, then
 rotated away, so that only the regularizer can bring them back.
 
 G(z) = f(R z).  f renders each of F factors u_f as a smooth blob on its own ring of P pixels
