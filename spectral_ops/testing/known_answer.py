@@ -187,7 +187,7 @@ class GateGenerator(nn.Module):
         pixels, kappa: ring length (>= 16) and blob concentration, as `RotatedRenderer`.
         seed: seed of the random starting rotation R0 (the same R0 as RotatedRenderer's seed).
         dtype: parameter dtype.
-    Parameters: `skew` [F, d]; R = expm(P - P^T) R0 with P = [skew; 0] [d, d] (zero at the start).
+    Parameters: `skew` [F, d]; R = expm(P - P^T) R0 with P = [skew; 0], [d, d] (zero at the start).
     Phases: c_f = 2 pi f / F, so the factors' sensitivities peak at different u.
     """
 
