@@ -49,6 +49,7 @@ from .jacobian import (
     JVP_MODES,
     PER_ROW_HINT,
     JacobianOperator,
+    check_output_rows,
     module_call,
     name_rows,
     raise_per_row_hint,
@@ -489,13 +490,7 @@ def _probe_batches(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _output(G: Callable, x: torch.Tensor, B: int) -> torch.Tensor:
     with torch.no_grad():
         y = G(x.clone())  # a copy: a G that writes to its input must not change the probe's batches or z
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"G must return a Tensor, got {type(y).__name__}")
-    if y.dim() == 0:
-        raise ValueError(
-            "G must return one output row per latent row (shape [N, ...]), but it returned a "
-            "0-d tensor: return G's per-sample outputs, not a reduced scalar"
-        )
+    y = check_output_rows(y)
     if y.shape[0] != x.shape[0]:
         raise ValueError(
             f"G changed the batch size: it must return one row per latent row, but for "

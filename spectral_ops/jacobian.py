@@ -50,6 +50,19 @@ def name_rows(bad: torch.Tensor, message: str, rows: torch.Tensor | None = None)
         raise ValueError(f"{message} in rows [{shown}]")
 
 
+def check_output_rows(y: object) -> torch.Tensor:
+    """G's output as a Tensor with a batch dimension, else TypeError / ValueError saying what G
+    must return (the rule every entry point and peer uses)."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"G must return a Tensor, got {type(y).__name__}")
+    if y.dim() == 0:
+        raise ValueError(
+            "G must return one output row per latent row (shape [N, ...]), but it returned a "
+            "0-d tensor: return G's per-sample outputs, not a reduced scalar"
+        )
+    return y
+
+
 _SHAPE_WORDS = ("size", "shape", "dimension")
 PER_ROW_HINT = (
     "spectral_ops calls G on other row counts than z's (2-row probes, k vectors per latent folded into "
@@ -140,13 +153,7 @@ class JacobianOperator:
         except RuntimeError as e:
             raise_per_row_hint(e, self.z_rep.shape[0], self.B)
             raise
-        if not isinstance(self.y, torch.Tensor):
-            raise TypeError(f"G must return a Tensor, got {type(self.y).__name__}")
-        if self.y.dim() == 0:
-            raise ValueError(
-                "G must return one output row per latent row (shape [N, ...]), but it returned a "
-                "0-d tensor: return G's per-sample outputs, not a reduced scalar"
-            )
+        self.y = check_output_rows(self.y)
         if self.y.shape[0] != self.z_rep.shape[0]:
             raise ValueError(
                 f"G changed the batch size: z has {self.B} rows (folded to {self.z_rep.shape[0]}), "

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from ..generator import batch_policy
-from ..jacobian import name_rows, unwrap
+from ..jacobian import check_output_rows, name_rows, unwrap
 from ..lazy import LazyPenalty
 from ..validation import check_callable, check_choice, check_int, check_number
 from ..generator import validate_latents
@@ -75,14 +75,7 @@ def _forward_rows(G: Callable, z: torch.Tensor, B: int | None = None, what: str 
     """G(z) [N, ...] for z [N, d], checked: a tensor with one row per row of z and finite values,
     else ValueError naming the rows of the caller's z (B rows: z is N / B blocks of them, the
     perturbed copies; default: z itself)."""
-    y = G(z)
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"G must return a Tensor, got {type(y).__name__}")
-    if y.dim() == 0:
-        raise ValueError(
-            "G must return one output row per latent row (shape [N, ...]), but it returned a "
-            "0-d tensor: return G's per-sample outputs, not a reduced scalar"
-        )
+    y = check_output_rows(G(z))
     if y.shape[0] != z.shape[0]:
         raise ValueError(f"G changed the batch size: z has {z.shape[0]} rows, G(z) has {y.shape[0]}")
     if y[0].numel() == 0:
