@@ -209,12 +209,13 @@ KRYLOV_CAP, POWER_CAP = 100, 300
 
 def _krylov_counts(G, z, bn, tol, init):
     """jacobian_topk(method="krylov") as it runs, with the products per sample: (V [b, k, d],
-    residuals [b, k], products per sample [b], passes).  The library's own steps (power._krylov_topk)
+    residuals [b, k], products per sample [b], passes).  The library's own steps (krylov._krylov_topk)
     with the per-sample count that TopK does not return."""
     from spectral_ops import ops
     from spectral_ops.generator import prepared
     from spectral_ops.krylov import block_lanczos, krylov_block
-    from spectral_ops.power import _initial_basis, _ShrinkingProducts
+    from spectral_ops.krylov import _ShrinkingProducts
+    from spectral_ops.power import _initial_basis
 
     with prepared(G, z, jvp="auto", batchnorm=bn) as (Gp, zp, mode):
         b, d = zp.shape

@@ -27,7 +27,7 @@ import torch
 from generators import DCGAN
 from spectral_ops import ops
 from spectral_ops.ops import reference
-from spectral_ops.power import jacobian_topk
+from spectral_ops.topk import jacobian_topk
 from spectral_ops.regularizer import spectral_penalty
 
 SHAPES = [(32, 4, 32), (256, 8, 128), (1024, 16, 512)]

@@ -41,7 +41,7 @@ from ratios import RESULTS_DIR, RatioTable
 from spectral_ops import jacobian_topk, ops
 from spectral_ops.jacobian import JacobianOperator
 from spectral_ops.krylov import krylov_block
-from spectral_ops.power import measure_costs
+from spectral_ops.cost import measure_costs
 
 
 class MergedTable(RatioTable):
@@ -564,7 +564,7 @@ def test_batching_ceiling(benchmark):
 # ---------------------------------------------------------------- 7. krylov's check against a second start
 # Run: pytest bench/bench_topk.py -k second_start -s; writes bench/results/topk_krylov_check.md.
 CHECK_TABLE = RatioTable("topk_krylov_check")
-CHECK_SETTINGS = (0, 2, 3, 4)  # power.KRYLOV_SECOND_START: 0 is the solver without the check
+CHECK_SETTINGS = (0, 2, 3, 4)  # krylov.KRYLOV_SECOND_START: 0 is the solver without the check
 CHECK_CASES = (
     [("sweep", d, 1e-3) for d in (32, 128, 512)]  # the sweep's setting: B=16, k=4, iters<=20
     + [("flat", 128, 1e-4), ("gapped", 128, 1e-4)]
@@ -573,11 +573,11 @@ CHECK_CASES = (
 
 @pytest.fixture(scope="module")
 def _check_report():
-    from spectral_ops import power
+    from spectral_ops import krylov
 
     yield
     CHECK_TABLE.note(
-        f"chosen: power.KRYLOV_SECOND_START = {power.KRYLOV_SECOND_START} (the smallest setting with "
+        f"chosen: krylov.KRYLOV_SECOND_START = {krylov.KRYLOV_SECOND_START} (the smallest setting with "
         "no silent miss below); over_no_check: the median time over the solver without the check "
         "(second_start=0, the previous main's), interleaved in one run; passes: the batch's (its "
         "slowest sample's)"
@@ -588,10 +588,10 @@ def _check_report():
 @pytest.mark.parametrize("case,d,tol", CHECK_CASES)
 def test_second_start_cost(benchmark, _check_report, monkeypatch, case, d, tol):
     """What krylov's check against a second start (krylov.block_lanczos second_start) costs: the
-    same jacobian_topk(method="krylov") call with power.KRYLOV_SECOND_START = 0 (no check) and
+    same jacobian_topk(method="krylov") call with krylov.KRYLOV_SECOND_START = 0 (no check) and
     the settings tried, interleaved in one run; median seconds, passes and the largest error of
     the values against a float64 dense solve."""
-    from spectral_ops import power
+    from spectral_ops import krylov
 
     torch.manual_seed(0)
     if case == "sweep":
@@ -606,7 +606,7 @@ def test_second_start_cost(benchmark, _check_report, monkeypatch, case, d, tol):
 
     def case_fn(setting):
         def fn():
-            monkeypatch.setattr(power, "KRYLOV_SECOND_START", setting)
+            monkeypatch.setattr(krylov, "KRYLOV_SECOND_START", setting)
             out[setting] = jacobian_topk(
                 G, z, k, iters=20 if case == "sweep" else POWER_CAP, tol=tol, method="krylov", jvp="double_backward"
             )
@@ -636,11 +636,11 @@ def test_second_start_misses(_check_report):
     than 2e-3 sigma_1: a top eigenvalue skipped) and passes of jacobian_topk(method="krylov") for
     each second_start setting, over untrained DCGANs d = 16, 32, 64 with 12 seeds each (B=16,
     k=4, tol=1e-3, iters=20: the sweep's setting)."""
-    from spectral_ops import power
+    from spectral_ops import krylov
 
     counts = {s: [0, 0] for s in CHECK_SETTINGS}
     samples = 0
-    saved = power.KRYLOV_SECOND_START
+    saved = krylov.KRYLOV_SECOND_START
     try:
         for d in (16, 32, 64):
             for seed in range(12):
@@ -649,7 +649,7 @@ def test_second_start_misses(_check_report):
                 ref = jacobian_topk(copy.deepcopy(G).double(), z.double(), SWEEP_K, method="dense").values
                 samples += SWEEP_B
                 for s in CHECK_SETTINGS:
-                    power.KRYLOV_SECOND_START = s
+                    krylov.KRYLOV_SECOND_START = s
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         top = jacobian_topk(G, z, SWEEP_K, iters=20, tol=1e-3, method="krylov", jvp="double_backward")
@@ -657,7 +657,7 @@ def test_second_start_misses(_check_report):
                     counts[s][0] += int(((err > 2e-3) & top.converged.all(1)).sum())
                     counts[s][1] += top.iterations
     finally:
-        power.KRYLOV_SECOND_START = saved
+        krylov.KRYLOV_SECOND_START = saved
     CHECK_TABLE.note(
         "silent misses over 36 untrained DCGANs (d=16, 32, 64; 12 seeds; B=16, k=4, tol=1e-3): "
         + "; ".join(f"second_start={s}: {c[0]}/{samples} samples, {c[1]} passes in all" for s, c in counts.items())

@@ -25,9 +25,8 @@ import torch
 from . import ops
 from .generator import flatten_latents, prepared
 from .jacobian import JacobianOperator
-from .krylov import block_lanczos, krylov_block
+from .krylov import KRYLOV_SECOND_START, block_lanczos, krylov_block
 from .progress import progress_bar
-from .power import KRYLOV_SECOND_START
 from .validation import check_bool, check_callable, check_int, check_iters_tol, check_k, check_seed, derived_seed
 
 EXACT_TRACE_DIM = 64  # exact trace up to here: d JVPs a sample, at d = 64 about 0.7x a 26-product solve

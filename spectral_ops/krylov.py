@@ -16,15 +16,26 @@ space) and is finished only when its top k pass again after that start's product
 
 The solver's dense algebra runs in X's dtype with autocast off; `product` runs under the
 caller's autocast setting (`caller_autocast`).
+
+`jacobian_topk(method="krylov")` drives it on a generator's Jacobian (`_krylov_topk`), with the
+scaled products of the samples still running (`_ShrinkingProducts`) and the second start's size
+(`KRYLOV_SECOND_START`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
+
+from . import ops
+from .generator import select_rows
+from .jacobian import JacobianOperator
+
+if TYPE_CHECKING:
+    from .topk import TopK
 
 # Rayleigh-Ritz (an eigh of the n x n projected matrix per sample) costs about as much as a
 # product once n reaches ~60 on a CPU, so convergence is checked every ~n/CHECK_SPACING steps,
@@ -37,6 +48,10 @@ KRYLOV_ROWS = 16
 # Seed of the second start's draws: a stream of its own, so that it never repeats the caller's
 # start (jacobian_topk draws that from its `seed`, 0 by default).
 SECOND_START_SEED = 0x5EC0D
+# krylov's check that its pairs are the top k (block_lanczos's second_start): a sample
+# whose k pairs pass takes a second random start and this many vectors from it, then must pass
+# again.  bench/bench_topk.py test_second_start_cost measures what it costs.
+KRYLOV_SECOND_START = 4
 
 
 @dataclass
@@ -318,3 +333,59 @@ def _small_eigh(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _sym(A: torch.Tensor) -> torch.Tensor:
     return 0.5 * (A + A.transpose(-1, -2))
+
+
+class _ShrinkingProducts:
+    """Scaled products M Q / c^2 for the samples still running: the forward graph is rebuilt on
+    those samples once they are at most half the rows it was built on (a rebuild costs about one
+    pass on them, so it pays for itself within two passes); until then the finished samples'
+    rows carry zero vectors."""
+
+    def __init__(self, G, z, p, mode, cdtype):
+        self.G, self.z, self.p, self.mode, self.cdtype = G, z, p, mode, cdtype
+        self.c = None
+        self._build(torch.arange(z.shape[0], device=z.device))
+
+    def _build(self, rows):
+        self.rows = rows
+        self.op = None  # free the old graph first
+        self.op = JacobianOperator(select_rows(self.G, rows), self.z[rows], self.p, self.mode)
+
+    def __call__(self, Q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Q [b, n, d] for the samples `rows` -> M Q / c^2 [b, n, d], in passes of p vectors."""
+        from .power import scaled_product  # power imports this module
+
+        if 2 * len(rows) <= len(self.rows):
+            self._build(rows)
+        at = torch.searchsorted(self.rows, rows)
+        out = []
+        for start in range(0, Q.shape[1], self.p):
+            part = Q[:, start : start + self.p]
+            W = Q.new_zeros(len(self.rows), self.p, Q.shape[2])
+            W[at, : part.shape[1]] = part
+            c = None if self.c is None else self.c[self.rows]
+            MW, c = scaled_product(self.op, self.op.jvp(W), self.cdtype, c, self.rows)
+            if self.c is None:
+                self.c = c
+            out.append(MW[at, : part.shape[1]])
+        return torch.cat(out, 1)
+
+
+def _krylov_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
+    """Batched (block) Lanczos (`krylov.block_lanczos`) with every sample in one pass."""
+    from .power import _initial_basis  # power imports this module
+    from .topk import _finish  # topk imports this module
+
+    B, d = z.shape
+    cdtype = ops.reference.compute_dtype(z.dtype)
+    p = krylov_block(B, k)
+    X, V_prev = _initial_basis(init, B, k, d, cdtype, z.device, seed)
+    X = (
+        ops.orthonormalize(folded_start(X, p)) if init is not None else X[:, :p]
+    )  # p start vectors (krylov.folded_start)
+    products = _ShrinkingProducts(G, z, p, mode, cdtype)
+    MX = products(X, torch.arange(B, device=z.device))
+    r = block_lanczos(products, X, MX, k, p, max(iters * k, X.shape[1]), tol, second_start=KRYLOV_SECOND_START)
+    V = r.V * ops.reference.sign_align(r.V, V_prev)[..., None]
+    passes = r.passes + -(-X.shape[1] // p)
+    return _finish(G, z, V, r.lam, products.c, r.res, tol, passes, "krylov", mode, iters, r.settled)

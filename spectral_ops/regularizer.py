@@ -79,8 +79,8 @@ from .generator import flatten_latents, prepared, select_rows
 from .jacobian import JacobianOperator, name_rows
 from .lazy import LazyPenalty
 from .ops.reference import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
-from .krylov import block_lanczos, folded_start, krylov_block
-from .power import KRYLOV_SECOND_START, _ShrinkingProducts, checked_warm_start, power_iteration, zero_jacobian_axes
+from .krylov import KRYLOV_SECOND_START, _ShrinkingProducts, block_lanczos, folded_start, krylov_block
+from .power import checked_warm_start, power_iteration, zero_jacobian_axes
 from .validation import check_callable, check_init, check_int, derived_seed
 
 __all__ = [

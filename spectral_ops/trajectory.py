@@ -42,7 +42,7 @@ import torch
 
 from . import ops
 from .generator import check_autograd_available, flat_generator, flatten_latents
-from .power import jacobian_topk
+from .topk import jacobian_topk
 from .progress import progress_bar
 from .validation import (
     check_bool,

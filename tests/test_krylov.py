@@ -12,7 +12,7 @@ import torch
 
 from gen_families import dcgan, explicit_jacobian, families, oracle_svd
 import spectral_ops
-from spectral_ops import conditioned, jacobian_topk, power
+from spectral_ops import conditioned, jacobian_topk, topk
 from spectral_ops.krylov import block_lanczos, krylov_block
 
 MODES = ["double_backward", "forward", "finite_difference"]
@@ -288,7 +288,7 @@ def test_a_start_orthogonal_to_a_top_eigenvector_is_caught(missed):
     previous main's only behaviour); with the check against a second start (jacobian_topk's
     setting) the k values are the true top k.  Fails on the previous main (block_lanczos had no
     second_start)."""
-    from spectral_ops.power import KRYLOV_SECOND_START
+    from spectral_ops.krylov import KRYLOV_SECOND_START
 
     d, k = 48, 4
     M, s, U = _operators(5, d, "gapped")
@@ -326,7 +326,7 @@ def test_a_budget_spent_before_the_check_is_not_converged(monkeypatch):
     assert bool(free.settled.all()) and not bool(short.settled.any()) and bool((short.res < 1e-4).all())
     G = _tanh_mlp().double()
     z = torch.randn(16, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    monkeypatch.setattr(power, "_warned", set())  # the warning is once per process: an earlier test may have had it
+    monkeypatch.setattr(topk, "_warned", set())  # the warning is once per process: an earlier test may have had it
     with pytest.warns(UserWarning, match="second start"):
         top = jacobian_topk(G, z, 1, iters=5, tol=1e-2, method="krylov")
     assert not bool(top.converged.any()) and bool((top.residuals < 1e-2).any())

@@ -120,7 +120,7 @@ def test_one_generator_call_per_iteration_on_folded_batch():
     rows.clear()
     jacobian_topk(counted, z, K, iters=5, tol=0.0, jvp="finite_difference", method="power")
     # the graph + two graph-free forwards per iteration, then the check of the differences' error
-    # on the result (power._fd_residuals: a graph and four forwards, at the step and half of it)
+    # on the result (topk._fd_residuals: a graph and four forwards, at the step and half of it)
     assert rows == [B * K] * (1 + 2 * 5 + 1 + 4)
 
 
@@ -252,12 +252,12 @@ def test_low_precision_generators(dtype, method, seed):
 
 
 def test_auto_method_follows_cost_model(monkeypatch):
-    # auto times G's products (power.measure_costs); costs as timed on a quiet CPU for dcgan(8)
+    # auto times G's products (cost.measure_costs); costs as timed on a quiet CPU for dcgan(8)
     # in float64 stand in for them, so that the choice does not follow the machine's load (at
     # B=16, d=8 krylov and dense tie: 40 ms each)
-    from spectral_ops import power
+    from spectral_ops import cost, topk
 
-    costs = power.ProductCosts(
+    costs = cost.ProductCosts(
         build=(1.24e-4, 3.8e-5),
         first_jvp=(2.0e-4, 6.9e-5),
         product=(1.28e-4, 6.4e-5),
@@ -265,7 +265,7 @@ def test_auto_method_follows_cost_model(monkeypatch):
         eigh=1.3e-5,
         step=3.7e-4,
     )
-    monkeypatch.setattr(power, "measure_costs", lambda G, z, mode: costs)
+    monkeypatch.setattr(topk, "measure_costs", lambda G, z, mode: costs)
     G = families(D)["mlp_tanh"]
     assert jacobian_topk(G, _z(), K, method="auto").method == "dense"  # d=8: dense is cheaper
     big = nn.Sequential(nn.Linear(512, 64), nn.Tanh(), nn.Linear(64, 256))

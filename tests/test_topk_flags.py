@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from gen_families import dcgan, explicit_jacobian, families
-from spectral_ops import jacobian_topk, power
+from spectral_ops import cost, jacobian_topk, topk
 
 
 @pytest.fixture(autouse=True)
 def _fresh_warnings():
     """Each test sees the once-per-process warnings afresh."""
-    warned = getattr(power, "_warned", set())
+    warned = getattr(topk, "_warned", set())
     warned.clear()
     yield
     warned.clear()
@@ -138,9 +138,9 @@ def _auto_with(monkeypatch, costs, G, z):
 
     def fake(G_, z_, mode):
         calls.append(mode)
-        return power.ProductCosts(**costs)
+        return cost.ProductCosts(**costs)
 
-    monkeypatch.setattr(power, "measure_costs", fake, raising=False)  # raising=False: runs on older code too
+    monkeypatch.setattr(topk, "measure_costs", fake, raising=False)  # raising=False: runs on older code too
     top = jacobian_topk(G, z, 4, iters=20, tol=1e-3, method="auto", jvp="double_backward")
     return top.method, calls
 
@@ -158,21 +158,21 @@ def test_auto_decides_with_the_costs_measured_on_G(monkeypatch):
     assert picked == {"style": "krylov", "fixed": "dense"}
     assert calls == ["double_backward"]  # the last G's costs were timed once
     m = 3 * 32 * 32  # the fitted fallback chose dense for the style-like costs (the reported 3.2x)
-    assert power.estimated_cost("dense", 3, 4, 64, m, 20) < power.estimated_cost("krylov", 3, 4, 64, m, 20)
+    assert cost.estimated_cost("dense", 3, 4, 64, m, 20) < cost.estimated_cost("krylov", 3, 4, 64, m, 20)
 
 
 def test_cost_probe_runs_once_per_generator_and_mode(monkeypatch):
     """The timed probe is cached with the JVP-mode probe: a second auto call on the same G does
     not time again; another generator or JVP mode does.  Its figures are positive and finite.
     Fails on the code before (no measure_costs)."""
-    real = power.measure_costs
+    real = cost.measure_costs
     calls = []
 
     def spy(G, z, mode):
         calls.append(mode)
         return real(G, z, mode)
 
-    monkeypatch.setattr(power, "measure_costs", spy)
+    monkeypatch.setattr(topk, "measure_costs", spy)
     G = families(8)["mlp_tanh"]
     z = torch.randn(2, 8, dtype=torch.float64)
     for _ in range(2):
@@ -195,7 +195,7 @@ def test_dense_converged_follows_tol(monkeypatch, method):
     residuals exactly those below it; the residuals are the exact ones (float64 explicit
     Jacobian) to within float32 rounding of J^T J.  Fails on the previous main: with an exact
     JVP dense reported every vector converged whatever tol (tol was replaced by infinity)."""
-    monkeypatch.setattr(power, "measure_costs", lambda G_, z_, mode: power.ProductCosts(**FIXED_COSTS))
+    monkeypatch.setattr(topk, "measure_costs", lambda G_, z_, mode: cost.ProductCosts(**FIXED_COSTS))
     torch.manual_seed(0)
     G = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Tanh(), torch.nn.Linear(48, 3 * 32 * 32))
     z = torch.randn(3, 64, generator=torch.Generator().manual_seed(4))

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 
 from spectral_ops.generator import validate_latents
 from spectral_ops.lab.io import atomic_save_image, atomic_write_bytes
-from spectral_ops.power import jacobian_topk
+from spectral_ops.topk import jacobian_topk
 from spectral_ops.trajectory import Trajectory, trace_trajectory
 
 PLOT_TILE = (64, 40)  # width, height of a line-plot tile for vector outputs

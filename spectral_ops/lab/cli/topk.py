@@ -13,7 +13,7 @@ from torch import nn
 
 from spectral_ops.lab.cli.options import add_device_option, device_from_args
 from spectral_ops.lab.models import Generator
-from spectral_ops.power import jacobian_topk
+from spectral_ops.topk import jacobian_topk
 from spectral_ops.validation import check_seed
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from spectral_ops.power import jacobian_topk
+from spectral_ops.topk import jacobian_topk
 
 __all__ = ["axis_alignment", "chance_alignment"]
 

@@ -1,0 +1,59 @@
+"""The exact dense method of `jacobian_topk`: the full Jacobian by chunked JVPs, then eigh of
+J^T J."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import ops
+from .generator import select_rows
+from .jacobian import JacobianOperator, name_rows
+from .power import _initial_basis
+from .validation import check_int
+
+if TYPE_CHECKING:
+    from .topk import TopK
+
+
+def _dense_chunk(B: int, d: int, m: int, itemsize: int, chunk_size: int | None) -> int:
+    if chunk_size is not None:
+        return min(check_int("chunk_size", chunk_size, 1), d)
+    budget = 256 * 2**20  # bytes of output tangents per chunk; activations scale alike
+    return max(1, min(d, budget // max(1, B * m * itemsize)))
+
+
+def _dense_topk(G, z, k, mode, chunk_size, init, tol=1e-4) -> TopK:
+    """Exact: J^T [B, d, m] column block by column block with the JVP mode, then eigh of J^T J.
+    converged compares the residuals ||M v - lam v|| / lam_1 of the eigh (on the computed
+    M = J^T J) to tol; with finite differences the columns are approximate and the residuals
+    carry the differences' estimated error."""
+    from .topk import _finish  # topk imports this module
+
+    B, d = z.shape
+    cdtype = ops.reference.compute_dtype(z.dtype)
+    with torch.no_grad():
+        m = select_rows(G, slice(0, 1))(z[:1].detach()).numel()
+    chunk = _dense_chunk(B, d, m, z.element_size(), chunk_size)
+    eye = torch.eye(d, dtype=cdtype, device=z.device)
+    Jt = torch.empty(B, d, m, dtype=cdtype, device=z.device)
+    for start in range(0, d, chunk):
+        stop = min(d, start + chunk)
+        op = JacobianOperator(G, z, stop - start, mode)
+        Jt[:, start:stop] = op.jvp(eye[start:stop].expand(B, -1, -1)).detach().to(cdtype)
+        del op
+    c = Jt.abs().flatten(1).amax(1)  # per-sample scale: J^T J / c^2 neither overflows nor underflows
+    name_rows(~torch.isfinite(c), "J(z) is not finite (G's derivative is infinite or NaN)")
+    c = torch.where(c > 0, c, torch.ones_like(c))
+    Jt = Jt / c[:, None, None]
+    Mfull = Jt @ Jt.transpose(1, 2)
+    del Jt
+    lam, U = torch.linalg.eigh(Mfull)
+    lam, V = lam.flip(-1)[:, :k], U.flip(-1)[..., :k].transpose(1, 2).contiguous()
+    V_prev = None if init is None else _initial_basis(init, B, k, d, cdtype, z.device, None)[1]
+    V = V * ops.reference.sign_align(V, V_prev)[..., None]
+    MV = (Mfull @ V.transpose(1, 2)).transpose(1, 2)
+    res = (MV - lam[..., None] * V).norm(dim=-1)
+    res = torch.where(lam[:, :1] > 0, res / lam[:, :1].clamp_min(torch.finfo(cdtype).tiny), torch.zeros_like(res))
+    return _finish(G, z, V, lam, c, res, tol, 0, "dense", mode)
