@@ -231,8 +231,14 @@ def scan_source(source: str, path: str) -> list[Finding]:
     return findings
 
 
+# Not scanned: the application, and spectral_ops/testing, whose known-answer generators are modules
+# built on the CPU and moved with .to(device) as torch's own layers are (their gate harness,
+# run_gate, runs on the CPU).
+NOT_SCANNED = ("lab", "testing")
+
+
 def library_files() -> list[pathlib.Path]:
-    return sorted(p for p in LIBRARY.rglob("*.py") if "lab" not in p.relative_to(LIBRARY).parts[:1])
+    return sorted(p for p in LIBRARY.rglob("*.py") if p.relative_to(LIBRARY).parts[0] not in NOT_SCANNED)
 
 
 def scan_library() -> list[Finding]:
@@ -250,6 +256,9 @@ def test_scans_the_whole_library():
         "spectral_ops/power.py",
         "spectral_ops/baselines/peers.py",
         "spectral_ops/ops/reference.py",
+        "spectral_ops/topk.py",
+        "spectral_ops/dense.py",
+        "spectral_ops/cost.py",
     } <= files
     assert not any(f.startswith("spectral_ops/lab/") for f in files)
 
