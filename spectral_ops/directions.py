@@ -129,34 +129,6 @@ def _trace(G, batches, mode, batchnorm, cdtype, c, probes, gen) -> tuple[float, 
     return total / n, float(torch.stack(spreads).sum()) ** 0.5 / n
 
 
-def _fill_missing(V, lam, res, missing, product):
-    """Complete the rows a Krylov solve returned as zero vectors (its space stopped short of R^d:
-    an invariant subspace no start vector reached, e.g. part of a null space).
-
-    V [1, k, d], lam [1, k], res [1, k] (residual / lam_1), missing [k] bool, product as in
-    `_mean_product`.  The found rows span an invariant subspace of the symmetric metric (to their
-    residuals), so its orthogonal complement Q [d - f, d] is one too: one product with Q and
-    Rayleigh-Ritz over it give the missing pairs.  Returns (V, lam, res) sorted by lam, descending."""
-    found = V[0][~missing]  # [f, d] orthonormal
-    d, m = V.shape[-1], int(missing.sum())
-    P = torch.eye(d, dtype=V.dtype, device=V.device) - found.T @ found
-    Q = torch.linalg.eigh(P)[1][:, found.shape[0] :].T  # eigenvalue 1 of the projector: the complement
-    MQ = product(Q[None])[0]
-    theta, C = torch.linalg.eigh(0.5 * (Q @ MQ.T + MQ @ Q.T))
-    theta, C = theta.flip(0)[:m], C.flip(1)[:, :m].T  # the top m over the complement
-    X, MX = C @ Q, C @ MQ
-    lam_all = torch.cat([lam[0][~missing], theta])
-    top = lam_all.max().clamp_min(torch.finfo(lam.dtype).tiny)
-    res_all = torch.cat(
-        [
-            res[0][~missing] * lam[0].max().clamp_min(torch.finfo(lam.dtype).tiny) / top,
-            (MX - theta[:, None] * X).norm(dim=-1) / top,
-        ]
-    )
-    order = lam_all.argsort(descending=True)
-    return torch.cat([found, X])[order][None], lam_all[order][None], res_all[order][None]
-
-
 def global_directions(
     G: Callable,
     n_samples: int,
@@ -257,10 +229,6 @@ def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_pr
     V, lam, res, products = r.V, r.lam, r.res, r.passes + 1
     if bar is not None:
         bar.close()
-    missing = V[0].norm(dim=-1) < 0.5
-    if bool(missing.any()):
-        V, lam, res = _fill_missing(V, lam, res, missing, _mean_product(G, batches, mode, batchnorm, cdtype, c, None))
-        products += 1
     # the shares are formed in the units of M_bar / c^2, where nothing overflows or underflows
     values = lam[0].double() * (c * c)  # float64: squares of G's scale overflow float32 beyond about 1e19
     trace, stderr, explained, explained_stderr = math.nan, None, values.new_full((k,), math.nan), None
