@@ -150,26 +150,17 @@ class RunState:
     def result(self, seconds: float, steps: int, history: list, checkpoint: str | None) -> TrainResult:
         """The TrainResult of the finished run (its generators in eval mode)."""
         self.G.eval()
-        if self.G_ema is None:
-            return TrainResult(
-                G=self.G,
-                D=self.D,
-                config=self.config,
-                seconds=seconds,
-                steps=steps,
-                history=history,
-                checkpoint=checkpoint,
-            )
-        self.G_ema.eval()
+        if self.G_ema is not None:
+            self.G_ema.eval()
         return TrainResult(
-            G=self.G_ema,
+            G=self.G if self.G_ema is None else self.G_ema,
             D=self.D,
             config=self.config,
             seconds=seconds,
             steps=steps,
             history=history,
             checkpoint=checkpoint,
-            G_train=self.G,
+            G_train=None if self.G_ema is None else self.G,
         )
 
 
