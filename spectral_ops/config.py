@@ -2,16 +2,17 @@
 
 `RegularizerConfig` is what `SpectralRegularizer` takes (its keyword arguments build one), what
 `spectral_penalty` checks its arguments with, and what an application nests in its own config
-(the trainer's `TrainConfig.reg_config`).  Each field's metadata holds its allowed values
-(`choices`) and a one-line `help`, so a command line can be generated from the dataclass
-instead of repeating them.  The loss and weight kinds come from the ops layer
-(`spectral_ops.ops.LOSS_KINDS`, `WEIGHT_KINDS`), their single definition.
+(the trainer's `TrainConfig.reg_config`).  Its fields are plain dataclass fields, documented in
+the Args of `spectral_penalty` and `SpectralRegularizer`; the allowed values of the choice
+fields are the constants below and, for the loss and weight kinds, the ops layer's
+(`spectral_ops.ops.LOSS_KINDS`, `WEIGHT_KINDS`), their single definition.  Command-line flags
+are the application's business (`spectral_ops.lab`), not this module's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .jacobian import JVP_MODES
 from .ops.reference import LOSS_KINDS, WEIGHT_KINDS
@@ -26,39 +27,27 @@ REMOVED_GRADS = {
 }
 
 
-def option(default, help: str, choices: tuple | None = None):
-    """A dataclass field with its command-line help and allowed values in the metadata."""
-    return field(default=default, metadata={"help": help, "choices": choices})
-
-
 @dataclass(frozen=True)
 class RegularizerConfig:
     """Settings of the spectral regularizer (defaults pass the known-answer gate)."""
 
-    k: int = option(4, "singular vectors aligned per sample (1 <= k <= latent_dim)")
-    solver: str = option(
-        "krylov",
-        "inner solver for the vectors: batched Lanczos from the warm-start block "
-        "(krylov) or block power iteration (power)",
-        SOLVERS,
-    )
-    iters: int = option(6, "cap per computed call: power iterations, or krylov products of k vectors per sample")
-    loss: str = option("offdiag", "alignment loss variant", LOSS_KINDS)
-    grad: str = option("fast", "eigenvector gradient: in-block exact + first order (fast) or CG (implicit)", GRADS)
-    every: int = option(8, "lazy regularization: compute on one call in N, scaled by N")
-    batch_fraction: float = option(0.25, "fraction of the batch regularized, in (0, 1]")
-    warm_start: bool = option(True, "start from a running sign-aligned mean basis")
-    jvp: str = option("auto", "Jacobian-vector product mode", JVP_MODES)
-    weights: str = option("uniform", "per-vector weights: spectrum-free rank weights or singular values", WEIGHT_KINDS)
-    batchnorm: str = option("error", "train-mode BatchNorm in G: refuse, or use running statistics", BATCHNORM)
-    momentum: float = option(0.2, "weight of the new batch mean in the running basis, in (0, 1]")
-    tol: float = option(1e-4, "residual ||Mv - lam v|| / lam_1 the inner solver stops at (every vector)")
-    null_tol: float = option(
-        1e-3, "vectors with sigma_i <= null_tol * sigma_1 (directions G ignores) drop out of the loss, in [0, 1)"
-    )
-    cg_iters: int = option(8, "conjugate-gradient steps for grad='implicit'")
-    cg_tol: float = option(1e-6, "relative CG tolerance for grad='implicit'")
-    seed: int = option(0, "seeds the initial basis and the regularized row subsets")
+    k: int = 4
+    solver: str = "krylov"
+    iters: int = 6
+    loss: str = "offdiag"
+    grad: str = "fast"
+    every: int = 8
+    batch_fraction: float = 0.25
+    warm_start: bool = True
+    jvp: str = "auto"
+    weights: str = "uniform"
+    batchnorm: str = "error"
+    momentum: float = 0.2
+    tol: float = 1e-4
+    null_tol: float = 1e-3
+    cg_iters: int = 8
+    cg_tol: float = 1e-6
+    seed: int = 0
 
     def __post_init__(self):
         self.validate()  # a bad field fails where it is written; k against d is checked by validate(d)
@@ -97,35 +86,3 @@ class RegularizerConfig:
                 f"unknown regularizer option(s) {unknown}; valid: {[f.name for f in dataclasses.fields(self)]}"
             )
         return dataclasses.replace(self, **changes)
-
-
-def from_flat(cls, values: dict, base=None):
-    """The dataclass `cls` from `values` keyed by dotted field paths ("reg_config.k"; other keys
-    are ignored); fields absent from `values` keep their value in `base` (default: cls())."""
-    base = cls() if base is None else base
-    changes = {}
-    for f in dataclasses.fields(cls):
-        current = getattr(base, f.name)
-        if dataclasses.is_dataclass(current):
-            prefix = f.name + "."
-            inner = {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
-            if inner:
-                try:
-                    changes[f.name] = from_flat(type(current), inner, current)
-                except (TypeError, ValueError) as exc:  # name the nested field: "reg_config: k must ..."
-                    raise type(exc)(f"{f.name}: {exc}") from None
-        elif f.name in values:
-            changes[f.name] = values[f.name]
-    return dataclasses.replace(base, **changes)
-
-
-def flat_items(config, path: str = "") -> dict:
-    """{dotted path: value} over the leaves of a (nested) dataclass instance."""
-    out = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            out.update(flat_items(value, f"{path}{f.name}."))
-        else:
-            out[f"{path}{f.name}"] = value
-    return out

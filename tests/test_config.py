@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from spectral_ops import RegularizerConfig, SpectralRegularizer
-from spectral_ops.config import flat_items, from_flat
-from spectral_ops.lab.cli.options import add_options
+from spectral_ops.lab.cli.options import add_options, from_flat
 from spectral_ops.lab.train import TRAIN_REGULARIZER, TrainConfig
+from spectral_ops.lab.train.config import flat_items
 from spectral_ops.ops import LOSS_KINDS
 
 
@@ -94,3 +94,20 @@ def test_warm_start_must_be_a_bool(value):
     """The one bool field: a str (or an int) is a TypeError, not a truthy value."""
     with pytest.raises(TypeError, match=f"warm_start must be a bool, got {type(value).__name__}"):
         SpectralRegularizer(6, warm_start=value)
+
+
+def test_the_library_config_has_plain_fields_and_the_flags_live_in_the_application():
+    """RegularizerConfig's fields carry no command-line metadata (help, choices) and the library's
+    config module makes no flags; the --reg-* flags' help and choices are the trainer's REG_FLAGS,
+    whose choices are the library's lists.  Before: option(...) fields and from_flat in the library."""
+    import spectral_ops.config as library_config
+    from spectral_ops.config import GRADS
+    from spectral_ops.lab.train.config import REG_FLAGS
+
+    assert all(not f.metadata for f in dataclasses.fields(RegularizerConfig))
+    assert not {"option", "from_flat", "flat_items"} & set(vars(library_config))
+    assert REG_FLAGS["loss"][1] is LOSS_KINDS and REG_FLAGS["grad"][1] is GRADS
+    parser = argparse.ArgumentParser()
+    add_options(parser, TrainConfig)
+    reg_flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--reg-")]
+    assert reg_flags == ["--reg-weight"] + ["--reg-" + name.replace("_", "-") for name in REG_FLAGS]

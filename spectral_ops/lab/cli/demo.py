@@ -11,8 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from spectral_ops.config import from_flat
-from spectral_ops.lab.cli.options import add_options, add_threads_option, apply_threads
+from spectral_ops.lab.cli.options import add_options, add_threads_option, apply_threads, from_flat
 from spectral_ops.lab.demo import DEMO, demo
 from spectral_ops.lab.io import EVAL_MODULES, require_modules, writable_dir
 from spectral_ops.lab.train import TrainConfig

@@ -1,23 +1,33 @@
 """Command-line options generated from config dataclasses, so each option is named once.
 
-A field made with `spectral_ops.config.option(default, help, choices)` becomes
+A field whose metadata holds a ``help`` (and optionally ``choices``; `TrainConfig`'s fields) becomes
 ``--{prefix}{name-with-dashes}``: its type from the annotation, its choices and help from the
-metadata, its default from the instance given.  The argparse dest is the field's dotted path
-(``reg_config.k``), and `spectral_ops.config.from_flat` turns a parsed namespace back into the
-(nested) dataclass.
+metadata, its default from the instance given.  A nested dataclass without such metadata (the
+library's `RegularizerConfig`, whose fields are plain) gets its flags from a ``fields`` table in
+the metadata of the field that nests it: {field name: (help, choices or None)}, only those fields
+becoming flags.  The argparse dest is the field's dotted path (``reg_config.k``), and `from_flat`
+turns a parsed namespace back into the (nested) dataclass.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Iterable
+from typing import Iterable, Mapping
 
 _TYPES = {"int": int, "float": float, "str": str}
 
+#: {field name: (help, allowed values or None)}: the flags of a dataclass whose fields carry no metadata
+FlagTable = Mapping[str, tuple[str, tuple | None]]
 
-def fields_of(cls) -> Iterable[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if f.metadata.get("help")]
+
+def fields_of(cls, table: FlagTable | None = None) -> list[tuple[dataclasses.Field, str, tuple | None]]:
+    """(field, help, choices) for each field of `cls` that becomes a flag, in field order: those
+    named in `table`, with its help and choices, or else those whose metadata holds a help."""
+    if table is not None:
+        return [(f, *table[f.name]) for f in dataclasses.fields(cls) if f.name in table]
+    documented = [f for f in dataclasses.fields(cls) if f.metadata.get("help")]
+    return [(f, f.metadata["help"], f.metadata.get("choices")) for f in documented]
 
 
 def add_options(
@@ -30,13 +40,15 @@ def add_options(
     only: Iterable[str] | None = None,
     groups: dict | None = None,
     group: str | None = None,
+    table: FlagTable | None = None,
 ) -> None:
     """Add one option per documented field of the dataclass `cls` (nested dataclass fields
-    recurse with their own `prefix` from the metadata).  defaults: an instance of cls.
-    only: the field names to expose (default: all).  groups: metadata "group" -> argparse group."""
+    recurse with their own `prefix` and flag `fields` table from the metadata).  defaults: an
+    instance of cls.  only: the field names to expose (default: all).  groups: metadata "group"
+    -> argparse group.  table: the flags of a cls whose fields carry no help (see the module)."""
     defaults = cls() if defaults is None else defaults
     only = None if only is None else set(only)
-    for f in fields_of(cls):
+    for f, help_line, choices in fields_of(cls, table):
         if only is not None and f.name not in only:
             continue
         value = getattr(defaults, f.name)
@@ -48,19 +60,18 @@ def add_options(
                 value,
                 prefix=f.metadata.get("prefix", prefix),
                 path=dest + ".",
-                only=f.metadata.get("only"),
                 groups=groups,
                 group=f.metadata.get("group", group),
+                table=f.metadata.get("fields"),
             )
             continue
         target = (groups or {}).get(f.metadata.get("group", group), parser)
         flag = "--" + prefix + f.name.replace("_", "-")
-        help_text = f.metadata["help"] + " (default: %(default)s)"
+        help_text = help_line + " (default: %(default)s)"
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
         if kind == "bool":
             target.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=value, help=help_text)
             continue
-        choices = f.metadata.get("choices")
         target.add_argument(
             flag,
             dest=dest,
@@ -70,6 +81,26 @@ def add_options(
             choices=tuple(choices) if choices is not None else None,
             metavar=None if choices is not None else f.name.upper(),
         )
+
+
+def from_flat(cls, values: dict, base=None):
+    """The dataclass `cls` from `values` keyed by dotted field paths ("reg_config.k"; other keys
+    are ignored); fields absent from `values` keep their value in `base` (default: cls())."""
+    base = cls() if base is None else base
+    changes = {}
+    for f in dataclasses.fields(cls):
+        current = getattr(base, f.name)
+        if dataclasses.is_dataclass(current):
+            prefix = f.name + "."
+            inner = {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
+            if inner:
+                try:
+                    changes[f.name] = from_flat(type(current), inner, current)
+                except (TypeError, ValueError) as exc:  # name the nested field: "reg_config: k must ..."
+                    raise type(exc)(f"{f.name}: {exc}") from None
+        elif f.name in values:
+            changes[f.name] = values[f.name]
+    return dataclasses.replace(base, **changes)
 
 
 def add_threads_option(parser) -> None:

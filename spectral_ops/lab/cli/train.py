@@ -14,8 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-from spectral_ops.config import from_flat
-from spectral_ops.lab.cli.options import add_options, add_threads_option, apply_threads
+from spectral_ops.lab.cli.options import add_options, add_threads_option, apply_threads, from_flat
 from spectral_ops.lab.io import writable_dir
 from spectral_ops.lab.train import (
     TrainConfig,

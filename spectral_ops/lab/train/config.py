@@ -1,6 +1,7 @@
 """The trainer's settings: `TrainConfig` (its fields' metadata makes the `spectral-ops train`
-flags), the option lists, `TRAIN_REGULARIZER`, validation, the networks a config builds, and what
-a resumed run may change (`RESUMABLE`, `resumed_config`)."""
+flags), the option lists, `TRAIN_REGULARIZER` and the flags of its settings (`REG_FLAGS`),
+validation, the networks a config builds, and what a resumed run may change (`RESUMABLE`,
+`resumed_config`, `config_changes` over `flat_items`)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from spectral_ops.config import RegularizerConfig, flat_items
+from spectral_ops.config import GRADS, RegularizerConfig
 from spectral_ops.lab.data import DATASETS
-from spectral_ops.lab.models import Discriminator, Generator
+from spectral_ops.lab.models import LATENT_MAPS, NORMS, Discriminator, Generator
+from spectral_ops.ops import LOSS_KINDS
 from spectral_ops.validation import check_int, check_number, check_seed
 
 REGULARIZERS = ("none", "spectral", "hessian", "orojar", "path_length")
-NORMS = ("pixel", "layer", "none")
 DEVICES = ("auto", "cpu", "cuda")
 #: TrainConfig fields a resumed run may change: how far it goes, how often it logs and saves, where
 #: it writes and runs (on another device the run goes on, but not bit for bit)
@@ -25,6 +26,18 @@ RESUMABLE = ("steps", "log_every", "ckpt_every", "out", "device")
 #: The trainer's spectral settings: the library's defaults, regularized every 4 steps (the
 #: library's default is 8; the demo and docs/experiment.md were measured with 4).
 TRAIN_REGULARIZER = RegularizerConfig(every=4)
+
+#: The regularizer settings `spectral-ops train` and `demo` expose, as --reg-NAME: field name ->
+#: (help, allowed values or None).  The library's RegularizerConfig has plain fields; its allowed
+#: values are the library's lists (LOSS_KINDS, GRADS), which it validates against.
+REG_FLAGS: dict[str, tuple[str, tuple | None]] = {
+    "k": ("singular vectors aligned per sample (1 <= k <= latent_dim)", None),
+    "iters": ("cap per computed call: power iterations, or krylov products of k vectors per sample", None),
+    "loss": ("alignment loss variant", LOSS_KINDS),
+    "grad": ("eigenvector gradient: in-block exact + first order (fast) or CG (implicit)", GRADS),
+    "every": ("lazy regularization: compute on one call in N, scaled by N", None),
+    "batch_fraction": ("fraction of the batch regularized, in (0, 1]", None),
+}
 
 
 def _option(default, help: str, group: str, choices=None, **extra):
@@ -44,6 +57,9 @@ class TrainConfig:
     width: int = _option(32, "channel width of G (and of D unless --d-width)", "data and model")
     d_width: int = _option(0, "channel width of D, 0: the same as --width", "data and model")
     norm: str = _option("pixel", "per-sample normalisation in G, never batch-coupled", "data and model", NORMS)
+    latent_map: str = _option(
+        "none", "G's first op on z: none, or uniform (sqrt(3) erf(z / sqrt(2)))", "data and model", LATENT_MAPS
+    )
     steps: int = _option(2000, "total training steps, one D and one G update each", "optimisation")
     batch_size: int = _option(64, "global batch, split over processes", "optimisation")
     lr_g: float = _option(1e-3, "Adam learning rate of G", "optimisation")
@@ -66,7 +82,7 @@ class TrainConfig:
         "spectral regularizer settings",
         "regularizer",
         prefix="reg-",
-        only=("k", "iters", "loss", "grad", "every", "batch_fraction"),
+        fields=REG_FLAGS,
     )
     out: str = _option("runs/train", "output folder: checkpoint.pt, log.jsonl, train.json", "output")
     ckpt_every: int = _option(500, "checkpoint every N steps", "output")
@@ -124,7 +140,9 @@ def _as_value_error(check, *args):
 
 
 def build_models(config: TrainConfig) -> tuple[Generator, Discriminator]:
-    G = Generator(config.latent_dim, size=config.size, width=config.width, norm=config.norm)
+    G = Generator(
+        config.latent_dim, size=config.size, width=config.width, norm=config.norm, latent_map=config.latent_map
+    )
     D = Discriminator(size=config.size, width=config.d_width or config.width)
     return G, D
 
@@ -151,6 +169,18 @@ def config_changes(saved: TrainConfig, requested: TrainConfig) -> dict[str, tupl
     settings by their dotted path, e.g. reg_config.k)."""
     a, b = flat_items(saved), flat_items(requested)
     return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def flat_items(config, path: str = "") -> dict:
+    """{dotted path: value} over the leaves of a (nested) dataclass instance."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flat_items(value, f"{path}{f.name}."))
+        else:
+            out[f"{path}{f.name}"] = value
+    return out
 
 
 def format_changes(changes: dict[str, tuple]) -> str:
