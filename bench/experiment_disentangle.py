@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spectral_ops.lab.evaluate import evaluate_generator
 from spectral_ops.lab.metrics import PredictorConfig, load_or_fit_predictor
+from spectral_ops.config import RegularizerConfig
 from spectral_ops.lab.train import TRAIN_REGULARIZER, TrainConfig, train
 
 VARIANTS = {
@@ -67,9 +68,33 @@ METRICS = (
 )
 
 
+def _modifier(base: dict, item: str, text: str) -> dict:
+    """Apply one '+field=value' of a variant: a TrainConfig field (latent_map=uniform) or, with the
+    prefix reg_, a field of the spectral regularizer's config (reg_k=10, reg_weights=singular)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key or not raw:
+        raise ValueError(f"bad modifier {item!r} in variant {text!r} (expected +field=value)")
+    value: object = raw
+    for cast in (int, float):
+        try:
+            value = cast(raw)
+            break
+        except ValueError:
+            pass
+    if key.startswith("reg_") and key[4:] in {f.name for f in dataclasses.fields(RegularizerConfig)}:
+        if "reg_config" not in base:
+            raise ValueError(f"{key} in variant {text!r}: only the spectral variants have a regularizer config")
+        return {**base, "reg_config": base["reg_config"].replace(**{key[4:]: value})}
+    if key in {f.name for f in dataclasses.fields(TrainConfig)} and key not in ("reg", "reg_config", "reg_weight"):
+        return {**base, key: value}
+    raise ValueError(f"unknown field {key!r} in variant {text!r}")
+
+
 def parse_variant(text: str, default_weight: float) -> tuple[str, dict, float]:
-    """'name' or 'name@weight' -> (name, train options, regularizer weight)."""
-    name, sep, w = text.partition("@")
+    """'name[+field=value...][@weight]' -> (name, train options, regularizer weight); a modifier
+    sets a TrainConfig field (+latent_map=uniform) or a regularizer field (+reg_k=10)."""
+    spec, sep, w = text.partition("@")
+    name, *modifiers = spec.split("+")
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r} (choose from {', '.join(VARIANTS)})")
     try:
@@ -78,7 +103,10 @@ def parse_variant(text: str, default_weight: float) -> tuple[str, dict, float]:
         raise ValueError(f"bad weight in variant {text!r}") from None
     if not (math.isfinite(weight) and weight >= 0):
         raise ValueError(f"weight must be a finite number >= 0 in variant {text!r}")
-    return name, VARIANTS[name], weight
+    opts = dict(VARIANTS[name])
+    for item in modifiers:
+        opts = _modifier(opts, item, text)
+    return name, opts, weight
 
 
 def _variant_arg(text: str) -> str:
@@ -171,10 +199,11 @@ def main(argv=None) -> int:
         nargs="+",
         default=DEFAULT,
         type=_variant_arg,
-        metavar="VARIANT[@WEIGHT]",
+        metavar="VARIANT[+FIELD=VALUE...][@WEIGHT]",
         help=f"runs to compare (default: {' '.join(DEFAULT)}; also: "
         + " ".join(v for v in VARIANTS if v not in DEFAULT)
-        + "); '@W' sets that variant's regularizer weight",
+        + "); '@W' sets that variant's regularizer weight, '+field=value' a TrainConfig field "
+        + "(+latent_map=uniform) or, prefixed reg_, a spectral regularizer field (+reg_k=10)",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default: 0 1 2)")
     p.add_argument("--steps", type=int, default=400, help="GAN steps per run (default: %(default)s)")
@@ -223,7 +252,7 @@ def main(argv=None) -> int:
             seed=seed,
             reg_weight=w,
             **extra,
-            out=str(out / v.replace("/", "-").replace("@", "_w") / f"seed{seed}"),
+            out=str(out / v.replace("/", "-").replace("@", "_w").replace("+", "_").replace("=", "-") / f"seed{seed}"),
             ckpt_every=args.steps,
             log_every=50,
             **opts,

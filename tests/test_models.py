@@ -69,3 +69,23 @@ def test_bad_arguments():
         Generator(4)(torch.randn(2, 5))
     with pytest.raises(ValueError, match="images must be"):
         Discriminator()(torch.randn(2, 1, 64, 64))
+
+
+def test_uniform_latent_map():
+    """latent_map="uniform" is G's first op: u = sqrt(3) erf(z / sqrt(2)), uniform on
+    [-sqrt(3), sqrt(3)] with unit variance, then the same layers as latent_map="none"."""
+    torch.manual_seed(0)
+    G = Generator(6, size=16, latent_map="uniform").double()
+    plain = Generator(6, size=16).double()
+    plain.load_state_dict(G.state_dict())
+    z = torch.randn(4000, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    u = 3**0.5 * torch.erf(z * 0.5**0.5)
+    torch.testing.assert_close(G(z[:8]), plain(u[:8]), rtol=0, atol=0)
+    assert float(u.abs().max()) < 3**0.5
+    # uniform: the share of u below each quartile of U(-sqrt(3), sqrt(3)) is 1/4 (4000 draws: 4 sigma)
+    edges = torch.tensor([-0.5, 0.0, 0.5], dtype=torch.float64) * 3**0.5
+    shares = torch.stack([(u < e).double().mean() for e in edges])
+    sigma = (0.25 * 0.75 / u.numel()) ** 0.5
+    assert torch.allclose(shares, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64), atol=4 * sigma)
+    with pytest.raises(ValueError, match="latent_map"):
+        Generator(6, latent_map="gauss")

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 
 __all__ = ["Generator", "Discriminator", "PixelNorm"]
 
-_NORMS = ("pixel", "layer", "none")
+NORMS = ("pixel", "layer", "none")
 _OUTPUTS = ("sigmoid", "tanh", "none")
+LATENT_MAPS = ("none", "uniform")
 _G_SIZES = (8, 16, 32, 64)
 _D_SIZES = (32, 64)
 
@@ -59,6 +60,11 @@ class Generator(nn.Module):
     with norm + LeakyReLU(0.2) after all but the last, which maps to `channels`; c0 = width *
     2**(log2(size/4) - 1), so the last hidden block has `width` channels.  `output`: "sigmoid"
     (images in [0, 1], what the trainer uses), "tanh" (in [-1, 1]) or "none" (the raw last layer).
+    `latent_map`: "none", or "uniform": the first op maps z ~ N(0, I) to u = sqrt(3) erf(z / sqrt(2)),
+    uniform on [-sqrt(3), sqrt(3)]^d (unit variance), so the layers see a prior that is not
+    rotation-invariant (a rotation of the cube is another distribution) and a generator that moves
+    one uniform factor per coordinate can be affine in u, with a sensitivity that does not change
+    across z.  The map is elementwise, so J^T J is diagonal in z exactly when it is in u.
 
     Parameters are created (and drawn from torch's RNG) in layer order: fc, then the transposed
     convolutions; the norms draw nothing.  With norm="none" and output="tanh" this is the plain
@@ -75,16 +81,20 @@ class Generator(nn.Module):
         width: int = 32,
         norm: str = "pixel",
         output: str = "sigmoid",
+        latent_map: str = "none",
     ):
         super().__init__()
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
-        if norm not in _NORMS:
-            raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if output not in _OUTPUTS:
             raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
+        if latent_map not in LATENT_MAPS:
+            raise ValueError(f"latent_map must be one of {LATENT_MAPS}, got {latent_map!r}")
         n_up = _check_common(size, channels, width, _G_SIZES)
         self.latent_dim, self.size, self.channels, self.output = latent_dim, size, channels, output
+        self.latent_map = latent_map
         c0 = width * 2 ** (n_up - 1)
         self.c0 = c0
         self.fc = nn.Linear(latent_dim, c0 * 16)
@@ -103,6 +113,8 @@ class Generator(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"z must be (N, {self.latent_dim}), got {tuple(z.shape)}")
+        if self.latent_map == "uniform":
+            z = math.sqrt(3.0) * torch.erf(z * math.sqrt(0.5))
         h = self.fc(z).view(z.shape[0], self.c0, 4, 4)
         h = nn.functional.leaky_relu(self.fc_norm(h), 0.2)
         h = self.net(h)
