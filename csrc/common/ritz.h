@@ -20,6 +20,21 @@ struct RitzScratch {
   T* coef;
 };
 
+// The residual of a Ritz pair (lambda, v) of M, relative to the top Ritz value lambda_1:
+// ||M v - lambda v|| / lambda_1, 0 where lambda_1 <= 0.  The squared norm is a sum over j of
+// residual_term((M v)_j, lambda, v_j); relative_residual turns it into the reported value.  The one
+// definition for the CPU and CUDA kernels (both run ritz_step_sample below).
+template <typename T>
+SPECTRAL_HD T residual_term(T mv, T lambda, T v) {
+  const T e = mv - lambda * v;
+  return e * e;
+}
+
+template <typename T>
+SPECTRAL_HD T relative_residual(T squared_norm, T lambda_1) {
+  return lambda_1 > T(0) ? sqrt_(squared_norm) / lambda_1 : T(0);
+}
+
 // The k x k eigensolve: tridiagonal QL on one CPU thread (fewer operations), round-robin Jacobi
 // on a GPU thread block (its k / 2 rotations per round run in parallel).  Same contract.
 template <typename T, typename Ctx>
@@ -33,7 +48,7 @@ SPECTRAL_HD void small_eigh(const Ctx& ctx, T* A, T* U, int* order, T* work, int
 
 // One sample: Q, MQ, V_prev (nullable), V, Q_next are [k, d]; lam, res are [k].
 // V = sorted Ritz vectors of span(Q) (sign-fixed), lam = Ritz values descending,
-// res_i = ||M v_i - lam_i v_i|| / lam_1 (0 where lam_1 <= 0), Q_next = orthonormalize(M V).
+// res_i = ||M v_i - lam_i v_i|| / lam_1 (relative_residual), Q_next = orthonormalize(M V).
 // The work runs on MQ / s, s = max |MQ| (1 if MQ == 0), so that ritz_step(Q, c MQ) gives c lam and
 // the same V, res and Q_next for any c > 0 (lam = s lam' overflows only where the true values do).
 // A sample whose Q or MQ holds NaN or Inf gets NaN in all four outputs.  V must not alias the
@@ -105,15 +120,12 @@ SPECTRAL_HD void ritz_step_sample(const Ctx& ctx, const T* Q, const T* MQ, const
         [&](int c) {
           const T *mvi = Q_next + (long)(i0 + c) * d, *vi = V + (long)(i0 + c) * d;
           const T value = H[order[i0 + c] * (k + 1)];
-          return [=](int j) {
-            const T e = mvi[j] - value * vi[j];
-            return e * e;
-          };
+          return [=](int j) { return residual_term(mvi[j], value, vi[j]); };
         },
         [&](int c, T r2) {
           if (ctx.leader()) {  // relative residuals from the scaled values, then the values scaled back
             lam[i0 + c] = H[order[i0 + c] * (k + 1)] * s;
-            res[i0 + c] = top > T(0) ? sqrt_(r2) / top : T(0);
+            res[i0 + c] = relative_residual(r2, top);
           }
         });
     if (V_prev != nullptr) {
