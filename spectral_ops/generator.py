@@ -48,6 +48,7 @@ from torch import nn
 from .jacobian import (
     JVP_MODES,
     PER_ROW_HINT,
+    FoldableGenerator,
     JacobianOperator,
     check_output_rows,
     module_call,
@@ -100,7 +101,7 @@ def validate_latents(z: object, name: str = "z") -> torch.Tensor:
     return flatten_latents(z, name)[0]
 
 
-class FlatGenerator:
+class FlatGenerator(FoldableGenerator):
     """G as the library calls it: [N, d] -> G(z.reshape(N, *latent_shape), *row_args, **kwargs).
 
     row_args are tensors with one row per latent row (class labels [N], embeddings [N, e]): the
@@ -126,7 +127,7 @@ class FlatGenerator:
         return self.G(x.clone(), *self.row_args, **self.kwargs)  # a copy: G may write to its input (x.clamp_)
 
     def functional_view(self) -> Callable:
-        """This call for torch.func transforms (see jacobian.functional_view)."""
+        """This call for torch.func transforms (see jacobian.functional_view and FoldableGenerator)."""
         if not isinstance(self.G, nn.Module):
             return self
 

@@ -14,6 +14,7 @@ J^T u is always one backward pass through the kept forward graph.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from typing import Any, Callable, cast, overload
 
@@ -84,6 +85,25 @@ def raise_per_row_hint(error: RuntimeError, rows: int, B: int) -> None:
     ) from error
 
 
+class FoldableGenerator(abc.ABC):
+    """What `JacobianOperator` asks of a G beyond calling it, the protocol between this module and
+    generator.py (whose `FlatGenerator`, what `conditioned` builds, implements it): a G with
+    per-row arguments folds them with the latents (`fold_rows`) and hands torch.func transforms
+    its module (`functional_view`).  Any other callable is run as it is."""
+
+    @abc.abstractmethod
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """G on flat latents z [N, d]."""
+
+    @abc.abstractmethod
+    def fold_rows(self, k: int) -> "FoldableGenerator":
+        """The same G for latents folded k times (each row repeated k times in place)."""
+
+    @abc.abstractmethod
+    def functional_view(self) -> Callable:
+        """This call for torch.func transforms (see `functional_view`)."""
+
+
 def _flat(y: torch.Tensor, n: int) -> torch.Tensor:
     return y.reshape(n, -1)
 
@@ -93,7 +113,7 @@ def functional_view(G: Callable) -> Callable:
     functional_call with its buffers cloned inside the call, so a forward that updates a buffer
     in place (a style generator's w_avg in training mode) runs and leaves G's buffers untouched.
     A lambda around a module runs as it is (such an update then makes forward mode unavailable)."""
-    if hasattr(G, "functional_view"):  # spectral_ops.conditioned(G, ...): its own module inside
+    if isinstance(G, FoldableGenerator):  # spectral_ops.conditioned(G, ...): its own module inside
         return G.functional_view()
     if not isinstance(G, torch.nn.Module):
         return G
@@ -143,7 +163,7 @@ class JacobianOperator:
         if mode not in JVP_MODES[1:]:
             raise ValueError(f"jvp must be one of {JVP_MODES[1:]} here, got {mode!r}")
         self.G_rows, self.z = G, z.detach()  # one row per sample, for the shared-primal forward mode
-        G = G.fold_rows(k) if hasattr(G, "fold_rows") else G  # per-row arguments follow the folded rows
+        G = G.fold_rows(k) if isinstance(G, FoldableGenerator) else G  # per-row arguments follow the folded rows
         self.G, self.mode, self.k = G, mode, k
         self.B, self.d = z.shape
         self._shared_primal, self._functional = mode == "forward", None
