@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import spectral_ops
-from gen_families import families, latent_scales, ScaledInput, dcgan, mlp, oracle_svd
+from spectral_ops.testing.families import families, latent_scales, ScaledInput, dcgan, mlp, oracle_svd
 from spectral_ops import (
     SpectralRegularizer,
     conditioned,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gen_families import DCGAN4D, explicit_jacobian, families
+from spectral_ops.testing.families import DCGAN4D, explicit_jacobian, families
 from spectral_ops import global_directions
 from spectral_ops.directions import subspace_angle_deg
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.functional import relu
 
-from gen_families import explicit_jacobian, mlp
+from spectral_ops.testing.families import explicit_jacobian, mlp
 from test_real_generators import _bn_net, _Conditional, _z  # a train-mode BatchNorm net, G(z, c), latents
 import spectral_ops
 from spectral_ops import SpectralRegularizer, global_directions, jacobian_topk, spectral_penalty, trace_trajectory

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from gen_families import dcgan, explicit_jacobian, families, oracle_svd
+from spectral_ops.testing.families import dcgan, explicit_jacobian, families, oracle_svd
 import spectral_ops
 from spectral_ops import conditioned, jacobian_topk, topk
 from spectral_ops.krylov import block_lanczos, krylov_block

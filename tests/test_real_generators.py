@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from gen_families import DCGAN4D, StyleLike, explicit_jacobian, families, mlp
+from spectral_ops.testing.families import DCGAN4D, StyleLike, explicit_jacobian, families, mlp
 import spectral_ops
 from spectral_ops import SpectralRegularizer, jacobian_topk, spectral_penalty, trace_trajectory
 

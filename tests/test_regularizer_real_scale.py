@@ -154,7 +154,7 @@ def test_state_dict_restores_the_schedule():
 
 
 def _small_dcgan_float64():
-    from gen_families import dcgan
+    from spectral_ops.testing.families import dcgan
 
     torch.manual_seed(0)
     return dcgan(d=16).double()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from gen_families import dcgan, explicit_jacobian, families, oracle_svd
+from spectral_ops.testing.families import dcgan, explicit_jacobian, families, oracle_svd
 from spectral_ops import jacobian_topk
 from spectral_ops.jacobian import JacobianOperator
 

@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from gen_families import dcgan, explicit_jacobian, families
+from spectral_ops.testing.families import dcgan, explicit_jacobian, families
 from spectral_ops import cost, jacobian_topk, topk
 
 

@@ -11,7 +11,8 @@
 - `data/`: procedural datasets; `models/`: the DCGAN generator and discriminator;
   `metrics/`: disentanglement metrics, factor predictor, reference generators;
 - `viz.py`: traversal pictures; `io.py`: atomic writers.  The known-answer gate's generators
-  live in the library wing, `spectral_ops.testing.known_answer`.
+  and the tests' generator families live in the library wing, `spectral_ops.testing.known_answer`
+  and `spectral_ops.testing.families`.
 
 Checklists:
 - a CLI command: a module in `cli/` with `add_arguments` and `run`, one line in

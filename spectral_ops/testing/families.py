@@ -1,16 +1,18 @@
-"""Small generator families used as test subjects, with explicit-Jacobian oracles.
+"""Small generator families used as test subjects, with explicit-Jacobian oracles (torch only).
 
 Each family maps (N, d) -> (N, ...) with no coupling between rows.  `gapped` variants scale the
 latent axes by a geometric sequence so J^T J has a clear spectral gap; the untrained DCGAN is
-the flat case (sigma_2 / sigma_1 near 1) that krylov is for.
+the flat case (sigma_2 / sigma_1 near 1) that krylov is for.  `StyleLike` and `DCGAN4D` are
+generators shaped as public trainers write them (a tracked `w_avg` buffer and noise inputs; 4-D
+latents and BatchNorm).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
-
-from spectral_ops.lab.models import Generator
 
 
 def latent_scales(d: int, ratio: float = 0.7, dtype=torch.float64) -> torch.Tensor:
@@ -20,6 +22,8 @@ def latent_scales(d: int, ratio: float = 0.7, dtype=torch.float64) -> torch.Tens
 
 class ScaledInput(nn.Module):
     """z -> net(z * scales): multiplies J's columns by `scales` to create a spectral gap."""
+
+    scales: torch.Tensor
 
     def __init__(self, net: nn.Module, scales: torch.Tensor):
         super().__init__()
@@ -34,10 +38,51 @@ def mlp(d: int = 8, m: int = 40, hidden: int = 32, act=nn.Tanh) -> nn.Module:
     return nn.Sequential(nn.Linear(d, hidden), act(), nn.Linear(hidden, hidden), act(), nn.Linear(hidden, m))
 
 
+class DCGAN(nn.Module):
+    """A plain untrained DCGAN generator: z [N, d] -> [N, out_channels, size, size], tanh output.
+
+    Linear(d -> c0 * 4 * 4) -> LeakyReLU(0.2), then log2(size / 4) ConvTranspose2d (kernel 4,
+    stride 2, padding 1) blocks halving the channels (never below 8), with LeakyReLU(0.2) after
+    all but the last, which maps to `out_channels`; c0 = channels * 2**(log2(size / 4) - 1), so the
+    last hidden block has `channels` channels.  No normalisation: every row is mapped on its own.
+
+    Parameters are drawn from torch's RNG in layer order (fc, then the transposed convolutions):
+    the same draws and the same function as the application's DCGAN generator
+    (`spectral_ops.lab.models.Generator` with norm="none", output="tanh", width=channels), which
+    tests/test_families.py checks; written here with torch alone, as the library never imports
+    the application.
+    """
+
+    def __init__(self, d: int = 16, *, size: int = 16, channels: int = 16, out_channels: int = 1):
+        super().__init__()
+        if size not in (8, 16, 32, 64):
+            raise ValueError(f"size must be 8, 16, 32 or 64, got {size!r}")
+        n_up = int(math.log2(size // 4))
+        self.latent_dim = d
+        self.c0 = channels * 2 ** (n_up - 1)
+        self.fc = nn.Linear(d, self.c0 * 16)
+        layers: list[nn.Module] = []
+        c = self.c0
+        for i in range(n_up):
+            last = i == n_up - 1
+            c_out = out_channels if last else max(c // 2, 8)
+            layers.append(nn.ConvTranspose2d(c, c_out, 4, 2, 1))
+            if not last:
+                layers.append(nn.LeakyReLU(0.2))
+            c = c_out
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"z must be (N, {self.latent_dim}), got {tuple(z.shape)}")
+        h = nn.functional.leaky_relu(self.fc(z).view(z.shape[0], self.c0, 4, 4), 0.2)
+        return torch.tanh(self.net(h))
+
+
 def dcgan(d: int = 16, channels: int = 16, out_channels: int = 1) -> nn.Module:
-    """A small untrained DCGAN: (N, d) -> (N, out_channels, 16, 16), tanh output; the library's
-    Generator with no normalisation and `channels` channels in its last hidden block."""
-    return Generator(d, size=16, width=channels, channels=out_channels, norm="none", output="tanh")
+    """A small untrained DCGAN: (N, d) -> (N, out_channels, 16, 16), tanh output, with `channels`
+    channels in its last hidden block (`DCGAN`)."""
+    return DCGAN(d, size=16, channels=channels, out_channels=out_channels)
 
 
 def sigmoid_image_mlp(d: int = 8) -> nn.Module:
@@ -90,6 +135,9 @@ class StyleLike(nn.Module):
     "none" adds none.
     """
 
+    w_avg: torch.Tensor
+    noise_const: torch.Tensor
+
     def __init__(self, d: int = 8, w_dim: int = 12, channels: int = 4):
         super().__init__()
         self.mapping = nn.Sequential(nn.Linear(d, w_dim), nn.LeakyReLU(0.2), nn.Linear(w_dim, w_dim))
@@ -122,8 +170,8 @@ class DCGAN4D(nn.Module):
     """A DCGAN generator as public trainers write it: z [N, nz, 1, 1] -> [N, 1, 8, 8], with
     BatchNorm2d between the transposed convolutions.
 
-    Deliberately not built from spectral_ops.lab.models.Generator: it is the test subject for
-    what that generator avoids by design, the interface of public trainers' checkpoints: 4-D
+    Deliberately not built like `DCGAN` (or the application's generator): it is the test subject
+    for what those avoid by design, the interface of public trainers' checkpoints: 4-D
     latents (which every entry point must accept and reshape) and a batch-coupled BatchNorm
     (refused in training mode unless batchnorm="eval"; eval mode uses the running statistics)."""
 

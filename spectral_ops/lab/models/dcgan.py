@@ -1,5 +1,7 @@
-"""Small DCGAN-style models sized for CPU training, and the one DCGAN generator that the tests,
-benchmarks and the `topk` command build (`norm="none"`, `output="tanh"`, a chosen width).
+"""Small DCGAN-style models sized for CPU training, and the DCGAN generator that the benchmarks
+and the `topk` command build (`norm="none"`, `output="tanh"`, a chosen width; the tests build the
+same network, torch only, as `spectral_ops.testing.families.DCGAN`, checked equal by
+tests/test_families.py).
 
 The generator has no batch-coupled layers (no BatchNorm): every row of the batch is mapped
 independently, which per-sample Jacobians, folding k into the batch and the spectral regularizer
