@@ -3,18 +3,13 @@ J^T J."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from . import ops
 from .generator import select_rows
 from .jacobian import JacobianOperator, name_rows
-from .power import _initial_basis
+from .solver_common import Solved, _initial_basis
 from .validation import check_int
-
-if TYPE_CHECKING:
-    from .topk import TopK
 
 
 def _dense_chunk(B: int, d: int, m: int, itemsize: int, chunk_size: int | None) -> int:
@@ -24,13 +19,11 @@ def _dense_chunk(B: int, d: int, m: int, itemsize: int, chunk_size: int | None) 
     return max(1, min(d, budget // max(1, B * m * itemsize)))
 
 
-def _dense_topk(G, z, k, mode, chunk_size, init, tol=1e-4) -> TopK:
+def _dense_topk(G, z, k, mode, chunk_size, init) -> Solved:
     """Exact: J^T [B, d, m] column block by column block with the JVP mode, then eigh of J^T J.
-    converged compares the residuals ||M v - lam v|| / lam_1 of the eigh (on the computed
-    M = J^T J) to tol; with finite differences the columns are approximate and the residuals
-    carry the differences' estimated error."""
-    from .topk import _finish  # topk imports this module
-
+    The residuals ||M v - lam v|| / lam_1 are those of the eigh (on the computed M = J^T J); with
+    finite differences the columns are approximate (topk.py adds the differences' estimated
+    error)."""
     B, d = z.shape
     cdtype = ops.reference.compute_dtype(z.dtype)
     with torch.no_grad():
@@ -56,4 +49,4 @@ def _dense_topk(G, z, k, mode, chunk_size, init, tol=1e-4) -> TopK:
     MV = (Mfull @ V.transpose(1, 2)).transpose(1, 2)
     res = (MV - lam[..., None] * V).norm(dim=-1)
     res = torch.where(lam[:, :1] > 0, res / lam[:, :1].clamp_min(torch.finfo(cdtype).tiny), torch.zeros_like(res))
-    return _finish(G, z, V, lam, c, res, tol, 0, "dense", mode)
+    return Solved(V, lam, c, res, 0)

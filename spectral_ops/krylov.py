@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 
 from . import ops
 from .generator import select_rows
 from .jacobian import JacobianOperator
-
-if TYPE_CHECKING:
-    from .topk import TopK
+from .solver_common import Solved, _initial_basis, scaled_product
 
 # Rayleigh-Ritz (an eigh of the n x n projected matrix per sample) costs about as much as a
 # product once n reaches ~60 on a CPU, so convergence is checked every ~n/CHECK_SPACING steps,
@@ -353,8 +351,6 @@ class _ShrinkingProducts:
 
     def __call__(self, Q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Q [b, n, d] for the samples `rows` -> M Q / c^2 [b, n, d], in passes of p vectors."""
-        from .power import scaled_product  # power imports this module
-
         if 2 * len(rows) <= len(self.rows):
             self._build(rows)
         at = torch.searchsorted(self.rows, rows)
@@ -371,11 +367,8 @@ class _ShrinkingProducts:
         return torch.cat(out, 1)
 
 
-def _krylov_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
+def _krylov_topk(G, z, k, iters, tol, mode, init, seed) -> Solved:
     """Batched (block) Lanczos (`krylov.block_lanczos`) with every sample in one pass."""
-    from .power import _initial_basis  # power imports this module
-    from .topk import _finish  # topk imports this module
-
     B, d = z.shape
     cdtype = ops.reference.compute_dtype(z.dtype)
     p = krylov_block(B, k)
@@ -388,4 +381,4 @@ def _krylov_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
     r = block_lanczos(products, X, MX, k, p, max(iters * k, X.shape[1]), tol, second_start=KRYLOV_SECOND_START)
     V = r.V * ops.reference.sign_align(r.V, V_prev)[..., None]
     passes = r.passes + -(-X.shape[1] // p)
-    return _finish(G, z, V, r.lam, products.c, r.res, tol, passes, "krylov", mode, iters, r.settled)
+    return Solved(V, r.lam, products.c, r.res, passes, r.settled)

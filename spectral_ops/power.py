@@ -6,48 +6,14 @@ and the check of a warm start's pairs as the top k (`checked_warm_start`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from . import ops
 from .generator import select_rows
-from .jacobian import JacobianOperator, name_rows
+from .jacobian import JacobianOperator
 from .krylov import KRYLOV_SECOND_START, _ShrinkingProducts, block_lanczos, krylov_block, residual_target
-from .validation import check_init
-
-if TYPE_CHECKING:
-    from .topk import TopK
-
-
-def _initial_basis(init, B: int, k: int, d: int, dtype, device, seed) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Orthonormal starting basis [B, k, d], and the previous V used for sign continuity."""
-    if init is None:
-        gen = torch.Generator(device="cpu").manual_seed(0 if seed is None else int(seed))
-        W = torch.randn(B, k, d, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
-        return ops.orthonormalize(W), None
-    init = check_init(init, B, k, d).detach().to(device=device, dtype=dtype)
-    return ops.orthonormalize(init), init
-
-
-def scaled_product(
-    op: JacobianOperator, JQ: torch.Tensor, cdtype, c: torch.Tensor | None = None, rows: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M Q / c^2 [B, k, d], c [B]) with c = max |J Q| per sample (unless given): M Q in units
-    that neither overflow nor underflow for any scale of G (the Gram of J^T J squares it).
-    Raises naming the rows of z where the products are not finite (`rows`: the rows of z that
-    op's samples are, when it was built on a subset)."""
-    if c is None:
-        c = JQ.detach().abs().flatten(1).amax(1).to(cdtype)
-        c = torch.where(c > 0, c, torch.ones_like(c))  # a non-finite c makes MQ non-finite: caught below
-    MQ = op.vjp(JQ.detach() / c.to(JQ.dtype)[:, None, None]).detach().to(cdtype) / c[:, None, None]
-    # one host read-back per product (the rows must be named before the solver uses them)
-    name_rows(
-        ~torch.isfinite(MQ).flatten(1).all(1),
-        "J(z) v or J(z)^T J(z) v is not finite (G's derivative is infinite or NaN)",
-        rows,
-    )
-    return MQ, c
+from .solver_common import Solved, _initial_basis, scaled_product
 
 
 @dataclass
@@ -103,20 +69,18 @@ def zero_jacobian_axes(lam: torch.Tensor, *blocks: torch.Tensor) -> tuple[torch.
     return tuple(torch.where(zero[:, None, None], axes, X) for X in blocks)
 
 
-def _power_topk(G, z, k, iters, tol, mode, init, seed) -> TopK:
+def _power_topk(G, z, k, iters, tol, mode, init, seed) -> Solved:
     """Block power iteration.  From a warm start (`init`) the pairs that pass tol are then checked
     as the top k against a second start (`checked_warm_start`); from the seeded random start they
     are not, since a random block of k vectors misses an eigenvector with probability zero."""
-    from .topk import _finish  # topk imports this module
-
     B, d = z.shape
     cdtype = ops.reference.compute_dtype(z.dtype)
     Q, V_prev = _initial_basis(init, B, k, d, cdtype, z.device, seed)
     r = power_iteration(JacobianOperator(G, z, k, mode), Q, V_prev, iters, tol, cdtype)
     if init is None:
-        return _finish(G, z, r.V, r.lam, r.c, r.res, tol, r.iterations, "power", mode, iters)
+        return Solved(r.V, r.lam, r.c, r.res, r.iterations)
     V, lam, res, passes, settled = checked_warm_start(G, z, r.V, r.lam, r.res, r.c, iters * k, tol, mode, cdtype)
-    return _finish(G, z, V, lam, r.c, res, tol, r.iterations + passes, "power", mode, iters, settled)
+    return Solved(V, lam, r.c, res, r.iterations + passes, settled)
 
 
 def checked_warm_start(

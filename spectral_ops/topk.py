@@ -4,7 +4,8 @@
 (`power.py`), batched Lanczos on the same products (`krylov.py`), or the exact dense method (the
 full Jacobian by chunked forward-mode products, then eigh of J^T J, `dense.py`), choosing by a
 cost model fed with the product costs timed on the caller's G (`cost.py`: `measure_costs`,
-cached per generator).
+cached per generator).  Each solver hands back a `solver_common.Solved` (what they share is in
+solver_common.py, below them all); `_finish` here turns it into the `TopK`.
 
 Honest flags: `converged` is measured against the exact operator.  With finite differences the
 solver's residual is against the differences' operator, so one more product at half the step
@@ -27,7 +28,8 @@ from .dense import _dense_chunk, _dense_topk
 from .generator import flatten_latents, measured, prepared, select_rows
 from .jacobian import JVP_MODES, JacobianOperator
 from .krylov import _krylov_topk
-from .power import _initial_basis, _power_topk, zero_jacobian_axes
+from .power import _power_topk, zero_jacobian_axes
+from .solver_common import Solved, _initial_basis
 from .validation import check_callable, check_choice, check_iters_tol, check_k, check_seed
 
 METHODS = ("auto", "power", "krylov", "dense")
@@ -132,18 +134,22 @@ def jacobian_topk(
             )
             method = "dense" if cheaper else "krylov"
         if method == "dense":
-            return _dense_topk(G, z, k, mode, chunk_size, init, tol)
-        if method == "krylov":
-            return _krylov_topk(G, z, k, iters, tol, mode, init, seed)
-        return _power_topk(G, z, k, iters, tol, mode, init, seed)
+            solved = _dense_topk(G, z, k, mode, chunk_size, init)
+        elif method == "krylov":
+            solved = _krylov_topk(G, z, k, iters, tol, mode, init, seed)
+        else:
+            solved = _power_topk(G, z, k, iters, tol, mode, init, seed)
+        return _finish(G, z, solved, tol, method, mode, iters)
 
 
-def _finish(G, z, V, lam, c, res, tol, iterations, method, mode, iters=None, settled=None) -> TopK:
-    """Singular values sqrt(lam) c from Ritz values of M / c^2; coordinate axes where J is zero;
-    with finite differences their estimated error folded into the residuals (`_fd_error`); the
-    once-per-process warning of an unconverged result (iters: the budget, for its message).
-    settled [B] bool (krylov): False where the pairs were not checked as the top k (the budget
-    ran out first): those samples are not converged whatever their residuals."""
+def _finish(G, z, solved: Solved, tol, method, mode, iters) -> TopK:
+    """The TopK of a solver's answer: singular values sqrt(lam) c from the values of M / c^2;
+    coordinate axes where J is zero; with finite differences their estimated error folded into
+    the residuals (`_fd_residuals`); the once-per-process warning of an unconverged result
+    (iters: the budget, for its message).  Where `solved.settled` is False (krylov, power from a
+    warm start) the pairs were not checked as the top k (the budget ran out first): those
+    samples are not converged whatever their residuals."""
+    V, lam, c, res, settled = solved.V, solved.lam, solved.c, solved.res, solved.settled
     values = lam.clamp_min(0).sqrt() * c[:, None]
     (V,) = zero_jacobian_axes(lam, V)
     fd_err = None
@@ -158,7 +164,7 @@ def _finish(G, z, V, lam, c, res, tol, iterations, method, mode, iters=None, set
         values=values,
         residuals=residuals,
         converged=converged,
-        iterations=iterations,
+        iterations=solved.iterations,
         method=method,
         jvp=mode,
         approximate=fd_err is not None,
@@ -210,8 +216,9 @@ def _warn_once(kind: str, message: str) -> None:
     Python's registry would not dedupe it)."""
     if kind not in _warned:
         _warned.add(kind)
+        # stacklevel: _warn_once, _warn_unconverged, _finish, jacobian_topk, then its caller
         warnings.warn(
-            message + " (warned once per process; TopK.converged reports every call)", UserWarning, stacklevel=6
+            message + " (warned once per process; TopK.converged reports every call)", UserWarning, stacklevel=5
         )
 
 
