@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from spectral_ops.baselines import PathLengthRegularizer, hessian_penalty, orojar, path_length
+from spectral_ops.baselines.peers import _rademacher
 
 
 def _gen(seed=0):
@@ -249,3 +252,131 @@ def test_a_generator_returning_a_scalar_or_no_z_dependence_is_named(fn):
             fn(lambda x: _G43(x.detach()), z)
         with pytest.raises(ValueError, match="decay"):
             PathLengthRegularizer(decay=1.5)
+
+
+# ---- the papers' formulas, exactly, on generators with a known answer (float64) ---------------
+# Hessian Penalty (Peebles et al. 2020, eq. 5 and the reference code): per output value y_m,
+# Var_v(v^T H_m v) over Rademacher v, which is 2 sum_{i != j} (H_m)_ij^2, estimated by the unbiased
+# variance over k draws of the central second difference, then max over every value of the batch.
+# OroJaR (Wei et al. 2021): sum_{i != j} (J_i^T J_j)^2 per row, estimated by the variance over k
+# draws of ||J v||^2 (population variance, as the ProGAN training code: expectation
+# (k-1)/k * 2 sum_{i != j}), then max over rows.
+_D, _M = 3, 4  # latent size, output values
+
+
+def _quadratic_forms(seed=0):
+    """A [M, d, d] (not symmetric): G(z) = (z^T A_m z)_m has the constant Hessians A_m + A_m^T,
+    and the central second difference of a quadratic is exact."""
+    return torch.randn(_M, _D, _D, dtype=torch.float64, generator=_gen(seed))
+
+
+def _quadratic(A):
+    return lambda z: torch.einsum("bi,mij,bj->bm", z, A, z)
+
+
+def _offdiag_sq(S):
+    """sum_{i != j} S_ij^2 over the last two axes."""
+    return S.pow(2).sum((-2, -1)) - torch.diagonal(S, dim1=-2, dim2=-1).pow(2).sum(-1)
+
+
+def _all_rademacher(d):
+    """The 2^d Rademacher vectors [2^d, d], equally likely."""
+    return torch.cartesian_prod(*[torch.tensor([-1.0, 1.0], dtype=torch.float64)] * d).reshape(-1, d)
+
+
+def _exact_moments(Q, k, unbiased):
+    """Q [V, M]: a quadratic form's value at each of the V equally likely v.  The per-row statistic
+    R = mean_m Var_k(Q_m) over k independent draws: its exact mean and variance, by enumerating
+    the V^k draws."""
+    V = Q.shape[0]
+    idx = torch.cartesian_prod(*[torch.arange(V)] * k).reshape(-1, k)  # [V^k, k]
+    R = Q[idx].var(dim=1, unbiased=unbiased).mean(-1)  # [V^k]
+    return float(R.mean()), float(R.var(unbiased=False))
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_hessian_penalty_expectation_is_the_papers_closed_form(k):
+    """mean over rows and values of hessian_penalty == mean_m 2 sum_{i!=j} (H_m)_ij^2, to 4
+    standard errors of the mean over 3000 rows (exact moments by enumeration)."""
+    A = _quadratic_forms(1)
+    H = A + A.transpose(1, 2)
+    paper = float((2 * _offdiag_sq(H)).mean())
+    V = _all_rademacher(_D)
+    mean, var = _exact_moments(torch.einsum("vi,mij,vj->vm", V, H, V), k, unbiased=True)
+    assert mean == pytest.approx(paper, rel=1e-12)  # the estimator is unbiased for the paper's value
+    B = 3000
+    z = torch.randn(B, _D, dtype=torch.float64, generator=_gen(2))
+    value = float(hessian_penalty(_quadratic(A), z, k=k, reduction="mean", generator=_gen(3)))
+    assert abs(value - paper) < 4 * math.sqrt(var / B)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_orojar_expectation_is_the_papers_closed_form(k):
+    """Linear G(z) = W z (J = W, forward differences exact): mean over rows of orojar ==
+    (k-1)/k * 2 sum_{i!=j} (W^T W)_ij^2 (at k = 2: the paper's sum_{i!=j} (J_i^T J_j)^2), to 4
+    standard errors over 3000 rows."""
+    W = torch.randn(7, _D, dtype=torch.float64, generator=_gen(4))
+    C = W.T @ W
+    paper = float(_offdiag_sq(C))
+    V = _all_rademacher(_D)
+    mean, var = _exact_moments(torch.einsum("vi,ij,vj->v", V, C, V)[:, None], k, unbiased=False)
+    assert mean == pytest.approx((k - 1) / k * 2 * paper, rel=1e-12)
+    B = 3000
+    z = torch.randn(B, _D, dtype=torch.float64, generator=_gen(5))
+    value = float(orojar(lambda x: x @ W.T, z, k=k, reduction="mean", generator=_gen(6)))
+    assert abs(value - (k - 1) / k * 2 * paper) < 4 * math.sqrt(var / B)
+
+
+def _draws(k, z, seed):
+    """The Rademacher vectors the peers draw with generator seed `seed` ([k, B, d])."""
+    return _rademacher(k, z, _gen(seed))
+
+
+def test_hessian_penalty_equals_the_reference_estimator_on_the_same_draws():
+    """With the same draws, hessian_penalty is the reference code's estimator written out with
+    exact Hessians: D_v = v^T H_m v per draw, unbiased variance over the k draws, max over every
+    value of the batch (not per row).  G(z) = (z^T A_m z, z_0^2 z_1): the cubic's Hessian varies
+    with z and its central difference is still exact (no fourth derivative)."""
+    A = _quadratic_forms(7)
+    G = lambda z: torch.cat([_quadratic(A)(z), (z[:, 0] ** 2 * z[:, 1])[:, None]], 1)
+    z = torch.randn(6, _D, dtype=torch.float64, generator=_gen(8))
+    k = 3
+    v = _draws(k, z, 9)  # [k, B, d]
+    Hq = (A + A.transpose(1, 2))[None].expand(z.shape[0], -1, -1, -1)  # [B, M, d, d]
+    Hc = torch.zeros(z.shape[0], 1, _D, _D, dtype=torch.float64)
+    Hc[:, 0, 0, 0] = 2 * z[:, 1]
+    Hc[:, 0, 0, 1] = Hc[:, 0, 1, 0] = 2 * z[:, 0]
+    H = torch.cat([Hq, Hc], 1)  # [B, M + 1, d, d]
+    second = torch.einsum("kbi,bmij,kbj->kbm", v, H, v)
+    var = second.var(dim=0, unbiased=True)  # [B, M + 1]
+    for reduction, expected in (("max", var.max()), ("mean", var.mean())):
+        value = hessian_penalty(G, z, k=k, reduction=reduction, generator=_gen(9))
+        assert float(value) == pytest.approx(float(expected), rel=1e-10)
+    # the cubic's closed form 16 z_0^2 (the reference code's own check) is the mean of its column
+    assert float((2 * _offdiag_sq(Hc[:, 0])).sub(16 * z[:, 0] ** 2).abs().max()) < 1e-12
+
+
+def test_orojar_equals_the_reference_estimator_on_the_same_draws():
+    """With the same draws, orojar is the reference estimator written out with the exact Jacobian:
+    ||W v||^2 per draw and row, population variance over the k draws, max (or mean) over rows."""
+    W = torch.randn(5, _D, dtype=torch.float64, generator=_gen(10))
+    z = torch.randn(6, _D, dtype=torch.float64, generator=_gen(11))
+    k = 3
+    v = _draws(k, z, 12)
+    quad = (v @ W.T).pow(2).sum(-1)  # [k, B]
+    var = quad.var(dim=0, unbiased=False)  # [B]
+    for reduction, expected in (("max", var.max()), ("mean", var.mean())):
+        value = orojar(lambda x: x @ W.T, z, k=k, reduction=reduction, generator=_gen(12))
+        assert float(value) == pytest.approx(float(expected), rel=1e-10)
+
+
+def test_peer_scale_under_an_output_affine_map():
+    """The output range enters squared (Hessian Penalty) or to the fourth power (OroJaR): for
+    images in [0, 1] and the papers' [-1, 1] (y -> 2 y - 1), the values differ by exactly 4 and 16."""
+    A = _quadratic_forms(13)
+    G = _quadratic(A)
+    z = torch.randn(8, _D, dtype=torch.float64, generator=_gen(14))
+    for fn, power in ((hessian_penalty, 2), (orojar, 4)):
+        ours = fn(G, z, k=2, generator=_gen(15))
+        wide = fn(lambda x: 2 * G(x) - 1, z, k=2, generator=_gen(15))
+        assert float(wide) == pytest.approx(2**power * float(ours), rel=1e-9)

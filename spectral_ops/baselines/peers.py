@@ -129,9 +129,12 @@ def hessian_penalty(
     For Rademacher v (entries +-1), the second directional derivative
     D_v = v^T H v ~ (G(z + eps v) - 2 G(z) + G(z - eps v)) / eps^2 (per output value).  Its
     variance over v is 2 * sum_{i != j} H_ij^2 (per output value): zero iff the Hessian of that
-    output is diagonal.  As in the paper's reference code: k Rademacher draws, the unbiased
-    variance over them, then `reduction` over every output value of every row ("max", the paper's
-    default; "mean" also offered).  The 2 k perturbed forwards run in one batched call.
+    output is diagonal.  As in the paper's portable PyTorch code: k Rademacher draws, the unbiased
+    variance over them (an unbiased estimate of 2 sum_{i != j} H_ij^2; the paper's ProGAN training
+    code takes the population variance, (k-1)/k of this), then `reduction` over every output value
+    of every row together ("max", the paper's default; "mean" also offered).  The value scales
+    with the square of G's output range (docs/peers.md).  The 2 k perturbed forwards run in one
+    batched call.
 
     Args: z [B, d]; k >= 2 draws; epsilon > 0 the finite-difference step (the paper's 0.1); G_z
     an already computed G(z) [B, ...] to reuse (its graph is used as is); generator (a CPU
@@ -172,9 +175,13 @@ def orojar(
 
     For Rademacher v, ||J v||^2 = v^T (J^T J) v and Var_v(v^T A v) = 2 sum_{i != j} A_ij^2, so the
     variance of ||J v||^2 over v measures the off-diagonal of J^T J (the Jacobian columns' lack of
-    orthogonality).  As in the paper's reference code: J v ~ (G(z + eps v) - G(z)) / eps (a
-    forward difference that reuses G(z)), the population variance over the k draws per row, then
-    `reduction` over rows ("max" as in the paper, or "mean").  One batched forward of k B rows.
+    orthogonality).  As in the paper's ProGAN training code: J v ~ (G(z + eps v) - G(z)) / eps (a
+    forward difference that reuses G(z)), ||J v||^2 summed over all of a row's output values, the
+    population variance over the k draws per row (expectation (k-1)/k * 2 sum_{i != j} A_ij^2: at
+    k = 2 the paper's sum_{i != j} (J_i^T J_j)^2; the portable orojar_pytorch.py takes the unbiased
+    variance, k/(k-1) times this), then `reduction` over rows ("max" as in the paper, or "mean").
+    The value scales with the fourth power of G's output range (docs/peers.md).  One batched
+    forward of k B rows.
 
     Args/returns/raises as `hessian_penalty`.
     """
