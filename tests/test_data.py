@@ -152,10 +152,21 @@ def test_factor_values_and_registry():
     assert Sprites.measured() == ("shape", "scale", "x", "y")
 
 
-@pytest.mark.parametrize("kwargs, word", [({"size": 48}, "size"), ({"n": 0}, "n"), ({"seed": 1.5}, "seed")])
-def test_bad_arguments(kwargs, word):
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"size": 48}, ValueError, "size"),
+        ({"n": 0}, ValueError, "n must be an int >= 1, got 0"),
+        # a seed that is not an int is a TypeError, as in the library's checks (before: ValueError)
+        ({"seed": 1.5}, TypeError, "seed must be an int, got float"),
+        ({"seed": True}, TypeError, "seed must be an int, got bool"),
+        ({"seed": 2**64}, ValueError, r"seed must be an int in \[-2\*\*63, 2\*\*64 - 1\]"),
+        ({"n": 2.0}, TypeError, "n must be an int, got float"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, match):
     kw = {"n": 4, **kwargs}
-    with pytest.raises(ValueError, match=word):
+    with pytest.raises(exc, match=match):
         Sprites(kw.pop("n"), **kw)
 
 

@@ -557,3 +557,31 @@ def test_format_table_any_columns_and_na(dots_reference):
     assert all(len(ln) == len(lines[0]) for ln in lines[2:])
     with pytest.raises(ValueError, match="results"):
         format_table({})
+
+
+def test_int_and_seed_arguments_use_the_library_checks(codes):
+    """A non-integer count, size or seed is a TypeError naming the argument, as in the library's
+    checks (spectral_ops.validation); a value out of range stays a ValueError.  Before: ValueError
+    for both."""
+    from spectral_ops.lab.metrics.trajectory import resample_by_output_length
+
+    z, _, levels = codes
+    G = oracle_generator("dots", 4)
+    cases = [
+        (lambda: mig(z, levels, n_bins=2.5), TypeError, "n_bins must be an int, got float"),
+        (lambda: mig_sup(z, levels, n_bins=True), TypeError, "n_bins must be an int, got bool"),
+        (lambda: mig(z, levels, n_bins=1), ValueError, "n_bins must be an int >= 2, got 1"),
+        (lambda: chance_alignment(2.0), TypeError, "d must be an int, got float"),
+        (lambda: chance_alignment(0), ValueError, "d must be an int >= 1, got 0"),
+        (lambda: axis_alignment(G, torch.zeros(2, 4), 1.0), TypeError, "k must be an int, got float"),
+        (lambda: axis_alignment(G, torch.zeros(2, 4), 5), ValueError, "k must be an int with 1 <= k <= d=4"),
+        (lambda: oracle_generator("dots", 6.0), TypeError, "latent_dim must be an int, got float"),
+        (lambda: oracle_generator("dots", 3), ValueError, "latent_dim must be an int >= the number of factors"),
+        (lambda: oracle_generator("dots", 6, seed=0.5), TypeError, "seed must be an int, got float"),
+        (lambda: oracle_generator("dots", 6, seed=-(2**63) - 1), ValueError, "seed must be an int in"),
+        (lambda: resample_by_output_length(G, torch.zeros(3, 1, 4), 1.0, 2.0), TypeError, "n must be an int, got"),
+        (lambda: resample_by_output_length(G, torch.zeros(3, 1, 4), 1.0, 1), ValueError, "n must be an int >= 2"),
+    ]
+    for call, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            call()

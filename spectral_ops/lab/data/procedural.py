@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from spectral_ops.validation import check_int
+from spectral_ops.validation import check_int, check_seed
 
 __all__ = ["ProceduralDataset", "Sprites", "Dots", "Spot", "DATASETS", "make_dataset"]
 
@@ -55,8 +55,7 @@ class ProceduralDataset(Dataset):
         check_int("chunk", chunk, 1)
         if size not in _SIZES:
             raise ValueError(f"size must be one of {_SIZES}, got {size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+        check_seed(seed, allow_none=False)
         self.size = size
         self.seed = seed
         self.chunk = chunk

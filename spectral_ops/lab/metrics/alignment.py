@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from spectral_ops.topk import jacobian_topk
+from spectral_ops.validation import check_int
 
 __all__ = ["axis_alignment", "chance_alignment"]
 
@@ -24,8 +25,7 @@ __all__ = ["axis_alignment", "chance_alignment"]
 @functools.lru_cache(maxsize=64)
 def chance_alignment(d: int, *, samples: int = 200_000, seed: int = 0) -> float:
     """E[max_j v_j^2] for v uniform on the unit sphere of R^d (Monte Carlo, seeded; error ~1e-3)."""
-    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-        raise ValueError(f"d must be an int >= 1, got {d!r}")
+    check_int("d", d, 1)
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(samples, d, generator=g, dtype=torch.float64)
     v2 = v.pow(2)
@@ -55,7 +55,8 @@ def axis_alignment(
     if not isinstance(z, Tensor) or z.dim() != 2 or z.shape[0] < 1:
         raise ValueError(f"z must be a 2-D tensor (B, d) with B >= 1, got {getattr(z, 'shape', type(z))}")
     d = z.shape[1]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d:
+    check_int("k", k)
+    if not 1 <= k <= d:
         raise ValueError(f"k must be an int with 1 <= k <= d={d}, got {k!r}")
     if method not in ("dense", "power"):
         raise ValueError(f"method must be 'dense' or 'power', got {method!r}")

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from spectral_ops.validation import check_int
+
 __all__ = [
     "mig",
     "mig_sup",
@@ -179,8 +181,7 @@ def mig(codes, factors, *, n_bins: int = 20, varying=None) -> dict:
     """
     _sklearn()
     codes, factors = _check_pair(codes, factors)
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int):
-        raise ValueError(f"n_bins must be an int >= 2, got {n_bins!r}")
+    check_int("n_bins", n_bins, 2)
     mi, ent = _mi_matrix(codes, factors, n_bins)
     d, K = mi.shape
     use = _check_varying(varying, K, factors) & (ent > 1e-12)
@@ -223,8 +224,7 @@ def mig_sup(codes, factors, *, n_bins: int = 20, varying=None) -> dict:
     """
     _sklearn()
     codes, factors = _check_pair(codes, factors)
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int):
-        raise ValueError(f"n_bins must be an int >= 2, got {n_bins!r}")
+    check_int("n_bins", n_bins, 2)
     mi, ent = _mi_matrix(codes, factors, n_bins)
     use = _check_varying(varying, mi.shape[1], factors) & (ent > 1e-12)
     sup, per = _mig_sup_from(mi, ent, use)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from spectral_ops.lab.data import DATASETS
+from spectral_ops.validation import check_int, check_seed
 
 __all__ = ["OracleGenerator", "entangling_rotation", "oracle_generator"]
 
@@ -58,14 +59,14 @@ class OracleGenerator(nn.Module):
             raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
         cls = DATASETS[dataset]
         K = len(cls.factor_sizes)
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < K:
+        check_int("latent_dim", latent_dim)
+        if latent_dim < K:
             raise ValueError(
                 f"latent_dim must be an int >= the number of factors of {dataset!r} ({K}), got {latent_dim!r}"
             )
         if size not in (32, 64):
             raise ValueError(f"size must be 32 or 64, got {size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        check_seed(seed, allow_none=False)
         self.dataset = dataset
         self.latent_dim = latent_dim
         self.size = size

@@ -33,6 +33,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from spectral_ops.validation import check_int
+
 
 def _check_path(x, name: str) -> Tensor:
     if not isinstance(x, torch.Tensor):
@@ -151,8 +153,7 @@ def resample_by_output_length(
     """
     if not length > 0:
         raise ValueError(f"length must be > 0, got {length!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an int >= 2, got {n!r}")
+    check_int("n", n, 2)
     arc = output_arc_length(G, Z) if arc is None else arc
     T1, B, d = Z.shape
     total = arc[-1]
