@@ -128,7 +128,7 @@ def measure_costs(G: Callable, z: torch.Tensor, mode: str) -> ProductCosts:
     on one row, once per generator (see `generator.measured`).  On CUDA every timer starts and
     stops after torch.cuda.synchronize()."""
     d, dev = z.shape[1], z.device
-    cdtype = ops.reference.compute_dtype(z.dtype)
+    cdtype = ops.compute_dtype(z.dtype)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
 
     def timed(fn):

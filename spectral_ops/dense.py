@@ -25,7 +25,7 @@ def _dense_topk(G, z, k, mode, chunk_size, init) -> Solved:
     finite differences the columns are approximate (topk.py adds the differences' estimated
     error)."""
     B, d = z.shape
-    cdtype = ops.reference.compute_dtype(z.dtype)
+    cdtype = ops.compute_dtype(z.dtype)
     with torch.no_grad():
         m = select_rows(G, slice(0, 1))(z[:1].detach()).numel()
     chunk = _dense_chunk(B, d, m, z.element_size(), chunk_size)
@@ -45,7 +45,7 @@ def _dense_topk(G, z, k, mode, chunk_size, init) -> Solved:
     lam, U = torch.linalg.eigh(Mfull)
     lam, V = lam.flip(-1)[:, :k], U.flip(-1)[..., :k].transpose(1, 2).contiguous()
     V_prev = None if init is None else _initial_basis(init, B, k, d, cdtype, z.device, None)[1]
-    V = V * ops.reference.sign_align(V, V_prev)[..., None]
+    V = V * ops.common.sign_align(V, V_prev)[..., None]
     MV = (Mfull @ V.transpose(1, 2)).transpose(1, 2)
     res = (MV - lam[..., None] * V).norm(dim=-1)
     res = torch.where(lam[:, :1] > 0, res / lam[:, :1].clamp_min(torch.finfo(cdtype).tiny), torch.zeros_like(res))

@@ -208,7 +208,7 @@ def global_directions(
 def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_probes, progress) -> GlobalDirections:
     """The directions of the samples `latents`; trace_probes: None (exact trace), an int
     (Hutchinson) or False (no trace: only the directions are wanted)."""
-    N, cdtype = latents.shape[0], ops.reference.compute_dtype(latents.dtype)
+    N, cdtype = latents.shape[0], ops.compute_dtype(latents.dtype)
     batches = list(latents.split(batch_size))
     d = flatten_latents(latents[:1], "latents")[0].shape[1]
     with prepared(G, batches[0], jvp=jvp, batchnorm=batchnorm) as (_, _, mode):
@@ -243,7 +243,7 @@ def _solve(G, latents, k, batch_size, iters, tol, jvp, batchnorm, seed, trace_pr
             stderr *= c * c
         trace *= c * c
     return GlobalDirections(
-        directions=V[0] * ops.reference.sign_align(V, None)[0, :, None],
+        directions=V[0] * ops.common.sign_align(V, None)[0, :, None],
         values=values,
         trace=trace,
         trace_exact=trace_probes is None,

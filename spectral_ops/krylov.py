@@ -370,7 +370,7 @@ class _ShrinkingProducts:
 def _krylov_topk(G, z, k, iters, tol, mode, init, seed) -> Solved:
     """Batched (block) Lanczos (`krylov.block_lanczos`) with every sample in one pass."""
     B, d = z.shape
-    cdtype = ops.reference.compute_dtype(z.dtype)
+    cdtype = ops.compute_dtype(z.dtype)
     p = krylov_block(B, k)
     X, V_prev = _initial_basis(init, B, k, d, cdtype, z.device, seed)
     X = (
@@ -379,6 +379,6 @@ def _krylov_topk(G, z, k, iters, tol, mode, init, seed) -> Solved:
     products = _ShrinkingProducts(G, z, p, mode, cdtype)
     MX = products(X, torch.arange(B, device=z.device))
     r = block_lanczos(products, X, MX, k, p, max(iters * k, X.shape[1]), tol, second_start=KRYLOV_SECOND_START)
-    V = r.V * ops.reference.sign_align(r.V, V_prev)[..., None]
+    V = r.V * ops.common.sign_align(r.V, V_prev)[..., None]
     passes = r.passes + -(-X.shape[1] // p)
     return Solved(V, r.lam, products.c, r.res, passes, r.settled)

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .ops.reference import compute_dtype
+from .ops.common import compute_dtype
 from .validation import check_int
 
 

@@ -74,7 +74,7 @@ def _power_topk(G, z, k, iters, tol, mode, init, seed) -> Solved:
     as the top k against a second start (`checked_warm_start`); from the seeded random start they
     are not, since a random block of k vectors misses an eigenvector with probability zero."""
     B, d = z.shape
-    cdtype = ops.reference.compute_dtype(z.dtype)
+    cdtype = ops.compute_dtype(z.dtype)
     Q, V_prev = _initial_basis(init, B, k, d, cdtype, z.device, seed)
     r = power_iteration(JacobianOperator(G, z, k, mode), Q, V_prev, iters, tol, cdtype)
     if init is None:
@@ -130,6 +130,6 @@ def checked_warm_start(
     )
     assert s.settled is not None  # block_lanczos always reports it
     V, lam, res = V.clone(), lam.clone(), res.clone()
-    V[rows] = (s.V * ops.reference.sign_align(s.V, X)[..., None]).to(V.dtype)
+    V[rows] = (s.V * ops.common.sign_align(s.V, X)[..., None]).to(V.dtype)
     lam[rows], res[rows], settled[rows] = s.lam.to(lam.dtype), s.res.to(res.dtype), s.settled
     return V, lam, res, s.passes + -(-k // p), settled

@@ -78,7 +78,7 @@ from .config import GRADS, RegularizerConfig
 from .generator import flatten_latents, prepared, select_rows
 from .jacobian import JacobianOperator, name_rows
 from .lazy import LazyPenalty
-from .ops.reference import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
+from .ops.common import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
 from .krylov import KRYLOV_SECOND_START, _ShrinkingProducts, block_lanczos, folded_start, krylov_block
 from .power import checked_warm_start, power_iteration, zero_jacobian_axes
 from .validation import check_callable, check_init, check_int, derived_seed
@@ -173,7 +173,7 @@ def _krylov(
         relative_floor=null_tol * null_tol,
         second_start=KRYLOV_SECOND_START,
     )
-    V = r.V * ops.reference.sign_align(r.V, V_prev)[..., None]
+    V = r.V * ops.common.sign_align(r.V, V_prev)[..., None]
     (V,) = zero_jacobian_axes(r.lam, V)
     return V, r.lam.clamp_min(0), products.c, r.res
 

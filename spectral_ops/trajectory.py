@@ -132,7 +132,7 @@ class _Field:
         )
         self.iterations += top.iterations
         if init is not None:  # signs follow init, whatever the method and its checks did
-            top.vectors = top.vectors * ops.reference.sign_align(top.vectors, init.to(top.vectors.dtype))[..., None]
+            top.vectors = top.vectors * ops.common.sign_align(top.vectors, init.to(top.vectors.dtype))[..., None]
         return top
 
     @staticmethod

@@ -2,7 +2,7 @@
 
 - the constants of spectral_ops/ops/constants.def: Python parses the file, C++ includes it; the
   compiled extension reports what its kernels see (`_C.constants()`);
-- the alignment_loss kinds and weightings: defined in reference.LOSS_KINDS / WEIGHT_KINDS, their
+- the alignment_loss kinds and weightings: defined in common.LOSS_KINDS / WEIGHT_KINDS, their
   codes are their positions, in C++ (csrc/common/checks.h, alignment.h) and in the Triton kernels;
 - the backend table of spectral_ops.ops: every backend provides every public op.
 """
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from spectral_ops import ops
-from spectral_ops.ops import _native, constants, reference
+from spectral_ops.ops import _native, common, constants, reference
 
 needs_cpp = pytest.mark.skipif(not _native.LOADED, reason="spectral_ops._C is not built")
 
@@ -39,9 +39,9 @@ def _unit_rows(B=2, k=3, d=5, dtype=torch.float64):
 def test_constants_def_is_parsed():
     assert set(constants.VALUES) == {"MAX_CUDA_K", "RANK_TOLERANCE_FLOAT32", "RANK_TOLERANCE_FLOAT64"}
     assert isinstance(constants.MAX_CUDA_K, int) and ops.MAX_CUDA_K == constants.VALUES["MAX_CUDA_K"]
-    assert reference.rank_tolerance(torch.float64) == constants.VALUES["RANK_TOLERANCE_FLOAT64"]
+    assert common.rank_tolerance(torch.float64) == constants.VALUES["RANK_TOLERANCE_FLOAT64"]
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        assert reference.rank_tolerance(dtype) == constants.VALUES["RANK_TOLERANCE_FLOAT32"]
+        assert common.rank_tolerance(dtype) == constants.VALUES["RANK_TOLERANCE_FLOAT32"]
 
 
 def test_constants_parser_refuses_what_it_cannot_read():
@@ -66,8 +66,8 @@ def test_cpp_sees_the_python_constants():
 
 
 @needs_cpp
-@pytest.mark.parametrize("weights", reference.WEIGHT_KINDS)
-@pytest.mark.parametrize("kind", reference.LOSS_KINDS)
+@pytest.mark.parametrize("weights", common.WEIGHT_KINDS)
+@pytest.mark.parametrize("kind", common.LOSS_KINDS)
 def test_cpp_accepts_every_kind_and_matches_the_reference(kind, weights):
     V, S = _unit_rows()
     got = torch.ops.spectral_ops.alignment_loss(V, S, kind, weights)
@@ -79,16 +79,16 @@ def test_cpp_refuses_unknown_kinds_and_lists_the_python_ones():
     V, S = _unit_rows()
     with pytest.raises(ValueError, match="kind must be one of") as error:
         torch.ops.spectral_ops.alignment_loss(V, S, "no-such-kind", "uniform")
-    assert _listed_kinds(str(error.value)) == reference.LOSS_KINDS
+    assert _listed_kinds(str(error.value)) == common.LOSS_KINDS
     with pytest.raises(ValueError, match="weights must be one of") as error:
         torch.ops.spectral_ops.alignment_loss(V, S, "l1", "no-such-weights")
-    assert _listed_kinds(str(error.value)) == reference.WEIGHT_KINDS
+    assert _listed_kinds(str(error.value)) == common.WEIGHT_KINDS
 
 
 @needs_cpp
 def test_cpp_codes_are_the_python_positions():
-    assert [_native._C.loss_kind_code(kind) for kind in reference.LOSS_KINDS] == list(range(len(reference.LOSS_KINDS)))
-    assert [_native._C.weight_kind_code(w) for w in reference.WEIGHT_KINDS] == list(range(len(reference.WEIGHT_KINDS)))
+    assert [_native._C.loss_kind_code(kind) for kind in common.LOSS_KINDS] == list(range(len(common.LOSS_KINDS)))
+    assert [_native._C.weight_kind_code(w) for w in common.WEIGHT_KINDS] == list(range(len(common.WEIGHT_KINDS)))
     with pytest.raises(ValueError, match="kind must be one of"):
         _native._C.loss_kind_code("no-such-kind")
     with pytest.raises(ValueError, match="weights must be one of"):
@@ -99,8 +99,8 @@ def test_triton_codes_are_the_python_positions():
     pytest.importorskip("triton")
     from spectral_ops.ops.backends.triton import kernels
 
-    assert kernels.LOSS_CODES == {kind: code for code, kind in enumerate(reference.LOSS_KINDS)}
-    assert kernels.WEIGHT_CODES == {w: code for code, w in enumerate(reference.WEIGHT_KINDS)}
+    assert kernels.LOSS_CODES == {kind: code for code, kind in enumerate(common.LOSS_KINDS)}
+    assert kernels.WEIGHT_CODES == {w: code for code, w in enumerate(common.WEIGHT_KINDS)}
     if _native.LOADED:
         assert all(_native._C.loss_kind_code(kind) == code for kind, code in kernels.LOSS_CODES.items())
         assert all(_native._C.weight_kind_code(w) == code for w, code in kernels.WEIGHT_CODES.items())

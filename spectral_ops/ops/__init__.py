@@ -25,7 +25,9 @@ Adding a backend, in order: its kernels (a module or namespace with one function
 its name, `implementation` (imported lazily), `unavailable` (the reason it cannot run on a device,
 with how to get it, or None), `auto_devices` (the device types "auto" tries it on, in table
 order) and `max_k` if it has a limit; its row in docs/kernels.md's backend table; its tests.
-Shared numeric limits (MAX_CUDA_K, the rank tolerances) live in constants.def only.
+Shared numeric limits (MAX_CUDA_K, the rank tolerances) live in constants.def only; the Python
+helpers the backends share (compute dtype, loss kinds, ritz_step's input and output handling) in
+common.py, apart from the pure-torch oracle (reference.py).
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ from typing import Callable
 
 import torch
 
-from . import _native, reference
+from . import _native, common, reference
 from ._native import cpu_isa, cpu_isas, use_cpu_isa
+from .common import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
 from .constants import MAX_CUDA_K
-from .reference import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
 
 __all__ = [
     "orthonormalize",
@@ -50,6 +52,7 @@ __all__ = [
     "use_backend",
     "available_backends",
     "reference",
+    "common",
     "cpu_isa",
     "cpu_isas",
     "use_cpu_isa",

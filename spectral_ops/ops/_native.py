@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-from .reference import compute_dtype
+from .common import compute_dtype
 
 try:
     from .. import _C  # type: ignore[attr-defined]  # compiled extension, no stubs; runs the TORCH_LIBRARY registrations

@@ -1,7 +1,10 @@
-"""Pure-torch reference implementations of the fused ops.
+"""Pure-torch reference implementations of the fused ops: the test oracle.
 
 Every backend (C++ CPU, CUDA, Triton) is tested against these functions.  They are written for
-clarity, batched over the leading dimension B, and are differentiable by plain autograd.
+clarity, batched over the leading dimension B, and are differentiable by plain autograd.  Only
+the ops' maths is here; the helpers the backends and the library share (the compute dtype, the
+rank tolerance, ritz_step's input and output handling, the sign convention, the loss kinds)
+are in common.py.
 
 Shapes: B samples, k vectors, d latent dimensions.  Vectors are stored as rows: V[b, i, :].
 """
@@ -10,42 +13,18 @@ from __future__ import annotations
 
 import torch
 
-from .constants import RANK_TOLERANCE_FLOAT32, RANK_TOLERANCE_FLOAT64
-
-# The alignment_loss variants, defined here only.  A kind's position is its integer code in the
-# kernels (csrc/common/alignment.h's LossKind and WeightKind; the Triton LOSS_CODES and WEIGHT_CODES
-# are built from these tuples); tests/test_constants.py checks the C++ side against them.
-LOSS_KINDS = ("l1", "assigned", "offdiag")
-WEIGHT_KINDS = ("uniform", "singular")
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the small dense work runs in: float64 stays, everything else becomes float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def rank_tolerance(dtype: torch.dtype) -> float:
-    """Relative norm below which a Gram-Schmidt residual counts as linearly dependent (constants.def)."""
-    return RANK_TOLERANCE_FLOAT64 if dtype == torch.float64 else RANK_TOLERANCE_FLOAT32
-
-
-def finite_samples(*tensors: torch.Tensor) -> torch.Tensor:
-    """[B] bool: True where sample b of every [B, ...] tensor is finite (no NaN, no Inf)."""
-    ok = torch.isfinite(tensors[0]).flatten(1).all(1)
-    for t in tensors[1:]:
-        ok = ok & torch.isfinite(t).flatten(1).all(1)
-    return ok
-
-
-def _nan_where(bad: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """t with the samples where bad ([B] bool) is True set to NaN."""
-    return torch.where(bad.view(-1, *([1] * (t.dim() - 1))), torch.full_like(t, float("nan")), t)
-
-
-def max_abs_scale(x: torch.Tensor, dims) -> torch.Tensor:
-    """max |x| over dims (kept, detached), 1 where it is 0: the divisor that brings x to [-1, 1]."""
-    top = x.detach().abs().amax(dim=dims, keepdim=True)
-    return torch.where(top > 0, top, torch.ones_like(top))
+from .common import (
+    LOSS_KINDS,
+    WEIGHT_KINDS,
+    compute_dtype,
+    finite_samples,
+    max_abs_scale,
+    nan_where,
+    rank_tolerance,
+    ritz_inputs,
+    ritz_outputs,
+    sign_align,
+)
 
 
 def scaled_norm(x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +68,7 @@ def orthonormalize(W: torch.Tensor) -> torch.Tensor:
             r = torch.where(dependent[:, None], _first_free_axis(rows, eye, B), r)
             norm_r = r.norm(dim=-1)
         rows.append(r / norm_r[:, None])
-    return _nan_where(~finite, torch.stack(rows, dim=1)).to(out_dtype)
+    return nan_where(~finite, torch.stack(rows, dim=1)).to(out_dtype)
 
 
 def _project_out(w: torch.Tensor, rows: list[torch.Tensor]) -> torch.Tensor:
@@ -137,44 +116,6 @@ def orthonormalize_backward(grad_Q: torch.Tensor, Q: torch.Tensor, W: torch.Tens
     L = torch.where(keep[:, None, :], L, torch.zeros_like(L)) + torch.diag_embed(replaced.to(ct))
     rhs = torch.where(keep[..., None], rhs, torch.zeros_like(rhs))
     return torch.linalg.solve_triangular(L.transpose(-1, -2), rhs, upper=True).to(out_dtype)
-
-
-def sign_align(V: torch.Tensor, V_prev: torch.Tensor | None) -> torch.Tensor:
-    """Per-row signs [B, k] (+1/-1) that apply the sign convention.
-
-    With V_prev: the sign that makes v_i . v_prev_i >= 0.  Without (or where that product is NaN,
-    as for a NaN in V_prev): the sign that makes the largest-magnitude component of v_i positive
-    (lowest index on ties).
-    """
-    idx = V.abs().argmax(dim=-1, keepdim=True)
-    lead = torch.gather(V, -1, idx).squeeze(-1)
-    signs = torch.where(lead < 0, -1.0, 1.0).to(V.dtype)
-    if V_prev is not None:
-        dots = (V * V_prev.to(V.dtype)).sum(-1)
-        signs = torch.where(torch.isnan(dots), signs, torch.where(dots < 0, -1.0, 1.0).to(V.dtype))
-    return signs
-
-
-def ritz_inputs(Q: torch.Tensor, MQ: torch.Tensor):
-    """The inputs ritz_step works on (also used by the Triton backend).
-
-    Returns (finite [B] bool, Q, MQ / s, s [B, 1]) in the compute dtype, with s = max |MQ[b]|
-    (1 where MQ[b] == 0) and the non-finite samples replaced by zeros (their outputs become NaN).
-    """
-    ct = compute_dtype(Q.dtype)
-    Q, MQ = Q.to(ct), MQ.to(ct)
-    finite = finite_samples(Q, MQ)
-    keep = finite[:, None, None]
-    Q = torch.where(keep, Q, torch.zeros_like(Q))
-    MQ = torch.where(keep, MQ, torch.zeros_like(MQ))
-    scale = max_abs_scale(MQ, (1, 2))
-    return finite, Q, MQ / scale, scale[:, :, 0]
-
-
-def ritz_outputs(finite: torch.Tensor, scale: torch.Tensor, V, lam, res, Q_next, out_dtype: torch.dtype):
-    """ritz_step's outputs from the scaled work: lam times the scale, NaN on non-finite samples."""
-    lam = lam * scale
-    return tuple(_nan_where(~finite, t).to(out_dtype) for t in (V, lam, res, Q_next))
 
 
 def ritz_step(Q: torch.Tensor, MQ: torch.Tensor, V_prev: torch.Tensor | None = None):

@@ -7,9 +7,9 @@ k and d rounded up to powers of two; padded rows and columns are masked to zero.
 import triton
 import triton.language as tl
 
-from spectral_ops.ops.reference import LOSS_KINDS, WEIGHT_KINDS
+from spectral_ops.ops.common import LOSS_KINDS, WEIGHT_KINDS
 
-# A kind's code is its position in reference.LOSS_KINDS / WEIGHT_KINDS, as in the C++ kernels.
+# A kind's code is its position in common.LOSS_KINDS / WEIGHT_KINDS, as in the C++ kernels.
 LOSS_CODES = {kind: code for code, kind in enumerate(LOSS_KINDS)}
 WEIGHT_CODES = {kind: code for code, kind in enumerate(WEIGHT_KINDS)}
 # The codes the kernels branch on (the KIND and WEIGHTS constexpr arguments).

@@ -2,7 +2,7 @@
 
 Each op converts its inputs to the compute dtype (float32, or float64), launches one program per
 sample and casts back.  ritz_step does the k x k symmetric eigensolve with torch.linalg.eigh
-outside the kernel, on the inputs of reference.ritz_inputs (non-finite samples zeroed, MQ scaled);
+outside the kernel, on the inputs of common.ritz_inputs (non-finite samples zeroed, MQ scaled);
 the projection before it and the rotation, signs, residuals and orthonormalization after it run
 in Triton.
 """
@@ -14,7 +14,7 @@ import triton
 from torch.library import triton_op, wrap_triton
 
 from spectral_ops.ops import _native
-from spectral_ops.ops.reference import compute_dtype, rank_tolerance, ritz_inputs, ritz_outputs
+from spectral_ops.ops.common import compute_dtype, rank_tolerance, ritz_inputs, ritz_outputs
 from spectral_ops.ops.backends.triton import kernels
 
 _NAMESPACE = "spectral_ops_triton"
@@ -61,7 +61,7 @@ def _ritz_step(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     ct = compute_dtype(Q.dtype)
     # Non-finite samples zeroed (their outputs become NaN), MQ divided by max |MQ[b]| (values
-    # scaled back after): the same inputs as the reference.
+    # scaled back after): the same inputs as the reference (common.ritz_inputs).
     finite, Qc, MQc, scale = ritz_inputs(Q, MQ)
     Qc, MQc = Qc.contiguous(), MQc.contiguous()
     H = Qc @ MQc.transpose(-1, -2)
