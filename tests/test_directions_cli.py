@@ -63,3 +63,28 @@ def test_a_bad_checkpoint_exits_2(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     assert main(["directions", "--ckpt", str(bad), "--out", str(tmp_path / "x")]) == 2
     assert "--ckpt" in capsys.readouterr().err
+
+
+def test_the_commands_share_their_generator_helpers_by_public_names():
+    """trace and directions take --ckpt / --generator, check G's output and the --out folder with
+    the public helpers of spectral_ops.lab.cli.generators; no command module imports an
+    underscore name from another module of the package (before: directions imported trace's
+    _check_output and _writable_dir)."""
+    import ast
+    import pathlib
+
+    import spectral_ops.lab.cli as cli
+
+    folder = pathlib.Path(cli.__file__).parent
+    private = {}
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("spectral_ops"):
+                names = [a.name for a in node.names if a.name.startswith("_")]
+                if names:
+                    private[path.name] = names
+    assert not private
+    from spectral_ops.lab.cli import directions, generators, trace
+
+    for name in ("add_generator_arguments", "generator_from_args", "check_generator_output", "output_dir"):
+        assert getattr(trace, name) is getattr(directions, name) is getattr(generators, name)

@@ -2,7 +2,8 @@
 
 - `cli/`: the `spectral-ops` command, one module per subcommand (`add_arguments(parser)` and
   `run(args) -> int`; options generated from config dataclasses by `cli/options.py`, which also
-  turns them back into a config, `from_flat`);
+  turns them back into a config, `from_flat`; `cli/generators.py`: where the generator of
+  `trace` and `directions` comes from);
 - `train/`: the GAN trainer, one module per job: `config.py` (`TrainConfig`, which nests the
   library's `RegularizerConfig`; validation), `losses.py` (adversarial losses, R1, the
   regularizer), `checkpoint.py` (checkpoints, `load_generator`, train.json), `loop.py` (`train`:

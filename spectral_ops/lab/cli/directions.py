@@ -11,7 +11,8 @@ into `--out`:
   and settings.
 
 The generator comes from a checkpoint (`--ckpt`) or an importable object (`--generator`), by the
-rule of `spectral-ops trace`.  Bad arguments or a generator that cannot be used: one line, exit 2.
+rule of `spectral-ops trace` (the flags and loaders both use: `generators.py`).  Bad arguments or
+a generator that cannot be used: one line, exit 2.
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ from spectral_ops.lab.io import atomic_save, atomic_write_text, require_modules
 from spectral_ops.directions import global_directions
 from spectral_ops.validation import check_seed, derived_seed
 from spectral_ops.lab.cli.options import add_device_option, device_from_args
-from spectral_ops.lab.cli.trace import _check_output, _writable_dir, add_generator_arguments, generator_from_args
+from spectral_ops.lab.cli.generators import (
+    add_generator_arguments,
+    check_generator_output,
+    generator_from_args,
+    output_dir,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,11 +84,11 @@ def run(args: argparse.Namespace) -> int:
         G, d = generator_from_args(args)
         if args.k > d:
             raise ValueError(f"--k must be <= latent dim {d}, got {args.k}")
-        out = _writable_dir(args.out)
+        out = output_dir(args.out)
         if isinstance(G, torch.nn.Module):
             G.eval().to(device)
         with torch.no_grad():
-            _check_output(G(torch.zeros(1, d, device=device)), d)
+            check_generator_output(G(torch.zeros(1, d, device=device)), d)
         found = global_directions(
             G,
             args.samples,

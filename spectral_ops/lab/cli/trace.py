@@ -12,7 +12,8 @@ For each of `--n` random starting latents (seeded), it writes into `--out`:
 All three grids use the same latent distance per column: `--steps * --step-size` each way.
 
 The generator comes from a checkpoint written by `spectral-ops train` / `demo` (`--ckpt`), or from
-an importable object (`--generator`), by this rule (`GENERATOR_RULE`):
+an importable object (`--generator`), by this rule (`GENERATOR_RULE`; the flags and loaders are
+shared with `spectral-ops directions`, in `generators.py`):
 
 - `package.module:attr` names the generator: an nn.Module (or any callable object) or a function,
   called with (N, d) latents and returning (N, ...) outputs; a function is never called to find
@@ -27,17 +28,20 @@ that cannot be built, or one that does not return an (N, ...) tensor: a one-line
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
-import os
-import pkgutil
-import reprlib
 import sys
 from pathlib import Path
 
 import torch
 
-from spectral_ops.lab.io import atomic_save, atomic_write_text, require_modules, writable_dir
+from spectral_ops.lab.cli.generators import (
+    add_generator_arguments,
+    check_generator_output,
+    generator_from_args,
+    load_generator_from_spec,  # noqa: F401  (bench/report_trajectories.py imports it from here)
+    output_dir,
+)
+from spectral_ops.lab.io import atomic_save, atomic_write_text, require_modules
 from spectral_ops.trajectory import INTEGRATORS
 from spectral_ops.validation import check_seed
 
@@ -65,25 +69,6 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def add_generator_arguments(p: argparse.ArgumentParser) -> None:
-    """--ckpt or --generator (one of them), and --latent-dim: where a command's G comes from."""
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", metavar="PATH", help="checkpoint written by `spectral-ops train` or `demo`")
-    src.add_argument("--generator", metavar="MODULE:ATTR", help=GENERATOR_RULE)
-    p.add_argument("--latent-dim", type=int, default=None, help="latent size (if the generator has no latent_dim)")
-
-
-def generator_from_args(args: argparse.Namespace):
-    """(G, latent size d) from --ckpt / --generator and --latent-dim; ValueError naming the flag."""
-    G = load_generator_from_checkpoint(args.ckpt) if args.ckpt else load_generator_from_spec(args.generator)
-    d = args.latent_dim if args.latent_dim is not None else getattr(G, "latent_dim", None)
-    if d is None:
-        raise ValueError("the generator has no latent_dim attribute: pass --latent-dim")
-    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-        raise ValueError(f"--latent-dim must be an integer >= 1, got {d!r}")
-    return G, d
-
-
 def parse_directions(text: str) -> list[int]:
     """'0,2,5' -> [0, 2, 5]; '3' -> [0, 1, 2]."""
     parts = [s.strip() for s in str(text).split(",") if s.strip()]
@@ -100,102 +85,6 @@ def parse_directions(text: str) -> list[int]:
     if any(v < 0 for v in vals):
         raise ValueError(f"--directions must be >= 0, got {text!r}")
     return vals
-
-
-GENERATOR_RULE = (
-    "importable generator: MODULE:ATTR is used as the generator, called on (N, d) latents "
-    "(an nn.Module, callable object or function; a class is built with no arguments); "
-    "MODULE:ATTR() calls a factory with no arguments and uses what it returns"
-)
-
-
-def load_generator_from_spec(spec: str):
-    """'package.module:attr' -> the generator (see GENERATOR_RULE): attr itself, or attr() when
-    attr is a class or the spec ends in '()'; a plain function is never called here."""
-    if ":" not in spec:
-        raise ValueError(f"--generator must look like package.module:attr, got {spec!r}")
-    mod_name, attr = spec.split(":", 1)
-    factory = attr.endswith("()")
-    if factory:
-        attr = attr[:-2]
-    if not mod_name or not attr or not all(part.isidentifier() for part in attr.split(".")):
-        raise ValueError(f"--generator must look like package.module:attr or package.module:factory(), got {spec!r}")
-    try:
-        obj = pkgutil.resolve_name(f"{mod_name}:{attr}")
-    except ImportError as exc:
-        raise ValueError(f"--generator: cannot import module {mod_name!r}: {exc}") from None
-    except AttributeError:
-        if mod_name not in sys.modules:  # raised while importing the module, not by the lookup
-            raise
-        raise ValueError(f"--generator: module {mod_name!r} has no attribute {attr!r}") from None
-    except ValueError:  # a module name resolve_name cannot parse ("my-pkg:G", "1st:G")
-        raise ValueError(
-            f"--generator must look like package.module:attr or package.module:factory(), got {spec!r}"
-        ) from None
-    if factory or inspect.isclass(obj):
-        what = "factory" if factory else "class"
-        if not callable(obj):
-            raise ValueError(f"--generator: {mod_name}:{attr} is not callable, so not a {what}")
-        try:
-            obj = obj()
-        except Exception as exc:  # e.g. a class whose constructor needs arguments
-            line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(
-                f"--generator: {what} {mod_name}:{attr} could not be called with no arguments "
-                f"({type(exc).__name__}: {line})"
-            ) from None
-    if not callable(obj):
-        raise ValueError(
-            f"--generator: {spec!r} {'returned' if factory else 'is'} {reprlib.repr(obj)} "
-            f"({type(obj).__name__}), not a generator (an nn.Module or a function of the latents)"
-        )
-    try:
-        inspect.signature(obj).bind(None)
-    except TypeError:
-        hint = f"; to use it as a factory, write {mod_name}:{attr}()" if not factory else ""
-        raise ValueError(
-            f"--generator: {spec!r} cannot be called with a latent batch (its signature is "
-            f"{inspect.signature(obj)}){hint}"
-        ) from None
-    except ValueError:  # no signature to read (a builtin): the probe call below decides
-        pass
-    return obj
-
-
-def _check_output(y, d: int) -> None:
-    """The generator's output for a (1, d) latent batch must be a (1, ...) floating tensor."""
-    if not isinstance(y, torch.Tensor):
-        raise ValueError(f"the generator must return a tensor for a (1, {d}) latent batch, got a {type(y).__name__}")
-    if y.ndim < 2 or y.shape[0] != 1 or not y.is_floating_point():
-        raise ValueError(
-            f"the generator must return a (1, ...) floating tensor for a (1, {d}) latent batch, got "
-            f"{y.dtype} of shape {tuple(y.shape)}"
-        )
-
-
-def load_generator_from_checkpoint(path: str):
-    """The generator stored in a training checkpoint (uses the trainer's own loader)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"--ckpt: no such file {path!r}")
-    try:
-        from spectral_ops.lab import train
-    except ImportError as exc:
-        raise ValueError(f"--ckpt needs spectral_ops.lab.train, which failed to import: {exc}") from None
-    loader = getattr(train, "load_generator", None)
-    if loader is None:
-        raise ValueError("--ckpt: this build's trainer has no load_generator(path)")
-    try:
-        G = loader(path)
-    except Exception as exc:  # a corrupt or foreign file
-        raise ValueError(f"--ckpt: cannot load a generator from {path!r}: {exc}") from None
-    return G[0] if isinstance(G, tuple) else G
-
-
-def _writable_dir(path: str) -> Path:
-    problem = writable_dir(path)
-    if problem is not None:
-        raise ValueError(f"--out: {problem}")
-    return Path(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -215,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         G, d = generator_from_args(args)
         if max(directions) >= d:
             raise ValueError(f"--directions must be < latent dim {d}, got {max(directions)}")
-        out = _writable_dir(args.out)
+        out = output_dir(args.out)
     except ValueError as exc:
         return _fail(str(exc))
 
@@ -231,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return _fail(f"the generator failed on a (1, {d}) latent batch: {line}")
     try:
-        _check_output(y, d)
+        check_generator_output(y, d)
         return _trace(args, G, Z0, d, directions, out, viz)
     except (ValueError, TypeError) as exc:  # a generator or a setting the checks above let through
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
