@@ -31,15 +31,17 @@ def _dense_topk(G, z, k, mode, chunk_size, init) -> Solved:
     chunk = _dense_chunk(B, d, m, z.element_size(), chunk_size)
     eye = torch.eye(d, dtype=cdtype, device=z.device)
     Jt = torch.empty(B, d, m, dtype=cdtype, device=z.device)
+    finite = torch.ones(B, dtype=torch.bool, device=z.device)
     for start in range(0, d, chunk):
         stop = min(d, start + chunk)
         op = JacobianOperator(G, z, stop - start, mode)
         Jt[:, start:stop] = op.jvp(eye[start:stop].expand(B, -1, -1)).detach().to(cdtype)
+        finite &= torch.isfinite(Jt[:, start:stop]).flatten(1).all(1)
         del op
-    c = Jt.abs().flatten(1).amax(1)  # per-sample scale: J^T J / c^2 neither overflows nor underflows
-    name_rows(~torch.isfinite(c), "J(z) is not finite (G's derivative is infinite or NaN)")
-    c = torch.where(c > 0, c, torch.ones_like(c))
-    Jt = Jt / c[:, None, None]
+    name_rows(~finite, "J(z) is not finite (G's derivative is infinite or NaN)")
+    c = ops.common.max_abs_scale(Jt, (1, 2))  # per-sample scale: J^T J / c^2 neither overflows nor underflows
+    Jt = Jt / c
+    c = c[:, 0, 0]
     Mfull = Jt @ Jt.transpose(1, 2)
     del Jt
     lam, U = torch.linalg.eigh(Mfull)
@@ -47,6 +49,4 @@ def _dense_topk(G, z, k, mode, chunk_size, init) -> Solved:
     V_prev = None if init is None else _initial_basis(init, B, k, d, cdtype, z.device, None)[1]
     V = V * ops.common.sign_align(V, V_prev)[..., None]
     MV = (Mfull @ V.transpose(1, 2)).transpose(1, 2)
-    res = (MV - lam[..., None] * V).norm(dim=-1)
-    res = torch.where(lam[:, :1] > 0, res / lam[:, :1].clamp_min(torch.finfo(cdtype).tiny), torch.zeros_like(res))
-    return Solved(V, lam, c, res, 0)
+    return Solved(V, lam, c, ops.common.relative_residual(MV, V, lam), 0)

@@ -286,6 +286,11 @@ def _orthonormal_block(Q: torch.Tensor, K: torch.Tensor | None) -> torch.Tensor:
     """The rows of Q [B, n, d] made orthogonal to the orthonormal rows of K [B, m, d] (twice, as
     CGS2) and orthonormal among themselves, ordered by how much of each direction was left
     (the most last); rows that add no new direction come back as zeros."""
+    # The library's only orthonormalization besides the `ops.orthonormalize` op, which cannot do
+    # this job: the op orthonormalizes a block on its own (no space K to project out) and replaces
+    # a dependent row by a coordinate axis, where Lanczos needs dependent rows dropped as zeros
+    # (`_new_directions` and `_rayleigh_ritz` read a zero row as "no new direction") and the rows
+    # ordered by what was left, so that the last `block` rows are the most independent.
     tiny = torch.finfo(Q.dtype).tiny
     size = (Q * Q).sum(-1).amax(-1, keepdim=True)  # before projection: what is left must be more than rounding
     Q = Q * torch.where(size > 0, size, torch.ones_like(size)).rsqrt()[..., None]  # unit scale: no denormals
@@ -310,13 +315,11 @@ def _orthonormal_block(Q: torch.Tensor, K: torch.Tensor | None) -> torch.Tensor:
 def _rayleigh_ritz(K: torch.Tensor, MK: torch.Tensor, H: torch.Tensor, k: int):
     """Top-k Ritz pairs over the orthonormal (or zero) rows of K [B, n, d], with MK = M K and
     H = K M K^T: (X [B, k, d], M X, lam [B, k] descending, residuals / lam_1 [B, k])."""
-    tiny = torch.finfo(K.dtype).tiny
     dead = (K.abs().amax(-1) == 0).to(K.dtype)  # zero rows: below any eigenvalue of M
     theta, C = _small_eigh(H - torch.diag_embed(dead))
     lam, C = theta.flip(-1)[:, :k], C.flip(-1)[..., :k].transpose(-1, -2)
     X, MX = C @ K, C @ MK
-    res = (MX - lam[..., None] * X).norm(dim=-1) / lam[:, :1].clamp_min(tiny)
-    return X, MX, lam, torch.where(lam[:, :1] > 0, res, torch.zeros_like(res))
+    return X, MX, lam, ops.common.relative_residual(MX, X, lam)
 
 
 def _small_eigh(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,9 +50,8 @@ def scaled_product(
     that neither overflow nor underflow for any scale of G (the Gram of J^T J squares it).
     Raises naming the rows of z where the products are not finite (`rows`: the rows of z that
     op's samples are, when it was built on a subset)."""
-    if c is None:
-        c = JQ.detach().abs().flatten(1).amax(1).to(cdtype)
-        c = torch.where(c > 0, c, torch.ones_like(c))  # a non-finite c makes MQ non-finite: caught below
+    if c is None:  # an infinite c makes MQ non-finite: caught below
+        c = ops.common.max_abs_scale(JQ, (1, 2), cdtype)[:, 0, 0]
     MQ = op.vjp(JQ.detach() / c.to(JQ.dtype)[:, None, None]).detach().to(cdtype) / c[:, None, None]
     # one host read-back per product (the rows must be named before the solver uses them)
     name_rows(

@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from . import ops
 from .cost import DENSE_MARGIN, estimated_cost, measure_costs
 from .dense import _dense_chunk, _dense_topk
 from .generator import flatten_latents, measured, prepared, select_rows
@@ -201,13 +202,12 @@ def _fd_residuals(G, z, V, values) -> tuple[torch.Tensor, torch.Tensor]:
             op.vjp((U.to(torch.float64) / scale[..., None]).to(U.dtype)).detach().to(torch.float64) / scale[..., None]
         )
 
-    lam = (values.detach().to(torch.float64) / scale) ** 2
-    res = (JT(JhV) - lam[..., None] * V.detach().to(torch.float64)).norm(dim=-1)
+    lam = (values.detach().to(torch.float64) / scale) ** 2  # lam_1 = 1 where live, 0 where J = 0
+    res = ops.common.relative_residual(JT(JhV), V.detach().to(torch.float64), lam)
     err = (4.0 / 3.0) * JT(delta).norm(dim=-1)
-    zero = torch.zeros_like(err)
     return (
-        torch.where(live, res, zero).nan_to_num(posinf=math.inf),
-        torch.where(live, err, zero).nan_to_num(posinf=math.inf),
+        res.nan_to_num(posinf=math.inf),
+        torch.where(live, err, torch.zeros_like(err)).nan_to_num(posinf=math.inf),
     )
 
 

@@ -42,7 +42,7 @@ import torch
 
 from . import ops
 from .generator import check_autograd_available, flat_generator, flatten_latents
-from .topk import jacobian_topk
+from .topk import METHODS, jacobian_topk
 from .progress import progress_bar
 from .validation import (
     check_bool,
@@ -57,7 +57,6 @@ from .validation import (
 
 INTEGRATORS = ("euler", "heun", "rk4")
 PROJECTIONS = (None, "sphere")
-TOPK_METHODS = ("auto", "power", "krylov", "dense")
 
 
 @dataclass
@@ -249,7 +248,7 @@ def _checked_arguments(G, z0, direction, steps, step_size, method, k, project, i
     check_number("step_size", step_size, 0, low_open=True)
     check_choice("method", method, INTEGRATORS)
     check_choice("project", project, PROJECTIONS)
-    check_choice("topk_method", topk_method, TOPK_METHODS)
+    check_choice("topk_method", topk_method, METHODS)
     check_iters_tol(iters, tol)
     z0 = z0.detach()
     radius = None

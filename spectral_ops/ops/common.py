@@ -1,7 +1,8 @@
 """The helpers every backend of the fused ops, and the library around them, share.
 
 The loss and weight kinds (their single definition), the compute dtype and the rank tolerance,
-the per-sample max-abs scale, finiteness per sample, ritz_step's input and output handling
+the max-abs scale (`max_abs_scale`), finiteness per sample, the relative residual
+||M v - lam v|| / lam_1 (`relative_residual`), ritz_step's input and output handling
 (`ritz_inputs`, `ritz_outputs`: the same on the reference and the Triton backend) and the sign
 convention (`sign_align`).  reference.py, the pure-torch test oracle, keeps only the ops' maths.
 """
@@ -42,10 +43,28 @@ def nan_where(bad: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.where(bad.view(-1, *([1] * (t.dim() - 1))), torch.full_like(t, float("nan")), t)
 
 
-def max_abs_scale(x: torch.Tensor, dims) -> torch.Tensor:
-    """max |x| over dims (kept, detached), 1 where it is 0: the divisor that brings x to [-1, 1]."""
+def max_abs_scale(x: torch.Tensor, dims, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """max |x| over dims (kept, detached, in `dtype` if given), 1 where it is not > 0 (zero, or
+    NaN): the divisor that brings x to [-1, 1].  Per sample of a [B, ...] tensor: dims 1, 2, ...
+    (the one rule of the ops, the solvers' products and the dense method's Jacobian)."""
     top = x.detach().abs().amax(dim=dims, keepdim=True)
+    top = top if dtype is None else top.to(dtype)
     return torch.where(top > 0, top, torch.ones_like(top))
+
+
+def relative_residual(MV: torch.Tensor, V: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """[B, k] ||M v_i - lam_i v_i|| / lam_1 for the pairs V [B, k, d], MV = M V, lam [B, k]
+    descending (`residual_over_top`)."""
+    return residual_over_top((MV - lam[..., None] * V).norm(dim=-1), lam)
+
+
+def residual_over_top(norms: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Residual norms ||M v_i - lam_i v_i|| [B, k] relative to lam_1 = lam[:, 0]: 0 where lam_1 is
+    not > 0 (M = 0: every vector is exact), never a division by zero.  The one rule of every
+    Python residual (the reference, the Triton backend, krylov, the dense method, the finite
+    differences' check); the C++ kernels apply the same in csrc."""
+    top = lam[:, :1]
+    return torch.where(top > 0, norms / top.clamp_min(torch.finfo(norms.dtype).tiny), torch.zeros_like(norms))
 
 
 def sign_align(V: torch.Tensor, V_prev: torch.Tensor | None) -> torch.Tensor:

@@ -21,6 +21,7 @@ from .common import (
     max_abs_scale,
     nan_where,
     rank_tolerance,
+    relative_residual,
     ritz_inputs,
     ritz_outputs,
     sign_align,
@@ -146,9 +147,7 @@ def ritz_step(Q: torch.Tensor, MQ: torch.Tensor, V_prev: torch.Tensor | None = N
     MV = U.transpose(-1, -2) @ MQ
     signs = sign_align(V, V_prev)
     V, MV = V * signs[..., None], MV * signs[..., None]
-    res = (MV - evals[..., None] * V).norm(dim=-1)
-    top = evals[:, :1].clamp_min(torch.finfo(Q.dtype).tiny)
-    res = torch.where(evals[:, :1] > 0, res / top, torch.zeros_like(res))
+    res = relative_residual(MV, V, evals)
     Q_next = orthonormalize(MV)
     return ritz_outputs(finite, scale, V, evals, res, Q_next, out_dtype)
 

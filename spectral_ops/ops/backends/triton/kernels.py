@@ -128,7 +128,8 @@ def ritz_rotate_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """Given the k x k eigenvectors U (columns, sorted descending) of sym(Q MQ^T): rotate, fix
-    signs, residuals, and Q_next = orthonormalize(M V)."""
+    signs, the residual norms ||M v_i - lam_i v_i|| (made relative to lam_1 by the caller,
+    common.residual_over_top), and Q_next = orthonormalize(M V)."""
     sample = tl.program_id(0).to(tl.int64)
     rows = tl.arange(0, BLOCK_K)
     cols = tl.arange(0, BLOCK_D)
@@ -139,7 +140,6 @@ def ritz_rotate_kernel(
     if HAS_PREV:
         Pt = tl.load(V_prev + offsets, mask=mask, other=0.0)
     lam = tl.load(evals + sample * k + rows, mask=rows < k, other=0.0)
-    top = tl.sum(tl.where(rows == 0, lam, 0.0), axis=0)
     Vt = tl.zeros_like(Qt)
     MVt = tl.zeros_like(Qt)
     residuals = tl.zeros_like(lam)
@@ -160,7 +160,6 @@ def ritz_rotate_kernel(
         residuals = tl.where(rows == i, tl.sqrt(tl.sum(err * err, axis=0)), residuals)
         Vt = tl.where(rows[:, None] == i, v[None, :], Vt)
         MVt = tl.where(rows[:, None] == i, mv[None, :], MVt)
-    residuals = tl.where(top > 0.0, residuals / tl.where(top > 0.0, top, 1.0), 0.0)
     tl.store(V + offsets, Vt, mask=mask)
     tl.store(res + sample * k + rows, residuals, mask=rows < k)
     tl.store(Q_next + offsets, _gram_schmidt(MVt, k, d, tol, rows, cols), mask=mask)

@@ -3,8 +3,8 @@
 Each op converts its inputs to the compute dtype (float32, or float64), launches one program per
 sample and casts back.  ritz_step does the k x k symmetric eigensolve with torch.linalg.eigh
 outside the kernel, on the inputs of common.ritz_inputs (non-finite samples zeroed, MQ scaled);
-the projection before it and the rotation, signs, residuals and orthonormalization after it run
-in Triton.
+the projection before it and the rotation, signs, residual norms and orthonormalization after it
+run in Triton (the norms are made relative to lam_1 here, by common.residual_over_top).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import triton
 from torch.library import triton_op, wrap_triton
 
 from spectral_ops.ops import _native
-from spectral_ops.ops.common import compute_dtype, rank_tolerance, ritz_inputs, ritz_outputs
+from spectral_ops.ops.common import compute_dtype, rank_tolerance, residual_over_top, ritz_inputs, ritz_outputs
 from spectral_ops.ops.backends.triton import kernels
 
 _NAMESPACE = "spectral_ops_triton"
@@ -90,7 +90,7 @@ def _ritz_step(
             BLOCK_D=block_d,
             num_warps=warps,
         )
-    return ritz_outputs(finite, scale, V, evals, res, Q_next, Q.dtype)
+    return ritz_outputs(finite, scale, V, evals, residual_over_top(res, evals), Q_next, Q.dtype)
 
 
 @triton_op(f"{_NAMESPACE}::alignment_loss", mutates_args=())
