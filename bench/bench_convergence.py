@@ -219,7 +219,7 @@ def _krylov_counts(G, z, bn, tol, init):
 
     with prepared(G, z, jvp="auto", batchnorm=bn) as (Gp, zp, mode):
         b, d = zp.shape
-        cdtype = ops.reference.compute_dtype(zp.dtype)
+        cdtype = ops.common.compute_dtype(zp.dtype)
         p = krylov_block(b, K)
         X, V_prev = _initial_basis(init, b, K, d, cdtype, zp.device, None)
         X = X if init is not None else X[:, :p]
@@ -240,7 +240,7 @@ def _power_counts(G, z, bn, tols, init):
 
     with prepared(G, z, jvp="auto", batchnorm=bn) as (Gp, zp, mode):
         b, d = zp.shape
-        cdtype = ops.reference.compute_dtype(zp.dtype)
+        cdtype = ops.common.compute_dtype(zp.dtype)
         Q, V_prev = _initial_basis(init, b, K, d, cdtype, zp.device, None)
         op = JacobianOperator(Gp, zp, K, mode)
         reached = {t: torch.full((b,), POWER_CAP + 1) for t in tols}

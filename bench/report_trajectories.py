@@ -51,7 +51,7 @@ from spectral_ops.lab.metrics.trajectory import (
     purity_from_changes,
     resample_by_output_length,
 )
-from spectral_ops.lab.cli.trace import load_generator_from_spec
+from spectral_ops.lab.cli.generators import load_generator_from_spec
 from spectral_ops.lab import viz
 from spectral_ops.lab.io import atomic_write_text
 

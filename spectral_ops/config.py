@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .jacobian import JVP_MODES
-from .ops.reference import LOSS_KINDS, WEIGHT_KINDS
+from .ops.common import LOSS_KINDS, WEIGHT_KINDS
 from .validation import check_bool, check_choice, check_int, check_k, check_number, check_seed
 
 GRADS = ("fast", "implicit")

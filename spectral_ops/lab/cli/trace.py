@@ -38,7 +38,6 @@ from spectral_ops.lab.cli.generators import (
     add_generator_arguments,
     check_generator_output,
     generator_from_args,
-    load_generator_from_spec,  # noqa: F401  (bench/report_trajectories.py imports it from here)
     output_dir,
 )
 from spectral_ops.lab.io import atomic_save, atomic_write_text, require_modules
