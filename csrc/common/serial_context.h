@@ -23,7 +23,8 @@
 //   leader()                true on exactly one thread (for small serial k x k work)
 //   kSerial                 true when the context is a single thread
 // for_each and the reductions split j the same way, so a thread may read without a barrier the
-// entries it wrote in an earlier for_each over the same n.
+// entries it wrote in an earlier for_each over the same n.  On a thread block the five reductions
+// (sum, sums, first_index, argmax_abs, max_abs) are block_reduce.h's one reducer.
 #pragma once
 
 #include "batch.h"

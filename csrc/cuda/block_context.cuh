@@ -8,19 +8,42 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "common/batch.h"
+#include "common/block_reduce.h"
 #include "common/checks.h"
 #include "common/macros.h"
 
 namespace spectral_ops {
 
-// Reductions are deterministic: fixed strided partial sums, warp shuffles, then warp totals
-// summed in order by every thread.  blockDim.x must be a multiple of 32 (at most 1024).
+// A CUDA thread block as the hardware of common/block_reduce.h: warps of 32 lanes, shuffles,
+// __syncthreads.  Device code only (BlockContext calls it under __CUDA_ARCH__).  thread() and
+// threads() keep the unsigned type of threadIdx.x and blockDim.x, as the strided loops of for_each.
+struct CudaBlock {
+  __device__ unsigned thread() const { return threadIdx.x; }
+  __device__ unsigned threads() const { return blockDim.x; }
+  __device__ int lane() const { return (int)(threadIdx.x & 31); }
+  __device__ int warp() const { return (int)(threadIdx.x >> 5); }
+  __device__ int warps() const { return (int)(blockDim.x >> 5); }
+  __device__ int warp_size() const { return 32; }
+  template <typename V>
+  __device__ V shfl_down(V v, int offset) const {
+    return __shfl_down_sync(0xffffffffu, v, offset);
+  }
+  template <typename V>
+  __device__ ValueIndex<V> shfl_down(ValueIndex<V> v, int offset) const {
+    return {shfl_down(v.value, offset), shfl_down(v.index, offset)};
+  }
+  __device__ void barrier() const { __syncthreads(); }
+};
+
+// Reductions are deterministic: fixed strided partials, warp shuffles, then warp totals combined
+// in order by every thread (common/block_reduce.h, all five reductions).  blockDim.x must be a
+// multiple of 32 (at most 1024).
 template <typename T>
 struct BlockContext {
   static constexpr bool kSerial = false;
 
-  T* value_buffer;    // __shared__ [32]
-  int* index_buffer;  // __shared__ [32]
+  T* value_buffer;    // __shared__ [32]: sum, max_abs, argmax_abs
+  int* index_buffer;  // __shared__ [32]: first_index, argmax_abs
   T* batch_buffer;    // __shared__ [batched_sums_width(k) * warps]: sums(), value c of warp w at c * warps + w
 
   template <typename F>
@@ -34,15 +57,9 @@ struct BlockContext {
   __host__ __device__ U sum(int n, F f) const {
     static_assert(sizeof(U) == sizeof(T), "BlockContext<T>::sum reduces values of type T");
 #ifdef __CUDA_ARCH__
-    U acc = U(0);
-    for (int j = threadIdx.x; j < n; j += blockDim.x) acc += f(j);
-    for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, offset);
-    __syncthreads();  // earlier readers of value_buffer are done
-    if ((threadIdx.x & 31) == 0) value_buffer[threadIdx.x >> 5] = acc;
-    __syncthreads();
-    U total = U(0);
-    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) total += value_buffer[w];
-    return total;
+    const CudaBlock block;
+    const SumOp<U> op;
+    return block_reduce(block, thread_fold(block, n, op, f), op, SharedSlots<T>{value_buffer});
 #else
     return U(0);
 #endif
@@ -55,21 +72,12 @@ struct BlockContext {
   __host__ __device__ void sums(int m, int n, TermOf term_of, Finish finish) const {
     static_assert(sizeof(U) == sizeof(T), "BlockContext<T>::sums reduces values of type T");
 #ifdef __CUDA_ARCH__
-    const int warps = (int)(blockDim.x >> 5), warp = (int)(threadIdx.x >> 5);
-    __syncthreads();  // earlier readers of batch_buffer are done
-    for (int c = 0; c < m; ++c) {
-      const auto term = term_of(c);
-      U acc = U(0);
-      for (int j = threadIdx.x; j < n; j += blockDim.x) acc += term(j);
-      for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, offset);
-      if ((threadIdx.x & 31) == 0) batch_buffer[c * warps + warp] = acc;
-    }
-    __syncthreads();
-    for (int c = 0; c < m; ++c) {
-      U total = U(0);
-      for (int w = 0; w < warps; ++w) total += batch_buffer[c * warps + w];
-      finish(c, total);
-    }
+    const CudaBlock block;
+    const SumOp<U> op;
+    const int warps = block.warps();
+    block_reduce_each(
+        block, m, op, [&](int c) { return thread_fold(block, n, op, term_of(c)); },
+        [&](int c) { return SharedSlots<T>{batch_buffer, c * warps}; }, finish);
 #endif
   }
 
@@ -95,19 +103,8 @@ struct BlockContext {
   template <typename P>
   __host__ __device__ int first_index(int n, P pred) const {
 #ifdef __CUDA_ARCH__
-    int found = n;
-    for (int j = threadIdx.x; j < n; j += blockDim.x)
-      if (pred(j)) {
-        found = j;
-        break;
-      }
-    for (int offset = 16; offset > 0; offset >>= 1) found = min(found, __shfl_down_sync(0xffffffffu, found, offset));
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) index_buffer[threadIdx.x >> 5] = found;
-    __syncthreads();
-    int best = n;
-    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) best = min(best, index_buffer[w]);
-    return best;
+    const CudaBlock block;
+    return block_reduce(block, thread_first(block, n, pred), LowestIndexOp{n}, SharedSlots<int>{index_buffer});
 #else
     return n;
 #endif
@@ -116,38 +113,12 @@ struct BlockContext {
   template <typename U, typename F>
   __host__ __device__ int argmax_abs(int n, F f) const {
 #ifdef __CUDA_ARCH__
-    T best_value = T(-1);
-    int best = n;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-      const T a = abs_(T(f(j)));
-      if (a > best_value) {
-        best_value = a;
-        best = j;
-      }
-    }
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      const T other_value = __shfl_down_sync(0xffffffffu, best_value, offset);
-      const int other = __shfl_down_sync(0xffffffffu, best, offset);
-      if (other_value > best_value || (other_value == best_value && other < best)) {
-        best_value = other_value;
-        best = other;
-      }
-    }
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) {
-      value_buffer[threadIdx.x >> 5] = best_value;
-      index_buffer[threadIdx.x >> 5] = best;
-    }
-    __syncthreads();
-    best_value = T(-1);
-    best = n;
-    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
-      if (value_buffer[w] > best_value || (value_buffer[w] == best_value && index_buffer[w] < best)) {
-        best_value = value_buffer[w];
-        best = index_buffer[w];
-      }
-    }
-    return best < n ? best : 0;
+    const CudaBlock block;
+    const ArgmaxOp<T> op{n};
+    const ValueIndex<T> best =
+        block_reduce(block, thread_fold(block, n, op, [&](int j) { return ValueIndex<T>{abs_(T(f(j))), j}; }), op,
+                     ValueIndexSlots<T>{value_buffer, index_buffer});
+    return best.index < n ? best.index : 0;
 #else
     return 0;
 #endif
@@ -157,21 +128,10 @@ struct BlockContext {
   __host__ __device__ U max_abs(int n, F f) const {
     static_assert(sizeof(U) == sizeof(T), "BlockContext<T>::max_abs reduces values of type T");
 #ifdef __CUDA_ARCH__
-    U best = U(0);
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-      const U a = abs_(U(f(j)));
-      best = a > best ? a : best;
-    }
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      const U other = __shfl_down_sync(0xffffffffu, best, offset);
-      best = other > best ? other : best;
-    }
-    __syncthreads();  // earlier readers of value_buffer are done
-    if ((threadIdx.x & 31) == 0) value_buffer[threadIdx.x >> 5] = best;
-    __syncthreads();
-    U total = U(0);
-    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) total = value_buffer[w] > total ? value_buffer[w] : total;
-    return total;
+    const CudaBlock block;
+    const MaxOp<U> op;
+    return block_reduce(block, thread_fold(block, n, op, [&](int j) { return abs_(U(f(j))); }), op,
+                        SharedSlots<T>{value_buffer});
 #else
     return U(0);
 #endif

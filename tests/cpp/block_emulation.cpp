@@ -1,31 +1,59 @@
 // The CUDA code path of csrc/common, run on the CPU: a thread-block emulator with the semantics of
-// csrc/cuda/block_context.cuh (strided for_each, block-wide sums through a shared buffer,
-// __syncthreads as a barrier, one leader), driven by real std::threads.  Each per-sample function
-// runs on emulated blocks of several sizes and is compared with the single-thread SerialContext,
-// which the Python tests check against the pure-torch reference.  This is how the CUDA kernels'
-// synchronisation and work split are tested without a GPU; ritz_step here also takes the Jacobi
-// eigensolver (Ctx::kSerial == false) that only the GPU uses.
+// csrc/cuda/block_context.cuh (strided for_each, the reductions of common/block_reduce.h on
+// emulated warps with lockstep shuffles and a shared buffer, __syncthreads as a barrier, one
+// leader), driven by real std::threads.  Each per-sample function runs on emulated blocks of
+// several sizes and is compared with the single-thread SerialContext, which the Python tests check
+// against the pure-torch reference.  This is how the CUDA kernels' synchronisation and work split
+// are tested without a GPU; ritz_step here also takes the Jacobi eigensolver (Ctx::kSerial ==
+// false) that only the GPU uses.
 #include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <random>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "common/alignment.h"
+#include "common/block_reduce.h"
 #include "common/gram_schmidt.h"
 #include "common/ritz.h"
 #include "common/serial_context.h"
 
 namespace {
 
-// What the threads of one emulated block share: the barrier and the reduction buffers.
+using spectral_ops::abs_;
+using spectral_ops::ArgmaxOp;
+using spectral_ops::block_reduce;
+using spectral_ops::block_reduce_each;
+using spectral_ops::LowestIndexOp;
+using spectral_ops::MaxOp;
+using spectral_ops::SharedSlots;
+using spectral_ops::SumOp;
+using spectral_ops::thread_first;
+using spectral_ops::thread_fold;
+using spectral_ops::ValueIndex;
+using spectral_ops::ValueIndexSlots;
+
+// What the threads of one emulated block share: the barrier, the reduction buffers (one slot per
+// warp) and, per warp, the barrier and exchange of the emulated shuffles.
 struct BlockShared {
-  BlockShared(int threads, int capacity)
-      : sync(threads), values(threads), indices(threads), batch((size_t)threads * capacity), capacity(capacity) {}
+  BlockShared(int threads, int capacity, int warp_size)
+      : sync(threads),
+        values(threads),
+        indices(threads),
+        batch((size_t)threads * capacity),
+        capacity(capacity),
+        warp_size(warp_size),
+        lanes(2 * (size_t)threads),
+        shuffles(threads) {
+    for (int w = 0; w < threads / warp_size; ++w) warp_sync.push_back(std::make_unique<std::barrier<>>(warp_size));
+  }
   void wait(int tid) {
     if (tid == 0) ++barriers;
     sync.arrive_and_wait();
@@ -34,17 +62,56 @@ struct BlockShared {
   long barriers = 0;  // barrier phases, counted by thread 0
   std::vector<double> values;
   std::vector<int> indices;
-  std::vector<double> batch;             // sums(): value c of thread t at c * threads + t
+  std::vector<double> batch;             // sums(): value c of warp w at c * warps + w
   int capacity;                          // the most values one sums() may reduce (the kernels' buffer size)
   long sums_calls = 0, sums_values = 0;  // counted by thread 0
+  int warp_size;
+  std::vector<std::unique_ptr<std::barrier<>>> warp_sync;  // shuffles only: not counted in `barriers`
+  struct alignas(16) Lane {
+    unsigned char bytes[16];
+  };
+  // The value thread t offers to its s-th shuffle, at lanes[(s % 2) * threads + t]: two sets, so
+  // that one warp barrier per shuffle suffices (a lane offers again in set s % 2 only after the
+  // barrier of shuffle s + 1, which every lane reaches after its read of shuffle s).
+  std::vector<Lane> lanes;
+  std::vector<long> shuffles;  // per thread, each written by its own thread only
+};
+
+// One thread of an emulated block as the hardware of common/block_reduce.h: warps of
+// shared->warp_size threads, shuffles through `lanes` and a warp barrier (lockstep: every lane of
+// the warp must take part), the block barrier.
+struct EmulatedBlock {
+  int tid, n_threads;
+  BlockShared* shared;
+  int thread() const { return tid; }
+  int threads() const { return n_threads; }
+  int lane() const { return tid % shared->warp_size; }
+  int warp() const { return tid / shared->warp_size; }
+  int warps() const { return n_threads / shared->warp_size; }
+  int warp_size() const { return shared->warp_size; }
+  template <typename V>
+  V shfl_down(V v, int offset) const {
+    static_assert(std::is_trivially_copyable_v<V> && sizeof(V) <= sizeof(BlockShared::Lane));
+    const size_t set = (size_t)(shared->shuffles[(size_t)tid]++ % 2) * (size_t)n_threads;
+    std::memcpy(shared->lanes[set + (size_t)tid].bytes, &v, sizeof(V));
+    shared->warp_sync[(size_t)warp()]->arrive_and_wait();
+    V other = v;  // past the end of the warp: its own value, as __shfl_down_sync
+    if (lane() + offset < warp_size())
+      std::memcpy(&other, shared->lanes[set + (size_t)(tid + offset)].bytes, sizeof(V));
+    return other;
+  }
+  void barrier() const { shared->wait(tid); }
 };
 
 // One thread of an emulated block (the interface of serial_context.h, the semantics of
-// BlockContext): every thread calls every method, in the same order.
+// BlockContext): every thread calls every method, in the same order.  The reductions are written
+// as BlockContext's, the same calls into common/block_reduce.h, on the emulated hardware.
 struct EmulatedBlockContext {
   static constexpr bool kSerial = false;
   int tid, threads;
   BlockShared* shared;
+
+  EmulatedBlock block() const { return EmulatedBlock{tid, threads, shared}; }
 
   template <typename F>
   void for_each(int n, F f) const {
@@ -53,18 +120,14 @@ struct EmulatedBlockContext {
 
   template <typename U, typename F>
   U sum(int n, F f) const {
-    U acc = U(0);
-    for (int j = tid; j < n; j += threads) acc += f(j);
-    shared->wait(tid);  // earlier readers of the buffer are done
-    shared->values[tid] = double(acc);
-    shared->wait(tid);
-    U total = U(0);
-    for (int t = 0; t < threads; ++t) total += U(shared->values[t]);
-    return total;
+    static_assert(std::is_same_v<U, double>, "the emulator reduces doubles");
+    const SumOp<U> op;
+    return block_reduce(block(), thread_fold(block(), n, op, f), op, SharedSlots<double>{shared->values.data()});
   }
 
   template <typename U, typename TermOf, typename Finish>
   void sums(int m, int n, TermOf term_of, Finish finish) const {
+    static_assert(std::is_same_v<U, double>, "the emulator reduces doubles");
     if (m < 0 || m > shared->capacity) {  // the CUDA kernel's batch buffer would overflow
       std::fprintf(stderr, "sums: m = %d outside [0, %d]\n", m, shared->capacity);
       std::abort();
@@ -73,19 +136,11 @@ struct EmulatedBlockContext {
       ++shared->sums_calls;
       shared->sums_values += m;
     }
-    shared->wait(tid);  // earlier readers of the buffer are done
-    for (int c = 0; c < m; ++c) {
-      const auto term = term_of(c);
-      U acc = U(0);
-      for (int j = tid; j < n; j += threads) acc += term(j);
-      shared->batch[(size_t)c * threads + tid] = double(acc);
-    }
-    shared->wait(tid);
-    for (int c = 0; c < m; ++c) {
-      U total = U(0);
-      for (int t = 0; t < threads; ++t) total += U(shared->batch[(size_t)c * threads + t]);
-      finish(c, total);
-    }
+    const EmulatedBlock b = block();
+    const SumOp<U> op;
+    block_reduce_each(
+        b, m, op, [&](int c) { return thread_fold(b, n, op, term_of(c)); },
+        [&](int c) { return SharedSlots<double>{shared->batch.data(), c * b.warps()}; }, finish);
   }
 
   template <typename U, typename Term, typename Finish>
@@ -108,58 +163,25 @@ struct EmulatedBlockContext {
 
   template <typename P>
   int first_index(int n, P pred) const {
-    int found = n;
-    for (int j = tid; j < n; j += threads)
-      if (pred(j)) {
-        found = j;
-        break;
-      }
-    shared->wait(tid);
-    shared->indices[tid] = found;
-    shared->wait(tid);
-    int best = n;
-    for (int t = 0; t < threads; ++t) best = std::min(best, shared->indices[t]);
-    return best;
+    return block_reduce(block(), thread_first(block(), n, pred), LowestIndexOp{n},
+                        SharedSlots<int>{shared->indices.data()});
   }
 
   template <typename U, typename F>
   int argmax_abs(int n, F f) const {
-    double best_value = -1;
-    int best = n;
-    for (int j = tid; j < n; j += threads) {
-      const double a = std::fabs(double(f(j)));
-      if (a > best_value) {
-        best_value = a;
-        best = j;
-      }
-    }
-    shared->wait(tid);
-    shared->values[tid] = best_value;
-    shared->indices[tid] = best;
-    shared->wait(tid);
-    best_value = -1;
-    best = n;
-    for (int t = 0; t < threads; ++t)
-      if (shared->values[t] > best_value || (shared->values[t] == best_value && shared->indices[t] < best)) {
-        best_value = shared->values[t];
-        best = shared->indices[t];
-      }
-    return best < n ? best : 0;
+    const ArgmaxOp<double> op{n};
+    const ValueIndex<double> best = block_reduce(
+        block(), thread_fold(block(), n, op, [&](int j) { return ValueIndex<double>{abs_(double(f(j))), j}; }), op,
+        ValueIndexSlots<double>{shared->values.data(), shared->indices.data()});
+    return best.index < n ? best.index : 0;
   }
 
   template <typename U, typename F>
   U max_abs(int n, F f) const {
-    U best = U(0);
-    for (int j = tid; j < n; j += threads) {
-      const U a = std::fabs(f(j));
-      best = a > best ? a : best;
-    }
-    shared->wait(tid);
-    shared->values[tid] = double(best);
-    shared->wait(tid);
-    U total = U(0);
-    for (int t = 0; t < threads; ++t) total = U(shared->values[t]) > total ? U(shared->values[t]) : total;
-    return total;
+    static_assert(std::is_same_v<U, double>, "the emulator reduces doubles");
+    const MaxOp<U> op;
+    return block_reduce(block(), thread_fold(block(), n, op, [&](int j) { return abs_(U(f(j))); }), op,
+                        SharedSlots<double>{shared->values.data()});
   }
 
   void sync() const { shared->wait(tid); }
@@ -169,9 +191,19 @@ struct EmulatedBlockContext {
 // Barriers and sums() calls of the last run_block (thread 0's count).
 long last_barriers = 0, last_sums_calls = 0, last_sums_values = 0;
 
-// Runs body(ctx) on `threads` std::threads forming one emulated block for a sample with k rows.
-void run_block(int threads, int k, const std::function<void(const EmulatedBlockContext&)>& body) {
-  BlockShared shared(threads, spectral_ops::batched_sums_width(k));
+// The emulated warp size of a block: the largest power of two up to 32 that divides `threads`
+// (40 threads: 5 warps of 8; 7 threads: 7 warps of 1, no shuffles).
+int default_warp_size(int threads) {
+  int w = 32;
+  while (threads % w != 0) w /= 2;
+  return w;
+}
+
+// Runs body(ctx) on `threads` std::threads forming one emulated block for a sample with k rows,
+// in warps of warp_size threads (0: default_warp_size).
+void run_block(int threads, int k, const std::function<void(const EmulatedBlockContext&)>& body, int warp_size = 0) {
+  BlockShared shared(threads, spectral_ops::batched_sums_width(k),
+                     warp_size > 0 ? warp_size : default_warp_size(threads));
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) pool.emplace_back([&, t] { body(EmulatedBlockContext{t, threads, &shared}); });
   for (auto& thread : pool) thread.join();
@@ -418,6 +450,65 @@ void check_sums(int threads, int k, int d) {
               "  finish(c) once each, in order", threads, k, d, m);
 }
 
+// The block reducer (common/block_reduce.h) through the five reductions, on `threads` threads in
+// warps of warp_size, over n terms with ties and a NaN: every thread gets the value of the
+// single-thread SerialContext (sums to rounding; the lowest index of a tie, the NaN skipped and
+// the maxima exactly).
+void check_reductions(int threads, int warp_size, int n) {
+  std::vector<double> x = random_rows(1, n, 37u + n);
+  if (n >= 4) {  // the largest |x| three times (across threads and warps), and a NaN
+    x[n / 4] = 9.0;
+    x[n / 2] = -9.0;
+    x[n - 1] = 9.0;
+    x[n / 3 + 1] = std::numeric_limits<double>::quiet_NaN();
+  }
+  const auto f = [&](int j) { return x[j]; };
+  const auto finite = [&](int j) { return std::isnan(x[j]) ? 0.0 : x[j]; };
+  const auto positive = [&](int j) { return x[j] > 1.0; };
+  const auto never = [](int) { return false; };
+  const spectral_ops::SerialContext serial{};
+  std::vector<double> expected = {serial.sum<double>(n, finite),
+                                  double(serial.argmax_abs<double>(n, f)),
+                                  double(serial.first_index(n, positive)),
+                                  double(serial.first_index(n, never)),
+                                  0.0,
+                                  serial.sum<double>(n, [&](int j) { return finite(j) * finite(j); })};
+  for (int j = 0; j < n; ++j) expected[4] = std::isnan(x[j]) ? expected[4] : std::max(expected[4], std::fabs(x[j]));
+  const size_t width = expected.size();
+  std::vector<double> got(width * threads);
+  run_block(
+      threads, 1,
+      [&](const EmulatedBlockContext& ctx) {
+        double* out = got.data() + (size_t)ctx.tid * width;
+        out[0] = ctx.sum<double>(n, finite);
+        out[1] = ctx.argmax_abs<double>(n, f);
+        out[2] = ctx.first_index(n, positive);
+        out[3] = ctx.first_index(n, never);
+        out[4] = ctx.max_abs<double>(n, f);
+        ctx.sums<double>(
+            1, n, [&](int) { return [&](int j) { return finite(j) * finite(j); }; },
+            [&](int, double v) { out[5] = v; });
+      },
+      warp_size);
+  std::vector<double> every(got.size());
+  for (int t = 0; t < threads; ++t) std::copy(expected.begin(), expected.end(), every.begin() + (size_t)t * width);
+  const char* what = "reductions (ties, NaN), warps of";
+  double err = 0;
+  bool exact = true;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const size_t which = i % width;
+    if (which == 0 || which == 5) {
+      err = std::max(err, std::fabs(got[i] - every[i]) / std::max(1.0, std::fabs(every[i])));
+    } else {
+      exact = exact && got[i] == every[i];
+    }
+  }
+  const bool ok = exact && err <= kTight;
+  if (!ok) ++failures;
+  std::printf("%s: %-31s %-2d threads=%-2d n=%-3d sums to %.1e (relative), indices and max %s\n", ok ? "ok  " : "FAIL",
+              what, warp_size, threads, n, err, exact ? "equal" : "DIFFER");
+}
+
 // The parallel-order Jacobi on an emulated block against the same solver on one thread (the same
 // rotations in the same rounds: equal to rounding of the norm's sum order) and against the
 // tridiagonal QL of the CPU path (eigenvalues, and A = U^T diag U).
@@ -500,6 +591,10 @@ void report_barriers() {
 
 int main() {
   report_barriers();
+  // The reducer alone, on warp layouts the ritz_step loop below does not use: the CUDA warp of 32
+  // (one and two warps), warps of 2 and 4, fewer terms than threads.
+  for (auto [threads, warp_size] : {std::pair{32, 32}, {64, 32}, {8, 2}, {12, 4}, {40, 8}, {7, 1}})
+    for (int n : {0, 1, 5, 31, 33, 100}) check_reductions(threads, warp_size, n);
   // Block sizes: one thread, fewer threads than d, non-powers of two (not dividing k), more
   // threads than d.
   for (int threads : {1, 4, 7, 40}) {
