@@ -20,7 +20,8 @@ started at random; Adam (lr 0.05, batch 16) on the regularizer alone.  Axes of t
   s_f (1 + 0.75 cos(2 u_f + 2 pi f / F)), which reorders the factors across z);
 - setting: spectral_penalty(G, z, k=4, iters=20, loss, grad, weights) for 200 calls, each of the
   3 x 2 x 2 (loss, grad, weights); SpectralRegularizer(d) as a user writes it (every=8, 1600
-  calls, 200 computed), and with k = d (every direction aligned); the floor (no regularizer:
+  calls, 200 computed), with k = d (every direction aligned) and with the global term
+  (`global_alignment_penalty`, weight 1, lab.train.losses.LocalAndGlobal); the floor (no regularizer:
   where a random rotation leaves the factors)
   and the ceiling (Adam on the offdiag loss of the true singular vectors, the rows of R:
   what the optimizer and budget reach with perfect vectors).
@@ -42,6 +43,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from spectral_ops import SpectralRegularizer, spectral_penalty
 from spectral_ops.lab.io import atomic_write_text
+from spectral_ops.lab.train.losses import LocalAndGlobal
 from spectral_ops.testing.known_answer import GATE_PROFILES, GATE_RANKS, oracle_penalty, run_gate
 from spectral_ops.regularizer import GRADS, LOSSES, WEIGHTS
 
@@ -60,6 +62,13 @@ def settings():
         ("defaults: SpectralRegularizer(d)", lambda d: SpectralRegularizer(d), DEFAULT_CALLS),
         # a candidate for latents G barely uses: every direction aligned, not only the top 4
         ("candidate: SpectralRegularizer(d, k=d)", lambda d: SpectralRegularizer(d, k=d), DEFAULT_CALLS),
+        # a candidate for factors mixed where their local sensitivities meet: the defaults plus the
+        # global term (off-diagonal share of the batch's mean J^T J) on the same rows and schedule
+        (
+            "candidate: SpectralRegularizer(d) + global",
+            lambda d: LocalAndGlobal(SpectralRegularizer(d), 1.0, SpectralRegularizer(d).batch_fraction),
+            DEFAULT_CALLS,
+        ),
     ]
     for loss in LOSSES:
         for grad in GRADS:

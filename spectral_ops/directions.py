@@ -68,6 +68,39 @@ class GlobalDirections:
     explained_stderr: torch.Tensor | None = None
 
 
+def global_alignment_penalty(
+    G: Callable, z: torch.Tensor, *, jvp: str = "auto", batchnorm: str = "error"
+) -> torch.Tensor:
+    """Off-diagonal share of the batch's mean normalised metric, a scalar in [0, 1).
+
+    M_bar = (1/B) sum_b J_b^T J_b / tr(J_b^T J_b) over the rows of z [B, d] (each sample weighs
+    alike; the per-sample trace is detached, as the regularizer's units are), and the penalty is
+    ||offdiag(M_bar)||_F^2 / ||M_bar||_F^2: zero exactly when the eigenvectors of M_bar (the
+    global directions of the batch) lie on the latent axes, given distinct eigenvalues.  The local
+    penalty (`spectral_penalty`) sees one z at a time, so a pair of latents can mix two factors
+    where their local sensitivities meet; the mean over z keeps the factors' average sensitivities
+    apart, and mixing them shows here (docs/design.md, "global alignment").
+
+    Cost: d JVPs per sample with the parameter graph kept (the columns of J, exact); meant for
+    latent sizes where d products a sample are affordable.  G, jvp, batchnorm: as in
+    `spectral_penalty`.  Rows whose Jacobian is zero do not count; with none left the value is 0.
+    """
+    with prepared(G, z, jvp=jvp, batchnorm=batchnorm) as (Gf, zf, mode):
+        B, d = zf.shape
+        eye = torch.eye(d, dtype=zf.dtype, device=zf.device).expand(B, d, d)
+        J = JacobianOperator(Gf, zf, d, mode).jvp(eye, create_graph=True)  # [B, d, m]: row i = J e_i
+    scale = J.detach().abs().amax(dim=(1, 2))  # per-sample units: J / scale, then squared
+    keep = scale > 0
+    Jn = J[keep] / scale[keep, None, None]
+    M = Jn @ Jn.transpose(1, 2)  # [n, d, d]: J^T J per sample, in units of scale^2
+    if M.shape[0] == 0:
+        return J.sum() * 0.0
+    trace = M.diagonal(dim1=1, dim2=2).sum(-1).detach()
+    M_bar = (M / trace[:, None, None]).mean(0)
+    off = M_bar - torch.diag_embed(M_bar.diagonal())
+    return off.pow(2).sum() / M_bar.pow(2).sum()
+
+
 def subspace_angle_deg(A: torch.Tensor, B: torch.Tensor) -> float:
     """Largest principal angle, in degrees, between the row spaces of orthonormal A, B [k, d]."""
     s = torch.linalg.svdvals(A.double() @ B.double().T).clamp(max=1.0)

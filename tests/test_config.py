@@ -110,4 +110,4 @@ def test_the_library_config_has_plain_fields_and_the_flags_live_in_the_applicati
     parser = argparse.ArgumentParser()
     add_options(parser, TrainConfig)
     reg_flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--reg-")]
-    assert reg_flags == ["--reg-weight"] + ["--reg-" + name.replace("_", "-") for name in REG_FLAGS]
+    assert reg_flags == ["--reg-weight", "--reg-global"] + ["--reg-" + name.replace("_", "-") for name in REG_FLAGS]

@@ -224,3 +224,87 @@ def test_any_scale_of_G_gives_the_same_directions_and_shares():
         torch.testing.assert_close(out.values / (s * s), ref.values, rtol=1e-5, atol=0)
         torch.testing.assert_close(out.explained, ref.explained, rtol=1e-5, atol=0)
         assert float((out.directions * ref.directions).sum(-1).abs().min()) >= 1 - 1e-5
+
+
+# ---------------------------------------------------------------- global_alignment_penalty
+
+
+def _global_oracle(G, z):
+    """||offdiag(M_bar)||^2 / ||M_bar||^2 from explicit per-sample Jacobians (autograd, graph kept),
+    M_bar = mean over rows with a nonzero Jacobian of J^T J / tr(J^T J) (trace detached)."""
+    Js = [torch.autograd.functional.jacobian(lambda x: G(x[None]).reshape(-1), zi, create_graph=True) for zi in z]
+    Ms = [J.T @ J for J in Js]
+    Ms = [M / M.trace().detach() for M in Ms if float(M.trace()) > 0]
+    M_bar = torch.stack(Ms).mean(0)
+    off = M_bar - torch.diag(M_bar.diagonal())
+    return off.pow(2).sum() / M_bar.pow(2).sum()
+
+
+@pytest.mark.parametrize("jvp", ["double_backward", "forward"])
+def test_global_alignment_penalty_matches_explicit_jacobian(jvp):
+    """Value and parameter gradient against autograd through the explicit J^T J (float64)."""
+    from spectral_ops.directions import global_alignment_penalty
+
+    torch.manual_seed(0)
+    G = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 9)).double()
+    z = torch.randn(6, 5, dtype=torch.float64)
+    value = global_alignment_penalty(G, z, jvp=jvp)
+    grads = torch.autograd.grad(value, list(G.parameters())[:3])
+    oracle = _global_oracle(G, z)
+    expected = torch.autograd.grad(oracle, list(G.parameters())[:3])
+    torch.testing.assert_close(value, oracle, rtol=1e-13, atol=0)
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
+
+
+def _rotated_linear(theta: float, scale: float = 1.0):
+    """G(z) = W R z: W's columns orthogonal with norms 2, 1, 0.5; R a rotation by theta in the
+    plane of latents 0 and 1."""
+    W = torch.linalg.qr(torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))[0]
+    W = W * torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64) * scale
+    c, s = torch.cos(torch.tensor(theta, dtype=torch.float64)), torch.sin(torch.tensor(theta, dtype=torch.float64))
+    R = torch.eye(3, dtype=torch.float64)
+    R[0, 0], R[0, 1], R[1, 0], R[1, 1] = c, -s, s, c
+    A = W @ R
+    return lambda z: z @ A.T
+
+
+@pytest.mark.parametrize("scale", [1e-100, 1.0, 1e100])
+def test_global_alignment_penalty_known_answer(scale):
+    """Constant J = W R: the share is 2 ((4 - 1) sin(2 theta) / 2)^2 / (16 + 1 + 1/16) for a
+    rotation theta in the plane of the two strongest latents, 0 on the axes, at any scale of G."""
+    from spectral_ops.directions import global_alignment_penalty
+
+    z = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert float(global_alignment_penalty(_rotated_linear(0.0, scale), z)) < 1e-30
+    theta = 0.3
+    expected = 2 * (1.5 * torch.sin(torch.tensor(2 * theta, dtype=torch.float64))) ** 2 / (16 + 1 + 1 / 16)
+    torch.testing.assert_close(global_alignment_penalty(_rotated_linear(theta, scale), z), expected, rtol=1e-13, atol=0)
+
+
+def test_global_alignment_penalty_skips_rows_g_ignores():
+    """Rows whose Jacobian is zero do not count: the value is that of the other rows alone."""
+    from spectral_ops.directions import global_alignment_penalty
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 6).double()
+
+    def G(z):
+        return torch.tanh(lin(z)) * (z[:, :1] > 0).to(z.dtype)  # J = 0 where z_0 < 0
+
+    z = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    z[:, 0] = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 0.3, -0.3], dtype=torch.float64)
+    torch.testing.assert_close(
+        global_alignment_penalty(G, z), global_alignment_penalty(G, z[z[:, 0] > 0]), rtol=1e-14, atol=0
+    )
+    assert float(global_alignment_penalty(G, z[z[:, 0] < 0])) == 0.0
+
+
+def test_global_alignment_penalty_bad_input():
+    from spectral_ops.directions import global_alignment_penalty
+
+    G = torch.nn.Linear(3, 4)
+    with pytest.raises(ValueError, match="z"):
+        global_alignment_penalty(G, torch.tensor([[0.0, float("nan"), 1.0]]))
+    with pytest.raises(TypeError, match="G must be callable"):
+        global_alignment_penalty(3, torch.zeros(2, 3))

@@ -19,6 +19,7 @@ import torch
 
 from spectral_ops.lab.cli import main
 from spectral_ops.lab.train import TRAIN_REGULARIZER, TrainConfig, build_models, load_checkpoint, load_generator, train
+from spectral_ops.lab.train.losses import build_regularizer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(n_train=256, batch_size=16, width=8, latent_dim=6, log_every=2, ckpt_every=1000, r1_every=2)
@@ -643,3 +644,28 @@ def test_a_diverging_regularized_run_is_exit_1_not_a_regularizer_error(tmp_path,
     _one_line_error(err, "training diverged at step 4")
     assert "reg = nan (generator's regularizer)" in err and "(step 2)" in err
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 2
+
+
+def test_local_and_global_regularizer_schedule_and_value():
+    """--reg-global: on the local regularizer's computed calls the value is the local one plus
+    weight * every * the global term on round(batch_fraction * B) rows; a zero on the others."""
+    from spectral_ops import SpectralRegularizer
+    from spectral_ops.directions import global_alignment_penalty
+    from spectral_ops.lab.train.losses import LocalAndGlobal
+
+    torch.manual_seed(0)
+    G = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 20)).double()
+    z = torch.randn(8, 6, dtype=torch.float64)
+    combined = LocalAndGlobal(SpectralRegularizer(6, every=2, batch_fraction=0.5, seed=1), 0.7, 0.5)
+    alone = SpectralRegularizer(6, every=2, batch_fraction=0.5, seed=1)
+    first = combined(G, z)
+    expected = alone(G, z) + 0.7 * 2 * global_alignment_penalty(G, z[:4])
+    torch.testing.assert_close(first, expected, rtol=1e-12, atol=0)
+    assert combined.last_active is not None and combined.last_worst_residual is not None
+    skipped = combined(G, z)
+    assert float(skipped) == 0.0 and skipped.grad_fn is None
+    config = TrainConfig(reg="spectral", reg_global=1.0, latent_dim=6)
+    assert isinstance(build_regularizer(config), LocalAndGlobal)
+    assert not isinstance(build_regularizer(dataclasses.replace(config, reg_global=0.0)), LocalAndGlobal)
+    with pytest.raises(ValueError, match="reg_global"):
+        TrainConfig(reg_global=-1.0).validate()

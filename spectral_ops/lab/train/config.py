@@ -76,6 +76,12 @@ class TrainConfig:
     seed: int = _option(0, "seed of initialisation and sampling", "optimisation")
     reg: str = _option("none", "generator regularizer", "regularizer", REGULARIZERS)
     reg_weight: float = _option(1.0, "weight of the regularizer", "regularizer")
+    reg_global: float = _option(
+        0.0,
+        "spectral only: weight of the global term (off-diagonal share of the batch's mean J^T J, "
+        "spectral_ops.directions.global_alignment_penalty) relative to the local one; 0 disables",
+        "regularizer",
+    )
     #: the spectral regularizer's settings; `every` (lazy regularization) applies to every --reg
     reg_config: RegularizerConfig = _option(
         TRAIN_REGULARIZER,
@@ -101,7 +107,7 @@ class TrainConfig:
             _as_value_error(check_int, name, getattr(self, name), 0)
         for name in ("seed", "data_seed"):
             _as_value_error(check_seed, getattr(self, name), False, name)
-        for name in ("lr_g", "lr_d", "r1_gamma", "reg_weight"):
+        for name in ("lr_g", "lr_d", "r1_gamma", "reg_weight", "reg_global"):
             _as_value_error(check_number, name, getattr(self, name), 0)
         for name in ("beta1", "beta2", "ema"):
             _as_value_error(lambda n, v: check_number(n, v, 0, 1, high_open=True), name, getattr(self, name))

@@ -16,6 +16,39 @@ if TYPE_CHECKING:
     from spectral_ops.lab.train.loop import RunState
 
 
+class LocalAndGlobal(nn.Module):
+    """The spectral regularizer plus `weight` times the global term
+    (`spectral_ops.directions.global_alignment_penalty`) on the same lazy schedule: computed on
+    the calls the local one computes, on round(batch_fraction * B) rows of z (at least 1), scaled
+    by `every` as the local value is; a zero on the calls it skips."""
+
+    def __init__(self, local: nn.Module, weight: float, batch_fraction: float):
+        super().__init__()
+        self.local, self.weight, self.batch_fraction = local, weight, batch_fraction
+
+    @property
+    def will_compute(self) -> bool:
+        return self.local.will_compute
+
+    @property
+    def last_worst_residual(self):
+        return self.local.last_worst_residual
+
+    @property
+    def last_active(self):
+        return self.local.last_active
+
+    def forward(self, G, z: torch.Tensor) -> torch.Tensor:
+        computes = self.local.will_compute
+        value = self.local(G, z)
+        if not computes:
+            return value
+        from spectral_ops.directions import global_alignment_penalty
+
+        n = max(1, int(round(self.batch_fraction * z.shape[0])))
+        return value + self.weight * self.local.every * global_alignment_penalty(G, z[:n])
+
+
 def build_regularizer(config: TrainConfig) -> nn.Module | None:
     """The regularizer module for config.reg (None for "none"), every one on the lazy schedule
     of config.reg_config.every (spectral_ops.lazy)."""
@@ -27,7 +60,10 @@ def build_regularizer(config: TrainConfig) -> nn.Module | None:
 
     every = config.reg_config.every
     if config.reg == "spectral":
-        return SpectralRegularizer(config.latent_dim, config.reg_config.replace(seed=config.seed))
+        local = SpectralRegularizer(config.latent_dim, config.reg_config.replace(seed=config.seed))
+        if config.reg_global == 0:
+            return local
+        return LocalAndGlobal(local, config.reg_global, config.reg_config.batch_fraction)
     if config.reg == "path_length":
         return baselines.PathLengthRegularizer(every=every)
     return LazyFunction({"hessian": baselines.hessian_penalty, "orojar": baselines.orojar}[config.reg], every)
