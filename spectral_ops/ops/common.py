@@ -62,7 +62,7 @@ def residual_over_top(norms: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """Residual norms ||M v_i - lam_i v_i|| [B, k] relative to lam_1 = lam[:, 0]: 0 where lam_1 is
     not > 0 (M = 0: every vector is exact), never a division by zero.  The one rule of every
     Python residual (the reference, the Triton backend, krylov, the dense method, the finite
-    differences' check); the C++ kernels apply the same in csrc."""
+    differences' check); the C++ kernels apply the same rule, `relative_residual` in csrc/common/ritz.h."""
     top = lam[:, :1]
     return torch.where(top > 0, norms / top.clamp_min(torch.finfo(norms.dtype).tiny), torch.zeros_like(norms))
 
