@@ -380,3 +380,38 @@ def test_peer_scale_under_an_output_affine_map():
         ours = fn(G, z, k=2, generator=_gen(15))
         wide = fn(lambda x: 2 * G(x) - 1, z, k=2, generator=_gen(15))
         assert float(wide) == pytest.approx(2**power * float(ours), rel=1e-9)
+
+
+# ---- the post-hoc direction finders of bench/bench_direction_finders.py (no checkpoint needed) -----
+def test_direction_finders_smoke():
+    """Each finder gives K unit directions in R^d on a small untrained generator; the MIG-like
+    score over directions U is the project's MIG over the coordinates of z along U (unchanged
+    by the rows' scale; the usual MIG for U = I)."""
+    import numpy as np
+
+    from bench import bench_direction_finders as bdf
+    from spectral_ops.lab.metrics.disentanglement import mig
+    from spectral_ops.lab.models import Generator
+
+    torch.manual_seed(0)
+    G = Generator(6, size=8, width=8).requires_grad_(False)
+    d, K = 6, 3
+    z = torch.randn(32, d, generator=_gen(1))
+    found = {
+        "global": bdf.find_global(G, d, K, 32, 0),
+        "local": bdf.find_local_aggregated(G, z, K),
+        "sefa": bdf.find_sefa(G, K),
+        "ganspace": bdf.find_ganspace(G, d, K, 256, 0),
+        "random": bdf.random_directions(d, K, 0),
+    }
+    for name, U in found.items():
+        assert U.shape == (K, d), name
+        assert torch.allclose(U.norm(dim=1), torch.ones(K), atol=1e-5), name
+    R = found["random"].double()
+    assert torch.allclose(R @ R.T, torch.eye(K, dtype=torch.float64), atol=1e-6)
+    Z = torch.randn(400, d, generator=_gen(2))
+    levels = torch.stack([(Z[:, 0] > 0).long(), (Z[:, 1] + Z[:, 2] > 0).long()], 1)
+    assert bdf.mig_like(torch.eye(d), Z, levels) == pytest.approx(mig(Z.numpy(), levels.numpy())["mig"])
+    U = found["global"]
+    assert bdf.mig_like(U * torch.tensor([[2.0], [0.5], [3.0]]), Z, levels) == pytest.approx(bdf.mig_like(U, Z, levels))
+    assert np.isfinite(bdf.mig_like(U, Z, levels))
