@@ -41,7 +41,7 @@ from typing import Callable
 import torch
 
 from . import ops
-from .generator import check_autograd_available, flat_generator, flatten_latents
+from .latents import check_autograd_available, flat_generator, flatten_latents
 from .topk import METHODS, jacobian_topk
 from .progress import progress_bar
 from .validation import (

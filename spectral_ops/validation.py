@@ -2,8 +2,8 @@
 
 One style everywhere: the error names the argument, says what it must be and shows what it got.
 A value of the wrong type (a float for an int, a str for a bool) raises TypeError; a value of the
-right type outside its range, or not among the allowed choices, raises ValueError.  Tensor
-arguments (latents, warm starts) are checked where they are prepared (generator.py).
+right type outside its range, or not among the allowed choices, raises ValueError.  Latents are
+checked where they are flattened (latents.py), warm starts here (`check_init`).
 """
 
 from __future__ import annotations
