@@ -48,6 +48,7 @@ from .validation import (
     check_bool,
     check_callable,
     check_choice,
+    check_float_values,
     check_int,
     check_iters_tol,
     check_k,
@@ -211,12 +212,7 @@ def _complete_init(init, B: int, k: int, d: int, z0: torch.Tensor, seed) -> torc
         raise ValueError(
             f"init must have shape (j, {d}) or ({B}, j, {d}) with 1 <= j <= k={k}, got {tuple(init.shape)}"
         )
-    if init.device.type == "meta":
-        raise ValueError("init is on the meta device: spectral_ops needs its values")
-    if not init.dtype.is_floating_point:
-        raise TypeError(f"init must be a floating-point tensor, got {init.dtype}")
-    if not torch.isfinite(init).all():
-        raise ValueError("init has non-finite values")
+    check_float_values("init", init)
     init = init.detach().to(z0.dtype)
     j = init.shape[1]
     if j < k:

@@ -155,10 +155,15 @@ def check_init(init: object, B: int, k: int, d: int) -> torch.Tensor:
         init = init.expand(B, k, d)
     if init.shape != (B, k, d):
         raise ValueError(f"init must have shape ({k}, {d}) or ({B}, {k}, {d}), got {tuple(init.shape)}")
-    if init.device.type == "meta":
-        raise ValueError("init is on the meta device: spectral_ops needs its values")
-    if not init.dtype.is_floating_point:
-        raise TypeError(f"init must be a floating-point tensor, got {init.dtype}")
-    if not torch.isfinite(init).all():
-        raise ValueError("init has non-finite values")
+    check_float_values("init", init)
     return init
+
+
+def check_float_values(name: str, t: torch.Tensor) -> None:
+    """A tensor argument whose values the library reads: not on the meta device, floating, finite."""
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device: spectral_ops needs its values")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} has non-finite values")
