@@ -172,6 +172,38 @@ def _warn_once(anchor: object, extra: object, message: str) -> None:
         warnings.warn(message, UserWarning, stacklevel=6)  # the caller of the entry point
 
 
+def _probed_mode(G: Callable, z: torch.Tensor, jvp: str) -> str:
+    """The probe's forwards: G is a function of z (`check_function_of_z`), supports forward-mode AD
+    where jvp="forward" asks for it, and jvp="auto" resolves to a mode (`_verify_auto`)."""
+    check_function_of_z(G, z)
+    if jvp == "forward" and not supports_forward_ad(select_rows(G, slice(0, 1)), z):
+        raise ValueError(
+            "jvp='forward' needs forward-mode AD, which G does not support; "
+            "use jvp='double_backward' or 'finite_difference'"
+        )
+    return _verify_auto(G, z) if jvp == "auto" else jvp
+
+
+def _unseen_state(G: Callable, modules: list[nn.Module], new: list[nn.Module], missed: bool) -> str | None:
+    """The warning for state of G the guarantees may not cover, or None: modules G ran that the
+    scan did not find (`new`), or no module found where the scan may have missed some."""
+    if new:
+        return (
+            f"G runs modules spectral_ops did not find among the objects G holds "
+            f"({', '.join(sorted({type(m).__name__ for m in new})[:4])}): their buffers are kept and the "
+            "BatchNorm policy applies as found by running G once, but the dtype check does not, and "
+            "another module behind the same G would go unseen; hold G's modules in attributes, closures, "
+            "dicts or lists (or pass the module)"
+        )
+    if not modules and missed:
+        return (
+            f"spectral_ops found no nn.Module behind G (a {type(user_generator(G)).__name__}) and could not "
+            "look into everything it holds: the guarantee that the extra passes leave G's buffers as found "
+            "does not apply to state it cannot see"
+        )
+    return None
+
+
 def probe(G: Callable, z: torch.Tensor, jvp: str, modules: list[nn.Module] | None = None) -> str:
     """Check G once per generator (see module docstring) and resolve jvp="auto"; z is [B, d]."""
     return probe_modules(G, z, jvp, modules)[0]
@@ -208,13 +240,7 @@ def probe_modules(
     handle = nn.modules.module.register_module_forward_pre_hook(guard.pre_hook)
     error = None
     try:
-        check_function_of_z(G, z)
-        if jvp == "forward" and not supports_forward_ad(select_rows(G, slice(0, 1)), z):
-            raise ValueError(
-                "jvp='forward' needs forward-mode AD, which G does not support; "
-                "use jvp='double_backward' or 'finite_difference'"
-            )
-        mode = _verify_auto(G, z) if jvp == "auto" else jvp
+        mode = _probed_mode(G, z, jvp)
     except Exception as e:  # noqa: BLE001  re-raised below, after G's state is put back
         error = e
     finally:
@@ -228,30 +254,10 @@ def probe_modules(
         ) from error
     if error is not None:
         raise error
-    new, ran = guard.extra, guard.ran()
-    anchor, extra = generator_identity(G, modules)
-    if new:
-        _warn_once(
-            anchor,
-            extra,
-            (
-                f"G runs modules spectral_ops did not find among the objects G holds "
-                f"({', '.join(sorted({type(m).__name__ for m in new})[:4])}): their buffers are kept and the "
-                "BatchNorm policy applies as found by running G once, but the dtype check does not, and "
-                "another module behind the same G would go unseen; hold G's modules in attributes, closures, "
-                "dicts or lists (or pass the module)"
-            ),
-        )
-    elif not modules and missed:
-        _warn_once(
-            anchor,
-            extra,
-            (
-                f"spectral_ops found no nn.Module behind G (a {type(user_generator(G)).__name__}) and could not "
-                "look into everything it holds: the guarantee that the extra passes leave G's buffers as found "
-                "does not apply to state it cannot see"
-            ),
-        )
+    ran = guard.ran()
+    unseen = _unseen_state(G, modules, guard.extra, missed)
+    if unseen is not None:
+        _warn_once(*generator_identity(G, modules), unseen)
     slot[key] = mode
     slot[("ran", key)] = [weakref.ref(m) for m in ran]
     return mode, ran
