@@ -4,7 +4,7 @@ from . import baselines
 from ._version import __version__
 from .config import RegularizerConfig
 from .directions import GlobalDirections, global_directions
-from .generator import conditioned
+from .latents import conditioned
 from .topk import TopK, jacobian_topk
 from .regularizer import SpectralRegularizer, spectral_penalty
 from .trajectory import Trajectory, trace_trajectory

@@ -13,7 +13,7 @@ import torch
 
 from . import ops
 from .dense import _dense_chunk
-from .generator import select_rows
+from .latents import select_rows
 from .jacobian import JacobianOperator
 from .krylov import KRYLOV_SECOND_START, block_lanczos, default_max_basis, krylov_block
 
@@ -125,7 +125,7 @@ def measure_costs(G: Callable, z: torch.Tensor, mode: str) -> ProductCosts:
     J^T J v, then fit fixed + per-row seconds; and the dense work at this d (J J^T, eigh) and
     one krylov step's.  G: the flat callable `prepared` yields; z: [B, d]; mode: an exact or
     finite-difference mode.  Costs about two power iterations on COST_PROBE_ROWS rows and four
-    on one row, once per generator (see `generator.measured`).  On CUDA every timer starts and
+    on one row, once per generator (see `probes.measured`).  On CUDA every timer starts and
     stops after torch.cuda.synchronize()."""
     d, dev = z.shape[1], z.device
     cdtype = ops.compute_dtype(z.dtype)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from . import ops
-from .generator import select_rows
+from .latents import select_rows
 from .jacobian import JacobianOperator, name_rows
 from .solver_common import Solved, _initial_basis
 from .validation import check_int

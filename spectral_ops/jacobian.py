@@ -87,7 +87,7 @@ def raise_per_row_hint(error: RuntimeError, rows: int, B: int) -> None:
 
 class FoldableGenerator(abc.ABC):
     """What `JacobianOperator` asks of a G beyond calling it, the protocol between this module and
-    generator.py (whose `FlatGenerator`, what `conditioned` builds, implements it): a G with
+    latents.py (whose `FlatGenerator`, what `conditioned` builds, implements it): a G with
     per-row arguments folds them with the latents (`fold_rows`) and hands torch.func transforms
     its module (`functional_view`).  Any other callable is run as it is."""
 

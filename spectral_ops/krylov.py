@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 import torch
 
 from . import ops
-from .generator import select_rows
+from .latents import select_rows
 from .jacobian import JacobianOperator
 from .solver_common import Solved, _initial_basis, scaled_product
 

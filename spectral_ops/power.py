@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ops
-from .generator import select_rows
+from .latents import select_rows
 from .jacobian import JacobianOperator
 from .krylov import KRYLOV_SECOND_START, _ShrinkingProducts, block_lanczos, krylov_block, residual_target
 from .solver_common import Solved, _initial_basis, scaled_product

@@ -75,7 +75,8 @@ import torch
 
 from . import ops
 from .config import GRADS, RegularizerConfig
-from .generator import flatten_latents, prepared, select_rows
+from .generator import prepared
+from .latents import flatten_latents, select_rows
 from .jacobian import JacobianOperator, name_rows
 from .lazy import LazyPenalty
 from .ops.common import LOSS_KINDS, WEIGHT_KINDS, compute_dtype
@@ -505,7 +506,7 @@ def spectral_penalty(
         weights: "uniform" (independent of the spectrum: equal per-vector weights for l1 and
             assigned; fixed rank weights for offdiag, see `loss_values`) or "singular"
             (proportional to the singular values; offdiag: A = sum s_i^2 v_i v_i^T).
-        batchnorm: "error" or "eval" for train-mode BatchNorm in G (see `generator.batch_policy`).
+        batchnorm: "error" or "eval" for train-mode BatchNorm in G (see `guards.batch_policy`).
         tol: the inner solver stops once every residual ||M v - lam v|| / lam_1 is below tol
             (grad="implicit": at most 1000 machine epsilons, since it is exact only at
             convergence).  A call whose median worst residual ends above 0.05 (implicit: 10x its

@@ -26,7 +26,9 @@ import torch
 from . import ops
 from .cost import DENSE_MARGIN, estimated_cost, measure_costs
 from .dense import _dense_chunk, _dense_topk
-from .generator import flatten_latents, measured, prepared, select_rows
+from .generator import prepared
+from .latents import flatten_latents, select_rows
+from .probes import measured
 from .jacobian import JVP_MODES, JacobianOperator
 from .krylov import _krylov_topk
 from .power import _power_topk, zero_jacobian_axes

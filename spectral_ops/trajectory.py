@@ -41,13 +41,14 @@ from typing import Callable
 import torch
 
 from . import ops
-from .generator import check_autograd_available, flat_generator, flatten_latents
+from .latents import check_autograd_available, flat_generator, flatten_latents
 from .topk import METHODS, jacobian_topk
 from .progress import progress_bar
 from .validation import (
     check_bool,
     check_callable,
     check_choice,
+    check_float_values,
     check_int,
     check_iters_tol,
     check_k,
@@ -211,12 +212,7 @@ def _complete_init(init, B: int, k: int, d: int, z0: torch.Tensor, seed) -> torc
         raise ValueError(
             f"init must have shape (j, {d}) or ({B}, j, {d}) with 1 <= j <= k={k}, got {tuple(init.shape)}"
         )
-    if init.device.type == "meta":
-        raise ValueError("init is on the meta device: spectral_ops needs its values")
-    if not init.dtype.is_floating_point:
-        raise TypeError(f"init must be a floating-point tensor, got {init.dtype}")
-    if not torch.isfinite(init).all():
-        raise ValueError("init has non-finite values")
+    check_float_values("init", init)
     init = init.detach().to(z0.dtype)
     j = init.shape[1]
     if j < k:
@@ -273,6 +269,24 @@ def _reversed(walk, B: int):
     return zs[::-1][:-1], flipped[::-1][:-1], vals[::-1][:-1], ress[::-1][:-1], idxs[::-1][:-1]
 
 
+def _walks(field: _Field, z0, init, direction: int, steps: int, h: float, method: str, both_ways: bool, progress: bool):
+    """The step loops: the top-k at z0 (from init), the walk from z0 along the `direction`-th
+    vector and, with both_ways, the walk against it, reversed in time before it.  Returns ((z,
+    vectors, values, residuals, tracked), each stacked over time, the time index of z0)."""
+    top0 = field.topk(z0, init)
+    V0 = top0.vectors
+    idx0 = torch.full((z0.shape[0],), direction, dtype=torch.long, device=z0.device)
+    v0 = V0[:, direction]
+    fwd = _walk(field, z0, v0, V0, top0, idx0, steps, h, method, "trajectory" if progress else None)
+    parts, origin = [fwd], 0
+    if both_ways:
+        V0b = V0.clone()
+        V0b[:, direction] = -v0
+        bwd = _walk(field, z0, -v0, V0b, top0, idx0, steps, h, method, "trajectory (backward)" if progress else None)
+        parts, origin = [_reversed(bwd, z0.shape[0]), fwd], steps
+    return tuple(torch.stack([x for part in parts for x in part[i]], dim=0) for i in range(5)), origin
+
+
 def trace_trajectory(
     G: Callable,
     z0: torch.Tensor,
@@ -326,60 +340,22 @@ def trace_trajectory(
         Trajectory with z (T+1, B, d), values (T+1, B, k), vectors (T+1, B, k, d),
         residuals (T+1, B, k), tracked (T+1, B).
     """
+    flags = dict(both_ways=both_ways, warm_start=warm_start, progress=progress)
     G, z0, k, radius = _checked_arguments(
-        G,
-        z0,
-        direction,
-        steps,
-        step_size,
-        method,
-        k,
-        project,
-        iters,
-        tol,
-        topk_method,
-        seed,
-        dict(both_ways=both_ways, warm_start=warm_start, progress=progress),
+        G, z0, direction, steps, step_size, method, k, project, iters, tol, topk_method, seed, flags
     )
     B, d = z0.shape
     if init is not None:
         init = _complete_init(init, B, k, d, z0, seed)
     field = _Field(G, k, iters, tol, topk_method, jvp, seed, batchnorm, project, radius, warm_start)
-    top0 = field.topk(z0, init)
-    V0 = top0.vectors
-    idx0 = torch.full((B,), direction, dtype=torch.long, device=z0.device)
-    v0 = V0[:, direction]
-    fwd = _walk(field, z0, v0, V0, top0, idx0, steps, float(step_size), method, "trajectory" if progress else None)
-    parts = [fwd]
-    origin = 0
-    if both_ways:
-        V0b = V0.clone()
-        V0b[:, direction] = -v0
-        bwd = _walk(
-            field,
-            z0,
-            -v0,
-            V0b,
-            top0,
-            idx0,
-            steps,
-            float(step_size),
-            method,
-            "trajectory (backward)" if progress else None,
-        )
-        back = _reversed(bwd, B)
-        parts = [back, fwd]
-        origin = steps
-
-    def cat(i):
-        return torch.stack([x for part in parts for x in part[i]], dim=0)
-
+    walked, origin = _walks(field, z0, init, direction, steps, float(step_size), method, both_ways, progress)
+    z, vectors, values, residuals, tracked = walked
     return Trajectory(
-        z=cat(0),
-        vectors=cat(1),
-        values=cat(2),
-        residuals=cat(3),
-        tracked=cat(4),
+        z=z,
+        values=values,
+        vectors=vectors,
+        residuals=residuals,
+        tracked=tracked,
         direction=direction,
         origin=origin,
         method=method,

@@ -2,8 +2,8 @@
 
 One style everywhere: the error names the argument, says what it must be and shows what it got.
 A value of the wrong type (a float for an int, a str for a bool) raises TypeError; a value of the
-right type outside its range, or not among the allowed choices, raises ValueError.  Tensor
-arguments (latents, warm starts) are checked where they are prepared (generator.py).
+right type outside its range, or not among the allowed choices, raises ValueError.  Latents are
+checked where they are flattened (latents.py), warm starts here (`check_init`).
 """
 
 from __future__ import annotations
@@ -155,10 +155,15 @@ def check_init(init: object, B: int, k: int, d: int) -> torch.Tensor:
         init = init.expand(B, k, d)
     if init.shape != (B, k, d):
         raise ValueError(f"init must have shape ({k}, {d}) or ({B}, {k}, {d}), got {tuple(init.shape)}")
-    if init.device.type == "meta":
-        raise ValueError("init is on the meta device: spectral_ops needs its values")
-    if not init.dtype.is_floating_point:
-        raise TypeError(f"init must be a floating-point tensor, got {init.dtype}")
-    if not torch.isfinite(init).all():
-        raise ValueError("init has non-finite values")
+    check_float_values("init", init)
     return init
+
+
+def check_float_values(name: str, t: torch.Tensor) -> None:
+    """A tensor argument whose values the library reads: not on the meta device, floating, finite."""
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device: spectral_ops needs its values")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} has non-finite values")

@@ -45,7 +45,7 @@ FACTORIES = frozenset(
 # Calls that put a tensor argument on the right device themselves.
 MOVING_CALLS = {
     "register_buffer": "a module buffer follows Module.to(device) with its module",
-    "select_rows": "generator.select_rows moves its index to the device of the row arguments it subsets",
+    "select_rows": "latents.select_rows moves its index to the device of the row arguments it subsets",
 }
 DTYPE_NAMES = frozenset(
     {

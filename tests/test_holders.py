@@ -202,10 +202,10 @@ def test_new_modules_at_the_ids_of_dead_ones_are_probed_again(monkeypatch):
     moved).  The collision is made certain here by giving both generators one identity."""
     import gc
 
-    from spectral_ops import generator as generator_module
+    from spectral_ops import probes
 
     monkeypatch.setattr(
-        generator_module,
+        probes,
         "generator_identity",
         lambda G, modules=None: (Loss.run_G.__code__, ("one identity for both",)),
     )
@@ -302,7 +302,7 @@ def test_no_module_and_nothing_to_look_into_is_said_once():
 def test_scan_is_bounded_and_cycle_safe():
     """The scan follows cycles once and stops at its depth: a trainer object that refers to itself
     and a long chain of holders end (before: not followed at all)."""
-    from spectral_ops.generator import SCAN_DEPTH, scan
+    from spectral_ops.holders import SCAN_DEPTH, scan
 
     net = mlp(6, m=5).double()
     loss = Loss(net, nn.Identity())

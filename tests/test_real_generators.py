@@ -35,11 +35,11 @@ def _same_buffers(before: dict, G: nn.Module) -> bool:
 
 
 def _count_probes(monkeypatch) -> list:
-    from spectral_ops import generator as generator_module
+    from spectral_ops import probes
 
     calls = []
-    real = generator_module.check_function_of_z
-    monkeypatch.setattr(generator_module, "check_function_of_z", lambda G, z: (calls.append(1), real(G, z)))
+    real = probes.check_function_of_z
+    monkeypatch.setattr(probes, "check_function_of_z", lambda G, z: (calls.append(1), real(G, z)))
     return calls
 
 

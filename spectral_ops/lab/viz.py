@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image, ImageDraw
 
-from spectral_ops.generator import validate_latents
+from spectral_ops.latents import validate_latents
 from spectral_ops.lab.io import atomic_save_image, atomic_write_bytes
 from spectral_ops.topk import jacobian_topk
 from spectral_ops.trajectory import Trajectory, trace_trajectory

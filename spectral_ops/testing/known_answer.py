@@ -89,7 +89,34 @@ def _checked_renderer(latent_dim, sensitivities, pixels: int) -> torch.Tensor:
     return s
 
 
-class RotatedRenderer(nn.Module):
+def _ring_scale(s: torch.Tensor, theta: torch.Tensor, kappa: float) -> torch.Tensor:
+    """[F]: the factor by which a bump exp(kappa (cos(theta - phi) - 1)) on the ring `theta` is
+    scaled so that ||d bump / d phi|| = s_f (the same for every phi up to the ring's sampling error)."""
+    bump_grad = kappa * torch.sin(theta) * torch.exp(kappa * (torch.cos(theta) - 1))
+    return s / bump_grad.norm()
+
+
+class _Rings(nn.Module):
+    """What both renderers hold: F factors drawn as von Mises blobs on rings of P pixels (`theta`),
+    each scaled so that ||d f_f / d u_f|| = s_f (`scale`), and the starting rotation R0.
+
+    s: the checked sensitivities [F] (float64, `_checked_renderer`); the other arguments as the
+    renderers'."""
+
+    theta: torch.Tensor  # buffers, registered in __init__
+    scale: torch.Tensor
+    R0: torch.Tensor
+
+    def __init__(self, latent_dim: int, s: torch.Tensor, pixels: int, kappa: float, seed: int, dtype: torch.dtype):
+        super().__init__()
+        self.latent_dim, self.num_factors, self.kappa = latent_dim, s.numel(), float(kappa)
+        theta = torch.arange(pixels, dtype=torch.float64) * (2 * math.pi / pixels)
+        self.register_buffer("theta", theta.to(dtype))
+        self.register_buffer("scale", _ring_scale(s, theta, kappa).to(dtype))
+        self.register_buffer("R0", _random_rotation(latent_dim, seed, dtype))
+
+
+class RotatedRenderer(_Rings):
     """G(z) = f(R z): (N, d) -> (N, F, P), F factors rendered as blobs on rings of P pixels.
 
     Args:
@@ -102,10 +129,6 @@ class RotatedRenderer(nn.Module):
     Parameters: `skew` [d, d] (R = expm(skew - skew^T) R0; zero at the start).
     """
 
-    theta: torch.Tensor  # buffers, registered in __init__
-    scale: torch.Tensor
-    R0: torch.Tensor
-
     def __init__(
         self,
         latent_dim: int = 8,
@@ -116,18 +139,7 @@ class RotatedRenderer(nn.Module):
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ):
-        super().__init__()
-        s = _checked_renderer(latent_dim, sensitivities, pixels)
-        self.latent_dim, self.num_factors = latent_dim, s.numel()
-        theta = torch.arange(pixels, dtype=torch.float64) * (2 * math.pi / pixels)
-        # ||d/du exp(kappa cos(theta - u))||^2 summed over the ring, at u = 0 (the same for every u
-        # up to the ring's sampling error): normalise so that ||d f_f / d u_f|| = s_f.
-        bump_grad = kappa * torch.sin(theta) * torch.exp(kappa * (torch.cos(theta) - 1))
-        scale = s / bump_grad.norm()
-        self.kappa = float(kappa)
-        self.register_buffer("theta", theta.to(dtype))
-        self.register_buffer("scale", scale.to(dtype))
-        self.register_buffer("R0", _random_rotation(latent_dim, seed, dtype))
+        super().__init__(latent_dim, _checked_renderer(latent_dim, sensitivities, pixels), pixels, kappa, seed, dtype)
         self.skew = nn.Parameter(torch.zeros(latent_dim, latent_dim, dtype=dtype))
 
     def rotation(self) -> torch.Tensor:
@@ -139,13 +151,6 @@ class RotatedRenderer(nn.Module):
         u = u[:, : self.num_factors, None]  # [N, F, 1]
         bump = torch.exp(self.kappa * (torch.cos(self.theta - u) - 1))  # [N, F, P]
         return self.scale[None, :, None] * bump
-
-
-def _ring_scale(s: torch.Tensor, theta: torch.Tensor, kappa: float) -> torch.Tensor:
-    """[F]: the factor by which a bump exp(kappa (cos(theta - phi) - 1)) on the ring `theta` is
-    scaled so that ||d bump / d phi|| = s_f (the same for every phi up to the ring's sampling error)."""
-    bump_grad = kappa * torch.sin(theta) * torch.exp(kappa * (torch.cos(theta) - 1))
-    return s / bump_grad.norm()
 
 
 def _low_rank_expm(E: torch.Tensor, S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,7 +173,7 @@ def _low_rank_expm(E: torch.Tensor, S: torch.Tensor) -> tuple[torch.Tensor, torc
     return W, phi @ J
 
 
-class GateGenerator(nn.Module):
+class GateGenerator(_Rings):
     """G(z) = [f(u_1..u_F), weak * u_{F+1..d}] with u = R z: (N, d) -> (N, F P [+ d - F]).
 
     The known answer: J(z) = D(u) R with D's columns orthogonal, so J^T J = R^T diag(s(z)^2) R,
@@ -191,11 +196,8 @@ class GateGenerator(nn.Module):
     Phases: c_f = 2 pi f / F, so the factors' sensitivities peak at different u.
     """
 
-    theta: torch.Tensor  # buffers, registered in __init__
-    sens: torch.Tensor
-    scale: torch.Tensor
+    sens: torch.Tensor  # buffers, registered in __init__ (and _Rings')
     phase: torch.Tensor
-    R0: torch.Tensor
 
     def __init__(
         self,
@@ -210,7 +212,6 @@ class GateGenerator(nn.Module):
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ):
-        super().__init__()
         s = _checked_renderer(latent_dim, sensitivities, pixels)
         if not isinstance(weak, (int, float)) or isinstance(weak, bool) or not 0 <= weak < float(s.min()):
             raise ValueError(f"weak must be a number in [0, min(sensitivities)), got {weak!r}")
@@ -218,14 +219,10 @@ class GateGenerator(nn.Module):
             raise ValueError(f"wobble must be a number in [0, 1), got {wobble!r}")
         if not isinstance(frequency, (int, float)) or isinstance(frequency, bool) or not frequency > 0:
             raise ValueError(f"frequency must be a positive number, got {frequency!r}")
-        self.latent_dim, self.num_factors = latent_dim, s.numel()
-        self.weak, self.wobble, self.frequency, self.kappa = float(weak), float(wobble), float(frequency), float(kappa)
-        theta = torch.arange(pixels, dtype=torch.float64) * (2 * math.pi / pixels)
-        self.register_buffer("theta", theta.to(dtype))
+        super().__init__(latent_dim, s, pixels, kappa, seed, dtype)
+        self.weak, self.wobble, self.frequency = float(weak), float(wobble), float(frequency)
         self.register_buffer("sens", s.to(dtype))
-        self.register_buffer("scale", _ring_scale(s, theta, kappa).to(dtype))
         self.register_buffer("phase", (2 * math.pi / s.numel()) * torch.arange(s.numel(), dtype=dtype))
-        self.register_buffer("R0", _random_rotation(latent_dim, seed, dtype))
         self.skew = nn.Parameter(torch.zeros(s.numel(), latent_dim, dtype=dtype))
 
     def extra_repr(self) -> str:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from spectral_ops.lab.cli.options import add_options, add_threads_option, apply_threads, from_flat
+from spectral_ops.lab.cli.errors import fail
+from spectral_ops.lab.cli.options import add_cache_dir_option, add_options, add_threads_option, apply_threads, from_flat
 from spectral_ops.lab.demo import DEMO, demo
 from spectral_ops.lab.io import EVAL_MODULES, require_modules, writable_dir
 from spectral_ops.lab.train import TrainConfig
@@ -32,11 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-eval", type=int, default=2000, help="latent samples for the metrics (default: %(default)s)"
     )
-    parser.add_argument(
-        "--cache-dir",
-        default=None,
-        help="factor-predictor cache (default: $SPECTRAL_OPS_CACHE or ~/.cache/spectral_ops)",
-    )
+    add_cache_dir_option(parser)
     add_threads_option(parser)
     parser.add_argument(
         "--jobs",
@@ -89,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
             jobs=jobs,
         )
     except ValueError as exc:
-        print(f"spectral-ops demo: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("demo", exc)
     print()
     print(blob["table"])
     print(

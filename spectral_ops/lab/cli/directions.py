@@ -19,19 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import torch
 
 from spectral_ops.lab.io import atomic_save, atomic_write_text, require_modules
 from spectral_ops.directions import global_directions
 from spectral_ops.validation import check_seed, derived_seed
+from spectral_ops.lab.cli.errors import fail, first_line
 from spectral_ops.lab.cli.options import add_device_option, device_from_args
 from spectral_ops.lab.cli.generators import (
     add_generator_arguments,
+    add_picture_arguments,
     check_generator_output,
     generator_from_args,
     output_dir,
+    recorded_settings,
 )
 
 
@@ -49,16 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also compute the directions on an independent sample set and report the subspace angle",
     )
     p.add_argument("--span", type=float, default=2.5, help="latent distance each way (default 2.5)")
-    p.add_argument("--columns", type=int, default=9, help="images per row (default 9)")
-    p.add_argument("--scale", type=int, default=2, help="pixel upscaling of the PNGs (default 2)")
+    add_picture_arguments(p)
     p.add_argument("--n", type=int, default=1, help="typical starting latents to draw from (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples and the start (default 0)")
     add_device_option(p)
-
-
-def _fail(msg: str) -> int:
-    print(f"spectral-ops directions: error: {msg}", file=sys.stderr)
-    return 2
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -120,10 +116,9 @@ def run(args: argparse.Namespace) -> int:
             torch.cat(axes), out / "axes.png", row_labels=[f"z{i}" for i in range(args.k)] * args.n, scale=args.scale
         )
     except (ValueError, TypeError) as exc:
-        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return _fail(line)
+        return fail("directions", first_line(exc))
     except OSError as exc:
-        return _fail(f"--out: cannot write ({exc.strerror or exc})")
+        return fail("directions", f"--out: cannot write ({exc.strerror or exc})")
     atomic_save(
         {"directions": found.directions, "values": found.values, "explained": found.explained}, out / "directions.pt"
     )
@@ -137,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         "converged": bool(found.converged.all()),
         "products": found.products,
         "stability_deg": found.stability_deg,
-        "settings": {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"},
+        "settings": recorded_settings(args),
     }
     atomic_write_text(json.dumps(report, indent=1, default=str) + "\n", out / "directions.json")
     angle = "" if found.stability_deg is None else f", {found.stability_deg:.1f} deg from an independent sample set"

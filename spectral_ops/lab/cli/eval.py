@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
-from spectral_ops.lab.cli.options import add_threads_option, apply_threads
+from spectral_ops.lab.cli.errors import fail
+from spectral_ops.lab.cli.options import add_cache_dir_option, add_threads_option, apply_threads
 from spectral_ops.lab.evaluate import check_outputs, evaluate_generator, format_table, traversal_grid
 from spectral_ops.lab.io import EVAL_MODULES, atomic_save_image, atomic_write_text, require_modules, writable_dir
 from spectral_ops.lab.metrics import PredictorConfig, load_or_fit_predictor
@@ -30,11 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default=None, help="folder for eval.json and traversal.png (default: the checkpoint's folder)"
     )
-    parser.add_argument(
-        "--cache-dir",
-        default=None,
-        help="factor-predictor cache (default: $SPECTRAL_OPS_CACHE or ~/.cache/spectral_ops)",
-    )
+    add_cache_dir_option(parser)
     add_threads_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -65,8 +61,7 @@ def run(args: argparse.Namespace) -> int:
             G, dataset=config.dataset, size=config.size, predictor=predictor, n=args.n_samples, seed=args.seed
         )
     except ValueError as exc:
-        print(f"spectral-ops eval: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("eval", exc)
     res["checkpoint"] = str(args.ckpt)
     res["predictor_validation"] = pinfo["validation"]
     print(format_table({Path(args.ckpt).parent.name or "model": res}))
@@ -74,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(json.dumps(res, indent=2), out / "eval.json")
         atomic_save_image(traversal_grid(G, title=f"{args.ckpt}: rows = latent dims"), out / "traversal.png")
     except OSError as exc:  # a full disk, a vanished folder, ...
-        print(f"spectral-ops eval: error: --out: cannot write to {str(out)!r} ({exc.strerror or exc})", file=sys.stderr)
-        return 2
+        return fail("eval", f"--out: cannot write to {str(out)!r} ({exc.strerror or exc})")
     print(f"wrote {out / 'eval.json'} and {out / 'traversal.png'}")
     return 0

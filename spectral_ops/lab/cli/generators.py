@@ -1,7 +1,8 @@
 """What the commands that take a generator (`spectral-ops trace`, `directions`) share: where G
 comes from (`--ckpt`, or `--generator` by `GENERATOR_RULE`, and `--latent-dim`), the check of
-its output on a probe batch, and the `--out` folder.  Each raises ValueError naming the flag
-(the commands print it as one line, exit 2).
+its output on a probe batch, the pictures' `--columns` and `--scale`, the `--out` folder and the
+settings each records beside its output.  Each raises ValueError naming the flag (the commands
+print it as one line, exit 2).
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ from pathlib import Path
 
 import torch
 
+from spectral_ops.lab.cli.errors import first_line
 from spectral_ops.lab.io import writable_dir
 
 __all__ = [
     "GENERATOR_RULE",
     "add_generator_arguments",
+    "add_picture_arguments",
     "check_generator_output",
     "generator_from_args",
     "load_generator_from_checkpoint",
     "load_generator_from_spec",
     "output_dir",
+    "recorded_settings",
 ]
 
 GENERATOR_RULE = (
@@ -41,6 +45,12 @@ def add_generator_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--ckpt", metavar="PATH", help="checkpoint written by `spectral-ops train` or `demo`")
     src.add_argument("--generator", metavar="MODULE:ATTR", help=GENERATOR_RULE)
     p.add_argument("--latent-dim", type=int, default=None, help="latent size (if the generator has no latent_dim)")
+
+
+def add_picture_arguments(p: argparse.ArgumentParser) -> None:
+    """--columns and --scale: images per row of a traversal grid, and the PNGs' pixel upscaling."""
+    p.add_argument("--columns", type=int, default=9, help="images per row (default 9)")
+    p.add_argument("--scale", type=int, default=2, help="pixel upscaling of the PNGs (default 2)")
 
 
 def generator_from_args(args: argparse.Namespace):
@@ -84,10 +94,9 @@ def load_generator_from_spec(spec: str):
         try:
             obj = obj()
         except Exception as exc:  # e.g. a class whose constructor needs arguments
-            line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(
                 f"--generator: {what} {mod_name}:{attr} could not be called with no arguments "
-                f"({type(exc).__name__}: {line})"
+                f"({type(exc).__name__}: {first_line(exc)})"
             ) from None
     if not callable(obj):
         raise ValueError(
@@ -142,3 +151,8 @@ def output_dir(path: str) -> Path:
     if problem is not None:
         raise ValueError(f"--out: {problem}")
     return Path(path)
+
+
+def recorded_settings(args: argparse.Namespace) -> dict:
+    """The command's flags as its report records them (argparse's `command` and `_run` left out)."""
+    return {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}

@@ -103,6 +103,15 @@ def from_flat(cls, values: dict, base=None):
     return dataclasses.replace(base, **changes)
 
 
+def add_cache_dir_option(parser) -> None:
+    """--cache-dir: where the factor predictor the metrics use is cached (demo, eval)."""
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="factor-predictor cache (default: $SPECTRAL_OPS_CACHE or ~/.cache/spectral_ops)",
+    )
+
+
 def add_threads_option(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 

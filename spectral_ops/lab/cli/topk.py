@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 
 import torch
 from torch import nn
 
+from spectral_ops.lab.cli.errors import fail, first_line
 from spectral_ops.lab.cli.options import add_device_option, device_from_args
 from spectral_ops.lab.models import Generator
 from spectral_ops.topk import jacobian_topk
@@ -34,29 +34,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_option(parser)
 
 
-def _fail(msg: str) -> int:
-    print(f"spectral-ops topk: error: {msg}", file=sys.stderr)
-    return 2
-
-
 def run(args: argparse.Namespace) -> int:
     for name in ("batch", "latent_dim", "k", "iters"):
         if getattr(args, name) < 1:
-            return _fail(
-                f"{'-k' if name == 'k' else '--' + name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+            return fail(
+                "topk",
+                f"{'-k' if name == 'k' else '--' + name.replace('_', '-')} must be >= 1, got {getattr(args, name)}",
             )
     if args.k > args.latent_dim:
-        return _fail(f"-k ({args.k}) must not exceed --latent-dim ({args.latent_dim})")
+        return fail("topk", f"-k ({args.k}) must not exceed --latent-dim ({args.latent_dim})")
     if not (math.isfinite(args.tol) and args.tol >= 0):
-        return _fail(f"--tol must be a finite number >= 0, got {args.tol}")
+        return fail("topk", f"--tol must be a finite number >= 0, got {args.tol}")
     try:
         check_seed(args.seed, allow_none=False, name="--seed")
     except ValueError as exc:
-        return _fail(str(exc))
+        return fail("topk", str(exc))
     try:
         return _run(args)
     except (ValueError, TypeError) as exc:  # anything the arguments above let through
-        return _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        return fail("topk", first_line(exc))
 
 
 def _sync(device: torch.device) -> None:

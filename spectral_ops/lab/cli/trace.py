@@ -29,16 +29,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
+from spectral_ops.lab.cli.errors import fail, first_line
 from spectral_ops.lab.cli.generators import (
     add_generator_arguments,
+    add_picture_arguments,
     check_generator_output,
     generator_from_args,
     output_dir,
+    recorded_settings,
 )
 from spectral_ops.lab.io import atomic_save, atomic_write_text, require_modules
 from spectral_ops.trajectory import INTEGRATORS
@@ -57,15 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-size", type=float, default=0.25, help="latent distance per step (default 0.25)")
     p.add_argument("--method", default="rk4", choices=INTEGRATORS, help="integrator (default rk4)")
     p.add_argument("--project", default=None, choices=["sphere"], help="keep ||z|| fixed along the path")
-    p.add_argument("--columns", type=int, default=9, help="images per row (default 9)")
-    p.add_argument("--scale", type=int, default=2, help="pixel upscaling of the PNGs (default 2)")
+    add_picture_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the starting latents (default 0)")
     p.add_argument("--n", type=int, default=2, help="number of starting latents (default 2)")
-
-
-def _fail(msg: str) -> int:
-    print(f"spectral-ops trace: error: {msg}", file=sys.stderr)
-    return 2
 
 
 def parse_directions(text: str) -> list[int]:
@@ -105,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--directions must be < latent dim {d}, got {max(directions)}")
         out = output_dir(args.out)
     except ValueError as exc:
-        return _fail(str(exc))
+        return fail("trace", str(exc))
 
     if isinstance(G, torch.nn.Module):
         G.eval()
@@ -116,16 +112,14 @@ def run(args: argparse.Namespace) -> int:
         with torch.no_grad():
             y = G(Z0[:1])
     except Exception as exc:
-        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return _fail(f"the generator failed on a (1, {d}) latent batch: {line}")
+        return fail("trace", f"the generator failed on a (1, {d}) latent batch: {first_line(exc)}")
     try:
         check_generator_output(y, d)
         return _trace(args, G, Z0, d, directions, out, viz)
     except (ValueError, TypeError) as exc:  # a generator or a setting the checks above let through
-        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return _fail(line)
+        return fail("trace", first_line(exc))
     except OSError as exc:  # a full disk, ...
-        return _fail(f"--out: cannot write to {str(out)!r} ({exc.strerror or exc})")
+        return fail("trace", f"--out: cannot write to {str(out)!r} ({exc.strerror or exc})")
 
 
 def _trace(args, G, Z0, d: int, directions: list[int], out: Path, viz) -> int:
@@ -159,7 +153,7 @@ def _trace(args, G, Z0, d: int, directions: list[int], out: Path, viz) -> int:
                 }
             )
     atomic_save(record, out / "trajectories.pt")
-    settings = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
+    settings = recorded_settings(args)
     settings.update(latent_dim=d, directions=directions, span=span)
     atomic_write_text(json.dumps(settings, indent=1, default=str) + "\n", out / "trace.json")
     print(f"wrote {3 * args.n + len(directions) * args.n} PNGs, trajectories.pt and trace.json to {out}")

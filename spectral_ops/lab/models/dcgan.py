@@ -5,7 +5,7 @@ tests/test_families.py).
 
 The generator has no batch-coupled layers (no BatchNorm): every row of the batch is mapped
 independently, which per-sample Jacobians, folding k into the batch and the spectral regularizer
-require (`spectral_ops.generator.batch_policy`). Its optional normalisation is per sample ("pixel": PixelNorm over
+require (`spectral_ops.guards.batch_policy`). Its optional normalisation is per sample ("pixel": PixelNorm over
 channels at each position, "layer": GroupNorm with one group) or absent ("none").
 """
 

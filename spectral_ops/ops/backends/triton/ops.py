@@ -27,17 +27,22 @@ def _launch_shape(k: int, d: int):
     return block_k, block_d, warps
 
 
+def _launch(kernel, shape: torch.Size, tensors: tuple[torch.Tensor, ...], *scalars, **constants) -> None:
+    """kernel(*tensors, k, d, *scalars, **constants), one program per sample of a [B, k, d] batch
+    (none when B = 0), with the block sizes and warps of a k x d sample (`_launch_shape`)."""
+    B, k, d = shape
+    block_k, block_d, warps = _launch_shape(k, d)
+    if B:
+        launch = wrap_triton(kernel)[(B,)]
+        launch(*tensors, k, d, *scalars, **constants, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps)
+
+
 @triton_op(f"{_NAMESPACE}::orthonormalize", mutates_args=())
 def _orthonormalize(W: torch.Tensor) -> torch.Tensor:
     ct = compute_dtype(W.dtype)
     Wc = W.to(ct).contiguous()
     Q = torch.empty_like(Wc)
-    B, k, d = Wc.shape
-    block_k, block_d, warps = _launch_shape(k, d)
-    if B:
-        wrap_triton(kernels.orthonormalize_kernel)[(B,)](
-            Wc, Q, k, d, rank_tolerance(ct), BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps
-        )
+    _launch(kernels.orthonormalize_kernel, Wc.shape, (Wc, Q), rank_tolerance(ct))
     return Q.to(W.dtype)
 
 
@@ -46,12 +51,7 @@ def _orthonormalize_backward(grad_Q: torch.Tensor, Q: torch.Tensor, W: torch.Ten
     ct = compute_dtype(W.dtype)
     G, Qc, Wc = (t.to(ct).contiguous() for t in (grad_Q, Q, W))
     grad_W = torch.empty_like(Wc)
-    B, k, d = Wc.shape
-    block_k, block_d, warps = _launch_shape(k, d)
-    if B:
-        wrap_triton(kernels.orthonormalize_backward_kernel)[(B,)](
-            G, Qc, Wc, grad_W, k, d, rank_tolerance(ct), BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps
-        )
+    _launch(kernels.orthonormalize_backward_kernel, Wc.shape, (G, Qc, Wc, grad_W), rank_tolerance(ct))
     return grad_W.to(grad_Q.dtype)
 
 
@@ -69,50 +69,23 @@ def _ritz_step(
     evals, U = evals.flip(-1).contiguous(), U.flip(-1).contiguous()
     prev = V_prev.to(ct).contiguous() if V_prev is not None else Qc  # Qc: an unused placeholder
     V, Q_next = torch.empty_like(Qc), torch.empty_like(Qc)
-    B, k, d = Qc.shape
-    res = Qc.new_empty(B, k)
-    block_k, block_d, warps = _launch_shape(k, d)
-    if B:
-        wrap_triton(kernels.ritz_rotate_kernel)[(B,)](
-            Qc,
-            MQc,
-            U,
-            evals,
-            prev,
-            V,
-            res,
-            Q_next,
-            k,
-            d,
-            rank_tolerance(ct),
-            HAS_PREV=V_prev is not None,
-            BLOCK_K=block_k,
-            BLOCK_D=block_d,
-            num_warps=warps,
-        )
+    res = Qc.new_empty(Qc.shape[:2])
+    tensors = (Qc, MQc, U, evals, prev, V, res, Q_next)
+    _launch(kernels.ritz_rotate_kernel, Qc.shape, tensors, rank_tolerance(ct), HAS_PREV=V_prev is not None)
     return ritz_outputs(finite, scale, V, evals, residual_over_top(res, evals), Q_next, Q.dtype)
+
+
+def _loss_codes(kind: str, weights: str) -> dict[str, int]:
+    """The alignment kernels' compile-time codes of the loss kind and the weights."""
+    return dict(KIND=kernels.LOSS_CODES[kind], WEIGHTS=kernels.WEIGHT_CODES[weights])
 
 
 @triton_op(f"{_NAMESPACE}::alignment_loss", mutates_args=())
 def _alignment_loss(V: torch.Tensor, S: torch.Tensor, kind: str, weights: str) -> torch.Tensor:
     ct = compute_dtype(V.dtype)
     Vc, Sc = V.to(ct).contiguous(), S.to(ct).contiguous()
-    B, k, d = Vc.shape
-    loss = Vc.new_empty(B)
-    block_k, block_d, warps = _launch_shape(k, d)
-    if B:
-        wrap_triton(kernels.alignment_loss_kernel)[(B,)](
-            Vc,
-            Sc,
-            loss,
-            k,
-            d,
-            KIND=kernels.LOSS_CODES[kind],
-            WEIGHTS=kernels.WEIGHT_CODES[weights],
-            BLOCK_K=block_k,
-            BLOCK_D=block_d,
-            num_warps=warps,
-        )
+    loss = Vc.new_empty(Vc.shape[0])
+    _launch(kernels.alignment_loss_kernel, Vc.shape, (Vc, Sc, loss), **_loss_codes(kind, weights))
     return loss.to(V.dtype)
 
 
@@ -122,24 +95,9 @@ def _alignment_loss_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     ct = compute_dtype(V.dtype)
     g, Vc, Sc = grad.to(ct).contiguous(), V.to(ct).contiguous(), S.to(ct).contiguous()
-    B, k, d = Vc.shape
     grad_V, grad_S = torch.empty_like(Vc), torch.empty_like(Sc)
-    block_k, block_d, warps = _launch_shape(k, d)
-    if B:
-        wrap_triton(kernels.alignment_loss_backward_kernel)[(B,)](
-            g,
-            Vc,
-            Sc,
-            grad_V,
-            grad_S,
-            k,
-            d,
-            KIND=kernels.LOSS_CODES[kind],
-            WEIGHTS=kernels.WEIGHT_CODES[weights],
-            BLOCK_K=block_k,
-            BLOCK_D=block_d,
-            num_warps=warps,
-        )
+    tensors = (g, Vc, Sc, grad_V, grad_S)
+    _launch(kernels.alignment_loss_backward_kernel, Vc.shape, tensors, **_loss_codes(kind, weights))
     return grad_V.to(V.dtype), grad_S.to(S.dtype)
 
 
