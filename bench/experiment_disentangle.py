@@ -172,18 +172,7 @@ def summarise(records: list[dict], variants: list[str]) -> tuple[dict, str]:
         "| Frechet / real-vs-real | varying factors | axis alignment v1..vk | min sigma_i+1/sigma_i | train s |"
     )
     lines = [head, "|" + "---|" * 13]
-    shown = (
-        "mig",
-        "mig_sup",
-        "distinct_winners",
-        "dci_disentanglement",
-        "dci_completeness",
-        "dci_informativeness",
-        "frechet_ratio",
-        "varying_factors",
-        "alignment_mean",
-        "sigma_ratio_min",
-    )
+    shown = tuple(m for m in METRICS if m not in ("frechet_distance", "effective_dims", "train_seconds"))
     for v, s in summary.items():
         cells = [("n/a" if math.isnan(s[m][0]) else f"{s[m][0]:.3f} ± {s[m][1]:.3f}") for m in shown]
         t = s["train_seconds"][0]
