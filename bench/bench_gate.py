@@ -41,7 +41,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from spectral_ops import SpectralRegularizer, spectral_penalty
+from spectral_ops import RegularizerConfig, SpectralRegularizer, spectral_penalty
 from spectral_ops.lab.io import atomic_write_text
 from spectral_ops.lab.train.losses import LocalAndGlobal
 from spectral_ops.testing.known_answer import GATE_PROFILES, GATE_RANKS, oracle_penalty, run_gate
@@ -66,7 +66,7 @@ def settings():
         # global term (off-diagonal share of the batch's mean J^T J) on the same rows and schedule
         (
             "candidate: SpectralRegularizer(d) + global",
-            lambda d: LocalAndGlobal(SpectralRegularizer(d), 1.0, SpectralRegularizer(d).batch_fraction),
+            lambda d: LocalAndGlobal(SpectralRegularizer(d), 1.0, RegularizerConfig().batch_fraction),
             DEFAULT_CALLS,
         ),
     ]

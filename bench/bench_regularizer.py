@@ -23,6 +23,7 @@ from ratios import RatioTable
 from spectral_ops.baselines import PathLengthRegularizer, hessian_penalty, orojar
 from spectral_ops.config import RegularizerConfig
 from spectral_ops.lab.models import Discriminator, Generator
+from spectral_ops.lab.train.losses import LocalAndGlobal
 from spectral_ops.regularizer import SpectralRegularizer
 
 TABLE = RatioTable("regularizer")
@@ -58,6 +59,7 @@ CASES = {
     "spectral, defaults, iters=1": dict(iters=1),
     IMPLICIT: dict(grad="implicit"),
     "spectral, defaults, every=4 (the trainer's setting)": dict(every=4),
+    "spectral, defaults + global term (weight 1, global_alignment_penalty)": "global",
     "spectral, defaults, every=1, batch_fraction=1, warm": dict(every=1, batch_fraction=1.0),
     "spectral, defaults, every=1, batch_fraction=1, cold": dict(every=1, batch_fraction=1.0, warm_start=False),
     "spectral, defaults, every=1, batch_fraction=1, implicit (cg_iters=8)": dict(
@@ -99,6 +101,8 @@ def _setup(latent, case):
         reg = lambda G, z: hessian_penalty(G, z, k=2)
     elif spec == "orojar":
         reg = lambda G, z: orojar(G, z, k=2)
+    elif spec == "global":
+        reg = LocalAndGlobal(SpectralRegularizer(latent), 1.0, RegularizerConfig().batch_fraction)
     elif spec in ("pl1", "pl4"):
         reg = PathLengthRegularizer(every=1 if spec == "pl1" else 4)
     else:

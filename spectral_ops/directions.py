@@ -89,16 +89,18 @@ def global_alignment_penalty(
         B, d = zf.shape
         eye = torch.eye(d, dtype=zf.dtype, device=zf.device).expand(B, d, d)
         J = JacobianOperator(Gf, zf, d, mode).jvp(eye, create_graph=True)  # [B, d, m]: row i = J e_i
-    scale = J.detach().abs().amax(dim=(1, 2))  # per-sample units: J / scale, then squared
+    # per-sample units J / scale, then squared; rows with J = 0 weigh zero (a where, not a boolean
+    # index: no host read of how many rows are left)
+    scale = J.detach().abs().amax(dim=(1, 2))
     keep = scale > 0
-    Jn = J[keep] / scale[keep, None, None]
-    M = Jn @ Jn.transpose(1, 2)  # [n, d, d]: J^T J per sample, in units of scale^2
-    if M.shape[0] == 0:
-        return J.sum() * 0.0
+    Jn = J / torch.where(keep, scale, torch.ones_like(scale))[:, None, None]
+    M = Jn @ Jn.transpose(1, 2)  # [B, d, d]: J^T J per sample, in units of scale^2
     trace = M.diagonal(dim1=1, dim2=2).sum(-1).detach()
-    M_bar = (M / trace[:, None, None]).mean(0)
+    weight = keep.to(M.dtype) / torch.where(keep, trace, torch.ones_like(trace))
+    M_bar = (M * weight[:, None, None]).sum(0) / keep.sum().clamp_min(1)
     off = M_bar - torch.diag_embed(M_bar.diagonal())
-    return off.pow(2).sum() / M_bar.pow(2).sum()
+    total = M_bar.pow(2).sum()
+    return off.pow(2).sum() / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def subspace_angle_deg(A: torch.Tensor, B: torch.Tensor) -> float:

@@ -557,6 +557,11 @@ def _as_config(config: object) -> RegularizerConfig:
     )
 
 
+def regularized_rows(batch_fraction: float, B: int) -> int:
+    """How many of a batch's B rows a call regularizes: round(batch_fraction * B), at least 1."""
+    return max(1, int(round(batch_fraction * B)))
+
+
 class SpectralRegularizer(LazyPenalty):
     """Stateful spectral regularizer with lazy steps, a row subset and a warm-start basis.
 
@@ -634,7 +639,7 @@ class SpectralRegularizer(LazyPenalty):
         )
 
     def _rows(self, B: int, step: int, device) -> torch.Tensor | None:
-        n = max(1, int(round(self.batch_fraction * B)))
+        n = regularized_rows(self.batch_fraction, B)
         if n >= B:
             return None
         # a seeded CPU generator: the same rows on every device and process; copied, not read back

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 class LocalAndGlobal(nn.Module):
     """The spectral regularizer plus `weight` times the global term
     (`spectral_ops.directions.global_alignment_penalty`) on the same lazy schedule: computed on
-    the calls the local one computes, on round(batch_fraction * B) rows of z (at least 1), scaled
-    by `every` as the local value is; a zero on the calls it skips."""
+    the calls the local one computes, on as many rows as it regularizes (`regularized_rows`; the
+    first rows of z, while the local term draws its own), scaled by `every` as the local value
+    is; a zero on the calls it skips."""
 
     def __init__(self, local: nn.Module, weight: float, batch_fraction: float):
         super().__init__()
@@ -44,8 +45,9 @@ class LocalAndGlobal(nn.Module):
         if not computes:
             return value
         from spectral_ops.directions import global_alignment_penalty
+        from spectral_ops.regularizer import regularized_rows
 
-        n = max(1, int(round(self.batch_fraction * z.shape[0])))
+        n = regularized_rows(self.batch_fraction, z.shape[0])
         return value + self.weight * self.local.every * global_alignment_penalty(G, z[:n])
 
 
