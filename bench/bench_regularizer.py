@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from ratios import RatioTable
-from spectral_ops.baselines import PathLengthRegularizer, hessian_penalty, orojar
+from spectral_ops.baselines import PathLengthRegularizer, hessian_penalty, jacobian_l1, orojar
 from spectral_ops.config import RegularizerConfig
 from spectral_ops.lab.models import Discriminator, Generator
 from spectral_ops.lab.train.losses import LocalAndGlobal
@@ -67,6 +67,7 @@ CASES = {
     ),
     "hessian_penalty (k=2, every step)": "hessian",
     "orojar (k=2, every step)": "orojar",
+    "jacobian_l1 (eps=1e-3, every step)": "jacobian_l1",
     "path_length (every step)": "pl1",
     "path_length (every=4, as StyleGAN2)": "pl4",
 }
@@ -101,6 +102,8 @@ def _setup(latent, case):
         reg = lambda G, z: hessian_penalty(G, z, k=2)
     elif spec == "orojar":
         reg = lambda G, z: orojar(G, z, k=2)
+    elif spec == "jacobian_l1":
+        reg = jacobian_l1
     elif spec == "global":
         reg = LocalAndGlobal(SpectralRegularizer(latent), 1.0, RegularizerConfig().batch_fraction)
     elif spec in ("pl1", "pl4"):

@@ -48,6 +48,7 @@ VARIANTS = {
     },
     "hessian": dict(reg="hessian"),
     "orojar": dict(reg="orojar"),
+    "jacobian_l1": dict(reg="jacobian_l1"),
     "path_length": dict(reg="path_length"),
 }
 DEFAULT = ["baseline", "l1/fast", "assigned/fast", "offdiag/fast", "hessian", "orojar"]

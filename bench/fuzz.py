@@ -51,7 +51,7 @@ if str(ROOT) not in sys.path:
 
 import spectral_ops
 from spectral_ops import ops
-from spectral_ops.baselines import hessian_penalty, orojar, path_length
+from spectral_ops.baselines import hessian_penalty, jacobian_l1, orojar, path_length
 
 PACKAGE_DIR = str(Path(spectral_ops.__file__).resolve().parent)
 OUTCOMES = ("right", "clear-error", "silent", "state", "crash")
@@ -1395,10 +1395,13 @@ for _i, _row in enumerate(_args_cases(*_small())):
     case("arguments", _row[0], names=_row[1])(functools.partial(_args_case, _i))
 
 
+PEERS = {"hessian_penalty": hessian_penalty, "orojar": orojar, "jacobian_l1": jacobian_l1, "path_length": path_length}
+
+
 def _peer(which: str, kind: str):
     net = mlp(6, 10, 12, seed=51)
     z = latents(4, 6, seed=52)
-    fn = {"hessian_penalty": hessian_penalty, "orojar": orojar, "path_length": path_length}[which]
+    fn = PEERS[which]
     kwargs = {}
     G = net
     if kind == "nonfinite":
@@ -1419,7 +1422,7 @@ def _peer(which: str, kind: str):
     raise Silent(f"{which} returned {out.detach().flatten()[:2].tolist()} where an error was due")
 
 
-for _which in ("hessian_penalty", "orojar", "path_length"):
+for _which in PEERS:
     for _kind, _names in (
         ("nonfinite", ("rows",)),
         ("zero_d", ("0-d", "G")),
@@ -1438,14 +1441,14 @@ def _peer_right(which: str):
     scope here (their formulas are stochastic); what is checked: finite, and G untouched."""
     net = mlp(6, 10, 12, seed=53)
     z = latents(4, 6, seed=54)
-    fn = {"hessian_penalty": hessian_penalty, "orojar": orojar, "path_length": path_length}[which]
+    fn = PEERS[which]
     with unchanged(net, z, rng=False):  # the peers draw from the global RNG by design
         out = fn(net, z)
     value = out[0] if isinstance(out, tuple) else out
     check_finite(value, which)
 
 
-for _which in ("hessian_penalty", "orojar", "path_length"):
+for _which in PEERS:
     case("arguments", f"{_which} on a plain G (finite, G untouched)")(functools.partial(_peer_right, _which))
 
 

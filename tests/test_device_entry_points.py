@@ -29,7 +29,7 @@ from spectral_ops import (
     spectral_penalty,
     trace_trajectory,
 )
-from spectral_ops.baselines import PathLengthRegularizer, hessian_penalty, orojar, path_length
+from spectral_ops.baselines import PathLengthRegularizer, hessian_penalty, jacobian_l1, orojar, path_length
 from test_directions import _oracle as mean_metric_oracle
 from test_regularizer import CONVERGED, GENERATORS, _grads, fast_formula, make_mlp, oracle, rel
 
@@ -271,11 +271,12 @@ def _seeded(seed):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", ["hessian_penalty", "orojar", "path_length"])
+@pytest.mark.parametrize("name", ["hessian_penalty", "orojar", "jacobian_l1", "path_length"])
 def test_peer_penalties_against_their_cpu_twin(device, name):
     fn = {
         "hessian_penalty": lambda G, z, g: hessian_penalty(G, z, k=4, generator=g),
         "orojar": lambda G, z, g: orojar(G, z, k=4, generator=g),
+        "jacobian_l1": lambda G, z, g: jacobian_l1(G, z),  # no draws
         "path_length": lambda G, z, g: path_length(G, z, generator=g),
     }[name]
     G, z = _mixing(), _z(5, 4)

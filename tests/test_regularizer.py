@@ -558,6 +558,7 @@ def test_exported():
     assert spectral_ops.spectral_penalty is spectral_penalty
     assert spectral_ops.SpectralRegularizer is SpectralRegularizer
     assert callable(spectral_ops.baselines.orojar)
+    assert callable(spectral_ops.baselines.jacobian_l1)
 
 
 # ---- 3. drop-in: a complete small GAN loop ---------------------------------------------------------------

@@ -603,7 +603,7 @@ def test_resume_at_the_final_step_leaves_the_run_untouched(tmp_path, capsys):
     assert not other.exists()
 
 
-@pytest.mark.parametrize("reg", ["spectral", "hessian", "path_length"])
+@pytest.mark.parametrize("reg", ["spectral", "hessian", "jacobian_l1", "path_length"])
 def test_a_diverging_regularized_run_is_exit_1_not_a_regularizer_error(tmp_path, monkeypatch, capsys, reg):
     """NaN weights after step 3 with a regularizer on. Before: the regularizer's ValueError on the
     NaN G(z) ('G(z) has non-finite values ...') ended the run with exit 2, the status --help gives to

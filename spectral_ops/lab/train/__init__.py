@@ -4,7 +4,7 @@
 - An exponential moving average of G's weights (`ema`, warmed up as min(ema, (1+t)/(10+t))):
   the EMA generator is what `train` returns as `G`, what checkpoints serve and what is evaluated.
 - Optional regularizer on the generator step: the spectral regularizer (`--reg spectral`) or a
-  peer (`hessian`, `orojar`, `path_length`), imported lazily.
+  peer (`hessian`, `orojar`, `jacobian_l1`, `path_length`), imported lazily.
 - Progress bar (tqdm), a JSON-lines metrics log (`log.jsonl`), a summary (`train.json`).
 - Checkpoints are written atomically (temporary file, then `os.replace`) and hold everything
   needed to continue bit-for-bit on the CPU: models, optimizers, regularizer state, the sampling

@@ -16,7 +16,7 @@ from spectral_ops.lab.models import LATENT_MAPS, NORMS, Discriminator, Generator
 from spectral_ops.ops import LOSS_KINDS
 from spectral_ops.validation import check_int, check_number, check_seed
 
-REGULARIZERS = ("none", "spectral", "hessian", "orojar", "path_length")
+REGULARIZERS = ("none", "spectral", "hessian", "orojar", "jacobian_l1", "path_length")
 DEVICES = ("auto", "cpu", "cuda")
 #: TrainConfig fields a resumed run may change: how far it goes, how often it logs and saves, where
 #: it writes and runs (on another device the run goes on, but not bit for bit)

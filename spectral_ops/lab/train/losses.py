@@ -68,7 +68,8 @@ def build_regularizer(config: TrainConfig) -> nn.Module | None:
         return LocalAndGlobal(local, config.reg_global, config.reg_config.batch_fraction)
     if config.reg == "path_length":
         return baselines.PathLengthRegularizer(every=every)
-    return LazyFunction({"hessian": baselines.hessian_penalty, "orojar": baselines.orojar}[config.reg], every)
+    peers = {"hessian": baselines.hessian_penalty, "orojar": baselines.orojar, "jacobian_l1": baselines.jacobian_l1}
+    return LazyFunction(peers[config.reg], every)
 
 
 def _discriminator_step(run: RunState, step: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
