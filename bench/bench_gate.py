@@ -21,7 +21,8 @@ started at random; Adam (lr 0.05, batch 16) on the regularizer alone.  Axes of t
 - setting: spectral_penalty(G, z, k=4, iters=20, loss, grad, weights) for 200 calls, each of the
   3 x 2 x 2 (loss, grad, weights); SpectralRegularizer(d) as a user writes it (every=8, 1600
   calls, 200 computed), with k = d (every direction aligned) and with the global term
-  (`global_alignment_penalty`, weight 1, lab.train.losses.LocalAndGlobal); the floor (no regularizer:
+  (`global_alignment_penalty`, weight 1, lab.train.losses.LocalAndGlobal), and with offdiag's
+  geometric rank weights (weights="geometric"); the floor (no regularizer:
   where a random rotation leaves the factors)
   and the ceiling (Adam on the offdiag loss of the true singular vectors, the rows of R:
   what the optimizer and budget reach with perfect vectors).
@@ -67,6 +68,13 @@ def settings():
         (
             "candidate: SpectralRegularizer(d) + global",
             lambda d: LocalAndGlobal(SpectralRegularizer(d), 1.0, RegularizerConfig().batch_fraction),
+            DEFAULT_CALLS,
+        ),
+        # a candidate against polar codes (bench/codes_known_answer.py): offdiag's rank weights
+        # 1, 1/2, 1/4, ... instead of 1, 3/4, 1/2, ..., so a mixed pair among the top vectors costs more
+        (
+            "candidate: SpectralRegularizer(d, weights='geometric')",
+            lambda d: SpectralRegularizer(d, weights="geometric"),
             DEFAULT_CALLS,
         ),
     ]

@@ -19,6 +19,8 @@ from .ops.common import LOSS_KINDS, WEIGHT_KINDS
 from .validation import check_bool, check_choice, check_int, check_k, check_number, check_seed
 
 GRADS = ("fast", "implicit")
+# the ops' weight kinds, and "geometric": offdiag's rank weights 2^-(i-1) (regularizer.loss_values)
+REGULARIZER_WEIGHTS = (*WEIGHT_KINDS, "geometric")
 SOLVERS = ("krylov", "power")
 BATCHNORM = ("error", "eval")
 REMOVED_GRADS = {
@@ -68,7 +70,11 @@ class RegularizerConfig:
         check_number("batch_fraction", self.batch_fraction, 0, 1, low_open=True)
         check_bool("warm_start", self.warm_start)
         check_choice("jvp", self.jvp, JVP_MODES)
-        check_choice("weights", self.weights, WEIGHT_KINDS)
+        check_choice("weights", self.weights, REGULARIZER_WEIGHTS)
+        if self.weights == "geometric" and self.loss != "offdiag":
+            raise ValueError(
+                f"weights='geometric' (rank weights) applies to loss='offdiag' only, got loss={self.loss!r}"
+            )
         check_choice("batchnorm", self.batchnorm, BATCHNORM)
         check_number("momentum", self.momentum, 0, 1, low_open=True)
         check_number("tol", self.tol, 0)

@@ -271,12 +271,18 @@ def loss_values(S: torch.Tensor, loss: str, weights: str) -> torch.Tensor:
     weights w_i = (k - i + 1) / k instead of s_i^2: A no longer depends on the spectrum, so the
     loss cannot be lowered by collapsing it, and the weights stay distinct, so A still tells the
     vectors apart (equal weights would make A a projector, blind to rotations inside the span).
-    weights="singular" keeps A = sum_i s_i^2 v_i v_i^T, the rank-k part of J^T J.
+    weights="geometric" takes w_i = 2^-(i-1) instead: the same independence of the spectrum with
+    larger gaps between the top weights, so a mixed pair among the top vectors costs more
+    (docs/design.md, "Polar codes").  weights="singular" keeps A = sum_i s_i^2 v_i v_i^T, the
+    rank-k part of J^T J.
     """
-    if loss != "offdiag" or weights != "uniform":
+    if loss != "offdiag" or weights == "singular":
         return S
     k = S.shape[-1]
-    rank = torch.arange(k, 0, -1, dtype=S.dtype, device=S.device) / k
+    if weights == "geometric":
+        rank = 0.5 ** torch.arange(k, dtype=S.dtype, device=S.device)
+    else:
+        rank = torch.arange(k, 0, -1, dtype=S.dtype, device=S.device) / k
     return rank.sqrt().expand_as(S)
 
 
@@ -297,8 +303,8 @@ def masked_loss_inputs(S: torch.Tensor, active: torch.Tensor, loss: str, weights
     becomes equal weights over the active vectors (the 0/1 mask as S, normalised by the op).
     """
     mask = active.to(S.dtype)
-    if loss == "offdiag":
-        return loss_values(S, loss, weights) * mask, weights
+    if loss == "offdiag":  # the op reads offdiag's A from S alone: its weights argument is moot
+        return loss_values(S, loss, weights) * mask, "singular" if weights == "singular" else "uniform"
     if weights == "uniform":
         return mask, "singular"
     return S * mask, "singular"
@@ -504,8 +510,9 @@ def spectral_penalty(
         jvp: "auto", "double_backward", "forward" or "finite_difference".
         init: starting basis [k, d] or [B, k, d] (default: a fixed random basis shared by all rows).
         weights: "uniform" (independent of the spectrum: equal per-vector weights for l1 and
-            assigned; fixed rank weights for offdiag, see `loss_values`) or "singular"
-            (proportional to the singular values; offdiag: A = sum s_i^2 v_i v_i^T).
+            assigned; fixed rank weights for offdiag, see `loss_values`), "singular"
+            (proportional to the singular values; offdiag: A = sum s_i^2 v_i v_i^T) or, for
+            offdiag only, "geometric" (rank weights 2^-(i-1); a candidate, not the default).
         batchnorm: "error" or "eval" for train-mode BatchNorm in G (see `guards.batch_policy`).
         tol: the inner solver stops once every residual ||M v - lam v|| / lam_1 is below tol
             (grad="implicit": at most 1000 machine epsilons, since it is exact only at

@@ -53,6 +53,8 @@ def _loss_inputs(lam, loss, weights):
     if loss == "offdiag" and weights == "uniform":
         k = S.shape[-1]
         S = torch.tensor([((k - i) / k) ** 0.5 for i in range(k)], dtype=S.dtype).expand_as(S)
+    if weights == "geometric":  # offdiag only: rank weights 1, 1/2, 1/4, ...
+        S = torch.tensor([0.5 ** (i / 2) for i in range(S.shape[-1])], dtype=S.dtype).expand_as(S)
     return S
 
 
@@ -67,7 +69,8 @@ def _eigh(G, params, z, k):
 def oracle(G, z, k, loss, weights):
     """Autograd through eigh of the explicit J^T J (float64): the exact gradient."""
     M, lam, V = _eigh(G, dict(G.named_parameters()), z, k)
-    value = R.alignment_loss(V[:, :k], _loss_inputs(lam[:, :k], loss, weights), loss, weights).mean()
+    op_weights = "uniform" if weights == "geometric" else weights  # the op reads offdiag's A from S
+    value = R.alignment_loss(V[:, :k], _loss_inputs(lam[:, :k], loss, weights), loss, op_weights).mean()
     return value, _grads(value, G)
 
 
@@ -121,6 +124,39 @@ def test_implicit_matches_eigh_oracle(gen, loss, weights):
     assert abs(float(value.detach() - value_ref.detach())) <= 1e-10
     assert float(g_ref.norm()) > 1e-3  # a gradient worth comparing
     assert rel(_grads(value, G), g_ref) <= 1e-4
+
+
+@pytest.mark.parametrize("gen", GENERATORS)
+@pytest.mark.parametrize("k", [2, 3])
+def test_geometric_rank_weights_match_eigh_oracle(gen, k):
+    """offdiag with weights="geometric" (rank weights 2^-(i-1)): value and "implicit" gradient
+    against autograd through eigh of the explicit J^T J."""
+    make, d = GENERATORS[gen]
+    G = make()
+    z = torch.randn(3, d, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    value_ref, g_ref = oracle(G, z, k, "offdiag", "geometric")
+    value = spectral_penalty(G, z, k=k, weights="geometric", grad="implicit", jvp="double_backward", **CONVERGED)
+    assert float(value) == pytest.approx(float(value_ref), rel=1e-10)
+    assert rel(_grads(value, G), g_ref) <= 1e-4
+    # the rank weights differ from the default's: the same G at k >= 3 gives another value
+    if k >= 3:
+        assert abs(float(value) - float(spectral_penalty(G, z, k=k, **CONVERGED))) > 1e-3 * float(value)
+
+
+def test_geometric_fast_is_exact_without_out_of_block_spectrum():
+    G = make_rank2()
+    z = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    _, g_ref = oracle(G, z, 2, "offdiag", "geometric")
+    value = spectral_penalty(G, z, k=2, weights="geometric", jvp="double_backward", iters=300, tol=1e-13)
+    assert float(g_ref.norm()) > 1e-3
+    assert rel(_grads(value, G), g_ref) <= 1e-6
+
+
+def test_geometric_weights_are_offdiag_only():
+    with pytest.raises(ValueError, match="weights='geometric'.*loss='offdiag' only, got loss='l1'"):
+        spectral_ops.RegularizerConfig(loss="l1", weights="geometric")
+    with pytest.raises(ValueError, match="weights must be one of"):
+        spectral_penalty(lambda x: x, torch.randn(2, 3), k=2, weights="rank")
 
 
 @pytest.mark.parametrize("jvp", ["forward", "finite_difference"])
