@@ -10,7 +10,7 @@ Drop-in use in any PyTorch GAN loop::
     reg = spectral_ops.SpectralRegularizer(latent_dim)      # keep it with G (state_dict: warm start)
     ...
     loss_G = adversarial_loss(D(G(z)))
-    loss_G = loss_G + reg(G, z)                              # one line
+    loss_G = loss_G + 0.1 * reg(G, z)                        # one line (0.1: docs/experiment.md)
     loss_G.backward()
 
 `spectral_penalty(G, z)` is the stateless function underneath.
@@ -572,7 +572,8 @@ def regularized_rows(batch_fraction: float, B: int) -> int:
 class SpectralRegularizer(LazyPenalty):
     """Stateful spectral regularizer with lazy steps, a row subset and a warm-start basis.
 
-    Drop-in: ``loss_G = loss_G + reg(G, z)`` before ``loss_G.backward()``.
+    Drop-in: ``loss_G = loss_G + weight * reg(G, z)`` before ``loss_G.backward()`` (weight 0.1:
+    docs/regularizer.md).
 
     Args:
         latent_dim: d, the latent size of G.

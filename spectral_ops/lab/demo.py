@@ -48,7 +48,7 @@ __all__ = ["demo", "DEMO"]
 #: The demo's setting. `spot` (one disc: x, y, radius, brightness, with distinct output
 #: sensitivities) is a dataset the baseline GAN learns in this budget (Frechet distance within
 #: 10x of real-vs-real); the regularizer weight comes from docs/experiment.md.
-DEMO = {"dataset": "spot", "latent_dim": 6, "steps": 1400, "batch_size": 64, "reg_weight": 0.3}
+DEMO = {"dataset": "spot", "latent_dim": 6, "steps": 1400, "batch_size": 64, "reg_weight": 0.1}
 
 
 def demo(
