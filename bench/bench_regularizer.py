@@ -59,6 +59,7 @@ CASES = {
     "spectral, defaults, iters=1": dict(iters=1),
     IMPLICIT: dict(grad="implicit"),
     "spectral, defaults, every=4 (the trainer's setting)": dict(every=4),
+    "spectral, defaults, weights=geometric (the polar-code candidate)": dict(weights="geometric"),
     "spectral, defaults + global term (weight 1, global_alignment_penalty)": "global",
     "spectral, defaults, every=1, batch_fraction=1, warm": dict(every=1, batch_fraction=1.0),
     "spectral, defaults, every=1, batch_fraction=1, cold": dict(every=1, batch_fraction=1.0, warm_start=False),

@@ -85,6 +85,7 @@ def diagnose(path: Path, predictor, n: int = 4000, seed: int = 1) -> dict:
     rho, theta = np.hypot(zn[:, a], zn[:, b]), np.arctan2(zn[:, b], zn[:, a])
     mi_r_rho, mi_x_theta = _mi(rho, pred[:, ir]), _mi(theta, pred[:, ix])
     gain_r, gain_x = mi_r_rho / max(mi[:, ir].max(), 1e-12), mi_x_theta / max(mi[:, ix].max(), 1e-12)
+    spearman = _spearman(pred[:, ir], rho)
     norm_ratio, cos = _pair_metric(G, z[:256], a, b)
     return {
         "run": str(path.parent),
@@ -100,8 +101,8 @@ def diagnose(path: Path, predictor, n: int = 4000, seed: int = 1) -> dict:
         "mi_radius_rho": mi_r_rho,
         "gain_x_theta": gain_x,
         "gain_radius_rho": gain_r,
-        "spearman_radius_rho": _spearman(pred[:, ir], rho),
-        "polar": bool(_spearman(pred[:, ir], rho) >= POLAR_SPEARMAN and gain_r >= POLAR_GAIN),
+        "spearman_radius_rho": spearman,
+        "polar": bool(spearman >= POLAR_SPEARMAN and gain_r >= POLAR_GAIN),
         "pair_norm_ratio": norm_ratio,
         "pair_abs_cos": cos,
     }

@@ -144,11 +144,16 @@ def test_geometric_rank_weights_match_eigh_oracle(gen, k):
 
 
 def test_geometric_fast_is_exact_without_out_of_block_spectrum():
-    G = make_rank2()
+    """rank J = k = 3 (at k = 2 the geometric weights 1, 1/2 equal the default's, so k = 3 is the
+    smallest size where this test tells the two apart)."""
+    torch.manual_seed(0)
+    G = nn.Sequential(nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 12)).double()
     z = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    _, g_ref = oracle(G, z, 2, "offdiag", "geometric")
-    value = spectral_penalty(G, z, k=2, weights="geometric", jvp="double_backward", iters=300, tol=1e-13)
+    _, g_ref = oracle(G, z, 3, "offdiag", "geometric")
+    _, g_default = oracle(G, z, 3, "offdiag", "uniform")
+    value = spectral_penalty(G, z, k=3, weights="geometric", jvp="double_backward", iters=300, tol=1e-13)
     assert float(g_ref.norm()) > 1e-3
+    assert rel(g_default, g_ref) > 1e-2  # the weights matter to the gradient here
     assert rel(_grads(value, G), g_ref) <= 1e-6
 
 
